@@ -1,0 +1,1 @@
+"""rtk: robustness toolkit."""

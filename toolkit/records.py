@@ -1,0 +1,151 @@
+"""The records that plugins yield from their hooks.
+
+Each record names one component, documents its options as a pydantic model
+(``extra="forbid"``), and carries the callable that builds it. Records are frozen
+dataclasses; building is lazy, so listing plugins never imports heavy libraries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .options import NoOptions, Options
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComponentSpec:
+    """Common fields of every component record."""
+
+    name: str
+    summary: str
+    options: type[Options] = NoOptions
+
+    KIND: ClassVar[str] = "component"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.KIND, "name": self.name, "summary": self.summary, "options": sorted(self.options.model_fields)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackSpec(ComponentSpec):
+    """An adversarial attack.
+
+    ``build(model, options)`` returns a callable ``attack(x, y) -> x_adv`` where ``x`` is a
+    batch in [0, 1] on the model's device and ``x_adv`` has the same shape, in [0, 1].
+    ``norm`` is the threat model the options' ``eps`` is measured in: "Linf", "L2", "L1",
+    "L0", or "none" for attacks without a fixed budget (CW, DeepFool).
+    """
+
+    build: Callable[[Any, Any], Callable[[Any, Any], Any]]
+    norm: str = "Linf"
+    KIND: ClassVar[str] = "attack"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainerSpec(ComponentSpec):
+    """A training objective (standard, PGD-AT, TRADES, IBP, ...).
+
+    ``build(options)`` returns an :class:`rtk.training.Objective`: a callable
+    ``objective(model, x, y, *, progress) -> ObjectiveOutput`` used by the shared loop.
+    """
+
+    build: Callable[[Any], Any]
+    KIND: ClassVar[str] = "trainer"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrunerSpec(ComponentSpec):
+    """A pruning rule. ``build(options)`` returns an object with the pruner protocol of
+    :mod:`rtk.pruning`."""
+
+    build: Callable[[Any], Any]
+    structured: bool = False
+    KIND: ClassVar[str] = "pruner"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimilaritySpec(ComponentSpec):
+    """A representation similarity metric. ``build(options)`` returns an object with the
+    metric protocol of :mod:`rtk.similarity`."""
+
+    build: Callable[[Any], Any]
+    KIND: ClassVar[str] = "similarity"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertifierSpec(ComponentSpec):
+    """A verifier of robustness (IBP, CROWN, randomized smoothing). ``build(options)``
+    returns an object with the certifier protocol of :mod:`rtk.certify`."""
+
+    build: Callable[[Any], Any]
+    KIND: ClassVar[str] = "certifier"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetSpec(ComponentSpec):
+    """A dataset. ``load(options)`` returns a :class:`rtk.data.DatasetBundle` whose images
+    are float tensors in [0, 1]."""
+
+    load: Callable[[Any], Any]
+    KIND: ClassVar[str] = "dataset"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(ComponentSpec):
+    """An architecture. ``build(info, options)`` returns an ``nn.Module`` for a dataset
+    described by ``info`` (a :class:`rtk.data.DataInfo`). The module takes inputs in
+    [0, 1] and normalizes them itself; it returns logits."""
+
+    build: Callable[[Any, Any], Any]
+    KIND: ClassVar[str] = "model"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSpec(ComponentSpec):
+    """A kind of stage of ``rtk run`` (train, evaluate, prune, ...).
+
+    ``run(ctx, options)`` does the work with a :class:`rtk.runner.StageContext` and returns
+    a :class:`rtk.runner.StageResult`. ``check(options, planning)``, when given, returns
+    problems found before any work starts (unknown model names, ...); ``planning`` is a
+    :class:`rtk.runner.Planning`.
+    """
+
+    run: Callable[[Any, Any], Any]
+    check: Callable[[Any, Any], Iterable[str]] | None = None
+    KIND: ClassVar[str] = "stage"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandSpec(ComponentSpec):
+    """An extra ``rtk`` subcommand. ``build()`` returns a ``click.Command``."""
+
+    build: Callable[[], Any]
+    KIND: ClassVar[str] = "command"
+
+
+#: Every kind of component, keyed by its name in messages and in ``rtk plugins``.
+KINDS: dict[str, type[ComponentSpec]] = {
+    cls.KIND: cls
+    for cls in (DatasetSpec, ModelSpec, TrainerSpec, AttackSpec, PrunerSpec, SimilaritySpec, CertifierSpec, StageSpec, CommandSpec)
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a component came from."""
+
+    spec: ComponentSpec
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.spec.to_dict(), "plugin": self.plugin, "distribution": self.distribution, "version": self.version}
+
+
+__all__ = [
+    "ComponentSpec", "AttackSpec", "TrainerSpec", "PrunerSpec", "SimilaritySpec", "CertifierSpec",
+    "DatasetSpec", "ModelSpec", "StageSpec", "CommandSpec", "KINDS", "Registration", "field",
+]
