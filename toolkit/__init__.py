@@ -1,1 +1,43 @@
-"""rtk: robustness toolkit."""
+"""rtk: a plugin-based toolkit for adversarially robust neural networks.
+
+Public API (what built-in and third-party plugins may use):
+
+- ``hookimpl``: mark plugin hook implementations.
+- records: ``AttackSpec``, ``TrainerSpec``, ``PrunerSpec``, ``SimilaritySpec``,
+  ``CertifierSpec``, ``DatasetSpec``, ``ModelSpec``, ``StageSpec``, ``CommandSpec``.
+- ``Options`` (base of every options model), ``Eps`` (a float written as "8/255").
+- ``plugin_manager()``, ``Registry``, ``default_registry()``.
+- ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
+- submodules: ``rtk.data``, ``rtk.models``, ``rtk.training``, ``rtk.evaluation``,
+  ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``.
+"""
+
+from __future__ import annotations
+
+from .config import Experiment, experiment_from_dict, load_experiment
+from .errors import (
+    CheckpointError, ConfigError, DataError, PluginError, RtkError, StageError, UnknownComponentError,
+)
+from .hookspecs import hookimpl, hookspec
+from .options import Eps, NoOptions, Options, validate_options
+from .registry import Registry, default_registry, plugin_manager
+from .records import (
+    AttackSpec, CertifierSpec, CommandSpec, ComponentSpec, DatasetSpec, ModelSpec, PrunerSpec,
+    SimilaritySpec, StageSpec, TrainerSpec,
+)
+from .refs import AttackRef, CertifierRef, ComponentRef, PrunerRef, SimilarityRef, TrainerRef
+from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "hookimpl", "hookspec",
+    "AttackSpec", "CertifierSpec", "CommandSpec", "ComponentSpec", "DatasetSpec", "ModelSpec", "PrunerSpec",
+    "SimilaritySpec", "StageSpec", "TrainerSpec",
+    "AttackRef", "CertifierRef", "ComponentRef", "PrunerRef", "SimilarityRef", "TrainerRef",
+    "Eps", "NoOptions", "Options", "validate_options",
+    "Registry", "default_registry", "plugin_manager",
+    "Experiment", "experiment_from_dict", "load_experiment",
+    "Plan", "Planning", "RunResult", "StageContext", "StageResult", "execute", "plan", "run",
+    "CheckpointError", "ConfigError", "DataError", "PluginError", "RtkError", "StageError", "UnknownComponentError",
+]

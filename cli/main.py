@@ -1,0 +1,110 @@
+"""The ``rtk`` command line. It parses, calls the toolkit, and prints; no logic lives here.
+
+The group takes its plugin manager from ``ctx.obj`` when given (tests pass their own:
+``CliRunner().invoke(cli, args, obj=pm)``), else builds one on first use. Built-in verbs
+are the modules of ``rtk.cli`` that define ``command``; plugins add more through the
+``rtk_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import sys
+from typing import Any
+
+import click
+
+_CORE_MODULES = ("main", "common")
+
+
+class State:
+    """What every subcommand receives through ``click.get_current_context().obj``."""
+
+    def __init__(self, pm: Any = None) -> None:
+        self._pm = pm
+        self._registry = None
+        self.quiet = False
+
+    @property
+    def pm(self):
+        if self._pm is None:
+            from rtk.registry import plugin_manager
+
+            self._pm = plugin_manager()
+        return self._pm
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from rtk.registry import Registry
+
+            self._registry = Registry.from_plugin_manager(self.pm)
+        return self._registry
+
+
+def _state(ctx: click.Context) -> State:
+    root = ctx.find_root()
+    if not isinstance(root.obj, State):
+        root.obj = State(root.obj)
+    return root.obj
+
+
+def _builtin_command_modules() -> list[str]:
+    import rtk.cli as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in _CORE_MODULES and not m.name.startswith("_"))
+
+
+class RtkGroup(click.Group):
+    """Adds built-in verbs (modules of rtk.cli) and plugin commands lazily."""
+
+    def _builtins(self) -> dict[str, str]:
+        return {m.replace("_", "-"): m for m in _builtin_command_modules()}
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, Any]:
+        try:
+            reg = _state(ctx).registry
+        except Exception as exc:  # a broken plugin must never break --help
+            logging.getLogger("rtk.cli").warning("plugins unavailable: %s", exc)
+            return {}
+        return {spec.name: spec for spec in reg.specs("command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx)) | set(self._builtins())
+        names |= set(self._plugin_commands(ctx))
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        mod = self._builtins().get(name)
+        if mod is not None:
+            return importlib.import_module(f"rtk.cli.{mod}").command
+        spec = self._plugin_commands(ctx).get(name)
+        if spec is not None:
+            return spec.build()
+        return None
+
+
+@click.group(cls=RtkGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rtk", prog_name="rtk")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info messages.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, verbose: int) -> None:
+    """rtk: train, attack, prune, certify and compare adversarially robust networks."""
+    state = _state(ctx)
+    state.quiet = quiet
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def main() -> None:
+    cli(prog_name="rtk")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""``rtk run``: run an experiment file (or the built-in quickstart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import echo_table, friendly_errors, progress_bars, registry
+
+
+@click.command("run")
+@click.argument("experiment", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<timestamp>).")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path), help="Continue a run directory, skipping completed stages.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
+@click.option("--device", help="Override the experiment's device: auto, cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, help="Override the experiment's seed.")
+@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@friendly_errors
+def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_run: bool, device: str | None,
+            seed: int | None, runs_root: Path) -> None:
+    """Run an EXPERIMENT file (TOML). With no file, run the built-in quickstart."""
+    import rtk
+    from rtk.runner import resumed_experiment
+
+    if resume is not None and experiment is not None:
+        raise click.UsageError("give either an EXPERIMENT file or --resume DIR, not both")
+    if resume is not None:
+        exp = resumed_experiment(resume)
+    elif experiment is not None:
+        exp = rtk.load_experiment(experiment)
+    else:
+        from rtk.quickstart import quickstart_path
+
+        exp = rtk.load_experiment(quickstart_path())
+        click.echo(f"No experiment given: running the built-in quickstart ({quickstart_path().name}).", err=True)
+    updates = {}
+    if device:
+        updates["device"] = device
+    if seed is not None:
+        updates["seed"] = seed
+    if updates:
+        exp = rtk.Experiment.model_validate({**exp.model_dump(), **updates})
+    planned = rtk.plan(exp, registry())
+    if dry_run:
+        click.echo(planned.describe())
+        click.echo("plan is valid; nothing was run (--dry-run).")
+        return
+    with progress_bars():
+        try:
+            result = rtk.execute(planned, out=out, resume=resume, runs_root=runs_root)
+        except rtk.StageError as exc:
+            raise click.ClickException(f"{exc}\nEarlier stages' results are kept; continue with --resume after fixing it.") from None
+    for key, df in result.tables.items():
+        if len(df) <= 30:
+            click.echo(f"\n== {key}")
+            echo_table(df)
+    click.echo(f"\nrun directory: {result.path}\nreport: {result.report}")

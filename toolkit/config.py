@@ -1,0 +1,194 @@
+"""Experiment files: TOML -> validated :class:`Experiment`.
+
+An experiment names a dataset, one or more models, and an ordered list of stages::
+
+    name = "quickstart"
+    seed = 0
+    device = "auto"
+
+    [dataset]
+    name = "digits"            # a registered dataset; every other key is its option
+    limit_test = 300
+
+    [models.standard]
+    arch = "cnn-small"         # a registered model; every other key is its option
+    # checkpoint = "path/to/model"   (optional: NAME.safetensors + NAME.json)
+
+    [[stages]]
+    kind = "train"             # a registered stage; every other key is its option
+    model = "standard"
+    trainer = "standard"       # a component: a name, or a table {name = ..., options...}
+
+Structure is checked here; component names and options are checked by
+:func:`rtk.runner.plan` against the registry. Every problem names the file and key path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .options import format_validation_error
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class ModelDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: str
+    checkpoint: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+    id: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Experiment(BaseModel):
+    """A whole experiment, structurally valid (component options are checked in planning)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "experiment"
+    description: str = ""
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    dataset: DatasetDecl
+    models: dict[str, ModelDecl] = Field(default_factory=dict)
+    stages: list[StageDecl] = Field(default_factory=list)
+    source: str | None = None
+    base_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '-', '_' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_ok(cls, v: str) -> str:
+        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", v):
+            raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
+        return v
+
+    def resolve_path(self, p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        if not path.is_absolute() and self.base_dir:
+            path = Path(self.base_dir) / path
+        return path
+
+
+def _split(table: dict[str, Any], head: str) -> tuple[Any, dict[str, Any]]:
+    rest = {k: v for k, v in table.items() if k != head}
+    return table.get(head), rest
+
+
+def experiment_from_dict(data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None) -> Experiment:
+    """Validate the structure of an experiment given as a dict (as parsed from TOML)."""
+    if not isinstance(data, dict):
+        raise ConfigError("an experiment must be a table of keys", source=source)
+    problems: list[str] = []
+    top = {k: v for k, v in data.items() if k not in ("dataset", "models", "stages")}
+    allowed_top = {"name", "description", "seed", "device", "amp"}
+    for key in top:
+        if key not in allowed_top:
+            from .errors import suggest
+            problems.append(f"{key}: unknown key{suggest(key, allowed_top | {'dataset', 'models', 'stages'})}; "
+                            f"allowed top-level keys: {', '.join(sorted(allowed_top | {'dataset', 'models', 'stages'}))}")
+    built: dict[str, Any] = {k: v for k, v in top.items() if k in allowed_top}
+
+    ds = data.get("dataset")
+    if ds is None:
+        problems.append("dataset: required table is missing (for example: [dataset] name = \"digits\")")
+    elif isinstance(ds, str):
+        built["dataset"] = {"name": ds}
+    elif isinstance(ds, dict):
+        name, rest = _split(ds, "name")
+        if name is None:
+            problems.append("dataset.name: required key is missing")
+        built["dataset"] = {"name": name or "", "options": rest}
+    else:
+        problems.append(f"dataset: expected a table or a name, got {type(ds).__name__}")
+
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        problems.append("models: expected a table of named models ([models.NAME] arch = ...)")
+        models = {}
+    built["models"] = {}
+    for mname, decl in models.items():
+        if not _NAME.match(mname) or "@" in mname:
+            problems.append(f"models.{mname}: invalid model name; use letters, digits, '-', '_' or '.'")
+        if not isinstance(decl, dict):
+            problems.append(f"models.{mname}: expected a table with at least 'arch'")
+            continue
+        arch, rest = _split(decl, "arch")
+        ckpt = rest.pop("checkpoint", None)
+        if arch is None:
+            problems.append(f"models.{mname}.arch: required key is missing")
+            continue
+        if isinstance(arch, str) and ":" in arch:  # "robustbench:cifar10/Linf/Name" -> arch + source option
+            arch, source_id = arch.split(":", 1)
+            rest = {"source": source_id, **rest}
+        built["models"][mname] = {"arch": arch, "checkpoint": ckpt, "options": rest}
+
+    stages = data.get("stages", [])
+    if not isinstance(stages, list):
+        problems.append("stages: expected an array of tables ([[stages]] kind = ...)")
+        stages = []
+    built["stages"] = []
+    seen_ids: set[str] = set()
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            problems.append(f"stages[{i}]: expected a table with at least 'kind'")
+            continue
+        kind, rest = _split(st, "kind")
+        sid = rest.pop("id", None)
+        if kind is None:
+            problems.append(f"stages[{i}].kind: required key is missing")
+            continue
+        sid = str(sid) if sid is not None else f"{i + 1:02d}-{kind}"
+        if sid in seen_ids:
+            problems.append(f"stages[{i}].id: duplicate stage id {sid!r}")
+        seen_ids.add(sid)
+        built["stages"].append({"kind": kind, "id": sid, "options": rest})
+
+    built["source"] = source
+    built["base_dir"] = str(base_dir) if base_dir is not None else None
+    try:
+        exp = Experiment.model_validate(built)
+    except ValidationError as err:
+        problems.extend(format_validation_error(err, "", Experiment))
+        exp = None
+    if problems:
+        raise ConfigError([p.lstrip(".") for p in problems], source=source)
+    assert exp is not None
+    return exp
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read and structurally validate an experiment TOML file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"file not found: {p}", source=str(p))
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
+    return experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve())

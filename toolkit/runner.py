@@ -1,0 +1,535 @@
+"""Plan and execute experiments.
+
+``plan(experiment, registry)`` resolves every component and validates every option
+before any work starts. ``execute(plan, ...)`` runs the stages in order, writing each
+stage's tables, figures and checkpoints to the run directory and recording completion
+after each stage, so ``resume`` skips what is done. ``run(...)`` does both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .config import Experiment, experiment_from_dict, load_experiment
+from .data.core import DataInfo, DatasetBundle, apply_limits
+from .errors import ConfigError, RtkError, StageError, UnknownComponentError
+from .models.checkpoint import ModelRecipe, load_checkpoint, read_spec, save_checkpoint
+from .options import validate_options
+from .registry import Registry, default_registry
+from .records import StageSpec
+from .refs import resolve_refs
+from .rundir import RunDir, environment_record
+from .runtime import resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- records
+@dataclass
+class StageResult:
+    """What a stage hands back: tables (one row per model x attack x eps, ...), figures
+    already written (name -> path), a markdown paragraph for the report, headline metrics."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    summary: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedStage:
+    index: int
+    id: str
+    kind: str
+    spec: StageSpec
+    options: Any
+
+
+@dataclass
+class PlannedModel:
+    name: str
+    arch: str
+    spec: Any
+    options: Any
+    raw_options: dict[str, Any]
+    checkpoint: Path | None
+
+
+@dataclass
+class Plan:
+    experiment: Experiment
+    registry: Registry
+    dataset_spec: Any
+    dataset_options: Any
+    models: dict[str, PlannedModel]
+    stages: list[PlannedStage]
+
+    def describe(self) -> str:
+        e = self.experiment
+        lines = [f"experiment {e.name!r} (seed {e.seed}, device {e.device})",
+                 f"  dataset: {self.dataset_spec.name} {_fmt_opts(self.dataset_options)}"]
+        for m in self.models.values():
+            ck = f" from {m.checkpoint}" if m.checkpoint else ""
+            lines.append(f"  model {m.name}: {m.arch} {_fmt_opts(m.options)}{ck}")
+        for s in self.stages:
+            lines.append(f"  stage {s.id}: {s.kind} {_fmt_opts(s.options)}")
+        return "\n".join(lines)
+
+
+def _fmt_opts(opts: Any) -> str:
+    if opts is None:
+        return ""
+    data = opts.model_dump(exclude_defaults=True) if hasattr(opts, "model_dump") else dict(opts)
+    return "(" + ", ".join(f"{k}={v}" for k, v in data.items()) + ")" if data else ""
+
+
+@dataclass
+class Planning:
+    """What a stage's ``check`` sees: the registry, the models known at that point
+    (declared ones plus those produced by earlier stages; a check may add the names its
+    stage will produce), the dataset, and the key path of the stage for messages."""
+
+    registry: Registry
+    models: set[str]
+    where: str
+    experiment: Experiment
+    tags: dict[str, set[str]] = field(default_factory=dict)
+
+    def check_model(self, name: str, key: str) -> list[str]:
+        """Problems if ``name`` (``model`` or ``model@tag``) is not known at this point."""
+        base = name.split("@", 1)[0]
+        if base in self.models:
+            return []
+        from .errors import suggest
+        known = ", ".join(sorted(self.models)) or "(none declared)"
+        return [f"{self.where}.{key}: unknown model {name!r}{suggest(base, self.models)}; models known here: {known}"]
+
+
+# ---------------------------------------------------------------------------- planning
+def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
+    """Resolve every component and validate every option. Raises one ConfigError listing
+    every problem found, each naming the file and key path."""
+    registry = registry if registry is not None else default_registry()
+    src = experiment.source
+    problems: list[str] = []
+
+    dataset_spec = dataset_opts = None
+    try:
+        dataset_spec = registry.get("dataset", experiment.dataset.name)
+        dataset_opts = validate_options(dataset_spec.options, experiment.dataset.options, "dataset")
+    except UnknownComponentError as exc:
+        problems.append(f"dataset.name: {exc}")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+
+    models: dict[str, PlannedModel] = {}
+    for name, decl in experiment.models.items():
+        where = f"models.{name}"
+        try:
+            mspec = registry.get("model", decl.arch)
+        except UnknownComponentError as exc:
+            problems.append(f"{where}.arch: {exc}")
+            continue
+        try:
+            mopts = validate_options(mspec.options, decl.options, where)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        ckpt = None
+        if decl.checkpoint:
+            ckpt = experiment.resolve_path(decl.checkpoint)
+            if not ckpt.with_suffix(".json").exists() and not Path(str(ckpt) + ".json").exists():
+                problems.append(f"{where}.checkpoint: file not found: {ckpt}.json / .safetensors")
+        models[name] = PlannedModel(name, decl.arch, mspec, mopts, dict(decl.options), ckpt)
+
+    planning = Planning(registry, set(experiment.models), "", experiment)
+    stages: list[PlannedStage] = []
+    for i, decl in enumerate(experiment.stages):
+        where = f"stages[{i}]"
+        try:
+            sspec = registry.get("stage", decl.kind)
+        except UnknownComponentError as exc:
+            problems.append(f"{where}.kind: {exc}")
+            continue
+        try:
+            sopts = validate_options(sspec.options, decl.options, where)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        problems.extend(resolve_refs(sopts, registry, where))
+        if sspec.check is not None:
+            planning.where = where
+            try:
+                problems.extend(sspec.check(sopts, planning) or ())
+            except RtkError as exc:
+                problems.append(f"{where}: {exc}")
+        stages.append(PlannedStage(i, decl.id, decl.kind, sspec, sopts))
+
+    if not experiment.stages:
+        problems.append("stages: the experiment has no stages; add at least one [[stages]] table")
+    if problems:
+        raise ConfigError(problems, source=src)
+    assert dataset_spec is not None
+    return Plan(experiment, registry, dataset_spec, dataset_opts, models, stages)
+
+
+# ---------------------------------------------------------------------------- context
+@dataclass
+class ModelEntry:
+    name: str
+    module: nn.Module
+    recipe: ModelRecipe
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+class StageContext:
+    """What a running stage sees and uses.
+
+    - ``data``: the :class:`~rtk.data.DatasetBundle` (loaded once per run).
+    - ``model(name)``: the current module of a named model; ``name@tag`` loads that
+      checkpoint (for example ``robust@best``) as a fresh module.
+    - ``save_model(name, module, tag)``: write a checkpoint and make it the model's
+      current state (``tag="last"`` by convention); returns its path.
+    - ``add_model(name, module, recipe)``: register a model produced by this stage.
+    - ``tables``: tables of earlier stages, keyed ``"<stage-id>/<table>"``.
+    - ``figure_path(name)``, ``artifact_dir``: where to write files.
+    """
+
+    def __init__(self, runner: _Runner, stage: PlannedStage) -> None:
+        self._runner = runner
+        self.stage = stage
+        self.stage_id = stage.id
+        self.registry = runner.plan.registry
+        self.experiment = runner.plan.experiment
+        self.rundir = runner.rundir
+        self.device = runner.device
+        self.seed = runner.plan.experiment.seed + stage.index
+        self.amp = runner.plan.experiment.amp
+        self.resume = runner.resuming
+        self.log = logging.getLogger(f"rtk.stage.{stage.kind}")
+
+    @property
+    def data(self) -> DatasetBundle:
+        return self._runner.data
+
+    @property
+    def info(self) -> DataInfo:
+        return self._runner.data.info
+
+    @property
+    def models(self) -> dict[str, ModelEntry]:
+        return self._runner.models
+
+    @property
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return self._runner.tables
+
+    def entry(self, name: str) -> ModelEntry:
+        base = name.split("@", 1)[0]
+        if base not in self._runner.models:
+            raise RtkError(f"stage {self.stage_id}: unknown model {base!r}; known: {', '.join(sorted(self._runner.models))}")
+        return self._runner.models[base]
+
+    def model(self, name: str) -> nn.Module:
+        base, _, tag = name.partition("@")
+        entry = self.entry(base)
+        if not tag:
+            return entry.module
+        if tag not in entry.checkpoints:
+            raise RtkError(f"stage {self.stage_id}: model {base!r} has no checkpoint tagged {tag!r}; "
+                           f"available: {', '.join(sorted(entry.checkpoints)) or '(none)'}")
+        module, _, _ = load_checkpoint(entry.checkpoints[tag], self.registry, device=self.device)
+        return module
+
+    def save_model(self, name: str, module: nn.Module, tag: str = "last", *, metadata: dict[str, Any] | None = None,
+                   tensors: dict[str, torch.Tensor] | None = None, make_current: bool = True,
+                   recipe: ModelRecipe | None = None) -> Path:
+        entry = self.entry(name)
+        recipe = recipe or entry.recipe
+        path = save_checkpoint(self.rundir.checkpoint_path(name, tag), module, recipe,
+                               metadata={"stage": self.stage_id, **(metadata or {})}, tensors=tensors)
+        entry.checkpoints[tag] = path
+        if make_current:
+            entry.module = module
+            entry.recipe = recipe
+            entry.checkpoints["current"] = path
+        self._runner.save_state()
+        return path
+
+    def add_model(self, name: str, module: nn.Module, recipe: ModelRecipe, *, tag: str = "last",
+                  metadata: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        self._runner.models[name] = ModelEntry(name, module, recipe)
+        return self.save_model(name, module, tag, metadata=metadata, tensors=tensors, recipe=recipe)
+
+    def build_model(self, arch: str, options: dict[str, Any] | None = None) -> tuple[nn.Module, ModelRecipe]:
+        mspec = self.registry.get("model", arch)
+        opts = validate_options(mspec.options, options or {}, where=f"stage {self.stage_id}: model {arch}")
+        module = mspec.build(self.info, opts).to(self.device)
+        return module, ModelRecipe(arch, opts.model_dump(), self.info)
+
+    def figure_path(self, name: str) -> Path:
+        return self.rundir.figure_path(self.stage_id, name)
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.rundir.stage_dir(self.stage_id)
+
+
+# ---------------------------------------------------------------------------- execution
+@dataclass
+class RunResult:
+    """The outcome of ``rtk.run``: the run directory, every table, each stage's result."""
+
+    path: Path
+    tables: dict[str, pd.DataFrame]
+    stages: dict[str, StageResult]
+    report: Path
+
+    def table(self, key: str) -> pd.DataFrame:
+        """A table by ``"<stage-id>/<table>"`` or by its bare name when that is unique."""
+        if key in self.tables:
+            return self.tables[key]
+        hits = [k for k in self.tables if k.split("/", 1)[1] == key]
+        if len(hits) == 1:
+            return self.tables[hits[0]]
+        raise KeyError(f"no table {key!r}; tables: {', '.join(self.tables)}")
+
+
+class _Runner:
+    def __init__(self, plan_: Plan, rundir: RunDir, device: torch.device, resuming: bool) -> None:
+        self.plan = plan_
+        self.rundir = rundir
+        self.device = device
+        self.resuming = resuming
+        self._data: DatasetBundle | None = None
+        self.models: dict[str, ModelEntry] = {}
+        self.tables: dict[str, pd.DataFrame] = {}
+        self.results: dict[str, StageResult] = {}
+        self.state: dict[str, Any] = rundir.read_json("state.json", default=None) or {"stages": {}, "models": {}}
+
+    @property
+    def data(self) -> DatasetBundle:
+        if self._data is None:
+            p = self.plan
+            bundle = p.dataset_spec.load(p.dataset_options)
+            opts = p.dataset_options
+            if hasattr(opts, "limit_train"):
+                bundle = apply_limits(bundle, opts)
+            self._data = bundle
+        return self._data
+
+    def save_state(self) -> None:
+        self.state["models"] = {
+            name: {"checkpoints": {t: str(p) for t, p in e.checkpoints.items()}} for name, e in self.models.items()
+        }
+        self.rundir.write_json("state.json", self.state)
+
+    def build_models(self) -> None:
+        saved = self.state.get("models", {})
+        for name, pm in self.plan.models.items():
+            ckpts = {t: Path(p) for t, p in saved.get(name, {}).get("checkpoints", {}).items()}
+            if "current" in ckpts:
+                module, recipe, _ = load_checkpoint(ckpts["current"], self.plan.registry, device=self.device)
+            elif pm.checkpoint is not None:
+                module, recipe, _ = load_checkpoint(pm.checkpoint, self.plan.registry, device=self.device)
+            else:
+                module = pm.spec.build(self.data.info, pm.options).to(self.device)
+                recipe = ModelRecipe(pm.arch, pm.options.model_dump(), self.data.info)
+            self.models[name] = ModelEntry(name, module, recipe, ckpts)
+        # models produced by completed stages (pruned variants, ...)
+        for name, info in saved.items():
+            if name in self.models:
+                continue
+            ckpts = {t: Path(p) for t, p in info.get("checkpoints", {}).items()}
+            if "current" in ckpts:
+                module, recipe, _ = load_checkpoint(ckpts["current"], self.plan.registry, device=self.device)
+                self.models[name] = ModelEntry(name, module, recipe, ckpts)
+
+    def run(self) -> RunResult:
+        exp = self.plan.experiment
+        seed_everything(exp.seed)
+        self.build_models()
+        for stage in self.plan.stages:
+            done = self.state["stages"].get(stage.id, {}).get("status") == "completed"
+            if done and self.resuming:
+                log.info("stage %s already completed; skipped (resume)", stage.id)
+                for tname, df in self.rundir.read_tables(stage.id).items():
+                    self.tables[f"{stage.id}/{tname}"] = df
+                rec = self.state["stages"][stage.id]
+                self.results[stage.id] = StageResult(
+                    tables={k.split("/", 1)[1]: v for k, v in self.tables.items() if k.startswith(stage.id + "/")},
+                    figures={k: Path(v) for k, v in rec.get("figures", {}).items()},
+                    summary=rec.get("summary", ""), metrics=rec.get("metrics", {}))
+                continue
+            self._run_stage(stage)
+        report = write_report(self)
+        return RunResult(self.rundir.path, dict(self.tables), dict(self.results), report)
+
+    def _run_stage(self, stage: PlannedStage) -> None:
+        ctx = StageContext(self, stage)
+        seed_everything(ctx.seed)
+        self.state["stages"][stage.id] = {"status": "running", "kind": stage.kind}
+        self.save_state()
+        t0 = time.perf_counter()
+        log.info("stage %s (%s) started", stage.id, stage.kind)
+        try:
+            result = stage.spec.run(ctx, stage.options)
+            if result is None:
+                result = StageResult()
+            if not isinstance(result, StageResult):
+                raise RtkError(f"stage kind {stage.kind!r} returned {type(result).__name__}, expected StageResult")
+        except BaseException as exc:
+            self.state["stages"][stage.id] = {"status": "failed", "kind": stage.kind,
+                                             "error": f"{type(exc).__name__}: {exc}",
+                                             "traceback": traceback.format_exc(limit=20),
+                                             "seconds": round(time.perf_counter() - t0, 3)}
+            self.save_state()
+            write_report(self, failed=stage.id)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise StageError(stage.id, exc) from exc
+        seconds = time.perf_counter() - t0
+        for tname, df in result.tables.items():
+            self.rundir.write_table(stage.id, tname, df)
+            self.tables[f"{stage.id}/{tname}"] = df
+        self.results[stage.id] = result
+        self.state["stages"][stage.id] = {
+            "status": "completed", "kind": stage.kind, "seconds": round(seconds, 3),
+            "figures": {k: str(v) for k, v in result.figures.items()},
+            "summary": result.summary, "metrics": _jsonable(result.metrics),
+        }
+        self.save_state()
+        write_report(self)
+        log.info("stage %s completed in %.1f s", stage.id, seconds)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, torch.Tensor):
+            v = v.item() if v.numel() == 1 else v.tolist()
+        elif hasattr(v, "item") and callable(v.item):
+            try:
+                v = v.item()
+            except (ValueError, TypeError):
+                v = str(v)
+        out[k] = v
+    return out
+
+
+def write_report(r: _Runner, failed: str | None = None) -> Path:
+    exp = r.plan.experiment
+    lines = [f"# Report: {exp.name}", ""]
+    if exp.description:
+        lines += [exp.description, ""]
+    env = r.rundir.read_json("environment.json", {}) or {}
+    lines += [f"- dataset: `{exp.dataset.name}`; seed {exp.seed}; device `{env.get('device', r.device)}`",
+              f"- rtk {env.get('rtk')}, torch {env.get('torch')}; git commit `{env.get('git_commit')}`", ""]
+    for stage in r.plan.stages:
+        st = r.state["stages"].get(stage.id, {})
+        status = st.get("status", "not run")
+        secs = f", {st['seconds']:.1f} s" if "seconds" in st else ""
+        lines += [f"## Stage `{stage.id}` ({stage.kind}): {status}{secs}", ""]
+        if status == "failed":
+            lines += ["```", st.get("error", ""), "```", ""]
+            continue
+        res = r.results.get(stage.id)
+        if res is None:
+            continue
+        if res.summary:
+            lines += [res.summary.strip(), ""]
+        for tname, df in res.tables.items():
+            lines += [f"**{tname}** (`tables/{stage.id}/{tname}.csv`)", ""]
+            shown = df.head(40)
+            lines += [_markdown_table(shown), ""]
+            if len(df) > len(shown):
+                lines += [f"... {len(df) - len(shown)} more rows in the CSV.", ""]
+        for fname, fpath in res.figures.items():
+            rel = os.path.relpath(fpath, r.rundir.path)
+            lines += [f"![{fname}]({rel})", ""]
+    if failed:
+        lines += [f"**The run stopped: stage `{failed}` failed.** Results of earlier stages are kept; "
+                  f"fix the problem and continue with `rtk run --resume {r.rundir.path}`.", ""]
+    return r.rundir.write_text("report.md", "\n".join(lines))
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v).replace("|", "\\|")
+
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for rec in df.itertuples(index=False):
+        rows.append("| " + " | ".join(cell(v) for v in rec) + " |")
+    return "\n".join(rows)
+
+
+def execute(plan_: Plan, *, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+            runs_root: str | os.PathLike = "runs") -> RunResult:
+    """Run a planned experiment. ``resume`` continues an earlier run directory."""
+    exp = plan_.experiment
+    device = resolve_device(exp.device)
+    if resume is not None:
+        rundir = RunDir(resume)
+        if not (rundir.path / "state.json").exists():
+            raise ConfigError(f"--resume {rundir.path}: not a run directory (no state.json)")
+    else:
+        rundir = RunDir.create(exp.name, out=out, root=runs_root)
+    if exp.source and Path(exp.source).exists() and resume is None:
+        rundir.write_text("experiment.toml", Path(exp.source).read_text())
+    rundir.write_json("config.json", exp.model_dump(mode="json"))
+    if resume is None or not (rundir.path / "environment.json").exists():
+        rundir.write_json("environment.json", environment_record(seed=exp.seed, device=str(device),
+                                                                 registry=plan_.registry, source=exp.source))
+    runner = _Runner(plan_, rundir, device, resuming=resume is not None)
+    return runner.run()
+
+
+def run(experiment: str | os.PathLike | dict[str, Any] | Experiment, *, registry: Registry | None = None,
+        out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+        runs_root: str | os.PathLike = "runs") -> RunResult:
+    """Validate and run an experiment given as a TOML path, a dict, or an Experiment.
+
+    Returns a :class:`RunResult` with every table as a pandas DataFrame.
+    """
+    if isinstance(experiment, Experiment):
+        exp = experiment
+    elif isinstance(experiment, dict):
+        exp = experiment_from_dict(experiment, source="<dict>", base_dir=Path.cwd())
+    else:
+        exp = load_experiment(experiment)
+    return execute(plan(exp, registry), out=out, resume=resume, runs_root=runs_root)
+
+
+def resumed_experiment(rundir: str | os.PathLike) -> Experiment:
+    """The experiment of an earlier run directory (for ``rtk run --resume DIR``)."""
+    rd = RunDir(rundir)
+    toml = rd.path / "experiment.toml"
+    if toml.exists():
+        exp = load_experiment(toml)
+        cfg = rd.read_json("config.json", {}) or {}
+        if cfg.get("base_dir"):
+            exp = exp.model_copy(update={"base_dir": cfg["base_dir"]})
+        return exp
+    cfg = rd.read_json("config.json")
+    if cfg is None:
+        raise ConfigError(f"--resume {rd.path}: not a run directory (no config.json)")
+    return Experiment.model_validate(cfg)
+
+
+__all__ = ["Plan", "Planning", "StageContext", "StageResult", "RunResult", "plan", "execute", "run",
+           "resumed_experiment", "read_spec"]
