@@ -100,8 +100,13 @@ def _split(table: dict[str, Any], head: str) -> tuple[Any, dict[str, Any]]:
     return table.get(head), rest
 
 
-def experiment_from_dict(data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None) -> Experiment:
-    """Validate the structure of an experiment given as a dict (as parsed from TOML)."""
+def experiment_from_dict(data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None,
+                         registry: Any = None) -> Experiment:
+    """Validate the structure of an experiment given as a dict (as parsed from TOML).
+
+    When the structure has problems, the parts that are usable are also planned against
+    ``registry`` (default: every installed plugin), so one error lists every problem.
+    """
     if not isinstance(data, dict):
         raise ConfigError("an experiment must be a table of keys", source=source)
     problems: list[str] = []
@@ -177,12 +182,27 @@ def experiment_from_dict(data: dict[str, Any], *, source: str | None = None, bas
         problems.extend(format_validation_error(err, "", Experiment))
         exp = None
     if problems:
+        if exp is None:  # salvage what can be planned, to report every problem at once
+            salvage = {k: v for k, v in built.items() if k in ("dataset", "models", "stages", "source", "base_dir")}
+            try:
+                exp = Experiment.model_validate(salvage)
+            except ValidationError:
+                exp = None
+        if exp is not None and exp.stages:
+            from .runner import plan
+
+            try:
+                plan(exp, registry)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            except Exception:  # noqa: BLE001 - the structural problems are the ones to report
+                pass
         raise ConfigError([p.lstrip(".") for p in problems], source=source)
     assert exp is not None
     return exp
 
 
-def load_experiment(path: str | os.PathLike) -> Experiment:
+def load_experiment(path: str | os.PathLike, registry: Any = None) -> Experiment:
     """Read and structurally validate an experiment TOML file."""
     p = Path(path)
     if not p.exists():
@@ -191,4 +211,4 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
-    return experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve())
+    return experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve(), registry=registry)

@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests run offline on small real data (digits) with tiny models."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def registry():
+    import rtk
+
+    return rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from rtk.data.digits import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,140 @@
+"""The plugin core: manager, registry, entry points, failures, blocking, duplicates."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+
+import pytest
+
+import rtk
+from rtk.errors import PluginError, UnknownComponentError
+from rtk.hookspecs import HOOK_KINDS
+from rtk.records import KINDS
+
+
+def _attack_plugin(name: str):
+    mod = types.ModuleType(f"fake_{name}")
+
+    @rtk.hookimpl
+    def rtk_attacks():
+        yield rtk.AttackSpec(name=name, summary="test attack", build=lambda model, opts: (lambda x, y: x))
+
+    mod.rtk_attacks = rtk_attacks
+    return mod
+
+
+def test_builtins_register_every_kind_the_foundation_promises(registry):
+    for kind in ("dataset", "model", "trainer", "attack", "stage"):
+        assert registry.names(kind), f"no built-in {kind}"
+    assert "digits" in registry.names("dataset")
+    assert "standard" in registry.names("trainer")
+    assert "pgd" in registry.names("attack")
+    assert {"train", "evaluate"} <= set(registry.names("stage"))
+
+
+def test_every_hook_has_a_record_kind():
+    assert set(HOOK_KINDS.values()) == set(KINDS)
+
+
+def test_unknown_name_suggests_closest(registry):
+    with pytest.raises(UnknownComponentError) as err:
+        registry.get("attack", "pgdd")
+    assert "'pgd'" in str(err.value) and "did you mean" in str(err.value)
+
+
+def test_duplicate_component_names_both_plugins():
+    pm = rtk.plugin_manager(entry_points=False, extra=[("first", _attack_plugin("pgd"))])
+    with pytest.raises(PluginError) as err:
+        rtk.Registry.from_plugin_manager(pm)
+    msg = str(err.value)
+    assert "'pgd'" in msg and "'first'" in msg and "'rtk.attacks'" in msg
+
+
+def test_disable_plugins_blocks_by_name(monkeypatch):
+    monkeypatch.setenv("RTK_DISABLE_PLUGINS", "rtk.attacks, extra")
+    pm = rtk.plugin_manager(entry_points=False, extra=[("extra", _attack_plugin("noop"))])
+    reg = rtk.Registry.from_plugin_manager(pm)
+    assert reg.names("attack") == []
+    assert "digits" in reg.names("dataset")
+
+
+def test_wrong_record_type_is_an_error_naming_the_plugin():
+    mod = types.ModuleType("bad")
+
+    @rtk.hookimpl
+    def rtk_attacks():
+        yield rtk.DatasetSpec(name="x", summary="", load=lambda o: None)
+
+    mod.rtk_attacks = rtk_attacks
+    pm = rtk.plugin_manager(builtins=False, entry_points=False, extra=[("bad", mod)])
+    with pytest.raises(PluginError, match="'bad'.*AttackSpec"):
+        rtk.Registry.from_plugin_manager(pm)
+
+
+def test_misspelled_hook_is_caught():
+    mod = types.ModuleType("typo")
+
+    @rtk.hookimpl
+    def rtk_atacks():
+        return []
+
+    mod.rtk_atacks = rtk_atacks
+    with pytest.raises(Exception, match="rtk_atacks"):
+        rtk.plugin_manager(builtins=False, entry_points=False, extra=[("typo", mod)])
+
+
+@pytest.fixture()
+def installed_plugins(tmp_path, monkeypatch):
+    """Two plugins installed exactly as pip would: dist-info with entry_points.txt on sys.path."""
+    (tmp_path / "goodplug.py").write_text(textwrap.dedent('''
+        import rtk
+
+        @rtk.hookimpl
+        def rtk_attacks():
+            yield rtk.AttackSpec(name="identity", summary="returns x unchanged",
+                                 build=lambda model, opts: (lambda x, y: x), norm="none")
+    '''))
+    (tmp_path / "badplug.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
+    for dist, mod in (("goodplug", "goodplug"), ("badplug", "badplug")):
+        info = tmp_path / f"{dist}-1.2.3.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+        (info / "entry_points.txt").write_text(f"[rtk]\n{dist} = {mod}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("RTK_NO_ENTRY_POINTS", raising=False)
+    yield tmp_path
+    for m in ("goodplug", "badplug"):
+        sys.modules.pop(m, None)
+
+
+def test_entry_point_plugins_load_and_broken_ones_are_reported(installed_plugins, monkeypatch):
+    monkeypatch.delenv("RTK_STRICT_PLUGINS", raising=False)
+    pm = rtk.plugin_manager()
+    reg = rtk.Registry.from_plugin_manager(pm)
+    r = reg.registration("attack", "identity")
+    assert (r.plugin, r.distribution, r.version) == ("goodplug", "goodplug", "1.2.3")
+    assert [f.name for f in pm.failures] == ["badplug"]
+    assert "broken on purpose" in pm.failures[0].error
+
+
+def test_strict_plugins_makes_a_broken_plugin_fatal(installed_plugins, monkeypatch):
+    monkeypatch.setenv("RTK_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="badplug.*broken on purpose"):
+        rtk.plugin_manager()
+
+
+def test_every_component_record_is_well_formed(registry):
+    """Contract over every registered component of every kind."""
+    for reg in registry.registrations():
+        spec = reg.spec
+        assert spec.name and spec.name == spec.name.strip(), spec
+        assert spec.summary, f"{spec.KIND} {spec.name} has no summary"
+        assert issubclass(spec.options, rtk.Options), f"{spec.KIND} {spec.name}: options must subclass rtk.Options"
+        assert spec.options.model_config.get("extra") == "forbid"
+        with pytest.raises(Exception):
+            spec.options.model_validate({"definitely_not_an_option": 1})
+        required = [n for n, f in spec.options.model_fields.items() if f.is_required()]
+        if not required:
+            spec.options()  # defaults alone must validate
