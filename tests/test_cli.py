@@ -1,0 +1,120 @@
+"""The click CLI, driven through CliRunner with a plugin manager passed in."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+from click.testing import CliRunner
+
+import rtk
+from rtk.cli.main import cli
+
+EXP = """
+name = "cli"
+[dataset]
+name = "digits"
+limit_train = 200
+limit_test = 60
+[models.net]
+arch = "mlp"
+hidden = [16]
+[[stages]]
+kind = "train"
+model = "net"
+epochs = 1
+[[stages]]
+kind = "evaluate"
+models = ["net"]
+attacks = [{ name = "pgd", eps = 0.1, steps = 2 }]
+"""
+
+
+@pytest.fixture()
+def pm():
+    return rtk.plugin_manager(entry_points=False)
+
+
+def invoke(pm, *args):
+    return CliRunner().invoke(cli, list(args), obj=pm, catch_exceptions=False)
+
+
+def test_help_lists_core_verbs(pm):
+    res = invoke(pm, "--help")
+    assert res.exit_code == 0
+    for verb in ("run", "plugins"):
+        assert f"  {verb} " in res.output
+
+
+def test_help_survives_a_broken_plugin():
+    mod = types.ModuleType("broken")
+
+    @rtk.hookimpl
+    def rtk_commands():
+        raise RuntimeError("kaboom")
+
+    mod.rtk_commands = rtk_commands
+    pm = rtk.plugin_manager(entry_points=False, extra=[("broken", mod)])
+    res = invoke(pm, "--help")
+    assert res.exit_code == 0 and "run" in res.output
+
+
+def test_plugin_commands_are_added(pm):
+    import click
+
+    mod = types.ModuleType("hello")
+
+    @click.command("hello")
+    def hello():
+        """Say hello."""
+        click.echo("hello from a plugin")
+
+    @rtk.hookimpl
+    def rtk_commands():
+        yield rtk.CommandSpec(name="hello", summary="say hello", build=lambda: hello)
+
+    mod.rtk_commands = rtk_commands
+    pm2 = rtk.plugin_manager(entry_points=False, extra=[("hello", mod)])
+    assert "hello" in invoke(pm2, "--help").output
+    assert invoke(pm2, "hello").output.strip() == "hello from a plugin"
+
+
+def test_plugins_lists_components_with_provenance(pm):
+    res = invoke(pm, "plugins")
+    assert res.exit_code == 0
+    assert "attacks:" in res.output and "pgd" in res.output and "[rtk.attacks; rtk 0.1.0]" in res.output
+    res = invoke(pm, "plugins", "--kind", "nope")
+    assert res.exit_code != 0 and "allowed" in res.output
+
+
+def test_run_dry_run_and_real_run(pm, tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(EXP)
+    res = invoke(pm, "run", str(exp), "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "stage 02-evaluate: evaluate" in res.output and "nothing was run" in res.output
+    assert not (tmp_path / "runs").exists()
+    out = tmp_path / "out"
+    res = invoke(pm, "--quiet", "run", str(exp), "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert "02-evaluate/accuracy" in res.output and (out / "report.md").exists()
+
+
+def test_bad_experiment_exits_nonzero_with_file_and_key(pm, tmp_path):
+    exp = tmp_path / "bad.toml"
+    exp.write_text(EXP.replace("epochs = 1", "epochs = 'many'"))
+    res = invoke(pm, "run", str(exp))
+    assert res.exit_code == 1
+    assert str(exp) in res.output and "stages[0].epochs" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_experiment_file(pm, tmp_path):
+    res = invoke(pm, "run", str(tmp_path / "none.toml"))
+    assert res.exit_code == 1 and "file not found" in res.output
+
+
+def test_quickstart_plan_is_valid(pm):
+    res = invoke(pm, "run", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "quickstart" in res.output
