@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from pydantic import Field
+
 from ..options import Options
 
 
@@ -76,9 +78,9 @@ class DatasetBundle:
 class DataOptions(Options):
     """Options every dataset accepts: deterministic subsets of each split."""
 
-    limit_train: int | None = None
-    limit_test: int | None = None
-    seed: int = 0
+    limit_train: int | None = Field(None, ge=1, description="use a fixed random subset of this many training examples")
+    limit_test: int | None = Field(None, ge=1, description="use a fixed random subset of this many test examples")
+    seed: int = Field(0, description="seed of the subset draws")
 
 
 def subset(split: Dataset, limit: int | None, seed: int) -> Dataset:

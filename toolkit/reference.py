@@ -1,0 +1,111 @@
+"""Generate the reference of every experiment-file key from the registry.
+
+``docs/reference/experiment-file.md`` is this output for the built-in plugins; a test
+regenerates it and fails when it is stale, so the reference cannot rot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from .config import Experiment
+
+_KIND_TITLES = [
+    ("dataset", "Datasets (`[dataset] name = ...`)"),
+    ("model", "Models (`[models.NAME] arch = ...`)"),
+    ("stage", "Stages (`[[stages]] kind = ...`)"),
+    ("trainer", "Trainers (`trainer = ...` in train-like stages)"),
+    ("attack", "Attacks (`attacks = [...]` in evaluation stages)"),
+    ("pruner", "Pruners"),
+    ("similarity", "Similarity metrics"),
+    ("certifier", "Certifiers"),
+    ("command", "Extra CLI commands"),
+]
+
+_TOP = [
+    ("name", "string", "experiment", "name of the run; the run directory is `runs/<name>-<timestamp>`"),
+    ("description", "string", "", "free text shown at the top of the report"),
+    ("seed", "integer", "0", "one seed for the whole run; stage i uses seed + i"),
+    ("device", "string", "auto", "auto, cpu, cuda, cuda:N, mps"),
+    ("amp", "boolean", "false", "mixed precision on CUDA"),
+    ("dataset", "table", "(required)", "`name` of a registered dataset; every other key is one of its options"),
+    ("models.NAME", "table", "", "`arch` of a registered model, optional `checkpoint` (path without suffix to "
+                                  "NAME.safetensors + NAME.json); every other key is an option of the architecture. "
+                                  "`arch = \"robustbench:cifar10/Linf/NAME\"` is short for `arch = \"robustbench\"`, "
+                                  "`source = \"cifar10/Linf/NAME\"`"),
+    ("stages", "array of tables", "(required)", "`kind` of a registered stage, optional `id` "
+                                                "(default `NN-kind`); every other key is an option of the stage"),
+]
+
+
+def _type_name(ann: Any) -> str:
+    text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+    text = text or str(ann).replace("typing.", "")
+    for a, b in (("rtk.refs.", ""), ("AttackRef", "attack"), ("TrainerRef", "trainer"), ("PrunerRef", "pruner"),
+                 ("SimilarityRef", "similarity metric"), ("CertifierRef", "certifier"), ("NoneType", "none"),
+                 ("Annotated[float, BeforeValidator(func=<function parse_fraction at", "fraction")):
+        text = text.replace(a, b)
+    if "fraction" in text:
+        text = "float or fraction (\"8/255\")" + (" | none" if "None" in str(ann) else "")
+    return text
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "(required)"
+    if field.default is not PydanticUndefined:
+        d = field.default
+    elif field.default_factory is not None:
+        try:
+            d = field.default_factory()
+        except TypeError:
+            return ""
+    else:
+        return ""
+    if isinstance(d, BaseModel):
+        d = getattr(d, "name", d)
+    if isinstance(d, list):
+        d = [getattr(x, "name", x) for x in d]
+    if isinstance(d, float):
+        return f"{d:.6g}"
+    return repr(d) if isinstance(d, str) else str(d)
+
+
+def options_table(model: type[BaseModel]) -> str:
+    fields = model.model_fields
+    if not fields:
+        return "No options.\n"
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, f in fields.items():
+        desc = (f.description or "").replace("|", "\\|")
+        typ = _type_name(f.annotation).replace("|", "\\|")
+        default = _default(f).replace("|", "\\|")
+        lines.append(f"| `{name}` | {typ} | {default} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+def experiment_reference(registry: Any) -> str:
+    out = ["# Experiment file reference", "",
+           "Generated from the registry by `rtk reference` (built-in plugins; installed plugins add more). "
+           "Every table rejects unknown keys; errors name the file and the key path.", "",
+           "## Top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    assert set(Experiment.model_fields) >= {k.split(".")[0] for k, *_ in _TOP}
+    for key, typ, default, meaning in _TOP:
+        out.append(f"| `{key}` | {typ} | {default} | {meaning} |")
+    out.append("")
+    out.append("A component inside stage options (a trainer, an attack, ...) is written as its name, or as a table "
+               "with `name` and its options: `attacks = [\"pgd\", { name = \"fgsm\", eps = \"4/255\" }]`.")
+    out.append("")
+    for kind, title in _KIND_TITLES:
+        regs = registry.registrations(kind)
+        if not regs:
+            continue
+        out += [f"## {title}", ""]
+        for r in regs:
+            out += [f"### `{r.spec.name}`", "", f"{r.spec.summary} (plugin `{r.plugin}`)", ""]
+            if kind != "command":
+                out += [options_table(r.spec.options)]
+    return "\n".join(out).rstrip() + "\n"
