@@ -86,9 +86,11 @@ class CertifierSpec(ComponentSpec):
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec(ComponentSpec):
     """A dataset. ``load(options)`` returns a :class:`rtk.data.DatasetBundle` whose images
-    are float tensors in [0, 1]."""
+    are float tensors in [0, 1]. ``check(options)``, when given, returns problems found
+    before any work starts (missing files), without loading the data."""
 
     load: Callable[[Any], Any]
+    check: Callable[[Any], Iterable[str]] | None = None
     KIND: ClassVar[str] = "dataset"
 
 

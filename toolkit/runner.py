@@ -128,6 +128,9 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
     try:
         dataset_spec = registry.get("dataset", experiment.dataset.name)
         dataset_opts = validate_options(dataset_spec.options, experiment.dataset.options, "dataset")
+        check = getattr(dataset_spec, "check", None)
+        if check is not None:
+            problems.extend(f"dataset: {p}" for p in check(dataset_opts) or ())
     except UnknownComponentError as exc:
         problems.append(f"dataset.name: {exc}")
     except ConfigError as exc:
