@@ -1,5 +1,33 @@
-"""Data: dataset records, deterministic subsets, fast batching, and the loaders."""
+"""Data: dataset records, deterministic subsets, fast batching, and the loaders.
 
+Loaders (each returns a :class:`DatasetBundle` with images in [0, 1]):
+
+- :func:`load_digits` (scikit-learn, offline)
+- :func:`load_fashion_mnist`, :func:`load_mnist`, and :func:`load_idx_dataset` for any
+  MNIST-like set of IDX files; :func:`read_idx` parses one IDX file
+- :func:`load_cifar10`, :func:`load_cifar100` (CIFAR's pickled batches, read with the
+  restricted unpickler :func:`safe_load`)
+- :func:`load_svhn` (``.mat`` files, needs scipy)
+- :func:`load_image_folder` (Imagenette, ImageWoof, any ``train/`` + ``val/`` tree; lazy)
+
+:func:`data_home` is where datasets are looked for and downloaded by default
+(``$RTK_DATA`` or ``~/.cache/rtk/datasets``).
+"""
+
+from .cifar import cifar10_source, cifar100_source, load_cifar10, load_cifar100, read_cifar_batch
 from .core import DataInfo, DataOptions, DatasetBundle, TensorSplit, apply_limits, batches, num_examples, subset
+from .digits import load_digits
+from .files import FileSource, data_home, default_root
+from .idx import fashion_mnist_source, load_fashion_mnist, load_idx_dataset, load_mnist, mnist_source, parse_idx, read_idx
+from .imagefolder import ImageFolderSplit, check_image_folder, load_image_folder
+from .safe_pickle import RestrictedUnpickler, safe_load
+from .svhn import load_svhn, read_svhn_mat, svhn_source
 
-__all__ = ["DataInfo", "DataOptions", "DatasetBundle", "TensorSplit", "apply_limits", "batches", "num_examples", "subset"]
+__all__ = [
+    "DataInfo", "DataOptions", "DatasetBundle", "TensorSplit", "apply_limits", "batches", "num_examples", "subset",
+    "FileSource", "data_home", "default_root",
+    "load_digits", "load_fashion_mnist", "load_mnist", "load_idx_dataset", "parse_idx", "read_idx",
+    "load_cifar10", "load_cifar100", "read_cifar_batch", "load_svhn", "read_svhn_mat",
+    "ImageFolderSplit", "load_image_folder", "check_image_folder", "RestrictedUnpickler", "safe_load",
+    "fashion_mnist_source", "mnist_source", "cifar10_source", "cifar100_source", "svhn_source",
+]

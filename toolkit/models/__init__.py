@@ -1,6 +1,22 @@
-"""Models: architectures, the Normalize layer, and checkpoint I/O."""
+"""Models: architectures, the Normalize layer, and checkpoint I/O.
 
+Architectures (each takes a :class:`rtk.data.DataInfo`, normalizes its [0, 1] inputs
+itself with a first ``norm`` layer, and returns logits): :func:`mlp`, :func:`cnn_small`,
+:func:`cnn_large` (small verifiable CNNs), :func:`vgg16`, :func:`resnet18`,
+:func:`resnet_small`, :func:`wide_resnet`. :func:`block_outputs` lists the output module
+of every residual block.
+"""
+
+from .blocks import BasicBlock, WideBlock, block_outputs
 from .checkpoint import ModelRecipe, load_checkpoint, load_state_strict, read_spec, save_checkpoint
 from .layers import Normalize
+from .resnet import cifar_resnet, resnet18, resnet_small
+from .small import cnn_large, cnn_small, mlp
+from .vgg import vgg, vgg16
+from .wrn import wide_resnet
 
-__all__ = ["ModelRecipe", "Normalize", "load_checkpoint", "load_state_strict", "read_spec", "save_checkpoint"]
+__all__ = [
+    "ModelRecipe", "Normalize", "load_checkpoint", "load_state_strict", "read_spec", "save_checkpoint",
+    "BasicBlock", "WideBlock", "block_outputs",
+    "mlp", "cnn_small", "cnn_large", "vgg", "vgg16", "cifar_resnet", "resnet18", "resnet_small", "wide_resnet",
+]
