@@ -77,6 +77,40 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, recipe: ModelReci
     return st_path.with_suffix("")
 
 
+#: Post-build transforms that ``load_checkpoint`` replays before loading the weights, keyed by
+#: the ``kind`` of each entry of the spec's ``extra.transforms`` list (for example a pruned
+#: model's masks or its new channel counts). ``fn(model, entry, extra_tensors)`` changes the
+#: freshly built model in place or returns a replacement.
+_LOAD_TRANSFORMS: dict[str, Any] = {}
+#: Built-in providers, imported on first use: kind prefix -> module that registers them.
+_TRANSFORM_PROVIDERS = {"pruning.": "rtk.pruning"}
+
+
+def register_load_transform(kind: str, fn: Any) -> None:
+    """Register ``fn(model, entry, extra_tensors)`` for transforms of this ``kind``."""
+    _LOAD_TRANSFORMS[kind] = fn
+
+
+def apply_load_transforms(model: nn.Module, spec: dict[str, Any], extra: dict[str, torch.Tensor]) -> nn.Module:
+    """Replay the spec's ``extra.transforms`` on a freshly built model."""
+    import importlib
+
+    entries = (spec.get("extra") or {}).get("transforms") or []
+    for i, entry in enumerate(entries):
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind not in _LOAD_TRANSFORMS:
+            for prefix, module in _TRANSFORM_PROVIDERS.items():
+                if isinstance(kind, str) and kind.startswith(prefix):
+                    importlib.import_module(module)
+        fn = _LOAD_TRANSFORMS.get(kind)
+        if fn is None:
+            raise CheckpointError(f"extra.transforms[{i}]: unknown transform {kind!r}; known: "
+                                  f"{', '.join(sorted(_LOAD_TRANSFORMS)) or '(none)'}. Install the plugin that wrote it")
+        out = fn(model, entry, extra)
+        model = out if out is not None else model
+    return model
+
+
 def read_spec(path: str | os.PathLike) -> dict[str, Any]:
     st_path, js_path = _paths(path)
     if not js_path.exists():
@@ -139,6 +173,7 @@ def load_checkpoint(path: str | os.PathLike, registry: Any = None, *, device: st
     tensors = read_tensors(path)
     extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
     state = {k: v for k, v in tensors.items() if not k.startswith("extra/")}
+    model = apply_load_transforms(model, spec, extra)
     hook = getattr(model, "rtk_prepare_load", None)
     if callable(hook):  # e.g. a pruned model re-applies masks or shapes before loading
         hook(spec, extra)
