@@ -107,4 +107,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m rtk.cli.main` (torchrun's workers): run the imported module's main, so every
+    # verb sees one State class (this file's __main__ copy would be a second one)
+    from rtk.cli.main import main as _main
+
+    _main()

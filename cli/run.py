@@ -17,10 +17,17 @@ from .common import echo_table, friendly_errors, progress_bars, registry
 @click.option("--device", help="Override the experiment's device: auto, cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, help="Override the experiment's seed.")
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md.")
 @friendly_errors
 def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_run: bool, device: str | None,
-            seed: int | None, runs_root: Path) -> None:
+            seed: int | None, runs_root: Path, nproc: int = 1) -> None:
     """Run an EXPERIMENT file (TOML). With no file, run the built-in quickstart."""
+    if nproc > 1:
+        from .launch import relaunch
+
+        relaunch(click.get_current_context(), nproc)
+        return
     import rtk
     from rtk.runner import resumed_experiment
 
