@@ -1,0 +1,185 @@
+"""The RobustBench zoo: the ``robustbench`` model and the ``zoo`` stage (optional extra ``rtk[zoo]``).
+
+In an experiment file::
+
+    [models.carmon]
+    arch = "robustbench:cifar10/Linf/Carmon2019Unlabeled"   # -> arch "robustbench", source = "..."
+    model_dir = "models"                                     # or $RTK_MODEL_DIR
+
+    [[stages]]
+    kind = "zoo"
+    models = ["mine"]                         # your models (and any declared zoo models)
+    zoo = ["cifar10/Linf/Ding2020MMA"]        # zoo entries loaded by the stage itself
+    attacks = [{ name = "pgd", eps = "8/255", steps = 10 }]
+    limit = 500
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+import rtk
+
+SOURCE_HELP = ("the zoo entry '<dataset>/<threat>/<name>', e.g. 'cifar10/Linf/Carmon2019Unlabeled'; written "
+               "arch = \"robustbench:<entry>\" in experiment files")
+MODEL_DIR_HELP = ("folder holding the weights as <dataset>/<threat>/<name>.pt (relative to the current directory; "
+                  "default $RTK_MODEL_DIR, else ./models)")
+UNSAFE_HELP = ("allow a checkpoint that torch.load(weights_only=True) refuses (it stores Python objects); this can "
+               "run arbitrary code: only for files you trust")
+SHA_HELP = "expected sha256 of the weight file (a list for ensembles); default: pinned, else recorded on first load"
+DOWNLOAD_HELP = "when the file is missing, fetch it with robustbench's downloader (needs network; checked before use)"
+
+
+def _check_source(value: str) -> str:
+    from rtk.zoo import ZooError, ZooId, entry
+
+    try:
+        zid = ZooId.parse(value)
+        e = entry(zid, describe=False)
+    except ZooError as exc:
+        raise ValueError(str(exc)) from None
+    if not e.supported:
+        raise ValueError(f"{zid}: {e.why_not}")
+    return str(zid)
+
+
+def _check_sha(value):
+    from rtk.zoo.weights import normalize_sha256
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return normalize_sha256(value)
+    return [normalize_sha256(v) for v in value]
+
+
+class RobustBenchOptions(rtk.Options):
+    source: str = Field(description=SOURCE_HELP)
+    model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
+    allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
+    sha256: str | list[str] | None = Field(None, description=SHA_HELP)
+    download: bool = Field(False, description=DOWNLOAD_HELP)
+    pretrained: bool = Field(True, description="load the weights; false builds the architecture with random weights")
+
+    @field_validator("source")
+    @classmethod
+    def _source_ok(cls, value: str) -> str:
+        return _check_source(value)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha_ok(cls, value):
+        return _check_sha(value)
+
+
+def _build_robustbench(info, o: RobustBenchOptions):
+    from rtk.zoo import load_zoo_model
+
+    return load_zoo_model(o.source, model_dir=o.model_dir, info=info, allow_unsafe_pickle=o.allow_unsafe_pickle,
+                          sha256=o.sha256, download=o.download, pretrained=o.pretrained)
+
+
+# ---------------------------------------------------------------------------- the zoo stage
+class CKAOptions(rtk.Options):
+    enabled: bool = Field(True, description="compute CKA between each zoo model and each of your models")
+    limit: int = Field(256, ge=8, description="test examples whose features are compared")
+    batch_size: int = Field(64, ge=2)
+    layers: list[str] = Field(default_factory=list, description="layer name patterns (fnmatch) for both models; "
+                                                                "default: every conv/linear/relu/pooling/BN layer")
+    max_layers: int = Field(24, ge=1, description="at most this many layers per model (evenly spaced)")
+
+
+class ZooStageOptions(rtk.Options):
+    models: list[str] = Field(default_factory=list, description="experiment models to compare (yours, or declared zoo models)")
+    zoo: list[str] = Field(default_factory=list, description="zoo entries '<dataset>/<threat>/<name>' loaded by the stage")
+    model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
+    allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
+    download: bool = Field(False, description=DOWNLOAD_HELP)
+    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="pgd")])
+    limit: int | None = Field(None, ge=1, description="evaluate on a fixed subset of this many test examples")
+    batch_size: int = Field(128, ge=1)
+    cka: CKAOptions = Field(default_factory=CKAOptions)
+
+
+def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
+    problems = []
+    for i, m in enumerate(opts.models):
+        problems += planning.check_model(m, f"models[{i}]")
+    if not opts.models and not opts.zoo:
+        problems.append(f"{planning.where}: nothing to compare; give models = [...] and/or zoo = [...]")
+    for i, z in enumerate(opts.zoo):
+        try:
+            _check_source(z)
+        except ValueError as exc:
+            problems.append(f"{planning.where}.zoo[{i}]: {exc}")
+    names = list(opts.models) + [z.rsplit("/", 1)[-1] for z in opts.zoo]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"{planning.where}: a model appears twice in the comparison: {', '.join(dupes)}")
+    return problems
+
+
+def _contenders(ctx: rtk.StageContext, opts: ZooStageOptions):
+    from rtk.zoo import ZooId, load_zoo_model
+    from rtk.zoo.compare import Contender, zoo_contender
+
+    out = []
+    for name in opts.models:
+        module = ctx.model(name)
+        recipe = ctx.entry(name).recipe
+        if recipe.arch == "robustbench":
+            out.append(Contender(name, module, "zoo", str(recipe.options.get("source"))))
+        else:
+            out.append(Contender(name, module, "rtk"))
+    for z in opts.zoo:
+        zid = ZooId.parse(z)
+        module = load_zoo_model(zid, model_dir=opts.model_dir, info=ctx.info,
+                                allow_unsafe_pickle=opts.allow_unsafe_pickle, download=opts.download)
+        out.append(zoo_contender(zid.name, module.to(ctx.device)))
+    return out
+
+
+def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
+    from rtk.data import subset
+    from rtk.zoo.compare import compare_layers_table, compare_robustness
+
+    contenders = _contenders(ctx, opts)
+    split = subset(ctx.data.test, opts.limit, ctx.experiment.seed)
+    attacks = [(ref.describe(), (lambda m, r=ref: r.spec.build(m, r.opts))) for ref in opts.attacks]
+    long, wide = compare_robustness(contenders, split, attacks, batch_size=opts.batch_size, device=ctx.device)
+    tables = {"accuracy": long, "comparison": wide}
+    figures = {}
+    summary = [f"Compared {len(contenders)} model(s) ({sum(c.source == 'zoo' for c in contenders)} from the "
+               f"RobustBench zoo) on the same {len(split)} test examples under "
+               f"{', '.join(ref.describe() for ref in opts.attacks)}."]
+    zoo_side = [c for c in contenders if c.source == "zoo"]
+    mine = [c for c in contenders if c.source != "zoo"]
+    if opts.cka.enabled and zoo_side and mine:
+        cka_split = subset(ctx.data.test, opts.cka.limit, ctx.experiment.seed)
+        cka_table, cka_figures, note = compare_layers_table(
+            zoo_side, mine, cka_split, layers=opts.cka.layers, max_layers=opts.cka.max_layers,
+            batch_size=opts.cka.batch_size, device=ctx.device, figure_path=ctx.figure_path)
+        if cka_table is not None:
+            tables["cka"] = cka_table
+            figures.update(cka_figures)
+        if note:
+            summary.append(note)
+    best = wide.sort_values("worst_case", ascending=False).iloc[0]
+    summary.append(f"Highest worst-case accuracy: `{best['model']}` ({best['worst_case']:.3f}). Reported RobustBench "
+                   f"accuracies (AutoAttack, full test set) are in the columns reported_clean / reported_robust.")
+    return rtk.StageResult(tables=tables, figures=figures, summary=" ".join(summary),
+                           metrics={f"worst_case/{r['model']}": float(r["worst_case"]) for _, r in wide.iterrows()})
+
+
+@rtk.hookimpl
+def rtk_models():
+    yield rtk.ModelSpec(name="robustbench", summary="a RobustBench zoo model from a local model directory "
+                                                    "(arch = \"robustbench:<dataset>/<threat>/<name>\"; needs rtk[zoo])",
+                        options=RobustBenchOptions, build=_build_robustbench)
+
+
+@rtk.hookimpl
+def rtk_stages():
+    yield rtk.StageSpec(name="zoo", summary="RobustBench zoo models beside yours: one subset, one attack suite, one "
+                                            "table; CKA between their layers (needs rtk[zoo])",
+                        options=ZooStageOptions, run=_run_stage, check=_check_stage)
