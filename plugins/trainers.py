@@ -1,58 +1,247 @@
-"""Built-in trainers (training objectives) and the ``train`` stage."""
+"""Built-in trainers (standard, PGD-AT, TRADES, MART, fast AT) and the ``train`` and
+``fine-tune`` stages. The objectives and the loop live in :mod:`rtk.training`."""
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 import rtk
-from rtk.training import LoopConfig, StandardObjective, fit
+from rtk.models import read_spec
+from rtk.training import (
+    FastATObjective, LoopConfig, MARTObjective, PGDATObjective, StandardObjective, TRADESObjective, has_state,
+    plot_history, train_model,
+)
 
 
+# ---------------------------------------------------------------------------- trainer options
 class StandardOptions(rtk.Options):
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
 
 
-class TrainStageOptions(rtk.Options):
+class _AdversarialOptions(rtk.Options):
+    eps: rtk.Eps = Field(8 / 255, gt=0, description="training radius, a float or a fraction such as '8/255'")
+    alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
+    steps: int = Field(10, ge=1, le=1000, description="attack steps")
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
+    attack_bn: Literal["eval", "train"] = Field(
+        "eval", description="model mode during the attack: eval (BN running stats, not updated) or train")
+    eps_warmup: float = Field(0.0, ge=0, description="epochs of clean training (eps 0) before the ramp")
+    eps_ramp: float = Field(0.0, ge=0, description="epochs over which eps rises linearly to its target")
+
+    @model_validator(mode="after")
+    def _eps_range(self):
+        if self.norm == "Linf" and self.eps > 1:
+            raise ValueError(f"eps = {self.eps:g} is out of range for Linf on inputs in [0, 1]: allowed 0 < eps <= 1 "
+                             "(write fractions such as '8/255')")
+        return self
+
+    def common(self) -> dict[str, Any]:
+        return dict(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, attack_bn=self.attack_bn,
+                    eps_warmup=self.eps_warmup, eps_ramp=self.eps_ramp)
+
+
+class PGDATOptions(_AdversarialOptions):
+    random_start: bool = Field(True, description="start each attack from a uniform random point in the eps-ball")
+
+
+class TRADESOptions(_AdversarialOptions):
+    beta: float = Field(6.0, ge=0, description="weight of the KL robustness term (TRADES paper, HYDRA: 6)")
+
+
+class MARTOptions(_AdversarialOptions):
+    beta: float = Field(6.0, ge=0, description="weight of the misclassification-aware KL term (MART code: 5-6)")
+
+
+class FastATOptions(_AdversarialOptions):
+    steps: int | None = Field(None, description="fast AT takes exactly one FGSM step; leave unset")
+    alpha: rtk.Eps | None = Field(None, gt=0, description="FGSM step (default 1.25 * eps, Wong et al.)")
+
+    @model_validator(mode="after")
+    def _one_step(self):
+        if self.steps is not None and self.steps != 1:
+            raise ValueError(f"fast-at takes exactly one FGSM step (got steps = {self.steps}); for multi-step "
+                             "training use the trainer 'pgd-at'")
+        return self
+
+    def common(self) -> dict[str, Any]:
+        return {**super().common(), "steps": 1}
+
+
+# ---------------------------------------------------------------------------- stages
+class TrainStageOptions(LoopConfig):
     model: str = Field(description="name of the model to train (declared under [models])")
-    trainer: rtk.TrainerRef = Field(default_factory=lambda: rtk.TrainerRef(name="standard"))
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.1, gt=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    trainer: rtk.TrainerRef = Field(default_factory=lambda: rtk.TrainerRef(name="standard"),
+                                    description="a trainer name, or a table {name = ..., options}")
+    amp: bool | None = Field(None, description="mixed precision on CUDA (default: the experiment's amp)")
+    params: list[str] | None = Field(None, min_length=1, description="glob patterns of parameter names to train; "
+                                                                     "the others stay frozen (default: all)")
+    resume: bool = Field(True, description="when the run is resumed, continue an interrupted stage from its last epoch")
+
+
+class FineTuneStageOptions(TrainStageOptions):
+    model: str = Field(description="the model to write (a new name, or an existing model to fine-tune in place)")
+    source: str | None = Field(None, description="where to start: a model or model@tag such as 'robust@best' "
+                                                 "(default: the model's current state)")
+    epochs: int = Field(5, ge=1, description="number of epochs")
+    lr: float = Field(0.01, gt=0, description="learning rate (fine-tuning typically uses a lower one)")
+
+
+def _loop_config(opts: TrainStageOptions, ctx_amp: bool) -> LoopConfig:
+    """The LoopConfig part of stage options, keeping which keys were given (for validation)."""
+    fields = LoopConfig.model_fields
+    data = {k: getattr(opts, k) for k in fields
+            if k != "amp" and (k in opts.model_fields_set or getattr(opts, k) != fields[k].default)}
+    data["amp"] = ctx_amp if opts.amp is None else opts.amp
+    return LoopConfig(**data)
+
+
+def _trainer_problems(opts: TrainStageOptions, where: str) -> list[str]:
+    try:
+        topts = opts.trainer.opts
+    except RuntimeError:  # the reference did not resolve; that problem is reported already
+        return []
+    end = getattr(topts, "eps_warmup", 0.0) + getattr(topts, "eps_ramp", 0.0)
+    if end > opts.epochs:
+        return [f"{where}.trainer: the eps warm-up + ramp ends at epoch {end:g}, after training ends "
+                f"({opts.epochs} epochs)"]
+    return []
 
 
 def _check_train(opts: TrainStageOptions, planning: rtk.Planning):
-    return planning.check_model(opts.model, "model")
+    return planning.check_model(opts.model, "model") + _trainer_problems(opts, planning.where)
+
+
+def _check_fine_tune(opts: FineTuneStageOptions, planning: rtk.Planning):
+    problems = _trainer_problems(opts, planning.where)
+    if "@" in opts.model:
+        problems.append(f"{planning.where}.model: {opts.model!r} names a checkpoint; give a model name "
+                        "(start from a checkpoint with source = 'model@tag')")
+    if opts.source is not None:
+        problems += planning.check_model(opts.source, "source")
+    else:
+        problems += planning.check_model(opts.model, "model")
+    planning.models.add(opts.model.split("@", 1)[0])
+    return problems
+
+
+def _select_params(module, patterns: list[str] | None):
+    """The parameters whose names match any glob pattern (others frozen), or None for all."""
+    if patterns is None:
+        return None
+    from fnmatch import fnmatchcase
+
+    chosen, names = [], []
+    for name, p in module.named_parameters():
+        if any(fnmatchcase(name, pat) for pat in patterns):
+            chosen.append(p)
+        else:
+            p.requires_grad_(False)
+        names.append(name)
+    if not chosen:
+        raise rtk.ConfigError(f"params: {patterns} match no parameter; the model's parameters are: {', '.join(names)}")
+    return chosen
+
+
+def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) -> rtk.StageResult:
+    objective = opts.trainer.spec.build(opts.trainer.opts)
+    cfg = _loop_config(opts, ctx.amp)
+    desc = opts.trainer.describe()
+    state_dir = ctx.artifact_dir / "state"
+    resuming = bool(ctx.resume and opts.resume and has_state(state_dir))
+
+    def save(tag: str, model, meta: dict[str, Any]):
+        return ctx.save_model(name, model, tag, metadata={**meta, "trainer": desc}, make_current=(tag == "last"))
+
+    result = train_model(module, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
+                         parameters=_select_params(module, opts.params), out=ctx.artifact_dir, checkpoint=save,
+                         resume=resuming, plot=False)
+    if cfg.restore_best and result.best_epoch is not None and "best" in result.checkpoints:
+        meta = read_spec(result.checkpoints["best"]).get("metadata", {})
+        ctx.save_model(name, module, "best", metadata=meta, make_current=True)
+    history = result.history.copy()
+    history.insert(0, "model", name)
+    history.insert(1, "trainer", desc)
+    fig = plot_history(result.history, ctx.figure_path("robust-overfitting"), best_epoch=result.best_epoch,
+                       title=f"{name}: {desc}")
+    return rtk.StageResult(tables={"history": history}, figures={"robust-overfitting": fig},
+                           summary=_summary(name, desc, result, cfg), metrics=_metrics(result))
+
+
+def _summary(name: str, desc: str, result, cfg: LoopConfig) -> str:
+    h = result.history
+    last = h.iloc[-1]
+    parts = [f"Trained `{name}` with `{desc}` for {result.epochs_run} of {cfg.epochs} epochs"
+             + (" (stopped early)" if result.stop_reason == "early-stopped" else "")
+             + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "") + "."]
+    if "test_clean_acc" in h and last.notna().get("test_clean_acc", False):
+        line = f"Last epoch: test accuracy {last['test_clean_acc']:.3f}"
+        if last.notna().get("test_robust_acc", False):
+            line += f", under PGD {last['test_robust_acc']:.3f}"
+        parts.append(line + ".")
+    if result.best_epoch is not None:
+        parts.append(f"Best epoch {result.best_epoch} by {result.monitor} = {result.best_value:.3f}.")
+    if result.checkpoints:
+        parts.append("Checkpoints: " + ", ".join(f"`{t}`" for t in result.checkpoints) + ".")
+    return " ".join(parts)
+
+
+def _metrics(result) -> dict[str, Any]:
+    last = result.history.iloc[-1].to_dict() if len(result.history) else {}
+    out = {"best_epoch": result.best_epoch, "best_value": result.best_value, "monitor": result.monitor,
+           "stop_reason": result.stop_reason, "epochs_run": result.epochs_run}
+    for k in ("test_clean_acc", "test_robust_acc", "train_clean_acc", "train_robust_acc"):
+        v = last.get(k)
+        if v is not None and v == v:
+            out[k] = float(v)
+    out["test_acc"] = out.get("test_clean_acc")
+    return out
 
 
 def _run_train(ctx: rtk.StageContext, opts: TrainStageOptions) -> rtk.StageResult:
-    model = ctx.model(opts.model)
-    objective = opts.trainer.spec.build(opts.trainer.opts)
-    cfg = LoopConfig(opts.epochs, opts.batch_size, opts.lr, opts.optimizer, opts.momentum, opts.weight_decay)
-    history = fit(model, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed)
-    history.insert(0, "model", opts.model)
-    history.insert(1, "trainer", opts.trainer.name)
-    ctx.save_model(opts.model, model, "last", metadata={"epochs": opts.epochs, "trainer": opts.trainer.describe()})
-    last = history.iloc[-1]
-    return rtk.StageResult(
-        tables={"history": history},
-        summary=f"Trained `{opts.model}` with `{opts.trainer.describe()}` for {opts.epochs} epochs: "
-                f"test accuracy {last['test_acc']:.3f}.",
-        metrics={"test_acc": float(last["test_acc"])},
-    )
+    return _train(ctx, opts, opts.model, ctx.model(opts.model))
+
+
+def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.StageResult:
+    name = opts.model
+    source = opts.source or name
+    base = source.split("@", 1)[0]
+    if ctx.resume and opts.resume and name in ctx.models and has_state(ctx.artifact_dir / "state"):
+        module = ctx.model(name)  # the saved training state restores the weights
+    elif "@" in source:
+        module = ctx.model(source)  # a fresh module loaded from that checkpoint
+    else:
+        module = ctx.model(base)
+        if name != base:
+            module = copy.deepcopy(module)
+    if name not in ctx.models:
+        ctx.add_model(name, module, ctx.entry(base).recipe, tag="start", metadata={"source": source})
+    elif ctx.entry(name).module is not module:
+        ctx.save_model(name, module, "start", metadata={"source": source}, make_current=True)
+    return _train(ctx, opts, name, module)
 
 
 @rtk.hookimpl
 def rtk_trainers():
     yield rtk.TrainerSpec(name="standard", summary="cross-entropy on clean inputs", options=StandardOptions,
                           build=lambda o: StandardObjective(o.label_smoothing))
+    yield rtk.TrainerSpec(name="pgd-at", summary="PGD adversarial training (Madry et al. 2018)", options=PGDATOptions,
+                          build=lambda o: PGDATObjective(**o.common(), random_start=o.random_start))
+    yield rtk.TrainerSpec(name="trades", summary="TRADES: clean CE + beta * KL to adversarial (Zhang et al. 2019)",
+                          options=TRADESOptions, build=lambda o: TRADESObjective(**o.common(), beta=o.beta))
+    yield rtk.TrainerSpec(name="mart", summary="MART: misclassification-aware adversarial training (Wang et al. 2020)",
+                          options=MARTOptions, build=lambda o: MARTObjective(**o.common(), beta=o.beta))
+    yield rtk.TrainerSpec(name="fast-at", summary="fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)",
+                          options=FastATOptions, build=lambda o: FastATObjective(**o.common()))
 
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="train", summary="train a model with a registered trainer", options=TrainStageOptions,
-                        run=_run_train, check=_check_train)
+    yield rtk.StageSpec(name="train", summary="train a model with a registered trainer (robust-overfitting curve, "
+                                              "checkpoints last/best/epoch-N, resume, early stopping)",
+                        options=TrainStageOptions, run=_run_train, check=_check_train)
+    yield rtk.StageSpec(name="fine-tune", summary="continue training from a model or checkpoint (e.g. robust@best), "
+                                                  "typically with a lower learning rate",
+                        options=FineTuneStageOptions, run=_run_fine_tune, check=_check_fine_tune)

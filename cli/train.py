@@ -1,0 +1,190 @@
+"""``rtk train``: train one model with a registered trainer, without writing an experiment file.
+
+It builds a one-stage experiment (dataset, model, a ``train`` stage) and runs it through
+the runner, so the run directory, checkpoints (last, best, epoch-N), the robust-overfitting
+table and figure, and ``--resume`` behave exactly as in ``rtk run``. Every option of the
+training loop is a flag here (generated from :class:`rtk.training.LoopConfig`).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import click
+from click.core import ParameterSource
+
+from .common import echo_table, friendly_errors, progress_bars, registry
+
+_LOOP_SKIP = ("amp",)  # handled by the explicit --amp/--no-amp below
+
+
+def _loop_fields() -> dict[str, Any]:
+    from rtk.training import LoopConfig
+
+    return {k: f for k, f in LoopConfig.model_fields.items() if k not in _LOOP_SKIP}
+
+
+def _is_bool(ann: Any) -> bool:
+    return ann is bool
+
+
+def _is_list(ann: Any) -> bool:
+    if get_origin(ann) is list:
+        return True
+    return any(get_origin(a) is list for a in get_args(ann))
+
+
+def _add_loop_options(fn):
+    """One flag per LoopConfig field: ``--eval-size 500``, ``--restore-best/--no-restore-best``."""
+    for name, f in reversed(list(_loop_fields().items())):
+        flag = "--" + name.replace("_", "-")
+        default = f.default
+        help_ = (f.description or "") + (f" [default: {default}]" if default is not None and not _is_list(f.annotation) else "")
+        if _is_bool(f.annotation):
+            fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_)(fn)
+        elif _is_list(f.annotation):
+            fn = click.option(flag, name, default=None, metavar="A,B,...", help=help_ + " (comma-separated)")(fn)
+        else:
+            fn = click.option(flag, name, default=None, metavar="VALUE", help=help_)(fn)
+    return fn
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``6``, ``0.5``, ``true``, ``[1, 2]``, ``"x"``), else the text itself (``8/255``)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _pairs(items: tuple[str, ...], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _cli_message(text: str, model: str) -> str:
+    """Name command-line flags instead of experiment keys in error messages."""
+    text = text.replace("invalid experiment <rtk train>", "invalid options")
+    text = re.sub(r"stages\[0\]\.trainer\.", "trainer option ", text)
+    text = re.sub(r"stages\[0\]\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
+    text = text.replace("stages[0]", "options")
+    text = text.replace(f"models.{model}.", "model option ").replace("dataset.", "dataset option ")
+    return text
+
+
+
+
+@click.command("train")
+@click.option("--dataset", default="digits", show_default=True, help="A registered dataset.")
+@click.option("-d", "--data-option", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
+@click.option("--limit-train", type=int, help="Train on a fixed subset of this many examples.")
+@click.option("--limit-test", type=int, help="Evaluate on a fixed subset of this many test examples.")
+@click.option("--arch", default="cnn-small", show_default=True, help="A registered architecture.")
+@click.option("-m", "--model-option", multiple=True, metavar="KEY=VALUE", help="An architecture option (repeatable).")
+@click.option("--name", default="net", show_default=True, help="Name of the model in the run directory.")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path),
+              help="Start from this checkpoint (NAME of NAME.safetensors + NAME.json), e.g. to fine-tune.")
+@click.option("--trainer", default="standard", show_default=True, help="standard, pgd-at, trades, mart, fast-at, ...")
+@click.option("-o", "--trainer-option", multiple=True, metavar="KEY=VALUE",
+              help="A trainer option (repeatable), e.g. -o steps=7 -o beta=6.")
+@click.option("--eps", help="The trainer's eps, e.g. 8/255 (same as -o eps=...).")
+@click.option("--params", help="Comma-separated glob patterns of parameter names to train (others frozen).")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>).")
+@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Continue an interrupted run directory from its last completed epoch (takes its options from there).")
+@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
+@_add_loop_options
+@friendly_errors
+def command(**kw: Any) -> None:
+    """Train a model with a registered trainer and print its per-epoch history.
+
+    \b
+    Examples:
+      rtk train --trainer pgd-at --eps 0.1 -o steps=7 --epochs 10 --out runs/pgd
+      rtk train --trainer trades --eps 8/255 -o beta=6 --schedule piecewise --epochs 100
+      rtk train --resume runs/pgd
+    """
+    import rtk
+    from rtk.runner import resumed_experiment
+
+    ctx = click.get_current_context()
+    resume: Path | None = kw.pop("resume")
+    runs_root: Path = kw.pop("runs_root")
+    dry_run: bool = kw.pop("dry_run")
+    if resume is not None:
+        given = [n for n in kw if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise click.UsageError(f"--resume takes every option from the run directory; do not also give {flags}")
+        planned = rtk.plan(resumed_experiment(resume), registry())
+    else:
+        exp = _experiment(kw)
+        try:
+            planned = rtk.plan(rtk.experiment_from_dict(exp, source="<rtk train>", base_dir=Path.cwd()), registry())
+        except rtk.ConfigError as exc:
+            raise click.ClickException(_cli_message(str(exc), kw["name"])) from None
+    if dry_run:
+        click.echo(planned.describe())
+        click.echo("plan is valid; nothing was run (--dry-run).")
+        return
+    with progress_bars():
+        try:
+            result = rtk.execute(planned, out=kw.get("out") if resume is None else None, resume=resume,
+                                 runs_root=runs_root)
+        except rtk.StageError as exc:
+            raise click.ClickException(f"{exc}\nCheckpoints of the last good epoch are kept; continue with "
+                                       f"rtk train --resume <run directory> after fixing the cause.") from None
+    _report(result)
+
+
+def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
+    name = kw["name"]
+    dataset = {"name": kw["dataset"], **_pairs(kw["data_option"], "--data-option")}
+    for key in ("limit_train", "limit_test"):
+        if kw[key] is not None:
+            dataset[key] = kw[key]
+    model: dict[str, Any] = {"arch": kw["arch"], **_pairs(kw["model_option"], "--model-option")}
+    if kw["init"] is not None:
+        model["checkpoint"] = str(Path(kw["init"]).resolve())
+    trainer = {"name": kw["trainer"], **_pairs(kw["trainer_option"], "--trainer-option")}
+    if kw["eps"] is not None:
+        trainer["eps"] = kw["eps"]
+    stage: dict[str, Any] = {"kind": "train", "id": "train", "model": name, "trainer": trainer}
+    if kw["params"]:
+        stage["params"] = [p.strip() for p in kw["params"].split(",") if p.strip()]
+    if kw["amp"] is not None:
+        stage["amp"] = kw["amp"]
+    for key, f in _loop_fields().items():
+        value = kw.get(key)
+        if value is None:
+            continue
+        stage[key] = [v.strip() for v in value.split(",") if v.strip()] if _is_list(f.annotation) else value
+    label = re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"train-{kw['arch']}-{kw['trainer']}").strip("-")
+    return {"name": label, "seed": kw["seed"], "device": kw["device"], "dataset": dataset,
+            "models": {name: model}, "stages": [stage]}
+
+
+def _report(result) -> None:
+    stage = result.stages.get("train") or next(iter(result.stages.values()))
+    history = result.table("history")
+    cols = [c for c in ("epoch", "lr", "eps", "train_loss", "train_acc", "train_clean_acc", "train_robust_acc",
+                        "test_clean_acc", "test_robust_acc", "train_time_s")
+            if c in history and history[c].notna().any()]
+    echo_table(history[cols])
+    if stage.summary:
+        click.echo("\n" + stage.summary)
+    for fname, fpath in stage.figures.items():
+        click.echo(f"figure {fname}: {fpath}")
+    click.echo(f"run directory: {result.path}\nresume with: rtk train --resume {result.path}")
