@@ -1,0 +1,337 @@
+"""Structured channel pruning through torch-pruning's dependency graph.
+
+Whole channels (conv filters, linear units) are removed together with everything coupled
+to them (the next layer's inputs, batch norm, residual additions), so the pruned model is
+a smaller dense model: fewer parameters, fewer MACs, faster inference.
+
+Importance of a channel (option ``importance``):
+
+- ``magnitude``: L1 norm of the root layer's filter (Li et al. 2017);
+- ``l1`` / ``l2``: group L1 / L2 norm over every coupled layer;
+- ``lamp``: layer-adaptive magnitude (Lee et al. 2021);
+- ``taylor``: first-order Taylor ``|w * dL/dw|`` under the clean cross-entropy;
+- ``robust-taylor``: the same Taylor score under the adversarial loss: gradients of the
+  PGD loss (or of the training objective, ``taylor_loss="objective"``), so the channels the
+  robust loss depends on are kept;
+- ``random``: a control.
+
+``ratio`` is the fraction of the selected layers' weights removed, as for unstructured
+pruning; the channel ratio that achieves it is found by bisection and reported. The first
+layer and the classifier's outputs are never removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.core import batches
+from .base import PruneJob, PruneOutcome, PruningError, check_ratio
+from .masks import is_masked, is_scored
+from .select import execution_order, prunable_layers, resolve_names
+
+log = logging.getLogger(__name__)
+
+IMPORTANCES = ("magnitude", "l1", "l2", "lamp", "taylor", "robust-taylor", "random")
+
+
+def make_importance(kind: str) -> Any:
+    """The torch-pruning importance estimator for ``kind`` (one of :data:`IMPORTANCES`)."""
+    import torch_pruning as tp
+
+    imp = tp.importance
+    if kind == "magnitude":
+        return imp.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer=None)
+    if kind == "l1":
+        return imp.GroupMagnitudeImportance(p=1)
+    if kind == "l2":
+        return imp.GroupMagnitudeImportance(p=2)
+    if kind == "lamp":
+        return imp.LAMPImportance(p=2)
+    if kind in ("taylor", "robust-taylor"):
+        return imp.GroupTaylorImportance()
+    if kind == "random":
+        return imp.RandomImportance()
+    raise ValueError(f"unknown importance {kind!r}; allowed: {', '.join(IMPORTANCES)}")
+
+
+# ----------------------------------------------------------------------------- locating failures
+@contextlib.contextmanager
+def _layer_tracker(model: nn.Module) -> Iterator[dict[str, Any]]:
+    """Track which module is running, so a failure can name the layer."""
+    state: dict[str, Any] = {"stack": [], "last_done": None}
+    names = {id(m): n or "<model>" for n, m in model.named_modules()}
+
+    def pre(module: nn.Module, _inp: Any) -> None:
+        state["stack"].append(names.get(id(module), type(module).__name__))
+
+    def post(module: nn.Module, _inp: Any, _out: Any) -> None:
+        if state["stack"]:
+            state["stack"].pop()
+        state["last_done"] = names.get(id(module), type(module).__name__)
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    try:
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _where(model: nn.Module, state: dict[str, Any]) -> str:
+    mods = dict(model.named_modules())
+    if state["stack"]:
+        name = state["stack"][-1]
+        kind = type(mods[name]).__name__ if name in mods else "?"
+        after = f", after layer {state['last_done']!r}" if state.get("last_done") else ""
+        return f"in layer {name!r} ({kind}){after}"
+    if state.get("last_done"):
+        return f"after layer {state['last_done']!r}"
+    return "before any layer ran"
+
+
+def _unwrapped_parameters(model: nn.Module) -> list[str]:
+    """Parameters torch-pruning does not know how to follow (owned by module types it treats
+    as element-wise operations)."""
+    import torch_pruning as tp
+
+    out = []
+    for name, m in model.named_modules():
+        if tp.ops.module2type(m) != tp.ops.OPTYPE.ELEMENTWISE:
+            continue
+        for pname, _ in m.named_parameters(recurse=False):
+            out.append(f"{name}.{pname}" if name else pname)
+    return out
+
+
+# ----------------------------------------------------------------------------- gradients
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """A plain L-inf PGD with a random start (inputs in [0, 1]), for robust importance."""
+    noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
+    x_adv = (x + eps * noise).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def accumulate_gradients(model: nn.Module, job: PruneJob, *, loss: str, batches_: int, batch_size: int,
+                         eps: float, alpha: float | None, steps: int) -> int:
+    """Fill ``p.grad`` with the gradient of the mean loss over ``batches_`` training batches.
+
+    ``loss``: ``clean`` (cross-entropy), ``pgd`` (cross-entropy on PGD examples) or
+    ``objective`` (the training objective's loss). Returns the number of examples used.
+    """
+    if job.data is None:
+        raise PruningError("Taylor importance needs training data (the prune stage passes it)")
+    if loss == "objective" and job.objective is None:
+        raise PruningError("taylor_loss='objective' needs a training objective (the prune stage passes its trainer)")
+    device = torch.device(job.device)
+    was = model.training
+    model.to(device).eval()
+    model.zero_grad(set_to_none=True)
+    gen = torch.Generator().manual_seed(job.seed)
+    seen = 0
+    step = alpha if alpha is not None else 2.5 * eps / max(steps, 1)
+    for i, (x, y) in enumerate(batches(job.data.train, batch_size, shuffle=True, generator=gen, device=device)):
+        if i >= batches_:
+            break
+        if loss == "objective":
+            out = job.objective(model, x, y, progress=1.0)
+            value = out.loss
+        else:
+            if loss == "pgd":
+                x = pgd_linf(model, x, y, eps, step, steps, gen)
+            value = F.cross_entropy(model(x), y)
+        (value / batches_).backward()
+        seen += len(y)
+    model.train(was)
+    return seen
+
+
+# ----------------------------------------------------------------------------- the pruner
+class ChannelPruner:
+    """Structured channel pruning (see the module docstring)."""
+
+    name = "channel"
+    structured = True
+
+    def __init__(self, *, importance: str = "l2", global_pruning: bool = False, round_to: int | None = None,
+                 max_channel_ratio: float = 0.95, tolerance: float = 0.005, max_iterations: int = 14,
+                 taylor_loss: str | None = None, batches: int = 4, batch_size: int = 128, eps: float = 8 / 255,
+                 alpha: float | None = None, steps: int = 10) -> None:
+        if importance not in IMPORTANCES:
+            raise ValueError(f"unknown importance {importance!r}; allowed: {', '.join(IMPORTANCES)}")
+        self.importance = importance
+        self.global_pruning = global_pruning
+        self.round_to = round_to
+        self.max_channel_ratio = max_channel_ratio
+        self.tolerance = tolerance
+        self.max_iterations = max_iterations
+        self.taylor_loss = taylor_loss or ("pgd" if importance == "robust-taylor" else "clean")
+        self.batches = batches
+        self.batch_size = batch_size
+        self.eps, self.alpha, self.steps = eps, alpha, steps
+
+    @property
+    def label(self) -> str:
+        return f"channel-{self.importance}"
+
+    # -- checks -------------------------------------------------------------------------
+    def _ignored(self, model: nn.Module, layers: Sequence[str], example_inputs: torch.Tensor) -> list[str]:
+        """Every prunable layer not selected, and always the output layer (its outputs are the classes)."""
+        chosen = set(layers)
+        order = execution_order(model, example_inputs)
+        ignored = [n for n in prunable_layers(model) if n not in chosen]
+        if order and order[-1] not in ignored:
+            ignored.append(order[-1])
+        return ignored
+
+    def validate(self, model: nn.Module, layers: Sequence[str], example_inputs: torch.Tensor) -> None:
+        """Trace the dependency graph and try a 50% channel pruning of a copy, forward and
+        backward; any failure becomes a PruningError naming the layer."""
+        resolve_names(model, layers)
+        bad = [n for n, m in model.named_modules() if is_masked(m) or is_scored(m)]
+        if bad:
+            raise PruningError(f"structured pruning needs a dense model, but layers {', '.join(bad[:5])} carry masks; "
+                               "make them permanent first (rtk.pruning.dense_export)")
+        trial = self._prune_copy(model, 0.5, layers, example_inputs, importance_kind="l2")
+        self._check_runs(trial, model, example_inputs)
+
+    def _check_runs(self, pruned: nn.Module, dense: nn.Module, example_inputs: torch.Tensor) -> None:
+        was, was_dense = pruned.training, dense.training
+        pruned.eval()
+        dense.eval()
+        try:
+            with _layer_tracker(pruned) as state:
+                try:
+                    out = pruned(example_inputs)
+                    out.float().sum().backward()
+                except Exception as exc:  # noqa: BLE001 - turned into a message naming the layer
+                    unwrapped = _unwrapped_parameters(dense)
+                    hint = (f" The dependency graph cannot follow the parameters {', '.join(unwrapped[:5])}, held by "
+                            "layers torch-pruning does not know." if unwrapped else "")
+                    raise PruningError(
+                        f"after channel pruning, the model fails {_where(pruned, state)}: {type(exc).__name__}: "
+                        f"{exc}.{hint} Keep that part dense (options layers/exclude), or use an unstructured pruner "
+                        "(lwm, hydra)"
+                    ) from None
+            with torch.no_grad():
+                ref = dense(example_inputs)
+        finally:
+            pruned.zero_grad(set_to_none=True)
+            pruned.train(was)
+            dense.train(was_dense)
+        if out.shape != ref.shape:
+            raise PruningError(f"channel pruning changed the output shape from {list(ref.shape)} to {list(out.shape)}")
+
+    # -- pruning ------------------------------------------------------------------------
+    def _prune_copy(self, model: nn.Module, channel_ratio: float, layers: Sequence[str], example_inputs: torch.Tensor,
+                    importance_kind: str | None = None) -> nn.Module:
+        import torch_pruning as tp
+
+        trial = copy.deepcopy(model)
+        for p, q in zip(model.parameters(), trial.parameters()):
+            if p.grad is not None:
+                q.grad = p.grad.detach().clone()
+        mods = dict(trial.named_modules())
+        ignored = [mods[n] for n in self._ignored(trial, layers, example_inputs)]
+        importance = make_importance(importance_kind or self.importance)
+        was = trial.training
+        with _layer_tracker(trial) as state, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                pruner = tp.pruner.BasePruner(trial, example_inputs, importance=importance,
+                                              global_pruning=self.global_pruning, pruning_ratio=channel_ratio,
+                                              ignored_layers=ignored, round_to=self.round_to)
+                pruner.step()
+            except Exception as exc:  # noqa: BLE001 - torch-pruning's failure, explained
+                raise PruningError(
+                    f"torch-pruning's dependency graph cannot handle this model ({_where(trial, state)}): "
+                    f"{type(exc).__name__}: {exc}. Exclude that layer's neighbours or use an unstructured pruner"
+                ) from None
+        for w in caught:
+            log.debug("torch-pruning: %s", w.message)
+        trial.train(was)
+        return trial
+
+    @staticmethod
+    def _removed_fraction(dense_sizes: dict[str, int], pruned: nn.Module) -> float:
+        mods = dict(pruned.named_modules())
+        after = sum(mods[n].weight.numel() for n in dense_sizes)
+        return 1.0 - after / max(sum(dense_sizes.values()), 1)
+
+    def prune(self, model: nn.Module, ratio: float, job: PruneJob) -> PruneOutcome:
+        check_ratio(ratio)
+        layers = list(job.layers)
+        mods = resolve_names(model, layers)
+        sizes = {n: m.weight.numel() for n, m in mods.items()}
+        x = job.example_inputs
+        if self.importance in ("taylor", "robust-taylor"):
+            accumulate_gradients(model, job, loss=self.taylor_loss, batches_=self.batches, batch_size=self.batch_size,
+                                 eps=self.eps, alpha=self.alpha, steps=self.steps)
+        lo, hi = 0.0, self.max_channel_ratio
+        best: tuple[float, float, nn.Module] | None = None
+        trials = 0
+        try:
+            top = self._prune_copy(model, hi, layers, x)
+            trials += 1
+            top_frac = self._removed_fraction(sizes, top)
+            best = (hi, top_frac, top)
+            if top_frac > ratio + self.tolerance:
+                for _ in range(self.max_iterations):
+                    mid = (lo + hi) / 2
+                    cand = self._prune_copy(model, mid, layers, x)
+                    trials += 1
+                    frac = self._removed_fraction(sizes, cand)
+                    if abs(frac - ratio) < abs(best[1] - ratio):
+                        best = (mid, frac, cand)
+                    if abs(frac - ratio) <= self.tolerance:
+                        break
+                    lo, hi = (mid, hi) if frac < ratio else (lo, mid)
+        finally:
+            model.zero_grad(set_to_none=True)
+        assert best is not None
+        channel_ratio, frac, pruned = best
+        pruned.zero_grad(set_to_none=True)
+        self._check_runs(pruned, model, x)
+        pruned.zero_grad(set_to_none=True)
+        reached = abs(frac - ratio) <= max(self.tolerance, 0.02)
+        if not reached:
+            log.warning("channel pruning removed %.3f of the selected weights, not the requested %.3f "
+                        "(channel ratio %.3f); residual couplings limit it", frac, ratio, channel_ratio)
+        untouched = [n for n in layers if dict(pruned.named_modules())[n].weight.numel() == sizes[n]]
+        return PruneOutcome(pruned, {"method": self.label, "ratio": ratio, "channel_ratio": round(channel_ratio, 4),
+                                     "removed_fraction": frac, "reached": reached, "trials": trials,
+                                     "global_pruning": self.global_pruning, "layers_unchanged": untouched})
+
+
+def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor, layer_wise: bool = False) -> Any:
+    """torch-pruning's counter (MACs per example when ``example_inputs`` has batch size 1)."""
+    import torch_pruning as tp
+
+    was = model.training
+    try:
+        return tp.utils.count_ops_and_params(model, example_inputs, layer_wise=layer_wise)
+    finally:
+        model.train(was)
+
+
+Importance = Callable[[Any], torch.Tensor]
+
+__all__ = ["IMPORTANCES", "ChannelPruner", "accumulate_gradients", "count_macs_and_params", "make_importance", "pgd_linf"]
