@@ -256,8 +256,11 @@ def shard_indices(n: int, rank_: int | None = None, world: int | None = None, *,
         raise ValueError(f"shard_indices: unknown mode {mode!r}; allowed: contiguous, strided")
     blocks = math.ceil(n / align)
     base, extra = divmod(blocks, w)
-    first = r * base + min(r, extra)
-    count = base + (1 if r < extra else 0)
+    # the last `extra` ranks take one more block: the last rank also holds the partial
+    # block, so shard sizes differ by at most `align`
+    lead = w - extra
+    first = r * base + max(0, r - lead)
+    count = base + (1 if r >= lead else 0)
     start, stop = min(first * align, n), min((first + count) * align, n)
     return torch.arange(start, stop, dtype=torch.long)
 
@@ -437,7 +440,7 @@ def _all_gather_padded(t: torch.Tensor, length: int) -> list[torch.Tensor]:
 
 # ---------------------------------------------------------------------------- training
 def wrap_model(model: nn.Module, device_: torch.device | str | None = None, *, find_unused_parameters: bool = False,
-               broadcast_buffers: bool = True, sync_batchnorm: bool = False, **ddp_kwargs: Any) -> nn.Module:
+               sync_batchnorm: bool = False, **ddp_kwargs: Any) -> nn.Module:
     """Move ``model`` to ``device_`` (default :func:`device`) and wrap it in
     ``DistributedDataParallel`` when distributed; return it unchanged (moved) otherwise.
 
@@ -447,7 +450,8 @@ def wrap_model(model: nn.Module, device_: torch.device | str | None = None, *, f
     wrapping, so every rank starts identical. ``find_unused_parameters`` is needed when some
     parameters get no gradient in a step (frozen weights with learned pruning scores, ...).
     ``sync_batchnorm`` converts BatchNorm layers to SyncBatchNorm (CUDA only) so batch
-    statistics are taken over the global batch. Attacks run inside training should call
+    statistics are taken over the global batch. Other keyword arguments go to DDP as they
+    are (``gradient_as_bucket_view``, ``static_graph``, ...). Attacks run inside training should call
     :func:`unwrap` and attack the bare module, which shares the parameters.
     """
     dev = torch.device(device_) if device_ is not None else device()
@@ -464,8 +468,7 @@ def wrap_model(model: nn.Module, device_: torch.device | str | None = None, *, f
                               "turn it off for gloo/CPU runs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
-    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters,
-               broadcast_buffers=broadcast_buffers, **ddp_kwargs)
+    return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters, **ddp_kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
