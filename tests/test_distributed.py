@@ -538,7 +538,7 @@ def test_run_nproc_relaunches_through_torchrun(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WORLD_SIZE", "2")
     res = CliRunner().invoke(cli, ["run", str(exp), "--nproc", "2"])
     assert res.exit_code != 0 and "already runs under torchrun" in res.output
-    cmd = rd.torchrun_command(seen["argv"], 2)
+    cmd = rd.torchrun_command(["-q", "run", "--dry-run", "--seed", "3", str(exp)], 2)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and cmd[-7:-6] == ["rtk.cli.main"]
     assert "--rdzv-endpoint" in rd.torchrun_command([], 2, port=1234)
     monkeypatch.undo()
