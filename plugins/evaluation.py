@@ -1,44 +1,131 @@
-"""The ``evaluate`` stage: clean and robust accuracy of models under an attack suite."""
+"""The ``evaluate`` stage: clean accuracy, robust accuracy per attack and eps, the
+per-example worst case over the suite (the headline), accuracy-vs-eps curves, and the
+sanity checks of every evaluation. A thin adapter over :mod:`rtk.evaluation`."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import pandas as pd
 from pydantic import Field
 
 import rtk
-from rtk.data import subset
+from rtk.evaluation import (
+    OUTPUT_PATTERN, CheckSettings, Normalization, RecordStore, SanityCheckError, eval_indices, evaluate, make_units,
+    plot_curves,
+)
+
+Norm = Literal["Linf", "L2", "L1"]
 
 
 class EvaluateOptions(rtk.Options):
-    models: list[str] = Field(min_length=1, description="models to evaluate")
-    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="pgd")])
-    limit: int | None = Field(None, ge=1, description="evaluate on a fixed subset of this many test examples")
+    models: list[str] = Field(min_length=1, description="models to evaluate (`name` or `name@tag`)")
+    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="autoattack")], min_length=1,
+                                         description="the attack suite, in order")
+    eps: list[rtk.Eps] | dict[Norm, list[rtk.Eps]] | None = Field(
+        None, description="run every bounded attack at each eps (a list, or a table per norm: { Linf = [...], L2 = "
+                          "[...] }); gives the accuracy-vs-eps curve. Default: each attack's own eps")
+    headline_eps: rtk.Eps | None = Field(None, description="eps of the headline worst case (default: the largest eps "
+                                                           "of the first bounded attack)")
+    split: Literal["test", "train"] = Field("test", description="which split to evaluate on")
+    limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of this many examples")
     batch_size: int = Field(256, ge=1)
+    early_exit: bool = Field(False, description="attacks skip examples an earlier attack already broke (faster; the "
+                                                "stand-alone accuracy of later attacks is then not reported)")
+    checks: bool = Field(True, description="run the sanity checks")
+    strict: bool = Field(False, description="a failed sanity check fails the stage (otherwise it warns)")
+    check_settings: CheckSettings = Field(default_factory=CheckSettings, description="thresholds and sizes of the checks")
+    output: str = Field("logits", pattern=OUTPUT_PATTERN, description='what the models return: "logits", "first", '
+                                                                      '"index:N", "key:NAME"')
+    normalize: Normalization | None = Field(None, description="{ mean, std } the models expect on their inputs")
+    save_adversarial: Literal["none", "checks", "all"] = Field(
+        "checks", description="save adversarial examples: of the check subset (for re-scoring), all, or none")
+    per_example: bool = Field(False, description="add the per-example table (one row per example and attack) to the "
+                                                 "stage's tables (it is always saved under artifacts/)")
+    plot: bool = Field(True, description="draw the accuracy-vs-eps figure when a norm has two or more eps")
+    records_from: list[str] = Field(default_factory=list, description="directories with records of other runs or "
+                                                                      "shards to merge (their results are not recomputed)")
 
 
-def _check(opts: EvaluateOptions, planning: rtk.Planning):
-    problems = []
+def _refs_ok(opts: EvaluateOptions) -> bool:
+    try:
+        for ref in opts.attacks:
+            _ = ref.spec
+    except RuntimeError:
+        return False
+    return True
+
+
+def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
+    problems: list[str] = []
     for i, m in enumerate(opts.models):
         problems += planning.check_model(m, f"models[{i}]")
+    if not _refs_ok(opts):
+        return problems  # unresolved attack names were reported already
+    if opts.eps is not None:
+        for i, ref in enumerate(opts.attacks):
+            if "eps" in ref.options:
+                problems.append(f"{planning.where}.attacks[{i}].eps: set both here and in the stage's eps list; "
+                                f"remove one (the eps list runs every bounded attack at each eps)")
+    try:
+        make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+    except rtk.RtkError as exc:
+        problems += [f"{planning.where}.{p}" for p in getattr(exc, "problems", [str(exc)])]
     return problems
 
 
 def _run(ctx: rtk.StageContext, opts: EvaluateOptions) -> rtk.StageResult:
-    from rtk.evaluation.basic import robust_accuracy
-
-    split = subset(ctx.data.test, opts.limit, ctx.experiment.seed)
-    rows = []
+    split = ctx.data.test if opts.split == "test" else ctx.data.train
+    indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
+    units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+    results = []
     for name in opts.models:
-        model = ctx.model(name).eval()
-        attacks = [(ref.describe(), ref.spec.build(model, ref.opts)) for ref in opts.attacks]
-        accs = robust_accuracy(model, split, attacks, batch_size=opts.batch_size, device=ctx.device)
-        for key, acc in accs.items():
-            rows.append({"model": name, "attack": key, "accuracy": acc, "n": len(split)})
-    df = pd.DataFrame(rows)
-    return rtk.StageResult(tables={"accuracy": df}, summary=f"Evaluated {len(opts.models)} model(s) on {len(split)} test examples.")
+        store = RecordStore(ctx.artifact_dir, extra=opts.records_from)
+        res = evaluate(ctx.model(name), split, units, indices=indices, batch_size=opts.batch_size, device=ctx.device,
+                       store=store, name=name, eps=opts.eps, headline_eps=opts.headline_eps,
+                       early_exit=opts.early_exit, checks=opts.check_settings if opts.checks else False, strict=False,
+                       save_adversarial=opts.save_adversarial, output=opts.output, normalize=opts.normalize,
+                       seed=ctx.seed)
+        results.append(res)
+
+    def stacked(attr: str) -> pd.DataFrame:
+        frames = [getattr(r, attr).assign(model=r.name) for r in results]
+        df = pd.concat(frames, ignore_index=True)
+        return df[["model"] + [c for c in df.columns if c != "model"]]
+
+    tables = {"accuracy": stacked("accuracy"), "worst_case": stacked("worst_case")}
+    if opts.checks:
+        tables["checks"] = stacked("checks_table")
+    per_example = stacked("per_example")
+    per_example.to_csv(ctx.artifact_dir / "per_example.csv", index=False)
+    if opts.per_example:
+        tables["per_example"] = per_example
+    figures = {}
+    if opts.plot:
+        path = plot_curves(tables["worst_case"], tables["accuracy"], ctx.figure_path("accuracy_vs_eps"))
+        if path is not None:
+            figures["accuracy_vs_eps"] = path
+    failed = [(r.name, c) for r in results for c in r.failed_checks]
+    if opts.strict and failed:
+        tables["checks"].to_csv(ctx.artifact_dir / "checks.csv", index=False)
+        raise SanityCheckError("sanity checks failed (strict = true): "
+                               + "; ".join(f"{m}: {c.name} ({c.detail})" for m, c in failed)
+                               + f". Details: {ctx.artifact_dir / 'checks.csv'}")
+    summary = "\n\n".join(r.summary() for r in results)
+    summary += ("\n\nRows of `accuracy`: `accuracy` is each attack alone, `cumulative` the worst case over it and the "
+                "attacks before it, `worst_case` the headline: an example counts as robust only if no attack of the "
+                "suite breaks it within the budget.")
+    metrics = {"checks_failed": len(failed)}
+    for r in results:
+        metrics[f"{r.name}.clean_accuracy"] = r.clean_accuracy
+        metrics[f"{r.name}.worst_case_accuracy"] = r.headline_accuracy
+        if r.checks:
+            metrics[f"{r.name}.checks_overhead"] = r.checks_overhead
+    return rtk.StageResult(tables=tables, figures=figures, summary=summary, metrics=metrics)
 
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="evaluate", summary="clean and robust accuracy under an attack suite",
+    yield rtk.StageSpec(name="evaluate", summary="clean and robust accuracy under an attack suite, worst case, "
+                                                 "accuracy-vs-eps curve, sanity checks",
                         options=EvaluateOptions, run=_run, check=_check)

@@ -1,0 +1,31 @@
+"""Evaluation: attack suites, per-example worst case, resumable records, sanity checks.
+
+- :func:`evaluate` (``rtk.evaluation.engine``): one model, one split, a suite of
+  :class:`AttackUnit` (built with :func:`make_units` from attack records and options).
+- :class:`RecordStore`: per-example records on disk; resume and merge (shards by index).
+- :mod:`rtk.evaluation.checks`: the sanity checks and their settings.
+- :func:`model_view`, :func:`seeded`, :func:`with_restarts`, :func:`ensemble`: helpers
+  for attack plugins (logits-only model view, seeding without touching the global RNG).
+- :func:`robust_accuracy`: the minimal dict-returning interface.
+"""
+
+from .adapters import (
+    OUTPUT_PATTERN, AttackFn, ModelOutputError, ModelView, Normalization, ensemble, model_view, seeded, select_output,
+    with_restarts,
+)
+from .basic import robust_accuracy
+from .checks import CHECKS, CheckResult, CheckSettings, SanityCheckError, SanityCheckWarning
+from .engine import EvaluationResult, eval_indices, evaluate, load_batch
+from .records import RecordStore, merge_records, model_fingerprint
+from .summary import headline_threat, plot_curves, threat_label
+from .units import (
+    NORMS, AttackUnit, attack_eps, attack_norm, delta_norms, eps_by_norm, fmt_eps, function_units, make_units, threats,
+)
+
+__all__ = [
+    "OUTPUT_PATTERN", "AttackFn", "ModelOutputError", "ModelView", "Normalization", "ensemble", "model_view", "seeded",
+    "select_output", "with_restarts", "robust_accuracy", "CHECKS", "CheckResult", "CheckSettings", "SanityCheckError",
+    "SanityCheckWarning", "EvaluationResult", "eval_indices", "evaluate", "load_batch", "RecordStore", "merge_records",
+    "model_fingerprint", "headline_threat", "plot_curves", "threat_label", "NORMS", "AttackUnit", "attack_eps",
+    "attack_norm", "delta_norms", "eps_by_norm", "fmt_eps", "function_units", "make_units", "threats",
+]

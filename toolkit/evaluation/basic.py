@@ -1,5 +1,9 @@
 """Minimal robust accuracy: clean accuracy, accuracy under each attack, and the
-per-example worst case over all attacks."""
+per-example worst case over all attacks, as a dict.
+
+A thin interface over :func:`rtk.evaluation.evaluate` (records in memory, no sanity
+checks) for callers that hold plain ``attack(x, y) -> x_adv`` functions.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +12,28 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..data.core import batches
-
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def robust_accuracy(model: nn.Module, split, attacks: Sequence[tuple[str, AttackFn]], *, batch_size: int = 256,
                     device: torch.device | str = "cpu") -> dict[str, float]:
-    """Return ``{"clean": acc, <attack>: acc, "worst_case": acc}`` on ``split``."""
-    model.eval()
-    correct_clean = torch.zeros((), dtype=torch.long)
-    correct = {name: torch.zeros((), dtype=torch.long) for name, _ in attacks}
-    worst = torch.zeros((), dtype=torch.long)
-    total = 0
-    for x, y in batches(split, batch_size, device=device):
-        with torch.no_grad():
-            ok = model(x).argmax(1) == y
-        correct_clean += ok.sum().cpu()
-        robust = ok.clone()
-        for name, attack in attacks:
-            x_adv = attack(x, y)
-            with torch.no_grad():
-                ok_a = model(x_adv).argmax(1) == y
-            correct[name] += ok_a.sum().cpu()
-            robust &= ok_a
-        worst += robust.sum().cpu()
-        total += len(y)
-    out = {"clean": float(correct_clean) / total}
-    out.update({k: float(v) / total for k, v in correct.items()})
-    out["worst_case"] = float(worst) / total
+    """Return ``{"clean": acc, <attack>: acc, "worst_case": acc}`` on ``split``.
+
+    An example counts as robust to an attack when the model classifies it correctly both
+    clean and under the attack (adversarial examples outside [0, 1] or not finite do not
+    count); ``worst_case`` is robust to every attack.
+    """
+    from .engine import evaluate
+    from .units import function_units
+
+    names = [name for name, _ in attacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attack names must be unique, got {names}")
+    res = evaluate(model, split, function_units(attacks), batch_size=batch_size, device=device, checks=False,
+                   save_adversarial="none")
+    o = res.outcomes
+    out = {"clean": res.clean_accuracy}
+    for u in o.units:
+        out[u.unit.label] = float((o.clean_correct & ~u.broken).mean())
+    out["worst_case"] = float(o.robust_at("none", None, res.tol).mean())
     return out

@@ -1,0 +1,230 @@
+"""What attacks see: a model that takes inputs in [0, 1] and returns a logits tensor.
+
+Models that return a tuple or a dict, or that expect normalized inputs, are adapted only
+through explicit options, never silently:
+
+- ``output``: ``"logits"`` (the default: the model must return a tensor), ``"first"``
+  (item 0 of a tuple or list), ``"index:N"`` (item N), ``"key:NAME"`` (entry NAME of a
+  dict, or attribute NAME of an output object).
+- ``normalize``: ``{mean = [...], std = [...]}`` when the model expects ``(x - mean) / std``;
+  the view applies it, so attacks keep working in [0, 1] pixel space.
+
+:class:`ModelView` also counts the work it does (examples x passes), which the sanity
+checks use to stay within their share of an evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..errors import ConfigError, RtkError
+from ..options import Options
+
+#: Allowed values of the ``output`` option.
+OUTPUT_PATTERN = r"^(logits|first|index:\d+|key:.+)$"
+_OUTPUT_RE = re.compile(OUTPUT_PATTERN)
+
+AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ModelOutputError(RtkError):
+    """The model's output is not what the evaluation was told to expect."""
+
+
+class Normalization(Options):
+    """Per-channel normalization a model expects on its inputs: ``(x - mean) / std``."""
+
+    mean: list[float] = Field(min_length=1, description="per-channel mean")
+    std: list[float] = Field(min_length=1, description="per-channel standard deviation (positive)")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, (tuple, list)):
+        kinds = ", ".join(type(o).__name__ for o in out[:4])
+        return f"a {type(out).__name__} of {len(out)} items ({kinds}{', ...' if len(out) > 4 else ''})"
+    if isinstance(out, dict):
+        return f"a dict with keys {sorted(map(str, out))}"
+    return f"a {type(out).__name__}"
+
+
+def _hint(out: Any) -> str:
+    if isinstance(out, (tuple, list)):
+        return 'set output = "first" (item 0) or "index:N"'
+    keys = list(map(str, out)) if isinstance(out, dict) else [k for k in ("logits",) if hasattr(out, k)]
+    pick = next((k for k in keys if "logit" in k.lower()), keys[0] if keys else "NAME")
+    return f'set output = "key:{pick}"'
+
+
+def select_output(out: Any, output: str) -> torch.Tensor:
+    """Pick the logits tensor out of a model's output according to ``output``."""
+    if output == "logits":
+        if isinstance(out, torch.Tensor):
+            return out
+        raise ModelOutputError(
+            f"the model returned {_describe(out)}, not a logits tensor; attacks and the evaluation need logits: "
+            f"{_hint(out)} (an option of the evaluate stage, of `rtk evaluate --output`, and of every attack)")
+    if output == "first" or output.startswith("index:"):
+        i = 0 if output == "first" else int(output.split(":", 1)[1])
+        if not isinstance(out, (tuple, list)):
+            raise ModelOutputError(f'output = "{output}" expects the model to return a tuple or list, got {_describe(out)}')
+        if i >= len(out):
+            raise ModelOutputError(f'output = "{output}": the model returned only {len(out)} items')
+        picked = out[i]
+    elif output.startswith("key:"):
+        key = output.split(":", 1)[1]
+        if isinstance(out, dict):
+            if key not in out:
+                raise ModelOutputError(f'output = "{output}": the model returned a dict without {key!r}; keys: {sorted(map(str, out))}')
+            picked = out[key]
+        elif hasattr(out, key):
+            picked = getattr(out, key)
+        else:
+            raise ModelOutputError(f'output = "{output}": the model returned {_describe(out)} without {key!r}')
+    else:
+        raise ConfigError(f"output: {output!r} is not allowed; use logits, first, index:N or key:NAME")
+    if not isinstance(picked, torch.Tensor):
+        raise ModelOutputError(f'output = "{output}" selected {_describe(picked)}, not a logits tensor')
+    return picked
+
+
+class ModelView(nn.Module):
+    """A model as attacks see it: inputs in [0, 1], a logits tensor out.
+
+    ``work`` counts examples times passes (a forward with an input gradient counts 3: the
+    forward and the backward that follows) while ``counting`` is on.
+    """
+
+    def __init__(self, model: nn.Module, output: str = "logits", normalize: Normalization | dict | None = None) -> None:
+        super().__init__()
+        if not _OUTPUT_RE.match(output):
+            raise ConfigError(f"output: {output!r} is not allowed; use logits, first, index:N or key:NAME")
+        self.model = model
+        self.output = output
+        self.counting = False
+        self.work = 0
+        if isinstance(normalize, dict):
+            normalize = Normalization.model_validate(normalize)
+        self.normalization = normalize
+        device = _device_of(model)
+        if normalize is not None:
+            c = len(normalize.mean)
+            self.register_buffer("mean", torch.tensor(normalize.mean, dtype=torch.float32, device=device).view(1, c, 1, 1))
+            self.register_buffer("std", torch.tensor(normalize.std, dtype=torch.float32, device=device).view(1, c, 1, 1))
+        else:
+            self.mean = self.std = None
+        if next(model.parameters(), None) is None:
+            # torchattacks finds the device through the parameters; a model without any gets an empty anchor
+            self.anchor = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.counting:
+            self.work += int(x.shape[0]) * (3 if x.requires_grad and torch.is_grad_enabled() else 1)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        out = self.model(x)
+        if self.output == "logits" and type(out) is torch.Tensor:
+            return out
+        return select_output(out, self.output)
+
+    @property
+    def device(self) -> torch.device:
+        return _device_of(self)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def model_view(model: nn.Module, output: str = "logits", normalize: Normalization | dict | None = None) -> ModelView:
+    """Wrap ``model`` for attacks; a :class:`ModelView` with the same settings is returned as is."""
+    if isinstance(model, ModelView) and output == "logits" and normalize is None:
+        return model
+    if isinstance(model, ModelView) and model.output == output and model.normalization == normalize:
+        return model
+    return ModelView(model, output, normalize)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run a block under its own seed, restoring every global RNG state afterwards.
+
+    torchattacks' APGD, FAB and Square reseed the global generators themselves; inside
+    this block that cannot leak into the caller's random stream.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if dev.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def with_restarts(run_once: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], model: nn.Module,
+                  x: torch.Tensor, y: torch.Tensor, *, restarts: int, seed: int,
+                  is_success: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run ``run_once(x, y, seed)`` up to ``restarts`` times on the examples not yet fooled.
+
+    Restart ``r`` uses seed ``seed + r``; an example keeps the first adversarial example
+    found for it (or the last attempt when none succeeded).
+    """
+    if restarts <= 1:
+        return run_once(x, y, seed)
+    success = is_success or (lambda pred, yy: pred != yy)
+    x_adv = x.clone()
+    todo = torch.arange(len(x), device=x.device)
+    for r in range(restarts):
+        if todo.numel() == 0:
+            break
+        xa = run_once(x[todo], y[todo], seed + r)
+        x_adv[todo] = xa
+        fooled = success(_predict(model, xa), y[todo])
+        todo = todo[~fooled]
+    return x_adv
+
+
+def ensemble(attacks: Sequence[AttackFn], model: nn.Module) -> AttackFn:
+    """Worst case over ``attacks`` in order: each runs only on the examples still classified
+    correctly after the previous ones (as AutoAttack does)."""
+
+    def attack(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = x.clone()
+        todo = torch.arange(len(x), device=x.device)
+        for atk in attacks:
+            if todo.numel() == 0:
+                break
+            xa = atk(x[todo], y[todo])
+            fooled = _predict(model, xa) != y[todo]
+            x_adv[todo[fooled]] = xa[fooled]
+            todo = todo[~fooled]
+        return x_adv
+
+    return attack
+
+
+__all__ = ["AttackFn", "ModelOutputError", "ModelView", "Normalization", "OUTPUT_PATTERN", "ensemble", "model_view",
+           "seeded", "select_output", "with_restarts"]

@@ -1,0 +1,601 @@
+"""The evaluation engine: clean and robust accuracy of one model under an attack suite.
+
+``evaluate(model, split, units, ...)`` streams the examples in batches (only one batch of
+inputs is in memory at a time), runs every attack unit on the examples the model classifies
+correctly, and writes one record per example and unit as it goes (:mod:`.records`). What a
+store already holds is not recomputed, so an interrupted evaluation resumes, and shards of
+the examples evaluated elsewhere are gathered. Sanity checks (:mod:`.checks`) run around
+the evaluation; their outcomes are part of the result.
+
+Which examples each attack sees:
+
+- examples the model already misclassifies are never attacked (they count as broken for
+  every attack; their adversarial input is the clean input);
+- with ``early_exit``, an attack also skips examples an earlier attack of the suite already
+  broke within its budget. The worst case is the same; the stand-alone accuracy of the
+  later attacks is then not reported (see :mod:`.summary`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..data.core import TensorSplit
+from ..errors import DataError, RtkError
+from ..runtime import progress
+from . import checks as C
+from .adapters import ModelView, Normalization, model_view, seeded
+from .records import (
+    CLEAN, NONFINITE, OUT_OF_RANGE, OVER_BUDGET, RecordStore, attack_chunk, clean_chunk, model_fingerprint,
+)
+from .summary import Outcomes, accuracy_table, headline_threat, outcomes, per_example_table, worst_case_table
+from .units import AttackUnit, EpsList, delta_norms, fmt_eps, threats as find_threats, within
+
+log = logging.getLogger(__name__)
+
+SaveMode = Literal["none", "checks", "all"]
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one model's evaluation produced."""
+
+    name: str
+    fingerprint: str
+    units: list[AttackUnit]
+    threats: list[tuple[str, float | None]]
+    headline: tuple[str, float | None]
+    outcomes: Outcomes
+    records: pd.DataFrame
+    checks: list[C.CheckResult] = field(default_factory=list)
+    work: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    tol: float = 1e-5
+    resumed: int = 0
+    #: work (examples x passes) per attacked example, by unit key
+    unit_work: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.outcomes.clean_correct.mean())
+
+    @property
+    def headline_accuracy(self) -> float:
+        norm, eps = self.headline
+        return float(self.outcomes.robust_at(norm, eps, self.tol).mean())
+
+    def worst_case_accuracy(self, norm: str, eps: float | None) -> float:
+        return float(self.outcomes.robust_at(norm, eps, self.tol).mean())
+
+    @property
+    def accuracy(self) -> pd.DataFrame:
+        return accuracy_table(self.outcomes, self.threats, self.tol)
+
+    @property
+    def worst_case(self) -> pd.DataFrame:
+        return worst_case_table(self.outcomes, self.threats, self.tol)
+
+    @property
+    def per_example(self) -> pd.DataFrame:
+        return per_example_table(self.outcomes)
+
+    @property
+    def checks_table(self) -> pd.DataFrame:
+        cols = ["check", "group", "status", "value", "threshold", "n", "detail", "advice"]
+        rows = [{"check": c.name, **{k: v for k, v in c.to_dict().items() if k in cols}} for c in self.checks]
+        return pd.DataFrame(rows, columns=cols)
+
+    @property
+    def failed_checks(self) -> list[C.CheckResult]:
+        return [c for c in self.checks if c.passed is False]
+
+    @property
+    def checks_overhead(self) -> float:
+        main = self.work.get("evaluation", 0)
+        return self.work.get("checks", 0) / main if main else float("nan")
+
+    def summary(self) -> str:
+        """A short markdown paragraph: headline, clean accuracy, checks."""
+        norm, eps = self.headline
+        where = "any budget" if norm == "none" else f"{norm} eps={fmt_eps(eps)}"
+        text = (f"`{self.name}`: clean accuracy {self.clean_accuracy:.4f}; worst case over the suite "
+                f"({len(self.units)} attack run(s)) at {where}: **{self.headline_accuracy:.4f}** "
+                f"on {len(self.outcomes.indices)} examples.")
+        if self.checks:
+            failed = self.failed_checks
+            passed = sum(c.passed is True for c in self.checks)
+            skipped = sum(c.passed is None for c in self.checks)
+            text += f" Sanity checks: {passed} passed, {len(failed)} failed, {skipped} skipped"
+            text += (": " + "; ".join(f"**{c.name}** ({c.detail})" for c in failed) + "." if failed else ".")
+        return text
+
+
+# ---------------------------------------------------------------------------- helpers
+def load_batch(split: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples ``idx`` of a split, as ``(x, y)`` tensors."""
+    if isinstance(split, TensorSplit):
+        return split.x[idx], split.y[idx]
+    items = [split[int(i)] for i in idx]
+    x = torch.stack([torch.as_tensor(a) for a, _ in items])
+    y = torch.as_tensor([int(b) for _, b in items], dtype=torch.long)
+    return x, y
+
+
+def eval_indices(n: int, limit: int | None = None, seed: int = 0) -> torch.Tensor:
+    """The dataset indices an evaluation covers: all, or the same fixed random draw of
+    ``limit`` examples as :func:`rtk.data.subset` (sorted)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    if limit <= 0:
+        raise DataError(f"limit must be positive, got {limit}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:limit].sort().values
+
+
+def _check_indices(order: torch.Tensor, n: int) -> None:
+    if order.numel() == 0:
+        raise DataError("nothing to evaluate: the list of example indices is empty")
+    if int(order.min()) < 0 or int(order.max()) >= n:
+        raise DataError(f"example indices must lie in [0, {n}), got [{int(order.min())}, {int(order.max())}]")
+    if order.unique().numel() != order.numel():
+        raise DataError("example indices contain duplicates")
+
+
+def _invalid_flags(x_adv: torch.Tensor, norms: dict[str, torch.Tensor], unit: AttackUnit, tol: float) -> torch.Tensor:
+    flat = x_adv.flatten(1)
+    flags = torch.zeros(len(x_adv), dtype=torch.long, device=x_adv.device)
+    finite = torch.isfinite(flat).all(1)
+    flags |= (~finite).long() * NONFINITE
+    in_range = (flat.amin(1) >= -1e-6) & (flat.amax(1) <= 1 + 1e-6)
+    flags |= (~in_range).long() * OUT_OF_RANGE
+    if unit.budgeted:
+        flags |= (~within(norms[unit.norm], unit.eps, tol)).long() * OVER_BUDGET
+    return flags
+
+
+class _Evidence:
+    """Which examples earlier attacks broke, and how far, by dataset index (early exit)."""
+
+    def __init__(self, n: int, units: Sequence[AttackUnit]) -> None:
+        self.broken = {u.key: torch.zeros(n, dtype=torch.bool) for u in units}
+        self.norm = {u.key: {k: torch.full((n,), float("inf")) for k in ("Linf", "L2", "L1")} for u in units}
+
+    def load(self, o_records: pd.DataFrame, units: Sequence[AttackUnit], clean_correct: torch.Tensor) -> None:
+        for u in units:
+            r = o_records[o_records.unit == u.key]
+            if r.empty:
+                continue
+            idx = torch.tensor(r["index"].to_numpy())
+            br = (torch.tensor(r["attacked"].to_numpy(dtype=bool)) & torch.tensor(r["invalid"].to_numpy() == 0)
+                  & ~torch.tensor(r["correct"].to_numpy(dtype=bool)) & clean_correct[idx])
+            self.broken[u.key][idx] = br
+            for k, c in (("Linf", "linf"), ("L2", "l2"), ("L1", "l1")):
+                self.norm[u.key][k][idx] = torch.tensor(np.nan_to_num(r[c].to_numpy(), nan=np.inf), dtype=torch.float32)
+
+    def update(self, unit: AttackUnit, idx: torch.Tensor, broken: torch.Tensor, norms: dict[str, torch.Tensor]) -> None:
+        self.broken[unit.key][idx] = broken.cpu()
+        for k in ("Linf", "L2", "L1"):
+            self.norm[unit.key][k][idx] = norms[k].float().cpu()
+
+    def already_broken(self, unit: AttackUnit, earlier: Sequence[AttackUnit], idx: torch.Tensor, tol: float) -> torch.Tensor:
+        out = torch.zeros(len(idx), dtype=torch.bool)
+        for v in earlier:
+            b = self.broken[v.key][idx]
+            if unit.budgeted:
+                b = b & within(self.norm[v.key][unit.norm][idx], unit.eps, tol)
+            out |= b
+        return out
+
+
+# ---------------------------------------------------------------------------- the engine
+def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indices: Sequence[int] | torch.Tensor | None = None,
+             batch_size: int = 256, device: torch.device | str | None = None, store: RecordStore | None = None,
+             name: str = "model", eps: EpsList = None, headline_eps: float | None = None, early_exit: bool = False,
+             checks: bool | C.CheckSettings = True, strict: bool = False, save_adversarial: SaveMode = "checks",
+             output: str = "logits", normalize: Normalization | dict | None = None, tol: float | None = None,
+             seed: int = 0) -> EvaluationResult:
+    """Evaluate ``model`` on the examples ``indices`` of ``split`` under the attack ``units``.
+
+    Returns an :class:`EvaluationResult`. With ``strict``, a failed sanity check raises
+    :class:`~rtk.evaluation.checks.SanityCheckError` (its ``result`` attribute holds the
+    result); otherwise it warns with :class:`~rtk.evaluation.checks.SanityCheckWarning`.
+    """
+    units = list(units)
+    settings = (C.CheckSettings() if checks is True else checks) if checks else None
+    tol = tol if tol is not None else (settings.bounds_tol if settings else 1e-5)
+    store = store if store is not None else RecordStore(None)
+    n_split = len(split)
+    order = torch.as_tensor(indices if indices is not None else range(n_split), dtype=torch.long).flatten()
+    _check_indices(order, n_split)
+    view = model_view(model, output, normalize)
+    device = torch.device(device) if device is not None else view.device
+    threats_ = find_threats(units, eps)
+    headline = headline_threat(units, threats_, headline_eps)
+
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings else None
+    was_training = model.training
+    view.eval()
+    fp = model_fingerprint(model)
+    ctx = _CheckContext(settings, view, device, order, split) if settings else None
+    if ctx is not None:
+        ctx.before(model)
+
+    t_main = time.perf_counter()
+    resumed = _run(view, split, units, order, fp, store, batch_size, device, early_exit, tol, save_adversarial,
+                   ctx, name, n_split)
+    seconds = {"evaluation": time.perf_counter() - t_main}
+
+    keys = {u.key for u in units} | {CLEAN}
+    table = store.table(fp)
+    table = table[table.unit.isin(keys) & table["index"].isin(set(order.tolist()))].reset_index(drop=True)
+    out = outcomes(table, units, order.tolist())
+    work = {"evaluation": int(sum(st["work"] for (m, k), st in store.stats.items() if m == fp and k in keys))}
+    unit_work = {k: st["work"] / max(st["attacked"], 1) for (m, k), st in store.stats.items() if m == fp and k in keys}
+    result = EvaluationResult(name, fp, units, threats_, headline, out, table, work=work, seconds=seconds, tol=tol,
+                              resumed=resumed, unit_work=unit_work)
+    if ctx is not None:
+        t0 = time.perf_counter()
+        result.checks = ctx.after(model, snapshot, result, store, seed)
+        seconds["checks"] = time.perf_counter() - t0
+        work["checks"] = ctx.work
+    store.close()
+    if was_training:
+        log.info("model %s was in training mode; evaluated in eval mode and left in eval mode", name)
+    for c in result.failed_checks:
+        msg = f"evaluation of {name!r}: sanity check {c.name} failed: {c.detail}. {c.advice}"
+        log.info(msg)
+        if not strict:
+            warnings.warn(msg, C.SanityCheckWarning, stacklevel=2)
+    if strict and result.failed_checks:
+        err = C.SanityCheckError(
+            f"evaluation of {name!r}: {len(result.failed_checks)} sanity check(s) failed (strict): "
+            + "; ".join(f"{c.name}: {c.detail}" for c in result.failed_checks))
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tensor, fp: str, store: RecordStore,
+         batch_size: int, device: torch.device, early_exit: bool, tol: float, save_adversarial: SaveMode,
+         ctx: _CheckContext | None, name: str, n_split: int) -> int:
+    """The streaming loop. Returns how many (example, unit) results came from the store."""
+    keys = {u.key for u in units} | {CLEAN}
+    prior = store.table(fp)
+    prior = prior[prior.unit.isin(keys)]
+    done = {k: torch.zeros(n_split, dtype=torch.bool) for k in keys}
+    clean_correct = torch.zeros(n_split, dtype=torch.bool)
+    for k, g in prior.groupby("unit"):
+        done[k][torch.tensor(g["index"].to_numpy())] = True
+    c = prior[prior.unit == CLEAN]
+    clean_correct[torch.tensor(c["index"].to_numpy())] = torch.tensor(c["correct"].to_numpy(dtype=bool))
+    resumed = int(sum(int(d[order].sum()) for d in done.values()))
+    if resumed:
+        log.info("%s: %d (example, attack) results already recorded; resuming", name, resumed)
+    evidence = _Evidence(n_split, units) if early_exit else None
+    if evidence is not None:
+        evidence.load(prior, units, clean_correct)
+    save_set = None
+    if save_adversarial == "checks" and ctx is not None:
+        save_set = torch.zeros(n_split, dtype=torch.bool)
+        save_set[ctx.subset] = True
+    fns: dict[str, Any] = {}
+    n_batches = math.ceil(len(order) / batch_size)
+    view.counting = True
+    try:
+        for start in progress(range(0, len(order), batch_size), total=n_batches, desc=f"evaluate {name}"):
+            idx = order[start:start + batch_size]
+            need_clean = not bool(done[CLEAN][idx].all())
+            pending = [u for u in units if not bool(done[u.key][idx].all())]
+            if not need_clean and not pending:
+                continue
+            x, y = load_batch(split, idx)
+            x, y = x.to(device), y.to(device)
+            if ctx is not None:
+                ctx.observe_inputs(x)
+            if need_clean:
+                w0, t0 = view.work, time.perf_counter()
+                with torch.no_grad():
+                    pred = view(x).argmax(1)
+                store.append(clean_chunk(fp, idx, y, pred, work=view.work - w0, seconds=time.perf_counter() - t0))
+                clean_correct[idx] = (pred == y).cpu()
+                done[CLEAN][idx] = True
+            cc = clean_correct[idx]
+            for k, u in enumerate(units):
+                if u not in pending:
+                    continue
+                mask = cc.clone()
+                if evidence is not None:
+                    mask &= ~evidence.already_broken(u, units[:k], idx, tol)
+                if u.key not in fns:
+                    fns[u.key] = u.build(view)
+                w0, t0 = view.work, time.perf_counter()
+                x_adv = x.clone()
+                sel = mask.nonzero().squeeze(1).to(device)
+                if sel.numel():
+                    xa = fns[u.key](x[sel], y[sel])
+                    if not isinstance(xa, torch.Tensor) or xa.shape != x[sel].shape:
+                        got = list(xa.shape) if isinstance(xa, torch.Tensor) else type(xa).__name__
+                        raise RtkError(f"attack {u.label!r} returned {got}, expected a tensor of shape {list(x[sel].shape)}")
+                    x_adv[sel] = xa.detach().to(x_adv.dtype)
+                    if ctx is not None:
+                        ctx.observe_modes(view)
+                with torch.no_grad():
+                    adv_pred = view(x_adv).argmax(1)
+                norms = delta_norms(x, x_adv)
+                attacked = mask.to(device)
+                flags = _invalid_flags(x_adv, norms, u, tol) * attacked.long()
+                store.append(attack_chunk(fp, u, idx, y, adv_pred, attacked, flags, norms, view.work - w0,
+                                          time.perf_counter() - t0))
+                done[u.key][idx] = True
+                if evidence is not None:
+                    broken = attacked & (flags == 0) & (adv_pred != y) & cc.to(device)
+                    evidence.update(u, idx, broken, norms)
+                if save_adversarial != "none":
+                    keep = mask if save_set is None or save_adversarial == "all" else (mask & save_set[idx])
+                    if save_adversarial == "all" or save_set is not None:
+                        ks = keep.nonzero().squeeze(1)
+                        store.save_adversarial(fp, u.key, idx[ks], x_adv[ks.to(device)])
+    finally:
+        view.counting = False
+    return resumed
+
+
+# ---------------------------------------------------------------------------- the checks
+class _CheckContext:
+    """Runs the sanity checks around one evaluation and collects their results."""
+
+    def __init__(self, settings: C.CheckSettings, view: ModelView, device: torch.device, order: torch.Tensor,
+                 split: Any) -> None:
+        self.s = settings
+        self.view = view
+        self.device = device
+        self.subset = order[: settings.examples]
+        x, y = load_batch(split, self.subset)
+        self.x, self.y = x.to(device), y.to(device)
+        self.lo, self.hi, self.seen = float("inf"), float("-inf"), 0
+        self.observe_inputs(self.x)
+        self.training_after: set[str] = set()
+        self.pre: dict[str, C.CheckResult] = {}
+        self.work = 0
+        self.num_classes = 0
+
+    # observation during the loop ----------------------------------------------------
+    def observe_inputs(self, x: torch.Tensor) -> None:
+        self.lo = min(self.lo, float(x.min()))
+        self.hi = max(self.hi, float(x.max()))
+        self.seen += len(x)
+
+    def observe_modes(self, view: nn.Module) -> None:
+        for n, m in view.named_modules():
+            if m.training:
+                self.training_after.add(n or "(root)")
+
+    def _counted(self, fn):
+        w0, was = self.view.work, self.view.counting
+        self.view.counting = True
+        try:
+            return fn()
+        finally:
+            self.work += self.view.work - w0
+            self.view.counting = was
+
+    # before the evaluation ----------------------------------------------------------
+    def before(self, model: nn.Module) -> None:
+        v, x, y, s = self.view, self.x, self.y, self.s
+
+        def logits() -> C.CheckResult:
+            with torch.no_grad():
+                out = v(x)
+            self.num_classes = int(out.shape[1])
+            return C.check_logits(out)
+
+        self.pre["outputs_are_logits"] = self._counted(lambda: C.guarded("outputs_are_logits", logits))
+        self.pre["deterministic"] = self._counted(lambda: C.guarded("deterministic", lambda: C.check_deterministic(v, x, s.rtol)))
+        self.pre["batch_independent"] = self._counted(
+            lambda: C.guarded("batch_independent", lambda: C.check_batch_independent(v, x, s.rtol)))
+        self.pre["zero_gradients"] = self._counted(
+            lambda: C.guarded("zero_gradients", lambda: C.check_zero_gradients(v, x, y, s.zero_grad_max)))
+
+    # after the evaluation -----------------------------------------------------------
+    def after(self, model: nn.Module, snapshot: dict[str, torch.Tensor], r: EvaluationResult, store: RecordStore,
+              seed: int) -> list[C.CheckResult]:
+        o, s = r.outcomes, self.s
+        results = [C.check_eval_mode(self.view, sorted(self.training_after)),
+                   C.check_state_unchanged(model, snapshot),
+                   C.check_inputs(self.lo, self.hi, self.seen),
+                   self.pre["outputs_are_logits"], self.pre["deterministic"], self.pre["batch_independent"],
+                   self._bounds(o, r.tol),
+                   C.check_robust_le_clean([(u.unit.label + f" @ {fmt_eps(u.unit.eps)}", int(u.correct.sum()),
+                                             int(o.clean_correct.sum())) for u in o.units], len(o.indices)),
+                   self._counted(lambda: C.guarded("rescore_reproduces", lambda: self._rescore(o, r, store))),
+                   self.pre["zero_gradients"]]
+        results += self._masking(r, seed)
+        return results
+
+    def _bounds(self, o: Outcomes, tol: float) -> C.CheckResult:
+        bad: dict[str, dict[str, Any]] = {}
+        for u in o.units:
+            inv = u.invalid[u.attacked]
+            if not (inv != 0).any():
+                continue
+            reasons = set()
+            if (inv & NONFINITE).any():
+                reasons.add("not finite")
+            if (inv & OUT_OF_RANGE).any():
+                reasons.add("outside [0, 1]")
+            excess = 0.0
+            if (inv & OVER_BUDGET).any():
+                reasons.add("over budget")
+                d = u.norms[u.unit.norm][u.attacked][(inv & OVER_BUDGET) != 0]
+                d = d[np.isfinite(d)]
+                excess = float(d.max() - u.unit.eps) if len(d) else 0.0
+            label = f"{u.unit.label} @ {fmt_eps(u.unit.eps)}"
+            bad[label] = {"count": int((inv != 0).sum()), "reasons": reasons, "excess": excess}
+        return C.check_bounds(bad, int(sum(u.attacked.sum() for u in o.units)))
+
+    def _rescore(self, o: Outcomes, r: EvaluationResult, store: RecordStore) -> C.CheckResult:
+        pos = {int(i): p for p, i in enumerate(o.indices)}
+        total = flips = soft = 0
+        for u in o.units:
+            saved = store.load_adversarial(r.fingerprint, u.unit.key)
+            if saved is None:
+                continue
+            index, x_adv = saved
+            keep = [k for k, i in enumerate(index.tolist()) if i in pos][: self.s.examples]
+            if not keep:
+                continue
+            index, x_adv = index[keep], x_adv[keep].to(self.device)
+            recorded = torch.as_tensor([int(u.pred[pos[int(i)]]) for i in index], device=self.device)
+            with torch.no_grad():
+                out = self.view(x_adv)
+            new = out.argmax(1)
+            diff = new != recorded
+            margin = out.gather(1, new[:, None]).squeeze(1) - out.gather(1, recorded[:, None]).squeeze(1)
+            hard = diff & (margin > self.s.rtol * float(out.abs().max().clamp_min(1.0)))
+            total += len(index)
+            flips += int(hard.sum())
+            soft += int((diff & ~hard).sum())
+        if total == 0:
+            return C.CheckResult("rescore_reproduces", None, detail="no adversarial examples were saved "
+                                                                    "(save_adversarial = \"none\", or no attack ran)")
+        return C.CheckResult("rescore_reproduces", flips == 0, float(flips), "0 predictions change", total,
+                             f"{flips} of {total} saved adversarial examples are classified differently when re-scored"
+                             + (f" ({soft} more flip at a near-tie, not counted)" if soft else ""))
+
+    def _masking(self, r: EvaluationResult, seed: int) -> list[C.CheckResult]:
+        o, s, v = r.outcomes, self.s, self.view
+        norm, eps = r.headline
+        names = ["more_steps", "unbounded_eps", "random_noise", "black_box"]
+        n_sub = len(self.subset)
+        cc = o.clean_correct[:n_sub]
+        S = np.nonzero(cc)[0]
+        if len(S) == 0:
+            return [C.CheckResult(k, None, detail="no correctly classified example in the check subset") for k in names]
+        x, y = self.x, self.y
+        tol = r.tol
+        budgeted = norm != "none" and eps is not None
+        u_star = C.first_with_steps(r.units, norm, eps) if budgeted else None
+        square_units = [u for u in o.units if u.unit.name == "square" and u.unit.budgeted and u.unit.norm == norm
+                        and abs(u.unit.eps - eps) < 1e-12] if budgeted else []
+        # the budget: work per example of the heavy checks vs the evaluation's own work
+        per_ex = 4 + 3 * s.unbounded_steps + 1
+        if u_star is not None:
+            per_ex += 2 * r.unit_work.get(u_star.key, 32.0)
+        if budgeted and not square_units and norm in ("Linf", "L2"):
+            per_ex += s.square_queries
+        n = int(min(len(S), max(s.min_examples, math.floor(s.budget * r.work.get("evaluation", 0) / per_ex))))
+        Sn = S[:n]
+        Pn = torch.as_tensor(Sn, device=self.device)
+        out: list[C.CheckResult] = []
+        if self.num_classes == 0:
+            with torch.no_grad():
+                self.num_classes = int(v(x[:1]).shape[1])
+
+        # more steps
+        def more_steps() -> C.CheckResult:
+            if not budgeted:
+                return C.CheckResult("more_steps", None, detail="no attack with a budget in the suite")
+            if u_star is None:
+                return C.CheckResult("more_steps", None, detail=f"no attack at {norm} {fmt_eps(eps)} has a steps option")
+            uo = next(u for u in o.units if u.unit.key == u_star.key)
+            P = Sn[uo.attacked[Sn]]
+            if len(P) == 0:
+                return C.CheckResult("more_steps", None, detail=f"{u_star.label} attacked no example of the subset")
+            steps = int(u_star.option("steps"))
+            twice = u_star.with_options(steps=2 * steps)
+            Pt = torch.as_tensor(P, device=self.device)
+            xa = twice.build(v)(x[Pt], y[Pt])
+            broken2 = C.valid_broken(v, x[Pt], xa, y[Pt], norm, eps, tol).cpu().numpy()
+            robust1 = int((~uo.broken[P]).sum())
+            robust2 = int((~broken2).sum())
+            drop = robust1 - robust2
+            lim = C.allowed(len(P), s.tolerance)
+            return C.CheckResult("more_steps", drop <= lim, drop / len(P), f"accuracy drop <= {lim}/{len(P)}", len(P),
+                                 f"{u_star.label}: {steps} steps leave {robust1}/{len(P)} robust, {2 * steps} steps "
+                                 f"leave {robust2}/{len(P)}")
+
+        def unbounded() -> C.CheckResult:
+            xa = unbounded_pgd_seeded(v, x[Pn], y[Pn], s.unbounded_steps, seed, self.device)
+            with torch.no_grad():
+                correct = int((v(xa).argmax(1) == y[Pn]).sum())
+            chance = 1.0 / max(self.num_classes, 1)
+            acc = correct / len(Pn)
+            lim = chance + s.chance_margin
+            return C.CheckResult("unbounded_eps", acc <= lim + 1e-12, acc, f"accuracy <= {lim:.3g} (chance + margin)",
+                                 len(Pn), f"PGD over the whole [0, 1] box leaves {correct}/{len(Pn)} correct "
+                                          f"(chance {chance:.3g})")
+
+        def noise() -> C.CheckResult:
+            if not budgeted:
+                return C.CheckResult("random_noise", None, detail="no attack with a budget in the suite")
+            St = torch.as_tensor(S, device=self.device)
+            nb = C.noise_broken(v, x[St], y[St], norm, eps, s.noise_draws, seed).cpu().numpy()
+            ab = o.broken_at(norm, eps, tol)[S]
+            beats = int((nb & ~ab).sum())
+            lim = C.allowed(len(S), s.tolerance)
+            return C.CheckResult("random_noise", beats <= lim, beats / len(S), f"<= {lim}/{len(S)} examples", len(S),
+                                 f"random noise ({s.noise_draws} draws at {norm} {fmt_eps(eps)}) breaks {beats} "
+                                 f"example(s) the attacks did not")
+
+        def black_box() -> C.CheckResult:
+            if not budgeted:
+                return C.CheckResult("black_box", None, detail="no attack with a budget in the suite")
+            white = o.broken_at(norm, eps, tol, exclude=("square",))
+            if square_units:
+                sq = np.zeros(len(o.indices), dtype=bool)
+                for u in square_units:
+                    sq |= u.evidence(norm, eps, tol)
+                P = S
+                extra = int((sq[P] & ~white[P]).sum())
+                how = "square in the suite"
+            elif norm not in ("Linf", "L2"):
+                return C.CheckResult("black_box", None, detail=f"Square supports Linf and L2, not {norm}")
+            elif not any(u.unit.name != "square" for u in o.units):
+                return C.CheckResult("black_box", None, detail="no white-box attack to compare with")
+            else:
+                P = Sn
+                todo = P[~white[P]]
+                extra = 0
+                if len(todo):
+                    Tt = torch.as_tensor(todo, device=self.device)
+                    xa = run_square(v, x[Tt], y[Tt], norm, eps, s.square_queries, seed, self.device)
+                    extra = int(C.valid_broken(v, x[Tt], xa, y[Tt], norm, eps, tol).sum())
+                how = f"Square with {s.square_queries} queries"
+            lim = C.allowed(len(P), s.tolerance)
+            return C.CheckResult("black_box", extra <= lim, extra / len(P), f"<= {lim}/{len(P)} examples", len(P),
+                                 f"{how} breaks {extra} example(s) the white-box attacks did not")
+
+        for name_, fn in (("more_steps", more_steps), ("unbounded_eps", unbounded), ("random_noise", noise),
+                          ("black_box", black_box)):
+            out.append(self._counted(lambda fn=fn, name_=name_: C.guarded(name_, fn)))
+        return out
+
+
+def unbounded_pgd_seeded(view: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
+                         device: torch.device) -> torch.Tensor:
+    with seeded(seed, device):
+        return C.unbounded_pgd(view, x, y, steps)
+
+
+def run_square(view: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, queries: int, seed: int,
+               device: torch.device) -> torch.Tensor:
+    """torchattacks' Square (the black-box reference of the ``black_box`` check)."""
+    import torchattacks
+
+    atk = torchattacks.Square(view, norm=norm, eps=eps, n_queries=queries, n_restarts=1, seed=seed)
+    with seeded(seed, device):
+        return atk(x, y)
+
+
+__all__ = ["EvaluationResult", "eval_indices", "evaluate", "load_batch", "run_square"]
