@@ -1,0 +1,655 @@
+"""Pure functional similarity kernels: CKA (linear, RBF; biased and debiased), minibatch CKA,
+SVCCA, PWCCA and the orthogonal Procrustes distance.
+
+Every function takes feature tensors ``x`` of shape ``[n, ...]`` (``n`` examples; trailing
+dimensions are flattened) in float16, bfloat16, float32 or float64, on any device, and
+returns a Python float. Half-precision inputs are computed in float32; the sums that
+decide the result (Frobenius products of Gram or cross-covariance matrices, HSIC
+accumulators, covariances for CCA) are accumulated in float64.
+
+Degenerate input raises :class:`SimilarityError` (an :class:`rtk.RtkError`) that says what
+was wrong: NaN or inf values, fewer examples than the estimator needs, features that are
+constant across examples. A kernel never returns NaN and never a silent 1.0.
+
+Speed: linear CKA picks the cheaper of two exact routes, feature space (``d x d`` cross
+products, cost about ``n (d1 + d2)^2``) or Gram space (``n x n`` Grams, cost about
+``n^2 (d1 + d2)``); features are centred once; symmetric products (``X^T X`` and ``X X^T``)
+are computed as upper-triangular block strips, so they cost half a general product.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import RtkError
+
+Tensor = torch.Tensor
+
+#: Examples per row block of the symmetric products (``X X^T``, ``X^T X``).
+SYRK_BLOCK = 256
+
+
+class SimilarityError(RtkError):
+    """Input that a similarity metric cannot measure (NaN/inf, too few examples, constant
+    features), or a metric that produced a non-finite value."""
+
+
+# ----------------------------------------------------------------------------- input checks
+def as_features(x: Tensor, *, what: str = "x", min_examples: int = 2) -> Tensor:
+    """Validate and return ``x`` as a 2-D floating tensor ``[n, d]``.
+
+    Half precision (float16, bfloat16) and integer inputs become float32; float32 and
+    float64 are kept. Raises :class:`SimilarityError` for fewer than ``min_examples`` rows,
+    zero features, or NaN / inf values.
+    """
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.ndim < 2:
+        raise SimilarityError(f"{what}: expected features of shape [n, d] (n examples), got shape {list(x.shape)}")
+    if x.ndim > 2:
+        x = x.reshape(x.shape[0], -1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.to(torch.float32)
+    n, d = x.shape
+    if d == 0:
+        raise SimilarityError(f"{what}: has no features (shape {list(x.shape)})")
+    if n < min_examples:
+        raise SimilarityError(f"{what}: needs at least {min_examples} examples, got {n}")
+    total = x.sum()  # a cascade sum in the input's type: one cheap pass; NaN/inf propagate
+    if not torch.isfinite(total):
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise SimilarityError(f"{what}: contains {bad} NaN or inf value(s) out of {x.numel()}")
+    return x
+
+
+def _pair(x: Tensor, y: Tensor, min_examples: int) -> tuple[Tensor, Tensor]:
+    x = as_features(x, what="x", min_examples=min_examples)
+    y = as_features(y, what="y", min_examples=min_examples)
+    if x.shape[0] != y.shape[0]:
+        raise SimilarityError(f"x and y must hold the same examples: x has {x.shape[0]} rows, y has {y.shape[0]}")
+    if x.device != y.device:
+        y = y.to(x.device)
+    if x.dtype != y.dtype:  # compute in the wider type
+        dt = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dt), y.to(dt)
+    return x, y
+
+
+def center(x: Tensor, *, what: str = "x", check: bool = False) -> Tensor:
+    """Subtract the column means. With ``check``, raise when every feature is constant
+    across examples (the CKA kernels find that anyway: a representation's HSIC with
+    itself is then zero, which they report)."""
+    xc = x - x.mean(0, keepdim=True)
+    if check and not bool(xc.ne(0).any()):
+        raise SimilarityError(f"{what}: every feature is constant across the {x.shape[0]} examples")
+    return xc
+
+
+# ----------------------------------------------------------------------------- products
+def gram(x: Tensor) -> Tensor:
+    """``x @ x.T`` (``[n, n]``, symmetric) computed as upper-triangular block strips: about
+    half the work of a general product, on any device."""
+    return _syrk_rows(x)
+
+
+def self_cross(x: Tensor) -> Tensor:
+    """``x.T @ x`` (``[d, d]``, symmetric) computed as upper-triangular block strips."""
+    return _syrk_rows(x.T)
+
+
+def _syrk_rows(a: Tensor, block: int = SYRK_BLOCK) -> Tensor:
+    """``a @ a.T`` for ``a`` of shape ``[m, k]``: each row block is multiplied only with the
+    rows from its own start onward (the upper triangle), and mirrored."""
+    m = a.shape[0]
+    if m <= 2 * block:
+        return a @ a.T
+    out = torch.empty(m, m, dtype=a.dtype, device=a.device)
+    for i0 in range(0, m, block):
+        i1 = min(i0 + block, m)
+        strip = a[i0:i1] @ a[i0:].T  # [b, m - i0]
+        out[i0:i1, i0:] = strip
+        out[i1:, i0:i1] = strip[:, i1 - i0:].T
+    return out
+
+
+def _fro2_syrk(a: Tensor, block: int = SYRK_BLOCK) -> float:
+    """``||a a^T||_F^2`` without forming the whole matrix: row-block strips of the upper
+    triangle, off-diagonal blocks counted twice; sums in float64."""
+    m = a.shape[0]
+    total = 0.0
+    for i0 in range(0, m, block):
+        i1 = min(i0 + block, m)
+        strip = a[i0:i1] @ a[i0:].T  # [b, m - i0]
+        diag = strip[:, : i1 - i0]
+        total += 2.0 * float(_sumsq(strip)) - float(_sumsq(diag))
+    return total
+
+
+def _sumsq(t: Tensor) -> Tensor:
+    """Sum of squares as a float64 scalar: one partial sum per row in the tensor's type,
+    the partial sums added in float64 (``vector_norm`` and long BLAS dot products lose
+    up to 1e-5 relative in float32; this keeps about 1e-8)."""
+    if t.ndim < 2:
+        t = t.reshape(1, -1)
+    return (t * t).sum(-1).to(torch.float64).sum()
+
+
+def _rowsq(xc: Tensor) -> Tensor:
+    """Squared norm of every row, as float64: the diagonal of the Gram matrix."""
+    return (xc * xc).sum(1).to(torch.float64)
+
+
+# ----------------------------------------------------------------------------- linear CKA
+@dataclass(frozen=True)
+class LinearStats:
+    """Everything linear CKA (biased or debiased) needs about one pair of centred
+    representations with Grams ``K = Xc Xc^T`` and ``L = Yc Yc^T``:
+
+    ``kl = <K, L>_F = ||Xc^T Yc||_F^2``, ``kk``, ``ll``; the Gram diagonals' sums
+    ``sk = tr K``, ``sl``; and ``skl = sum_i K_ii L_ii``, ``skk``, ``sll``. ``n`` examples.
+    """
+
+    n: int
+    kl: float
+    kk: float
+    ll: float
+    sk: float
+    sl: float
+    skl: float
+    skk: float
+    sll: float
+
+
+def hsic1_from_stats(n: int, kl: float, skl: float, sk: float, sl: float) -> float:
+    """``n (n - 3)`` times the unbiased HSIC estimator (Song et al. 2012) of two *centred*
+    linear Grams, written with the Gram diagonals: for centred features ``K 1 = 0``, so
+    ``tr(K~L~) = <K,L> - sum k_i l_i``, ``1^T K~ 1 = -tr K`` and ``1^T K~ L~ 1 = sum k_i l_i``
+    (``K~`` is ``K`` with its diagonal set to zero)."""
+    return kl - (n / (n - 2)) * skl + sk * sl / ((n - 1) * (n - 2))
+
+
+def cka_from_stats(s: LinearStats, *, debiased: bool) -> float:
+    """Linear CKA from :class:`LinearStats`."""
+    if debiased:
+        if s.n < 4:
+            raise SimilarityError(f"debiased CKA needs at least 4 examples, got {s.n}")
+        hxy = hsic1_from_stats(s.n, s.kl, s.skl, s.sk, s.sl)
+        hxx = hsic1_from_stats(s.n, s.kk, s.skk, s.sk, s.sk)
+        hyy = hsic1_from_stats(s.n, s.ll, s.sll, s.sl, s.sl)
+        return _ratio(hxy, hxx, hyy, "debiased HSIC")
+    return _ratio(s.kl, s.kk, s.ll, "HSIC")
+
+
+def _ratio(xy: float, xx: float, yy: float, what: str) -> float:
+    if not (xx > 0.0):
+        raise SimilarityError(f"{what} of x with itself is {xx:.3g}, not positive: x is (nearly) constant, "
+                              "or there are too few examples for the unbiased estimator")
+    if not (yy > 0.0):
+        raise SimilarityError(f"{what} of y with itself is {yy:.3g}, not positive: y is (nearly) constant, "
+                              "or there are too few examples for the unbiased estimator")
+    value = xy / math.sqrt(xx * yy)
+    if not math.isfinite(value):
+        raise SimilarityError(f"{what} ratio is not finite ({xy!r} / sqrt({xx!r} * {yy!r}))")
+    return max(-1.0, min(1.0, value))
+
+
+def linear_stats(x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int = 2,
+                 diagonals: bool = True) -> LinearStats:
+    """Centre both representations once and compute :class:`LinearStats` by the cheaper
+    exact route: feature space when ``d1 + d2 < n``, Gram space otherwise (``route`` may
+    force ``"feature"`` or ``"gram"``)."""
+    x, y = _pair(x, y, min_examples=min_examples)
+    n = x.shape[0]
+    xc, yc = center(x, what="x"), center(y, what="y")
+    if route == "auto":
+        route = "feature" if xc.shape[1] + yc.shape[1] < n else "gram"
+    if route == "feature":
+        kl = float(_sumsq(xc.T @ yc))
+        kk = _fro2_syrk(xc.T)
+        ll = _fro2_syrk(yc.T)
+    elif route == "gram":
+        gx, gy = gram(xc), gram(yc)
+        kl = float(_dot64(gx, gy))
+        kk, ll = float(_sumsq(gx)), float(_sumsq(gy))
+    else:
+        raise ValueError(f"route must be 'auto', 'feature' or 'gram', got {route!r}")
+    if not diagonals:
+        return LinearStats(n, kl, kk, ll, 0.0, 0.0, 0.0, 0.0, 0.0)
+    k, l = _rowsq(xc), _rowsq(yc)
+    return LinearStats(n, kl, kk, ll, float(k.sum()), float(l.sum()), float((k * l).sum()),
+                       float((k * k).sum()), float((l * l).sum()))
+
+
+def _dot64(a: Tensor, b: Tensor) -> Tensor:
+    """Frobenius inner product: one partial sum per row, the partial sums added in float64."""
+    return (a * b).sum(-1).to(torch.float64).sum()
+
+
+def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al. 2019): ``<Kc, Lc> / (||Kc|| ||Lc||)`` with centred
+    linear Grams; ``debiased=True`` replaces each HSIC by its unbiased estimator
+    (Song et al. 2012), as in Kornblith et al.'s debiased CKA (needs n >= 4).
+
+    >>> x = torch.randn(100, 8); round(linear_cka(x, 2 * x), 6)
+    1.0
+    """
+    stats = linear_stats(x, y, min_examples=4 if debiased else 2, diagonals=debiased)
+    return cka_from_stats(stats, debiased=debiased)
+
+
+def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *, debiased: bool = False,
+                      names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None,
+                      route: str = "auto", memory: int = 256 << 20) -> Tensor:
+    """Linear CKA between every pair of layers: ``[len(xs), len(xs)]`` within one model, or
+    ``[len(xs), len(ys)]`` between two models. One summary per layer, never one per pair:
+
+    - every representation is validated and centred once;
+    - feature route (when the summed width ``D`` of all layers is below ``n``): one
+      symmetric product of the concatenated features ``Z^T Z`` (``n D^2`` flops), whose
+      blocks give every ``||Xi^T Xj||_F^2``;
+    - Gram route (otherwise): the ``n x n`` Grams of all layers are computed in row-block
+      strips of their upper triangles (``n^2 sum(d)`` flops, half a general product) and
+      every strip's Frobenius products with all layers are one small GEMM, accumulated in
+      float64; memory stays under ``memory`` bytes for the strips whatever ``n`` and ``L``.
+
+    Returns float64 CKA values on the features' device.
+    """
+    xs = list(xs)
+    names_a = list(names_a) if names_a is not None else [f"x[{i}]" for i in range(len(xs))]
+    feats = [as_features(x, what=f"layer {nm!r}", min_examples=4 if debiased else 2) for x, nm in zip(xs, names_a)]
+    names = list(names_a)
+    if ys is not None:
+        ys = list(ys)
+        names_b = list(names_b) if names_b is not None else [f"y[{i}]" for i in range(len(ys))]
+        feats += [as_features(y, what=f"layer {nm!r}", min_examples=4 if debiased else 2) for y, nm in zip(ys, names_b)]
+        names += names_b
+    if not feats:
+        raise SimilarityError("no representations given")
+    n = feats[0].shape[0]
+    for f, nm in zip(feats, names):
+        if f.shape[0] != n:
+            raise SimilarityError(f"layer {nm!r} has {f.shape[0]} examples, the first layer has {n}: "
+                                  "every representation must hold the same examples")
+    dev = feats[0].device
+    dt = torch.float64 if any(f.dtype == torch.float64 for f in feats) else torch.float32
+    feats = [center(f.to(device=dev, dtype=dt), what=f"layer {nm!r}") for f, nm in zip(feats, names)]
+    widths = [f.shape[1] for f in feats]
+    if route == "auto":
+        route = "feature" if sum(widths) < n else "gram"
+    if route == "feature":
+        prods = _feature_products(feats, widths)
+    elif route == "gram":
+        prods = _gram_strip_products(feats, memory)
+    else:
+        raise ValueError(f"route must be 'auto', 'feature' or 'gram', got {route!r}")
+    if debiased:
+        k = torch.stack([_rowsq(f) for f in feats])  # [L, n] Gram diagonals
+        sk = k.sum(1)
+        skl = k @ k.T
+        prods = prods - (n / (n - 2)) * skl + torch.outer(sk, sk) / ((n - 1) * (n - 2))
+    selfs = torch.diagonal(prods).clone()
+    la = len(xs)
+    what = "debiased HSIC" if debiased else "HSIC"
+    if ys is None:
+        return cka_matrix_from_products(prods, selfs, selfs, what=what, names_a=names, names_b=names)
+    return cka_matrix_from_products(prods[:la, la:], selfs[:la], selfs[la:], what=what,
+                                    names_a=names[:la], names_b=names[la:])
+
+
+def _feature_products(feats: Sequence[Tensor], widths: Sequence[int]) -> Tensor:
+    """``||Xi^T Xj||_F^2`` for all pairs from one symmetric product of the stacked features."""
+    z = torch.cat(list(feats), dim=1)
+    c = self_cross(z)
+    edges = [0]
+    for w in widths:
+        edges.append(edges[-1] + w)
+    nl = len(feats)
+    out = torch.zeros(nl, nl, dtype=torch.float64, device=z.device)
+    for i in range(nl):
+        for j in range(i, nl):
+            v = _sumsq(c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]])
+            out[i, j] = v
+            out[j, i] = v
+    return out
+
+
+def _gram_strip_products(feats: Sequence[Tensor], memory: int) -> Tensor:
+    """``<Ki, Kj>_F`` for all pairs of centred linear Grams ``Ki = Xi Xi^T`` from row-block
+    strips of their upper triangles: off-diagonal blocks count twice, diagonal blocks once."""
+    nl = len(feats)
+    n = feats[0].shape[0]
+    item = feats[0].element_size()
+    block = int(max(16, min(1024, memory // max(1, nl * n * item))))
+    out = torch.zeros(nl, nl, dtype=torch.float64, device=feats[0].device)
+    buf = torch.empty(nl * block * n, dtype=feats[0].dtype, device=feats[0].device)
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        bb, m = i1 - i0, n - i0
+        strips = buf[: nl * bb * m].view(nl, bb, m)
+        for l, f in enumerate(feats):
+            torch.mm(f[i0:i1], f[i0:].T, out=strips[l])
+        out += 2.0 * _layer_products(strips) - _layer_products(strips[:, :, :bb])
+    return out
+
+
+def _layer_products(strips: Tensor, rows: int = 8) -> Tensor:
+    """``sum_r strips[:, r] @ strips[:, r].T`` for ``strips`` ``[L, b, m]``: GEMMs over a few
+    rows at a time (short float32 sums), added in float64. One GEMM over the whole strip
+    would sum millions of float32 products and lose about 1e-4 relative."""
+    nl, bb, _ = strips.shape
+    out = torch.zeros(nl, nl, dtype=torch.float64, device=strips.device)
+    for r0 in range(0, bb, rows):
+        part = strips[:, r0:r0 + rows, :].reshape(nl, -1)
+        out += (part @ part.T).to(torch.float64)
+    return out
+
+
+# ----------------------------------------------------------------------------- Gram-based CKA
+def rbf_gram(x: Tensor, *, sigma: float = 0.8, what: str = "x") -> Tensor:
+    """RBF kernel matrix ``exp(-||x_i - x_j||^2 / (2 s^2))`` in float64, with bandwidth
+    ``s = sigma * median distance`` (the median over the ``n (n - 1) / 2`` distinct pairs;
+    for an even count, the mean of the two middle distances)."""
+    if not sigma > 0:
+        raise SimilarityError(f"rbf bandwidth fraction must be positive, got {sigma}")
+    x = as_features(x, what=what, min_examples=2)
+    xc = center(x, what=what)
+    d2 = sq_distances(xc)
+    med = _median_offdiag_distance(d2)
+    if not med > 0:
+        raise SimilarityError(f"{what}: the median distance between examples is 0 (most examples are identical)")
+    return torch.exp(d2 * (-1.0 / (2.0 * (sigma * med) ** 2)))
+
+
+def sq_distances(xc: Tensor) -> Tensor:
+    """Squared Euclidean distances between rows, float64 ``[n, n]`` with an exact zero
+    diagonal."""
+    g = gram(xc).to(torch.float64)
+    sq = torch.diagonal(g).clone()
+    d2 = sq[:, None] + sq[None, :] - 2.0 * g
+    d2.clamp_(min=0.0)
+    d2.fill_diagonal_(0.0)
+    return d2
+
+
+def _median_offdiag_distance(d2: Tensor) -> float:
+    n = d2.shape[0]
+    m = n * (n - 1)  # ordered off-diagonal pairs (each distinct pair twice; the median is the same)
+    flat = d2.reshape(-1)
+    # the n zeros of the diagonal sort first, so the j-th smallest off-diagonal value is the
+    # (n + j)-th smallest of the whole matrix
+    lo = float(torch.kthvalue(flat, n + m // 2).values)
+    hi = float(torch.kthvalue(flat, n + m // 2 + 1).values)
+    return 0.5 * (math.sqrt(max(lo, 0.0)) + math.sqrt(max(hi, 0.0)))
+
+
+@dataclass(frozen=True)
+class GramSummary:
+    """A kernel matrix prepared for CKA: ``mat`` is the centred Gram ``H K H`` (biased) or
+    the Gram with a zero diagonal ``K~`` (debiased), flattened; ``rows = K~ 1`` and
+    ``total = 1^T K~ 1`` for the debiased estimator."""
+
+    mat: Tensor
+    n: int
+    debiased: bool
+    rows: Tensor | None = None
+    total: float = 0.0
+
+
+def gram_summary(k: Tensor, *, debiased: bool) -> GramSummary:
+    """Prepare a kernel matrix ``k`` (``[n, n]``, symmetric) for CKA."""
+    n = k.shape[0]
+    k = k.to(torch.float64)
+    if debiased:
+        if n < 4:
+            raise SimilarityError(f"debiased CKA needs at least 4 examples, got {n}")
+        kt = k.clone()
+        kt.fill_diagonal_(0.0)
+        rows = kt.sum(1)
+        return GramSummary(kt.reshape(-1), n, True, rows, float(rows.sum()))
+    kc = k - k.mean(0, keepdim=True)
+    kc = kc - kc.mean(1, keepdim=True)
+    return GramSummary(kc.reshape(-1), n, False)
+
+
+def gram_products(a: Sequence[GramSummary], b: Sequence[GramSummary] | None = None) -> Tensor:
+    """Matrix of HSIC values (up to one common factor) between every pair of summaries:
+    ``<Kc, Lc>`` (biased) or ``n (n - 3) HSIC_1`` (debiased), one GEMM of the flattened
+    matrices. float64 ``[len(a), len(b)]``."""
+    b = a if b is None else b
+    n = a[0].n
+    if any(s.n != n for s in list(a) + list(b)):
+        raise SimilarityError("all representations must hold the same examples")
+    prod = _stacked_products([s.mat for s in a], None if b is a else [s.mat for s in b])
+    if a[0].debiased:
+        ra = torch.stack([s.rows for s in a])  # type: ignore[misc]
+        rb = ra if b is a else torch.stack([s.rows for s in b])  # type: ignore[misc]
+        ta = torch.tensor([s.total for s in a], dtype=torch.float64, device=prod.device)
+        tb = torch.tensor([s.total for s in b], dtype=torch.float64, device=prod.device)
+        prod = prod + torch.outer(ta, tb) / ((n - 1) * (n - 2)) - (2.0 / (n - 2)) * (ra @ rb.T)
+    return prod
+
+
+def _stacked_products(a: Sequence[Tensor], b: Sequence[Tensor] | None, chunk: int = 1 << 20) -> Tensor:
+    """``A @ B.T`` for row vectors given as lists, in float64 column chunks (the stacked
+    matrices never exist whole)."""
+    length = a[0].numel()
+    out = None
+    for c0 in range(0, length, chunk):
+        ca = torch.stack([v[c0:c0 + chunk] for v in a]).to(torch.float64)
+        cb = ca if b is None else torch.stack([v[c0:c0 + chunk] for v in b]).to(torch.float64)
+        part = ca @ cb.T
+        out = part if out is None else out + part
+    assert out is not None
+    return out
+
+
+def cka_matrix_from_products(cross: Tensor, self_a: Tensor, self_b: Tensor, *, what: str = "HSIC",
+                             names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
+    """``cross[i, j] / sqrt(self_a[i] self_b[j])`` with a clear error for a non-positive
+    self term (naming the layer when names are given)."""
+    for selfs, names, side in ((self_a, names_a, "a"), (self_b, names_b, "b")):
+        bad = (~(selfs > 0)).nonzero().flatten().tolist()
+        if bad:
+            i = bad[0]
+            label = f"layer {names[i]!r}" if names is not None else f"representation {i} of {side}"
+            raise SimilarityError(f"{label}: {what} with itself is {float(selfs[i]):.3g}, not positive "
+                                  "(constant features, or too few examples for the unbiased estimator)")
+    out = cross / torch.sqrt(torch.outer(self_a, self_b))
+    return out.clamp(-1.0, 1.0)
+
+
+def kernel_cka(k: Tensor, l: Tensor, *, debiased: bool = False) -> float:
+    """CKA of two kernel matrices (any kernel)."""
+    sa, sb = gram_summary(k, debiased=debiased), gram_summary(l, debiased=debiased)
+    p = gram_products([sa, sb])
+    return _ratio(float(p[0, 1]), float(p[0, 0]), float(p[1, 1]), "debiased HSIC" if debiased else "HSIC")
+
+
+def rbf_cka(x: Tensor, y: Tensor, *, sigma: float = 0.8, debiased: bool = False) -> float:
+    """RBF CKA (Kornblith et al. 2019) with bandwidth ``sigma`` times the median distance
+    (computed separately for x and y)."""
+    x, y = _pair(x, y, min_examples=4 if debiased else 2)
+    return kernel_cka(rbf_gram(x, sigma=sigma, what="x"), rbf_gram(y, sigma=sigma, what="y"), debiased=debiased)
+
+
+# ----------------------------------------------------------------------------- minibatch HSIC
+def hsic1_matrix(grams: Tensor) -> Tensor:
+    """Unbiased HSIC estimator (Song et al. 2012) between every pair of ``L`` kernel
+    matrices of one minibatch: ``grams`` is ``[L, b, b]`` (any float type; b >= 4).
+    Returns float64 ``[L, L]``:
+
+    ``HSIC_1(K, L) = [tr(K~ L~) + (1^T K~ 1)(1^T L~ 1)/((b-1)(b-2)) - 2/(b-2) 1^T K~ L~ 1] / (b (b-3))``
+    """
+    n_layers, b, _ = grams.shape
+    if b < 4:
+        raise SimilarityError(f"the unbiased HSIC estimator needs minibatches of at least 4 examples, got {b}")
+    kt = grams.to(torch.float64).clone()
+    kt.diagonal(dim1=1, dim2=2).zero_()
+    flat = kt.reshape(n_layers, b * b)
+    rows = kt.sum(2)  # [L, b]
+    tot = rows.sum(1)  # [L]
+    tr = flat @ flat.T
+    return (tr + torch.outer(tot, tot) / ((b - 1) * (b - 2)) - (2.0 / (b - 2)) * (rows @ rows.T)) / (b * (b - 3))
+
+
+def minibatch_cka(x: Tensor, y: Tensor, *, batch_size: int = 256) -> float:
+    """Minibatch linear CKA (Nguyen, Raghu, Kornblith 2021): the mean of the unbiased HSIC
+    over consecutive minibatches of ``batch_size`` examples, then
+    ``mean HSIC_1(K, L) / sqrt(mean HSIC_1(K, K) mean HSIC_1(L, L))``. A final minibatch
+    with fewer than 4 examples is left out."""
+    from .streaming import MinibatchCKA
+
+    x, y = _pair(x, y, min_examples=4)
+    acc = MinibatchCKA()
+    for i0 in range(0, x.shape[0], batch_size):
+        if x.shape[0] - i0 < 4:
+            break
+        acc.update([x[i0:i0 + batch_size]], [y[i0:i0 + batch_size]])
+    return float(acc.compute()[0, 0])
+
+
+# ----------------------------------------------------------------------------- CCA family
+@dataclass(frozen=True)
+class Moments:
+    """Centred second moments of a pair of representations, float64: ``cxx = Xc^T Xc``,
+    ``cyy``, ``cxy`` and the number of examples ``n``."""
+
+    n: int
+    cxx: Tensor
+    cyy: Tensor
+    cxy: Tensor
+
+
+def moments(x: Tensor, y: Tensor) -> Moments:
+    """Centred cross products of a pair in float64 (the input of every CCA-type metric)."""
+    x, y = _pair(x, y, min_examples=2)
+    xc = center(x, what="x").to(torch.float64)
+    yc = center(y, what="y").to(torch.float64)
+    return Moments(x.shape[0], self_cross(xc), self_cross(yc), xc.T @ yc)
+
+
+def _eig_desc(c: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (descending, above ``rtol * max``) and eigenvectors of a symmetric PSD matrix."""
+    c = 0.5 * (c + c.T)
+    vals, vecs = torch.linalg.eigh(c)
+    vals, vecs = vals.flip(0), vecs.flip(1)
+    top = float(vals[0]) if vals.numel() else 0.0
+    if not top > 0:
+        raise SimilarityError(f"{what}: every feature is constant across examples")
+    keep = vals > rtol * top
+    return vals[keep], vecs[:, keep]
+
+
+def _dims_for(vals: Tensor, variance: float | None, dims: int | None, what: str) -> int:
+    r = vals.numel()
+    if dims is not None:
+        if dims < 1:
+            raise SimilarityError(f"dims must be at least 1, got {dims}")
+        if dims > r:
+            raise SimilarityError(f"{what}: asked for {dims} SVCCA directions, but the representation has rank {r}")
+        return dims
+    if variance is None:
+        return r
+    frac = torch.cumsum(vals, 0) / vals.sum()
+    return min(int((frac < variance - 1e-12).sum()) + 1, r)
+
+
+@dataclass(frozen=True)
+class CCAResult:
+    """Canonical correlations (descending) of two representations, with the PWCCA weights
+    of the first representation's canonical variates."""
+
+    rho: Tensor
+    weights: Tensor
+    dims_x: int
+    dims_y: int
+
+
+def cca(m: Moments, *, variance: float | None = None, dims: int | None = None, rtol: float = 1e-10) -> CCAResult:
+    """CCA from centred moments. With ``variance`` (a fraction, e.g. 0.99) or ``dims`` each
+    representation is first reduced to its top principal directions (SVCCA's SVD step).
+
+    Whitening uses the eigendecomposition of each covariance in float64; directions with
+    eigenvalue below ``rtol`` times the largest are dropped (numerical rank). Raises when
+    the kept dimensions are too many for the examples (``kx + ky > n - 1``: canonical
+    correlations of 1 would then be guaranteed, whatever the data).
+    """
+    lx, vx = _eig_desc(m.cxx, "x", rtol)
+    ly, vy = _eig_desc(m.cyy, "y", rtol)
+    kx = _dims_for(lx, variance, dims, "x")
+    ky = _dims_for(ly, variance, dims, "y")
+    if kx + ky > m.n - 1:
+        raise SimilarityError(
+            f"CCA with {kx} + {ky} dimensions needs more than {kx + ky} examples, got {m.n} "
+            "(canonical correlations would be 1 whatever the data); use more examples, fewer dims "
+            "(SVCCA dims/variance) or pool the features")
+    lx, vx, ly, vy = lx[:kx], vx[:, :kx], ly[:ky], vy[:, :ky]
+    wx = vx / lx.sqrt()
+    wy = vy / ly.sqrt()
+    t = wx.T @ m.cxy @ wy
+    a, rho, _ = torch.linalg.svd(t, full_matrices=False)
+    rho = rho.clamp(0.0, 1.0)
+    k = rho.numel()
+    # <h_i, x_j> for canonical variate h_i = Xc W_x a_i is (Xc^T Xc W_x a_i)_j = (V_x L_x^{1/2} a_i)_j
+    contrib = (vx * lx.sqrt()) @ a[:, :k]
+    weights = contrib.abs().sum(0)
+    return CCAResult(rho, weights, kx, ky)
+
+
+def svcca(x: Tensor, y: Tensor, *, variance: float | None = 0.99, dims: int | None = None) -> float:
+    """SVCCA (Raghu et al. 2017): keep the top principal directions of each representation
+    (enough to explain ``variance`` of it, or exactly ``dims``), then the mean canonical
+    correlation."""
+    return svcca_from_moments(moments(x, y), variance=variance, dims=dims)
+
+
+def svcca_from_moments(m: Moments, *, variance: float | None = 0.99, dims: int | None = None) -> float:
+    res = cca(m, variance=None if dims is not None else variance, dims=dims)
+    return float(res.rho.mean())
+
+
+def pwcca(x: Tensor, y: Tensor) -> float:
+    """PWCCA (Morcos et al. 2018): the mean of the canonical correlations weighted by how
+    much of ``x`` each canonical variate accounts for, ``a_i = sum_j |<h_i, x_j>|``
+    (``h_i`` the i-th canonical variate of x, ``x_j`` the j-th neuron). Not symmetric."""
+    return pwcca_from_moments(moments(x, y))
+
+
+def pwcca_from_moments(m: Moments) -> float:
+    res = cca(m)
+    w = res.weights
+    total = float(w.sum())
+    if not total > 0:
+        raise SimilarityError("PWCCA weights are all zero")
+    return float((w * res.rho).sum() / total)
+
+
+def procrustes_distance(x: Tensor, y: Tensor) -> float:
+    """Orthogonal Procrustes distance (Ding et al. 2021):
+    ``min_R ||X^ - Y^ R||_F^2 = 2 - 2 ||X^^T Y^||_*`` for centred representations scaled to
+    unit Frobenius norm (``R`` orthogonal; the smaller one is zero-padded). 0 for identical
+    representations up to rotation and scale, at most 2."""
+    return procrustes_from_moments(moments(x, y))
+
+
+def procrustes_from_moments(m: Moments) -> float:
+    nx = float(torch.trace(m.cxx))
+    ny = float(torch.trace(m.cyy))
+    if not (nx > 0 and ny > 0):
+        raise SimilarityError("every feature is constant across examples")
+    nuc = float(torch.linalg.svdvals(m.cxy).sum())
+    return max(0.0, 2.0 - 2.0 * nuc / math.sqrt(nx * ny))
+
+
+__all__ = [
+    "SimilarityError", "as_features", "center", "gram", "self_cross", "LinearStats", "linear_stats",
+    "cka_from_stats", "hsic1_from_stats", "linear_cka", "linear_cka_matrix", "rbf_gram", "sq_distances", "GramSummary",
+    "gram_summary", "gram_products", "cka_matrix_from_products", "kernel_cka", "rbf_cka", "hsic1_matrix",
+    "minibatch_cka", "Moments", "moments", "CCAResult", "cca", "svcca", "svcca_from_moments", "pwcca",
+    "pwcca_from_moments", "procrustes_distance", "procrustes_from_moments",
+]
