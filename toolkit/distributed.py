@@ -59,9 +59,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """The variables torchrun sets for every worker (all required by :func:`init_from_env`)."""
 
-_OWNED = False  # did init_from_env create the current default process group?
-
-
 # ---------------------------------------------------------------------------- who am I
 def is_initialized() -> bool:
     """A default process group exists (possibly of size 1)."""
@@ -172,7 +169,6 @@ def init_from_env(backend: str | None = None, *, timeout: float | _dt.timedelta 
     :func:`choose_backend`; on CUDA the device is set to ``cuda:<LOCAL_RANK>`` first.
     ``timeout`` (seconds) bounds every collective, so a dead peer fails instead of hanging.
     """
-    global _OWNED
     if is_initialized():
         return True
     if not launched_by_torchrun():
@@ -194,7 +190,6 @@ def init_from_env(backend: str | None = None, *, timeout: float | _dt.timedelta 
     if timeout is not None:
         kwargs["timeout"] = timeout if isinstance(timeout, _dt.timedelta) else _dt.timedelta(seconds=float(timeout))
     dist.init_process_group(backend=chosen, init_method="env://", **kwargs)
-    _OWNED = True
     log.info("process group ready: rank %d of %d (local rank %d), backend %s, device %s",
              dist.get_rank(), dist.get_world_size(), local_rank(), chosen, device())
     return True
@@ -202,10 +197,8 @@ def init_from_env(backend: str | None = None, *, timeout: float | _dt.timedelta 
 
 def cleanup() -> None:
     """Destroy the default process group if one exists (safe to call more than once)."""
-    global _OWNED
     if is_initialized():
         dist.destroy_process_group()
-    _OWNED = False
 
 
 @contextlib.contextmanager
@@ -311,7 +304,7 @@ def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The elementwise sum of ``tensor`` over all ranks, as a new tensor of the same dtype and
-    device (float64 stays float64: gloo and nccl both reduce doubles).
+    device (float64 stays float64: gloo and nccl both reduce doubles; bool is summed as int64).
 
     This is how streaming statistics merge: each rank accumulates sums over its own
     minibatches (for minibatch CKA, the sums of HSIC terms and the batch count), and the
