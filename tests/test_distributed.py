@@ -205,6 +205,14 @@ def test_single_process_helpers_are_identities(monkeypatch, digits):
         rd.gather_table(pd.DataFrame({"index": [0, 0, 1]}))
     with pytest.raises(RtkError, match="missing"):
         rd.gather_table(pd.DataFrame({"index": [0, 2]}), n=3)
+    # long tables (one row per example and attack) are keyed by (index, unit)
+    long = pd.DataFrame({"index": [7, 2, 7, 2], "unit": ["pgd", "clean", "clean", "pgd"], "ok": [1, 0, 1, 1]})
+    merged = rd.gather_table(long, key=("index", "unit"), expected=[2, 7])
+    assert list(zip(merged["index"], merged["unit"])) == [(2, "clean"), (2, "pgd"), (7, "clean"), (7, "pgd")]
+    with pytest.raises(RtkError, match="more than once"):
+        rd.gather_table(pd.concat([long, long.tail(1)]), key=("index", "unit"))
+    with pytest.raises(RtkError, match="unexpected"):
+        rd.gather_table(long, key=("index", "unit"), expected=[2, 3])
     # a real (world 1) gloo group in this process: created, reused, destroyed by session()
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")

@@ -344,44 +344,69 @@ def all_reduce_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 # ---------------------------------------------------------------------------- gathering results
-def _check_cover(keys: np.ndarray, n: int | None, what: str) -> None:
-    uniq, counts = np.unique(keys, return_counts=True)
-    dup = uniq[counts > 1]
+def _expected_set(n: int | None, expected: Sequence[int] | torch.Tensor | np.ndarray | None) -> np.ndarray | None:
+    if expected is not None:
+        return np.unique(np.asarray(torch.as_tensor(expected).cpu().numpy() if isinstance(expected, torch.Tensor)
+                                    else expected, dtype=np.int64))
+    return np.arange(n, dtype=np.int64) if n is not None else None
+
+
+def _check_cover(index: np.ndarray, rows: Any, want: np.ndarray | None, what: str) -> None:
+    """No row key twice (``rows``: a frame of key columns, or None to use ``index``), and with
+    ``want`` given, the dataset indices are exactly ``want``."""
+    if rows is None:
+        uniq, counts = np.unique(index, return_counts=True)
+        dup = uniq[counts > 1].tolist()
+    else:
+        dup = rows[rows.duplicated(keep=False)].drop_duplicates().head(10).to_dict("records")
+        uniq = np.unique(index)
     if len(dup):
-        raise RtkError(f"{what}: dataset indices gathered more than once (shards overlap): {dup[:10].tolist()}")
-    if n is not None:
-        if len(keys) != n or (len(keys) and (uniq[0] != 0 or uniq[-1] != n - 1)):
-            missing = np.setdiff1d(np.arange(n), uniq)
-            raise RtkError(f"{what}: expected every index of range({n}) exactly once, got {len(keys)} indices; "
-                           f"missing {missing[:10].tolist()}{' ...' if len(missing) > 10 else ''}")
+        raise RtkError(f"{what}: rows gathered more than once (shards overlap): {dup[:10]}")
+    if want is not None and not np.array_equal(uniq, want):
+        missing = np.setdiff1d(want, uniq)
+        extra = np.setdiff1d(uniq, want)
+        raise RtkError(f"{what}: expected each of {len(want)} dataset indices exactly once, got {len(uniq)}; "
+                       f"missing {missing[:10].tolist()}{' ...' if len(missing) > 10 else ''}"
+                       + (f", unexpected {extra[:10].tolist()}" if len(extra) else ""))
 
 
-def gather_table(df: Any, *, key: str = "index", n: int | None = None, dst: int | None = 0) -> Any:
+def gather_table(df: Any, *, key: str | Sequence[str] = "index", n: int | None = None,
+                 expected: Sequence[int] | torch.Tensor | None = None, dst: int | None = 0) -> Any:
     """Merge per-rank per-example tables into one, sorted by dataset index.
 
-    ``df`` is this rank's pandas DataFrame with one row per example of its shard; the
-    dataset index is the column ``key`` (or the frame's index when there is no such
-    column). Returns the merged frame (sorted by ``key``, fresh RangeIndex) on ``dst``
-    and None elsewhere; ``dst=None`` returns it on every rank. Raises :class:`RtkError`
-    when an index appears twice or, given ``n``, when any of ``range(n)`` is missing.
-    In a single process the same checks and sorting apply, so both paths give equal tables.
+    ``df`` is this rank's pandas DataFrame with the rows of its shard. ``key`` names the
+    dataset-index column (or, when the frame has no such column, its index), or several
+    columns whose combination identifies a row, dataset index first (long tables with one
+    row per example and attack: ``key=("index", "unit")``). Returns the merged frame, sorted
+    by ``key`` with a fresh RangeIndex, on ``dst`` and None elsewhere; ``dst=None`` returns it
+    on every rank. Raises :class:`RtkError` when a row key appears twice (overlapping shards)
+    or, given ``n`` (indices ``range(n)``) or ``expected`` (any index list), when the dataset
+    indices differ from those. In a single process the same checks and sorting apply, so both
+    paths give equal tables.
     """
     import pandas as pd
 
+    keys = [key] if isinstance(key, str) else list(key)
     parts = all_gather_object(df) if dst is None else gather_object(df, dst=dst)
     if parts is None:
         return None
     frames = [p for p in parts if p is not None and len(p)]
     if not frames:
         return parts[0].iloc[0:0].copy() if parts and parts[0] is not None else pd.DataFrame()
-    merged = pd.concat(frames, ignore_index=key in frames[0].columns)
-    if key not in merged.columns:
-        merged = merged.rename_axis(key).reset_index()
-    _check_cover(merged[key].to_numpy(), n, "gather_table")
-    return merged.sort_values(key, kind="stable").reset_index(drop=True)
+    in_columns = keys[0] in frames[0].columns
+    merged = pd.concat(frames, ignore_index=in_columns)
+    if not in_columns:
+        merged = merged.rename_axis(keys[0]).reset_index()
+    missing = [k for k in keys if k not in merged.columns]
+    if missing:
+        raise RtkError(f"gather_table: key column(s) {missing} not in the table; columns: {list(merged.columns)}")
+    _check_cover(merged[keys[0]].to_numpy(), merged[keys] if len(keys) > 1 else None, _expected_set(n, expected),
+                 "gather_table")
+    return merged.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def gather_tensors(tensors: Mapping[str, torch.Tensor], indices: torch.Tensor, *, n: int | None = None,
+                   expected: Sequence[int] | torch.Tensor | None = None,
                    dst: int | None = 0) -> dict[str, torch.Tensor] | None:
     """Merge per-example tensors keyed by dataset index into dataset order.
 
@@ -389,7 +414,8 @@ def gather_tensors(tensors: Mapping[str, torch.Tensor], indices: torch.Tensor, *
     trailing shapes and dtypes must agree across ranks. Returns ``{k: full}`` where
     ``full[j]`` is the row of dataset index ``sorted_indices[j]`` (with ``n`` given and the
     shards covering ``range(n)``, ``full[i]`` is example ``i``), plus ``"index"``, on ``dst``
-    (every rank when ``dst=None``); None on other ranks. Uses tensor all-gathers (padded to
+    (every rank when ``dst=None``); None on other ranks. Duplicated indices, and indices
+    other than ``range(n)`` / ``expected`` when given, raise :class:`RtkError`. Uses tensor all-gathers (padded to
     the largest shard), not pickling. Results come back on CPU.
     """
     idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
@@ -414,7 +440,7 @@ def gather_tensors(tensors: Mapping[str, torch.Tensor], indices: torch.Tensor, *
             cols[k] = torch.cat([p[:s] for p, s in zip(parts, sizes)]).cpu().to(dtype)
     if dst is not None and rank() != dst:
         return None
-    _check_cover(all_idx.numpy(), n, "gather_tensors")
+    _check_cover(all_idx.numpy(), None, _expected_set(n, expected), "gather_tensors")
     order = torch.argsort(all_idx, stable=True)
     out = {k: v[order] for k, v in cols.items()}
     out["index"] = all_idx[order]
