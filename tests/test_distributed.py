@@ -168,6 +168,9 @@ def test_sampler_splits_the_single_process_global_batches():
             assert all(g.weight / (WORLD * len(g.indices)) == pytest.approx(1 / len(b.indices)) for g in got)
         assert [len(g.indices) for g in parts[0][-1:] + parts[1][-1:]] == [5, 6]
         assert [g.weight for g in parts[0][:-1]] == [1.0] * 6
+    flat = ranks[1].epoch_indices(1)  # the training loop's hook: sliced by batch_size = the steps
+    assert [c.tolist() for c in flat.split(per_rank)] == [b.indices.tolist() for b in parts[1]]
+    assert ranks[1].weights(1) == [b.weight for b in parts[1]]
     e0 = [b.indices for b in single.batches()]
     single.set_epoch(0)
     assert not torch.equal(torch.cat(e0), torch.cat([b.indices for b in single.batches()])), "epochs must reshuffle"

@@ -614,6 +614,24 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
         for b in self.batches():
             yield b.indices.tolist()
 
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        """This rank's examples of ``epoch`` in step order, concatenated (selects the epoch).
+
+        Sliced into consecutive chunks of ``batch_size`` they are exactly this rank's
+        batches (only the last one can be shorter), so a loop that batches a given index
+        order (``rtk.data.batches(split, batch_size, indices=...)``, the training loop's
+        ``epoch_indices`` hook) trains on the right shard."""
+        self.set_epoch(epoch)
+        parts = [b.indices for b in self.batches()]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def weights(self, epoch: int | None = None) -> list[float]:
+        """:attr:`RankBatch.weight` of each step of ``epoch`` (default: the current one);
+        1.0 except for an uneven last global batch."""
+        if epoch is not None:
+            self.set_epoch(epoch)
+        return [b.weight for b in self.batches()]
+
     def iterate(self, split: Any, *, device: torch.device | str | None = None,
                 num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         """``(x, y, weight)`` for each step of the current epoch from an rtk data split
