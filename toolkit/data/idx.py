@@ -20,7 +20,7 @@ import torch
 
 from ..errors import DataError
 from .core import DataInfo, DatasetBundle, TensorSplit
-from .files import FileSource, data_home, default_root
+from .files import FileSource, default_root
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ def load_idx_files(paths: dict[str, Path], *, name: str, num_classes: int | None
         raise DataError(f"{tei}: test images are {list(x_test.shape[2:])} pixels but train images are "
                         f"{list(x_train.shape[2:])}")
     raw_train_labels = read_idx(trl)
+    if raw_train_labels.size == 0:
+        raise DataError(f"{trl}: the training split has no labels")
     if num_classes is None:
         num_classes = len(class_names) if class_names else int(raw_train_labels.max()) + 1
     y_train = _labels(raw_train_labels, x_train.shape[0], num_classes, trl)

@@ -30,7 +30,7 @@ def cifar_resnet(info: DataInfo, blocks: Sequence[int], widths: Sequence[int], s
         ("conv", conv3x3(info.channels, widths[0])), ("bn", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU()),
     ]))
     cin = widths[0]
-    for i, (n, w, s) in enumerate(zip(blocks, widths, strides), start=1):
+    for i, (n, w, s) in enumerate(zip(blocks, widths, strides, strict=True), start=1):
         layers[f"layer{i}"] = stage(BasicBlock, cin, w, n, s)
         cin = w
     layers.update(head(cin, info.num_classes))
