@@ -2,7 +2,8 @@
 
 Offline: the zoo weights are random (written in robustbench's layout), the data is a tiny
 CIFAR-10-format folder made from scikit-learn's digits (upsampled to 3x32x32), read by
-rtk's own ``cifar10`` dataset.
+rtk's own ``cifar10`` dataset. The zoo entry is the smallest CIFAR-10 architecture of the
+zoo, Hendrycks2020AugMix_WRN (a WRN-40-2 of 2.2M parameters), to keep the tests quick.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rtk.zoo import build_architecture, robustbench_available, save_zoo_checkpoi
 pytestmark = pytest.mark.skipif(not robustbench_available() and not os.environ.get("CI"),
                                 reason="robustbench (pip install 'rtk[zoo]') is not installed here")
 
-ZID = "cifar10/Linf/Ding2020MMA"
+ZID = "cifar10/corruptions/Hendrycks2020AugMix_WRN"
 
 
 def write_cifar10_folder(root, x: np.ndarray, y: np.ndarray, n_test: int) -> None:
@@ -63,35 +64,35 @@ def _exp(cifar_root, zoo_dir, **stage):
         "name": "zoo-test", "seed": 0, "device": "cpu",
         "dataset": {"name": "cifar10", "root": str(cifar_root)},
         "models": {"mine": {"arch": "cnn-small"},
-                   "ding": {"arch": f"robustbench:{ZID}", "model_dir": str(zoo_dir)}},
+                   "aug": {"arch": f"robustbench:{ZID}", "model_dir": str(zoo_dir)}},
         "stages": [{"kind": "train", "model": "mine", "epochs": 1, "lr": 0.05, "batch_size": 64},
-                   {"kind": "zoo", "id": "zoo", "models": ["mine", "ding"],
+                   {"kind": "zoo", "id": "zoo", "models": ["mine", "aug"],
                     "attacks": [{"name": "pgd", "eps": "2/255", "steps": 2}], "limit": 16, **stage}],
     }
 
 
 def test_zoo_stage_puts_zoo_and_user_models_in_one_table(cifar_root, model_dir, registry, tmp_path):
-    l2_dir = tmp_path / "more-models"  # a second entry, loaded by the stage itself (same architecture)
-    shutil.copytree(model_dir, l2_dir)
-    (l2_dir / "cifar10/L2").mkdir()
-    shutil.copyfile(model_dir / f"{ZID}.pt", l2_dir / "cifar10/L2/Ding2020MMA.pt")
-    exp = _exp(cifar_root, model_dir, zoo=["cifar10/L2/Ding2020MMA"], model_dir=str(l2_dir),
-               cka={"enabled": False})
+    exp = _exp(cifar_root, model_dir, cka={"limit": 32, "batch_size": 16, "max_layers": 4})
     result = rtk.run(exp, registry=registry, out=tmp_path / "run")
     wide = result.table("zoo/comparison").set_index("model")
-    assert list(wide.index) == ["mine", "ding", "Ding2020MMA"]
-    assert list(wide["source"]) == ["rtk", "zoo", "zoo"]
+    assert list(wide.index) == ["mine", "aug"] and list(wide["source"]) == ["rtk", "zoo"]
     assert set(wide["n"]) == {16}
     assert (wide["worst_case"] <= wide["clean"]).all()
     # the trained small CNN beats the zoo architecture with random weights on clean data
-    assert wide.loc["mine", "clean"] > wide.loc["ding", "clean"] + 0.2
-    assert wide.loc["ding", "zoo_id"] == ZID and wide.loc["Ding2020MMA", "zoo_id"] == "cifar10/L2/Ding2020MMA"
-    assert wide.loc["ding", "reported_eps"] == "8/255" and wide.loc["Ding2020MMA", "reported_eps"] == "0.5"
-    assert 0 < wide.loc["ding", "reported_robust"] < wide.loc["ding", "reported_clean"] < 1
-    assert np.isnan(wide.loc["mine", "reported_clean"])
+    assert wide.loc["mine", "clean"] > wide.loc["aug", "clean"] + 0.2
+    assert wide.loc["aug", "zoo_id"] == ZID and np.isnan(wide.loc["mine", "reported_clean"])
+    assert 0 < wide.loc["aug", "reported_robust"] < wide.loc["aug", "reported_clean"] < 1
     long = result.table("zoo/accuracy")
     assert set(long["attack"]) == {"clean", "pgd(eps=2/255, steps=2)", "worst_case"}
-    assert "zoo" in (result.path / "report.md").read_text()
+    # CKA: the zoo model against the user's model, one row per layer pair, one heatmap
+    cka = result.table("zoo/cka")
+    assert set(zip(cka["zoo_model"], cka["model"])) == {("aug", "mine")}
+    assert len(cka) == 4 * 4 and cka["cka"].between(-1e-6, 1 + 1e-6).all()
+    assert list(cka["zoo_layer"].unique())[-1] == "fc" and list(cka["layer"].unique())[-1] == "head"
+    figures = result.stages["zoo"].figures
+    assert set(figures) == {"cka-aug-vs-mine"} and figures["cka-aug-vs-mine"].exists()
+    report = (result.path / "report.md").read_text()
+    assert "Linear CKA" in report and "cka-aug-vs-mine" in report
 
 
 def test_same_examples_and_attacks_for_every_contender(cifar_root):
@@ -112,6 +113,34 @@ def test_same_examples_and_attacks_for_every_contender(cifar_root):
     assert list(wide["n"]) == [24, 24] and len(long) == 6
     with pytest.raises(ValueError, match="unique"):
         compare_robustness([twin, twin], split, attacks)
+
+
+def test_layer_selection_and_cka_of_a_model_with_itself(model_dir, cifar_root):
+    import pandas as pd
+
+    from rtk.data.cifar import load_cifar10
+    from rtk.models.small import cnn_large
+    from rtk.zoo import build_architecture
+    from rtk.zoo.compare import cka_summary, layer_cka, select_layers
+
+    zoo = build_architecture(ZID)
+    names = select_layers(zoo, max_layers=5)
+    assert len(names) == 5 and names[0] == "conv1" and names[-1] == "fc"
+    assert select_layers(zoo, ["block1.*.conv*"], max_layers=None) == [
+        n for n, _ in zoo.named_modules() if n.startswith("block1.") and n.rsplit(".", 1)[-1].startswith("conv")]
+    data = load_cifar10(cifar_root)
+    torch.manual_seed(0)
+    model = cnn_large(data.info)
+    names = select_layers(model, max_layers=5)
+    split = rtk.data.subset(data.test, 24, 0)
+    mat = layer_cka(model, model, split, layers_a=names, layers_b=names, batch_size=8)
+    assert mat.shape == (5, 5)
+    assert torch.allclose(torch.diagonal(mat), torch.ones(5, dtype=mat.dtype), atol=1e-6)
+    assert torch.allclose(mat, mat.T, atol=1e-6)
+    rows = [{"zoo_model": "a", "model": "b", "zoo_layer": names[i], "layer": names[j], "zoo_depth": i / 4,
+             "depth": j / 4, "cka": float(mat[i, j])} for i in range(5) for j in range(5)]
+    s = cka_summary(pd.DataFrame(rows)).iloc[0]
+    assert s["layers"] == "5x5" and abs(s["early"] - 1) < 1e-6 and abs(s["late"] - 1) < 1e-6 and s["mean"] < 1
 
 
 def test_zoo_stage_checks_before_work(registry, model_dir):
@@ -150,7 +179,7 @@ def test_cli_compare(cifar_root, model_dir, tmp_path, monkeypatch):
             "--device", "cpu", "--out", str(tmp_path / "cmp")]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
-    assert "mine" in res.output and "Ding2020MMA" in res.output and "reported_robust" in res.output
+    assert "mine" in res.output and "Hendrycks2020AugMix_WRN" in res.output and "reported_robust" in res.output
     assert (tmp_path / "cmp" / "tables" / "zoo" / "comparison.csv").exists()
     res = CliRunner().invoke(cli, ["zoo", "compare", "--data", "root=x"])
     assert res.exit_code != 0 and "at least one --zoo" in res.output

@@ -51,7 +51,7 @@ def model_dir(tmp_path, source):
     return tmp_path / "models"
 
 
-def _x(n=4):
+def _x(n=2):
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
