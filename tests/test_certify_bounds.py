@@ -1,0 +1,279 @@
+"""Soundness and tightness of rtk's bound propagation (IBP, CROWN, CROWN-IBP) on random
+networks with Linear, Conv2d, ReLU, BatchNorm, AvgPool, Normalize and residual additions."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rtk
+from rtk.certify import (
+    BoundCertifier, CertifiedObjective, Ramp, UnsupportedLayerError, bound_graph, check_graph, linf_box,
+    logit_extremes, margin_lower_bounds, margin_spec, output_bounds, spec_bounds,
+)
+from rtk.models import Normalize
+
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run fastest on one thread (and do not stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+def mlp_net() -> nn.Module:
+    return nn.Sequential(OrderedDict([
+        ("norm", Normalize([0.3], [0.4])), ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(36, 24)), ("bn1", nn.BatchNorm1d(24)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(24, 16)), ("relu2", nn.ReLU()), ("head", nn.Linear(16, 5)),
+    ]))
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(OrderedDict([
+        ("norm", Normalize([0.5, 0.4], [0.25, 0.3])),
+        ("conv1", nn.Conv2d(2, 6, 3, padding=1)), ("bn1", nn.BatchNorm2d(6)), ("relu1", nn.ReLU()),
+        ("pool", nn.AvgPool2d(2)),
+        ("conv2", nn.Conv2d(6, 8, 3, stride=2, padding=1)), ("relu2", nn.ReLU()),
+        ("flatten", nn.Flatten()), ("fc", nn.Linear(8 * 2 * 2, 16)), ("relu3", nn.ReLU()), ("head", nn.Linear(16, 5)),
+    ]))
+
+
+class ResidualNet(nn.Module):
+    """A residual block traced through torch.fx: functional relu, an addition, view()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = Normalize([0.5, 0.4], [0.25, 0.3])
+        self.stem = nn.Conv2d(2, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(self.norm(x)))
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(h)))))
+        out = self.pool(F.relu(y + h))
+        return self.fc(out.view(out.size(0), -1))
+
+
+NETS = {"mlp": (mlp_net, (1, 6, 6)), "conv": (conv_net, (2, 6, 6)), "residual": (ResidualNet, (2, 6, 6))}
+
+
+@pytest.fixture(scope="module", params=list(NETS))
+def net(request):
+    build, shape = NETS[request.param]
+    torch.manual_seed(0)
+    model = _randomize_bn(build())
+    x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(2))
+    return request.param, model, x
+
+
+def _corners_and_random(box, n: int, gen: torch.Generator) -> torch.Tensor:
+    lo, hi = box
+    out = []
+    for i in range(n):
+        u = torch.rand(lo.shape, generator=gen)
+        if i % 2:  # vertices of the box, where linear pieces take their extremes
+            u = (u > 0.5).float()
+        out.append(lo + u * (hi - lo))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.1])
+def test_bounds_contain_random_and_adversarial_logits(net, eps):
+    name, model, x = net
+    box = linf_box(x, eps)
+    gen = torch.Generator().manual_seed(3)
+    samples = _corners_and_random(box, 200, gen)
+    with torch.no_grad():
+        logits = model(samples.flatten(0, 1)).view(200, len(x), -1)
+    adv_min, adv_max = logit_extremes(model, x, eps, steps=20, restarts=2)
+    for method in ("ibp", "crown-ibp", "crown"):
+        with torch.no_grad():
+            lo, hi = output_bounds(model, box, method=method)
+        assert (logits >= lo - TOL).all() and (logits <= hi + TOL).all(), (name, method)
+        assert (adv_min >= lo - TOL).all() and (adv_max <= hi + TOL).all(), (name, method)
+        assert (lo <= hi).all()
+
+
+def test_margin_bounds_below_attacked_margins(net):
+    name, model, x = net
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    from rtk.certify import margin_pgd
+
+    adv = margin_pgd(model, x, y, 0.05, steps=20, restarts=2)
+    with torch.no_grad():
+        z = model(adv)
+        true = z.gather(1, y[:, None]) - z  # (B, K): logit_y - logit_j at the attack point
+        for method in ("ibp", "crown-ibp", "crown"):
+            low = margin_lower_bounds(model, x, y, 0.05, method=method)
+            finite = torch.isfinite(low)
+            assert (low[finite] <= true[finite] + TOL).all(), (name, method)
+
+
+def test_crown_tighter_than_ibp(net):
+    """CROWN gives narrower logit bounds than IBP (textbook CROWN on average, and with the
+    default intersection on every logit); CROWN and CROWN-IBP margin bounds are at least IBP's."""
+    name, model, x = net
+    box = linf_box(x, 0.05)
+    with torch.no_grad():
+        ibp_lo, ibp_hi = output_bounds(model, box, method="ibp")
+        cr_lo, cr_hi = output_bounds(model, box, method="crown")
+        pure_lo, pure_hi = output_bounds(model, box, method="crown", intersect_ibp=False)
+    w_ibp, w_crown, w_pure = (ibp_hi - ibp_lo).mean(), (cr_hi - cr_lo).mean(), (pure_hi - pure_lo).mean()
+    assert (cr_hi - cr_lo <= ibp_hi - ibp_lo + TOL).all()
+    assert w_pure < 0.8 * w_ibp, (name, float(w_pure), float(w_ibp))
+    assert w_crown < 0.8 * w_ibp
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        m_ibp = margin_lower_bounds(model, x, y, 0.05, method="ibp")
+        m_cibp = margin_lower_bounds(model, x, y, 0.05, method="crown-ibp")
+        m_crown = margin_lower_bounds(model, x, y, 0.05, method="crown")
+    assert (m_cibp >= m_ibp - TOL).all() and (m_crown >= m_ibp - TOL).all()
+    assert m_crown[torch.isfinite(m_crown)].mean() > m_ibp[torch.isfinite(m_ibp)].mean()
+
+
+def test_graph_reproduces_model_and_eps_zero_is_exact(net):
+    name, model, x = net
+    graph = bound_graph(model, x)
+    check_graph(graph, model, x)
+    with torch.no_grad():
+        want = model(x)
+        for method in ("ibp", "crown"):
+            lo, hi = output_bounds(model, (x, x), method=method)
+            assert torch.allclose(lo, want, atol=1e-4) and torch.allclose(hi, want, atol=1e-4)
+
+
+def test_batching_and_chunking_do_not_change_crown(net):
+    name, model, x = net
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        a = BoundCertifier("crown", eps=0.05, batch_size=64, spec_chunk=256).margins(model, x, y)
+        b = BoundCertifier("crown", eps=0.05, batch_size=2, spec_chunk=3).margins(model, x, y)
+        c = BoundCertifier("crown", eps=0.05, dtype="float64").margins(model, x, y)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a, c, atol=1e-4)
+
+
+def test_margin_spec_folding_is_tighter_than_logit_intervals():
+    torch.manual_seed(0)
+    model = _randomize_bn(mlp_net())
+    x = torch.rand(8, 1, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        lo, hi = output_bounds(model, linf_box(x, 0.05), method="ibp")
+        naive = lo.gather(1, y[:, None]) - hi  # bound of logit_y - logit_j from the logit intervals
+        folded = margin_lower_bounds(model, x, y, 0.05, method="ibp")
+    off = torch.isfinite(folded)
+    assert (folded[off] >= naive[off] - TOL).all() and (folded[off] > naive[off] + 1e-3).any()
+    C = margin_spec(y, 5)
+    assert C.shape == (8, 5, 5) and (C[torch.arange(8), y] == 0).all()
+
+
+def test_pruned_weights_are_honoured():
+    torch.manual_seed(0)
+    model = conv_net().eval()
+    torch.nn.utils.prune.l1_unstructured(model.conv2, "weight", amount=0.6)
+    x = torch.rand(4, 2, 6, 6)
+    check_graph(bound_graph(model, x), model, x)
+    with torch.no_grad():
+        model.conv2.weight_orig.mul_(1.5)  # the mask must be applied to the live weights
+        lo, hi = output_bounds(model, (x, x), method="crown")
+        assert torch.allclose(lo, model(x), atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- errors
+class Tanhy(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x)
+
+
+class MyLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+@pytest.mark.parametrize("layer,name,kind", [
+    (nn.MaxPool2d(2), "features.pool", "MaxPool2d"),
+    (nn.Sigmoid(), "features.pool", "Sigmoid"),
+    (Tanhy(), "features.pool", "tanh"),
+])
+def test_unsupported_layer_names_it(layer, name, kind):
+    model = nn.Sequential(OrderedDict([
+        ("features", nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 2, 3, padding=1)), ("pool", layer)]))),
+        ("flatten", nn.Flatten()), ("head", nn.Linear(2 * 4 * 4 if isinstance(layer, nn.MaxPool2d) else 2 * 8 * 8, 3)),
+    ])).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(UnsupportedLayerError) as err:
+        BoundCertifier("crown", eps=0.1).certify(model, x, torch.zeros(2, dtype=torch.long))
+    msg = str(err.value)
+    assert name in msg and kind in msg and "Supported layers" in msg and "Conv2d" in msg
+
+
+def test_overridden_forward_and_hooks_are_refused():
+    model = nn.Sequential(nn.Flatten(), MyLinear(4, 3)).eval()
+    x = torch.rand(2, 1, 2, 2)
+    with pytest.raises(UnsupportedLayerError, match="'1'.*overridden"):
+        output_bounds(model, (x, x))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    handle = model[1].register_forward_hook(lambda m, i, o: o * 3)
+    with pytest.raises(UnsupportedLayerError, match="forward hooks"):
+        output_bounds(model, (x, x))
+    handle.remove()
+    output_bounds(model, (x, x))
+
+
+def test_bad_method_and_eps_are_rejected():
+    with pytest.raises(rtk.RtkError, match="allowed: ibp, crown, crown-ibp"):
+        BoundCertifier("deeppoly")
+    with pytest.raises(rtk.RtkError, match="non-negative"):
+        linf_box(torch.zeros(1, 1), -0.1)
+
+
+# ---------------------------------------------------------------------------- training
+def test_certified_objectives_schedules_and_gradients():
+    torch.manual_seed(0)
+    model = _randomize_bn(conv_net()).train()
+    x, y = torch.rand(8, 2, 6, 6), torch.randint(0, 5, (8,))
+    obj = CertifiedObjective(0.1, "crown-ibp", Ramp(0.2, 0.5), kappa_end=0.0)
+    assert obj.eps_at(0.1) == 0 and obj.kappa_at(0.1) == 1 and obj.beta_at(0.1) == 1
+    assert obj.eps_at(0.45) == pytest.approx(0.05) and obj.kappa_at(0.45) == pytest.approx(0.5)
+    assert obj.eps_at(0.9) == pytest.approx(0.1) and obj.beta_at(0.9) == 0
+    for method in ("ibp", "crown-ibp"):
+        o = CertifiedObjective(0.1, method, Ramp(0.0, 0.5))
+        model.zero_grad()
+        out = o(model, x, y, progress=0.3)
+        out.loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        # the robust loss is an upper bound of the clean loss at the same point
+        with torch.no_grad():
+            z = o.robust_logits(model.eval(), x, y, 0.06, 0.5)
+            clean = model(x)
+        model.train()
+        assert (F.cross_entropy(z, y, reduction="none") >= F.cross_entropy(clean, y, reduction="none") - 1e-4).all()
+        assert (z.gather(1, y[:, None]) == 0).all()
