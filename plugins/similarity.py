@@ -1,0 +1,160 @@
+"""Built-in similarity metrics and the ``similarity`` stage (a thin adapter over
+:mod:`rtk.similarity`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+import rtk
+from rtk.similarity import (
+    PWCCA, RBFCKA, SVCCA, LinearCKA, MinibatchCKAMetric, ProcrustesDistance,
+)
+
+ANALYSES = ("heatmap", "block-structure", "diagonal", "overfitting", "specialization")
+
+
+# ----------------------------------------------------------------------------- metrics
+class LinearCKAOptions(rtk.Options):
+    debiased: bool = Field(False, description="use the unbiased HSIC estimator (debiased CKA; needs n >= 4)")
+
+
+class RBFCKAOptions(rtk.Options):
+    sigma: float = Field(0.8, gt=0, description="RBF bandwidth as a fraction of the median distance between examples")
+    debiased: bool = Field(False, description="use the unbiased HSIC estimator (debiased CKA; needs n >= 4)")
+
+
+class MinibatchCKAOptions(rtk.Options):
+    batch_size: int = Field(256, ge=4, description="examples per minibatch (the stage streams batches of this size)")
+
+
+class SVCCAOptions(rtk.Options):
+    variance: float = Field(0.99, gt=0, le=1, description="keep the top directions explaining this fraction of variance")
+    dims: int | None = Field(None, ge=1, description="keep exactly this many top directions (overrides variance)")
+
+
+@rtk.hookimpl
+def rtk_similarity_metrics():
+    yield rtk.SimilaritySpec(name="linear-cka", summary="linear CKA (Kornblith et al. 2019), biased or debiased",
+                             options=LinearCKAOptions, build=lambda o: LinearCKA(o.debiased))
+    yield rtk.SimilaritySpec(name="rbf-cka", summary="RBF-kernel CKA, bandwidth a fraction of the median distance",
+                             options=RBFCKAOptions, build=lambda o: RBFCKA(o.sigma, o.debiased))
+    yield rtk.SimilaritySpec(name="minibatch-cka",
+                             summary="minibatch linear CKA with unbiased HSIC (Nguyen et al. 2021), streamed",
+                             options=MinibatchCKAOptions, build=lambda o: MinibatchCKAMetric(o.batch_size))
+    yield rtk.SimilaritySpec(name="svcca", summary="SVCCA (Raghu et al. 2017): SVD then mean canonical correlation",
+                             options=SVCCAOptions, build=lambda o: SVCCA(o.variance, o.dims))
+    yield rtk.SimilaritySpec(name="pwcca", summary="projection-weighted CCA (Morcos et al. 2018)",
+                             build=lambda o: PWCCA())
+    yield rtk.SimilaritySpec(name="procrustes", summary="orthogonal Procrustes distance (0 = same up to rotation/scale)",
+                             build=lambda o: ProcrustesDistance())
+
+
+# ----------------------------------------------------------------------------- the stage
+class SimilarityStageOptions(rtk.Options):
+    models: list[str] = Field(default_factory=list,
+                              description="models (or model@tag) analysed on their own: heatmap, block structure, specialization")
+    pairs: list[list[str]] = Field(default_factory=list,
+                                   description="pairs of models compared with each other: [[\"std\", \"robust\"]]")
+    checkpoints: list[str] = Field(default_factory=list,
+                                   description="a sequence of checkpoints of one run for overfitting by layer, "
+                                               "the first is the reference: [\"robust@best\", \"robust@last\"]")
+    metric: rtk.SimilarityRef = Field(default_factory=lambda: rtk.SimilarityRef(name="linear-cka"))
+    layers: list[str] | dict[str, list[str]] = Field(
+        default_factory=lambda: ["default"],
+        description="layer name patterns (fnmatch, or 're:REGEX'); 'default' = every Conv, BN, ReLU, pooling and "
+                    "Linear layer; a table gives patterns per model")
+    adversarial: dict[str, rtk.AttackRef] = Field(
+        default_factory=dict, description="model (or '*') -> attack: that model's features are taken on adversarial "
+                                          "inputs from the attack; other models see benign inputs")
+    analyses: list[Literal["heatmap", "block-structure", "diagonal", "overfitting", "specialization"]] = Field(
+        default_factory=lambda: list(ANALYSES), description="analyses to run (each where its inputs are given)")
+    split: Literal["test", "train"] = "test"
+    limit: int | None = Field(1000, ge=4, description="use a fixed subset of this many examples")
+    batch_size: int = Field(256, ge=4)
+    pooling: str = Field("flatten", description="'flatten', 'avg' (global average over positions) or 'avgN'")
+    block_threshold: float = Field(0.8, description="similarity that counts as high for the block-structure score")
+    block_min_size: int = Field(3, ge=2, description="fewest layers in a block")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_ok(cls, v: list[list[str]]) -> list[list[str]]:
+        for i, p in enumerate(v):
+            if len(p) != 2:
+                raise ValueError(f"pairs[{i}] must name exactly two models, got {p}")
+        return v
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling_ok(cls, v: str) -> str:
+        if not re.fullmatch(r"flatten|avg|avg[1-9][0-9]*", v):
+            raise ValueError("allowed: 'flatten', 'avg', or 'avgN' with N >= 1 (for example 'avg2')")
+        return v
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _ckpts_ok(cls, v: list[str]) -> list[str]:
+        if len(v) == 1:
+            raise ValueError("give at least two checkpoints (the first is the reference), or none")
+        return v
+
+
+def _check(opts: SimilarityStageOptions, planning: rtk.Planning) -> list[str]:
+    problems: list[str] = []
+    for i, m in enumerate(opts.models):
+        problems += planning.check_model(m, f"models[{i}]")
+    for i, p in enumerate(opts.pairs):
+        for j, m in enumerate(p):
+            problems += planning.check_model(m, f"pairs[{i}][{j}]")
+    for i, m in enumerate(opts.checkpoints):
+        problems += planning.check_model(m, f"checkpoints[{i}]")
+    for k in opts.adversarial:
+        if k != "*":
+            problems += planning.check_model(k, f"adversarial.{k}")
+    if isinstance(opts.layers, dict):
+        for k in opts.layers:
+            if k != "*":
+                problems += planning.check_model(k, f"layers.{k}")
+    if not (opts.models or opts.pairs or opts.checkpoints):
+        problems.append(f"{planning.where}: nothing to compare; give models, pairs or checkpoints")
+    return problems
+
+
+def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult:
+    from rtk.similarity.stage import SimilarityJob, run_similarity
+
+    metric = opts.metric.spec.build(opts.metric.opts)
+
+    def attack_for(ref: str):
+        aref = opts.adversarial.get(ref) or opts.adversarial.get(ref.split("@", 1)[0]) or opts.adversarial.get("*")
+        return aref
+
+    def layers_for(ref: str):
+        if isinstance(opts.layers, dict):
+            return opts.layers.get(ref) or opts.layers.get(ref.split("@", 1)[0]) or opts.layers.get("*") or ["default"]
+        return opts.layers
+
+    job = SimilarityJob(
+        metric=metric, metric_name=opts.metric.describe(), models=list(opts.models),
+        pairs=[tuple(p) for p in opts.pairs], checkpoints=list(opts.checkpoints), analyses=list(opts.analyses),
+        limit=opts.limit, batch_size=opts.batch_size, pooling=opts.pooling, split=opts.split,
+        block_threshold=opts.block_threshold, block_min_size=opts.block_min_size)
+    out = run_similarity(
+        job, load_model=ctx.model, layers_for=layers_for,
+        attack_for=lambda ref, model: (None if attack_for(ref) is None else
+                                       (attack_for(ref).describe(), attack_for(ref).spec.build(model, attack_for(ref).opts))),
+        data=ctx.data, device=ctx.device, seed=ctx.experiment.seed, figure_path=ctx.figure_path)
+    return rtk.StageResult(tables=out.tables, figures=out.figures, summary=out.summary, metrics=out.metrics)
+
+
+@rtk.hookimpl
+def rtk_stages():
+    yield rtk.StageSpec(name="similarity",
+                        summary="layer-by-layer representation similarity: heatmaps, block structure, diagonals, "
+                                "overfitting by layer, specialization",
+                        options=SimilarityStageOptions, run=_run, check=_check)
+
+
+__all__ = ["SimilarityStageOptions", "ANALYSES"]

@@ -1,0 +1,293 @@
+"""The work of the ``similarity`` stage and of ``rtk similarity``, independent of the runner.
+
+:func:`run_similarity` reads features of every model the job names (one pass through the
+data for all of them together), computes the requested analyses and draws the figures.
+With a metric that has an ``accumulator`` (minibatch CKA), heatmaps, diagonals and the
+overfitting curves are streamed: only one batch of activations is held at a time (the
+specialization analysis, when requested, keeps the features of the models it analyses).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..runtime import progress
+from .analyses import (
+    Heatmap, block_structure, common_layers, diagonal, heatmap, overfitting_by_layer, plot_heatmap, plot_lines,
+    specialization,
+)
+from .features import ModelInput, iter_features
+from .kernels import SimilarityError, Tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimilarityJob:
+    """What to compare and how. Model references are names or ``name@tag``."""
+
+    metric: Any
+    metric_name: str
+    models: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    analyses: list[str] = field(default_factory=lambda: ["heatmap", "block-structure", "diagonal", "overfitting",
+                                                         "specialization"])
+    limit: int | None = 1000
+    batch_size: int = 256
+    pooling: str = "flatten"
+    split: str = "test"
+    block_threshold: float = 0.8
+    block_min_size: int = 3
+
+    def refs(self) -> list[str]:
+        out: list[str] = []
+        for r in [*self.models, *(m for p in self.pairs for m in p), *self.checkpoints]:
+            if r not in out:
+                out.append(r)
+        return out
+
+
+@dataclass
+class SimilarityOutput:
+    tables: dict[str, pd.DataFrame]
+    figures: dict[str, Path]
+    summary: str
+    metrics: dict[str, float]
+    heatmaps: dict[str, Heatmap]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.Module],
+                   layers_for: Callable[[str], Sequence[str] | None],
+                   attack_for: Callable[[str, torch.nn.Module], tuple[str, Callable] | None],
+                   data: Any, device: torch.device | str = "cpu", seed: int = 0,
+                   figure_path: Callable[[str], Path] | None = None) -> SimilarityOutput:
+    """Run every requested analysis; returns tables, figures, a markdown summary and
+    headline numbers."""
+    started = time.perf_counter()
+    split = data.test if job.split == "test" else data.train
+    want = set(job.analyses)
+    refs = job.refs()
+    inputs: list[ModelInput] = []
+    labels_in: dict[str, str] = {}
+    for ref in refs:
+        model = load_model(ref)
+        atk = attack_for(ref, model)
+        labels_in[ref] = "benign" if atk is None else f"adversarial: {atk[0]}"
+        inputs.append(ModelInput(ref, model, layers_for(ref), None if atk is None else atk[1]))
+    metric = job.metric
+    streaming = hasattr(metric, "accumulator")
+    within = [m for m in job.models] if want & {"heatmap", "block-structure"} else []
+    pairs = list(job.pairs) if want & {"heatmap", "diagonal"} else []
+    overfit = list(job.checkpoints) if "overfitting" in want and job.checkpoints else []
+    spec_models = list(job.models) if "specialization" in want else []
+
+    feats: dict[str, dict[str, Tensor]] = {}
+    labels: Tensor | None = None
+    heatmaps: dict[str, Heatmap] = {}
+    overfit_mats: dict[str, Heatmap] = {}
+    kw = dict(limit=job.limit, pooling=job.pooling, device=device, seed=seed)
+    if streaming:
+        bs = int(getattr(metric, "batch_size", job.batch_size))
+        heatmaps, overfit_mats, feats, labels = _stream(job, metric, inputs, split, bs, within, pairs, overfit,
+                                                        spec_models, kw)
+    else:
+        keep = [mi for mi in inputs]
+        from .features import collect_features
+
+        got, labels = collect_features(keep, split, batch_size=job.batch_size, **kw)
+        feats = {mi.name: f for mi, f in zip(keep, got)}
+        for m in within:
+            heatmaps[m] = heatmap(metric, feats[m], model_a=m, metric_name=job.metric_name)
+        for a, b in pairs:
+            if "heatmap" in want:
+                heatmaps[f"{a} vs {b}"] = heatmap(metric, feats[a], feats[b], model_a=a, model_b=b,
+                                                  metric_name=job.metric_name)
+
+    tables: dict[str, pd.DataFrame] = {}
+    figures: dict[str, Path] = {}
+    metrics: dict[str, float] = {}
+    lines: list[str] = []
+
+    def fig(name: str) -> Path | None:
+        return figure_path(name) if figure_path is not None else None
+
+    # heatmaps ------------------------------------------------------------------
+    frames = []
+    for key, h in heatmaps.items():
+        df = h.to_frame()
+        df.insert(3, "inputs_a", labels_in[h.model_a])
+        df["inputs_b"] = labels_in[h.model_b]
+        frames.append(df)
+        if "heatmap" in want:
+            p = fig(f"heatmap_{_slug(key)}")
+            if p is not None:
+                figures[f"heatmap {key}"] = plot_heatmap(h, p, title=f"{job.metric_name}: {key}")
+    if frames and "heatmap" in want:
+        tables["heatmaps"] = pd.concat(frames, ignore_index=True)
+
+    # block structure -----------------------------------------------------------
+    if "block-structure" in want and job.models:
+        rows, brows = [], []
+        for m in job.models:
+            bs_ = block_structure(heatmaps[m], threshold=job.block_threshold, min_size=job.block_min_size)
+            rows.append({"model": m, "inputs": labels_in[m], "score": bs_.score, "blocks": len(bs_.blocks),
+                         "layers": len(heatmaps[m].rows), "threshold": job.block_threshold,
+                         "min_size": job.block_min_size, "metric": job.metric_name})
+            for b in bs_.blocks:
+                brows.append({"model": m, **b.to_dict()})
+            metrics[f"block_score/{m}"] = bs_.score
+            found = "; ".join(f"{b.layers[0]}..{b.layers[-1]} ({len(b.layers)} layers, in {b.mean_in:.2f}, "
+                              f"out {b.mean_out:.2f})" for b in bs_.blocks) or "none"
+            lines.append(f"- `{m}` block-structure score **{bs_.score:.3f}**; blocks: {found}")
+        tables["block_structure"] = pd.DataFrame(rows)
+        tables["blocks"] = pd.DataFrame(brows, columns=["model", "start", "stop", "first", "last", "size", "mean_in",
+                                                        "mean_out", "contrast"])
+
+    # diagonals -----------------------------------------------------------------
+    if "diagonal" in want and job.pairs:
+        dfs = []
+        for a, b in job.pairs:
+            key = f"{a} vs {b}"
+            h = heatmaps.get(key)
+            if h is not None:
+                df = diagonal(metric, {k: None for k in h.rows}, {k: None for k in h.cols},  # type: ignore[misc]
+                              model_a=a, model_b=b, metric_name=job.metric_name, matrix=h)
+            else:
+                df = diagonal(metric, feats[a], feats[b], model_a=a, model_b=b, metric_name=job.metric_name)
+            df["pair"] = key
+            dfs.append(df)
+            metrics[f"diagonal_mean/{key}"] = float(df["value"].mean())
+            lines.append(f"- `{key}` corresponding layers: first {df['value'].iloc[0]:.3f}, "
+                         f"last {df['value'].iloc[-1]:.3f}, mean {df['value'].mean():.3f}")
+        tables["diagonal"] = pd.concat(dfs, ignore_index=True)
+        p = fig("diagonal")
+        if p is not None:
+            figures["diagonal"] = plot_lines(tables["diagonal"], p, x="depth", y="value", hue="pair",
+                                             xticks="layer", ylabel=job.metric_name,
+                                             title="similarity of corresponding layers")
+
+    # overfitting ---------------------------------------------------------------
+    if overfit:
+        if overfit_mats:
+            dfs = []
+            for ck, h in overfit_mats.items():
+                df = diagonal(metric, {k: None for k in h.rows}, {k: None for k in h.cols},  # type: ignore[misc]
+                              model_a=overfit[0], model_b=ck, metric_name=job.metric_name, matrix=h)
+                dfs.append(df.rename(columns={"model_a": "reference", "model_b": "checkpoint"}))
+            odf = pd.concat(dfs, ignore_index=True)
+        else:
+            odf = overfitting_by_layer(metric, [(c, feats[c]) for c in overfit], metric_name=job.metric_name)
+        tables["overfitting"] = odf
+        for ck, part in odf.groupby("checkpoint", sort=False):
+            n = len(part)
+            early = float(part["value"].iloc[: max(1, n // 3)].mean())
+            late = float(part["value"].iloc[-max(1, n // 3):].mean())
+            metrics[f"overfitting_early/{ck}"] = early
+            metrics[f"overfitting_late/{ck}"] = late
+            lines.append(f"- `{overfit[0]}` vs `{ck}`: first third of layers {early:.3f}, last third {late:.3f}")
+        p = fig("overfitting")
+        if p is not None:
+            figures["overfitting"] = plot_lines(odf, p, x="depth", y="value", hue="checkpoint", xticks="layer",
+                                                ylabel=job.metric_name, title=f"each checkpoint vs {overfit[0]}")
+
+    # specialization ------------------------------------------------------------
+    if spec_models:
+        assert labels is not None
+        sdfs, cdfs = [], []
+        ncls = int(getattr(getattr(data, "info", None), "num_classes", 0) or int(labels.max()) + 1)
+        for m in spec_models:
+            sdf, cdf = specialization(metric, feats[m], labels, model=m, num_classes=ncls,
+                                      metric_name=job.metric_name)
+            sdf.insert(1, "inputs", labels_in[m])
+            sdfs.append(sdf)
+            cdfs.append(cdf)
+            metrics[f"specialization_last/{m}"] = float(sdf["specialization"].iloc[-1])
+            lines.append(f"- `{m}` specialization: first layer {sdf['specialization'].iloc[0]:.3f}, "
+                         f"last layer {sdf['specialization'].iloc[-1]:.3f}")
+        tables["specialization"] = pd.concat(sdfs, ignore_index=True)
+        tables["class_similarity"] = pd.concat(cdfs, ignore_index=True)
+        p = fig("specialization")
+        if p is not None:
+            figures["specialization"] = plot_lines(tables["specialization"], p, x="relative_depth", y="specialization",
+                                                   hue="model", ylabel="within - between class similarity",
+                                                   title="specialization by layer")
+
+    n_ex = int(labels.shape[0]) if labels is not None else 0
+    head = (f"Representation similarity with `{job.metric_name}` on {n_ex} {job.split} examples "
+            f"({'streamed' if streaming else 'all features at once'}; pooling `{job.pooling}`; "
+            f"{time.perf_counter() - started:.1f} s).")
+    return SimilarityOutput(tables, figures, "\n".join([head, ""] + lines), metrics, heatmaps)
+
+
+def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: Any, batch_size: int,
+            within: list[str], pairs: list[tuple[str, str]], overfit: list[str], spec_models: list[str],
+            kw: Mapping[str, Any]) -> tuple[dict[str, Heatmap], dict[str, Heatmap], dict[str, dict[str, Tensor]], Tensor]:
+    """One pass through the data updating one accumulator per heatmap."""
+    idx = {mi.name: i for i, mi in enumerate(inputs)}
+    accs: dict[str, tuple[Any, str, str | None]] = {}
+    names: dict[str, list[str]] = {}
+    kept: dict[str, list[dict[str, Tensor]]] = {m: [] for m in spec_models}
+    labels: list[Tensor] = []
+    seen = 0
+    for feats, y in iter_features(inputs, split, batch_size=batch_size, **kw):
+        if not names:
+            names = {mi.name: list(f) for mi, f in zip(inputs, feats)}
+            for m in within:
+                accs[m] = (metric.accumulator(names[m], None), m, None)
+            for a, b in pairs:
+                accs[f"{a} vs {b}"] = (metric.accumulator([f"{a}:{k}" for k in names[a]],
+                                                          [f"{b}:{k}" for k in names[b]]), a, b)
+            for ck in overfit[1:]:
+                ref = overfit[0]
+                pl = common_layers(names[ref], names[ck])
+                accs[f"overfit:{ck}"] = (metric.accumulator([f"{ref}:{p}" for p, _ in pl],
+                                                            [f"{ck}:{q}" for _, q in pl]), ref, ck)
+        labels.append(y)
+        seen += int(y.shape[0])
+        for m in spec_models:
+            kept[m].append(feats[idx[m]])
+        if y.shape[0] < 4:
+            log.info("last batch of %d examples left out of the minibatch estimator (needs 4)", y.shape[0])
+            continue
+        for key, (acc, a, b) in accs.items():
+            fa = feats[idx[a]]
+            if key.startswith("overfit:"):
+                pl = common_layers(names[a], names[b])  # type: ignore[index]
+                acc.update([fa[p] for p, _ in pl], [feats[idx[b]][q] for _, q in pl])  # type: ignore[index]
+            elif b is None:
+                acc.update([fa[k] for k in names[a]])
+            else:
+                acc.update([fa[k] for k in names[a]], [feats[idx[b]][k] for k in names[b]])
+    if not labels:
+        raise SimilarityError("no examples to read features from (empty split or limit)")
+    heatmaps: dict[str, Heatmap] = {}
+    overfit_mats: dict[str, Heatmap] = {}
+    hs = bool(getattr(metric, "higher_is_similar", True))
+    for key, (acc, a, b) in progress(list(accs.items()), desc="similarity"):
+        vals = torch.as_tensor(acc.compute(), dtype=torch.float64).cpu().numpy()
+        if key.startswith("overfit:"):
+            pl = common_layers(names[a], names[b])  # type: ignore[index]
+            overfit_mats[key[len("overfit:"):]] = Heatmap(vals, tuple(p for p, _ in pl), tuple(q for _, q in pl), a,
+                                                          b or a, job.metric_name, hs)
+        else:
+            heatmaps[key] = Heatmap(vals, tuple(names[a]), tuple(names[b] if b else names[a]), a, b or a,
+                                    job.metric_name, hs)
+    feats_out = {m: {k: torch.cat([p[k] for p in parts]) for k in parts[0]} for m, parts in kept.items() if parts}
+    return heatmaps, overfit_mats, feats_out, torch.cat(labels)
+
+
+__all__ = ["SimilarityJob", "SimilarityOutput", "run_similarity"]
