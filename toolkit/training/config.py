@@ -44,7 +44,8 @@ class LoopConfig(Options):
     lr_min: float = Field(0.0, ge=0, description="cosine and one-cycle: the rate at the start/end of the cycle")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm of the trained parameters to this")
     amp: bool = Field(False, description="mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU")
-    eval_every: int = Field(1, ge=1, description="evaluate every this many epochs (and after the last)")
+    eval_every: int = Field(1, ge=0, description="evaluate every this many epochs and after the last; 0: never "
+                                                 "(no best checkpoint, no early stopping)")
     eval_size: int = Field(1000, ge=0, description="size of the fixed held-out (test) subset attacked each evaluation; 0: no robust test accuracy")
     eval_train_size: int | None = Field(
         None, ge=0, description="size of the fixed training subset evaluated clean and under attack (default eval_size; 0: off)")
@@ -89,6 +90,8 @@ class LoopConfig(Options):
             problems.append("momentum and nesterov apply only to optimizer = 'sgd' (Adam has betas)")
         if self.nesterov and self.momentum == 0:
             problems.append("nesterov needs momentum > 0")
+        if self.eval_every == 0 and (self.patience is not None or self.restore_best):
+            problems.append("patience and restore_best need evaluations; eval_every = 0 turns them off")
         if "monitor" in given and self.monitor == "test_robust_acc" and self.eval_size == 0:
             problems.append("monitor = 'test_robust_acc' needs eval_size > 0")
         if problems:

@@ -549,7 +549,7 @@ class _TrainingRun:
                 t0 = time.perf_counter()
                 row = self._train_epoch(epoch)
                 row["train_time_s"] = time.perf_counter() - t0
-                due = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+                due = cfg.eval_every > 0 and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs)
                 if due:
                     self._evaluate(row)
                 self._hook("on_epoch_end", row)
