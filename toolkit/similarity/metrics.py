@@ -87,13 +87,13 @@ class RBFCKA:
     def matrix(self, xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *,
                names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
         names_a = list(names_a) if names_a is not None else [f"x[{i}]" for i in range(len(xs))]
-        sa = [_named(lambda x=x: self.summarize(x), nm) for x, nm in zip(xs, names_a)]
+        sa = [_named(lambda x=x: self.summarize(x), f"layer {nm!r}") for x, nm in zip(xs, names_a)]
         if ys is None:
             p = K.gram_products(sa)
             d = torch.diagonal(p).clone()
             return K.cka_matrix_from_products(p, d, d, names_a=names_a, names_b=names_a)
         names_b = list(names_b) if names_b is not None else [f"y[{i}]" for i in range(len(ys))]
-        sb = [_named(lambda y=y: self.summarize(y), nm) for y, nm in zip(ys, names_b)]
+        sb = [_named(lambda y=y: self.summarize(y), f"layer {nm!r}") for y, nm in zip(ys, names_b)]
         p = K.gram_products(sa + sb)
         d = torch.diagonal(p).clone()
         la = len(sa)

@@ -1,0 +1,339 @@
+"""rtk's similarity kernels against a float64 NumPy reference written here, their
+invariances, the streaming forms, and degenerate input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rtk
+from rtk.similarity import kernels as K
+from rtk.similarity import streaming as S
+
+
+# ----------------------------------------------------------------------------- reference (float64, textbook)
+def ref_center_gram(k):
+    """H K H with H = I - 11^T/n, written out elementwise."""
+    return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
+
+
+def ref_hsic_unbiased(k, l):
+    """Song et al. (2012), eq. 5: [tr(K~L~) + 1K~1 1L~1/((n-1)(n-2)) - 2/(n-2) 1K~L~1] / (n(n-3))."""
+    n = k.shape[0]
+    k, l = k.copy(), l.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l, 0)
+    one = np.ones(n)
+    return ((k * l.T).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * ((k @ one) @ (l @ one))) / (n * (n - 3))
+
+
+def ref_cka_kernels(k, l, debiased):
+    if debiased:
+        return ref_hsic_unbiased(k, l) / math.sqrt(ref_hsic_unbiased(k, k) * ref_hsic_unbiased(l, l))
+    kc, lc = ref_center_gram(k), ref_center_gram(l)
+    return (kc * lc).sum() / math.sqrt((kc * kc).sum() * (lc * lc).sum())
+
+
+def f64(x):
+    return np.asarray(torch.as_tensor(x).reshape(len(x), -1).double().numpy())
+
+
+def ref_linear(x, y, debiased=False):
+    x, y = f64(x), f64(y)
+    return ref_cka_kernels(x @ x.T, y @ y.T, debiased)
+
+
+def ref_rbf_kernel(x, sigma):
+    x = f64(x)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    med = np.median(d[np.triu_indices(len(x), 1)])
+    return np.exp(-d ** 2 / (2 * (sigma * med) ** 2))
+
+
+def ref_rbf(x, y, sigma=0.8, debiased=False):
+    return ref_cka_kernels(ref_rbf_kernel(x, sigma), ref_rbf_kernel(y, sigma), debiased)
+
+
+def ref_minibatch(x, y, b):
+    x, y = f64(x), f64(y)
+    h = []
+    for i in range(0, len(x), b):
+        xb, yb = x[i:i + b], y[i:i + b]
+        if len(xb) < 4:
+            break
+        k, l = xb @ xb.T, yb @ yb.T
+        h.append((ref_hsic_unbiased(k, l), ref_hsic_unbiased(k, k), ref_hsic_unbiased(l, l)))
+    m = np.mean(h, 0)
+    return m[0] / math.sqrt(m[1] * m[2])
+
+
+def ref_basis(x):
+    xc = x - x.mean(0)
+    u, s, vt = np.linalg.svd(xc, full_matrices=False)
+    r = int((s > 1e-8 * s[0]).sum())
+    return xc, u[:, :r], s[:r]
+
+
+def ref_svcca(x, y, variance=0.99, dims=None):
+    bases = []
+    for z in (f64(x), f64(y)):
+        _, u, s = ref_basis(z)
+        lam = s ** 2
+        k = dims if dims else int(np.searchsorted(np.cumsum(lam) / lam.sum(), variance - 1e-12) + 1)
+        bases.append(u[:, :k])
+    return np.linalg.svd(bases[0].T @ bases[1], compute_uv=False).mean()
+
+
+def ref_pwcca(x, y):
+    xc, ux, _ = ref_basis(f64(x))
+    _, uy, _ = ref_basis(f64(y))
+    a, rho, _ = np.linalg.svd(ux.T @ uy, full_matrices=False)
+    h = ux @ a  # canonical variates of x
+    w = np.abs(h.T @ xc).sum(1)
+    return (w * rho).sum() / w.sum()
+
+
+def ref_procrustes(x, y):
+    x, y = f64(x), f64(y)
+    x, y = x - x.mean(0), y - y.mean(0)
+    x, y = x / np.linalg.norm(x), y / np.linalg.norm(y)
+    return 2 - 2 * np.linalg.svd(x.T @ y, compute_uv=False).sum()
+
+
+KERNELS = {
+    "linear": (lambda x, y: K.linear_cka(x, y), ref_linear),
+    "linear-debiased": (lambda x, y: K.linear_cka(x, y, debiased=True), lambda x, y: ref_linear(x, y, True)),
+    "rbf": (lambda x, y: K.rbf_cka(x, y, sigma=0.8), ref_rbf),
+    "rbf-debiased": (lambda x, y: K.rbf_cka(x, y, sigma=0.5, debiased=True), lambda x, y: ref_rbf(x, y, 0.5, True)),
+    "minibatch": (lambda x, y: K.minibatch_cka(x, y, batch_size=40), lambda x, y: ref_minibatch(x, y, 40)),
+    "svcca": (lambda x, y: K.svcca(x, y), ref_svcca),
+    "svcca-dims": (lambda x, y: K.svcca(x, y, dims=6), lambda x, y: ref_svcca(x, y, dims=6)),
+    "pwcca": (K.pwcca, ref_pwcca),
+    "procrustes": (K.procrustes_distance, ref_procrustes),
+}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two related, non-Gaussian float32 representations with non-zero means."""
+    g = torch.Generator().manual_seed(0)
+    n = 150
+    z = torch.randn(n, 12, generator=g)
+    x = torch.relu(z @ torch.randn(12, 30, generator=g)) + 2.0
+    y = torch.tanh(z[:, :8] @ torch.randn(8, 20, generator=g)) + 0.3 * torch.randn(n, 20, generator=g) - 1.0
+    return x, y
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernel_matches_float64_reference(name, pair):
+    fn, ref = KERNELS[name]
+    x, y = pair
+    got = fn(x, y)
+    assert isinstance(got, float)
+    assert got == pytest.approx(ref(x, y), abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def layers():
+    g = torch.Generator().manual_seed(1)
+    n = 600  # more than two row blocks of the symmetric products
+    base = torch.randn(n, 16, generator=g)
+    xs = [torch.relu(base @ torch.randn(16, d, generator=g) + 0.5) * 10 for d in (5, 40, 90)]
+    refs = {deb: np.array([[ref_linear(a, b, deb) for b in xs] for a in xs]) for deb in (False, True)}
+    return xs, refs
+
+
+@pytest.mark.parametrize("route", ["feature", "gram"])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_routes_and_heatmap_match_reference(route, debiased, layers):
+    """Both exact routes, with the symmetric block strips exercised."""
+    xs, refs = layers
+    ref = refs[debiased]
+    got = K.linear_cka_matrix(xs, debiased=debiased, route=route, memory=1 << 18).numpy()
+    assert np.abs(got - ref).max() < 1e-5
+    stats = K.linear_stats(xs[1], xs[2], route=route)
+    assert K.cka_from_stats(stats, debiased=debiased) == pytest.approx(ref[1, 2], abs=1e-5)
+    between = K.linear_cka_matrix(xs[:2], xs[1:], debiased=debiased, route=route).numpy()
+    assert np.abs(between - ref[:2, 1:]).max() < 1e-5
+
+
+def test_half_precision_inputs_are_computed_in_float32(pair):
+    x, y = pair
+    for dt in (torch.float16, torch.bfloat16):
+        xh, yh = x.to(dt), y.to(dt)
+        assert K.linear_cka(xh, yh) == pytest.approx(ref_linear(xh, yh), abs=1e-5)
+        assert K.linear_cka(xh, yh, debiased=True) == pytest.approx(ref_linear(xh, yh, True), abs=1e-5)
+
+
+def test_float64_inputs_agree_tightly(pair):
+    x, y = (t.double() for t in pair)
+    assert K.linear_cka(x, y, debiased=True) == pytest.approx(ref_linear(x, y, True), abs=1e-10)
+    assert K.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- invariances
+@pytest.fixture(scope="module")
+def transforms(pair):
+    x, _ = pair
+    g = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], generator=g, dtype=torch.float64))
+    return x, (x.double() @ q).float(), 3.7 * x, x + 5.0
+
+
+@pytest.mark.parametrize("name", ["linear", "linear-debiased", "rbf", "rbf-debiased", "svcca", "minibatch"])
+def test_self_similarity_is_one(name, pair):
+    fn, _ = KERNELS[name]
+    x, _ = pair
+    assert fn(x, x) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "linear-debiased", "rbf", "rbf-debiased", "svcca", "minibatch"])
+def test_orthogonal_scaling_and_shift_invariance(name, transforms, pair):
+    fn, _ = KERNELS[name]
+    x, rotated, scaled, shifted = transforms
+    _, y = pair
+    base = fn(x, y)
+    for other in (rotated, scaled, shifted):
+        assert fn(other, y) == pytest.approx(base, abs=2e-5)
+        assert fn(x, other) == pytest.approx(1.0, abs=2e-5)
+
+
+def test_cca_is_invariant_to_invertible_linear_maps(pair):
+    x, y = pair
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(x.shape[1], x.shape[1], generator=g, dtype=torch.float64) + 3 * torch.eye(x.shape[1], dtype=torch.float64)
+    xa = x.double() @ a
+    # without a variance cut, SVCCA is plain CCA: invariant to any invertible map
+    assert K.svcca(xa, y, variance=1.0) == pytest.approx(K.svcca(x.double(), y, variance=1.0), abs=1e-7)
+    # linear CKA is not (it weighs directions by variance)
+    assert abs(K.linear_cka(xa, y) - K.linear_cka(x, y)) > 1e-3
+
+
+def test_procrustes_distance_zero_for_rotated_scaled_copy(transforms):
+    x, rotated, scaled, _ = transforms
+    assert K.procrustes_distance(x, rotated) == pytest.approx(0.0, abs=1e-6)
+    assert K.procrustes_distance(x, scaled) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pwcca_is_one_for_identical_and_lower_for_noise(pair):
+    x, y = pair
+    assert K.pwcca(x, x) == pytest.approx(1.0, abs=1e-6)
+    assert K.pwcca(x, torch.randn_like(y)) < K.pwcca(x, y)
+
+
+# ----------------------------------------------------------------------------- minibatch and streams
+def test_minibatch_converges_to_full_unbiased_cka():
+    g = torch.Generator().manual_seed(4)
+    n = 1024
+    z = torch.randn(n, 10, generator=g)
+    x = torch.relu(z @ torch.randn(10, 24, generator=g))
+    y = z[:, :6] @ torch.randn(6, 16, generator=g) + 0.8 * torch.randn(n, 16, generator=g)
+    full = ref_linear(x, y, debiased=True)
+    errors = [abs(K.minibatch_cka(x, y, batch_size=b) - full) for b in (8, 32, 128, 1024)]
+    assert errors[-1] < 1e-6  # one batch of everything is exactly the full unbiased CKA
+    assert errors[0] > errors[2] > errors[3]
+    assert errors[1] > errors[3]
+
+
+def test_minibatch_accumulator_memory_does_not_grow():
+    acc = S.MinibatchCKA()
+    g = torch.Generator().manual_seed(5)
+    sizes = []
+    for _ in range(20):
+        x = torch.randn(32, 6, generator=g)
+        acc.update([x, x ** 2, torch.randn(32, 3, generator=g)])
+        state = acc.state_dict()["sum"]
+        sizes.append(state.numel())
+    assert set(sizes) == {9} and acc.batches == 20 and acc.examples == 640
+    m = acc.compute()
+    assert m.shape == (3, 3) and torch.allclose(torch.diagonal(m), torch.ones(3, dtype=torch.float64))
+    other = S.MinibatchCKA()
+    other.merge(acc)
+    assert torch.equal(other.compute(), m)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_stream_equals_full(pair, debiased):
+    x, y = pair
+    s = S.LinearCKAStream(debiased=debiased)
+    for i in range(0, len(x), 37):
+        s.update(x[i:i + 37] + 100.0, y[i:i + 37])  # a large mean must not cancel catastrophically
+    assert s.compute() == pytest.approx(ref_linear(x, y, debiased), abs=1e-5)
+
+
+@pytest.mark.parametrize("metric,ref", [("svcca", ref_svcca), ("pwcca", ref_pwcca), ("procrustes", ref_procrustes)])
+def test_moment_stream_equals_reference(pair, metric, ref):
+    x, y = pair
+    s = S.MomentStream(metric)
+    for i in range(0, len(x), 50):
+        s.update(x[i:i + 50], y[i:i + 50])
+    assert s.compute() == pytest.approx(ref(x, y), abs=1e-5)
+
+
+def test_feature_buffer_calls_any_metric(pair):
+    x, y = pair
+    buf = S.FeatureBuffer(lambda a, b: K.rbf_cka(a, b))
+    buf.update(x[:70], y[:70])
+    buf.update(x[70:], y[70:])
+    assert buf.compute() == pytest.approx(ref_rbf(x, y), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- degenerate input
+ALL = sorted(KERNELS)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nan_and_inf_raise(name, pair):
+    fn, _ = KERNELS[name]
+    x, y = pair
+    for bad in (float("nan"), float("inf")):
+        xb = x.clone()
+        xb[3, 2] = bad
+        with pytest.raises(rtk.RtkError, match="NaN or inf"):
+            fn(xb, y)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_constant_features_raise(name, pair):
+    fn, _ = KERNELS[name]
+    _, y = pair
+    with pytest.raises(K.SimilarityError, match="constant|median distance"):
+        fn(torch.full((len(y), 5), 3.0), y)
+
+
+@pytest.mark.parametrize("name", ["linear-debiased", "rbf-debiased", "minibatch"])
+def test_unbiased_estimators_need_four_examples(name, pair):
+    fn, _ = KERNELS[name]
+    x, y = pair
+    with pytest.raises(K.SimilarityError, match="at least 4"):
+        fn(x[:3], y[:3])
+
+
+def test_shape_errors_are_clear(pair):
+    x, y = pair
+    with pytest.raises(K.SimilarityError, match="same examples"):
+        K.linear_cka(x, y[:-1])
+    with pytest.raises(K.SimilarityError, match=r"shape \[n, d\]"):
+        K.linear_cka(torch.randn(10), torch.randn(10))
+
+
+def test_heatmap_error_names_the_layer(pair):
+    x, y = pair
+    with pytest.raises(K.SimilarityError, match="layer 'dead'"):
+        K.linear_cka_matrix([x, torch.zeros_like(y)], names_a=["alive", "dead"])
+    acc = S.MinibatchCKA(names_a=["alive", "dead"])
+    acc.update([x[:50], torch.zeros(50, 4)])
+    with pytest.raises(K.SimilarityError, match="layer 'dead'"):
+        acc.compute()
+
+
+def test_cca_refuses_more_dims_than_examples():
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(20, 15, generator=g), torch.randn(20, 15, generator=g)
+    with pytest.raises(K.SimilarityError, match="needs more than"):
+        K.pwcca(x, y)  # random data would otherwise get canonical correlations of 1
+    assert K.svcca(x, y, dims=4) < 0.9
