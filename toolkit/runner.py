@@ -128,6 +128,10 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
     try:
         dataset_spec = registry.get("dataset", experiment.dataset.name)
         dataset_opts = validate_options(dataset_spec.options, experiment.dataset.options, "dataset")
+        root = getattr(dataset_opts, "root", None)
+        if isinstance(root, str) and root and not Path(root).expanduser().is_absolute() and experiment.base_dir:
+            # a relative data root is relative to the experiment file, not to the working directory
+            dataset_opts = dataset_opts.model_copy(update={"root": str(experiment.resolve_path(root))})
         check = getattr(dataset_spec, "check", None)
         if check is not None:
             problems.extend(f"dataset: {p}" for p in check(dataset_opts) or ())
