@@ -107,6 +107,8 @@ def _refine(graph: BoundGraph, idx: int, current: Bound, bounds: list[Bound], p:
         rows = torch.arange(lo_f.shape[1], device=lo.device)
     shape = graph.nodes[idx].shape
     numel = lo_f.shape[1]
+    if rows.numel() == 0:
+        return current
     for chunk in rows.split(spec_chunk):
         k = len(chunk)
         A = torch.zeros(B, 2 * k, numel, dtype=lo.dtype, device=lo.device)

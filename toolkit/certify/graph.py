@@ -94,6 +94,17 @@ def _bias(module: nn.Module) -> torch.Tensor | None:
     return module.bias
 
 
+#: Largest convolution (inputs x outputs) that CROWN's backward pass turns into a dense matrix.
+DENSE_LIMIT = 1 << 22
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def _rows(A: torch.Tensor, n_dims: int) -> torch.Tensor:
     """Merge batch and specification dimensions of ``A`` (B, S, *shape) for batched ops."""
     return A.reshape(A.shape[0] * A.shape[1], *A.shape[2:2 + n_dims])
@@ -222,11 +233,28 @@ class ConvOp(Op):
         c, r = self._conv(mid, w, bias), self._conv(rad, w.abs(), None)
         return c - r, c + r
 
+    def _dense(self, p: Pass, w: torch.Tensor) -> torch.Tensor | None:
+        """The convolution as an (out, in) matrix when that is small and not much more work:
+        a matmul beats conv_transpose2d on many rows of tiny feature maps."""
+        n_in, n_out = _numel(self.in_shape), _numel(self.out_shape)
+        per_row_conv = w.shape[1] * w.shape[2] * w.shape[3]
+        if n_in * n_out > DENSE_LIMIT or n_in > 32 * per_row_conv:
+            return None
+        key = ("dense", id(self))
+        if key not in p.cache:
+            eye = torch.eye(n_in, dtype=w.dtype, device=w.device).reshape(n_in, *self.in_shape)
+            p.cache[key] = self._conv(eye, w, None).reshape(n_in, n_out).t()
+        return p.cache[key]
+
     def backward(self, p, A, b):
         w, bias = self._params(p)
         B, S = A.shape[:2]
-        a_in = F.conv_transpose2d(_rows(A, 3), w, None, self.stride, self.padding, self.output_padding,
-                                  self.groups, self.dilation)
+        dense = self._dense(p, w)
+        if dense is not None:
+            a_in = A.reshape(B, S, -1).matmul(dense)
+        else:
+            a_in = F.conv_transpose2d(_rows(A, 3), w, None, self.stride, self.padding, self.output_padding,
+                                      self.groups, self.dilation)
         a_in = a_in.reshape(B, S, *self.in_shape)
         const = (A.sum((-2, -1)) * bias).sum(-1) if bias is not None else None
         return [a_in], const
@@ -358,9 +386,11 @@ class ReLUOp(Op):
         return low_slope, up_slope, up_bias
 
     def backward(self, p, A, b):
-        low_slope, up_slope, up_bias = (t.unsqueeze(1) for t in self.relaxation(*b))
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        return [pos * low_slope + neg * up_slope], _flat_sum(neg * up_bias)
+        low_slope, up_slope, up_bias = self.relaxation(*b)
+        neg = A.clamp(max=0)
+        a_in = torch.addcmul(A * low_slope.unsqueeze(1), neg, (up_slope - low_slope).unsqueeze(1))
+        const = torch.einsum("bsn,bn->bs", neg.flatten(2), up_bias.flatten(1))
+        return [a_in], const
 
 
 class AddOp(Op):
