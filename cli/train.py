@@ -37,12 +37,25 @@ def _is_list(ann: Any) -> bool:
     return any(get_origin(a) is list for a in get_args(ann))
 
 
+def _choices(ann: Any) -> tuple[str, ...]:
+    from typing import Literal
+
+    for a in (ann, *get_args(ann)):
+        if get_origin(a) is Literal:
+            return tuple(str(c) for c in get_args(a))
+    return ()
+
+
 def _add_loop_options(fn):
     """One flag per LoopConfig field: ``--eval-size 500``, ``--restore-best/--no-restore-best``."""
     for name, f in reversed(list(_loop_fields().items())):
         flag = "--" + name.replace("_", "-")
         default = f.default
-        help_ = (f.description or "") + (f" [default: {default}]" if default is not None and not _is_list(f.annotation) else "")
+        help_ = f.description or ""
+        if _choices(f.annotation):
+            help_ += f"; one of: {', '.join(_choices(f.annotation))}"
+        if default is not None and not _is_list(f.annotation):
+            help_ += f" [default: {default}]"
         if _is_bool(f.annotation):
             fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_)(fn)
         elif _is_list(f.annotation):

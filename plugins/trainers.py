@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 import rtk
 from rtk.models import read_spec
@@ -22,21 +22,22 @@ class StandardOptions(rtk.Options):
 
 
 class _AdversarialOptions(rtk.Options):
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
     eps: rtk.Eps = Field(8 / 255, gt=0, description="training radius, a float or a fraction such as '8/255'")
     alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
     steps: int = Field(10, ge=1, le=1000, description="attack steps")
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
     attack_bn: Literal["eval", "train"] = Field(
         "eval", description="model mode during the attack: eval (BN running stats, not updated) or train")
     eps_warmup: float = Field(0.0, ge=0, description="epochs of clean training (eps 0) before the ramp")
     eps_ramp: float = Field(0.0, ge=0, description="epochs over which eps rises linearly to its target")
 
-    @model_validator(mode="after")
-    def _eps_range(self):
-        if self.norm == "Linf" and self.eps > 1:
-            raise ValueError(f"eps = {self.eps:g} is out of range for Linf on inputs in [0, 1]: allowed 0 < eps <= 1 "
-                             "(write fractions such as '8/255')")
-        return self
+    @field_validator("eps")
+    @classmethod
+    def _eps_range(cls, v: float, info: ValidationInfo) -> float:
+        if info.data.get("norm", "Linf") == "Linf" and v > 1:
+            raise ValueError(f"eps = {v:g} is out of range for Linf on inputs in [0, 1]: allowed 0 < eps <= 1 "
+                             "(write fractions such as '8/255'); an L2 radius needs norm = 'L2'")
+        return v
 
     def common(self) -> dict[str, Any]:
         return dict(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, attack_bn=self.attack_bn,
@@ -59,12 +60,12 @@ class FastATOptions(_AdversarialOptions):
     steps: int | None = Field(None, description="fast AT takes exactly one FGSM step; leave unset")
     alpha: rtk.Eps | None = Field(None, gt=0, description="FGSM step (default 1.25 * eps, Wong et al.)")
 
-    @model_validator(mode="after")
-    def _one_step(self):
-        if self.steps is not None and self.steps != 1:
-            raise ValueError(f"fast-at takes exactly one FGSM step (got steps = {self.steps}); for multi-step "
-                             "training use the trainer 'pgd-at'")
-        return self
+    @field_validator("steps")
+    @classmethod
+    def _one_step(cls, v: int | None) -> int | None:
+        if v is not None and v != 1:
+            raise ValueError("fast-at takes exactly one FGSM step; for multi-step training use the trainer 'pgd-at'")
+        return v
 
     def common(self) -> dict[str, Any]:
         return {**super().common(), "steps": 1}

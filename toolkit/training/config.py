@@ -9,9 +9,9 @@ that names the keys.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..options import Eps, Options
 
@@ -60,43 +60,80 @@ class LoopConfig(Options):
     min_delta: float = Field(0.0, ge=0, description="smallest increase of monitor that counts as an improvement")
     restore_best: bool = Field(False, description="after training, load the best epoch's weights into the model")
 
-    @model_validator(mode="after")
-    def _compatible(self) -> LoopConfig:
-        problems: list[str] = []
-        given = self.model_fields_set
-        if self.milestones is not None and self.schedule != "piecewise":
-            problems.append(f"milestones apply only to schedule = 'piecewise', not {self.schedule!r}; remove milestones "
-                            "or use the piecewise schedule")
-        if "gamma" in given and self.schedule != "piecewise":
-            problems.append(f"gamma applies only to schedule = 'piecewise', not {self.schedule!r}")
-        if self.pct_start is not None and self.schedule != "one-cycle":
-            problems.append(f"pct_start applies only to schedule = 'one-cycle', not {self.schedule!r}")
-        if self.schedule == "one-cycle" and self.lr_warmup > 0:
-            problems.append("lr_warmup cannot be combined with schedule = 'one-cycle' (one-cycle has its own rise; "
-                            "set pct_start instead)")
-        if "lr_min" in given and self.schedule not in ("cosine", "one-cycle"):
-            problems.append(f"lr_min applies only to the cosine and one-cycle schedules, not {self.schedule!r}")
-        if self.lr_min >= self.lr:
-            problems.append(f"lr_min ({self.lr_min}) must be below lr ({self.lr})")
-        if self.lr_warmup >= self.epochs:
-            problems.append(f"lr_warmup ({self.lr_warmup} epochs) must be shorter than training ({self.epochs} epochs)")
-        if self.milestones is not None:
-            ms = list(self.milestones)
-            if any(m <= 0 or m >= self.epochs for m in ms):
-                problems.append(f"milestones {ms} must lie strictly between 0 and epochs ({self.epochs})")
-            if ms != sorted(set(ms)):
-                problems.append(f"milestones {ms} must be strictly increasing")
-        if self.optimizer == "adam" and ({"momentum", "nesterov"} & given):
-            problems.append("momentum and nesterov apply only to optimizer = 'sgd' (Adam has betas)")
-        if self.nesterov and self.momentum == 0:
-            problems.append("nesterov needs momentum > 0")
-        if self.eval_every == 0 and (self.patience is not None or self.restore_best):
-            problems.append("patience and restore_best need evaluations; eval_every = 0 turns them off")
-        if "monitor" in given and self.monitor == "test_robust_acc" and self.eval_size == 0:
-            problems.append("monitor = 'test_robust_acc' needs eval_size > 0")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    # Cross-key rules. Field validators run only for keys that were given, and see the keys
+    # declared before them in ``info.data``, so each message is reported under its own key.
+    @field_validator("momentum", "nesterov")
+    @classmethod
+    def _sgd_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.data.get("optimizer") == "adam":
+            raise ValueError("momentum and nesterov apply only to optimizer = 'sgd' (Adam has betas)")
+        if info.field_name == "nesterov" and v and info.data.get("momentum", 0.9) == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        schedule, epochs = info.data.get("schedule", "constant"), info.data.get("epochs")
+        if v is None:
+            return v
+        if schedule != "piecewise":
+            raise ValueError(f"milestones apply only to schedule = 'piecewise', not {schedule!r}; remove milestones "
+                             "or use the piecewise schedule")
+        if epochs is not None and any(m <= 0 or m >= epochs for m in v):
+            raise ValueError(f"milestones {v} must lie strictly between 0 and epochs ({epochs})")
+        if list(v) != sorted(set(v)):
+            raise ValueError(f"milestones {v} must be strictly increasing")
+        return v
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, v: float, info: ValidationInfo) -> float:
+        if info.data.get("schedule", "constant") != "piecewise":
+            raise ValueError(f"gamma applies only to schedule = 'piecewise', not {info.data.get('schedule')!r}")
+        return v
+
+    @field_validator("lr_warmup")
+    @classmethod
+    def _lr_warmup(cls, v: float, info: ValidationInfo) -> float:
+        if v > 0 and info.data.get("schedule") == "one-cycle":
+            raise ValueError("lr_warmup cannot be combined with schedule = 'one-cycle' (one-cycle has its own rise; "
+                             "set pct_start instead)")
+        epochs = info.data.get("epochs")
+        if epochs is not None and v >= epochs:
+            raise ValueError(f"lr_warmup ({v} epochs) must be shorter than training ({epochs} epochs)")
+        return v
+
+    @field_validator("pct_start")
+    @classmethod
+    def _pct_start(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and info.data.get("schedule") != "one-cycle":
+            raise ValueError(f"pct_start applies only to schedule = 'one-cycle', not {info.data.get('schedule')!r}")
+        return v
+
+    @field_validator("lr_min")
+    @classmethod
+    def _lr_min(cls, v: float, info: ValidationInfo) -> float:
+        schedule, lr = info.data.get("schedule"), info.data.get("lr")
+        if schedule not in ("cosine", "one-cycle"):
+            raise ValueError(f"lr_min applies only to the cosine and one-cycle schedules, not {schedule!r}")
+        if lr is not None and v >= lr:
+            raise ValueError(f"lr_min ({v}) must be below lr ({lr})")
+        return v
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: str, info: ValidationInfo) -> str:
+        if v in ("test_robust_acc",) and info.data.get("eval_size") == 0:
+            raise ValueError(f"monitor = {v!r} needs eval_size > 0")
+        return v
+
+    @field_validator("patience", "restore_best")
+    @classmethod
+    def _needs_eval(cls, v: Any, info: ValidationInfo) -> Any:
+        if v and info.data.get("eval_every") == 0:
+            raise ValueError(f"{info.field_name} needs evaluations; eval_every = 0 turns them off")
+        return v
 
     @property
     def train_eval_size(self) -> int:
