@@ -583,11 +583,7 @@ def cca(m: Moments, *, variance: float | None = None, dims: int | None = None, r
     ly, vy = _eig_desc(m.cyy, "y", rtol)
     kx = _dims_for(lx, variance, dims, "x")
     ky = _dims_for(ly, variance, dims, "y")
-    if kx + ky > m.n - 1:
-        raise SimilarityError(
-            f"CCA with {kx} + {ky} dimensions needs more than {kx + ky} examples, got {m.n} "
-            "(canonical correlations would be 1 whatever the data); use more examples, fewer dims "
-            "(SVCCA dims/variance) or pool the features")
+    _check_cca_dims(kx, ky, m.n)
     lx, vx, ly, vy = lx[:kx], vx[:, :kx], ly[:ky], vy[:, :ky]
     wx = vx / lx.sqrt()
     wy = vy / ly.sqrt()
@@ -601,11 +597,51 @@ def cca(m: Moments, *, variance: float | None = None, dims: int | None = None, r
     return CCAResult(rho, weights, kx, ky)
 
 
+def _svd_basis(x: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Economy SVD of the centred representation in float64, ``Xc = U S Vh``, truncated to
+    its numerical rank (singular values above ``sqrt(rtol)`` times the largest, the same
+    cut as :func:`cca`'s eigenvalue cut ``rtol``)."""
+    xc = center(x.to(torch.float64), what=what)
+    u, sv, vh = torch.linalg.svd(xc, full_matrices=False)
+    if not (sv.numel() and float(sv[0]) > 0):
+        raise SimilarityError(f"{what}: every feature is constant across examples")
+    keep = sv > math.sqrt(rtol) * sv[0]
+    return u[:, keep], sv[keep], vh[keep]
+
+
+def cca_data(x: Tensor, y: Tensor, *, variance: float | None = None, dims: int | None = None,
+             rtol: float = 1e-10) -> CCAResult:
+    """CCA (and SVCCA's reduction) from the data by SVD: the orthonormal bases ``U`` of the
+    centred representations make the canonical correlations the singular values of
+    ``Ux^T Uy``. Equal to :func:`cca` on the moments, and cheaper when features outnumber
+    examples (no ``d x d`` eigendecomposition)."""
+    x, y = _pair(x, y, min_examples=2)
+    ux, sx, vhx = _svd_basis(x, "x", rtol)
+    uy, sy, _ = _svd_basis(y, "y", rtol)
+    kx = _dims_for(sx.square(), variance, dims, "x")
+    ky = _dims_for(sy.square(), variance, dims, "y")
+    _check_cca_dims(kx, ky, x.shape[0])
+    a, rho, _ = torch.linalg.svd(ux[:, :kx].T @ uy[:, :ky], full_matrices=False)
+    k = rho.numel()
+    # <h_i, x_j> for canonical variate h_i = Ux a_i is (Vx Sx a_i)_j
+    contrib = (vhx[:kx].T * sx[:kx]) @ a[:, :k]
+    return CCAResult(rho.clamp(0.0, 1.0), contrib.abs().sum(0), kx, ky)
+
+
+def _check_cca_dims(kx: int, ky: int, n: int) -> None:
+    if kx + ky > n - 1:
+        raise SimilarityError(
+            f"CCA with {kx} + {ky} dimensions needs more than {kx + ky} examples, got {n} "
+            "(canonical correlations would be 1 whatever the data); use more examples, fewer dims "
+            "(SVCCA dims/variance) or pool the features")
+
+
 def svcca(x: Tensor, y: Tensor, *, variance: float | None = 0.99, dims: int | None = None) -> float:
     """SVCCA (Raghu et al. 2017): keep the top principal directions of each representation
     (enough to explain ``variance`` of it, or exactly ``dims``), then the mean canonical
     correlation."""
-    return svcca_from_moments(moments(x, y), variance=variance, dims=dims)
+    res = cca_data(x, y, variance=None if dims is not None else variance, dims=dims)
+    return float(res.rho.mean())
 
 
 def svcca_from_moments(m: Moments, *, variance: float | None = 0.99, dims: int | None = None) -> float:
@@ -617,11 +653,14 @@ def pwcca(x: Tensor, y: Tensor) -> float:
     """PWCCA (Morcos et al. 2018): the mean of the canonical correlations weighted by how
     much of ``x`` each canonical variate accounts for, ``a_i = sum_j |<h_i, x_j>|``
     (``h_i`` the i-th canonical variate of x, ``x_j`` the j-th neuron). Not symmetric."""
-    return pwcca_from_moments(moments(x, y))
+    return _pwcca(cca_data(x, y))
 
 
 def pwcca_from_moments(m: Moments) -> float:
-    res = cca(m)
+    return _pwcca(cca(m))
+
+
+def _pwcca(res: CCAResult) -> float:
     w = res.weights
     total = float(w.sum())
     if not total > 0:
@@ -634,7 +673,12 @@ def procrustes_distance(x: Tensor, y: Tensor) -> float:
     ``min_R ||X^ - Y^ R||_F^2 = 2 - 2 ||X^^T Y^||_*`` for centred representations scaled to
     unit Frobenius norm (``R`` orthogonal; the smaller one is zero-padded). 0 for identical
     representations up to rotation and scale, at most 2."""
-    return procrustes_from_moments(moments(x, y))
+    x, y = _pair(x, y, min_examples=2)
+    ux, sx, _ = _svd_basis(x, "x", 1e-20)
+    uy, sy, _ = _svd_basis(y, "y", 1e-20)
+    # ||Xc^T Yc||_* = ||Sx Ux^T Uy Sy||_* (the right singular bases are orthogonal)
+    nuc = float(torch.linalg.svdvals((sx[:, None] * (ux.T @ uy)) * sy[None, :]).sum())
+    return max(0.0, 2.0 - 2.0 * nuc / math.sqrt(float(sx.square().sum()) * float(sy.square().sum())))
 
 
 def procrustes_from_moments(m: Moments) -> float:
@@ -650,6 +694,6 @@ __all__ = [
     "SimilarityError", "as_features", "center", "gram", "self_cross", "LinearStats", "linear_stats",
     "cka_from_stats", "hsic1_from_stats", "linear_cka", "linear_cka_matrix", "rbf_gram", "sq_distances", "GramSummary",
     "gram_summary", "gram_products", "cka_matrix_from_products", "kernel_cka", "rbf_cka", "hsic1_matrix",
-    "minibatch_cka", "Moments", "moments", "CCAResult", "cca", "svcca", "svcca_from_moments", "pwcca",
+    "minibatch_cka", "Moments", "moments", "CCAResult", "cca", "cca_data", "svcca", "svcca_from_moments", "pwcca",
     "pwcca_from_moments", "procrustes_distance", "procrustes_from_moments",
 ]

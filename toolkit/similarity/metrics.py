@@ -134,50 +134,44 @@ class MinibatchCKAMetric:
         return f"MinibatchCKA(batch_size={self.batch_size})"
 
 
-class _MomentMetric:
-    """Base of the CCA-type metrics: one pass for the centred moments, then a finisher."""
+class _CCAMetric:
+    """Base of the CCA-type metrics (SVD of the centred data in float64)."""
 
     higher_is_similar = True
-    finisher: Callable[..., float]
-
-    def _options(self) -> dict[str, Any]:
-        return {}
-
-    def __call__(self, x: Tensor, y: Tensor) -> float:
-        return type(self).finisher(K.moments(x, y), **self._options())
 
 
-class SVCCA(_MomentMetric):
+class SVCCA(_CCAMetric):
     """SVCCA (Raghu et al. 2017): top principal directions (``variance`` or ``dims``), then
     the mean canonical correlation."""
-
-    finisher = staticmethod(K.svcca_from_moments)
 
     def __init__(self, variance: float | None = 0.99, dims: int | None = None) -> None:
         self.variance, self.dims = variance, dims
 
-    def _options(self) -> dict[str, Any]:
-        return {"variance": self.variance, "dims": self.dims}
+    def __call__(self, x: Tensor, y: Tensor) -> float:
+        return K.svcca(x, y, variance=self.variance, dims=self.dims)
 
     def __repr__(self) -> str:
         return f"SVCCA(variance={self.variance}, dims={self.dims})"
 
 
-class PWCCA(_MomentMetric):
+class PWCCA(_CCAMetric):
     """Projection-weighted CCA (Morcos et al. 2018)."""
 
-    finisher = staticmethod(K.pwcca_from_moments)
+    def __call__(self, x: Tensor, y: Tensor) -> float:
+        return K.pwcca(x, y)
 
     def __repr__(self) -> str:
         return "PWCCA()"
 
 
-class ProcrustesDistance(_MomentMetric):
+class ProcrustesDistance(_CCAMetric):
     """Orthogonal Procrustes distance (0 = identical up to rotation and scale; at most 2)."""
 
-    finisher = staticmethod(K.procrustes_from_moments)
     higher_is_similar = False
     max_value = 2.0
+
+    def __call__(self, x: Tensor, y: Tensor) -> float:
+        return K.procrustes_distance(x, y)
 
     def __repr__(self) -> str:
         return "ProcrustesDistance()"
