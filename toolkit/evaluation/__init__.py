@@ -15,7 +15,7 @@ from .adapters import (
 )
 from .basic import robust_accuracy
 from .checks import CHECKS, CheckResult, CheckSettings, SanityCheckError, SanityCheckWarning
-from .engine import EvaluationResult, eval_indices, evaluate, load_batch
+from .engine import EvaluationResult, eval_indices, evaluate, load_batch, shard_indices
 from .records import RecordStore, merge_records, model_fingerprint
 from .summary import headline_threat, plot_curves, threat_label
 from .units import (
@@ -25,7 +25,7 @@ from .units import (
 __all__ = [
     "OUTPUT_PATTERN", "AttackFn", "ModelOutputError", "ModelView", "Normalization", "ensemble", "model_view", "seeded",
     "select_output", "with_restarts", "robust_accuracy", "CHECKS", "CheckResult", "CheckSettings", "SanityCheckError",
-    "SanityCheckWarning", "EvaluationResult", "eval_indices", "evaluate", "load_batch", "RecordStore", "merge_records",
+    "SanityCheckWarning", "EvaluationResult", "eval_indices", "evaluate", "load_batch", "shard_indices", "RecordStore", "merge_records",
     "model_fingerprint", "headline_threat", "plot_curves", "threat_label", "NORMS", "AttackUnit", "attack_eps",
     "attack_norm", "delta_norms", "eps_by_norm", "fmt_eps", "function_units", "make_units", "threats",
 ]

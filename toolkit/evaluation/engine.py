@@ -143,6 +143,23 @@ def eval_indices(n: int, limit: int | None = None, seed: int = 0) -> torch.Tenso
     return torch.randperm(n, generator=g)[:limit].sort().values
 
 
+def shard_indices(indices: Sequence[int] | torch.Tensor, batch_size: int, rank: int, world: int) -> torch.Tensor:
+    """The examples of shard ``rank`` of ``world``: whole batches ``rank, rank + world, ...``
+    of ``indices`` cut into ``batch_size`` batches.
+
+    Every batch is then the same as in a single-process evaluation with that batch size, so
+    attacks with random starts draw the same noise and the gathered records equal a
+    single-process run exactly. (Any split by index can be gathered; with other splits,
+    random starts differ per example and results agree only statistically.)
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must lie in [0, {world}), got {rank}")
+    order = torch.as_tensor(indices, dtype=torch.long).flatten()
+    batches_ = list(order.split(batch_size))
+    mine = batches_[rank::world]
+    return torch.cat(mine) if mine else order[:0]
+
+
 def _check_indices(order: torch.Tensor, n: int) -> None:
     if order.numel() == 0:
         raise DataError("nothing to evaluate: the list of example indices is empty")
@@ -226,7 +243,8 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings else None
     was_training = model.training
     view.eval()
-    fp = model_fingerprint(model)
+    # records in memory only live for this call: no need to hash the weights
+    fp = model_fingerprint(model) if (store.root is not None or store.extra) else "in-memory"
     ctx = _CheckContext(settings, view, device, order, split) if settings else None
     if ctx is not None:
         ctx.before(model)
@@ -598,4 +616,4 @@ def run_square(view: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps
         return atk(x, y)
 
 
-__all__ = ["EvaluationResult", "eval_indices", "evaluate", "load_batch", "run_square"]
+__all__ = ["EvaluationResult", "eval_indices", "evaluate", "load_batch", "run_square", "shard_indices"]

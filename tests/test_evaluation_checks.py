@@ -1,0 +1,246 @@
+"""Every sanity check passes on a healthy model and fires on a deliberately broken one:
+BatchNorm stuck in train mode, softmax outputs, a randomized model, a model that adapts
+while it is evaluated, an input-rounding (gradient-masking) model, an attack stopped too
+early, an attack that leaves its budget, inputs outside [0, 1]."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import rtk
+from rtk.evaluation import CHECKS, CheckSettings, SanityCheckError, SanityCheckWarning, evaluate, make_units
+
+_REG = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread is fastest (and immune to a busy machine's oversubscription)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+SETTINGS = CheckSettings(examples=60, square_queries=100)
+N = 150
+
+
+def attack(name: str, **opts):
+    spec = _REG.get("attack", name)
+    return spec, rtk.validate_options(spec.options, opts, name), name
+
+
+def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
+    from rtk.models.small import cnn_small
+
+    torch.manual_seed(0)
+    model = cnn_small(digits.info)
+    if epochs == 0:
+        return model.eval()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = digits.train.x, digits.train.y
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def healthy(digits, tmp_path_factory):
+    """The cnn of test_evaluation_engine.py, trained once per session."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path_factory.getbasetemp() / "rtk-evaluation-digits-cnn.safetensors"
+    if path.exists():
+        model = train_digits_cnn(digits, epochs=0)
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    model = train_digits_cnn(digits)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model
+
+
+def run(model, digits, units=None, split=None, **kw):
+    units = units or make_units([attack("pgd", steps=5, eps="16/255")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SanityCheckWarning)
+        return evaluate(model, split if split is not None else digits.test, units, indices=range(N),
+                        checks=kw.pop("checks", SETTINGS), **kw)
+
+
+def statuses(res) -> dict[str, str]:
+    return {c.name: c.status for c in res.checks}
+
+
+def failed(res) -> set[str]:
+    return {c.name for c in res.checks if c.passed is False}
+
+
+# ------------------------------------------------------------------------ broken models
+class StuckBN(nn.BatchNorm2d):
+    """A BatchNorm that ignores eval(): it keeps using batch statistics and updating its
+    running averages."""
+
+    def train(self, mode: bool = True):
+        return super().train(True)
+
+
+class Prepend(nn.Module):
+    def __init__(self, first: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.first, self.model = first, model
+
+    def forward(self, x):
+        return self.model(self.first(x))
+
+
+class Softmax(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).softmax(1)
+
+
+class Randomized(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) + 3 * torch.randn(len(x), 10)
+
+
+class Adapting(nn.Module):
+    """Test-time adaptation gone wrong: wrong on every other example (shifted classes)
+    until it has seen three gradient computations, right afterwards. The evaluation's clean
+    pass comes before the attack's gradients, the scoring of adversarial examples after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.grad_calls = model, 0
+
+    def forward(self, x):
+        if x.requires_grad:
+            self.grad_calls += 1
+        out = self.model(x)
+        if self.grad_calls >= 3:
+            return out
+        shifted = out.roll(1, dims=1)
+        odd = (torch.arange(len(x)) % 2 == 1)[:, None]
+        return torch.where(odd, shifted, out)
+
+
+class Rounding(nn.Module):
+    """Quantizes its inputs to 1/8 steps: the input gradient is exactly zero everywhere."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(torch.round(x * 8) / 8)
+
+
+def _broken_attack(kind: str):
+    def build(model, opts):
+        def attack(x, y):
+            if kind == "over":
+                return (x + 2 * opts.eps * torch.sign(torch.randn_like(x))).clamp(0, 1)
+            if kind == "range":
+                return x + 0.5
+            return x * float("nan")
+
+        return attack
+
+    return rtk.AttackSpec(name=f"broken-{kind}", summary="a broken attack", build=build,
+                          options=_REG.get("attack", "fgsm").options, norm="Linf")
+
+
+# ------------------------------------------------------------------------ tests
+def test_every_check_passes_on_a_healthy_model(healthy, digits):
+    res = run(healthy, digits)
+    assert statuses(res) == {name: "pass" for name in CHECKS}, [c.to_dict() for c in res.checks if c.passed is not True]
+    assert res.clean_accuracy > 0.9 and res.headline_accuracy < res.clean_accuracy
+
+
+def test_batchnorm_left_in_train_mode(healthy, digits):
+    res = run(Prepend(StuckBN(1), healthy), digits)
+    assert {"eval_mode", "model_state_unchanged", "batch_independent"} <= failed(res)
+    detail = {c.name: c.detail for c in res.checks}
+    assert "first" in detail["eval_mode"] and "running_mean" in detail["model_state_unchanged"]
+
+
+def test_softmax_outputs(healthy, digits):
+    res = run(Softmax(healthy), digits, units=make_units([attack("fgsm")]))
+    assert "outputs_are_logits" in failed(res)
+
+
+def test_randomized_model(healthy, digits):
+    torch.manual_seed(0)
+    res = run(Randomized(healthy), digits)
+    assert {"deterministic", "batch_independent", "rescore_reproduces"} <= failed(res)
+
+
+def test_model_that_changes_while_evaluated(healthy, digits):
+    res = run(Adapting(healthy), digits, batch_size=N)
+    assert "robust_le_clean" in failed(res)
+    assert "correct under attack" in {c.name: c.detail for c in res.checks}["robust_le_clean"]
+
+
+def test_gradient_masking_by_input_rounding(healthy, digits):
+    res = run(Rounding(healthy), digits, units=make_units([attack("pgd", steps=5, eps="32/255")]))
+    assert {"zero_gradients", "unbounded_eps", "black_box"} <= failed(res)
+    # a PGD without random start does not move at all: random noise beats it
+    res = run(Rounding(healthy), digits, units=make_units([attack("pgd", steps=5, eps="16/255", random_start=False)]))
+    assert "random_noise" in failed(res)
+
+
+def test_attack_stopped_too_early(healthy, digits):
+    weak = make_units([attack("pgd", steps=2, eps="32/255", step_size="8/255", random_start=False)])
+    res = run(healthy, digits, units=weak, checks=SETTINGS.model_copy(update={"budget": 1.0}))
+    assert "more_steps" in failed(res)
+    assert statuses(run(healthy, digits, units=make_units([attack("pgd", steps=20, eps="16/255")])))["more_steps"] == "pass"
+
+
+@pytest.mark.parametrize("kind,reason", [("over", "over budget"), ("range", "outside [0, 1]"), ("nan", "not finite")])
+def test_attack_that_leaves_its_budget(kind, reason, healthy, digits):
+    spec = _broken_attack(kind)
+    units = make_units([(spec, rtk.validate_options(spec.options, {"eps": 0.05}, "x"), spec.name)])
+    res = run(healthy, digits, units=units)
+    assert "perturbation_bounds" in failed(res)
+    assert reason in {c.name: c.detail for c in res.checks}["perturbation_bounds"]
+    assert res.headline_accuracy == pytest.approx(res.clean_accuracy)  # invalid examples never count as broken
+
+
+def test_inputs_outside_the_unit_range(healthy, digits):
+    from rtk.data import TensorSplit
+
+    shifted = TensorSplit(digits.test.x * 2 - 1, digits.test.y)  # normalized outside the model
+    res = run(healthy, digits, split=shifted, units=make_units([attack("fgsm")]))
+    assert "inputs_in_range" in failed(res)
+
+
+def test_strict_is_fatal_and_default_warns(healthy, digits):
+    with pytest.raises(SanityCheckError, match="outputs_are_logits") as err:
+        evaluate(Softmax(healthy), digits.test, make_units([attack("fgsm")]), indices=range(60), checks=SETTINGS,
+                 strict=True)
+    assert err.value.result.failed_checks
+    with pytest.warns(SanityCheckWarning, match="outputs_are_logits"):
+        evaluate(Softmax(healthy), digits.test, make_units([attack("fgsm")]), indices=range(60), checks=SETTINGS)
+
+
+def test_masking_checks_respect_their_budget(healthy, digits):
+    tight = SETTINGS.model_copy(update={"budget": 0.0, "min_examples": 5})
+    res = run(healthy, digits, checks=tight)
+    sizes = {c.name: c.n for c in res.checks}
+    assert sizes["more_steps"] <= 5 and sizes["unbounded_eps"] == 5 and sizes["black_box"] <= 5
+    assert res.work["checks"] > 0 and res.checks_overhead == res.work["checks"] / res.work["evaluation"]
+    assert run(healthy, digits, checks=False).checks == []
