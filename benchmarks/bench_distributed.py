@@ -18,9 +18,10 @@ training is wrong; they only time the compute).
 
 The configurations run interleaved, round after round (the two workers stay up, idle while
 the single process runs); the printed numbers are medians over rounds. Timings on a shared
-machine are noisy.
+machine are noisy: the load average is printed, and CPU seconds per epoch (summed over the
+processes) show the work each configuration does regardless of the machine's load.
 
-    python benchmarks/bench_distributed.py [--rounds 5] [--train 2048] [--steps 5] [--quick]
+    python benchmarks/bench_distributed.py [--rounds 3] [--train 1024] [--steps 5] [--quick]
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ class Trainer:
         if rd.is_distributed():
             self.model.register_comm_hook(self, _timed_allreduce)
 
-    def run_epoch(self, sync: bool = True) -> tuple[float, float]:
-        """Train one epoch; return (seconds, seconds of all-reduce in flight)."""
+    def run_epoch(self, sync: bool = True) -> tuple[float, float, float]:
+        """Train one epoch; return (seconds, CPU seconds of this process, seconds of all-reduce in flight)."""
         self.sampler.set_epoch(self.epoch)
         self.epoch += 1
         self.comm = 0.0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x, y, weight in self.sampler.iterate(self.split):
             x_adv = self.attack(x, y)
             self.model.train()
@@ -96,7 +97,7 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
             self.opt.step()
-        return time.perf_counter() - t0, self.comm
+        return time.perf_counter() - t0, time.process_time() - c0, self.comm
 
 
 class _null:
@@ -130,11 +131,10 @@ def _worker(rank: int, world: int, port: int, n_train: int, steps: int, tasks, r
     with rd.session(timeout=300):
         reg, info, split = load_data(n_train)
         trainer = Trainer(reg, info, split, steps)
-        results.put((rank, "ready", 0.0, 0.0))
+        results.put((rank, "ready", 0.0, 0.0, 0.0))
         while (task := tasks.get()) is not None:
             rd.barrier()
-            secs, comm = trainer.run_epoch(sync=task == "sync")
-            results.put((rank, task, secs, comm))
+            results.put((rank, task, *trainer.run_epoch(sync=task == "sync")))
 
 
 class Workers:
@@ -150,7 +150,7 @@ class Workers:
             p.start()
         self._wait()
 
-    def _wait(self) -> list[tuple[int, str, float, float]]:
+    def _wait(self) -> list[tuple[int, str, float, float, float]]:
         out = []
         while len(out) < self.world:
             try:
@@ -159,13 +159,13 @@ class Workers:
                 raise RuntimeError("the benchmark workers stopped answering") from None
         return sorted(out)
 
-    def epoch(self, sync: bool) -> tuple[float, float]:
+    def epoch(self, sync: bool) -> tuple[float, float, float]:
+        """(seconds, CPU seconds summed over ranks, mean all-reduce seconds) of one epoch."""
         for q in self.tasks:
             q.put("sync" if sync else "nosync")
         res = self._wait()
         secs = max(r[2] for r in res)  # the epoch ends when the slowest rank ends
-        comm = statistics.mean(r[3] for r in res)
-        return secs, comm
+        return secs, sum(r[3] for r in res), statistics.mean(r[4] for r in res)
 
     def close(self) -> None:
         for q in self.tasks:
@@ -179,8 +179,8 @@ class Workers:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--train", type=int, default=2048, help="training examples per epoch")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--train", type=int, default=1024, help="training examples per epoch")
     ap.add_argument("--steps", type=int, default=5, help="PGD steps")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 512 examples (a smoke run)")
     args = ap.parse_args()
@@ -193,6 +193,8 @@ def main() -> None:
     single = Trainer(reg, info, split, args.steps)
     workers = Workers(args.train, args.steps)
     t11, t12, t21, t21_nosync, comm21 = [], [], [], [], []
+    c11, c12, c21 = [], [], []
+    load0 = os.getloadavg()[0]
     try:
         # warm-up (one epoch each), then interleaved rounds, alternating the order
         torch.set_num_threads(1)
@@ -205,13 +207,18 @@ def main() -> None:
             for side in sides:
                 if side == "1x1":
                     torch.set_num_threads(1)
-                    t11.append(single.run_epoch()[0])
+                    secs, cpu, _ = single.run_epoch()
+                    t11.append(secs)
+                    c11.append(cpu)
                 elif side == "1x2":
                     torch.set_num_threads(2)
-                    t12.append(single.run_epoch()[0])
+                    secs, cpu, _ = single.run_epoch()
+                    t12.append(secs)
+                    c12.append(cpu)
                 elif side == "2x1":
-                    secs, comm = workers.epoch(sync=True)
+                    secs, cpu, comm = workers.epoch(sync=True)
                     t21.append(secs)
+                    c21.append(cpu)
                     comm21.append(comm / secs)
                 else:
                     t21_nosync.append(workers.epoch(sync=False)[0])
@@ -221,13 +228,16 @@ def main() -> None:
     med = statistics.median
     n = len(split)
     print(f"PGD-{args.steps} adversarial training, cnn-small on {info.name} ({n} examples, global batch {GLOBAL_BATCH}), "
-          f"{args.rounds} rounds, medians; {os.cpu_count()} CPU cores")
-    for name, ts in (("1 process  x 1 thread ", t11), ("1 process  x 2 threads", t12), ("2 processes x 1 thread", t21)):
-        print(f"  {name}: {med(ts):7.3f} s/epoch  {n / med(ts):8.1f} examples/s")
+          f"{args.rounds} rounds, medians; {os.cpu_count()} CPU cores, load average {load0:.1f} -> "
+          f"{os.getloadavg()[0]:.1f} (other work on the machine skews wall times)")
+    for name, ts, cs in (("1 process  x 1 thread ", t11, c11), ("1 process  x 2 threads", t12, c12),
+                         ("2 processes x 1 thread", t21, c21)):
+        print(f"  {name}: {med(ts):7.3f} s/epoch  {n / med(ts):8.1f} examples/s  {med(cs):7.3f} CPU s/epoch")
     speed_11 = med(t11) / med(t21)
     print(f"speedup 2 processes vs 1 process x 1 thread : {speed_11:.2f}x  (scaling efficiency {speed_11 / 2:.0%})")
     print(f"speedup 2 processes vs 1 process x 2 threads: {med(t12) / med(t21):.2f}x  (throughput ratio)")
     print(f"speedup 1 process: 2 threads vs 1 thread    : {med(t11) / med(t12):.2f}x")
+    print(f"CPU work of 2 processes / 1 process x 1 thread: {med(c21) / med(c11):.2f}x  (distribution overhead)")
     print(f"communication share (all-reduce in flight / epoch, comm hook): {med(comm21):.1%}")
     exposed = 1 - med(t21_nosync) / med(t21)
     print(f"communication share (exposed: 1 - t(no_sync) / t(sync))       : {exposed:.1%}")
