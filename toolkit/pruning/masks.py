@@ -7,13 +7,13 @@ only its class is swapped for a subclass that multiplies the weight by a fixed b
   ``bool`` buffer ``weight_mask``, so every checkpoint of the model carries it (safetensors,
   no pickle). Pruned weights are also set to zero in ``weight`` itself, and they stay zero
   during fine-tuning because their gradient is masked (so tools reading ``module.weight``
-  directly, such as bound propagation, see the pruned network). In inference
-  (``torch.no_grad``) the masked weight is cached until the weight or the mask changes,
-  so a masked forward pass costs what a dense one does.
+  directly, such as bound propagation, see the pruned network). The masked weight is
+  cached until the weight or the mask changes (once per optimizer step), so a masked
+  forward pass, in inference or inside an attack, costs what a dense one does.
 - :class:`ScoredMixin` (HYDRA): one importance score per weight; the mask keeps the
   ``keep`` largest ``|score|`` of the layer and the scores receive a straight-through
-  gradient. The mask is recomputed only when the scores change (once per optimizer step),
-  not on every forward pass of an attack.
+  gradient. The mask and the masked weight are recomputed only when the scores change
+  (once per optimizer step), not on every forward pass of an attack.
 
 :func:`dense_export` makes masks permanent and returns plain modules again.
 """
@@ -51,6 +51,43 @@ def _base_class(module: nn.Module) -> type:
     return getattr(cls, "_rtk_base", cls)
 
 
+class _MaskedWeight(torch.autograd.Function):
+    """The masked weight, taken from a cache; the gradient goes to the kept weights and, for
+    HYDRA, straight through the top-k to the scores.
+
+    The product ``weight * mask`` is computed once per change of the weight, mask or scores
+    (once per optimizer step), not on every forward pass: the ten forward passes of a PGD
+    attack reuse it, so a masked forward costs what a dense one does.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None,  # type: ignore[override]
+                product: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight, mask, scores)
+        return product.view_as(product)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        weight, mask, scores = ctx.saved_tensors
+        g_weight = grad * mask if ctx.needs_input_grad[0] else None
+        # HYDRA's mask keeps the largest |score|: d mask / d score := sign(score) (straight-through)
+        g_scores = grad * weight * torch.sign(scores) if scores is not None and ctx.needs_input_grad[2] else None
+        return g_weight, None, g_scores, None
+
+
+def _cached_product(module: nn.Module, key: tuple, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    cache = module.__dict__.get("_rtk_product")
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            cache = (key, weight * mask)
+        module.__dict__["_rtk_product"] = cache
+    return cache[1]
+
+
+def _version(t: torch.Tensor) -> tuple:
+    return (t._version, t.data_ptr(), t.dtype, t.device)
+
+
 class MaskedMixin:
     """Mixed into a Conv/Linear class: ``forward`` uses ``weight * weight_mask``."""
 
@@ -60,15 +97,10 @@ class MaskedMixin:
 
     def _masked_weight(self) -> torch.Tensor:
         w, m = self.weight, self.weight_mask
+        product = _cached_product(self, (_version(w), _version(m)), w, m)  # type: ignore[arg-type]
         if torch.is_grad_enabled() and w.requires_grad:
-            return w * m  # gradients flow only to kept weights
-        key = (w._version, w.data_ptr(), m._version, m.data_ptr(), w.dtype, w.device)
-        cache = self.__dict__.get("_rtk_cache")
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                cache = (key, w * m)
-            self.__dict__["_rtk_cache"] = cache
-        return cache[1]
+            return _MaskedWeight.apply(w, m, None, product)
+        return product
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return _apply_layer(self, x, self._masked_weight())  # type: ignore[arg-type]
@@ -77,23 +109,6 @@ class MaskedMixin:
         base = super().extra_repr()  # type: ignore[misc]
         kept = int(self.weight_mask.sum())
         return f"{base}, sparsity={1 - kept / max(self.weight_mask.numel(), 1):.4f}"
-
-
-class _ScoredWeight(torch.autograd.Function):
-    """``weight * mask`` whose gradient reaches the scores straight through the top-k."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(weight, scores, mask)
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        weight, scores, mask = ctx.saved_tensors
-        g_weight = grad * mask if ctx.needs_input_grad[0] else None
-        # the mask keeps the largest |score|: d mask / d score := sign(score) (straight-through)
-        g_scores = grad * weight * torch.sign(scores) if ctx.needs_input_grad[1] else None
-        return g_weight, g_scores, None
 
 
 class ScoredMixin:
@@ -108,17 +123,21 @@ class ScoredMixin:
     def current_mask(self) -> torch.Tensor:
         """The binary mask of the ``keep`` largest ``|scores|`` (cached per scores version)."""
         s = self.scores
-        key = (s._version, s.data_ptr(), self.keep)
+        key = (_version(s), self.keep)
         cache = self.__dict__.get("_rtk_mask")
         if cache is None or cache[0] != key:
             with torch.no_grad():
-                cache = (key, topk_mask(s.abs(), self.keep).to(s.dtype))
+                cache = (key, topk_mask(s.abs(), self.keep))
             self.__dict__["_rtk_mask"] = cache
         return cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        w = _ScoredWeight.apply(self.weight, self.scores, self.current_mask())
-        return _apply_layer(self, x, w)  # type: ignore[arg-type]
+        w, s = self.weight, self.scores
+        mask = self.current_mask()
+        product = _cached_product(self, (_version(w), _version(s), self.keep), w, mask)  # type: ignore[arg-type]
+        if torch.is_grad_enabled() and (w.requires_grad or s.requires_grad):
+            product = _MaskedWeight.apply(w, mask, s, product)
+        return _apply_layer(self, x, product)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         base = super().extra_repr()  # type: ignore[misc]
@@ -186,7 +205,7 @@ def remove_mask(module: nn.Module, *, bake: bool = True) -> nn.Module:
             with torch.no_grad():
                 module.weight.mul_(module.weight_mask)
         del module._buffers["weight_mask"]
-        module.__dict__.pop("_rtk_cache", None)
+        module.__dict__.pop("_rtk_product", None)
         module.__class__ = _base_class(module)
     return module
 
@@ -209,7 +228,7 @@ def finalize_scores(module: nn.Module) -> nn.Module:
         return module
     mask = module.current_mask().bool()
     del module._parameters["scores"]
-    for attr in ("keep", "_rtk_mask"):
+    for attr in ("keep", "_rtk_mask", "_rtk_product"):
         module.__dict__.pop(attr, None)
     module.__class__ = _base_class(module)
     return apply_mask(module, mask)

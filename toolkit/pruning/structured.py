@@ -102,17 +102,26 @@ def _where(model: nn.Module, state: dict[str, Any]) -> str:
 
 
 def _unwrapped_parameters(model: nn.Module) -> list[str]:
-    """Parameters torch-pruning does not know how to follow (owned by module types it treats
-    as element-wise operations)."""
+    """Layers whose own parameters torch-pruning cannot follow (module types it treats as
+    element-wise operations), described as ``'name' (Type: name.param, ...)``."""
     import torch_pruning as tp
 
     out = []
     for name, m in model.named_modules():
         if tp.ops.module2type(m) != tp.ops.OPTYPE.ELEMENTWISE:
             continue
-        for pname, _ in m.named_parameters(recurse=False):
-            out.append(f"{name}.{pname}" if name else pname)
+        params = [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+        if params:
+            out.append(f"{name or '<model>'!r} ({type(m).__name__}: {', '.join(params)})")
     return out
+
+
+def _unwrapped_hint(model: nn.Module) -> str:
+    found = _unwrapped_parameters(model)
+    if not found:
+        return ""
+    return (f" The dependency graph cannot follow the parameters of layer {', '.join(found[:5])}: torch-pruning does "
+            "not know that layer type, so it cannot tell which dimension follows the channels.")
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -223,9 +232,7 @@ class ChannelPruner:
                     out = pruned(example_inputs)
                     out.float().sum().backward()
                 except Exception as exc:  # noqa: BLE001 - turned into a message naming the layer
-                    unwrapped = _unwrapped_parameters(dense)
-                    hint = (f" The dependency graph cannot follow the parameters {', '.join(unwrapped[:5])}, held by "
-                            "layers torch-pruning does not know." if unwrapped else "")
+                    hint = _unwrapped_hint(dense)
                     raise PruningError(
                         f"after channel pruning, the model fails {_where(pruned, state)}: {type(exc).__name__}: "
                         f"{exc}.{hint} Keep that part dense (options layers/exclude), or use an unstructured pruner "
@@ -256,14 +263,16 @@ class ChannelPruner:
         with _layer_tracker(trial) as state, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                pruner = tp.pruner.BasePruner(trial, example_inputs, importance=importance,
+                pruner = tp.pruner.BasePruner(trial, (example_inputs,), importance=importance,
                                               global_pruning=self.global_pruning, pruning_ratio=channel_ratio,
                                               ignored_layers=ignored, round_to=self.round_to)
                 pruner.step()
             except Exception as exc:  # noqa: BLE001 - torch-pruning's failure, explained
+                where = f" ({_where(trial, state)})" if state["stack"] else ""
                 raise PruningError(
-                    f"torch-pruning's dependency graph cannot handle this model ({_where(trial, state)}): "
-                    f"{type(exc).__name__}: {exc}. Exclude that layer's neighbours or use an unstructured pruner"
+                    f"torch-pruning's dependency graph cannot handle this model{where}: {type(exc).__name__}: {exc}."
+                    f"{_unwrapped_hint(model)} Keep that part dense (options layers/exclude) or use an unstructured "
+                    "pruner (lwm, hydra)"
                 ) from None
         for w in caught:
             log.debug("torch-pruning: %s", w.message)
@@ -285,22 +294,35 @@ class ChannelPruner:
         if self.importance in ("taylor", "robust-taylor"):
             accumulate_gradients(model, job, loss=self.taylor_loss, batches_=self.batches, batch_size=self.batch_size,
                                  eps=self.eps, alpha=self.alpha, steps=self.steps)
-        lo, hi = 0.0, self.max_channel_ratio
         best: tuple[float, float, nn.Module] | None = None
         trials = 0
-        try:
-            top = self._prune_copy(model, hi, layers, x)
+
+        def trial(c: float) -> float:
+            nonlocal best, trials
+            cand = self._prune_copy(model, c, layers, x)
             trials += 1
-            top_frac = self._removed_fraction(sizes, top)
-            best = (hi, top_frac, top)
-            if top_frac > ratio + self.tolerance:
+            frac = self._removed_fraction(sizes, cand)
+            if best is None or abs(frac - ratio) < abs(best[1] - ratio):
+                best = (c, frac, cand)
+            return frac
+
+        try:
+            # a coarse scan up to the first channel ratio that removes enough (torch-pruning's
+            # safety limits make the removed fraction fall again near 1), then bisection
+            grid = [c for c in (0.2, 0.4, 0.6, 0.8) if c < self.max_channel_ratio] + [self.max_channel_ratio]
+            lo, hi = 0.0, None
+            for c in grid:
+                frac = trial(c)
+                if abs(frac - ratio) <= self.tolerance:
+                    break
+                if frac > ratio:
+                    hi = c
+                    break
+                lo = c
+            if hi is not None:
                 for _ in range(self.max_iterations):
                     mid = (lo + hi) / 2
-                    cand = self._prune_copy(model, mid, layers, x)
-                    trials += 1
-                    frac = self._removed_fraction(sizes, cand)
-                    if abs(frac - ratio) < abs(best[1] - ratio):
-                        best = (mid, frac, cand)
+                    frac = trial(mid)
                     if abs(frac - ratio) <= self.tolerance:
                         break
                     lo, hi = (mid, hi) if frac < ratio else (lo, mid)
@@ -327,7 +349,7 @@ def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor, layer_
 
     was = model.training
     try:
-        return tp.utils.count_ops_and_params(model, example_inputs, layer_wise=layer_wise)
+        return tp.utils.count_ops_and_params(model, (example_inputs,), layer_wise=layer_wise)
     finally:
         model.train(was)
 
