@@ -212,3 +212,16 @@ def test_amp_on_cpu_trains_in_float32_with_a_warning(digits, caplog):
     assert "amp was requested but the device is cpu" in caplog.text
     assert math.isfinite(res.history.train_loss.iloc[0])
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_every_loop_option_and_trainer_option_is_documented(registry):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    names = set(LoopConfig.model_fields)
+    for trainer in ("standard", "pgd-at", "trades", "mart", "fast-at"):
+        assert f"`{trainer}`" in doc, trainer
+        names |= set(registry.get("trainer", trainer).options.model_fields)
+    names |= {"params", "resume", "source", "model", "trainer"}  # stage-only options
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"undocumented in docs/training.md: {missing}"

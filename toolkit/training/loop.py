@@ -42,7 +42,7 @@ from ..data.core import DatasetBundle, batches, subset
 from ..errors import ConfigError, TrainingDivergedError
 from ..runtime import amp_context
 from ..runtime import progress as _progress
-from .attacks import default_alpha, max_eps, perturb
+from .attacks import bare_module, default_alpha, max_eps, perturb
 from .config import MONITORABLE, LoopConfig
 from .objectives import Objective, ObjectiveOutput, Progress
 from .schedules import make_optimizer, make_scheduler
@@ -202,7 +202,8 @@ class _TrainingRun:
                  state_dir: str | os.PathLike | None, resume: bool, plot: bool,
                  epoch_indices: Callable[[int], torch.Tensor] | None,
                  on_epoch: Callable[[int, dict], None] | None) -> None:
-        self.model = model
+        self.model = model  # possibly DDP-wrapped: the objective trains through it
+        self.bare = bare_module(model)  # checkpoints, state and evaluation use the bare module
         self.objective = objective
         self.data = data
         self.cfg = cfg
@@ -334,7 +335,7 @@ class _TrainingRun:
                 elif a != b:
                     diffs.append(f"{key}: saved {a!r}, now {b!r}")
             raise ConfigError([f"cannot resume from {st.path}: the training options differ from the saved run"] + diffs)
-        load_state_strict(self.model, st.model_state(), where=f"training state {st.path}")
+        load_state_strict(self.bare, st.model_state(), where=f"training state {st.path}")
         self.optimizer.load_state_dict(unflatten_optimizer_state(st.meta["optimizer"], st.tensors))
         self.scheduler.load_state_dict(st.meta["scheduler"])
         if self.scaler is not None and st.meta.get("scaler"):
@@ -357,7 +358,7 @@ class _TrainingRun:
         if self.state_dir is None:
             return
         tensors: dict[str, torch.Tensor] = {}
-        _cpu_tensors("model/", self.model.state_dict(), tensors)
+        _cpu_tensors("model/", self.bare.state_dict(), tensors)
         meta = {
             "epoch": epoch, "step": self.step, "fingerprint": self._fingerprint(),
             "optimizer": flatten_optimizer_state(self.optimizer.state_dict(), tensors),
@@ -454,7 +455,7 @@ class _TrainingRun:
             if st is not None:
                 from ..models.checkpoint import load_state_strict
 
-                load_state_strict(self.model, st.model_state(), where=f"training state {st.path}")
+                load_state_strict(self.bare, st.model_state(), where=f"training state {st.path}")
                 restored = f"; the model was reset to the weights of epoch {st.epoch}"
         keep = (f"the last good checkpoint is epoch {good}" + (f" ({where})" if where else "")) if good else \
             "no epoch completed, so there is no good checkpoint"
@@ -469,21 +470,21 @@ class _TrainingRun:
         adv = dict(eps=self.eval_eps if self.robust_eval else None, alpha=self.eval_alpha, steps=cfg.eval_steps,
                    norm=self.eval_norm, seed=self.seed + _EVAL_SEED_OFFSET)
         if self.train_subset is not None:
-            row["train_clean_acc"], row["train_robust_acc"] = evaluate(self.model, self.train_subset, **kw, **adv)
-        row["test_clean_acc"], _ = evaluate(self.model, self.data.test, **kw)
+            row["train_clean_acc"], row["train_robust_acc"] = evaluate(self.bare, self.train_subset, **kw, **adv)
+        row["test_clean_acc"], _ = evaluate(self.bare, self.data.test, **kw)
         if self.test_subset is not None and self.robust_eval:
-            _, row["test_robust_acc"] = evaluate(self.model, self.test_subset, **kw, **adv)
+            _, row["test_robust_acc"] = evaluate(self.bare, self.test_subset, **kw, **adv)
         row["eval_time_s"] = time.perf_counter() - t0
 
     # -- bookkeeping ----------------------------------------------------------
     def _save(self, tag: str, epoch: int, row: dict[str, Any]) -> None:
         if self.checkpoint is None:
             if tag == "best" and self.cfg.restore_best:
-                self._best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self._best_weights = {k: v.detach().clone() for k, v in self.bare.state_dict().items()}
             return
         meta = {"epoch": epoch, "tag": tag, "monitor": self.monitor, "metrics": _jsonable_row(row),
                 "objective": _describe(self.objective)}
-        path = self.checkpoint(tag, self.model, meta)
+        path = self.checkpoint(tag, self.bare, meta)
         if path is not None:
             self.checkpoints[tag] = str(path)
 
@@ -528,7 +529,7 @@ class _TrainingRun:
         else:
             log.warning("restore_best: no weights of the best epoch were kept; the model keeps the last epoch's")
             return
-        load_state_strict(self.model, state, where="the best checkpoint")
+        load_state_strict(self.bare, state, where="the best checkpoint")
         log.info("restored the weights of the best epoch (%s)", self.best_epoch)
 
     # -- main -----------------------------------------------------------------
