@@ -178,7 +178,9 @@ def iter_features(models: Sequence[ModelInput], split: Any, *, batch_size: int =
     for mi in models:
         mod = unwrap(mi.model)
         mod.eval()
-        hooks.append(FeatureHooks(select_layers(mod, mi.layers), pooling))
+        hk = FeatureHooks(select_layers(mod, mi.layers), pooling)
+        hk.active = False
+        hooks.append(hk)
     try:
         for h in hooks:
             h.__enter__()
@@ -190,12 +192,14 @@ def iter_features(models: Sequence[ModelInput], split: Any, *, batch_size: int =
                 mod = unwrap(mi.model)
                 xin = x
                 if mi.attack is not None:
-                    h.active = False
                     with torch.enable_grad():
                         xin = mi.attack(x, y).detach()
-                    h.active = True
-                with torch.no_grad():
-                    mod(xin)
+                h.active = True  # only this model's hooks record (two inputs may share one module)
+                try:
+                    with torch.no_grad():
+                        mod(xin)
+                finally:
+                    h.active = False
                 got = h.take()
                 feats.append({k: v.to(store) for k, v in got.items()})
             yield feats, y.to(store)
