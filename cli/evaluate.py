@@ -85,21 +85,27 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
             raise rtk.ConfigError(f"{source} is a directory but not a run directory (no state.json); give a checkpoint "
                                   f"(NAME of NAME.safetensors + NAME.json), a run directory or an experiment file")
         state = json.loads(state_file.read_text())
-        models = state.get("models", {})
+        cfg = json.loads((source / "config.json").read_text()) if (source / "config.json").exists() else {}
+        declared = cfg.get("models", {})
+        models = {**{m: {} for m in declared}, **state.get("models", {})}
         if model is None:
             if len(models) != 1:
                 raise rtk.ConfigError(f"{source} holds models {', '.join(sorted(models)) or '(none)'}; choose one with --model")
             model = next(iter(models))
         if model not in models:
             raise rtk.ConfigError(f"{source} has no model {model!r}; models: {', '.join(sorted(models)) or '(none)'}")
-        ckpts = models[model].get("checkpoints", {})
+        ckpts = dict(models[model].get("checkpoints", {}))
+        if "current" not in ckpts and declared.get(model, {}).get("checkpoint"):
+            # a model the run loaded from a checkpoint and never changed
+            base = Path(cfg.get("base_dir") or source)
+            path = Path(declared[model]["checkpoint"])
+            ckpts["current"] = str(path if path.is_absolute() else base / path)
         if tag not in ckpts:
             raise rtk.ConfigError(f"model {model!r} of {source} has no checkpoint tagged {tag!r}; "
                                   f"tags: {', '.join(sorted(ckpts)) or '(none)'}")
         ckpt = Path(ckpts[tag])
-        if not ckpt.is_absolute():
-            ckpt = source / ckpt if (source / ckpt).with_suffix(".json").exists() else ckpt
-        cfg = json.loads((source / "config.json").read_text()) if (source / "config.json").exists() else {}
+        if not ckpt.is_absolute() and (source / ckpt).with_suffix(".json").exists():
+            ckpt = source / ckpt
         ds = cfg.get("dataset") or {}
         ds_decl = {"name": dataset or ds.get("name"), **(ds.get("options", {}) if not dataset else {})}
     elif source.suffix == ".toml":
