@@ -101,12 +101,13 @@ def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
 @click.option("--dataset", help="A registered dataset (default: the zoo entries' dataset, e.g. cifar10).")
 @click.option("--data", "data_opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. root=/data/cifar10.")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]",
-              help="An attack of the suite, e.g. pgd:eps=8/255,steps=10 (repeatable; default pgd).")
+              help="An attack of the suite, e.g. pgd:eps=8/255,steps=10 (repeatable; default autoattack).")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Test examples (the same for every model).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="Where zoo weights live.")
 @click.option("--allow-unsafe-pickle", is_flag=True, help="Allow zoo checkpoints that need full unpickling (trusted files only).")
 @click.option("--download", is_flag=True, help="Fetch missing zoo weights with robustbench's downloader (needs network).")
+@click.option("--checks/--no-checks", default=True, show_default=True, help="Run the evaluation's sanity checks.")
 @click.option("--cka/--no-cka", default=True, show_default=True, help="CKA between the layers of zoo models and yours.")
 @click.option("--cka-limit", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -116,7 +117,7 @@ def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
 @friendly_errors
 def compare_command(zoo_ids: tuple[str, ...], models: tuple[str, ...], dataset: str | None, data_opts: tuple[str, ...],
                     attacks: tuple[str, ...], limit: int, batch_size: int, model_dir: Path | None,
-                    allow_unsafe_pickle: bool, download: bool, cka: bool, cka_limit: int, device: str, seed: int,
+                    allow_unsafe_pickle: bool, download: bool, checks: bool, cka: bool, cka_limit: int, device: str, seed: int,
                     out: Path | None, runs_root: Path) -> None:
     """Evaluate zoo models and your models on the same test subset with the same attacks, in one table."""
     import rtk
@@ -131,7 +132,7 @@ def compare_command(zoo_ids: tuple[str, ...], models: tuple[str, ...], dataset: 
     declared = dict(_user_model(m) for m in models)
     stage: dict[str, Any] = {"kind": "zoo", "id": "zoo", "models": list(declared), "zoo": list(zoo_ids),
                              "limit": limit, "batch_size": batch_size, "allow_unsafe_pickle": allow_unsafe_pickle,
-                             "download": download, "cka": {"enabled": cka, "limit": cka_limit}}
+                             "download": download, "checks": checks, "cka": {"enabled": cka, "limit": cka_limit}}
     if model_dir is not None:
         stage["model_dir"] = str(model_dir)
     if attacks:
@@ -145,7 +146,7 @@ def compare_command(zoo_ids: tuple[str, ...], models: tuple[str, ...], dataset: 
         result = rtk.execute(planned, out=out, runs_root=runs_root)
     wide = result.table("zoo/comparison")
     click.echo("== comparison (accuracy on the same examples; reported_* = RobustBench's own numbers)")
-    echo_table(wide.drop(columns=[c for c in ("zoo_id",) if c in wide.columns]))
+    echo_table(wide.drop(columns=[c for c in ("zoo_id", "failed_checks") if c in wide.columns]))
     if "zoo/cka" in result.tables:
         from rtk.zoo.compare import cka_summary
 

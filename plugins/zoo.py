@@ -10,15 +10,18 @@ In an experiment file::
     kind = "zoo"
     models = ["mine"]                         # your models (and any declared zoo models)
     zoo = ["cifar10/Linf/Ding2020MMA"]        # zoo entries loaded by the stage itself
-    attacks = [{ name = "pgd", eps = "8/255", steps = 10 }]
+    attacks = [{ name = "pgd", eps = "8/255", steps = 10 }]   # default: autoattack
     limit = 500
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 import rtk
+from rtk.evaluation import CheckSettings
 
 SOURCE_HELP = ("the zoo entry '<dataset>/<threat>/<name>', e.g. 'cifar10/Linf/Carmon2019Unlabeled'; written "
                "arch = \"robustbench:<entry>\" in experiment files")
@@ -89,19 +92,35 @@ class CKAOptions(rtk.Options):
     max_layers: int = Field(24, ge=1, description="at most this many layers per model (evenly spaced)")
 
 
+Norm = Literal["Linf", "L2", "L1"]
+
+
 class ZooStageOptions(rtk.Options):
     models: list[str] = Field(default_factory=list, description="experiment models to compare (yours, or declared zoo models)")
     zoo: list[str] = Field(default_factory=list, description="zoo entries '<dataset>/<threat>/<name>' loaded by the stage")
     model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
     allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
     download: bool = Field(False, description=DOWNLOAD_HELP)
-    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="pgd")])
-    limit: int | None = Field(None, ge=1, description="evaluate on a fixed subset of this many test examples")
+    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="autoattack")], min_length=1,
+                                         description="the attack suite, the same for every model (default: AutoAttack, "
+                                                     "RobustBench's own evaluation)")
+    eps: list[rtk.Eps] | dict[Norm, list[rtk.Eps]] | None = Field(
+        None, description="run every bounded attack at each eps (a list, or a table per norm); default: each attack's "
+                          "own eps")
+    headline_eps: rtk.Eps | None = Field(None, description="eps of the headline worst case (default: the largest eps "
+                                                           "of the first bounded attack)")
+    limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of this many test examples "
+                                                      "(the same subset as an evaluate stage with the same limit)")
     batch_size: int = Field(128, ge=1)
+    early_exit: bool = Field(False, description="attacks skip examples an earlier attack already broke")
+    checks: bool = Field(True, description="run the evaluation's sanity checks on every model")
+    check_settings: CheckSettings = Field(default_factory=CheckSettings, description="thresholds and sizes of the checks")
     cka: CKAOptions = Field(default_factory=CKAOptions)
 
 
 def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
+    from rtk.evaluation import make_units
+
     problems = []
     for i, m in enumerate(opts.models):
         problems += planning.check_model(m, f"models[{i}]")
@@ -116,6 +135,14 @@ def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         problems.append(f"{planning.where}: a model appears twice in the comparison: {', '.join(dupes)}")
+    try:
+        refs = [(r.spec, r.opts, r.describe()) for r in opts.attacks]
+    except RuntimeError:
+        return problems  # unresolved attack names were reported already
+    try:
+        make_units(refs, opts.eps)
+    except rtk.RtkError as exc:
+        problems += [f"{planning.where}.{p}" for p in getattr(exc, "problems", [str(exc)])]
     return problems
 
 
@@ -141,21 +168,36 @@ def _contenders(ctx: rtk.StageContext, opts: ZooStageOptions):
 
 def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
     from rtk.data import subset
+    from rtk.evaluation import eval_indices, make_units
     from rtk.zoo.compare import compare_layers_table, compare_robustness
 
     contenders = _contenders(ctx, opts)
-    split = subset(ctx.data.test, opts.limit, ctx.experiment.seed)
-    attacks = [(ref.describe(), (lambda m, r=ref: r.spec.build(m, r.opts))) for ref in opts.attacks]
-    long, wide = compare_robustness(contenders, split, attacks, batch_size=opts.batch_size, device=ctx.device)
-    tables = {"accuracy": long, "comparison": wide}
+    split = ctx.data.test
+    indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
+    units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+    cmp = compare_robustness(contenders, split, units, indices=indices, batch_size=opts.batch_size, device=ctx.device,
+                             eps=opts.eps, headline_eps=opts.headline_eps, early_exit=opts.early_exit,
+                             checks=opts.check_settings if opts.checks else False, store_root=ctx.artifact_dir,
+                             seed=ctx.seed)
+    tables = {"comparison": cmp.comparison, "accuracy": cmp.accuracy}
+    if cmp.checks is not None:
+        tables["checks"] = cmp.checks
     figures = {}
-    summary = [f"Compared {len(contenders)} model(s) ({sum(c.source == 'zoo' for c in contenders)} from the "
-               f"RobustBench zoo) on the same {len(split)} test examples under "
-               f"{', '.join(ref.describe() for ref in opts.attacks)}."]
+    n_zoo = sum(c.source == "zoo" for c in contenders)
+    summary = [f"Compared {len(contenders)} model(s) ({n_zoo} from the RobustBench zoo) on the same {len(indices)} test "
+               f"examples under the same suite: {', '.join(ref.describe() for ref in opts.attacks)}."]
+    best = cmp.comparison.sort_values("worst_case", ascending=False).iloc[0]
+    summary.append(f"Highest worst-case accuracy ({best['threat']}): `{best['model']}` ({best['worst_case']:.3f}).")
+    if n_zoo:
+        summary.append("reported_clean / reported_robust are RobustBench's own numbers (AutoAttack on the full test set).")
+    summary += cmp.notes
+    failed = [(r.name, c.name) for r in cmp.results for c in r.failed_checks]
+    if failed:
+        summary.append("Failed sanity checks: " + "; ".join(f"`{m}`: {c}" for m, c in failed) + " (see the checks table).")
     zoo_side = [c for c in contenders if c.source == "zoo"]
     mine = [c for c in contenders if c.source != "zoo"]
     if opts.cka.enabled and zoo_side and mine:
-        cka_split = subset(ctx.data.test, opts.cka.limit, ctx.experiment.seed)
+        cka_split = subset(split, opts.cka.limit, ctx.experiment.seed)
         cka_table, cka_figures, note = compare_layers_table(
             zoo_side, mine, cka_split, layers=opts.cka.layers, max_layers=opts.cka.max_layers,
             batch_size=opts.cka.batch_size, device=ctx.device, figure_path=ctx.figure_path)
@@ -164,11 +206,11 @@ def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
             figures.update(cka_figures)
         if note:
             summary.append(note)
-    best = wide.sort_values("worst_case", ascending=False).iloc[0]
-    summary.append(f"Highest worst-case accuracy: `{best['model']}` ({best['worst_case']:.3f}). Reported RobustBench "
-                   f"accuracies (AutoAttack, full test set) are in the columns reported_clean / reported_robust.")
-    return rtk.StageResult(tables=tables, figures=figures, summary=" ".join(summary),
-                           metrics={f"worst_case/{r['model']}": float(r["worst_case"]) for _, r in wide.iterrows()})
+    metrics = {"checks_failed": len(failed)}
+    for r in cmp.results:
+        metrics[f"{r.name}.clean_accuracy"] = r.clean_accuracy
+        metrics[f"{r.name}.worst_case_accuracy"] = r.headline_accuracy
+    return rtk.StageResult(tables=tables, figures=figures, summary=" ".join(summary), metrics=metrics)
 
 
 @rtk.hookimpl

@@ -59,20 +59,44 @@ def model_dir(tmp_path_factory):
     return root
 
 
-def _exp(cifar_root, zoo_dir, **stage):
+@pytest.fixture(scope="module")
+def mine_ckpt(cifar_root, tmp_path_factory):
+    """The user's model: a small CNN trained briefly on the digits folder, as an rtk checkpoint."""
+    from rtk.data import batches
+    from rtk.data.cifar import load_cifar10
+    from rtk.models import ModelRecipe, save_checkpoint
+    from rtk.models.small import cnn_small
+
+    data = load_cifar10(cifar_root)
+    torch.manual_seed(0)
+    model = cnn_small(data.info)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for x, y in batches(data.train, 64, shuffle=True, generator=torch.Generator().manual_seed(0)):  # one epoch
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    recipe = ModelRecipe("cnn-small", {"width": 1, "fc": 100}, data.info)
+    return save_checkpoint(tmp_path_factory.mktemp("mine") / "mine", model.eval(), recipe)
+
+
+#: small sanity-check budgets for tiny models on 16 examples
+QUICK_CHECKS = {"examples": 8, "min_examples": 4, "unbounded_steps": 5, "noise_draws": 2, "square_queries": 20}
+
+
+def _exp(cifar_root, zoo_dir, mine, **stage):
     return {
         "name": "zoo-test", "seed": 0, "device": "cpu",
         "dataset": {"name": "cifar10", "root": str(cifar_root)},
-        "models": {"mine": {"arch": "cnn-small"},
+        "models": {"mine": {"arch": "cnn-small", "checkpoint": str(mine)},
                    "aug": {"arch": f"robustbench:{ZID}", "model_dir": str(zoo_dir)}},
-        "stages": [{"kind": "train", "model": "mine", "epochs": 1, "lr": 0.05, "batch_size": 64},
-                   {"kind": "zoo", "id": "zoo", "models": ["mine", "aug"],
-                    "attacks": [{"name": "pgd", "eps": "2/255", "steps": 2}], "limit": 16, **stage}],
+        "stages": [{"kind": "zoo", "id": "zoo", "models": ["mine", "aug"],
+                    "attacks": [{"name": "pgd", "eps": "2/255", "steps": 2}], "limit": 16,
+                    "check_settings": QUICK_CHECKS, **stage}],
     }
 
 
-def test_zoo_stage_puts_zoo_and_user_models_in_one_table(cifar_root, model_dir, registry, tmp_path):
-    exp = _exp(cifar_root, model_dir, cka={"limit": 32, "batch_size": 16, "max_layers": 4})
+def test_zoo_stage_puts_zoo_and_user_models_in_one_table(cifar_root, model_dir, mine_ckpt, registry, tmp_path):
+    exp = _exp(cifar_root, model_dir, mine_ckpt, cka={"limit": 32, "batch_size": 16, "max_layers": 4})
     result = rtk.run(exp, registry=registry, out=tmp_path / "run")
     wide = result.table("zoo/comparison").set_index("model")
     assert list(wide.index) == ["mine", "aug"] and list(wide["source"]) == ["rtk", "zoo"]
@@ -82,8 +106,16 @@ def test_zoo_stage_puts_zoo_and_user_models_in_one_table(cifar_root, model_dir, 
     assert wide.loc["mine", "clean"] > wide.loc["aug", "clean"] + 0.2
     assert wide.loc["aug", "zoo_id"] == ZID and np.isnan(wide.loc["mine", "reported_clean"])
     assert 0 < wide.loc["aug", "reported_robust"] < wide.loc["aug", "reported_clean"] < 1
+    assert list(wide["threat"]) == ["Linf 2/255"] * 2 and "pgd(eps=2/255, steps=2)" in wide.columns
     long = result.table("zoo/accuracy")
     assert set(long["attack"]) == {"clean", "pgd(eps=2/255, steps=2)", "worst_case"}
+    # the same sanity checks ran on both models
+    checks = result.table("zoo/checks")
+    per_model = checks.groupby("model")["check"].apply(set)
+    assert per_model["mine"] == per_model["aug"] and {"perturbation_bounds", "robust_le_clean"} <= per_model["aug"]
+    assert (wide["checks_passed"] + wide["checks_failed"] > 0).all()
+    summary = result.stages["zoo"].summary
+    assert "common-corruptions entry" in summary  # its reported robustness is not under the suite's threat
     # CKA: the zoo model against the user's model, one row per layer pair, one heatmap
     cka = result.table("zoo/cka")
     assert set(zip(cka["zoo_model"], cka["model"])) == {("aug", "mine")}
@@ -95,24 +127,28 @@ def test_zoo_stage_puts_zoo_and_user_models_in_one_table(cifar_root, model_dir, 
     assert "Linear CKA" in report and "cka-aug-vs-mine" in report
 
 
-def test_same_examples_and_attacks_for_every_contender(cifar_root):
+def test_same_examples_and_attacks_for_every_contender(cifar_root, registry):
     from rtk.data.cifar import load_cifar10
+    from rtk.evaluation import eval_indices, make_units
+    from rtk.models.small import cnn_small
     from rtk.zoo.compare import Contender, compare_robustness
 
     data = load_cifar10(cifar_root)
     torch.manual_seed(1)
-    model = rtk.default_registry().get("model", "cnn-small").build(data.info, rtk.default_registry().get(
-        "model", "cnn-small").options())
-    twin = Contender("twin", model)
-    split = rtk.data.subset(data.test, 24, 0)
-    pgd = rtk.default_registry().get("attack", "pgd")
-    attacks = [("pgd", lambda m: pgd.build(m, pgd.options(eps=0.1, steps=2)))]
-    long, wide = compare_robustness([Contender("a", model), twin], split, attacks)
-    a, b = wide.iloc[0], wide.iloc[1]
-    assert (a["clean"], a["pgd"], a["worst_case"]) == (b["clean"], b["pgd"], b["worst_case"])
-    assert list(wide["n"]) == [24, 24] and len(long) == 6
+    model = cnn_small(data.info)
+    pgd = registry.get("attack", "pgd")
+    units = make_units([(pgd, pgd.options(eps=0.1, steps=2), "pgd")], eps=[0.05, 0.1])
+    indices = eval_indices(len(data.test), 24, 0)
+    cmp = compare_robustness([Contender("a", model), Contender("twin", model)], data.test, units, indices=indices,
+                             checks=False)
+    a, b = cmp.comparison.iloc[0], cmp.comparison.iloc[1]
+    cols = ["clean", "pgd @ Linf 0.05", "pgd @ Linf 0.1", "worst_case @ Linf 0.05", "worst_case"]
+    assert [a[c] for c in cols] == [b[c] for c in cols]
+    assert a["threat"] == "Linf 0.1" and a["worst_case"] == a["worst_case @ Linf 0.1"] <= a["worst_case @ Linf 0.05"]
+    assert list(cmp.comparison["n"]) == [24, 24] and cmp.checks is None
+    assert set(cmp.accuracy["model"]) == {"a", "twin"}
     with pytest.raises(ValueError, match="unique"):
-        compare_robustness([twin, twin], split, attacks)
+        compare_robustness([Contender("a", model)] * 2, data.test, units)
 
 
 def test_layer_selection_and_cka_of_a_model_with_itself(model_dir, cifar_root):
@@ -165,17 +201,12 @@ def test_zoo_model_on_the_wrong_dataset_is_named(registry, model_dir, tmp_path):
     assert "3 channels (the data has 1)" in str(exc.value) and "cifar10" in str(exc.value)
 
 
-def test_cli_compare(cifar_root, model_dir, tmp_path, monkeypatch):
+def test_cli_compare(cifar_root, model_dir, mine_ckpt, tmp_path, monkeypatch):
     from rtk.cli.main import cli
-    from rtk.data.cifar import load_cifar10
-    from rtk.models import ModelRecipe, save_checkpoint
-    from rtk.models.small import cnn_small
 
     monkeypatch.chdir(tmp_path)
-    info = load_cifar10(cifar_root).info
-    ckpt = save_checkpoint(tmp_path / "mine", cnn_small(info), ModelRecipe("cnn-small", {"width": 1, "fc": 100}, info))
-    args = ["zoo", "compare", "--zoo", ZID, "--model", f"mine={ckpt}", "--data", f"root={cifar_root}",
-            "--model-dir", str(model_dir), "--attack", "pgd:eps=2/255,steps=1", "--limit", "8", "--no-cka",
+    args = ["zoo", "compare", "--zoo", ZID, "--model", f"mine={mine_ckpt}", "--data", f"root={cifar_root}",
+            "--model-dir", str(model_dir), "--attack", "pgd:eps=2/255,steps=1", "--limit", "8", "--no-cka", "--no-checks",
             "--device", "cpu", "--out", str(tmp_path / "cmp")]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output

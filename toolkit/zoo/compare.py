@@ -1,10 +1,11 @@
 """Zoo models beside your models: one data subset, one attack suite, one table.
 
 :func:`compare_robustness` evaluates every contender (a zoo model or one of yours) on
-the same examples with the same attacks, through rtk's evaluation machinery
-(:mod:`rtk.evaluation`), and returns a long table (one row per model x attack) and a
-wide one (one row per model) that also carries what RobustBench reports for each zoo
-entry. :func:`compare_layers` computes CKA between the layers of two models.
+the same examples with the same attacks and sanity checks, through rtk's evaluation
+engine (:func:`rtk.evaluation.evaluate`), and returns a long table (one row per model x
+attack) and a wide one (one row per model) that also carries the sanity checks and what
+RobustBench reports for each zoo entry. :func:`compare_layers_table` computes CKA between the layers
+of zoo models and yours.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``(label, build)``: ``build(model)`` returns ``attack(x, y) -> x_adv`` for that model.
-AttackFactory = tuple[str, Callable[[nn.Module], AttackFn]]
 
 
 @dataclass(frozen=True)
@@ -45,46 +42,117 @@ def zoo_contender(name: str, module: nn.Module) -> Contender:
     return Contender(name, module, "zoo", meta.get("id"))
 
 
-def _evaluate(model: nn.Module, split: Any, attacks: Sequence[tuple[str, AttackFn]], *, batch_size: int,
-              device: torch.device | str) -> dict[str, float]:
-    from rtk.evaluation.basic import robust_accuracy
+@dataclass
+class Comparison:
+    """What :func:`compare_robustness` produced: each model's evaluation and the tables."""
 
-    return robust_accuracy(model, split, attacks, batch_size=batch_size, device=device)
+    contenders: list[Contender]
+    results: list[Any]  # rtk.evaluation.EvaluationResult, in the order of contenders
+    accuracy: pd.DataFrame  # one row per model x attack (and worst case per threat)
+    comparison: pd.DataFrame  # one row per model
+    checks: pd.DataFrame | None  # one row per model x sanity check
+    notes: list[str]
 
 
-def compare_robustness(contenders: Sequence[Contender], split: Any, attacks: Sequence[AttackFactory], *,
-                       batch_size: int = 128, device: torch.device | str = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate every contender on ``split`` (the same examples) under the same attacks.
+def _column(label: str, threat: str, many: bool) -> str:
+    return f"{label} @ {threat}" if many else label
 
-    Returns ``(long, wide)``: ``long`` has one row per model x attack (``clean``, each
-    attack, ``worst_case``) with ``accuracy`` and ``n``; ``wide`` one row per model with
-    those accuracies as columns, its parameter count, and for zoo entries RobustBench's
-    reported clean and robust (AutoAttack) accuracy.
+
+def _wide_row(c: Contender, res: Any, reported: Any) -> dict[str, Any]:
+    acc = res.accuracy
+    row: dict[str, Any] = {**c.to_dict(), "n": int(acc["n"].iloc[0]), "clean": res.clean_accuracy}
+    attacks = acc[~acc["attack"].isin(["clean", "worst_case"])]
+    for label, group in attacks.groupby("attack", sort=False):
+        for _, r in group.iterrows():
+            value = r["accuracy"] if not pd.isna(r["accuracy"]) else r["cumulative"]
+            row[_column(str(label), r["threat"], len(group) > 1)] = value
+    worst = acc[acc["attack"] == "worst_case"]
+    if len(worst) > 1:
+        for _, r in worst.iterrows():
+            row[f"worst_case @ {r['threat']}"] = r["accuracy"]
+    norm, eps = res.headline
+    from rtk.evaluation import threat_label
+
+    row["worst_case"] = res.headline_accuracy
+    row["threat"] = threat_label(norm, eps)
+    if res.checks:
+        row["checks_passed"] = sum(ch.passed is True for ch in res.checks)
+        row["checks_failed"] = len(res.failed_checks)
+        row["failed_checks"] = ", ".join(ch.name for ch in res.failed_checks)
+    row["reported_clean"] = reported.clean_acc if reported else None
+    row["reported_robust"] = reported.robust_acc if reported else None
+    row["reported_eps"] = reported.eps if reported else None
+    return row
+
+
+def _threat_note(c: Contender, res: Any, reported: Any) -> str | None:
+    """Say so when the headline threat is not the one RobustBench reports for a zoo entry."""
+    if c.zoo_id is None or reported is None:
+        return None
+    from rtk.evaluation import threat_label
+    from rtk.options import parse_fraction
+
+    zoo_threat = c.zoo_id.split("/")[1]
+    norm, eps = res.headline
+    if zoo_threat.startswith("corruptions"):
+        return (f"`{c.name}` is a common-corruptions entry: RobustBench's reported_robust is its accuracy under "
+                f"corruptions, not under {threat_label(norm, eps)}.")
+    rep_eps = float(parse_fraction(reported.eps)) if reported.eps else None
+    if norm != zoo_threat or rep_eps is None or eps is None or abs(rep_eps - eps) > 1e-6:
+        return (f"`{c.name}`: RobustBench reports {zoo_threat} eps={reported.eps} (AutoAttack); this comparison's "
+                f"headline is {threat_label(norm, eps)}, so reported_robust is not directly comparable.")
+    return None
+
+
+def compare_robustness(contenders: Sequence[Contender], split: Any, units: Sequence[Any], *,
+                       indices: Sequence[int] | torch.Tensor | None = None, batch_size: int = 128,
+                       device: torch.device | str = "cpu", eps: Any = None, headline_eps: float | None = None,
+                       early_exit: bool = False, checks: Any = True, store_root: Any = None,
+                       seed: int = 0) -> Comparison:
+    """Evaluate every contender on the same examples of ``split`` (``indices``, default all)
+    under the same attack units and sanity checks, with :func:`rtk.evaluation.evaluate`.
+
+    ``units`` are :class:`rtk.evaluation.AttackUnit` (from :func:`rtk.evaluation.make_units`
+    or :func:`rtk.evaluation.function_units`). ``checks``: True, False or a
+    :class:`rtk.evaluation.CheckSettings`. ``store_root``: where per-example records go
+    (default: memory only). Returns a :class:`Comparison`; its ``comparison`` table has one
+    row per model: clean accuracy, each attack, the per-example worst case over the suite
+    (the headline), the sanity checks, and for zoo entries RobustBench's reported numbers.
     """
+    from rtk.evaluation import RecordStore, evaluate
+
     from .catalog import reported_metrics
 
+    contenders = list(contenders)
     if not contenders:
         raise ValueError("nothing to compare: give at least one model")
     names = [c.name for c in contenders]
     if len(set(names)) != len(names):
         raise ValueError(f"model names must be unique in a comparison, got {names}")
-    n = len(split)
     reported = reported_metrics() if any(c.zoo_id for c in contenders) else {}
-    long_rows, wide_rows = [], []
+    results, wide_rows, acc_frames, check_frames, notes = [], [], [], [], []
     for c in contenders:
         model = c.module.to(device).eval()
-        built = [(label, build(model)) for label, build in attacks]
-        accs = _evaluate(model, split, built, batch_size=batch_size, device=device)
-        base = c.to_dict()
-        for key, acc in accs.items():
-            long_rows.append({"model": c.name, "source": c.source, "attack": key, "accuracy": acc, "n": n})
+        res = evaluate(model, split, list(units), indices=indices, batch_size=batch_size, device=device,
+                       store=RecordStore(store_root), name=c.name, eps=eps, headline_eps=headline_eps,
+                       early_exit=early_exit, checks=checks, strict=False, seed=seed)
+        results.append(res)
         rep = reported.get(c.zoo_id or "")
-        wide_rows.append({**base, **accs, "n": n,
-                          "reported_clean": rep.clean_acc if rep else None,
-                          "reported_robust": rep.robust_acc if rep else None,
-                          "reported_eps": rep.eps if rep else None})
-        log.info("compared %s: %s", c.name, ", ".join(f"{k} {v:.3f}" for k, v in accs.items()))
-    return pd.DataFrame(long_rows), pd.DataFrame(wide_rows)
+        wide_rows.append(_wide_row(c, res, rep))
+        acc_frames.append(res.accuracy.assign(model=c.name, source=c.source))
+        if res.checks:
+            check_frames.append(res.checks_table.assign(model=c.name))
+        note = _threat_note(c, res, rep)
+        if note:
+            notes.append(note)
+        log.info("compared %s: clean %.3f, worst case %.3f", c.name, res.clean_accuracy, res.headline_accuracy)
+    accuracy = pd.concat(acc_frames, ignore_index=True)
+    accuracy = accuracy[["model", "source"] + [col for col in accuracy.columns if col not in ("model", "source")]]
+    checks_df = None
+    if check_frames:
+        checks_df = pd.concat(check_frames, ignore_index=True)
+        checks_df = checks_df[["model"] + [col for col in checks_df.columns if col != "model"]]
+    return Comparison(contenders, results, accuracy, pd.DataFrame(wide_rows), checks_df, notes)
 
 
 # ---------------------------------------------------------------------------- CKA between layers
