@@ -62,6 +62,9 @@ def _cli_message(text: str) -> str:
     text = text.replace("invalid experiment <rtk prune>", "invalid options")
     text = re.sub(r"stages\[0\]\.trainer\.", "trainer option ", text)
     text = re.sub(r"stages\[0\]\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
+    for key, flag in (("--ratios", "--ratio"), ("--pruners", "--pruner"), ("--attacks", "--attack"),
+                      ("--certifiers", "--certifier")):
+        text = text.replace(key, flag)
     return text.replace("stages[0]", "options").replace("models.model.", "model option ")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 import rtk
 
@@ -113,18 +113,24 @@ class PruneStageOptions(rtk.Options):
         "masked", description="save pruned models with their masks, or as plain dense modules (dense export)")
     timing: bool = Field(True, description="measure inference time and memory of structured pruning against dense")
 
-    @model_validator(mode="after")
-    def _targets(self):
-        if self.compression is not None and self.ratios is not None:
-            raise ValueError("give either compression or ratios, not both")
-        for c in self.compression or []:
+    @field_validator("compression")
+    @classmethod
+    def _compression_above_one(cls, value: list[float] | None) -> list[float] | None:
+        for c in value or []:
             if not c > 1:
                 raise ValueError(f"compression {c:g} is below or equal to 1; a compression is dense / remaining weights, "
                                  "e.g. 10 for 10x fewer weights (allowed: > 1)")
-        for r in self.ratios or []:
+        return value
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_in_unit_interval(cls, value: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if value is not None and info.data.get("compression") is not None:
+            raise ValueError("give either compression or ratios, not both")
+        for r in value or []:
             if not 0 < r < 1:
                 raise ValueError(f"ratio {r:g} is outside (0, 1); a ratio is the fraction of the weights removed")
-        return self
+        return value
 
     def targets(self) -> list[Any]:
         from rtk.pruning import Target

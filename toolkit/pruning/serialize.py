@@ -125,7 +125,9 @@ def pruned_recipe(recipe: ModelRecipe, model: nn.Module, *, dense: nn.Module | N
     entry = masks_entry(model, **info)
     if entry is not None:
         transforms.append(entry)
-    extra = {**(recipe.extra or {}), "transforms": transforms}
+    extra = {k: v for k, v in (recipe.extra or {}).items() if k != "transforms"}
+    if transforms:
+        extra["transforms"] = transforms
     return dataclasses.replace(recipe, extra=extra)
 
 
