@@ -87,8 +87,9 @@ class CKAOptions(rtk.Options):
     enabled: bool = Field(True, description="compute CKA between each zoo model and each of your models")
     limit: int = Field(256, ge=8, description="test examples whose features are compared")
     batch_size: int = Field(64, ge=2)
-    layers: list[str] = Field(default_factory=list, description="layer name patterns (fnmatch) for both models; "
-                                                                "default: every conv/linear/relu/pooling/BN layer")
+    layers: list[str] = Field(default_factory=list, description="layer name patterns for both models (fnmatch globs, or "
+                                                                "regular expressions written 're:...'); default: every "
+                                                                "conv/BN/ReLU/pooling/linear layer")
     max_layers: int = Field(24, ge=1, description="at most this many layers per model (evenly spaced)")
 
 
@@ -201,11 +202,9 @@ def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
         cka_table, cka_figures, note = compare_layers_table(
             zoo_side, mine, cka_split, layers=opts.cka.layers, max_layers=opts.cka.max_layers,
             batch_size=opts.cka.batch_size, device=ctx.device, figure_path=ctx.figure_path)
-        if cka_table is not None:
-            tables["cka"] = cka_table
-            figures.update(cka_figures)
-        if note:
-            summary.append(note)
+        tables["cka"] = cka_table
+        figures.update(cka_figures)
+        summary.append(note)
     metrics = {"checks_failed": len(failed)}
     for r in cmp.results:
         metrics[f"{r.name}.clean_accuracy"] = r.clean_accuracy

@@ -157,20 +157,21 @@ def test_layer_selection_and_cka_of_a_model_with_itself(model_dir, cifar_root):
     from rtk.data.cifar import load_cifar10
     from rtk.models.small import cnn_large
     from rtk.zoo import build_architecture
-    from rtk.zoo.compare import cka_summary, layer_cka, select_layers
+    from rtk.zoo.compare import cka_summary, layer_cka, pick_layers
 
     zoo = build_architecture(ZID)
-    names = select_layers(zoo, max_layers=5)
+    names = pick_layers(zoo, max_layers=5)
     assert len(names) == 5 and names[0] == "conv1" and names[-1] == "fc"
-    assert select_layers(zoo, ["block1.*.conv*"], max_layers=None) == [
+    assert pick_layers(zoo, ["block1.*.conv*"]) == [
         n for n, _ in zoo.named_modules() if n.startswith("block1.") and n.rsplit(".", 1)[-1].startswith("conv")]
     data = load_cifar10(cifar_root)
     torch.manual_seed(0)
     model = cnn_large(data.info)
-    names = select_layers(model, max_layers=5)
-    split = rtk.data.subset(data.test, 24, 0)
-    mat = layer_cka(model, model, split, layers_a=names, layers_b=names, batch_size=8)
-    assert mat.shape == (5, 5)
+    names = pick_layers(model, max_layers=5)
+    split = rtk.data.subset(data.test, 26, 0)  # the last batch of 2 is too small for the unbiased estimator
+    h = layer_cka(model, model, split, layers_a=names, layers_b=names, batch_size=8)
+    mat = torch.from_numpy(h.values)
+    assert list(h.rows) == names and list(h.cols) == names and mat.shape == (5, 5)
     assert torch.allclose(torch.diagonal(mat), torch.ones(5, dtype=mat.dtype), atol=1e-6)
     assert torch.allclose(mat, mat.T, atol=1e-6)
     rows = [{"zoo_model": "a", "model": "b", "zoo_layer": names[i], "layer": names[j], "zoo_depth": i / 4,

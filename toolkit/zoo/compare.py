@@ -156,24 +156,13 @@ def compare_robustness(contenders: Sequence[Contender], split: Any, units: Seque
 
 
 # ---------------------------------------------------------------------------- CKA between layers
-#: Leaf layer types whose outputs are compared by default.
-LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm,
-    nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Softplus, nn.ELU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-)
+def pick_layers(model: nn.Module, patterns: Sequence[str] = (), max_layers: int | None = None) -> list[str]:
+    """Names of the layers to compare, chosen by :func:`rtk.similarity.select_layers` (name
+    patterns, default every conv / BN / ReLU / pooling / linear layer), at most
+    ``max_layers`` of them, evenly spaced in depth (the first and last always kept)."""
+    from rtk.similarity import select_layers
 
-
-def select_layers(model: nn.Module, patterns: Sequence[str] = (), max_layers: int | None = None) -> list[str]:
-    """Names of the leaf layers to compare: those matching ``patterns`` (fnmatch), else every
-    conv / linear / normalization / activation / pooling layer; at most ``max_layers``,
-    evenly spaced in depth (the first and last always kept)."""
-    import fnmatch
-
-    leaves = [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
-    if patterns:
-        names = [n for n, _ in leaves if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    else:
-        names = [n for n, m in leaves if isinstance(m, LAYER_TYPES)]
+    names = [n for n, _ in select_layers(model, list(patterns) or None)]
     if max_layers is not None and len(names) > max_layers:
         if max_layers == 1:
             return [names[-1]]
@@ -182,125 +171,65 @@ def select_layers(model: nn.Module, patterns: Sequence[str] = (), max_layers: in
     return names
 
 
-class FeatureTap:
-    """Forward hooks that keep the (flattened) output of named layers for the current batch.
-    A layer called several times in one forward keeps its last output."""
+def _exact(names: Sequence[str]) -> list[str]:
+    import re
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise KeyError(f"no layer named {', '.join(missing)}")
-        self.names = list(names)
-        self.features: dict[str, torch.Tensor] = {}
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.names]
-
-    def _hook(self, name: str):
-        def keep(_module, _inputs, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            if isinstance(out, torch.Tensor):
-                self.features[name] = out.detach().flatten(1)
-        return keep
-
-    def take(self) -> list[torch.Tensor]:
-        missing = [n for n in self.names if n not in self.features]
-        if missing:
-            raise RuntimeError(f"layers {', '.join(missing)} produced no tensor output in the forward pass")
-        out = [self.features[n] for n in self.names]
-        self.features = {}
-        return out
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-
-
-def _minibatch_cka_class():
-    """rtk.similarity's streaming minibatch CKA (unbiased HSIC), or None when it is absent."""
-    try:
-        from rtk.similarity.streaming import MinibatchCKA
-    except ImportError:
-        return None
-    return MinibatchCKA
+    return ["re:" + re.escape(n) for n in names]
 
 
 def layer_cka(model_a: nn.Module, model_b: nn.Module, split: Any, *, layers_a: Sequence[str], layers_b: Sequence[str],
-              batch_size: int = 64, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Minibatch linear CKA (unbiased HSIC, :mod:`rtk.similarity`) between ``layers_a`` of
-    ``model_a`` and ``layers_b`` of ``model_b`` on the same inputs: ``[len(a), len(b)]``."""
-    from rtk.data import batches
-    from rtk.runtime import progress
+              batch_size: int = 64, device: torch.device | str = "cpu", names: tuple[str, str] = ("a", "b")) -> Any:
+    """Minibatch linear CKA (unbiased HSIC) between ``layers_a`` of ``model_a`` and ``layers_b``
+    of ``model_b`` on the same inputs, with :mod:`rtk.similarity` (``iter_features`` and
+    ``MinibatchCKA``). Returns an :class:`rtk.similarity.Heatmap` (rows: ``model_a``)."""
+    import numpy as np
 
-    cls = _minibatch_cka_class()
-    if cls is None:
-        raise RuntimeError("rtk.similarity provides no minibatch CKA")
-    acc = cls(layers_a, layers_b)
-    tap_a, tap_b = FeatureTap(model_a, layers_a), FeatureTap(model_b, layers_b)
-    model_a.eval()
-    model_b.eval()
-    try:
-        with torch.no_grad():
-            for x, _ in progress(batches(split, batch_size, device=device, drop_last=len(split) >= 2 * batch_size),
-                                 desc="CKA"):
-                if len(x) < 4:  # the unbiased estimator needs 4 examples per batch
-                    continue
-                model_a(x)
-                model_b(x)
-                acc.update(tap_a.take(), tap_b.take())
-    finally:
-        tap_a.close()
-        tap_b.close()
-    return acc.compute()
+    from rtk.similarity import Heatmap, MinibatchCKA, ModelInput, iter_features
 
-
-def _heatmap(matrix: torch.Tensor, rows: Sequence[str], cols: Sequence[str], title: str, path: Any) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * len(cols), 1.2 + 0.3 * len(rows)))
-    im = ax.imshow(matrix.float().cpu().numpy(), vmin=0, vmax=1, cmap="magma", origin="lower", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=6)
-    ax.set_yticks(range(len(rows)), rows, fontsize=6)
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, label="linear CKA")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    inputs = [ModelInput(names[0], model_a, _exact(layers_a)), ModelInput(names[1], model_b, _exact(layers_b))]
+    acc = None
+    rows = cols = ()
+    for (fa, fb), y in iter_features(inputs, split, batch_size=batch_size, device=device):
+        if len(y) < 4:  # the unbiased estimator needs 4 examples per batch
+            continue
+        if acc is None:
+            rows, cols = tuple(fa), tuple(fb)
+            acc = MinibatchCKA(list(rows), list(cols))
+        acc.update([fa[k] for k in rows], [fb[k] for k in cols])
+    if acc is None:
+        raise ValueError(f"CKA needs batches of at least 4 examples; the split has {len(split)}")
+    values = acc.compute().cpu().numpy().astype(np.float64)
+    return Heatmap(values, rows, cols, names[0], names[1], "minibatch linear CKA")
 
 
 def compare_layers_table(zoo_side: Sequence[Contender], mine: Sequence[Contender], split: Any, *,
                          layers: Sequence[str] = (), max_layers: int = 24, batch_size: int = 64,
                          device: torch.device | str = "cpu", figure_path: Callable[[str], Any] | None = None,
-                         ) -> tuple[pd.DataFrame | None, dict[str, Any], str]:
+                         ) -> tuple[pd.DataFrame, dict[str, Any], str]:
     """CKA between the layers of each zoo model and each of your models on ``split``.
 
     Returns ``(table, figures, note)``: one row per zoo layer x your layer with the relative
     depth of each (0 = input side, 1 = output side); a heatmap per pair when
     ``figure_path(name)`` is given; a sentence for the report.
     """
-    if _minibatch_cka_class() is None:
-        return None, {}, "CKA was skipped: rtk.similarity provides no minibatch CKA in this installation."
+    from rtk.similarity import plot_heatmap
+
     rows, figures = [], {}
     for z in zoo_side:
-        names_z = select_layers(z.module, layers, max_layers)
+        names_z = pick_layers(z.module, layers, max_layers)
         for m in mine:
-            names_m = select_layers(m.module, layers, max_layers)
-            if not names_z or not names_m:
-                raise ValueError(f"no layers to compare between {z.name!r} and {m.name!r} (patterns {list(layers)})")
-            mat = layer_cka(z.module, m.module, split, layers_a=names_z, layers_b=names_m, batch_size=batch_size,
-                            device=device)
-            for i, lz in enumerate(names_z):
-                for j, lm in enumerate(names_m):
+            names_m = pick_layers(m.module, layers, max_layers)
+            h = layer_cka(z.module, m.module, split, layers_a=names_z, layers_b=names_m, batch_size=batch_size,
+                          device=device, names=(z.name, m.name))
+            for i, lz in enumerate(h.rows):
+                for j, lm in enumerate(h.cols):
                     rows.append({"zoo_model": z.name, "model": m.name, "zoo_layer": lz, "layer": lm,
-                                 "zoo_depth": i / max(len(names_z) - 1, 1), "depth": j / max(len(names_m) - 1, 1),
-                                 "cka": float(mat[i, j])})
+                                 "zoo_depth": i / max(len(h.rows) - 1, 1), "depth": j / max(len(h.cols) - 1, 1),
+                                 "cka": float(h.values[i, j])})
             if figure_path is not None:
                 name = f"cka-{z.name}-vs-{m.name}"
-                figures[name] = _heatmap(mat, names_z, names_m, f"linear CKA: {z.name} (rows) vs {m.name}",
-                                         figure_path(name))
+                figures[name] = plot_heatmap(h, figure_path(name),
+                                             title=f"minibatch linear CKA: {z.name} (zoo) vs {m.name}")
     table = pd.DataFrame(rows)
     summary = cka_summary(table)
     parts = [f"{r['zoo_model']} vs {r['model']}: {r['mean']:.2f} over all {r['layers']} layer pairs, "
