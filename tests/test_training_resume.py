@@ -6,6 +6,7 @@ import json
 import math
 import types
 
+import pandas as pd
 import pytest
 import torch
 
@@ -74,8 +75,8 @@ def test_resumed_run_equals_uninterrupted_run(digits, tmp_path, opt):
     assert res.resumed_from == 2 and res.epochs_run == 4
     for (k, a), b in zip(full.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k  # bitwise
-    got, want = res.history.drop(columns=TIME_COLS), ref.history.drop(columns=TIME_COLS)
-    assert got.to_dict("list") == want.to_dict("list")
+    pd.testing.assert_frame_equal(res.history.drop(columns=TIME_COLS), ref.history.drop(columns=TIME_COLS),
+                                  check_exact=True)
     assert res.best_epoch == ref.best_epoch and set(res.checkpoints) == set(ref.checkpoints)
     for tag in ("last", "best", "epoch-4"):
         a = (tmp_path / "full/checkpoints" / f"{tag}.safetensors").read_bytes()
@@ -202,7 +203,7 @@ def test_rtk_run_resume_continues_an_interrupted_train_stage(tmp_path):
     res = rtk.execute(rtk.plan(resumed_experiment(tmp_path / "cut"), reg), resume=tmp_path / "cut")
     hist = res.table("history")
     assert "resumed after epoch 2" in res.stages["fit"].summary
-    assert hist.drop(columns=TIME_COLS).to_dict("list") == ref.drop(columns=TIME_COLS).to_dict("list")
+    pd.testing.assert_frame_equal(hist.drop(columns=TIME_COLS), ref.drop(columns=TIME_COLS), check_exact=True)
     assert (tmp_path / "cut/checkpoints/net/last.safetensors").read_bytes() == \
         (tmp_path / "ref/checkpoints/net/last.safetensors").read_bytes()
 

@@ -515,6 +515,9 @@ class _TrainingRun:
             return pd.DataFrame(columns=cols)
         extra = [c for c in df.columns if c not in cols]
         df = df.reindex(columns=cols + extra)
+        numeric = [c for c in cols if c != "epoch"]
+        df[numeric] = df[numeric].astype(float)  # missing values (not evaluated, no eps) become NaN
+        df["epoch"] = df["epoch"].astype(int)
         return df
 
     def _restore_best(self) -> None:
