@@ -136,6 +136,7 @@ def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         problems.append(f"{planning.where}: a model appears twice in the comparison: {', '.join(dupes)}")
+    problems += _missing_weights(opts, planning)
     try:
         refs = [(r.spec, r.opts, r.describe()) for r in opts.attacks]
     except RuntimeError:
@@ -144,6 +145,36 @@ def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
         make_units(refs, opts.eps)
     except rtk.RtkError as exc:
         problems += [f"{planning.where}.{p}" for p in getattr(exc, "problems", [str(exc)])]
+    return problems
+
+
+def _missing_weights(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
+    """Weight files that are not there (and will not be downloaded), found before any work."""
+    from rtk.zoo import ZooError, expected_paths, resolve_model_dir
+
+    wanted = []  # (key path, entry, model_dir, download)
+    for i, z in enumerate(opts.zoo):
+        wanted.append((f"{planning.where}.zoo[{i}]", z, opts.model_dir, opts.download))
+    declared = planning.experiment.models
+    for name in opts.models:
+        decl = declared.get(name.split("@", 1)[0])
+        if decl is not None and decl.arch == "robustbench" and not decl.checkpoint and "@" not in name:
+            o = decl.options
+            if o.get("pretrained", True):
+                wanted.append((f"models.{name}", o.get("source", ""), o.get("model_dir"), o.get("download", False)))
+    problems = []
+    for where, source, model_dir, download in wanted:
+        if download:
+            continue
+        try:
+            paths = expected_paths(source, resolve_model_dir(model_dir))
+        except ZooError:
+            continue  # reported by the source check
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            problems.append(f"{where}: weights of the zoo model {source} not found: expected {missing[0].resolve()}; "
+                            f"place the file there (`rtk zoo list --json` gives its Google Drive id), point model_dir "
+                            f"(--model-dir, $RTK_MODEL_DIR) at your copy, or set download = true (--download)")
     return problems
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -192,6 +191,20 @@ def test_zoo_stage_checks_before_work(registry, model_dir):
     assert "stages[0].zoo[0]" in msg and "did you mean 'Ding2020MMA'" in msg
     assert "stages[0].zoo[1]" in msg and "<dataset>/<threat>/<name>" in msg
     assert "stages[1]: nothing to compare" in msg
+
+
+def test_missing_zoo_weights_are_found_before_any_work(registry, tmp_path):
+    empty = tmp_path / "empty"
+    exp = rtk.experiment_from_dict({
+        "dataset": "digits", "models": {"z": {"arch": f"robustbench:{ZID}", "model_dir": str(empty)}},
+        "stages": [{"kind": "zoo", "models": ["z"], "zoo": ["cifar10/Linf/Addepalli2022Efficient_RN18"],
+                    "model_dir": str(empty)}]})
+    with pytest.raises(rtk.ConfigError) as exc:
+        rtk.plan(exp, registry)
+    msg = str(exc.value)
+    assert "stages[0].zoo[0]: weights of the zoo model cifar10/Linf/Addepalli2022Efficient_RN18 not found" in msg
+    assert f"models.z: weights of the zoo model {ZID} not found: expected {(empty / ZID).resolve()}.pt" in msg
+    assert not (tmp_path / "runs").exists()
 
 
 def test_zoo_model_on_the_wrong_dataset_is_named(registry, model_dir, tmp_path):

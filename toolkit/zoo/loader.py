@@ -194,7 +194,7 @@ def load_zoo_model(zid: ZooId | str, *, model_dir: str | os.PathLike | None = No
     if len(hashes) != len(e.files()):
         hashes = [None] * len(e.files())
     origin = _origin(e, root)
-    for i, (rel, member) in enumerate(zip(e.files(), _submodules(model, e))):
+    for i, (rel, member) in enumerate(zip(e.files(), _submodules(model, e), strict=True)):
         path = root / rel
         record_at = None
         if not path.is_file():
