@@ -146,10 +146,17 @@ def _select_params(module, patterns: list[str] | None):
     return chosen
 
 
+def _describe(ref: rtk.TrainerRef) -> str:
+    """``name(key=value, ...)`` with keys sorted, so a resumed run describes it identically."""
+    if not ref.options:
+        return ref.name
+    return f"{ref.name}({', '.join(f'{k}={v}' for k, v in sorted(ref.options.items()))})"
+
+
 def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) -> rtk.StageResult:
     objective = opts.trainer.spec.build(opts.trainer.opts)
     cfg = _loop_config(opts, ctx.amp)
-    desc = opts.trainer.describe()
+    desc = _describe(opts.trainer)
     state_dir = ctx.artifact_dir / "state"
     resuming = bool(ctx.resume and opts.resume and has_state(state_dir))
 

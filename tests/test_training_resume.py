@@ -219,3 +219,53 @@ def test_nan_inside_a_stage_fails_it_and_keeps_the_last_good_checkpoint(tmp_path
     assert "TrainingDivergedError" in str(err.value) and "epoch 2, batch 2 of 4" in str(err.value)
     assert read_spec(tmp_path / "nan/checkpoints/net/last")["metadata"]["epoch"] == 1
     assert "stage `fit` failed" in (tmp_path / "nan/report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- a real kill
+def test_kill_9_mid_training_loses_at_most_the_running_epoch(tmp_path):
+    """SIGKILL an `rtk train` process after it completed an epoch; `rtk train --resume`
+    finishes the run, and the result equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from click.testing import CliRunner
+
+    from rtk.cli.main import cli
+
+    args = ["train", "--trainer", "pgd-at", "--eps", "0.15", "-o", "steps=4", "--epochs", "5", "--limit-train", "600",
+            "--limit-test", "100", "--batch-size", "50", "--lr", "0.05", "--schedule", "cosine", "--eval-size", "50",
+            "--eval-train-size", "50", "--eval-steps", "3", "--device", "cpu", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "rtk.cli.main", "-q", *args, "--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = cut / "artifacts/train/state/LATEST"
+    deadline = time.monotonic() + 300
+    killed_after = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text() not in ("", "epoch-0000"):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_after = int(latest.read_text().split("-")[1])
+            break
+        time.sleep(0.005)
+    assert killed_after is not None and killed_after < 5, f"not killed mid-run: {proc.returncode} {proc.stderr.read()}"
+    assert json.loads((cut / "state.json").read_text())["stages"]["train"]["status"] == "running"
+    saved = read_spec(cut / "checkpoints/net/last")["metadata"]["epoch"]
+    assert saved in (killed_after, killed_after + 1)  # the kill may land between the checkpoint and the state
+
+    resumed = subprocess.run([sys.executable, "-m", "rtk.cli.main", "-q", "train", "--resume", str(cut)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed after epoch {killed_after}" in resumed.stdout
+
+    ref = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "ref")], obj=rtk.plugin_manager(entry_points=False))
+    assert ref.exit_code == 0, ref.output
+    a = pd.read_csv(cut / "tables/train/history.csv").drop(columns=TIME_COLS)
+    b = pd.read_csv(tmp_path / "ref/tables/train/history.csv").drop(columns=TIME_COLS)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert (cut / "checkpoints/net/last.safetensors").read_bytes() == \
+        (tmp_path / "ref/checkpoints/net/last.safetensors").read_bytes()
