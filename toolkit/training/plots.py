@@ -27,6 +27,7 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, *, best_epoch: 
     """Write the figure as a PNG (Agg canvas, no global matplotlib state) and return its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4), dpi=110)
     FigureCanvasAgg(fig)
@@ -58,6 +59,8 @@ def plot_history(history: pd.DataFrame, path: str | os.PathLike, *, best_epoch: 
         handles, labels = handles + h2, labels + l2
     if handles:
         ax_loss.legend(handles, labels, fontsize=7, loc="best", framealpha=0.8)
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
