@@ -9,7 +9,7 @@ Public API (what built-in and third-party plugins may use):
 - ``plugin_manager()``, ``Registry``, ``default_registry()``.
 - ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
 - submodules: ``rtk.data``, ``rtk.models``, ``rtk.training``, ``rtk.evaluation``,
-  ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``.
+  ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``, ``rtk.distributed``.
 """
 
 from __future__ import annotations
