@@ -163,9 +163,14 @@ def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) ->
     def save(tag: str, model, meta: dict[str, Any]):
         return ctx.save_model(name, model, tag, metadata={**meta, "trainer": desc}, make_current=(tag == "last"))
 
-    result = train_model(module, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
-                         parameters=_select_params(module, opts.params), out=ctx.artifact_dir, checkpoint=save,
-                         resume=resuming, plot=False)
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    try:
+        result = train_model(module, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
+                             parameters=_select_params(module, opts.params), out=ctx.artifact_dir, checkpoint=save,
+                             resume=resuming, plot=False)
+    finally:  # params froze the others for this stage only
+        for name, p in module.named_parameters():
+            p.requires_grad_(flags[name])
     if cfg.restore_best and result.best_epoch is not None and "best" in result.checkpoints:
         meta = read_spec(result.checkpoints["best"]).get("metadata", {})
         ctx.save_model(name, module, "best", metadata=meta, make_current=True)

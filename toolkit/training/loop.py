@@ -44,7 +44,7 @@ from ..runtime import amp_context
 from ..runtime import progress as _progress
 from .attacks import bare_module, default_alpha, max_eps, perturb
 from .config import MONITORABLE, LoopConfig
-from .objectives import Objective, ObjectiveOutput, Progress
+from .objectives import EpsSchedule, Objective, ObjectiveOutput, Progress
 from .schedules import make_optimizer, make_scheduler
 from .state import (
     TrainingState, _cpu_tensors, capture_rng, flatten_optimizer_state, load_latest, restore_rng,
@@ -286,7 +286,7 @@ class _TrainingRun:
                 problems.append(f"trainer eps = {eps:g} is out of range for {norm} on inputs of shape {list(shape)} in "
                                 f"[0, 1]: allowed 0 < eps <= {limit:g}")
         schedule = getattr(obj, "schedule", None)
-        if schedule is not None and getattr(schedule, "end", 0) > cfg.epochs:
+        if isinstance(schedule, EpsSchedule) and schedule.end > cfg.epochs:
             problems.append(f"the eps warm-up + ramp ends at epoch {schedule.end:g}, after training ends "
                             f"({cfg.epochs} epochs): shorten eps_warmup/eps_ramp or train longer")
         self.eval_norm = cfg.eval_norm or norm
