@@ -72,12 +72,15 @@ def test_checkpoint_is_in_robustbench_format_and_loads_identically(source, model
     assert files[0]["keys"] == "without 'module.'"  # the DataParallel prefix robustbench checkpoints carry
 
 
-def test_inputs_are_zero_one_and_the_model_normalizes_itself(source):
-    # RobustBench's contract equals rtk's: [0, 1] in, logits out; Ding2020MMA standardizes per image
+def test_zoo_models_normalize_their_own_inputs(source):
+    # RobustBench's contract equals rtk's ([0, 1] in, logits out), so rtk adds no Normalize layer:
+    # Ding2020MMA standardizes each image itself, so an affine change of the input does not matter
     model, _ = source
     x = _x()
+    assert not any(type(m).__name__ == "Normalize" for m in model.modules())
     with torch.no_grad():
         assert torch.allclose(model(x), model(x * 0.5 + 0.25), atol=1e-4)
+        assert not torch.allclose(model(x), model(x.flip(-1)), atol=1e-4)  # ... while content does
 
 
 def test_sha256_recorded_on_first_load_then_checked(model_dir):

@@ -178,7 +178,7 @@ def sniff(path: Path) -> str:
         return "zip"
     if head.startswith(b"\x80"):
         return "pickle"
-    text = head.lstrip().lower()
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<body")) or b"<html" in text:
         return "html"
     return "unknown"
@@ -216,9 +216,10 @@ def _corrupt(path: Path, what: str, origin: str) -> CorruptWeightsError:
 # ---------------------------------------------------------------------------- loading
 def _unsafe_globals(path: Path, kind: str, exc: BaseException) -> list[str] | None:
     """The Python globals a checkpoint needs beyond weights_only, or None when it is corrupt."""
-    if kind == "zip":
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if kind == "zip" and finder is not None:
         try:
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            names = finder(str(path))
         except Exception:  # noqa: BLE001 - unreadable zip: corrupt
             return None
         return list(names) or None
