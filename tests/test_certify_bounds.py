@@ -179,6 +179,20 @@ def test_batching_and_chunking_do_not_change_crown(net):
     assert torch.allclose(a, c, atol=1e-4)
 
 
+def test_dense_and_transposed_convolution_backward_agree(net, monkeypatch):
+    """Small convolutions go backward as dense matrices, large ones via conv_transpose2d."""
+    import rtk.certify.graph as graph_mod
+
+    name, model, x = net
+    box = linf_box(x, 0.05)
+    with torch.no_grad():
+        dense = output_bounds(model, box, method="crown")
+        monkeypatch.setattr(graph_mod, "DENSE_LIMIT", 0)
+        transposed = output_bounds(model, box, method="crown")
+    for a, b in zip(dense, transposed):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_margin_spec_folding_is_tighter_than_logit_intervals():
     torch.manual_seed(0)
     model = _randomize_bn(mlp_net())
@@ -245,6 +259,9 @@ def test_overridden_forward_and_hooks_are_refused():
         output_bounds(model, (x, x))
     handle.remove()
     output_bounds(model, (x, x))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False)).eval()
+    with pytest.raises(UnsupportedLayerError, match="'2'.*track_running_stats"):
+        output_bounds(model, (x, x))
 
 
 def test_bad_method_and_eps_are_rejected():

@@ -253,8 +253,11 @@ class ConvOp(Op):
         if dense is not None:
             a_in = A.reshape(B, S, -1).matmul(dense)
         else:
-            a_in = F.conv_transpose2d(_rows(A, 3), w, None, self.stride, self.padding, self.output_padding,
-                                      self.groups, self.dilation)
+            # channels_last makes the CPU kernel about 1.3-2x faster, conversions included
+            cl = torch.channels_last
+            a_in = F.conv_transpose2d(_rows(A, 3).contiguous(memory_format=cl), w.contiguous(memory_format=cl), None,
+                                      self.stride, self.padding, self.output_padding, self.groups,
+                                      self.dilation).contiguous()
         a_in = a_in.reshape(B, S, *self.in_shape)
         const = (A.sum((-2, -1)) * bias).sum(-1) if bias is not None else None
         return [a_in], const
@@ -307,8 +310,10 @@ class BatchNormOp(ScaleShiftOp):
 
     def params(self, p, b=None, x=None):
         m = self.module
-        use_batch = p.training and m.training or m.running_mean is None
-        if use_batch:
+        if m.running_mean is None and not p.training:
+            raise UnsupportedLayerError(self.where, type(m).__name__, "track_running_stats=False: in eval mode it "
+                                        "normalizes with batch statistics, so no example has a certificate of its own")
+        if p.training and m.training:
             key = ("bn", id(self))
             if x is None and b is None:
                 if key not in p.cache:

@@ -1,0 +1,141 @@
+"""Cost of certification next to a PGD-20 evaluation of the same model.
+
+For cnn-small and cnn-large on CIFAR-sized random inputs (3x32x32, 10 classes, random
+weights, eps = 2/255) it prints seconds per example, examples per second and peak memory
+of IBP, CROWN and a PGD-20 evaluation (rtk's registered ``pgd`` attack plus the clean and
+adversarial forward passes), and each certifier's cost as a multiple of PGD-20's.
+
+Rounds interleave the methods and report medians. Random weights are CROWN's worst case
+(almost every ReLU is unstable, so every neuron of every layer is bounded by a backward
+pass); certifiably trained networks have far fewer unstable neurons.
+
+Peak memory is the growth of the process's peak resident set during one measurement
+(Linux: reset through /proc/self/clear_refs), or torch.cuda.max_memory_allocated on CUDA.
+
+    python benchmarks/bench_certify.py                # about 10-20 minutes on 2 idle cores
+    python benchmarks/bench_certify.py --quick        # cnn-small only, a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import rtk
+from rtk.certify import BoundCertifier
+from rtk.data.core import DataInfo
+from rtk.models.small import cnn_large, cnn_small
+from rtk.options import validate_options
+from rtk.runtime import resolve_device
+
+INFO = DataInfo("cifar-sized", 10, 3, 32, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+EPS = 2 / 255
+
+
+def _status(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024  # kB -> MB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(fn, device: torch.device) -> tuple[float, float | None]:
+    """(seconds, peak memory growth in MB) of one call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        ok = _reset_peak()
+        base = _status("VmRSS") if ok else None
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        hwm = _status("VmHWM")
+        peak = hwm - base if (base is not None and hwm is not None) else None
+    return secs, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="cnn-small only")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    reg = rtk.default_registry()
+    pgd_spec = reg.get("attack", "pgd")
+    pgd_opts = validate_options(pgd_spec.options, {"eps": EPS, "steps": 20}, "pgd")
+    # examples per method and model: (IBP, CROWN, PGD); CROWN on cnn-large costs seconds to
+    # minutes per example on a CPU, so it sees fewer examples and one round
+    plan = {"cnn-small": (cnn_small, 64, 8, 64, args.rounds), "cnn-large": (cnn_large, 64, 1, 64, 1)}
+    if args.quick:
+        plan.pop("cnn-large")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, eps {EPS:.4f}, "
+          f"inputs 3x32x32, random weights\n")
+    header = f"{'model':<10} {'method':<8} {'examples':>8} {'s/example':>11} {'examples/s':>11} {'peak MB':>8} {'x PGD-20':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, (build, n_ibp, n_crown, n_pgd, crown_rounds) in plan.items():
+        torch.manual_seed(0)
+        model = build(INFO).to(device).eval()
+        gen = torch.Generator().manual_seed(1)
+        x = torch.rand(max(n_ibp, n_crown, n_pgd), 3, 32, 32, generator=gen).to(device)
+        y = torch.randint(0, 10, (len(x),), generator=gen).to(device)
+        attack = pgd_spec.build(model, pgd_opts)
+
+        def pgd_eval(n=n_pgd):
+            xa = attack(x[:n], y[:n])
+            with torch.no_grad():
+                model(x[:n]).argmax(1), model(xa).argmax(1)
+
+        ibp = BoundCertifier("ibp", eps=EPS, batch_size=n_ibp)
+        crown = BoundCertifier("crown", eps=EPS, batch_size=n_crown, spec_chunk=256)
+        runs = {"PGD-20": (pgd_eval, n_pgd, args.rounds),
+                "IBP": (lambda: ibp.certify(model, x[:n_ibp], y[:n_ibp]), n_ibp, args.rounds),
+                "CROWN": (lambda: crown.certify(model, x[:n_crown], y[:n_crown]), n_crown, crown_rounds)}
+        for fn, _, _ in runs.values():  # warm-up: tracing, allocator, kernels (CROWN on a cheap input)
+            if fn is runs["CROWN"][0]:
+                BoundCertifier("crown", eps=0.0).certify(model, x[:1], y[:1])
+            else:
+                fn()
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        peaks: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(args.rounds):
+            for key, (fn, n, rounds) in runs.items():  # interleaved
+                if r >= rounds:
+                    continue
+                secs, peak = measure(fn, device)
+                times[key].append(secs / n)
+                if peak is not None:
+                    peaks[key].append(peak)
+        per = {k: statistics.median(v) for k, v in times.items()}
+        for key in ("IBP", "CROWN", "PGD-20"):
+            pk = f"{statistics.median(peaks[key]):8.0f}" if peaks[key] else f"{'n/a':>8}"
+            print(f"{name:<10} {key:<8} {runs[key][1]:>8d} {per[key]:>11.4f} {1 / per[key]:>11.2f} {pk} "
+                  f"{per[key] / per['PGD-20']:>9.3g}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
