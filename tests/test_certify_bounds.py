@@ -294,3 +294,30 @@ def test_certified_objectives_schedules_and_gradients():
         model.train()
         assert (F.cross_entropy(z, y, reduction="none") >= F.cross_entropy(clean, y, reduction="none") - 1e-4).all()
         assert (z.gather(1, y[:, None]) == 0).all()
+
+
+@pytest.mark.parametrize("arch,options,eps", [("resnet-small", {"blocks": 1, "width": 4}, 0.005),
+                                              ("wrn", {"depth": 10, "width": 1}, 0.001)])
+def test_rtk_residual_architectures_are_sound(registry, arch, options, eps):
+    """rtk's residual networks are traced through their blocks and bounded soundly."""
+    from rtk.data.core import DataInfo
+
+    spec = registry.get("model", arch)
+    torch.manual_seed(0)
+    info = DataInfo("tiny", 10, 3, 8, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    model = _randomize_bn(spec.build(info, rtk.validate_options(spec.options, options, arch)))
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    check_graph(bound_graph(model, x), model, x)
+    box = linf_box(x, eps)
+    samples = _corners_and_random(box, 40, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = model(samples.flatten(0, 1)).view(40, len(x), -1)
+    adv_min, adv_max = logit_extremes(model, x, eps, steps=10)
+    widths = {}
+    for method in ("ibp", "crown"):
+        with torch.no_grad():
+            lo, hi = output_bounds(model, box, method=method)
+        assert (logits >= lo - TOL).all() and (logits <= hi + TOL).all(), method
+        assert (adv_min >= lo - TOL).all() and (adv_max <= hi + TOL).all(), method
+        widths[method] = float((hi - lo).mean())
+    assert widths["crown"] < widths["ibp"]
