@@ -1,7 +1,7 @@
 """Built-in attacks, wrapping torchattacks 3.5.
 
-Every attack takes inputs in [0, 1] and returns adversarial inputs in [0, 1]. Common
-options: ``seed`` (the attack's randomness runs under it, the caller's global RNG is left
+Every attack takes inputs in [0, 1] and returns adversarial inputs in [0, 1]. Options
+every attack has: ``seed`` (the attack's randomness runs under it, the caller's global RNG is left
 untouched), ``output`` and ``normalize`` (explicit adapters for models that return a tuple
 or dict, or expect normalized inputs). Budgeted attacks take ``eps`` as a float or a
 fraction such as ``"8/255"``; attacks with a ``norm`` option measure it in that norm.
@@ -26,20 +26,35 @@ DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 5.0}
 
 
 # ---------------------------------------------------------------------------- options
-class AttackOptions(rtk.Options):
-    """Options every built-in attack accepts."""
-
-    seed: int = Field(0, description="seed of the attack's randomness; the global RNG is left untouched")
-    output: str = Field("logits", pattern=OUTPUT_PATTERN,
-                        description='what the model returns: "logits", "first" or "index:N" (item of a tuple), '
-                                    '"key:NAME" (entry of a dict)')
-    normalize: Normalization | None = Field(None, description="{ mean, std } the model expects; the attack "
-                                                              "normalizes its [0, 1] inputs itself")
+# Every options class lists its own keys first and the common ones (targeting, seed,
+# output, normalize) last, so the generated reference reads top-down.
+def _seed():
+    return Field(0, description="seed of the attack's randomness; the global RNG is left untouched")
 
 
-class Targeting(rtk.Options):
-    targeted: bool = Field(False, description="aim at a target class instead of any wrong class")
-    target: Literal["random", "least-likely"] = Field("random", description="how targets are chosen when targeted")
+def _output():
+    return Field("logits", pattern=OUTPUT_PATTERN,
+                 description='what the model returns: "logits", "first" or "index:N" (item of a tuple), '
+                             '"key:NAME" (entry of a dict)')
+
+
+def _normalize():
+    return Field(None, description="{ mean, std } the model expects; the attack normalizes its [0, 1] inputs itself")
+
+
+def _targeted():
+    return Field(False, description="aim at a target class instead of any wrong class")
+
+
+def _target():
+    return Field("random", description="how targets are chosen when targeted")
+
+
+def _restarts():
+    return Field(1, ge=1, description="random restarts; an example keeps the first success")
+
+
+Target = Literal["random", "least-likely"]
 
 
 def _check_eps(norm: str, eps: float | None) -> float:
@@ -49,97 +64,143 @@ def _check_eps(norm: str, eps: float | None) -> float:
     return eps
 
 
-class NormedOptions(AttackOptions):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
-    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
+class _EpsByNorm(rtk.Options):
+    """Fills ``eps`` with the norm's default (8/255 Linf, 0.5 L2, 5 L1) and bounds Linf eps by 1."""
 
     @model_validator(mode="after")
-    def _eps_default(self) -> NormedOptions:
+    def _eps_default(self):
         object.__setattr__(self, "eps", _check_eps(self.norm, self.eps))
         return self
 
 
-class FGSMOptions(AttackOptions, Targeting):
+class FGSMOptions(rtk.Options):
     eps: rtk.Eps = Field(8 / 255, ge=0, le=1, description="L-inf radius, a float or a fraction such as '8/255'")
+    targeted: bool = _targeted()
+    target: Target = _target()
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class PGDOptions(AttackOptions, Targeting):
+class PGDOptions(rtk.Options):
     eps: rtk.Eps = Field(8 / 255, ge=0, le=1, description="L-inf radius, a float or a fraction such as '8/255'")
     step_size: rtk.Eps | None = Field(None, gt=0, le=1, validation_alias=AliasChoices("step_size", "alpha"),
                                       description="step size (alias: alpha); default eps/4")
     steps: int = Field(10, ge=1, description="iterations")
     random_start: bool = Field(True, description="start at a uniform random point of the eps-ball")
-    restarts: int = Field(1, ge=1, description="random restarts; an example keeps the first success")
+    restarts: int = _restarts()
+    targeted: bool = _targeted()
+    target: Target = _target()
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class PGDL2Options(AttackOptions, Targeting):
+class PGDL2Options(rtk.Options):
     eps: rtk.Eps = Field(0.5, ge=0, description="L2 radius")
     step_size: rtk.Eps | None = Field(None, gt=0, validation_alias=AliasChoices("step_size", "alpha"),
                                       description="step size (alias: alpha); default eps/4")
     steps: int = Field(10, ge=1, description="iterations")
     random_start: bool = Field(True, description="start at a random point of the eps-ball")
-    restarts: int = Field(1, ge=1, description="random restarts; an example keeps the first success")
+    restarts: int = _restarts()
+    targeted: bool = _targeted()
+    target: Target = _target()
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class APGDOptions(NormedOptions):
+class APGDOptions(_EpsByNorm):
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
+    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     steps: int = Field(100, ge=1, description="iterations (AutoAttack uses 100)")
     restarts: int = Field(1, ge=1, description="random restarts")
     eot_iter: int = Field(1, ge=1, description="gradient samples per step (expectation over transformation)")
     rho: float = Field(0.75, gt=0, lt=1, description="step-size halving threshold")
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class APGDDLROptions(APGDOptions):
+class APGDDLROptions(_EpsByNorm):
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
+    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
+    steps: int = Field(100, ge=1, description="iterations (AutoAttack uses 100)")
+    restarts: int = Field(1, ge=1, description="random restarts")
+    eot_iter: int = Field(1, ge=1, description="gradient samples per step (expectation over transformation)")
+    rho: float = Field(0.75, gt=0, lt=1, description="step-size halving threshold")
     targeted: bool = Field(False, description="targeted DLR (APGD-T): attack the top n_target_classes classes in turn")
     n_target_classes: int = Field(9, ge=1, description="target classes of the targeted version (capped at classes-1)")
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
 class APGDTOptions(APGDDLROptions):
     targeted: bool = Field(True, description="targeted DLR (APGD-T): attack the top n_target_classes classes in turn")
 
 
-class FABOptions(AttackOptions):
+class FABOptions(_EpsByNorm):
     norm: Literal["Linf", "L2", "L1"] = Field("Linf", description="threat model: Linf, L2 or L1")
     eps: rtk.Eps | None = Field(None, ge=0, description="budget (default 8/255 Linf, 0.5 L2, 5 L1)")
     steps: int = Field(100, ge=1, description="iterations")
     restarts: int = Field(1, ge=1, description="random restarts")
     targeted: bool = Field(False, description="multi-targeted FAB-T: the top n_target_classes classes in turn")
     n_target_classes: int = Field(9, ge=1, description="target classes of FAB-T (capped at classes-1)")
-    alpha_max: float = Field(0.1, gt=0, lt=1)
-    eta: float = Field(1.05, ge=1)
-    beta: float = Field(0.9, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _eps_default(self) -> FABOptions:
-        object.__setattr__(self, "eps", DEFAULT_EPS[self.norm] if self.eps is None else _check_eps(self.norm, self.eps))
-        return self
+    alpha_max: float = Field(0.1, gt=0, lt=1, description="largest step towards the boundary")
+    eta: float = Field(1.05, ge=1, description="overshoot")
+    beta: float = Field(0.9, gt=0, le=1, description="backward step")
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class SquareOptions(NormedOptions, Targeting):
+class SquareOptions(_EpsByNorm):
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
+    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     queries: int = Field(5000, ge=1, description="queries per example (AutoAttack uses 5000)")
     restarts: int = Field(1, ge=1, description="random restarts")
     p_init: float = Field(0.8, gt=0, le=1, description="initial share of pixels changed per square")
     loss: Literal["margin", "ce"] = Field("margin", description="loss the search maximizes")
+    targeted: bool = _targeted()
+    target: Target = _target()
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class CWOptions(AttackOptions, Targeting):
+class CWOptions(rtk.Options):
     c: float = Field(1.0, gt=0, description="weight of the classification term against the L2 distance")
     kappa: float = Field(0.0, ge=0, description="confidence margin")
     steps: int = Field(100, ge=1, description="Adam steps")
     lr: float = Field(0.01, gt=0, description="Adam learning rate")
+    targeted: bool = _targeted()
+    target: Target = _target()
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class DeepFoolOptions(AttackOptions):
+class DeepFoolOptions(rtk.Options):
     steps: int = Field(50, ge=1, description="iterations")
     overshoot: float = Field(0.02, ge=0, description="overshoot past the linearized boundary")
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
-class AutoAttackOptions(NormedOptions):
+class AutoAttackOptions(_EpsByNorm):
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
+    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     version: Literal["standard", "plus", "rand"] = Field(
         "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; plus: with restarts and untargeted DLR/FAB; "
                                 "rand: APGD-CE and APGD-DLR with EOT (randomized defenses)")
     steps: int = Field(100, ge=1, description="iterations of APGD and FAB")
     queries: int = Field(5000, ge=1, description="queries of Square")
     n_target_classes: int = Field(9, ge=1, description="target classes of APGD-T and FAB-T (capped at classes-1)")
+    seed: int = _seed()
+    output: str = _output()
+    normalize: Normalization | None = _normalize()
 
 
 # ---------------------------------------------------------------------------- plumbing

@@ -165,18 +165,29 @@ def model_view(model: nn.Module, output: str = "logits", normalize: Normalizatio
 
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
-    """Run a block under its own seed, restoring every global RNG state afterwards.
+    """Run a block under its own seed, restoring the global RNG states afterwards.
 
     torchattacks' APGD, FAB and Square reseed the global generators themselves; inside
-    this block that cannot leak into the caller's random stream.
+    this block that cannot leak into the caller's random stream. (Cheaper than
+    ``torch.random.fork_rng`` + ``torch.manual_seed``, which seed every backend.)
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if dev.type == "cuda":
+    cpu = torch.random.default_generator
+    cpu_state = cpu.get_state()
+    cuda_index = None
+    if dev.type == "cuda":
+        cuda_index = dev.index if dev.index is not None else torch.cuda.current_device()
+        cuda_state = torch.cuda.get_rng_state(cuda_index)
+    cpu.manual_seed(seed)
+    if cuda_index is not None:
+        with torch.cuda.device(cuda_index):
             torch.cuda.manual_seed(seed)
+    try:
         yield
+    finally:
+        cpu.set_state(cpu_state)
+        if cuda_index is not None:
+            torch.cuda.set_rng_state(cuda_state, cuda_index)
 
 
 @torch.no_grad()

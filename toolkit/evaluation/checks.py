@@ -12,9 +12,12 @@ correctness of the adversarial examples
 gradient masking (on a small subset of the examples)
     ``zero_gradients``, ``more_steps``, ``unbounded_eps``, ``random_noise``, ``black_box``
 
-The subset checks spend at most ``budget`` of the evaluation's own work (examples x
-forward/backward passes, counted by :class:`~rtk.evaluation.adapters.ModelView`), on at
-least ``min_examples`` examples, so they stay cheap beside the evaluation they check.
+The gradient-masking checks run on a subset sized so that they spend about ``budget`` of
+the evaluation's own work (examples x forward/backward passes, counted by
+:class:`~rtk.evaluation.adapters.ModelView`), on at least ``min_examples`` examples. Re-running
+the suite's attack with twice the steps (``more_steps``) is the one check whose cost grows
+with the suite's; it is skipped, saying so, when its estimated time does not fit in what is
+left of ``budget`` of the evaluation's time (at least ``min_seconds``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ class CheckSettings(Options):
 
     examples: int = Field(100, ge=1, description="largest subset the per-example checks use")
     min_examples: int = Field(8, ge=1, description="smallest subset of the gradient-masking checks, whatever the budget")
-    budget: float = Field(0.08, ge=0, le=1, description="share of the evaluation's work the gradient-masking checks may use")
+    budget: float = Field(0.08, ge=0, description="share of the evaluation's work (subset size) and time the checks may "
+                                                  "use; more_steps is skipped, saying so, when it would not fit")
+    min_seconds: float = Field(1.0, ge=0, description="seconds the checks may always use, however short the evaluation")
     tolerance: float = Field(0.05, ge=0, le=1, description="accuracy tolerance of the comparisons (share of the subset; at least one example)")
     zero_grad_max: float = Field(0.1, ge=0, le=1, description="largest share of examples whose input gradient is exactly zero")
     chance_margin: float = Field(0.1, ge=0, le=1, description="accuracy allowed above chance (1/classes) at unbounded eps")

@@ -63,8 +63,8 @@ class EvaluationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     tol: float = 1e-5
     resumed: int = 0
-    #: work (examples x passes) per attacked example, by unit key
-    unit_work: dict[str, float] = field(default_factory=dict)
+    #: per unit key (and "clean"): work, seconds, chunks, examples, attacked, summed over the records
+    unit_stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def clean_accuracy(self) -> float:
@@ -259,13 +259,14 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
     table = table[table.unit.isin(keys) & table["index"].isin(set(order.tolist()))].reset_index(drop=True)
     out = outcomes(table, units, order.tolist())
     work = {"evaluation": int(sum(st["work"] for (m, k), st in store.stats.items() if m == fp and k in keys))}
-    unit_work = {k: st["work"] / max(st["attacked"], 1) for (m, k), st in store.stats.items() if m == fp and k in keys}
+    unit_stats = {k: dict(st) for (m, k), st in store.stats.items() if m == fp and k in keys}
+    seconds["recorded"] = float(sum(st["seconds"] for st in unit_stats.values()))
     result = EvaluationResult(name, fp, units, threats_, headline, out, table, work=work, seconds=seconds, tol=tol,
-                              resumed=resumed, unit_work=unit_work)
+                              resumed=resumed, unit_stats=unit_stats)
     if ctx is not None:
         t0 = time.perf_counter()
         result.checks = ctx.after(model, snapshot, result, store, seed)
-        seconds["checks"] = time.perf_counter() - t0
+        seconds["checks"] = ctx.seconds + (time.perf_counter() - t0) - ctx.after_counted
         work["checks"] = ctx.work
     store.close()
     if was_training:
@@ -293,11 +294,13 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
     prior = prior[prior.unit.isin(keys)]
     done = {k: torch.zeros(n_split, dtype=torch.bool) for k in keys}
     clean_correct = torch.zeros(n_split, dtype=torch.bool)
-    for k, g in prior.groupby("unit"):
-        done[k][torch.tensor(g["index"].to_numpy())] = True
-    c = prior[prior.unit == CLEAN]
-    clean_correct[torch.tensor(c["index"].to_numpy())] = torch.tensor(c["correct"].to_numpy(dtype=bool))
-    resumed = int(sum(int(d[order].sum()) for d in done.values()))
+    resumed = 0
+    if len(prior):
+        for k, g in prior.groupby("unit", observed=True):
+            done[str(k)][torch.tensor(g["index"].to_numpy())] = True
+        c = prior[prior.unit == CLEAN]
+        clean_correct[torch.tensor(c["index"].to_numpy())] = torch.tensor(c["correct"].to_numpy(dtype=bool))
+        resumed = int(sum(int(d[order].sum()) for d in done.values()))
     if resumed:
         log.info("%s: %d (example, attack) results already recorded; resuming", name, resumed)
     evidence = _Evidence(n_split, units) if early_exit else None
@@ -386,6 +389,8 @@ class _CheckContext:
         self.training_after: set[str] = set()
         self.pre: dict[str, C.CheckResult] = {}
         self.work = 0
+        self.seconds = 0.0  # time spent in checks so far
+        self.after_counted = 0.0  # the part of it spent after the evaluation
         self.num_classes = 0
 
     # observation during the loop ----------------------------------------------------
@@ -399,14 +404,18 @@ class _CheckContext:
             if m.training:
                 self.training_after.add(n or "(root)")
 
-    def _counted(self, fn):
-        w0, was = self.view.work, self.view.counting
+    def _counted(self, fn, after: bool = False):
+        w0, was, t0 = self.view.work, self.view.counting, time.perf_counter()
         self.view.counting = True
         try:
             return fn()
         finally:
             self.work += self.view.work - w0
             self.view.counting = was
+            dt = time.perf_counter() - t0
+            self.seconds += dt
+            if after:
+                self.after_counted += dt
 
     # before the evaluation ----------------------------------------------------------
     def before(self, model: nn.Module) -> None:
@@ -436,7 +445,7 @@ class _CheckContext:
                    self._bounds(o, r.tol),
                    C.check_robust_le_clean([(u.unit.label + f" @ {fmt_eps(u.unit.eps)}", int(u.correct.sum()),
                                              int(o.clean_correct.sum())) for u in o.units], len(o.indices)),
-                   self._counted(lambda: C.guarded("rescore_reproduces", lambda: self._rescore(o, r, store))),
+                   self._counted(lambda: C.guarded("rescore_reproduces", lambda: self._rescore(o, r, store)), after=True),
                    self.pre["zero_gradients"]]
         results += self._masking(r, seed)
         return results
@@ -506,15 +515,29 @@ class _CheckContext:
         u_star = C.first_with_steps(r.units, norm, eps) if budgeted else None
         square_units = [u for u in o.units if u.unit.name == "square" and u.unit.budgeted and u.unit.norm == norm
                         and abs(u.unit.eps - eps) < 1e-12] if budgeted else []
-        # the budget: work per example of the heavy checks vs the evaluation's own work
+        # subset size: the heavy checks' work per example against the evaluation's own work (deterministic)
         per_ex = 4 + 3 * s.unbounded_steps + 1
+        st_star = r.unit_stats.get(u_star.key, {}) if u_star is not None else {}
         if u_star is not None:
-            per_ex += 2 * r.unit_work.get(u_star.key, 32.0)
+            per_ex += 2 * st_star.get("work", 32) / max(st_star.get("attacked", 1), 1)
         if budgeted and not square_units and norm in ("Linf", "L2"):
             per_ex += s.square_queries
         n = int(min(len(S), max(s.min_examples, math.floor(s.budget * r.work.get("evaluation", 0) / per_ex))))
         Sn = S[:n]
         Pn = torch.as_tensor(Sn, device=self.device)
+        # time: re-running the suite's attack with twice the steps (the one check whose cost scales with the
+        # suite's) is skipped, saying so, when it would not fit in what is left of the budget
+        main_s = r.seconds.get("recorded", 0.0)
+        budget_s = max(s.budget * main_s, s.min_seconds)
+
+        def over_budget(name_: str, est: float) -> C.CheckResult | None:
+            if self.seconds + est <= budget_s:
+                return None
+            return C.CheckResult(name_, None, detail=(
+                f"skipped to stay within the checks' time budget: it would take about {est:.3g} s, "
+                f"{max(budget_s - self.seconds, 0):.3g} s of the {budget_s:.3g} s budget ({s.budget:.0%} of the "
+                f"evaluation's {main_s:.3g} s) are left; raise check_settings.budget to run it"))
+
         out: list[C.CheckResult] = []
         if self.num_classes == 0:
             with torch.no_grad():
@@ -530,6 +553,11 @@ class _CheckContext:
             P = Sn[uo.attacked[Sn]]
             if len(P) == 0:
                 return C.CheckResult("more_steps", None, detail=f"{u_star.label} attacked no example of the subset")
+            calls = max(st_star.get("chunks", 1), 1)
+            est = 2 * st_star.get("seconds", 0.0) / calls * max(len(P) / max(st_star.get("attacked", 1) / calls, 1), 0.5)
+            skip = over_budget("more_steps", est)
+            if skip is not None:
+                return skip
             steps = int(u_star.option("steps"))
             twice = u_star.with_options(steps=2 * steps)
             Pt = torch.as_tensor(P, device=self.device)
@@ -594,10 +622,11 @@ class _CheckContext:
             return C.CheckResult("black_box", extra <= lim, extra / len(P), f"<= {lim}/{len(P)} examples", len(P),
                                  f"{how} breaks {extra} example(s) the white-box attacks did not")
 
-        for name_, fn in (("more_steps", more_steps), ("unbounded_eps", unbounded), ("random_noise", noise),
-                          ("black_box", black_box)):
-            out.append(self._counted(lambda fn=fn, name_=name_: C.guarded(name_, fn)))
-        return out
+        done: dict[str, C.CheckResult] = {}
+        for name_, fn in (("random_noise", noise), ("unbounded_eps", unbounded), ("black_box", black_box),
+                          ("more_steps", more_steps)):  # cheapest first
+            done[name_] = self._counted(lambda fn=fn, name_=name_: C.guarded(name_, fn), after=True)
+        return out + [done[k] for k in names]
 
 
 def unbounded_pgd_seeded(view: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,

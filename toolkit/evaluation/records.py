@@ -60,8 +60,9 @@ def _tolist(t: Any) -> list:
     return list(t)
 
 
-def _rounded(t: torch.Tensor) -> list:
-    return [float(f"{v:.7g}") if v == v else None for v in t.detach().cpu().tolist()]
+def _floats(t: torch.Tensor) -> list:
+    """float32 values as Python floats (NaN where not attacked; JSON writes it as NaN)."""
+    return t.detach().float().cpu().tolist()
 
 
 class RecordStore:
@@ -79,7 +80,7 @@ class RecordStore:
         self._part: Path | None = None
         self._fh = None
         self.units: dict[str, dict[str, Any]] = {}
-        #: (model, unit) -> {"work", "seconds", "attacked", "chunks"} summed over the chunks read by table()
+        #: (model, unit) -> {"work", "seconds", "attacked", "chunks", "examples"} summed over the chunks read by table()
         self.stats: dict[tuple[str, str], dict[str, float]] = {}
         for p in self.extra:
             if not p.exists():
@@ -149,38 +150,58 @@ class RecordStore:
     def table(self, model: str | None = None) -> pd.DataFrame:
         """Every record (of ``model`` when given) as a DataFrame with :data:`COLUMNS`;
         duplicates of one ``(model, unit, index)`` keep the first."""
-        cols: dict[str, list] = {c: [] for c in COLUMNS}
         self.stats = {}
+        files = self.part_files()
+        single_writer = not files and self.root is None  # in memory: one writer, no duplicates possible
         seen: set[tuple[str, str, int]] = set()
+        names: dict[tuple[str, str], int] = {}
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS if c not in ("model", "unit")}
+        codes: list[np.ndarray] = []
         for ch in self.chunks():
             if model is not None and ch["model"] != model:
                 continue
-            first = (ch["model"], ch["unit"], ch["index"][0] if ch["index"] else -1)
-            if first not in seen:  # the same chunk read twice (a directory given twice) counts once
-                seen.add(first)
-                st = self.stats.setdefault((ch["model"], ch["unit"]), {"work": 0, "seconds": 0.0, "attacked": 0, "chunks": 0})
-                st["work"] += ch.get("work", len(ch["index"]))
-                st["seconds"] += ch.get("seconds", 0.0)
-                st["attacked"] += sum(ch.get("attacked", []))
-                st["chunks"] += 1
             if ch["unit"] != CLEAN and "meta" in ch:
                 self.units.setdefault(ch["unit"], ch["meta"])
             n = len(ch["index"])
-            cols["model"] += [ch["model"]] * n
-            cols["unit"] += [ch["unit"]] * n
-            for c in ("index", "label", "pred", "correct"):
-                cols[c] += ch[c]
-            cols["attacked"] += ch.get("attacked", [False] * n)
-            cols["invalid"] += ch.get("invalid", [0] * n)
+            first = (ch["model"], ch["unit"], ch["index"][0] if n else -1)
+            if first not in seen:  # the same chunk read twice (a directory given twice) counts once
+                seen.add(first)
+                st = self.stats.setdefault((ch["model"], ch["unit"]),
+                                           {"work": 0, "seconds": 0.0, "attacked": 0, "chunks": 0, "examples": 0})
+                st["work"] += ch.get("work", n)
+                st["examples"] += n
+                st["seconds"] += ch.get("seconds", 0.0)
+                st["attacked"] += sum(ch.get("attacked", []))
+                st["chunks"] += 1
+            code = names.setdefault((ch["model"], ch["unit"]), len(names))
+            codes.append(np.full(n, code, dtype=np.int32))
+            for c in ("index", "label", "pred"):
+                parts[c].append(np.asarray(ch[c], dtype=np.int64))
+            parts["correct"].append(np.asarray(ch["correct"], dtype=bool))
+            parts["attacked"].append(np.asarray(ch.get("attacked", np.zeros(n, dtype=bool)), dtype=bool))
+            parts["invalid"].append(np.asarray(ch.get("invalid", np.zeros(n, dtype=np.int64)), dtype=np.int64))
             for c in ("linf", "l2", "l1"):
-                cols[c] += [np.nan if v is None else v for v in ch.get(c, [None] * n)]
-        df = pd.DataFrame(cols)
-        df = df.astype({"index": "int64", "label": "int64", "pred": "int64", "correct": bool, "attacked": bool,
-                        "invalid": "int64", "linf": "float64", "l2": "float64", "l1": "float64"})
-        before = len(df)
-        df = df.drop_duplicates(subset=["model", "unit", "index"], keep="first").reset_index(drop=True)
-        if len(df) < before:
-            log.info("records: %d duplicate (model, unit, index) rows dropped (kept the first)", before - len(df))
+                parts[c].append(np.asarray(ch[c], dtype=np.float64) if c in ch else np.full(n, np.nan))
+        empty = {"index": np.int64, "label": np.int64, "pred": np.int64, "correct": bool, "attacked": bool,
+                 "invalid": np.int64, "linf": np.float64, "l2": np.float64, "l1": np.float64}
+        cols = {c: np.concatenate(v) if v else np.zeros(0, dtype=empty[c]) for c, v in parts.items()}
+        pair_codes = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
+        pairs = list(names)
+        model_names = sorted({m for m, _ in pairs})
+        unit_names = sorted({u for _, u in pairs})
+        m_of = np.array([model_names.index(m) for m, _ in pairs], dtype=np.int32)
+        u_of = np.array([unit_names.index(u) for _, u in pairs], dtype=np.int32)
+        def categorical(codes_: np.ndarray, cats: list[str]) -> pd.Categorical:
+            return pd.Categorical.from_codes(codes_, dtype=pd.CategoricalDtype(pd.Index(cats, dtype=object)))
+
+        df = pd.DataFrame({
+            "model": categorical(m_of[pair_codes] if len(pairs) else pair_codes, model_names),
+            "unit": categorical(u_of[pair_codes] if len(pairs) else pair_codes, unit_names),
+            **cols})
+        dup = df.duplicated(subset=["model", "unit", "index"], keep="first") if not single_writer and len(df) else None
+        if dup is not None and dup.any():
+            log.info("records: %d duplicate (model, unit, index) rows dropped (kept the first)", int(dup.sum()))
+            df = df[~dup].reset_index(drop=True)
         return df
 
     # adversarial examples ------------------------------------------------------------
@@ -247,9 +268,9 @@ def attack_chunk(model: str, unit: Any, index: torch.Tensor, label: torch.Tensor
     return {"model": model, "unit": unit.key, "meta": unit.to_dict(), "index": _tolist(index), "label": _tolist(label),
             "pred": _tolist(pred), "correct": _tolist(pred == label), "attacked": _tolist(attacked),
             "invalid": _tolist(invalid),
-            "linf": _rounded(torch.where(attacked, norms["Linf"], nan)),
-            "l2": _rounded(torch.where(attacked, norms["L2"], nan)),
-            "l1": _rounded(torch.where(attacked, norms["L1"], nan)),
+            "linf": _floats(torch.where(attacked, norms["Linf"], nan)),
+            "l2": _floats(torch.where(attacked, norms["L2"], nan)),
+            "l1": _floats(torch.where(attacked, norms["L1"], nan)),
             "work": int(work), "seconds": round(float(seconds), 6)}
 
 

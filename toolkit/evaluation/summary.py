@@ -84,29 +84,48 @@ class Outcomes:
 def outcomes(records: pd.DataFrame, units: Sequence[AttackUnit], indices: Sequence[int]) -> Outcomes:
     """Align the records of one model to ``indices``; every unit must cover every index."""
     idx = np.asarray(indices, dtype=np.int64)
-    by_unit = {k: g.set_index("index") for k, g in records.groupby("unit", sort=False)}
-    if CLEAN not in by_unit:
-        raise RtkError("records: no clean predictions recorded")
-    clean = by_unit[CLEAN].reindex(idx)
-    if clean["pred"].isna().any():
-        missing = idx[clean["pred"].isna().to_numpy()]
-        raise RtkError(f"records: clean predictions missing for {len(missing)} example(s), e.g. index {int(missing[0])}")
-    cc = clean["correct"].to_numpy(dtype=bool)
+    pos = np.full(int(idx.max()) + 1 if len(idx) else 0, -1, dtype=np.int64)
+    pos[idx] = np.arange(len(idx))
+    unit_col = records["unit"].to_numpy()
+    index_col = records["index"].to_numpy()
+    groups: dict[str, np.ndarray] = {}
+    order = np.argsort(unit_col.astype(str), kind="stable") if len(unit_col) else np.zeros(0, dtype=np.int64)
+    keys, starts = np.unique(unit_col[order].astype(str), return_index=True) if len(order) else ([], [])
+    bounds = list(starts) + [len(order)]
+    for k, key in enumerate(keys):
+        groups[str(key)] = order[bounds[k]:bounds[k + 1]]
+
+    def aligned(key: str, label: str) -> dict[str, np.ndarray]:
+        rows = groups.get(key)
+        if rows is None:
+            raise RtkError(f"records: no results for {label}")
+        ix = index_col[rows]
+        inside = ix < len(pos)
+        rows, ix = rows[inside], ix[inside]
+        p = pos[ix]
+        keep = p >= 0
+        rows, p = rows[keep], p[keep]
+        if len(np.unique(p)) < len(idx):
+            missing = np.setdiff1d(np.arange(len(idx)), p)
+            raise RtkError(f"records: {label} is missing {len(missing)} example(s), e.g. index {int(idx[missing[0]])}")
+        out = {}
+        for c in ("label", "pred", "correct", "attacked", "invalid", "linf", "l2", "l1"):
+            col = records[c].to_numpy()
+            arr = np.empty(len(idx), dtype=col.dtype)
+            arr[p] = col[rows]
+            out[c] = arr
+        return out
+
+    clean = aligned(CLEAN, "the clean predictions")
+    cc = clean["correct"].astype(bool)
     out = []
     for u in units:
-        if u.key not in by_unit:
-            raise RtkError(f"records: no results for attack {u.label!r} (eps {fmt_eps(u.eps)})")
-        r = by_unit[u.key].reindex(idx)
-        if r["pred"].isna().any():
-            raise RtkError(f"records: attack {u.label!r} (eps {fmt_eps(u.eps)}) is missing "
-                           f"{int(r['pred'].isna().sum())} example(s)")
-        attacked = r["attacked"].to_numpy(dtype=bool)
-        invalid = r["invalid"].to_numpy(dtype=np.int64)
-        correct = r["correct"].to_numpy(dtype=bool)
-        norms = {n: r[c].to_numpy(dtype=np.float64) for n, c in (("Linf", "linf"), ("L2", "l2"), ("L1", "l1"))}
+        r = aligned(u.key, f"attack {u.label!r} (eps {fmt_eps(u.eps)})")
+        attacked, invalid, correct = r["attacked"].astype(bool), r["invalid"].astype(np.int64), r["correct"].astype(bool)
+        norms = {"Linf": r["linf"].astype(np.float64), "L2": r["l2"].astype(np.float64), "L1": r["l1"].astype(np.float64)}
         broken = cc & attacked & (invalid == 0) & ~correct
-        out.append(UnitOutcome(u, attacked, invalid, correct, r["pred"].to_numpy(dtype=np.int64), broken, norms))
-    return Outcomes(idx, clean["label"].to_numpy(dtype=np.int64), clean["pred"].to_numpy(dtype=np.int64), cc, out)
+        out.append(UnitOutcome(u, attacked, invalid, correct, r["pred"].astype(np.int64), broken, norms))
+    return Outcomes(idx, clean["label"].astype(np.int64), clean["pred"].astype(np.int64), cc, out)
 
 
 def _median(values: np.ndarray) -> float:

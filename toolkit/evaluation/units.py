@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -67,7 +68,7 @@ class AttackUnit:
     opts: Any = None
     fn: AttackFn | None = field(default=None, compare=False)
 
-    @property
+    @cached_property
     def key(self) -> str:
         payload = {"name": self.name, "norm": self.norm, "eps": self.eps,
                    "options": self.opts.model_dump(mode="json") if self.opts is not None else None,

@@ -1,0 +1,174 @@
+"""Benchmark of the evaluation engine, measured side by side in one run.
+
+1. PGD: rtk's evaluation (``rtk.evaluation.evaluate`` with the ``pgd`` plugin, sanity
+   checks off) against calling torchattacks directly on the same model, batches and device
+   (a clean forward, ``torchattacks.PGD``, a forward on the adversarial batch, per batch).
+   Target: ratio <= 1.05. Measured for rtk with records in memory and written to disk.
+2. Sanity checks: a default evaluation (the ``evaluate`` stage's defaults: AutoAttack
+   standard, L-inf 8/255; default check settings) with and without the checks.
+   Target: ratio <= 1.10. Also for a PGD suite.
+
+The two sides run interleaved (A B B A ...), repeated; medians are reported. Timings on a
+shared machine are noisy: compare ratios, not seconds. Single-threaded by default (set
+--threads), which is also the fastest for these small models.
+
+    python benchmarks/bench_evaluation.py            # about 5-10 minutes on 2 cores
+    python benchmarks/bench_evaluation.py --quick    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import rtk
+from rtk.data.digits import load_digits
+from rtk.data import TensorSplit
+from rtk.evaluation import RecordStore, SanityCheckWarning, evaluate, make_units
+from rtk.models.small import cnn_large, cnn_small
+
+
+def train(model: nn.Module, data, epochs: int) -> nn.Module:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = data.train.x, data.train.y
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def direct_pgd(model: nn.Module, split: TensorSplit, batch_size: int, eps: float, steps: int) -> float:
+    """The baseline: torchattacks.PGD called directly (robust = clean-correct and adv-correct)."""
+    import torchattacks
+
+    atk = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps, random_start=True)
+    robust = 0
+    torch.manual_seed(0)
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        with torch.no_grad():
+            clean = model(x).argmax(1) == y
+        x_adv = atk(x, y)
+        with torch.no_grad():
+            robust += int((clean & (model(x_adv).argmax(1) == y)).sum())
+    return robust / len(split)
+
+
+def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        order = names if r % 2 == 0 else names[::-1]
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def bench_pgd(reg, data, arch: str, args) -> None:
+    build = {"cnn-small": cnn_small, "cnn-large": cnn_large}[arch]
+    model = train(build(data.info), data, epochs=args.epochs)
+    split = TensorSplit(torch.cat([data.train.x, data.test.x]), torch.cat([data.train.y, data.test.y]))
+    split = TensorSplit(split.x[: args.pgd_examples], split.y[: args.pgd_examples])
+    spec = reg.get("attack", "pgd")
+    opts = rtk.validate_options(spec.options, {"eps": args.eps, "steps": args.steps}, "pgd")
+    units = make_units([(spec, opts, "pgd")])
+    tmp = tempfile.TemporaryDirectory()
+    counter = iter(range(10**6))
+    accs = {}
+
+    def rtk_memory():
+        accs["rtk"] = evaluate(model, split, units, batch_size=args.batch_size, checks=False,
+                               save_adversarial="none").headline_accuracy
+
+    def rtk_disk():
+        store = RecordStore(f"{tmp.name}/{next(counter)}")  # a fresh store: nothing to resume
+        evaluate(model, split, units, batch_size=args.batch_size, checks=False, save_adversarial="none", store=store)
+
+    def direct():
+        accs["direct"] = direct_pgd(model, split, args.batch_size, opts.eps, args.steps)
+
+    direct()
+    rtk_memory()  # warm-up
+    t = interleaved({"direct": direct, "rtk": rtk_memory, "rtk+disk": rtk_disk}, args.repeats)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    print(f"PGD-{args.steps} eps={args.eps} on {len(split)} digits, batch {args.batch_size}, {arch} "
+          f"(robust accuracy: rtk {accs['rtk']:.4f}, direct {accs['direct']:.4f})")
+    print(f"  torchattacks direct  {med['direct']:.3f} s")
+    print(f"  rtk evaluate         {med['rtk']:.3f} s   ratio {med['rtk'] / med['direct']:.3f}  (target <= 1.05)")
+    print(f"  rtk + records        {med['rtk+disk']:.3f} s   ratio {med['rtk+disk'] / med['direct']:.3f}")
+    paired = [a / b for a, b in zip(t["rtk"], t["direct"])]
+    print(f"  paired ratios rtk/direct: {', '.join(f'{p:.3f}' for p in paired)}")
+    tmp.cleanup()
+
+
+def bench_checks(reg, data, label: str, attacks: list, args) -> None:
+    model = train(cnn_small(data.info), data, epochs=args.epochs)
+    units = make_units([(reg.get("attack", a["name"]),
+                         rtk.validate_options(reg.get("attack", a["name"]).options,
+                                              {k: v for k, v in a.items() if k != "name"}, a["name"]), a["name"])
+                        for a in attacks])
+    idx = range(min(args.check_examples, len(data.test)))
+    res = {}
+
+    def run(checks: bool):
+        def f():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SanityCheckWarning)
+                res[checks] = evaluate(model, data.test, units, indices=idx, checks=checks, seed=0)
+        return f
+
+    t = interleaved({"off": run(False), "on": run(True)}, args.check_repeats)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    r = res[True]
+    print(f"{label} on {len(idx)} digits test examples, cnn-small (worst case {r.headline_accuracy:.4f}, "
+          f"clean {r.clean_accuracy:.4f})")
+    print(f"  checks off  {med['off']:.2f} s")
+    print(f"  checks on   {med['on']:.2f} s   ratio {med['on'] / med['off']:.3f}  (target <= 1.10); "
+          f"work ratio {1 + r.checks_overhead:.3f}")
+    ran = [c.name for c in r.checks if c.passed is not None]
+    skipped = [f"{c.name} ({c.detail.split(':')[0]})" for c in r.checks if c.passed is None]
+    print(f"  checks run: {len(ran)}/{len(r.checks)}; failed: {[c.name for c in r.failed_checks] or 'none'}"
+          + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--check-repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--eps", type=float, default=8 / 255)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--pgd-examples", type=int, default=1797)
+    p.add_argument("--check-examples", type=int, default=450)
+    p.add_argument("--epochs", type=int, default=6)
+    args = p.parse_args()
+    if args.quick:
+        args.repeats, args.check_repeats, args.pgd_examples, args.check_examples = 2, 1, 512, 150
+    torch.set_num_threads(args.threads)
+    reg = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
+    data = load_digits()
+    print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
+    for arch in ("cnn-small", "cnn-large"):
+        bench_pgd(reg, data, arch, args)
+        print()
+    bench_checks(reg, data, "default evaluation (autoattack standard, Linf 8/255)", [{"name": "autoattack"}], args)
+    print()
+    bench_checks(reg, data, "PGD-20 + FGSM suite (Linf 8/255)", [{"name": "pgd", "steps": 20}, {"name": "fgsm"}], args)
+
+
+if __name__ == "__main__":
+    main()
