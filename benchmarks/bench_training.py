@@ -19,10 +19,9 @@ import argparse
 import statistics
 import time
 
+import rtk
 import torch
 import torch.nn.functional as F
-
-import rtk
 from rtk.data import DatasetBundle, apply_limits
 from rtk.training import LoopConfig, PGDATObjective, train_model
 
@@ -81,7 +80,7 @@ def bench(label: str, data: DatasetBundle, arch: str, repeats: int) -> None:
     rtk_epoch(fresh(), data, evaluate=False)
     ratios, ratios_eval, t_bare, t_rtk, t_eval = [], [], [], [], []
     for r in range(repeats):
-        pair = [("bare", lambda: bare_epoch(fresh(), x_all, y_all, torch.Generator().manual_seed(r))),
+        pair = [("bare", lambda r=r: bare_epoch(fresh(), x_all, y_all, torch.Generator().manual_seed(r))),
                 ("rtk", lambda: rtk_epoch(fresh(), data, evaluate=False))]
         if r % 2:
             pair.reverse()
@@ -120,7 +119,7 @@ def main() -> None:
         fm = reg.get("dataset", "fashion-mnist")
         opts = fm.options(limit_train=4096, limit_test=1000)
         data = apply_limits(fm.load(opts), opts)
-    except Exception as exc:  # the IDX files are not installed everywhere
+    except (rtk.RtkError, OSError) as exc:  # the IDX files are not installed everywhere
         print(f"fashion-mnist unavailable ({type(exc).__name__}: {exc}); skipped")
         return
     bench("fashion-mnist (4096-image subset)", data, "cnn-small", args.repeats)

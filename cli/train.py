@@ -9,11 +9,11 @@ training loop is a flag here (generated from :class:`rtk.training.LoopConfig`).
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import click
+import tomllib
 from click.core import ParameterSource
 
 from .common import echo_table, friendly_errors, progress_bars, registry

@@ -4,15 +4,22 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
-
 import rtk
+from pydantic import Field, ValidationInfo, field_validator
 from rtk.models import read_spec
 from rtk.training import (
-    FastATObjective, LoopConfig, MARTObjective, PGDATObjective, StandardObjective, TRADESObjective, has_state,
-    plot_history, train_model,
+    FastATObjective,
+    LoopConfig,
+    MARTObjective,
+    PGDATObjective,
+    StandardObjective,
+    TRADESObjective,
+    has_state,
+    plot_history,
+    train_model,
 )
 
 
@@ -40,8 +47,8 @@ class _AdversarialOptions(rtk.Options):
         return v
 
     def common(self) -> dict[str, Any]:
-        return dict(eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm, attack_bn=self.attack_bn,
-                    eps_warmup=self.eps_warmup, eps_ramp=self.eps_ramp)
+        return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "norm": self.norm, "attack_bn": self.attack_bn,
+                    "eps_warmup": self.eps_warmup, "eps_ramp": self.eps_ramp}
 
 
 class PGDATOptions(_AdversarialOptions):
@@ -106,8 +113,8 @@ def _trainer_problems(opts: TrainStageOptions, where: str) -> list[str]:
         return []
     end = getattr(topts, "eps_warmup", 0.0) + getattr(topts, "eps_ramp", 0.0)
     if end > opts.epochs:
-        return [f"{where}.trainer: the eps warm-up + ramp ends at epoch {end:g}, after training ends "
-                f"({opts.epochs} epochs)"]
+        return [(f"{where}.trainer: the eps warm-up + ramp ends at epoch {end:g}, after training ends "
+                 f"({opts.epochs} epochs)")]
     return []
 
 
@@ -163,14 +170,14 @@ def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) ->
     def save(tag: str, model, meta: dict[str, Any]):
         return ctx.save_model(name, model, tag, metadata={**meta, "trainer": desc}, make_current=(tag == "last"))
 
-    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    flags = {pname: p.requires_grad for pname, p in module.named_parameters()}
     try:
         result = train_model(module, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
                              parameters=_select_params(module, opts.params), out=ctx.artifact_dir, checkpoint=save,
                              resume=resuming, plot=False)
     finally:  # params froze the others for this stage only
-        for name, p in module.named_parameters():
-            p.requires_grad_(flags[name])
+        for pname, p in module.named_parameters():
+            p.requires_grad_(flags[pname])
     if cfg.restore_best and result.best_epoch is not None and "best" in result.checkpoints:
         meta = read_spec(result.checkpoints["best"]).get("metadata", {})
         ctx.save_model(name, module, "best", metadata=meta, make_current=True)
@@ -207,7 +214,7 @@ def _metrics(result) -> dict[str, Any]:
            "stop_reason": result.stop_reason, "epochs_run": result.epochs_run}
     for k in ("test_clean_acc", "test_robust_acc", "train_clean_acc", "train_robust_acc"):
         v = last.get(k)
-        if v is not None and v == v:
+        if v is not None and not math.isnan(v):
             out[k] = float(v)
     out["test_acc"] = out.get("test_clean_acc")
     return out

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from rtk.data import DatasetBundle
 from rtk.models.small import cnn_small
-from rtk.training import Callback, LoopConfig, PGDATObjective, Progress, StandardObjective, fit, train_model
+from rtk.training import (
+    Callback,
+    LoopConfig,
+    PGDATObjective,
+    Progress,
+    StandardObjective,
+    fit,
+    train_model,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

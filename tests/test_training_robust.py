@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
-
 import rtk
+import torch
 from rtk.models import ModelRecipe, read_spec
 from rtk.models.small import cnn_small
 from rtk.training import (
-    FastATObjective, LoopConfig, MARTObjective, PGDATObjective, StandardObjective, TRADESObjective, train_model,
+    FastATObjective,
+    LoopConfig,
+    MARTObjective,
+    PGDATObjective,
+    StandardObjective,
+    TRADESObjective,
+    train_model,
 )
 
 EPS = 0.15
-CFG = dict(epochs=8, lr=0.05, batch_size=64)
+CFG = {"epochs": 8, "lr": 0.05, "batch_size": 64}
 
 
 def _attack_accuracy(registry, model, split) -> tuple[float, float]:

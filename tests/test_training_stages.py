@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import rtk
 import torch
 from click.testing import CliRunner
-
-import rtk
 from rtk.errors import ConfigError
 from rtk.models.checkpoint import read_tensors
 
@@ -38,7 +37,8 @@ TRAIN = {"kind": "train", "id": "pre", "model": "net", "trainer": {"name": "pgd-
 def test_train_then_fine_tune_from_best(tmp_path, registry):
     ft = {"kind": "fine-tune", "id": "ft", "model": "net-ft", "source": "net@best", "trainer": "trades",
           "epochs": 2, "batch_size": 100, "eval_size": 50, "eval_train_size": 0, "eval_steps": 3, "params": ["fc1.*", "head.*"]}
-    res = rtk.run(_exp(TRAIN, ft), registry=registry, out=tmp_path / "run")
+    again = {"kind": "train", "id": "again", "model": "net-ft", "epochs": 1, "batch_size": 200, "eval_every": 0}
+    res = rtk.run(_exp(TRAIN, ft, again), registry=registry, out=tmp_path / "run")
     hist = res.table("pre/history")
     assert list(hist.columns[:2]) == ["model", "trainer"] and set(hist.trainer) == {"pgd-at(eps=0.1, steps=3)"}
     assert hist.lr.round(5).tolist() == [0.05, 0.05, 0.005]  # piecewise, milestone at epoch 2
@@ -51,11 +51,16 @@ def test_train_then_fine_tune_from_best(tmp_path, registry):
     # fine-tuning started from net@best and trained only fc1/head with the lower default LR
     start = read_tensors(state["models"]["net-ft"]["checkpoints"]["start"])
     best = read_tensors(state["models"]["net"]["checkpoints"]["best"])
-    last_ft = read_tensors(state["models"]["net-ft"]["checkpoints"]["last"])
+    best_ft = read_tensors(state["models"]["net-ft"]["checkpoints"]["best"])
     assert all(torch.equal(start[k], best[k]) for k in best)
-    assert torch.equal(last_ft["conv1.weight"], best["conv1.weight"]) and not torch.equal(last_ft["head.weight"], best["head.weight"])
+    assert torch.equal(best_ft["conv1.weight"], best["conv1.weight"]) and not torch.equal(best_ft["head.weight"], best["head.weight"])
     ft_hist = res.table("ft/history")
     assert ft_hist.lr.tolist() == [0.01, 0.01] and ft_hist.trainer.iloc[0] == "trades"
+    assert set(ft_hist.model) == {"net-ft"}
+    # params froze conv1 during fine-tuning only: the next stage trains every parameter again
+    assert torch.equal(read_tensors(state["models"]["net-ft"]["checkpoints"]["best"])["conv1.weight"], best["conv1.weight"])
+    final = read_tensors(state["models"]["net-ft"]["checkpoints"]["last"])
+    assert not torch.equal(final["conv1.weight"], best["conv1.weight"])
     report = (tmp_path / "run/report.md").read_text()
     assert "robust-overfitting.png" in report
 

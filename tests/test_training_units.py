@@ -6,18 +6,25 @@ from __future__ import annotations
 import math
 
 import pytest
+import rtk
 import torch
 import torch.nn.functional as F
-
-import rtk
 from rtk.errors import ConfigError
 from rtk.models.small import cnn_small
 from rtk.training import (
-    EpsSchedule, FastATObjective, LoopConfig, MARTObjective, PGDATObjective, Progress, StandardObjective,
-    TRADESObjective, lr_factor, perturb, train_model,
+    EpsSchedule,
+    FastATObjective,
+    LoopConfig,
+    MARTObjective,
+    PGDATObjective,
+    Progress,
+    StandardObjective,
+    TRADESObjective,
+    lr_factor,
+    perturb,
+    train_model,
 )
 from rtk.training.state import flatten_optimizer_state, unflatten_optimizer_state
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,7 +99,7 @@ def test_objectives_return_loss_and_logits(model_and_batch):
 
 def test_eps_ramp_in_epochs():
     sched = EpsSchedule(0.3, warmup=1, ramp=2)
-    at = lambda e: sched(Progress.at_epoch(e, 10, steps_per_epoch=100))  # noqa: E731
+    at = lambda e: sched(Progress.at_epoch(e, 10, steps_per_epoch=100))
     assert at(0.5) == 0.0 and at(1.0) == 0.0 and at(2.0) == pytest.approx(0.15) and at(3.0) == pytest.approx(0.3)
     assert at(9) == pytest.approx(0.3)
     assert EpsSchedule(0.3)(0.1) == 0.3  # constant radius accepts a bare float

@@ -10,18 +10,58 @@ Quick use::
 
 from .attacks import bn_mode, default_alpha, perturb
 from .config import LoopConfig
-from .loop import Callback, Checkpointer, LoopState, TrainResult, accuracy, evaluate, fit, has_state, train_model
+from .loop import (
+    Callback,
+    Checkpointer,
+    LoopState,
+    TrainResult,
+    accuracy,
+    evaluate,
+    fit,
+    has_state,
+    train_model,
+)
 from .objectives import (
-    AdversarialObjective, EpsSchedule, FastATObjective, MARTObjective, Objective, ObjectiveOutput, PGDATObjective,
-    Progress, StandardObjective, TRADESObjective,
+    AdversarialObjective,
+    EpsSchedule,
+    FastATObjective,
+    MARTObjective,
+    Objective,
+    ObjectiveOutput,
+    PGDATObjective,
+    Progress,
+    StandardObjective,
+    TRADESObjective,
 )
 from .plots import plot_history
 from .schedules import lr_factor, make_optimizer, make_scheduler
 
 __all__ = [
-    "LoopConfig", "Objective", "ObjectiveOutput", "StandardObjective", "accuracy", "fit",
-    "train_model", "TrainResult", "Callback", "LoopState", "Checkpointer", "evaluate", "has_state",
-    "AdversarialObjective", "PGDATObjective", "TRADESObjective", "MARTObjective", "FastATObjective",
-    "Progress", "EpsSchedule", "perturb", "bn_mode", "default_alpha",
-    "lr_factor", "make_optimizer", "make_scheduler", "plot_history",
+    "AdversarialObjective",
+    "Callback",
+    "Checkpointer",
+    "EpsSchedule",
+    "FastATObjective",
+    "LoopConfig",
+    "LoopState",
+    "MARTObjective",
+    "Objective",
+    "ObjectiveOutput",
+    "PGDATObjective",
+    "Progress",
+    "StandardObjective",
+    "TRADESObjective",
+    "TrainResult",
+    "accuracy",
+    "bn_mode",
+    "default_alpha",
+    "evaluate",
+    "fit",
+    "has_state",
+    "lr_factor",
+    "make_optimizer",
+    "make_scheduler",
+    "perturb",
+    "plot_history",
+    "train_model",
 ]

@@ -132,4 +132,4 @@ def max_eps(norm: Norm, shape: tuple[int, ...]) -> float:
     return math.sqrt(math.prod(shape))
 
 
-__all__ = ["Norm", "Init", "ce_sum", "bn_mode", "bare_module", "random_init", "project", "perturb", "default_alpha", "max_eps"]
+__all__ = ["Init", "Norm", "bare_module", "bn_mode", "ce_sum", "default_alpha", "max_eps", "perturb", "project", "random_init"]

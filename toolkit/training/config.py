@@ -144,4 +144,4 @@ class LoopConfig(Options):
         return {k: getattr(self, k) for k in TRAJECTORY_FIELDS}
 
 
-__all__ = ["LoopConfig", "MONITORABLE", "TRAJECTORY_FIELDS"]
+__all__ = ["MONITORABLE", "TRAJECTORY_FIELDS", "LoopConfig"]

@@ -47,8 +47,14 @@ from .config import MONITORABLE, LoopConfig
 from .objectives import EpsSchedule, Objective, ObjectiveOutput, Progress
 from .schedules import make_optimizer, make_scheduler
 from .state import (
-    TrainingState, _cpu_tensors, capture_rng, flatten_optimizer_state, load_latest, restore_rng,
-    unflatten_optimizer_state, write_state,
+    TrainingState,
+    _cpu_tensors,
+    capture_rng,
+    flatten_optimizer_state,
+    load_latest,
+    restore_rng,
+    unflatten_optimizer_state,
+    write_state,
 )
 
 log = logging.getLogger(__name__)
@@ -466,9 +472,9 @@ class _TrainingRun:
 
     def _evaluate(self, row: dict[str, Any]) -> None:
         cfg, t0 = self.cfg, time.perf_counter()
-        kw = dict(batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp)
-        adv = dict(eps=self.eval_eps if self.robust_eval else None, alpha=self.eval_alpha, steps=cfg.eval_steps,
-                   norm=self.eval_norm, seed=self.seed + _EVAL_SEED_OFFSET)
+        kw = {"batch_size": cfg.eval_batch_size, "device": self.device, "amp": self.amp}
+        adv = {"eps": self.eval_eps if self.robust_eval else None, "alpha": self.eval_alpha, "steps": cfg.eval_steps,
+                   "norm": self.eval_norm, "seed": self.seed + _EVAL_SEED_OFFSET}
         if self.train_subset is not None:
             row["train_clean_acc"], row["train_robust_acc"] = evaluate(self.bare, self.train_subset, **kw, **adv)
         row["test_clean_acc"], _ = evaluate(self.bare, self.data.test, **kw)
@@ -638,5 +644,15 @@ def has_state(state_dir: str | os.PathLike) -> bool:
     return latest_state_path(state_dir) is not None
 
 
-__all__ = ["LoopConfig", "LoopState", "Callback", "TrainResult", "Checkpointer", "accuracy", "evaluate",
-           "train_model", "fit", "has_state"]
+__all__ = [
+    "Callback",
+    "Checkpointer",
+    "LoopConfig",
+    "LoopState",
+    "TrainResult",
+    "accuracy",
+    "evaluate",
+    "fit",
+    "has_state",
+    "train_model",
+]

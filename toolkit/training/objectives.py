@@ -54,7 +54,7 @@ class Progress(float):
     total_steps: int
     steps_per_epoch: int
 
-    def __new__(cls, step: int, total_steps: int, steps_per_epoch: int) -> Progress:
+    def __new__(cls, step: int, total_steps: int, steps_per_epoch: int) -> Progress:  # noqa: PYI034
         total_steps = max(int(total_steps), 1)
         obj = super().__new__(cls, min(max(step / total_steps, 0.0), 1.0))
         obj.step = int(step)
@@ -255,6 +255,14 @@ class FastATObjective(AdversarialObjective):
 
 
 __all__ = [
-    "ObjectiveOutput", "Objective", "Progress", "EpsSchedule", "StandardObjective", "AdversarialObjective",
-    "PGDATObjective", "TRADESObjective", "MARTObjective", "FastATObjective",
+    "AdversarialObjective",
+    "EpsSchedule",
+    "FastATObjective",
+    "MARTObjective",
+    "Objective",
+    "ObjectiveOutput",
+    "PGDATObjective",
+    "Progress",
+    "StandardObjective",
+    "TRADESObjective",
 ]

@@ -67,4 +67,4 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))
 
 
-__all__ = ["make_optimizer", "make_scheduler", "lr_factor", "default_milestones"]
+__all__ = ["default_milestones", "lr_factor", "make_optimizer", "make_scheduler"]

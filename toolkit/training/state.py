@@ -198,5 +198,14 @@ def load_latest(state_dir: str | os.PathLike) -> TrainingState | None:
     return read_state(path) if path is not None else None
 
 
-__all__ = ["TrainingState", "flatten_optimizer_state", "unflatten_optimizer_state", "capture_rng", "restore_rng",
-           "write_state", "read_state", "load_latest", "latest_state_path"]
+__all__ = [
+    "TrainingState",
+    "capture_rng",
+    "flatten_optimizer_state",
+    "latest_state_path",
+    "load_latest",
+    "read_state",
+    "restore_rng",
+    "unflatten_optimizer_state",
+    "write_state",
+]
