@@ -5,8 +5,9 @@ Setting: cnn-small, L-inf eps = 0.15 (pixels in [0, 1]), 8 epochs, SGD lr 0.05 m
 batch 64; adversarial trainers attack with 5 steps (fast AT: one FGSM step of 1.25 eps).
 Robust accuracy is measured independently of the training code, with the registered `pgd`
 attack (torchattacks), 20 steps of eps/4 from a random start, on the whole held-out split.
-Measured on the development machine (torch 2.14.1, CPU): standard 0.16, PGD-AT 0.54,
-TRADES 0.62, MART 0.43, fast AT 0.58 accuracy under attack; standard clean 0.98.
+Measured on the development machine (torch 2.14.1, CPU, one thread), accuracy under attack
+(clean): standard 0.16 (0.98), PGD-AT 0.54 (0.92), TRADES 0.55 (0.90), MART 0.44 (0.85),
+fast AT 0.58 (0.95).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def test_pgd_at_is_clearly_more_robust_than_standard_training(trained):
 def test_each_adversarial_trainer_beats_standard_under_attack(trained, name):
     std_rob = trained["standard"][2][1]
     clean, rob = trained[name][2]
-    assert rob > std_rob + 0.15, (name, std_rob, rob)  # measured trades 0.62, mart 0.43, fast-at 0.58 vs 0.16
+    assert rob > std_rob + 0.15, (name, std_rob, rob)  # measured trades 0.55, mart 0.44, fast-at 0.58 vs 0.16
     assert clean > 0.6
 
 
