@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import RtkError
@@ -59,8 +60,9 @@ def as_features(x: Tensor, *, what: str = "x", min_examples: int = 2) -> Tensor:
         raise SimilarityError(f"{what}: has no features (shape {list(x.shape)})")
     if n < min_examples:
         raise SimilarityError(f"{what}: needs at least {min_examples} examples, got {n}")
-    total = x.sum()  # a cascade sum in the input's type: one cheap pass; NaN/inf propagate
-    if not torch.isfinite(total):
+    # one cheap pass (a pairwise sum in the input's type); NaN and inf propagate into it
+    total = float(x.numpy().sum()) if _on_numpy(x) else float(x.sum())
+    if not math.isfinite(total):
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise SimilarityError(f"{what}: contains {bad} NaN or inf value(s) out of {x.numel()}")
@@ -84,27 +86,64 @@ def center(x: Tensor, *, what: str = "x", check: bool = False) -> Tensor:
     """Subtract the column means. With ``check``, raise when every feature is constant
     across examples (the CKA kernels find that anyway: a representation's HSIC with
     itself is then zero, which they report)."""
-    xc = x - x.mean(0, keepdim=True)
+    if _on_numpy(x):
+        a = x.numpy()
+        xc = torch.from_numpy(a - a.mean(0, dtype=np.float64).astype(a.dtype))
+    else:
+        xc = x - x.mean(0, keepdim=True)
     if check and not bool(xc.ne(0).any()):
         raise SimilarityError(f"{what}: every feature is constant across the {x.shape[0]} examples")
     return xc
 
 
 # ----------------------------------------------------------------------------- products
+# On the CPU, products go through NumPy's BLAS: it computes ``A @ A.T`` with a symmetric
+# routine (syrk, half the work), and runs the skinny products of the heatmaps (``L x k`` by
+# ``k x L``) an order of magnitude faster than torch here (benchmarks/bench_similarity.py
+# measures both). On other devices the same functions call torch.
+def _on_numpy(*ts: Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad for t in ts)
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b``; symmetric when ``b`` is ``a.T`` (then NumPy's syrk does half the work)."""
+    if _on_numpy(a, b):
+        return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
+    return a @ b
+
+
 def gram(x: Tensor) -> Tensor:
-    """``x @ x.T`` (``[n, n]``, symmetric) computed as upper-triangular block strips: about
-    half the work of a general product, on any device."""
-    return _syrk_rows(x)
+    """``x @ x.T`` (``[n, n]``, symmetric)."""
+    return matmul(x, x.T)
 
 
 def self_cross(x: Tensor) -> Tensor:
-    """``x.T @ x`` (``[d, d]``, symmetric) computed as upper-triangular block strips."""
-    return _syrk_rows(x.T)
+    """``x.T @ x`` (``[d, d]``, symmetric)."""
+    return matmul(x.T, x)
+
+
+def row_products(rows: Tensor, chunk: int = 1 << 16) -> Tensor:
+    """``rows @ rows.T`` in float64 for a wide ``[L, k]`` matrix: float32 products over
+    chunks of ``chunk`` columns (short sums, about 1e-7 relative), added in float64. One
+    float32 product over millions of columns would lose about 1e-4 relative."""
+    nl, k = rows.shape
+    if _on_numpy(rows):
+        a = rows.numpy()
+        out = np.zeros((nl, nl))
+        for c0 in range(0, k, chunk):
+            part = a[:, c0:c0 + chunk]
+            out += part @ part.T
+        return torch.from_numpy(out)
+    res = torch.zeros(nl, nl, dtype=torch.float64, device=rows.device)
+    for c0 in range(0, k, chunk):
+        part = rows[:, c0:c0 + chunk]
+        res += (part @ part.T).to(torch.float64)
+    return res
 
 
 def _syrk_rows(a: Tensor, block: int = SYRK_BLOCK) -> Tensor:
-    """``a @ a.T`` for ``a`` of shape ``[m, k]``: each row block is multiplied only with the
-    rows from its own start onward (the upper triangle), and mirrored."""
+    """``a @ a.T`` for ``a`` of shape ``[m, k]`` as row-block strips of the upper triangle
+    (half the work with any BLAS; used where NumPy's syrk is not available)."""
     m = a.shape[0]
     if m <= 2 * block:
         return a @ a.T
@@ -117,30 +156,23 @@ def _syrk_rows(a: Tensor, block: int = SYRK_BLOCK) -> Tensor:
     return out
 
 
-def _fro2_syrk(a: Tensor, block: int = SYRK_BLOCK) -> float:
-    """``||a a^T||_F^2`` without forming the whole matrix: row-block strips of the upper
-    triangle, off-diagonal blocks counted twice; sums in float64."""
-    m = a.shape[0]
-    total = 0.0
-    for i0 in range(0, m, block):
-        i1 = min(i0 + block, m)
-        strip = a[i0:i1] @ a[i0:].T  # [b, m - i0]
-        diag = strip[:, : i1 - i0]
-        total += 2.0 * float(_sumsq(strip)) - float(_sumsq(diag))
-    return total
-
-
 def _sumsq(t: Tensor) -> Tensor:
     """Sum of squares as a float64 scalar: one partial sum per row in the tensor's type,
     the partial sums added in float64 (``vector_norm`` and long BLAS dot products lose
     up to 1e-5 relative in float32; this keeps about 1e-8)."""
     if t.ndim < 2:
         t = t.reshape(1, -1)
+    if _on_numpy(t):
+        a = t.numpy()
+        return torch.tensor(float(np.einsum("ij,ij->i", a, a).sum(dtype=np.float64)), dtype=torch.float64)
     return (t * t).sum(-1).to(torch.float64).sum()
 
 
 def _rowsq(xc: Tensor) -> Tensor:
     """Squared norm of every row, as float64: the diagonal of the Gram matrix."""
+    if _on_numpy(xc):
+        a = xc.numpy()
+        return torch.from_numpy(np.einsum("ij,ij->i", a, a).astype(np.float64))
     return (xc * xc).sum(1).to(torch.float64)
 
 
@@ -209,9 +241,9 @@ def linear_stats(x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int
     if route == "auto":
         route = "feature" if xc.shape[1] + yc.shape[1] < n else "gram"
     if route == "feature":
-        kl = float(_sumsq(xc.T @ yc))
-        kk = _fro2_syrk(xc.T)
-        ll = _fro2_syrk(yc.T)
+        kl = float(_sumsq(matmul(xc.T, yc)))
+        kk = float(_sumsq(self_cross(xc)))
+        ll = float(_sumsq(self_cross(yc)))
     elif route == "gram":
         gx, gy = gram(xc), gram(yc)
         kl = float(_dot64(gx, gy))
@@ -244,7 +276,7 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> float:
 
 def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *, debiased: bool = False,
                       names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None,
-                      route: str = "auto", memory: int = 256 << 20) -> Tensor:
+                      route: str = "auto", memory: int = 256 << 20, gram_memory: int = 2 << 30) -> Tensor:
     """Linear CKA between every pair of layers: ``[len(xs), len(xs)]`` within one model, or
     ``[len(xs), len(ys)]`` between two models. One summary per layer, never one per pair:
 
@@ -252,10 +284,12 @@ def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, 
     - feature route (when the summed width ``D`` of all layers is below ``n``): one
       symmetric product of the concatenated features ``Z^T Z`` (``n D^2`` flops), whose
       blocks give every ``||Xi^T Xj||_F^2``;
-    - Gram route (otherwise): the ``n x n`` Grams of all layers are computed in row-block
-      strips of their upper triangles (``n^2 sum(d)`` flops, half a general product) and
-      every strip's Frobenius products with all layers are one small GEMM, accumulated in
-      float64; memory stays under ``memory`` bytes for the strips whatever ``n`` and ``L``.
+    - Gram route (otherwise): one symmetric ``n x n`` Gram per layer (``n^2 sum(d)``
+      flops), then all ``L^2`` Frobenius products as GEMMs of the flattened Grams over
+      column chunks, accumulated in float64. When the ``L`` Grams would take more than
+      ``gram_memory`` bytes, they are computed in row-block strips of their upper
+      triangles instead, and each strip's products with all layers are taken at once:
+      memory then stays under ``memory`` bytes whatever ``n`` and ``L``.
 
     Returns float64 CKA values on the features' device.
     """
@@ -284,7 +318,10 @@ def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, 
     if route == "feature":
         prods = _feature_products(feats, widths)
     elif route == "gram":
-        prods = _gram_strip_products(feats, memory)
+        if len(feats) * n * n * feats[0].element_size() <= gram_memory:
+            prods = _gram_stored_products(feats)
+        else:
+            prods = _gram_strip_products(feats, memory)
     else:
         raise ValueError(f"route must be 'auto', 'feature' or 'gram', got {route!r}")
     if debiased:
@@ -318,6 +355,19 @@ def _feature_products(feats: Sequence[Tensor], widths: Sequence[int]) -> Tensor:
     return out
 
 
+def _gram_stored_products(feats: Sequence[Tensor]) -> Tensor:
+    """``<Ki, Kj>_F`` for all pairs from the stored Grams ``Ki = Xi Xi^T``."""
+    nl, n = len(feats), feats[0].shape[0]
+    if _on_numpy(*feats):
+        store = np.empty((nl, n, n), dtype=feats[0].numpy().dtype)
+        for l, f in enumerate(feats):
+            a = f.numpy()
+            np.matmul(a, a.T, out=store[l])  # syrk
+        return row_products(torch.from_numpy(store.reshape(nl, n * n)))
+    grams = torch.stack([f @ f.T for f in feats]).reshape(nl, n * n)
+    return row_products(grams)
+
+
 def _gram_strip_products(feats: Sequence[Tensor], memory: int) -> Tensor:
     """``<Ki, Kj>_F`` for all pairs of centred linear Grams ``Ki = Xi Xi^T`` from row-block
     strips of their upper triangles: off-diagonal blocks count twice, diagonal blocks once."""
@@ -337,16 +387,10 @@ def _gram_strip_products(feats: Sequence[Tensor], memory: int) -> Tensor:
     return out
 
 
-def _layer_products(strips: Tensor, rows: int = 8) -> Tensor:
-    """``sum_r strips[:, r] @ strips[:, r].T`` for ``strips`` ``[L, b, m]``: GEMMs over a few
-    rows at a time (short float32 sums), added in float64. One GEMM over the whole strip
-    would sum millions of float32 products and lose about 1e-4 relative."""
-    nl, bb, _ = strips.shape
-    out = torch.zeros(nl, nl, dtype=torch.float64, device=strips.device)
-    for r0 in range(0, bb, rows):
-        part = strips[:, r0:r0 + rows, :].reshape(nl, -1)
-        out += (part @ part.T).to(torch.float64)
-    return out
+def _layer_products(strips: Tensor) -> Tensor:
+    """``sum_r strips[:, r] @ strips[:, r].T`` for ``strips`` ``[L, b, m]`` (float64)."""
+    nl = strips.shape[0]
+    return row_products(strips.reshape(nl, -1) if strips.is_contiguous() else strips.contiguous().reshape(nl, -1))
 
 
 # ----------------------------------------------------------------------------- Gram-based CKA
@@ -478,17 +522,29 @@ def rbf_cka(x: Tensor, y: Tensor, *, sigma: float = 0.8, debiased: bool = False)
 
 
 # ----------------------------------------------------------------------------- minibatch HSIC
-def hsic1_matrix(grams: Tensor) -> Tensor:
+def hsic1_matrix(grams: Tensor | Sequence[Tensor]) -> Tensor:
     """Unbiased HSIC estimator (Song et al. 2012) between every pair of ``L`` kernel
-    matrices of one minibatch: ``grams`` is ``[L, b, b]`` (any float type; b >= 4).
-    Returns float64 ``[L, L]``:
+    matrices of one minibatch: ``grams`` is ``[L, b, b]`` or a list of ``[b, b]`` (any float
+    type; b >= 4). Returns float64 ``[L, L]``:
 
     ``HSIC_1(K, L) = [tr(K~ L~) + (1^T K~ 1)(1^T L~ 1)/((b-1)(b-2)) - 2/(b-2) 1^T K~ L~ 1] / (b (b-3))``
     """
-    n_layers, b, _ = grams.shape
+    mats = list(grams)
+    n_layers, b = len(mats), mats[0].shape[0]
     if b < 4:
         raise SimilarityError(f"the unbiased HSIC estimator needs minibatches of at least 4 examples, got {b}")
-    kt = grams.to(torch.float64).clone()
+    if _on_numpy(*mats):
+        kt = np.empty((n_layers, b, b))
+        for i, m in enumerate(mats):
+            kt[i] = m.numpy()
+        idx = np.arange(b)
+        kt[:, idx, idx] = 0.0
+        flat = kt.reshape(n_layers, b * b)
+        rows = kt.sum(2)
+        tot = rows.sum(1)
+        h = (flat @ flat.T + np.outer(tot, tot) / ((b - 1) * (b - 2)) - (2.0 / (b - 2)) * (rows @ rows.T)) / (b * (b - 3))
+        return torch.from_numpy(h)
+    kt = torch.stack([m.to(torch.float64) for m in mats])
     kt.diagonal(dim1=1, dim2=2).zero_()
     flat = kt.reshape(n_layers, b * b)
     rows = kt.sum(2)  # [L, b]

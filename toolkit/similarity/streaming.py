@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .kernels import (
-    LinearStats, Moments, SimilarityError, Tensor, as_features, cka_from_stats, cka_matrix_from_products, gram,
+    LinearStats, Moments, SimilarityError, Tensor, as_features, center, cka_from_stats, cka_matrix_from_products, gram,
     hsic1_matrix, procrustes_from_moments, pwcca_from_moments, svcca_from_moments,
 )
 
@@ -68,11 +68,8 @@ class MinibatchCKA:
                 b = f.shape[0]
             elif f.shape[0] != b:
                 raise SimilarityError(f"layer {nm!r} has {f.shape[0]} examples in this batch, the first layer has {b}")
-            fc = f - f.mean(0, dtype=torch.float64).to(f.dtype)  # allowed: HSIC_1 is invariant to shifts
-            mats.append(gram(fc))
-        dev = mats[0].device
-        grams = torch.stack([m.to(dev) for m in mats])
-        h = hsic1_matrix(grams)
+            mats.append(gram(center(f)))  # centring is allowed: HSIC_1 is invariant to shifts
+        h = hsic1_matrix(mats)
         self._sum = h if self._sum is None else self._sum + h.to(self._sum.device)
         self.batches += 1
         self.examples += int(b or 0)

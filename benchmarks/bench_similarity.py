@@ -1,0 +1,315 @@
+"""Speed of rtk's similarity kernels against the FLOP bound, a per-pair baseline and peers.
+
+Run: ``python benchmarks/bench_similarity.py [--quick] [--install-peers] [--repeats N]``
+
+Everything is measured side by side in one run (the two sides interleaved, medians of
+``--repeats``), because the machine is shared and timings drift. Printed ratios:
+
+- against the FLOP bound: the minimal flop count divided by the fp32 GEMM peak measured
+  in this run (torch, 4096^3; NumPy's is printed beside it). Two counts are shown:
+  ``issue`` is the count of the issue (a pair: ``2 n d1 d2``, the cross product only; a
+  heatmap: L general Grams plus L^2 Frobenius products), ``exact`` is the least any exact
+  method computes (a pair also needs ``||X^T X||`` and ``||Y^T Y||``: ``n (d1^2 + d2^2)`` with
+  symmetry; a heatmap's Grams and products are symmetric: ``n^2 sum(d) + L(L+1)/2 n^2``);
+- against per-pair computation (rtk's own single-pair kernel called for every pair, and
+  a textbook per-pair Gram implementation);
+- against the peers (torch_cka, ckatorch, cka-pytorch, pytorch-cka) when importable;
+  ``--install-peers`` pip-installs them into a separate ``--peers-dir`` (never into the
+  project). Each peer's value is also checked against a float64 reference.
+
+On CUDA the heatmap also runs on the GPU and reports TFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from rtk.similarity import kernels as K
+from rtk.similarity.streaming import MinibatchCKA
+
+PEERS = ["torch_cka", "ckatorch", "cka-pytorch", "pytorch-cka"]
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn: Callable[[], object], dev: torch.device = torch.device("cpu")) -> tuple[float, object]:
+    sync(dev)
+    t = time.perf_counter()
+    out = fn()
+    sync(dev)
+    return time.perf_counter() - t, out
+
+
+def interleave(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device = torch.device("cpu"),
+               cap: float = 90.0) -> tuple[dict[str, float], dict[str, object]]:
+    """Median time of each function, the functions run in turn each round. A function whose
+    first run exceeds ``cap`` seconds is not repeated."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    values: dict[str, object] = {}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            if r > 0 and times[name] and times[name][0] > cap:
+                continue
+            gc.collect()
+            dt, out = timed(fn, dev)
+            times[name].append(dt)
+            values[name] = out
+    return {k: statistics.median(v) for k, v in times.items()}, values
+
+
+def gemm_peak(dev: torch.device, size: int = 4096) -> tuple[float, float | None]:
+    a = torch.randn(size, size, device=dev)
+    b = torch.randn(size, size, device=dev)
+    a @ b
+    ts = [timed(lambda: a @ b, dev)[0] for _ in range(3)]
+    peak_t = 2 * size ** 3 / statistics.median(ts)
+    peak_n = None
+    if dev.type == "cpu":
+        an, bn = a.numpy(), b.numpy()
+        an @ bn
+        tn = []
+        for _ in range(3):
+            t = time.perf_counter()
+            an @ bn
+            tn.append(time.perf_counter() - t)
+        peak_n = 2 * size ** 3 / statistics.median(tn)
+    return peak_t, peak_n
+
+
+# ----------------------------------------------------------------------------- baselines
+def textbook_pair_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """A per-pair implementation as commonly written: two full Gram GEMMs, centring, and
+    Frobenius products (no symmetry, nothing shared between pairs)."""
+    k, l = x @ x.T, y @ y.T
+
+    def c(g):
+        return g - g.mean(0, keepdim=True) - g.mean(1, keepdim=True) + g.mean()
+
+    kc, lc = c(k), c(l)
+    return float((kc * lc).sum() / torch.sqrt((kc * kc).sum() * (lc * lc).sum()))
+
+
+def numpy_feature_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Feature-space linear CKA in NumPy (Kornblith et al.'s formula), the best peer of the issue."""
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    xy = np.linalg.norm(x.T @ y) ** 2
+    return float(xy / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def reference64(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> float:
+    return K.linear_cka(x.double(), y.double(), debiased=debiased)
+
+
+def load_peers(peers_dir: str | None, install: bool) -> dict[str, object]:
+    if install and peers_dir:
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", peers_dir, *PEERS]
+        print(f"installing peers into {peers_dir} (not the project): {' '.join(PEERS)}")
+        subprocess.run(cmd, check=False)
+    if peers_dir:
+        sys.path.insert(0, peers_dir)
+    found: dict[str, object] = {}
+    for mod, label in (("ckatorch.core", "ckatorch"), ("cka", "pytorch-cka"), ("cka_pytorch.hsic", "cka-pytorch"),
+                       ("torch_cka", "torch_cka")):
+        try:
+            found[label] = __import__(mod, fromlist=["_"])
+        except Exception as exc:  # noqa: BLE001 - a missing or broken peer is reported, not fatal
+            print(f"  peer {label}: not available ({type(exc).__name__})")
+    return found
+
+
+def peer_pair_functions(peers: dict[str, object]) -> dict[str, Callable[[torch.Tensor, torch.Tensor], float]]:
+    out: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {}
+    if "ckatorch" in peers:
+        out["ckatorch cka_base (float64 Grams)"] = lambda x, y: float(peers["ckatorch"].cka_base(x, y))  # type: ignore[attr-defined]
+    if "pytorch-cka" in peers:
+        out["pytorch-cka cka_from_features (unbiased)"] = lambda x, y: float(peers["pytorch-cka"].cka_from_features(x, y)[0, 0])  # type: ignore[attr-defined]
+    return out
+
+
+# ----------------------------------------------------------------------------- sections
+def bench_pair(n: int, d: int, repeats: int, peak: float, peak_best: float, peers: dict[str, object]) -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(n, 64, generator=g)
+    x = torch.relu(z @ torch.randn(64, d, generator=g) + 0.1 * torch.randn(n, d, generator=g))
+    y = torch.relu(z @ torch.randn(64, d, generator=g) + 0.5 * torch.randn(n, d, generator=g))
+    xn, yn = x.numpy(), y.numpy()
+    issue = 2 * n * d * d
+    exact = 2 * n * d * d + n * d * d + n * d * d
+    print(f"\n== single linear CKA, n={n}, d1=d2={d}")
+    print(f"   FLOP bound at the torch peak: issue count {issue / peak:.3f} s, exact count {exact / peak:.3f} s")
+    fns: dict[str, Callable[[], object]] = {
+        "rtk linear_cka": lambda: K.linear_cka(x, y),
+        "rtk linear_cka debiased": lambda: K.linear_cka(x, y, debiased=True),
+        "numpy feature-space (best peer of the issue)": lambda: numpy_feature_cka(xn, yn),
+    }
+    for name, f in peer_pair_functions(peers).items():
+        fns[name] = lambda f=f: f(x, y)
+    times, values = interleave(fns, repeats)
+    ref = reference64(x, y)
+    ref_d = reference64(x, y, debiased=True)
+    base = times["rtk linear_cka"]
+    for name, t in times.items():
+        r = ref_d if ("debiased" in name or "unbiased" in name) else ref
+        err = abs(float(values[name]) - r)  # type: ignore[arg-type]
+        print(f"   {name:<46} {t:7.3f} s  x{t / (issue / peak):5.2f} issue bound  x{t / (exact / peak):5.2f} exact "
+              f"bound (x{t / (exact / peak_best):4.2f} at best peak)  rtk is {t / base:5.2f}x faster  |err| {err:.1e}")
+
+
+def layer_widths(lo: int, hi: int, count: int) -> list[int]:
+    return [int(round(lo * (hi / lo) ** (i / (count - 1)))) for i in range(count)]
+
+
+def bench_heatmap(n: int, widths: list[int], repeats: int, peak: float, peak_best: float, peers: dict[str, object],
+                  dev: torch.device) -> None:
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(n, 96, generator=g)
+    feats = [torch.relu(z @ torch.randn(96, d, generator=g) + 0.3 * torch.randn(n, d, generator=g)).to(dev)
+             for d in widths]
+    nl = len(widths)
+    sd = sum(widths)
+    issue = 2 * n * n * sd + 2 * nl * nl * n * n
+    exact = n * n * sd + nl * (nl + 1) // 2 * n * n
+    print(f"\n== {nl} x {nl} linear CKA heatmap, n={n}, d={widths[0]}..{widths[-1]} (sum {sd}), device {dev}")
+    print(f"   FLOP bound at the torch peak: issue count {issue / peak:.2f} s, exact count {exact / peak:.2f} s")
+    mirror = [(i, nl - 1 - i) for i in range(nl // 2)]  # their widths average to the mean of all L^2 pairs
+    fns: dict[str, Callable[[], object]] = {"rtk linear_cka_matrix": lambda: K.linear_cka_matrix(feats)}
+    fns["rtk per pair (mirror sample)"] = lambda: [K.linear_cka(feats[i], feats[j]) for i, j in mirror]
+    fns["textbook per pair (mirror sample)"] = lambda: [textbook_pair_cka(feats[i], feats[j]) for i, j in mirror]
+    if "ckatorch" in peers and dev.type == "cpu":
+        fns["ckatorch per pair (mirror sample)"] = lambda: [float(peers["ckatorch"].cka_base(feats[i], feats[j]))  # type: ignore[attr-defined]
+                                                            for i, j in mirror[:2]]
+    if "pytorch-cka" in peers:
+        fns["pytorch-cka cka_from_features (one Gram per layer)"] = lambda: peers["pytorch-cka"].cka_from_features(feats, feats)  # type: ignore[attr-defined]
+    times, values = interleave(fns, repeats, dev, cap=60.0)
+    mat = values["rtk linear_cka_matrix"]
+    t0 = times["rtk linear_cka_matrix"]
+    full = {"rtk linear_cka_matrix": t0}
+    scale_all = nl * nl / len(mirror)
+    for name, t in times.items():
+        if name == "rtk linear_cka_matrix":
+            continue
+        if "ckatorch" in name:
+            full[name.replace("mirror sample", f"{nl * nl} pairs, extrapolated from 2")] = t * nl * nl / 2
+        elif "mirror" in name:
+            full[name.replace("mirror sample", f"{nl * nl} pairs, extrapolated from {len(mirror)}")] = t * scale_all
+        else:
+            full[name] = t
+    for name, t in full.items():
+        print(f"   {name:<62} {t:8.2f} s  x{t / (issue / peak):5.2f} issue bound  x{t / (exact / peak):5.2f} exact "
+              f"bound (x{t / (exact / peak_best):4.2f} at best peak)  rtk is {t / t0:6.1f}x faster")
+    ref = np.array([[reference64(feats[i].cpu(), feats[j].cpu()) for j in (0, nl // 2, nl - 1)] for i in (0, nl - 1)])
+    got = mat[[0, nl - 1]][:, [0, nl // 2, nl - 1]].cpu().numpy()  # type: ignore[index]
+    print(f"   rtk vs float64 reference (6 entries): max |err| {np.abs(got - ref).max():.1e}")
+    if "pytorch-cka cka_from_features (one Gram per layer)" in values:
+        pv = values["pytorch-cka cka_from_features (one Gram per layer)"]
+        ref_u = reference64(feats[0].cpu(), feats[-1].cpu(), debiased=True)
+        print(f"   pytorch-cka (unbiased, float32) entry [0, L-1]: {float(pv[0, -1]):.6f} vs float64 {ref_u:.6f}")  # type: ignore[index]
+    if dev.type == "cuda":
+        print(f"   achieved {exact / t0 / 1e12:.2f} TFLOP/s (exact count) on {torch.cuda.get_device_name(dev)}")
+
+
+def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers: dict[str, object],
+                    dev: torch.device) -> None:
+    g = torch.Generator().manual_seed(2)
+    data = [[torch.randn(b, d, generator=g).relu_().to(dev) for d in widths] for _ in range(batches)]
+    nl = len(widths)
+    print(f"\n== minibatch CKA, {batches} batches of {b}, {nl} layers (d={widths[0]}..{widths[-1]}), all L^2 pairs")
+
+    def rtk_run(nb: int):
+        acc = MinibatchCKA()
+        for batch in data[:nb]:
+            acc.update(batch)
+        return acc
+
+    def per_pair_hsic():
+        # what per-pair minibatch packages do: for every pair and batch, Grams and three HSIC_1
+        h = torch.zeros(nl, nl, 3, dtype=torch.float64)
+        for batch in data:
+            grams = [f @ f.T for f in batch]
+            for i in range(nl):
+                for j in range(nl):
+                    sub = K.hsic1_matrix(torch.stack([grams[i], grams[j]]))
+                    h[i, j] += torch.tensor([float(sub[0, 1]), float(sub[0, 0]), float(sub[1, 1])], dtype=torch.float64)
+        return h
+
+    fns: dict[str, Callable[[], object]] = {"rtk MinibatchCKA": lambda: rtk_run(batches),
+                                            "per-pair HSIC_1 loop": per_pair_hsic}
+    if "torch_cka" in peers:
+        helper = SimpleNamespace(device=str(dev))
+        hs = peers["torch_cka"].CKA._HSIC  # type: ignore[attr-defined]
+
+        def torch_cka_loop():
+            for batch in data[:2]:
+                for i in range(nl):
+                    k = batch[i] @ batch[i].T
+                    k.fill_diagonal_(0.0)
+                    hs(helper, k, k)
+                    for j in range(nl):
+                        lm = batch[j] @ batch[j].T
+                        lm.fill_diagonal_(0.0)
+                        hs(helper, k, lm)
+                        hs(helper, lm, lm)
+        fns["torch_cka _HSIC loop (2 batches, extrapolated)"] = torch_cka_loop
+    times, values = interleave(fns, repeats, dev)
+    t0 = times["rtk MinibatchCKA"]
+    for name, t in times.items():
+        tt = t * batches / 2 if "extrapolated" in name else t
+        print(f"   {name:<50} {tt:7.3f} s  rtk is {tt / t0:6.1f}x faster")
+    a20 = rtk_run(batches)
+    a40 = rtk_run(batches // 2)
+    state = a20.state_dict()["sum"]
+    print(f"   accumulator state: {state.numel()} float64 ({state.numel() * 8} bytes) after {a40.batches} and after "
+          f"{a20.batches} batches (the same); transient per batch: {nl} Grams of {b}x{b}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a minute instead of several)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--peers-dir", default="/tmp/rtk-bench-peers", help="where peers are (or get) installed")
+    ap.add_argument("--install-peers", action="store_true", help=f"pip install {' '.join(PEERS)} into --peers-dir")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["pair", "heatmap", "minibatch"])
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy {np.__version__}")
+    peak, peak_n = gemm_peak(cpu)
+    best = max(peak, peak_n or 0.0)
+    print(f"fp32 GEMM peak (4096^3, median of 3): torch {peak / 1e9:.1f} GFLOP/s, numpy {(peak_n or 0) / 1e9:.1f} GFLOP/s")
+    peers = load_peers(args.peers_dir, args.install_peers)
+    if args.quick:
+        pair, hm_n, hm_w, mb = (4000, 1024), 2000, layer_widths(256, 2048, 12), (20, 256, layer_widths(128, 1024, 12))
+    else:
+        pair, hm_n, hm_w, mb = (10000, 2048), 5000, layer_widths(512, 8192, 12), (20, 256, layer_widths(256, 4096, 12))
+    if "pair" not in args.skip:
+        bench_pair(*pair, args.repeats, peak, best, peers)
+    if "heatmap" not in args.skip:
+        bench_heatmap(hm_n, hm_w, max(1, args.repeats - 1), peak, best, peers, cpu)
+        if torch.cuda.is_available():
+            gpu = torch.device("cuda")
+            gp, _ = gemm_peak(gpu, 8192)
+            print(f"\nCUDA fp32 GEMM peak: {gp / 1e12:.2f} TFLOP/s")
+            bench_heatmap(hm_n, hm_w, args.repeats, gp, gp, {}, gpu)
+    if "minibatch" not in args.skip:
+        bench_minibatch(*mb, args.repeats, peers, cpu)
+    print("\n(ratios above 1 against a bound mean slower than the bound; 'issue' counts only the cross term of a "
+          "pair, which no exact method can reach: see the module doc)")
+
+
+if __name__ == "__main__":
+    main()
