@@ -211,13 +211,41 @@ def test_margin_spec_folding_is_tighter_than_logit_intervals():
 def test_pruned_weights_are_honoured():
     torch.manual_seed(0)
     model = conv_net().eval()
-    torch.nn.utils.prune.l1_unstructured(model.conv2, "weight", amount=0.6)
+    from torch.nn.utils import prune
+
+    prune.l1_unstructured(model.conv2, "weight", amount=0.6)
     x = torch.rand(4, 2, 6, 6)
     check_graph(bound_graph(model, x), model, x)
     with torch.no_grad():
         model.conv2.weight_orig.mul_(1.5)  # the mask must be applied to the live weights
         lo, hi = output_bounds(model, (x, x), method="crown")
         assert torch.allclose(lo, model(x), atol=1e-4)
+
+
+def test_rtk_masked_and_scored_layers_are_honoured():
+    """Pruned models of rtk.pruning: masked layers use weight * mask, HYDRA-scored layers the
+    top-k mask of their scores with a straight-through gradient to the scores."""
+    from rtk.pruning.masks import apply_mask, to_scored
+
+    torch.manual_seed(0)
+    model = conv_net().eval()
+    apply_mask(model.conv2, torch.rand_like(model.conv2.weight) > 0.5)
+    to_scored(model.fc, keep=40, scores=torch.randn_like(model.fc.weight))
+    x = torch.rand(4, 2, 6, 6)
+    check_graph(bound_graph(model, x), model, x)
+    with torch.no_grad():
+        lo, hi = output_bounds(model, (x, x), method="crown")
+        assert torch.allclose(lo, model(x), atol=1e-4)
+        box = linf_box(x, 0.03)
+        lo, hi = output_bounds(model, box, method="crown")
+        z = model(_corners_and_random(box, 50, torch.Generator().manual_seed(0)).flatten(0, 1)).view(50, 4, -1)
+        assert (z >= lo - TOL).all() and (z <= hi + TOL).all()
+    # certified training trains the scores and never revives pruned weights
+    model.train()
+    obj = CertifiedObjective(0.05, "crown-ibp", Ramp(0.0, 0.0), kappa_end=0.0)
+    obj(model, x, torch.zeros(4, dtype=torch.long), progress=1.0).loss.backward()
+    assert model.fc.scores.grad is not None and model.fc.scores.grad.abs().sum() > 0
+    assert (model.conv2.weight.grad[~model.conv2.weight_mask] == 0).all()
 
 
 # ---------------------------------------------------------------------------- errors

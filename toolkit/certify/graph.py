@@ -81,11 +81,31 @@ def _flat_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
-    # torch.nn.utils.prune keeps weight_orig * weight_mask; the attribute ``weight`` is
-    # refreshed only by a forward pre-hook, so recompute it from the live tensors.
+    """The weight a Linear/Conv2d layer's forward pass really uses, differentiably.
+
+    - a layer that defines ``effective_weight()`` (the protocol for custom masked layers);
+    - ``torch.nn.utils.prune``: ``weight_orig * weight_mask`` (``weight`` itself is refreshed
+      only by a forward pre-hook);
+    - rtk's masked layers (:mod:`rtk.pruning`): ``weight * weight_mask``, so pruned weights get
+      no gradient; rtk's scored (HYDRA) layers: ``weight`` times the top-k mask of ``|scores|``,
+      with the straight-through gradient to the scores that their forward pass uses;
+    - otherwise ``weight`` (``torch.nn.utils.parametrize`` computes it on access).
+    """
+    fn = getattr(module, "effective_weight", None)
+    if callable(fn):
+        return fn()
     if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
         return module.weight_orig * module.weight_mask
-    return module.weight
+    w = module.weight
+    if getattr(type(module), "_rtk_base", None) is not None:
+        scores = getattr(module, "scores", None)
+        if isinstance(scores, torch.Tensor) and callable(getattr(module, "current_mask", None)):
+            mag = scores.abs()
+            return w * (module.current_mask().to(w.dtype) + (mag - mag.detach()))
+        mask = getattr(module, "weight_mask", None)
+        if isinstance(mask, torch.Tensor):
+            return w * mask.to(w.dtype)
+    return w
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
@@ -546,7 +566,16 @@ def _check_hooks(model: nn.Module) -> None:
 
 
 def _exact(m: nn.Module, cls: type[nn.Module]) -> bool:
-    return isinstance(m, cls) and type(m).forward is cls.forward
+    """``m`` computes what ``cls`` computes: its forward is ``cls``'s, or it is a weight-masking
+    subclass (rtk's masked and scored layers, or a layer with ``effective_weight()``) whose
+    forward is ``cls``'s operation with the weight of :func:`_weight`."""
+    if not isinstance(m, cls):
+        return False
+    if type(m).forward is cls.forward:
+        return True
+    if cls in (nn.Linear, nn.Conv2d):
+        return getattr(type(m), "_rtk_base", None) is cls or callable(getattr(m, "effective_weight", None))
+    return False
 
 
 class _Builder:
