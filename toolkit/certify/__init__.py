@@ -25,7 +25,8 @@ from .core import (
     BoundCertifier, CertificationResult, Certifier, certify_split, eval_mode, radius_curve, summarize,
     verified_accuracy,
 )
-from .graph import SUPPORTED, BoundGraph, UnsupportedLayerError, bound_graph, check_graph
+from .graph import BoundGraph, bound_graph, check_graph
+from .ops import SUPPORTED, UnsupportedLayerError
 from .smoothing import SmoothingCertifier, clopper_pearson_lower, clopper_pearson_lower_bisect
 from .training import CertifiedObjective, GaussianNoiseObjective, Ramp
 

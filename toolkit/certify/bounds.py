@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import RtkError
-from .graph import Bound, BoundGraph, Pass, bound_graph
+from .graph import BoundGraph, bound_graph
+from .ops import Bound, Pass
 
 METHODS = ("ibp", "crown", "crown-ibp")
 

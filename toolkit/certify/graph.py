@@ -1,12 +1,7 @@
 """A model as a graph of bound-propagation operations.
 
 :func:`bound_graph` traces a model with ``torch.fx`` and turns every node into an
-:class:`Op` that knows three things:
-
-- ``forward``: the exact computation on a point (used to check the graph against the model);
-- ``interval``: interval bound propagation (IBP) from input intervals to an output interval;
-- ``backward``: the backward linear relaxation step of CROWN, mapping a linear function of
-  the op's output ``A @ out`` to a linear function of its inputs plus a constant.
+:class:`~rtk.certify.ops.Op` (its exact forward, interval and CROWN backward steps).
 
 Supported: ``nn.Linear``, ``nn.Conv2d`` (zero padding), ``nn.ReLU`` (and ``F.relu``),
 ``nn.BatchNorm1d/2d`` (eval mode; batch statistics of the interval centres in training
@@ -17,8 +12,8 @@ multiplications and divisions by constants. Anything else raises
 :class:`UnsupportedLayerError` naming the layer, never a silently wrong bound.
 
 Parameters are read from the live modules at every call (never copied), so the same
-graph serves certification and certified training, and pruning masks applied with
-``torch.nn.utils.prune`` or ``torch.nn.utils.parametrize`` are honoured.
+graph serves certification and certified training, and pruning masks (rtk's masked and
+scored layers, ``torch.nn.utils.prune``, ``torch.nn.utils.parametrize``) are honoured.
 """
 
 from __future__ import annotations
@@ -36,407 +31,12 @@ from torch import nn
 
 from ..errors import RtkError
 from ..models.layers import Normalize
-
-log = logging.getLogger(__name__)
-
-Bound = tuple[torch.Tensor, torch.Tensor]
-
-SUPPORTED = (
-    "Linear, Conv2d (zero padding), ReLU / F.relu, BatchNorm1d, BatchNorm2d (eval mode), Flatten / view / reshape, "
-    "AvgPool2d, AdaptiveAvgPool2d (output size dividing the input), rtk.models.Normalize, Identity, Dropout, "
-    "residual additions of two branches (x + y, x - y), and +, -, *, / by constants"
+from .ops import (
+    SUPPORTED, AddOp, BatchNormOp, ConvOp, DropoutOp, IdentityOp, InputOp, LinearOp, Op, Pass, ReLUOp,
+    ReshapeOp, ScaleShiftOp, UnsupportedLayerError,
 )
 
-
-class UnsupportedLayerError(RtkError):
-    """A layer or operation the bound propagation does not support."""
-
-    def __init__(self, where: str, what: str, detail: str = "") -> None:
-        self.where = where
-        self.what = what
-        extra = f" ({detail})" if detail else ""
-        super().__init__(f"certification: layer {where!r} ({what}) is not supported{extra}. "
-                         f"Supported layers: {SUPPORTED}.")
-
-
-class Pass:
-    """State of one bound computation: the dtype, whether the model trains (batch-norm
-    statistics, dropout masks), and what ops cache between their interval and backward steps."""
-
-    def __init__(self, dtype: torch.dtype = torch.float32, training: bool = False) -> None:
-        self.dtype = dtype
-        self.training = training
-        self.cache: dict[Any, Any] = {}
-
-
-# ---------------------------------------------------------------------------- helpers
-def _mid_rad(b: Bound) -> tuple[torch.Tensor, torch.Tensor]:
-    lo, hi = b
-    return (hi + lo) / 2, (hi - lo) / 2
-
-
-def _flat_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension after the first two (batch, specification)."""
-    return t.flatten(2).sum(-1)
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    """The weight a Linear/Conv2d layer's forward pass really uses, differentiably.
-
-    - a layer that defines ``effective_weight()`` (the protocol for custom masked layers);
-    - ``torch.nn.utils.prune``: ``weight_orig * weight_mask`` (``weight`` itself is refreshed
-      only by a forward pre-hook);
-    - rtk's masked layers (:mod:`rtk.pruning`): ``weight * weight_mask``, so pruned weights get
-      no gradient; rtk's scored (HYDRA) layers: ``weight`` times the top-k mask of ``|scores|``,
-      with the straight-through gradient to the scores that their forward pass uses;
-    - otherwise ``weight`` (``torch.nn.utils.parametrize`` computes it on access).
-    """
-    fn = getattr(module, "effective_weight", None)
-    if callable(fn):
-        return fn()
-    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
-        return module.weight_orig * module.weight_mask
-    w = module.weight
-    if getattr(type(module), "_rtk_base", None) is not None:
-        scores = getattr(module, "scores", None)
-        if isinstance(scores, torch.Tensor) and callable(getattr(module, "current_mask", None)):
-            mag = scores.abs()
-            return w * (module.current_mask().to(w.dtype) + (mag - mag.detach()))
-        mask = getattr(module, "weight_mask", None)
-        if isinstance(mask, torch.Tensor):
-            return w * mask.to(w.dtype)
-    return w
-
-
-def _bias(module: nn.Module) -> torch.Tensor | None:
-    if hasattr(module, "bias_orig") and hasattr(module, "bias_mask"):
-        return module.bias_orig * module.bias_mask
-    return module.bias
-
-
-#: Largest convolution (inputs x outputs) that CROWN's backward pass turns into a dense matrix.
-DENSE_LIMIT = 1 << 22
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _rows(A: torch.Tensor, n_dims: int) -> torch.Tensor:
-    """Merge batch and specification dimensions of ``A`` (B, S, *shape) for batched ops."""
-    return A.reshape(A.shape[0] * A.shape[1], *A.shape[2:2 + n_dims])
-
-
-# ---------------------------------------------------------------------------- ops
-class Op:
-    """One node's computation. ``kind`` is input, linear (mixes features), diag
-    (elementwise affine), reshape, relu or add."""
-
-    kind = "op"
-
-    def forward(self, p: Pass, *xs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def interval(self, p: Pass, *bs: Bound) -> Bound:
-        raise NotImplementedError
-
-    def backward(self, p: Pass, A: torch.Tensor, *bs: Bound) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Given ``A`` (B, S, *out_shape), return per input ``A_i`` (B, S, *in_shape) and a
-        bias (B, S) such that ``A . out >= sum_i A_i . in_i + bias`` for inputs inside
-        ``bs`` (for linear ops this is an equality)."""
-        raise NotImplementedError
-
-
-class InputOp(Op):
-    kind = "input"
-
-    def forward(self, p, x):
-        return x
-
-
-class IdentityOp(Op):
-    kind = "reshape"
-
-    def forward(self, p, x):
-        return x
-
-    def interval(self, p, b):
-        return b
-
-    def backward(self, p, A, b):
-        return [A], None
-
-
-class ReshapeOp(Op):
-    kind = "reshape"
-
-    def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]) -> None:
-        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-
-    def forward(self, p, x):
-        return x.reshape(x.shape[0], *self.out_shape)
-
-    def interval(self, p, b):
-        lo, hi = b
-        return lo.reshape(lo.shape[0], *self.out_shape), hi.reshape(hi.shape[0], *self.out_shape)
-
-    def backward(self, p, A, b):
-        return [A.reshape(A.shape[0], A.shape[1], *self.in_shape)], None
-
-
-class LinearOp(Op):
-    kind = "linear"
-
-    def __init__(self, module: nn.Linear) -> None:
-        self.module = module
-
-    def _params(self, p: Pass):
-        w = _weight(self.module).to(p.dtype)
-        b = _bias(self.module)
-        return w, (b.to(p.dtype) if b is not None else None)
-
-    def forward(self, p, x):
-        w, b = self._params(p)
-        return F.linear(x, w, b)
-
-    def interval(self, p, b):
-        w, bias = self._params(p)
-        mid, rad = _mid_rad(b)
-        c, r = F.linear(mid, w, bias), F.linear(rad, w.abs())
-        return c - r, c + r
-
-    def backward(self, p, A, b):
-        w, bias = self._params(p)
-        return [A.matmul(w)], (A.matmul(bias) if bias is not None else None)
-
-
-class ConvOp(Op):
-    kind = "linear"
-
-    def __init__(self, module: nn.Conv2d | None, in_shape: Sequence[int], out_shape: Sequence[int], *,
-                 stride=None, padding=None, dilation=None, groups=None, fixed_weight: torch.Tensor | None = None) -> None:
-        self.module = module
-        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
-        m = module
-        self.stride = tuple(stride if stride is not None else m.stride)
-        self.padding = tuple(padding if padding is not None else m.padding)
-        self.dilation = tuple(dilation if dilation is not None else m.dilation)
-        self.groups = groups if groups is not None else m.groups
-        self.fixed_weight = fixed_weight
-        k = (fixed_weight if fixed_weight is not None else m.weight).shape[-2:]
-        # output padding making conv_transpose2d return exactly the input's spatial size
-        self.output_padding = tuple(
-            self.in_shape[1 + i] - ((self.out_shape[1 + i] - 1) * self.stride[i] - 2 * self.padding[i]
-                                    + self.dilation[i] * (k[i] - 1) + 1)
-            for i in range(2))
-
-    def _params(self, p: Pass):
-        if self.fixed_weight is not None:
-            return self.fixed_weight.to(p.dtype), None
-        w = _weight(self.module).to(p.dtype)
-        b = _bias(self.module)
-        return w, (b.to(p.dtype) if b is not None else None)
-
-    def _conv(self, x, w, b):
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, p, x):
-        w, b = self._params(p)
-        return self._conv(x, w, b)
-
-    def interval(self, p, b):
-        w, bias = self._params(p)
-        mid, rad = _mid_rad(b)
-        c, r = self._conv(mid, w, bias), self._conv(rad, w.abs(), None)
-        return c - r, c + r
-
-    def _dense(self, p: Pass, w: torch.Tensor) -> torch.Tensor | None:
-        """The convolution as an (out, in) matrix when that is small and not much more work:
-        a matmul beats conv_transpose2d on many rows of tiny feature maps."""
-        n_in, n_out = _numel(self.in_shape), _numel(self.out_shape)
-        per_row_conv = w.shape[1] * w.shape[2] * w.shape[3]
-        if n_in * n_out > DENSE_LIMIT or n_in > 32 * per_row_conv:
-            return None
-        key = ("dense", id(self))
-        if key not in p.cache:
-            eye = torch.eye(n_in, dtype=w.dtype, device=w.device).reshape(n_in, *self.in_shape)
-            p.cache[key] = self._conv(eye, w, None).reshape(n_in, n_out).t()
-        return p.cache[key]
-
-    def backward(self, p, A, b):
-        w, bias = self._params(p)
-        B, S = A.shape[:2]
-        dense = self._dense(p, w)
-        if dense is not None:
-            a_in = A.reshape(B, S, -1).matmul(dense)
-        else:
-            # channels_last makes the CPU kernel about 1.3-2x faster, conversions included
-            cl = torch.channels_last
-            a_in = F.conv_transpose2d(_rows(A, 3).contiguous(memory_format=cl), w.contiguous(memory_format=cl), None,
-                                      self.stride, self.padding, self.output_padding, self.groups,
-                                      self.dilation).contiguous()
-        a_in = a_in.reshape(B, S, *self.in_shape)
-        const = (A.sum((-2, -1)) * bias).sum(-1) if bias is not None else None
-        return [a_in], const
-
-
-class ScaleShiftOp(Op):
-    """``x * scale + shift`` with ``scale``/``shift`` broadcastable to one example's shape."""
-
-    kind = "diag"
-
-    def __init__(self, scale: Callable[[Pass], torch.Tensor | None], shift: Callable[[Pass], torch.Tensor | None]) -> None:
-        self.scale_fn, self.shift_fn = scale, shift
-
-    def params(self, p: Pass, b: Bound | None = None, x: torch.Tensor | None = None):
-        return self.scale_fn(p), self.shift_fn(p)
-
-    def forward(self, p, x):
-        s, t = self.params(p, x=x)
-        out = x * s if s is not None else x
-        return out + t if t is not None else out
-
-    def interval(self, p, b):
-        s, t = self.params(p, b=b)
-        if s is None:
-            lo, hi = b
-        else:
-            mid, rad = _mid_rad(b)
-            mid, rad = mid * s, rad * s.abs()
-            lo, hi = mid - rad, mid + rad
-        if t is not None:
-            lo, hi = lo + t, hi + t
-        return lo, hi
-
-    def backward(self, p, A, b):
-        s, t = self.params(p)
-        const = _flat_sum(A * t) if t is not None else None
-        return [A * s if s is not None else A], const
-
-
-class BatchNormOp(ScaleShiftOp):
-    """Batch norm as a per-channel affine map: running statistics in eval mode; in training
-    mode the batch statistics of the interval centres (of the point batch in ``forward``),
-    which is exact for the affine map the layer applies to that batch."""
-
-    def __init__(self, module: nn.modules.batchnorm._BatchNorm, n_dims: int, where: str) -> None:
-        self.module, self.n_dims, self.where = module, n_dims, where
-
-    def _view(self, t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(-1, *([1] * (self.n_dims - 1)))
-
-    def params(self, p, b=None, x=None):
-        m = self.module
-        if m.running_mean is None and not p.training:
-            raise UnsupportedLayerError(self.where, type(m).__name__, "track_running_stats=False: in eval mode it "
-                                        "normalizes with batch statistics, so no example has a certificate of its own")
-        if p.training and m.training:
-            key = ("bn", id(self))
-            if x is None and b is None:
-                if key not in p.cache:
-                    raise RtkError(f"certification: batch norm {self.where!r} in training mode needs an interval pass first")
-                mean, var = p.cache[key]
-            else:
-                ref = x if x is not None else (b[0] + b[1]) / 2
-                dims = [0] + list(range(2, ref.dim()))
-                mean, var = ref.mean(dims), ref.var(dims, unbiased=False)
-                p.cache[key] = (mean, var)
-        else:
-            mean, var = m.running_mean.to(p.dtype), m.running_var.to(p.dtype)
-        scale = torch.rsqrt(var + m.eps)
-        if m.weight is not None:
-            scale = scale * m.weight.to(p.dtype)
-        shift = -mean * scale
-        if m.bias is not None:
-            shift = shift + m.bias.to(p.dtype)
-        return self._view(scale), self._view(shift)
-
-
-class DropoutOp(ScaleShiftOp):
-    """Identity in eval mode; in training mode one random mask per pass, shared by its
-    interval and backward steps (so the bound holds for that draw of the mask)."""
-
-    def __init__(self, module: nn.Dropout) -> None:
-        self.module = module
-
-    def params(self, p, b=None, x=None):
-        if not (p.training and self.module.training) or self.module.p == 0:
-            return None, None
-        key = ("dropout", id(self))
-        if key not in p.cache:
-            ref = x if x is not None else b[0]
-            keep = 1 - self.module.p
-            p.cache[key] = torch.bernoulli(torch.full_like(ref, keep)) / keep
-        mask = p.cache[key]
-        return mask.unsqueeze(1) if b is None and x is None else mask, None
-
-    def backward(self, p, A, b):
-        mask, _ = self.params(p)
-        return [A * mask if mask is not None else A], None
-
-    def interval(self, p, b):
-        mask, _ = self.params(p, b=b)
-        if mask is None:
-            return b
-        return b[0] * mask, b[1] * mask
-
-    def forward(self, p, x):
-        mask, _ = self.params(p, x=x)
-        return x * mask if mask is not None else x
-
-
-class ReLUOp(Op):
-    """ReLU with the CROWN relaxation: the chord above, slope 0 or 1 below (whichever
-    leaves the smaller area, "CROWN-Ada"), exact for stable neurons."""
-
-    kind = "relu"
-
-    def forward(self, p, x):
-        return torch.relu(x)
-
-    def interval(self, p, b):
-        return torch.relu(b[0]), torch.relu(b[1])
-
-    @staticmethod
-    def relaxation(lo: torch.Tensor, hi: torch.Tensor):
-        active = lo >= 0
-        unstable = (lo < 0) & (hi > 0)
-        denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-        up_slope = torch.where(unstable, hi / denom, active.to(hi.dtype))
-        up_bias = torch.where(unstable, -lo * up_slope, torch.zeros_like(hi))
-        low_slope = torch.where(unstable, (hi > -lo).to(hi.dtype), active.to(hi.dtype))
-        return low_slope, up_slope, up_bias
-
-    def backward(self, p, A, b):
-        low_slope, up_slope, up_bias = self.relaxation(*b)
-        neg = A.clamp(max=0)
-        a_in = torch.addcmul(A * low_slope.unsqueeze(1), neg, (up_slope - low_slope).unsqueeze(1))
-        const = torch.einsum("bsn,bn->bs", neg.flatten(2), up_bias.flatten(1))
-        return [a_in], const
-
-
-class AddOp(Op):
-    """``sum_i sign_i * x_i`` over two or more branches (residual connections)."""
-
-    kind = "add"
-
-    def __init__(self, signs: Sequence[float]) -> None:
-        self.signs = tuple(float(s) for s in signs)
-
-    def forward(self, p, *xs):
-        return sum(s * x for s, x in zip(self.signs, xs))
-
-    def interval(self, p, *bs):
-        lo = sum(s * (b[0] if s > 0 else b[1]) for s, b in zip(self.signs, bs))
-        hi = sum(s * (b[1] if s > 0 else b[0]) for s, b in zip(self.signs, bs))
-        return lo, hi
-
-    def backward(self, p, A, *bs):
-        return [A if s == 1.0 else A * s for s in self.signs], None
-
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------- graph
 @dataclass
@@ -713,7 +313,7 @@ class _Builder:
 
     def avg_pool(self, where, what, in_shape, out_shape, kernel, stride, padding, ceil_mode, count_include_pad,
                  divisor_override) -> Op:
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
         kernel = pair(kernel)
         stride = pair(stride if stride not in (None, []) else kernel)
         padding = pair(padding)
@@ -870,14 +470,16 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> BoundGraph:
 def bound_graph(model: nn.Module, example: torch.Tensor) -> BoundGraph:
     """The (cached) bound graph of ``model`` for inputs shaped like ``example``.
 
-    The cache is keyed by the model object, the input shape and the shapes of every
-    parameter, so a model whose layers are replaced (structured pruning) is traced again.
+    The cache is keyed by the model object, its mode (a forward pass may branch on
+    ``self.training``), the input shape and the class and parameter shapes of every module,
+    so a model whose layers are replaced or masked (pruning) is traced again.
     """
-    key = (tuple(example.shape[1:]), _signature(model))
+    key = (tuple(example.shape[1:]), model.training, _signature(model))
     per_model = _CACHE.setdefault(model, {})
     graph = per_model.get(key)
     if graph is None:
-        per_model.clear()
+        if len(per_model) >= 4:
+            per_model.clear()
         graph = per_model[key] = build_graph(model, example)
     return graph
 

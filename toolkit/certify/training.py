@@ -26,7 +26,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..training.objectives import ObjectiveOutput
 from .bounds import interval_pass, linf_box, margin_spec, spec_lower_crown, spec_lower_ibp
-from .graph import Pass, bound_graph, check_graph
+from .graph import bound_graph, check_graph
+from .ops import Pass
 
 
 @dataclass(frozen=True)
