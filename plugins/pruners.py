@@ -248,9 +248,12 @@ def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
 def _summary(table, opts: PruneStageOptions) -> str:
     dense = table[table["method"] == "dense"].iloc[0]
     robust = "robust_acc" in table
-    lines = [f"Pruned `{opts.model}` with {', '.join(r.describe() for r in opts.pruners)}, pre-training, score "
-             f"training and fine-tuning all with `{opts.trainer.describe()}`. Dense: clean {dense['clean_acc']:.3f}"
-             + (f", robust {dense['robust_acc']:.3f}" if robust else "") + "."]
+    phases = (["pre-training"] if opts.pretrain_epochs else []) + \
+        (["HYDRA's score training"] if any(r.name == "hydra" for r in opts.pruners) and opts.score_epochs else []) + \
+        (["fine-tuning"] if opts.finetune_epochs else [])
+    used = f" {', '.join(phases).capitalize()}: all with `{opts.trainer.describe()}`." if phases else ""
+    lines = [f"Pruned `{opts.model}` with {', '.join(r.describe() for r in opts.pruners)}.{used} "
+             f"Dense: clean {dense['clean_acc']:.3f}" + (f", robust {dense['robust_acc']:.3f}" if robust else "") + "."]
     for _, row in table[table["method"] != "dense"].iterrows():
         part = f"- `{row['model']}`: sparsity {row['sparsity']:.3f}, clean {row['clean_frac']:.0%} of dense"
         if robust:

@@ -344,14 +344,16 @@ class ChannelPruner:
 
 
 def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor, layer_wise: bool = False) -> Any:
-    """torch-pruning's counter (MACs per example when ``example_inputs`` has batch size 1)."""
+    """torch-pruning's counter: ``(MACs, parameters)`` as ints (MACs per example when
+    ``example_inputs`` has batch size 1); with ``layer_wise`` also the per-module dicts."""
     import torch_pruning as tp
 
     was = model.training
     try:
-        return tp.utils.count_ops_and_params(model, (example_inputs,), layer_wise=layer_wise)
+        out = tp.utils.count_ops_and_params(model, (example_inputs,), layer_wise=layer_wise)
     finally:
         model.train(was)
+    return (int(out[0]), int(out[1]), *out[2:])
 
 
 Importance = Callable[[Any], torch.Tensor]
