@@ -17,7 +17,9 @@ class IBPTrainOptions(rtk.Options):
     warmup: float = Field(0.1, ge=0, le=1, description="fraction of training with eps = 0 (clean warm-up)")
     ramp: float = Field(0.4, ge=0, le=1, description="fraction of training over which eps grows linearly to its target")
     kappa_start: float = Field(1.0, ge=0, le=1, description="weight of the clean loss at the start of the ramp")
-    kappa_end: float = Field(0.5, ge=0, le=1, description="weight of the clean loss once eps reaches its target")
+    kappa_end: float = Field(0.5, ge=0, le=1, description="weight of the clean loss once eps reaches its target "
+                                                        "(CROWN-IBP's paper uses 0 on long runs; short runs at a "
+                                                        "large eps may then collapse to a constant classifier)")
 
     @model_validator(mode="after")
     def _fits(self):
@@ -27,7 +29,6 @@ class IBPTrainOptions(rtk.Options):
 
 
 class CrownIBPTrainOptions(IBPTrainOptions):
-    kappa_end: float = Field(0.0, ge=0, le=1, description="weight of the clean loss once eps reaches its target")
     beta_start: float = Field(1.0, ge=0, le=1, description="weight of the CROWN-IBP bound (vs IBP) at the start")
     beta_end: float = Field(0.0, ge=0, le=1, description="weight of the CROWN-IBP bound (vs IBP) at the end of the ramp")
 

@@ -126,7 +126,7 @@ def _run(ctx: rtk.StageContext, opts: CertifyStageOptions) -> rtk.StageResult:
     if curves:
         tables["radius_curve"] = pd.concat(curves, ignore_index=True)
         tables["radii"] = pd.concat(radii, ignore_index=True)
-        figures["radius_curve"] = _plot_curves(ctx.figure_path("radius_curve"), tables["radius_curve"])
+        figures["radius_curve"] = _plot_curves(ctx.figure_path("radius_curve"), tables["radii"])
     bound_rows = tables["verified"][tables["verified"]["norm"] != "L2"]
     if len(opts.eps) > 1 and len(bound_rows):
         figures["verified_vs_eps"] = _plot_eps(ctx.figure_path("verified_vs_eps"), bound_rows)
@@ -139,15 +139,19 @@ def _run(ctx: rtk.StageContext, opts: CertifyStageOptions) -> rtk.StageResult:
     return rtk.StageResult(tables=tables, figures=figures, summary=summary, metrics=metrics)
 
 
-def _plot_curves(path, df: pd.DataFrame):
+def _plot_curves(path, radii: pd.DataFrame):
+    """The exact certified-accuracy curve of each model x certifier: the share of examples
+    certified correct with a radius of at least r."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (model, cert), g in df.groupby(["model", "certifier"], sort=False):
-        ax.step(g["radius"], g["certified_accuracy"], where="post", label=f"{model} / {cert}")
+    for (model, cert), g in radii.groupby(["model", "certifier"], sort=False):
+        r = sorted(g.loc[g["correct"] & ~g["abstain"], "radius"].tolist())
+        n = max(len(g), 1)
+        ax.step([0.0, *r], [(len(r) - i) / n for i in range(len(r) + 1)], where="post", label=f"{model} / {cert}")
     ax.set_xlabel("L2 radius")
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)

@@ -123,7 +123,7 @@ def test_crown_ibp_trainer_reaches_verified_accuracy(digits, registry, models):
     model = _train(digits, _trainer(registry, "crown-ibp", eps=EPS), 8)
     x, y = digits.test.x[:N_CERT], digits.test.y[:N_CERT]
     acc = _verified(BoundCertifier("crown-ibp", eps=EPS), model, x, y).float().mean().item()
-    assert acc >= 0.1, acc  # measured: 0.19 after 8 epochs (a standard-trained model: 0)
+    assert acc >= 0.2, acc  # measured: 0.35 after 8 epochs (a standard-trained model: 0)
 
 
 def test_smoothing_certifies_noise_trained_model(noise_model, models, digits):
@@ -180,7 +180,7 @@ def test_trainer_records_and_their_options(registry):
         assert name in registry.names("trainer")
     obj = _trainer(registry, "crown-ibp", eps="8/255", warmup=0.2, ramp=0.3)
     assert obj.eps == pytest.approx(8 / 255) and obj.eps_at(0.35) == pytest.approx(4 / 255)
-    assert obj.kappa_at(1.0) == 0.0 and obj.beta_at(1.0) == 0.0
+    assert obj.kappa_at(1.0) == 0.5 and obj.beta_at(1.0) == 0.0 and obj.kappa_at(0.1) == 1.0
     with pytest.raises(rtk.ConfigError, match="warmup \\+ ramp"):
         _trainer(registry, "ibp", warmup=0.7, ramp=0.5)
     with pytest.raises(rtk.ConfigError, match="sigma"):
