@@ -1,0 +1,416 @@
+"""Assemble the paper-1 report (docs/results/paper1.md) from the run directories of the
+experiments/paper1-*.toml experiments.
+
+    python scripts/results_paper1.py [--runs runs] [--out docs/results] [--suffix ""]
+
+Reads, for each experiment NAME in similarity, seeds, overfitting, the run directory
+``<runs>/paper1-NAME<suffix>`` (as written by ``rtk run experiments/paper1-NAME.toml --out
+runs/paper1-NAME``) and, when present, the log ``<runs>/paper1-NAME<suffix>.log`` ending with
+the output of bash's ``time`` (``real``/``user``/``sys``). Writes tables (CSV and markdown) and
+figures to ``<out>/paper1/`` and renders ``<out>/paper1.md`` from ``<out>/paper1/template.md``:
+every ``{key}`` of the template is replaced by a number or a table computed from the runs
+(``--keys`` lists them). Nothing here trains or evaluates anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+EXPERIMENTS = ("similarity", "seeds", "overfitting")
+METHODS = {"std": "standard", "pgd": "PGD-AT", "trades": "TRADES"}
+_MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
+
+
+# ----------------------------------------------------------------------------- reading runs
+def read_time(log: Path) -> dict[str, float]:
+    """``wall_s``, ``cpu_s`` from the ``real``/``user``/``sys`` lines bash's ``time`` prints."""
+    if not log.exists():
+        return {}
+    found = dict(re.findall(r"^(real|user|sys)\s+(\d+m[0-9.]+s)", log.read_text(), flags=re.M))
+
+    def secs(v: str) -> float:
+        m, s = re.match(r"(\d+)m([0-9.]+)s", v).groups()  # type: ignore[union-attr]
+        return 60 * int(m) + float(s)
+
+    out = {}
+    if "real" in found:
+        out["wall_s"] = secs(found["real"])
+    if "user" in found and "sys" in found:
+        out["cpu_s"] = secs(found["user"]) + secs(found["sys"])
+    return out
+
+
+def read_run(path: Path) -> dict:
+    state = json.loads((path / "state.json").read_text())
+    stages = state.get("stages", {})
+    tables: dict[str, pd.DataFrame] = {}
+    for csv in sorted((path / "tables").glob("*/*.csv")):
+        tables[f"{csv.parent.name}/{csv.stem}"] = pd.read_csv(csv)
+    return {"path": path, "stages": stages, "tables": tables,
+            "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
+            "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values())}
+
+
+def parse_model(name: str) -> dict:
+    """``pgd-w16`` -> method PGD-AT, width 16, seed s0; ``std-s1`` -> standard, seed s1."""
+    base = name.split("@")[0]
+    m = _MODEL.match(base)
+    if not m:
+        return {"method": base, "width": None, "seed": "s0"}
+    kind, width, seed = m.groups()
+    return {"method": METHODS[kind], "width": int(width) if width else None, "seed": seed or "s0"}
+
+
+def md(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
+    """A markdown table (no tabulate dependency)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if isinstance(v, float | np.floating):
+                cells.append("n/a" if np.isnan(v) else floats.format(v))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def thirds(values: pd.Series) -> tuple[float, float]:
+    """Mean of the first and of the last third of a sequence of per-layer values."""
+    n = len(values)
+    k = max(1, n // 3)
+    return float(values.iloc[:k].mean()), float(values.iloc[-k:].mean())
+
+
+# ----------------------------------------------------------------------------- tables
+def accuracy_table(run: dict, stage: str = "evaluate") -> pd.DataFrame:
+    acc = run["tables"].get(f"{stage}/accuracy")
+    if acc is None:
+        return pd.DataFrame()
+    rows = []
+    for model, part in acc.groupby("model", sort=False):
+        clean = part.loc[part["attack"] == "clean", "accuracy"]
+        worst = part.loc[part["attack"] == "worst_case", "accuracy"]
+        rows.append({"model": model, **{k: v for k, v in parse_model(model).items() if k != "seed"},
+                     "clean": float(clean.iloc[0]) if len(clean) else np.nan,
+                     "PGD": float(worst.iloc[0]) if len(worst) else np.nan, "n": int(part["n"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def far_similarity(hm: pd.DataFrame, model: str) -> float:
+    """Mean similarity of layer pairs more than half the depth apart, within ``model``."""
+    part = hm[(hm["model_a"] == model) & (hm["model_b"] == model)]
+    n = int(part["depth_a"].max()) + 1
+    far = part[(part["depth_a"] - part["depth_b"]).abs() > n / 2]
+    return float(far["value"].mean())
+
+
+def block_table(run: dict) -> pd.DataFrame:
+    rows = []
+    for inputs in ("benign", "adversarial"):
+        bs = run["tables"].get(f"similarity-{inputs}/block_structure")
+        hm = run["tables"].get(f"similarity-{inputs}/heatmaps")
+        if bs is None:
+            continue
+        for _, r in bs.iterrows():
+            rows.append({"model": r["model"], **parse_model(r["model"]), "inputs": inputs, "score": r["score"],
+                         "blocks": int(r["blocks"]), "layers": int(r["layers"]),
+                         "far_cka": far_similarity(hm, r["model"]) if hm is not None else np.nan})
+    return pd.DataFrame(rows)
+
+
+def diagonal_table(run: dict) -> pd.DataFrame:
+    rows = []
+    for inputs in ("benign", "adversarial"):
+        dg = run["tables"].get(f"similarity-{inputs}/diagonal")
+        if dg is None:
+            continue
+        for pair, part in dg.groupby("pair", sort=False):
+            part = part.sort_values("depth")
+            early, late = thirds(part["value"])
+            rows.append({"pair": pair, "inputs": inputs, "first layer": float(part["value"].iloc[0]),
+                         "first third": early, "last third": late, "last layer": float(part["value"].iloc[-1]),
+                         "mean": float(part["value"].mean())})
+    return pd.DataFrame(rows)
+
+
+def self_similarity(run: dict) -> float:
+    """Largest deviation from 1 of CKA(layer, same layer) on the within-model heatmaps."""
+    hm = run["tables"].get("similarity-benign/heatmaps")
+    if hm is None:
+        return np.nan
+    d = hm[(hm["model_a"] == hm["model_b"]) & (hm["depth_a"] == hm["depth_b"])]
+    return float((d["value"] - 1).abs().max())
+
+
+def specialization_table(run: dict) -> pd.DataFrame:
+    sp = run["tables"].get("specialization/specialization")
+    if sp is None:
+        return pd.DataFrame()
+    rows = []
+    for model, part in sp.groupby("model", sort=False):
+        part = part.sort_values("depth")
+        early, late = thirds(part["specialization"])
+        _, late_align = thirds(part["class_alignment"])
+        rows.append({"model": model, "method": parse_model(model)["method"],
+                     "first layer": float(part["specialization"].iloc[0]), "first third": early,
+                     "last third": late, "last layer": float(part["specialization"].iloc[-1]),
+                     "peak": float(part["specialization"].max()),
+                     "class alignment (last third)": late_align,
+                     "class alignment (last layer)": float(part["class_alignment"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
+def overfitting_tables(run: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    hist = run["tables"].get("train-robust/history")
+    rows = []
+    for stage in ("overfitting-benign", "overfitting-adversarial", "overfitting-std"):
+        of = run["tables"].get(f"{stage}/overfitting")
+        if of is None:
+            continue
+        inputs = "adversarial" if stage.endswith("adversarial") else "benign"
+        for ck, part in of.groupby("checkpoint", sort=False):
+            part = part.sort_values("depth")
+            early, late = thirds(part["value"])
+            rows.append({"reference": part["reference"].iloc[0], "checkpoint": ck, "inputs": inputs,
+                         "first third": early, "last third": late, "last layer": float(part["value"].iloc[-1]),
+                         "min": float(part["value"].min()), "min at": part.loc[part["value"].idxmin(), "layer"]})
+    return (hist if hist is not None else pd.DataFrame()), pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_block_scores(bt: pd.DataFrame, path: Path) -> Path | None:
+    part = bt[(bt["inputs"] == "benign") & (bt["seed"] == "s0") & bt["width"].notna()]
+    if part.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, col, label in ((axes[0], "score", "block-structure score"),
+                           (axes[1], "far_cka", "mean CKA of layers > L/2 apart")):
+        for method, g in part.groupby("method", sort=False):
+            g = g.sort_values("width")
+            ax.plot(g["width"], g[col], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(part["width"].unique()))
+        ax.set_xticklabels([str(int(w)) for w in sorted(part["width"].unique())])
+        ax.set_xlabel("width (channels of the first stage)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(hist: pd.DataFrame, path: Path) -> Path | None:
+    if hist.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for col, label in (("train_robust_acc", "train, PGD"), ("test_robust_acc", "test, PGD"),
+                       ("train_clean_acc", "train, clean"), ("test_clean_acc", "test, clean")):
+        if col in hist and hist[col].notna().any():
+            ax.plot(hist["epoch"], hist[col], label=label, marker="." if "robust" in col else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title("PGD-AT: accuracy on fixed train/test subsets")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- assembling
+def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
+    """Every template key -> its text; writes tables and figures under ``out/paper1``."""
+    dest = out / "paper1"
+    dest.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, str] = {}
+    loaded = {}
+    timing_rows = []
+    for name in EXPERIMENTS:
+        path = runs / f"paper1-{name}{suffix}"
+        if not (path / "state.json").exists():
+            keys[f"{name}_status"] = "not run"
+            continue
+        run = read_run(path)
+        loaded[name] = run
+        t = read_time(runs / f"paper1-{name}{suffix}.log")
+        timing_rows.append({"experiment": f"`experiments/paper1-{name}.toml`",
+                            "command": f"`OMP_NUM_THREADS=1 rtk run experiments/paper1-{name}.toml --out runs/paper1-{name}`",
+                            "complete": "yes" if run["complete"] else "NO",
+                            "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
+                            "CPU (min)": t.get("cpu_s", np.nan) / 60,
+                            "stages (min)": run["stage_seconds"] / 60})
+    keys["experiments_table"] = md(pd.DataFrame(timing_rows), "{:.1f}")
+
+    def copy_fig(run: dict, stage: str, name: str, new: str) -> str:
+        src = run["path"] / "figures" / stage / f"{name}.png"
+        if not src.exists():
+            return f"(figure {stage}/{name} missing)"
+        shutil.copyfile(src, dest / new)
+        return f"![{new}](paper1/{new})"
+
+    def save(df: pd.DataFrame, name: str, floats: str = "{:.3f}") -> str:
+        df.to_csv(dest / f"{name}.csv", index=False)
+        return md(df, floats)
+
+    sim = loaded.get("similarity")
+    if sim is not None:
+        acc = accuracy_table(sim)
+        keys["similarity_accuracy"] = save(acc, "similarity_accuracy")
+        bt = block_table(sim)
+        keys["block_table"] = save(bt[["model", "method", "width", "inputs", "score", "blocks", "layers", "far_cka"]],
+                                   "block_structure")
+        if plot_block_scores(bt, dest / "block_structure_vs_width.png"):
+            keys["block_figure"] = "![block structure vs width](paper1/block_structure_vs_width.png)"
+        keys["self_similarity_dev"] = f"{self_similarity(sim):.1e}"
+        ben = bt[bt["inputs"] == "benign"].set_index("model")
+        for m in ben.index:
+            keys[f"block/{m}"] = f"{ben.loc[m, 'score']:.3f}"
+            keys[f"far/{m}"] = f"{ben.loc[m, 'far_cka']:.3f}"
+        adv = bt[bt["inputs"] == "adversarial"].set_index("model")
+        for m in adv.index:
+            keys[f"block_adv/{m}"] = f"{adv.loc[m, 'score']:.3f}"
+            keys[f"far_adv/{m}"] = f"{adv.loc[m, 'far_cka']:.3f}"
+        dt = diagonal_table(sim)
+        keys["diagonal_table"] = save(dt, "diagonal")
+        for _, r in dt.iterrows():
+            k = f"{r['pair']}|{r['inputs']}"
+            keys[f"diag_early/{k}"] = f"{r['first third']:.3f}"
+            keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
+            keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
+        widest = max((w for w in bt["width"].dropna()), default=None)
+        if widest is not None:
+            w = int(widest)
+            for m in (f"std-w{w}", f"pgd-w{w}", f"trades-w{w}"):
+                keys[f"heatmap/{m}"] = copy_fig(sim, "similarity-benign", f"heatmap_{m}", f"heatmap_{m}.png")
+                keys[f"heatmap_adv/{m}"] = copy_fig(sim, "similarity-adversarial", f"heatmap_{m}",
+                                                    f"heatmap_adv_{m}.png")
+            for a, b in ((f"std-w{w}", f"std-w{w}-s1"), (f"std-w{w}", f"pgd-w{w}"), (f"std-w{w}", f"trades-w{w}"),
+                         (f"pgd-w{w}", f"trades-w{w}")):
+                slug = f"{a}-vs-{b}"
+                keys[f"heatmap/{slug}"] = copy_fig(sim, "similarity-benign", f"heatmap_{slug}", f"heatmap_{slug}.png")
+                keys[f"heatmap_adv/{slug}"] = copy_fig(sim, "similarity-adversarial", f"heatmap_{slug}",
+                                                       f"heatmap_adv_{slug}.png")
+            keys["diagonal_figure"] = copy_fig(sim, "similarity-benign", "diagonal", "diagonal_benign.png")
+            keys["diagonal_adv_figure"] = copy_fig(sim, "similarity-adversarial", "diagonal", "diagonal_adversarial.png")
+        st = specialization_table(sim)
+        keys["specialization_table"] = save(st, "specialization")
+        for _, r in st.iterrows():
+            keys[f"spec_late/{r['model']}"] = f"{r['last third']:.3f}"
+            keys[f"spec_last/{r['model']}"] = f"{r['last layer']:.3f}"
+            keys[f"spec_peak/{r['model']}"] = f"{r['peak']:.3f}"
+            keys[f"align_last/{r['model']}"] = f"{r['class alignment (last layer)']:.3f}"
+        keys["specialization_figure"] = copy_fig(sim, "specialization", "specialization", "specialization.png")
+        for _, r in acc.iterrows():
+            keys[f"clean/{r['model']}"] = f"{r['clean']:.3f}"
+            keys[f"pgd/{r['model']}"] = f"{r['PGD']:.3f}"
+
+    seeds = loaded.get("seeds")
+    if seeds is not None:
+        keys["seeds_accuracy"] = save(accuracy_table(seeds), "seeds_accuracy")
+        dt = diagonal_table(seeds)
+        keys["seeds_diagonal_table"] = save(dt, "seeds_diagonal")
+        for _, r in dt.iterrows():
+            k = f"{r['pair']}|{r['inputs']}"
+            keys[f"diag_early/{k}"] = f"{r['first third']:.3f}"
+            keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
+            keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
+        sbt = block_table(seeds)
+        keys["seeds_block_table"] = save(sbt[["model", "method", "seed", "inputs", "score", "blocks", "far_cka"]],
+                                         "seeds_block_structure")
+        keys["seeds_diagonal_figure"] = copy_fig(seeds, "similarity-benign", "diagonal", "seeds_diagonal_benign.png")
+        keys["seeds_diagonal_adv_figure"] = copy_fig(seeds, "similarity-adversarial", "diagonal",
+                                                     "seeds_diagonal_adversarial.png")
+        for a, b in (("std-s0", "std-s1"), ("pgd-s0", "pgd-s1"), ("std-s0", "pgd-s0")):
+            slug = f"{a}-vs-{b}"
+            keys[f"heatmap/{slug}"] = copy_fig(seeds, "similarity-benign", f"heatmap_{slug}", f"seeds_heatmap_{slug}.png")
+            keys[f"heatmap_adv/{slug}"] = copy_fig(seeds, "similarity-adversarial", f"heatmap_{slug}",
+                                                   f"seeds_heatmap_adv_{slug}.png")
+
+    of = loaded.get("overfitting")
+    if of is not None:
+        hist, ot = overfitting_tables(of)
+        keys["overfitting_accuracy"] = save(accuracy_table(of), "overfitting_accuracy")
+        keys["overfitting_table"] = save(ot, "overfitting")
+        if not hist.empty:
+            cols = [c for c in ("epoch", "lr", "train_clean_acc", "train_robust_acc", "test_clean_acc",
+                                "test_robust_acc") if c in hist]
+            hist[cols].to_csv(dest / "overfitting_history.csv", index=False)
+            best = hist.loc[hist["test_robust_acc"].idxmax()]
+            last = hist.iloc[-1]
+            keys["of_best_epoch"] = str(int(best["epoch"]))
+            keys["of_epochs"] = str(int(last["epoch"]))
+            for tag, r in (("best", best), ("last", last)):
+                for c in ("test_robust_acc", "train_robust_acc", "test_clean_acc", "train_clean_acc"):
+                    keys[f"of_{tag}/{c}"] = f"{r[c]:.3f}"
+            keys["of_drop"] = f"{best['test_robust_acc'] - last['test_robust_acc']:.3f}"
+            keys["of_gap_last"] = f"{last['train_robust_acc'] - last['test_robust_acc']:.3f}"
+            plot_history(hist, dest / "overfitting_history.png")
+            keys["of_history_figure"] = "![robust overfitting curve](paper1/overfitting_history.png)"
+        for _, r in ot.iterrows():
+            k = f"{r['checkpoint']}|{r['inputs']}"
+            keys[f"of_early/{k}"] = f"{r['first third']:.3f}"
+            keys[f"of_late/{k}"] = f"{r['last third']:.3f}"
+            keys[f"of_min/{k}"] = f"{r['min']:.3f} ({r['min at']})"
+        keys["of_figure"] = copy_fig(of, "overfitting-benign", "overfitting", "overfitting_benign.png")
+        keys["of_adv_figure"] = copy_fig(of, "overfitting-adversarial", "overfitting", "overfitting_adversarial.png")
+        keys["of_std_figure"] = copy_fig(of, "overfitting-std", "overfitting", "overfitting_std.png")
+    return keys
+
+
+def render(template: str, keys: dict[str, str]) -> tuple[str, list[str]]:
+    missing: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        k = m.group(1)
+        if k in keys:
+            return keys[k]
+        missing.append(k)
+        return f"{{{k}: missing}}"
+
+    return re.sub(r"\{([A-Za-z0-9_./|@ -]+)\}", sub, template), missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=Path, default=Path("runs"))
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--suffix", default="", help="run directory suffix, e.g. '-digits' for the quick variants")
+    ap.add_argument("--keys", action="store_true", help="list the template keys and exit")
+    args = ap.parse_args(argv)
+    keys = build(args.runs, args.out, args.suffix)
+    if args.keys:
+        for k, v in sorted(keys.items()):
+            print(f"{k} = {v if len(v) < 80 else v[:77] + '...'}")
+        return 0
+    template = args.out / "paper1" / "template.md"
+    if not template.exists():
+        print(f"no template at {template}; keys: {', '.join(sorted(keys))}", file=sys.stderr)
+        return 1
+    text, missing = render(template.read_text(), keys)
+    (args.out / "paper1.md").write_text(text)
+    if missing:
+        print("missing keys: " + ", ".join(missing), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
