@@ -180,6 +180,31 @@ def test_hydra_starts_from_lwm_trains_scores_only_and_keeps_k_per_layer(registry
     assert 0 < out.info["overlap_with_lwm"] < 1
 
 
+def test_hydra_and_fine_tuning_under_a_certified_objective(registry, digits):
+    """The verifiable pipeline: scores and fine-tuning driven by the IBP bound loss; the
+    bound propagation sees the masked weights, so masks hold and scores move."""
+    model, _ = _build(registry, digits, "cnn-small")
+    x = _x(digits)
+    sel = select_layers(model, LayerSelection(), x)
+    spec = registry.get("trainer", "ibp")
+    objective = spec.build(rtk.validate_options(spec.options, {"eps": 0.05, "warmup": 0.0, "ramp": 0.5}, "ibp"))
+    data = rtk.data.DatasetBundle(digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0))
+    lwm = copy.deepcopy(model)
+    MagnitudePruner().prune(lwm, 0.8, PruneJob(layers=sel.names, example_inputs=x))
+    job = PruneJob(layers=sel.names, example_inputs=x, data=data, objective=objective,
+                   scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5))
+    HydraPruner().prune(model, 0.8, job)
+    moved = sum(int((m != masks_of(lwm)[n]).sum()) for n, m in masks_of(model).items())
+    assert moved > 0, "the bound loss gave the scores no gradient"
+    from rtk.pruning.base import make_loop_config
+    from rtk.training import fit
+
+    fit(model, objective, data, make_loop_config(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9,
+                                                 weight_decay=5e-4), plot=False)
+    for n, mask in masks_of(model).items():
+        assert torch.all(dict(model.named_modules())[n].weight[~mask] == 0), f"{n}: IBP fine-tuning regrew weights"
+
+
 def test_hydra_without_scores_training_is_lwm(registry, digits):
     model, _ = _build(registry, digits, "cnn-small")
     x = _x(digits)

@@ -102,6 +102,11 @@ class MaskedMixin:
             return _MaskedWeight.apply(w, m, None, product)
         return product
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses (``weight * weight_mask``), differentiably: the
+        protocol other in-house tools (bound propagation) read masked layers through."""
+        return self._masked_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return _apply_layer(self, x, self._masked_weight())  # type: ignore[arg-type]
 
@@ -131,13 +136,18 @@ class ScoredMixin:
             self.__dict__["_rtk_mask"] = cache
         return cache[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses: ``weight`` times the top-k mask, with the
+        straight-through gradient to the scores."""
         w, s = self.weight, self.scores
         mask = self.current_mask()
         product = _cached_product(self, (_version(w), _version(s), self.keep), w, mask)  # type: ignore[arg-type]
         if torch.is_grad_enabled() and (w.requires_grad or s.requires_grad):
             product = _MaskedWeight.apply(w, mask, s, product)
-        return _apply_layer(self, x, product)  # type: ignore[arg-type]
+        return product
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _apply_layer(self, x, self.effective_weight())  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         base = super().extra_repr()  # type: ignore[misc]
