@@ -117,18 +117,29 @@ def reference64(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> flo
 
 def load_peers(peers_dir: str | None, install: bool) -> dict[str, object]:
     if install and peers_dir:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", peers_dir, *PEERS]
+        # --no-deps: torch and numpy are already here; ckatorch also imports seaborn
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", peers_dir, *PEERS, "seaborn"]
         print(f"installing peers into {peers_dir} (not the project): {' '.join(PEERS)}")
         subprocess.run(cmd, check=False)
     if peers_dir:
         sys.path.insert(0, peers_dir)
     found: dict[str, object] = {}
-    for mod, label in (("ckatorch.core", "ckatorch"), ("cka", "pytorch-cka"), ("cka_pytorch.hsic", "cka-pytorch"),
-                       ("torch_cka", "torch_cka")):
+    for mod, label in (("ckatorch.core", "ckatorch"), ("cka", "pytorch-cka"), ("torch_cka", "torch_cka")):
         try:
             found[label] = __import__(mod, fromlist=["_"])
         except Exception as exc:  # noqa: BLE001 - a missing or broken peer is reported, not fatal
-            print(f"  peer {label}: not available ({type(exc).__name__})")
+            print(f"  peer {label}: not available ({type(exc).__name__}: {exc})")
+    # cka-pytorch's package imports lightning; its HSIC kernel file needs only torch
+    if peers_dir:
+        import importlib.util
+        from pathlib import Path
+
+        f = Path(peers_dir) / "cka_pytorch" / "hsic.py"
+        if f.exists():
+            spec = importlib.util.spec_from_file_location("cka_pytorch_hsic", f)
+            mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(mod)  # type: ignore[union-attr]
+            found["cka-pytorch"] = mod
     return found
 
 
@@ -265,6 +276,17 @@ def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers
                         hs(helper, k, lm)
                         hs(helper, lm, lm)
         fns["torch_cka _HSIC loop (2 batches, extrapolated)"] = torch_cka_loop
+    if "cka-pytorch" in peers:
+        hsic1 = peers["cka-pytorch"].hsic1  # type: ignore[attr-defined]
+
+        def cka_pytorch_loop():
+            for batch in data[:2]:
+                grams = [f @ f.T for f in batch]
+                for i in range(nl):
+                    for j in range(nl):
+                        gx, gy = grams[i][None], grams[j][None]
+                        hsic1(gx, gy), hsic1(gx, gx), hsic1(gy, gy)
+        fns["cka-pytorch hsic1 per pair (2 batches, extrapolated)"] = cka_pytorch_loop
     times, values = interleave(fns, repeats, dev)
     t0 = times["rtk MinibatchCKA"]
     for name, t in times.items():
