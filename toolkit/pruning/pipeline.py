@@ -119,7 +119,7 @@ class Evaluator:
             out[f"verified[{name}]"] = v
             verified.append(v)
         if verified:
-            out["verified_acc"] = max(verified)  # a point certified by any certifier is certified
+            out["verified_acc"] = max(verified)  # the best certifier (a lower bound of their union)
         return out
 
 
