@@ -29,6 +29,7 @@ def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_
         relaunch(click.get_current_context(), nproc)
         return
     import rtk
+    from rtk.distributed import is_main
     from rtk.runner import resumed_experiment
 
     if resume is not None and experiment is not None:
@@ -41,7 +42,8 @@ def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_
         from rtk.quickstart import quickstart_path
 
         exp = rtk.load_experiment(quickstart_path())
-        click.echo(f"No experiment given: running the built-in quickstart ({quickstart_path().name}).", err=True)
+        if is_main():
+            click.echo(f"No experiment given: running the built-in quickstart ({quickstart_path().name}).", err=True)
     updates = {}
     if device:
         updates["device"] = device
@@ -51,14 +53,18 @@ def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_
         exp = rtk.Experiment.model_validate({**exp.model_dump(), **updates})
     planned = rtk.plan(exp, registry())
     if dry_run:
+        if not is_main():
+            return
         click.echo(planned.describe())
         click.echo("plan is valid; nothing was run (--dry-run).")
         return
-    with progress_bars():
+    with progress_bars(quiet=True if not is_main() else None):  # under torchrun, rank 0 shows progress
         try:
             result = rtk.execute(planned, out=out, resume=resume, runs_root=runs_root)
         except rtk.StageError as exc:
             raise click.ClickException(f"{exc}\nEarlier stages' results are kept; continue with --resume after fixing it.") from None
+    if not is_main():
+        return  # under torchrun only rank 0 prints
     for key, df in result.tables.items():
         if len(df) <= 30:
             click.echo(f"\n== {key}")

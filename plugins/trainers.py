@@ -172,9 +172,11 @@ def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) ->
 
     flags = {pname: p.requires_grad for pname, p in module.named_parameters()}
     try:
-        result = train_model(module, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
-                             parameters=_select_params(module, opts.params), out=ctx.artifact_dir, checkpoint=save,
-                             resume=resuming, plot=False)
+        chosen = _select_params(module, opts.params)
+        model, dist_kw, cfg = _distribute(ctx, module, cfg, opts.params is not None)
+        result = train_model(model, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
+                             parameters=chosen, out=ctx.artifact_dir, checkpoint=save,
+                             resume=resuming, plot=False, **dist_kw)
     finally:  # params froze the others for this stage only
         for pname, p in module.named_parameters():
             p.requires_grad_(flags[pname])
@@ -188,6 +190,29 @@ def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) ->
                        title=f"{name}: {desc}")
     return rtk.StageResult(tables={"history": history}, figures={"robust-overfitting": fig},
                            summary=_summary(name, desc, result, cfg), metrics=_metrics(result))
+
+
+def _distribute(ctx: rtk.StageContext, module, cfg: LoopConfig, partial: bool):
+    """Under torchrun: DDP (``rtk.distributed.wrap_model``), each rank's shard of every
+    global batch (``DistributedBatchSampler``) with the loss weights of an uneven last batch,
+    and per-rank seeds for attack and augmentation randomness. ``batch_size`` stays the
+    *global* batch, so the optimizer sees the same steps as in one process; each rank takes
+    ``batch_size / world`` of it. A single process gets the module and config unchanged."""
+    from rtk import distributed as rd
+    from rtk.runtime import seed_everything
+
+    if not rd.is_distributed():
+        return module, {}, cfg
+    world = rd.world_size()
+    if cfg.batch_size % world:
+        raise rtk.ConfigError(f"batch_size = {cfg.batch_size} is the global batch and must be divisible by the "
+                              f"number of processes ({world}); choose a multiple of {world}")
+    local = cfg.batch_size // world
+    sampler = rd.DistributedBatchSampler(len(ctx.data.train), local, seed=ctx.seed, shuffle=True)
+    seed_everything(rd.rank_seed(ctx.seed))  # rank 0 keeps the single-process seed
+    model = rd.wrap_model(module, ctx.device, find_unused_parameters=partial)
+    kw = {"epoch_indices": sampler.epoch_indices, "batch_weights": sampler.weights}
+    return model, kw, cfg.model_copy(update={"batch_size": local})
 
 
 def _summary(name: str, desc: str, result, cfg: LoopConfig) -> str:

@@ -26,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from . import distributed as _dist
+
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +37,9 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class RunDir:
+    """A run directory. Under torchrun only rank 0 writes: on other ranks ``write_json``,
+    ``write_text`` and ``write_table`` return the path without writing."""
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
@@ -58,6 +63,8 @@ class RunDir:
     # files ---------------------------------------------------------------------
     def write_json(self, rel: str, data: Any) -> Path:
         p = self.path / rel
+        if not _dist.is_main():
+            return p
         _atomic_write(p, json.dumps(data, indent=2, sort_keys=True, default=str))
         return p
 
@@ -69,6 +76,8 @@ class RunDir:
 
     def write_text(self, rel: str, text: str) -> Path:
         p = self.path / rel
+        if not _dist.is_main():
+            return p
         _atomic_write(p, text)
         return p
 
@@ -77,6 +86,8 @@ class RunDir:
 
     def write_table(self, stage_id: str, table: str, df: pd.DataFrame) -> Path:
         csv = self.table_path(stage_id, table)
+        if not _dist.is_main():
+            return csv
         csv.parent.mkdir(parents=True, exist_ok=True)
         tmp = csv.with_name(csv.name + ".tmp")
         df.to_csv(tmp, index=False)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import distributed as _dist
 from .config import Experiment, experiment_from_dict, load_experiment
 from .data.core import DataInfo, DatasetBundle, apply_limits
 from .errors import ConfigError, RtkError, StageError, UnknownComponentError
@@ -264,8 +265,14 @@ class StageContext:
                    recipe: ModelRecipe | None = None) -> Path:
         entry = self.entry(name)
         recipe = recipe or entry.recipe
-        path = save_checkpoint(self.rundir.checkpoint_path(name, tag), module, recipe,
-                               metadata={"stage": self.stage_id, **(metadata or {})}, tensors=tensors)
+        module = _dist.unwrap(module)  # checkpoints hold the bare module, never a DDP wrapper
+        target = self.rundir.checkpoint_path(name, tag)
+        if _dist.is_main():
+            path = save_checkpoint(target, module, recipe,
+                                   metadata={"stage": self.stage_id, **(metadata or {})}, tensors=tensors)
+        else:  # under torchrun only rank 0 writes; every rank calls save_model, so the barrier is met
+            path = target
+        _dist.barrier()  # the other ranks may read the checkpoint next (model@tag, restore_best)
         entry.checkpoints[tag] = path
         if make_current:
             entry.module = module
@@ -286,11 +293,26 @@ class StageContext:
         return module, ModelRecipe(arch, opts.model_dump(), self.info)
 
     def figure_path(self, name: str) -> Path:
+        """Where to write a figure. Under torchrun, ranks other than 0 get a scratch path
+        outside the run directory (they draw the same figure; only rank 0's is kept)."""
+        if not _dist.is_main():
+            p = _scratch_dir() / self.stage_id / (name if name.endswith(".png") else f"{name}.png")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            return p
         return self.rundir.figure_path(self.stage_id, name)
 
     @property
     def artifact_dir(self) -> Path:
         return self.rundir.stage_dir(self.stage_id)
+
+
+def _scratch_dir() -> Path:
+    """A per-process directory outside the run directory for files of ranks other than 0."""
+    import tempfile
+
+    p = Path(tempfile.gettempdir()) / f"rtk-rank{_dist.rank()}-{os.getpid()}"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 # ---------------------------------------------------------------------------- execution
@@ -487,21 +509,37 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 def execute(plan_: Plan, *, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
             runs_root: str | os.PathLike = "runs") -> RunResult:
-    """Run a planned experiment. ``resume`` continues an earlier run directory."""
+    """Run a planned experiment. ``resume`` continues an earlier run directory.
+
+    Under torchrun the process group is created from the environment first (and destroyed
+    at the end if this call created it); rank 0 creates the run directory and tells the
+    others its path; only rank 0 writes files (see :mod:`rtk.distributed`).
+    """
+    with _dist.session():
+        return _execute(plan_, out=out, resume=resume, runs_root=runs_root)
+
+
+def _execute(plan_: Plan, *, out: str | os.PathLike | None, resume: str | os.PathLike | None,
+             runs_root: str | os.PathLike) -> RunResult:
     exp = plan_.experiment
-    device = resolve_device(exp.device)
+    device = resolve_device(exp.device)  # "auto" on CUDA picks cuda:<LOCAL_RANK>
     if resume is not None:
         rundir = RunDir(resume)
         if not (rundir.path / "state.json").exists():
             raise ConfigError(f"--resume {rundir.path}: not a run directory (no state.json)")
     else:
-        rundir = RunDir.create(exp.name, out=out, root=runs_root)
-    if exp.source and Path(exp.source).exists() and resume is None:
-        rundir.write_text("experiment.toml", Path(exp.source).read_text())
-    rundir.write_json("config.json", exp.model_dump(mode="json"))
-    if resume is None or not (rundir.path / "environment.json").exists():
-        rundir.write_json("environment.json", environment_record(seed=exp.seed, device=str(device),
-                                                                 registry=plan_.registry, source=exp.source))
+        create = _dist.main_process_only(broadcast=True)(lambda: str(RunDir.create(exp.name, out=out, root=runs_root).path))
+        rundir = RunDir(create())
+    if _dist.is_main():
+        if exp.source and Path(exp.source).exists() and resume is None:
+            rundir.write_text("experiment.toml", Path(exp.source).read_text())
+        rundir.write_json("config.json", exp.model_dump(mode="json"))
+        if resume is None or not (rundir.path / "environment.json").exists():
+            env = environment_record(seed=exp.seed, device=str(device), registry=plan_.registry, source=exp.source)
+            if _dist.is_distributed():
+                env["distributed"] = {"world_size": _dist.world_size(), "backend": _dist.backend()}
+            rundir.write_json("environment.json", env)
+    _dist.barrier()  # every rank reads state.json next
     runner = _Runner(plan_, rundir, device, resuming=resume is not None)
     return runner.run()
 

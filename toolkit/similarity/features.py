@@ -166,10 +166,12 @@ class ModelInput:
 
 def iter_features(models: Sequence[ModelInput], split: Any, *, batch_size: int = 256, limit: int | None = None,
                   pooling: str = "flatten", device: torch.device | str = "cpu", store: torch.device | str = "cpu",
-                  seed: int = 0) -> Iterator[tuple[list[dict[str, Tensor]], Tensor]]:
+                  seed: int = 0, shard: tuple[int, int] | None = None) -> Iterator[tuple[list[dict[str, Tensor]], Tensor]]:
     """Yield ``([features of model 0, features of model 1, ...], labels)`` for each batch of
     the first ``limit`` examples of ``split`` (a deterministic subset; the same examples in
-    the same order for every model). Features are ``{layer: [b, d]}`` on ``store``."""
+    the same order for every model). Features are ``{layer: [b, d]}`` on ``store``.
+    ``shard=(rank, world)`` yields only the batches ``rank, rank + world, ...`` (a process's
+    share under torchrun; the batches themselves are those of one process)."""
     from ..data.core import batches, subset
 
     split = subset(split, limit, seed)
@@ -186,7 +188,9 @@ def iter_features(models: Sequence[ModelInput], split: Any, *, batch_size: int =
             h.__enter__()
         n = len(split)
         total = (n + batch_size - 1) // batch_size
-        for x, y in progress(batches(split, batch_size, device=dev), total=total, desc="features"):
+        for b, (x, y) in enumerate(progress(batches(split, batch_size, device=dev), total=total, desc="features")):
+            if shard is not None and b % shard[1] != shard[0]:
+                continue
             feats = []
             for mi, h in zip(models, hooks):
                 mod = unwrap(mi.model)

@@ -10,6 +10,7 @@ specialization analysis, when requested, keeps the features of the models it ana
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -236,14 +237,19 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
 def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: Any, batch_size: int,
             within: list[str], pairs: list[tuple[str, str]], overfit: list[str], spec_models: list[str],
             kw: Mapping[str, Any]) -> tuple[dict[str, Heatmap], dict[str, Heatmap], dict[str, dict[str, Tensor]], Tensor]:
-    """One pass through the data updating one accumulator per heatmap."""
+    """One pass through the data updating one accumulator per heatmap.
+
+    Under torchrun (and when no analysis needs every feature), each process takes every
+    ``world``-th minibatch and the accumulators' HSIC sums are all-reduced before computing,
+    so the result equals one process's (up to float64 rounding)."""
+    shard = _minibatch_shard(metric, split, batch_size, spec_models, kw)
     idx = {mi.name: i for i, mi in enumerate(inputs)}
     accs: dict[str, tuple[Any, str, str | None]] = {}
     names: dict[str, list[str]] = {}
     kept: dict[str, list[dict[str, Tensor]]] = {m: [] for m in spec_models}
     labels: list[Tensor] = []
     seen = 0
-    for feats, y in iter_features(inputs, split, batch_size=batch_size, **kw):
+    for feats, y in iter_features(inputs, split, batch_size=batch_size, shard=shard, **kw):
         if not names:
             names = {mi.name: list(f) for mi, f in zip(inputs, feats)}
             for m in within:
@@ -272,6 +278,12 @@ def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: An
                 acc.update([fa[k] for k in names[a]])
             else:
                 acc.update([fa[k] for k in names[a]], [feats[idx[b]][k] for k in names[b]])
+    if shard is not None:
+        for acc, _, _ in accs.values():
+            acc.sync()  # sum the HSIC accumulators of every process (same order of accs on every rank)
+        from .. import distributed as rd
+
+        labels = [y for part in rd.all_gather_object(labels) for y in part]  # counts only: order does not matter
     if not labels:
         raise SimilarityError("no examples to read features from (empty split or limit)")
     heatmaps: dict[str, Heatmap] = {}
@@ -288,6 +300,24 @@ def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: An
                                     job.metric_name, hs)
     feats_out = {m: {k: torch.cat([p[k] for p in parts]) for k in parts[0]} for m, parts in kept.items() if parts}
     return heatmaps, overfit_mats, feats_out, torch.cat(labels)
+
+
+def _minibatch_shard(metric: Any, split: Any, batch_size: int, spec_models: list[str],
+                     kw: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(rank, world)`` when the minibatches can be dealt out over torchrun processes: a
+    process group of 2+, accumulators that sync, no analysis that keeps every feature
+    (specialization), and at least one batch per process. None otherwise (every process
+    then reads every batch, as in one process)."""
+    from .. import distributed as rd
+    from ..data.core import subset
+
+    if not rd.is_distributed() or spec_models or not hasattr(metric.accumulator(None, None), "sync"):
+        return None
+    n = len(subset(split, kw.get("limit"), kw.get("seed", 0)))
+    usable = n // batch_size + (1 if n % batch_size >= 4 else 0)  # batches of < 4 examples are left out
+    if usable < rd.world_size():  # every process must accumulate at least one batch
+        return None
+    return rd.rank(), rd.world_size()
 
 
 __all__ = ["SimilarityJob", "SimilarityOutput", "run_similarity"]

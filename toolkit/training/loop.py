@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import distributed as _dist
 from ..data.core import DatasetBundle, batches, subset
 from ..errors import ConfigError, TrainingDivergedError
 from ..runtime import amp_context
@@ -207,7 +208,8 @@ class _TrainingRun:
                  callbacks: Sequence[Any], out: str | os.PathLike | None, recipe: Any, checkpoint: Checkpointer | None,
                  state_dir: str | os.PathLike | None, resume: bool, plot: bool,
                  epoch_indices: Callable[[int], torch.Tensor] | None,
-                 on_epoch: Callable[[int, dict], None] | None) -> None:
+                 on_epoch: Callable[[int, dict], None] | None,
+                 batch_weights: Callable[[int], Sequence[float]] | None = None) -> None:
         self.model = model  # possibly DDP-wrapped: the objective trains through it
         self.bare = bare_module(model)  # checkpoints, state and evaluation use the bare module
         self.objective = objective
@@ -219,6 +221,7 @@ class _TrainingRun:
         self.out = Path(out) if out is not None else None
         self.plot = plot
         self.epoch_indices = epoch_indices
+        self.batch_weights = batch_weights
         self.on_epoch = on_epoch
         self.state_dir = Path(state_dir) if state_dir is not None else (self.out / "state" if self.out else None)
         self.checkpoint = checkpoint or self._file_checkpointer(recipe)
@@ -262,7 +265,9 @@ class _TrainingRun:
         root = self.out / "checkpoints"
 
         def save(tag: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
-            return save_checkpoint(root / tag, model, recipe, metadata=metadata)
+            path = save_checkpoint(root / tag, model, recipe, metadata=metadata) if _dist.is_main() else root / tag
+            _dist.barrier()  # under torchrun only rank 0 writes; the others may read it next
+            return path
 
         return save
 
@@ -361,7 +366,7 @@ class _TrainingRun:
         log.info("resumed from %s (epoch %d of %d)", st.path, st.epoch, self.cfg.epochs)
 
     def _save_state(self, epoch: int) -> None:
-        if self.state_dir is None:
+        if self.state_dir is None or not _dist.is_main():  # under torchrun rank 0 keeps the resume state
             return
         tensors: dict[str, torch.Tensor] = {}
         _cpu_tensors("model/", self.bare.state_dict(), tensors)
@@ -404,6 +409,7 @@ class _TrainingRun:
         lr_start = self.optimizer.param_groups[0]["lr"]
         eps_now = None
         it = _progress(self._batches(epoch), total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}")
+        weights = list(self.batch_weights(epoch)) if self.batch_weights is not None else None
         for b, (x, y) in enumerate(it):
             prog = Progress(self.step, self.total_steps, self.steps_per_epoch)
             st.epoch, st.batch, st.step, st.progress, st.x, st.y = epoch, b, self.step, prog, x, y
@@ -411,9 +417,11 @@ class _TrainingRun:
             with amp_context(dev, self.amp):
                 out = self.objective(self.model, x, y, progress=prog)
             st.output = out
+            # under DDP, the weight makes the averaged gradient that of the mean over an uneven last global batch
+            step_loss = out.loss * weights[b] if weights is not None and weights[b] != 1.0 else out.loss
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
-                self.scaler.scale(out.loss).backward()
+                self.scaler.scale(step_loss).backward()
                 if cfg.grad_clip is not None:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -421,7 +429,7 @@ class _TrainingRun:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
-                out.loss.backward()
+                step_loss.backward()
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                 self._hook("before_step")
@@ -447,6 +455,12 @@ class _TrainingRun:
         # the one host read of the epoch
         total_loss, n_correct, bad_batch, bad_loss = torch.stack(
             [loss_sum, correct.float(), first_bad.float(), bad_value]).tolist()
+        if _dist.is_distributed():  # every rank reports the epoch over all ranks, so they decide alike
+            sums = _dist.all_reduce_sum(torch.tensor([total_loss, n_correct, float(seen), float(bad_batch >= 0)],
+                                                     dtype=torch.float64))
+            total_loss, n_correct, seen, any_bad = sums[0].item(), sums[1].item(), int(sums[2].item()), sums[3].item()
+            if any_bad > 0 and bad_batch < 0:
+                bad_batch, bad_loss = 0.0, float("nan")  # another rank diverged: stop together
         if bad_batch >= 0:
             self._diverged(epoch, int(bad_batch), bad_loss)
         return {"epoch": epoch, "lr": lr_start, "eps": eps_now, "train_loss": total_loss / max(seen, 1),
@@ -505,7 +519,7 @@ class _TrainingRun:
         return False
 
     def _write_history(self) -> None:
-        if self.out is None:
+        if self.out is None or not _dist.is_main():
             return
         path = self.out / "history.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -587,7 +601,7 @@ class _TrainingRun:
             self._restore_best()
         self.model.eval()
         history = self.frame()
-        if self.out is not None and self.plot and len(history):
+        if self.out is not None and self.plot and len(history) and _dist.is_main():
             from .plots import plot_history
 
             plot_history(history, self.out / "robust-overfitting.png", best_epoch=self.best_epoch)
@@ -600,7 +614,8 @@ def train_model(model: nn.Module, objective: Objective, data: DatasetBundle, cfg
                 callbacks: Sequence[Any] = (), out: str | os.PathLike | None = None, recipe: Any = None,
                 checkpoint: Checkpointer | None = None, state_dir: str | os.PathLike | None = None,
                 resume: bool = False, plot: bool = True, epoch_indices: Callable[[int], torch.Tensor] | None = None,
-                on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+                on_epoch: Callable[[int, dict], None] | None = None,
+                batch_weights: Callable[[int], Sequence[float]] | None = None) -> TrainResult:
     """Train ``model`` in place and return a :class:`TrainResult`.
 
     - ``parameters``: what to optimise (parameters or param-group dicts); default every
@@ -613,6 +628,14 @@ def train_model(model: nn.Module, objective: Objective, data: DatasetBundle, cfg
       optimizer, scheduler, epoch and RNG states exactly (a fresh start when there is none).
     - ``epoch_indices(epoch)``: the training examples (and order) for this process in that
       epoch, e.g. a distributed shard; default: all, shuffled by a generator seeded ``seed``.
+    - ``batch_weights(epoch)``: a factor per step multiplying the loss before backward
+      (:meth:`rtk.distributed.DistributedBatchSampler.weights`: under DDP, 1.0 except for an
+      uneven last global batch).
+
+    Under torchrun (``model`` wrapped with :func:`rtk.distributed.wrap_model` and
+    ``epoch_indices`` giving this rank's shard), the epoch's loss and accuracy are summed over
+    ranks, so every rank records the same history and stops early together; only rank 0
+    writes checkpoints (through the default checkpointer), the resume state and history.csv.
 
     Raises :class:`~rtk.errors.ConfigError` before any work for bad input, and
     :class:`~rtk.errors.TrainingDivergedError` naming the epoch and batch when the loss
@@ -621,7 +644,8 @@ def train_model(model: nn.Module, objective: Objective, data: DatasetBundle, cfg
     cfg = cfg if cfg is not None else LoopConfig()
     run = _TrainingRun(model, objective, data, cfg, device=device, seed=seed, parameters=parameters,
                        callbacks=callbacks, out=out, recipe=recipe, checkpoint=checkpoint, state_dir=state_dir,
-                       resume=resume, plot=plot, epoch_indices=epoch_indices, on_epoch=on_epoch)
+                       resume=resume, plot=plot, epoch_indices=epoch_indices, on_epoch=on_epoch,
+                       batch_weights=batch_weights)
     return run.run()
 
 
