@@ -74,7 +74,45 @@ def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
     return problems
 
 
-def _run(ctx: rtk.StageContext, opts: EvaluateOptions) -> rtk.StageResult:
+def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
+    """Under torchrun: each rank attacks its batch-aligned shard (so every batch, and every
+    seeded random start, is the single-process one), keeping its records in memory; rank 0
+    gathers every rank's record chunks and appends them to its record store, the only one
+    written. The evaluation that follows on rank 0 then finds every result recorded."""
+    from rtk import distributed as rd
+
+    split = ctx.data.test if opts.split == "test" else ctx.data.train
+    indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
+    units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+    extra = [ctx.experiment.resolve_path(d) for d in opts.records_from]
+    mine = indices[rd.shard_indices(len(indices), align=opts.batch_size)]
+    for name in opts.models:
+        model = ctx.model(name)
+        store = RecordStore(None, extra=[ctx.artifact_dir, *extra])  # reads earlier records (resume), writes none
+        if len(mine):
+            evaluate(model, split, units, indices=mine, batch_size=opts.batch_size, device=ctx.device, store=store,
+                     name=name, eps=opts.eps, headline_eps=opts.headline_eps, early_exit=opts.early_exit,
+                     checks=False, strict=False, save_adversarial="none", output=opts.output,
+                     normalize=opts.normalize, seed=ctx.seed)
+        parts = rd.gather_object([c for c in store.chunks() if not c.get("adv")])
+        if parts is not None:
+            sink = RecordStore(ctx.artifact_dir, extra=extra)
+            have = {(c["model"], c["unit"], c["index"][0] if c["index"] else -1) for c in sink.chunks()}
+            for part in parts:
+                for c in part:
+                    key = (c["model"], c["unit"], c["index"][0] if c["index"] else -1)
+                    if key not in have:
+                        have.add(key)
+                        sink.append(c)
+            sink.close()
+    rd.barrier()
+
+
+def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = False) -> rtk.StageResult:
+    if not _gathered and rtk.distributed.is_distributed():
+        # every rank attacks its shard; rank 0 merges, checks and builds the tables; all ranks return them
+        _shard_records(ctx, opts)
+        return rtk.distributed.main_process_only(broadcast=True)(_run)(ctx, opts, _gathered=True)
     split = ctx.data.test if opts.split == "test" else ctx.data.train
     indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
     units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
