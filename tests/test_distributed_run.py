@@ -210,7 +210,19 @@ def _data(n_train: int = 201):
     return apply_limits(spec.load(opts), opts)
 
 
-def _train(world: int, rank: int, sink: str | None = None) -> tuple[dict, list[float]]:
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after(epoch_: int):
+    def on_epoch(epoch: int, row: dict) -> None:
+        if epoch == epoch_:
+            raise _Interrupt(f"stopped after epoch {epoch}")
+    return on_epoch
+
+
+def _train(world: int, rank: int, sink: str | None = None, *, state_dir: str | None = None,
+           interrupt: int | None = None) -> tuple[dict, list[float]]:
     from rtk.training import LoopConfig, StandardObjective, train_model
 
     data = _data()
@@ -220,8 +232,18 @@ def _train(world: int, rank: int, sink: str | None = None) -> tuple[dict, list[f
     sampler = rd.DistributedBatchSampler(len(data.train), 64 // world, seed=5, rank_=rank, world=world)
     cfg = LoopConfig(epochs=3, lr=0.05, batch_size=64 // world, eval_size=0, eval_train_size=0,
                      monitor="test_clean_acc")
-    res = train_model(rd.wrap_model(model, "cpu"), StandardObjective(), data, cfg, seed=5,
-                      epoch_indices=sampler.epoch_indices, batch_weights=sampler.weights, plot=False)
+    kw = dict(seed=5, epoch_indices=sampler.epoch_indices, batch_weights=sampler.weights, plot=False,
+              state_dir=state_dir)
+    wrapped = rd.wrap_model(model, "cpu")
+    if interrupt is not None:  # interrupted after an epoch, then resumed from rank 0's saved state
+        with pytest.raises(_Interrupt):
+            train_model(wrapped, StandardObjective(), data, cfg, on_epoch=_stop_after(interrupt), **kw)
+        rd.barrier()
+        torch.manual_seed(123)
+        model = rtk.default_registry().get("model", "cnn-small").build(data.info, rtk.default_registry().get(
+            "model", "cnn-small").options())  # a fresh model: everything comes from the saved state
+        wrapped = rd.wrap_model(model, "cpu")
+    res = train_model(wrapped, StandardObjective(), data, cfg, resume=interrupt is not None, **kw)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     losses = res.history.train_loss.tolist()
     if sink is not None:
@@ -231,6 +253,10 @@ def _train(world: int, rank: int, sink: str | None = None) -> tuple[dict, list[f
 
 def _train_ddp(rank: int, sink: str) -> None:
     _train(WORLD, rank, sink)
+    # the same training interrupted after epoch 2 and resumed (state written by rank 0 only)
+    state_dir = Path(sink) / "state"
+    resumed, losses = _train(WORLD, rank, None, state_dir=str(state_dir), interrupt=2)
+    torch.save({"state": resumed, "losses": losses}, Path(sink) / f"resumed{rank}.pt")
 
 
 def test_ddp_training_follows_single_process(workers, tmp_path, one_thread):
@@ -247,6 +273,12 @@ def test_ddp_training_follows_single_process(workers, tmp_path, one_thread):
     assert worst < 1e-4, worst
     assert ranks[0]["losses"] == pytest.approx(ref_losses, abs=1e-4)
     assert ref_losses[-1] < ref_losses[0]
+    # resume under DDP continues exactly where the interrupted run stopped
+    for r in range(WORLD):
+        resumed = torch.load(tmp_path / f"resumed{r}.pt", weights_only=True)
+        assert resumed["losses"] == ranks[r]["losses"]
+        for k, v in ranks[r]["state"].items():
+            assert torch.equal(resumed["state"][k], v), (r, k)
 
 
 def test_non_divisible_global_batch_is_refused(workers, tmp_path):
