@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from typing import Any
@@ -98,6 +99,11 @@ def cli(ctx: click.Context, quiet: bool, verbose: int) -> None:
     """rtk: train, attack, prune, certify and compare adversarially robust networks."""
     state = _state(ctx)
     state.quiet = quiet
+    if "WORLD_SIZE" in os.environ and os.environ.get("RANK", "0") not in ("", "0"):
+        # a torchrun worker other than rank 0: only rank 0 prints and shows progress; errors,
+        # warnings and logs still go to stderr
+        state.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
