@@ -60,6 +60,11 @@ def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
     problems: list[str] = []
     for i, m in enumerate(opts.models):
         problems += planning.check_model(m, f"models[{i}]")
+    for i, d in enumerate(opts.records_from):
+        path = planning.experiment.resolve_path(d)
+        if not path.is_dir():
+            problems.append(f"{planning.where}.records_from[{i}]: {path} is not a directory (give the artifacts "
+                            f"directory of an evaluate stage, or a directory holding records/part-*.jsonl)")
     if not _refs_ok(opts):
         return problems  # unresolved attack names were reported already
     if opts.eps is not None:
@@ -118,7 +123,7 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
     units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
     results = []
     for name in opts.models:
-        store = RecordStore(ctx.artifact_dir, extra=opts.records_from)
+        store = RecordStore(ctx.artifact_dir, extra=[ctx.experiment.resolve_path(d) for d in opts.records_from])
         res = evaluate(ctx.model(name), split, units, indices=indices, batch_size=opts.batch_size, device=ctx.device,
                        store=store, name=name, eps=opts.eps, headline_eps=opts.headline_eps,
                        early_exit=opts.early_exit, checks=opts.check_settings if opts.checks else False, strict=False,

@@ -24,7 +24,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-SETTINGS = CheckSettings(examples=60, square_queries=100)
+#: min_seconds: enough that no check is skipped for time on a busy machine (the skip is tested on its own)
+SETTINGS = CheckSettings(examples=60, square_queries=100, min_seconds=300)
 N = 150
 
 
@@ -244,3 +245,6 @@ def test_masking_checks_respect_their_budget(healthy, digits):
     assert sizes["more_steps"] <= 5 and sizes["unbounded_eps"] == 5 and sizes["black_box"] <= 5
     assert res.work["checks"] > 0 and res.checks_overhead == res.work["checks"] / res.work["evaluation"]
     assert run(healthy, digits, checks=False).checks == []
+    no_time = SETTINGS.model_copy(update={"budget": 0.0, "min_seconds": 0.0})
+    skipped = {c.name: c for c in run(healthy, digits, checks=no_time).checks if c.passed is None}
+    assert set(skipped) == {"more_steps"} and "time budget" in skipped["more_steps"].detail

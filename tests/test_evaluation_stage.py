@@ -181,3 +181,14 @@ def test_cli_strict_fails_on_a_broken_model(tmp_path, digits):
     res = _invoke(*args, tmp_path / "b", "--strict", pm=pm)
     assert res.exit_code == 1 and "outputs_are_logits" in res.output and "strict" in res.output
     assert "Traceback" not in res.output
+
+
+def test_records_from_another_run_are_merged_not_recomputed(run_dir, checkpoint, tmp_path):
+    exp = experiment(checkpoint)
+    exp["stages"][0]["records_from"] = [str(run_dir.path / "artifacts" / "01-evaluate")]
+    again = rtk.run(exp, registry=_REG, out=tmp_path / "again")
+    pd.testing.assert_frame_equal(again.table("accuracy"), run_dir.table("accuracy"))
+    assert not list((tmp_path / "again" / "artifacts" / "01-evaluate" / "records").glob("part-*.jsonl"))
+    exp["stages"][0]["records_from"] = [str(tmp_path / "nowhere")]
+    with pytest.raises(rtk.ConfigError, match="records_from.0.: .*nowhere is not a directory"):
+        rtk.plan(rtk.experiment_from_dict(exp, source="<t>"), _REG)

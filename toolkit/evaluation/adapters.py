@@ -102,6 +102,14 @@ def select_output(out: Any, output: str) -> torch.Tensor:
     return picked
 
 
+class _Meter:
+    __slots__ = ("on", "work")
+
+    def __init__(self) -> None:
+        self.on = False
+        self.work = 0
+
+
 class ModelView(nn.Module):
     """A model as attacks see it: inputs in [0, 1], a logits tensor out.
 
@@ -115,8 +123,7 @@ class ModelView(nn.Module):
             raise ConfigError(f"output: {output!r} is not allowed; use logits, first, index:N or key:NAME")
         self.model = model
         self.output = output
-        self.counting = False
-        self.work = 0
+        self._meter = _Meter()  # a plain object: nn.Module.__setattr__ is slow on every forward
         if isinstance(normalize, dict):
             normalize = Normalization.model_validate(normalize)
         self.normalization = normalize
@@ -131,9 +138,22 @@ class ModelView(nn.Module):
             # torchattacks finds the device through the parameters; a model without any gets an empty anchor
             self.anchor = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
 
+    @property
+    def counting(self) -> bool:
+        return self._meter.on
+
+    @counting.setter
+    def counting(self, value: bool) -> None:
+        self._meter.on = bool(value)
+
+    @property
+    def work(self) -> int:
+        return self._meter.work
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.counting:
-            self.work += int(x.shape[0]) * (3 if x.requires_grad and torch.is_grad_enabled() else 1)
+        meter = self._meter
+        if meter.on:
+            meter.work += int(x.shape[0]) * (3 if x.requires_grad and torch.is_grad_enabled() else 1)
         if self.mean is not None:
             x = (x - self.mean) / self.std
         out = self.model(x)

@@ -171,11 +171,10 @@ def _check_indices(order: torch.Tensor, n: int) -> None:
 
 def _invalid_flags(x_adv: torch.Tensor, norms: dict[str, torch.Tensor], unit: AttackUnit, tol: float) -> torch.Tensor:
     flat = x_adv.flatten(1)
-    flags = torch.zeros(len(x_adv), dtype=torch.long, device=x_adv.device)
-    finite = torch.isfinite(flat).all(1)
-    flags |= (~finite).long() * NONFINITE
-    in_range = (flat.amin(1) >= -1e-6) & (flat.amax(1) <= 1 + 1e-6)
-    flags |= (~in_range).long() * OUT_OF_RANGE
+    lo, hi = flat.amin(1), flat.amax(1)  # NaN propagates through amin/amax, so lo and hi see every non-finite value
+    finite = torch.isfinite(lo) & torch.isfinite(hi)
+    flags = (~finite).long() * NONFINITE
+    flags |= (~((lo >= -1e-6) & (hi <= 1 + 1e-6)) & finite).long() * OUT_OF_RANGE
     if unit.budgeted:
         flags |= (~within(norms[unit.norm], unit.eps, tol)).long() * OVER_BUDGET
     return flags
@@ -239,6 +238,8 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
     device = torch.device(device) if device is not None else view.device
     threats_ = find_threats(units, eps)
     headline = headline_threat(units, threats_, headline_eps)
+    if headline[0] != "none" and headline not in threats_:
+        threats_ = sorted([*threats_, headline], key=lambda t: (("Linf", "L2", "L1").index(t[0]), t[1]))
 
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings else None
     was_training = model.training
@@ -250,13 +251,18 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
         ctx.before(model)
 
     t_main = time.perf_counter()
-    resumed = _run(view, split, units, order, fp, store, batch_size, device, early_exit, tol, save_adversarial,
-                   ctx, name, n_split)
+    try:
+        resumed = _run(view, split, units, order, fp, store, batch_size, device, early_exit, tol, save_adversarial,
+                       ctx, name, n_split)
+    finally:
+        store.close()  # everything written so far stays readable for a resumed run
     seconds = {"evaluation": time.perf_counter() - t_main}
 
     keys = {u.key for u in units} | {CLEAN}
     table = store.table(fp)
-    table = table[table.unit.isin(keys) & table["index"].isin(set(order.tolist()))].reset_index(drop=True)
+    keep = table.unit.isin(keys).to_numpy() & np.isin(table["index"].to_numpy(), order.numpy())
+    if not keep.all():
+        table = table[keep].reset_index(drop=True)
     out = outcomes(table, units, order.tolist())
     work = {"evaluation": int(sum(st["work"] for (m, k), st in store.stats.items() if m == fp and k in keys))}
     unit_stats = {k: dict(st) for (m, k), st in store.stats.items() if m == fp and k in keys}
@@ -268,7 +274,6 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
         result.checks = ctx.after(model, snapshot, result, store, seed)
         seconds["checks"] = ctx.seconds + (time.perf_counter() - t0) - ctx.after_counted
         work["checks"] = ctx.work
-    store.close()
     if was_training:
         log.info("model %s was in training mode; evaluated in eval mode and left in eval mode", name)
     for c in result.failed_checks:
@@ -306,7 +311,8 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
     evidence = _Evidence(n_split, units) if early_exit else None
     if evidence is not None:
         evidence.load(prior, units, clean_correct)
-    save_set = None
+    save_all = save_adversarial == "all"
+    save_set = None  # with "checks": the examples of the check subset, re-scored after the evaluation
     if save_adversarial == "checks" and ctx is not None:
         save_set = torch.zeros(n_split, dtype=torch.bool)
         save_set[ctx.subset] = True
@@ -316,10 +322,13 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
     try:
         for start in progress(range(0, len(order), batch_size), total=n_batches, desc=f"evaluate {name}"):
             idx = order[start:start + batch_size]
-            need_clean = not bool(done[CLEAN][idx].all())
-            pending = [u for u in units if not bool(done[u.key][idx].all())]
-            if not need_clean and not pending:
-                continue
+            if resumed:
+                need_clean = not bool(done[CLEAN][idx].all())
+                pending = [u for u in units if not bool(done[u.key][idx].all())]
+                if not need_clean and not pending:
+                    continue
+            else:  # nothing recorded before: everything is to do
+                need_clean, pending = True, units
             x, y = load_batch(split, idx)
             x, y = x.to(device), y.to(device)
             if ctx is not None:
@@ -362,11 +371,10 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
                 if evidence is not None:
                     broken = attacked & (flags == 0) & (adv_pred != y) & cc.to(device)
                     evidence.update(u, idx, broken, norms)
-                if save_adversarial != "none":
-                    keep = mask if save_set is None or save_adversarial == "all" else (mask & save_set[idx])
-                    if save_adversarial == "all" or save_set is not None:
-                        ks = keep.nonzero().squeeze(1)
-                        store.save_adversarial(fp, u.key, idx[ks], x_adv[ks.to(device)])
+                if save_all or save_set is not None:
+                    keep = mask if save_all else (mask & save_set[idx])
+                    ks = keep.nonzero().squeeze(1)
+                    store.save_adversarial(fp, u.key, idx[ks], x_adv[ks.to(device)])
     finally:
         view.counting = False
     return resumed

@@ -152,6 +152,8 @@ class RecordStore:
         duplicates of one ``(model, unit, index)`` keep the first."""
         self.stats = {}
         files = self.part_files()
+        if not files and not self._memory:
+            return _empty_table()
         single_writer = not files and self.root is None  # in memory: one writer, no duplicates possible
         seen: set[tuple[str, str, int]] = set()
         names: dict[tuple[str, str], int] = {}
@@ -253,6 +255,15 @@ class RecordStore:
         keep = torch.ones(len(index), dtype=torch.bool)
         keep[1:] = index[1:] != index[:-1]
         return index[keep], x[keep]
+
+
+def _empty_table() -> pd.DataFrame:
+    cat = pd.CategoricalDtype(pd.Index([], dtype=object))
+    return pd.DataFrame({"model": pd.Series([], dtype=cat), "unit": pd.Series([], dtype=cat),
+                         **{c: np.zeros(0, dtype=t) for c, t in (
+                             ("index", np.int64), ("label", np.int64), ("pred", np.int64), ("correct", bool),
+                             ("attacked", bool), ("invalid", np.int64), ("linf", np.float64), ("l2", np.float64),
+                             ("l1", np.float64))}})
 
 
 def clean_chunk(model: str, index: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, *, work: int = 0,

@@ -86,14 +86,16 @@ def outcomes(records: pd.DataFrame, units: Sequence[AttackUnit], indices: Sequen
     idx = np.asarray(indices, dtype=np.int64)
     pos = np.full(int(idx.max()) + 1 if len(idx) else 0, -1, dtype=np.int64)
     pos[idx] = np.arange(len(idx))
-    unit_col = records["unit"].to_numpy()
+    unit = records["unit"]
+    if isinstance(unit.dtype, pd.CategoricalDtype):
+        codes, names = unit.cat.codes.to_numpy(), [str(c) for c in unit.cat.categories]
+    else:
+        names, codes = np.unique(unit.to_numpy().astype(str), return_inverse=True)
+        names = [str(c) for c in names]
     index_col = records["index"].to_numpy()
-    groups: dict[str, np.ndarray] = {}
-    order = np.argsort(unit_col.astype(str), kind="stable") if len(unit_col) else np.zeros(0, dtype=np.int64)
-    keys, starts = np.unique(unit_col[order].astype(str), return_index=True) if len(order) else ([], [])
-    bounds = list(starts) + [len(order)]
-    for k, key in enumerate(keys):
-        groups[str(key)] = order[bounds[k]:bounds[k + 1]]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    groups = {name: order[bounds[k]:bounds[k + 1]] for k, name in enumerate(names) if bounds[k + 1] > bounds[k]}
 
     def aligned(key: str, label: str) -> dict[str, np.ndarray]:
         rows = groups.get(key)

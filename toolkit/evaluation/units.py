@@ -180,7 +180,8 @@ def threats(units: Sequence[AttackUnit], eps: EpsList = None) -> list[tuple[str,
 def delta_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-example L-inf, L2 and L1 norms of ``x_adv - x`` (float32)."""
     d = (x_adv.float() - x.float()).flatten(1)
-    return {"Linf": d.abs().amax(1), "L2": d.norm(dim=1), "L1": d.abs().sum(1)}
+    a = d.abs()
+    return {"Linf": a.amax(1), "L2": d.norm(dim=1), "L1": a.sum(1)}
 
 
 def within(norm_value: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
