@@ -236,15 +236,19 @@ def linear_stats(x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int
     exact route: feature space when ``d1 + d2 < n``, Gram space otherwise (``route`` may
     force ``"feature"`` or ``"gram"``)."""
     x, y = _pair(x, y, min_examples=min_examples)
-    n = x.shape[0]
-    xc, yc = center(x, what="x"), center(y, what="y")
+    n, d1 = x.shape
     if route == "auto":
-        route = "feature" if xc.shape[1] + yc.shape[1] < n else "gram"
+        route = "feature" if d1 + y.shape[1] < n else "gram"
     if route == "feature":
-        kl = float(_sumsq(matmul(xc.T, yc)))
-        kk = float(_sumsq(self_cross(xc)))
-        ll = float(_sumsq(self_cross(yc)))
+        # one symmetric product of the centred, concatenated features gives all three terms
+        z = _center_concat(x, y)
+        xc, yc = z[:, :d1], z[:, d1:]
+        g = self_cross(z)
+        kl = float(_sumsq(g[:d1, d1:]))
+        kk = float(_sumsq(g[:d1, :d1]))
+        ll = float(_sumsq(g[d1:, d1:]))
     elif route == "gram":
+        xc, yc = center(x, what="x"), center(y, what="y")
         gx, gy = gram(xc), gram(yc)
         kl = float(_dot64(gx, gy))
         kk, ll = float(_sumsq(gx)), float(_sumsq(gy))
@@ -255,6 +259,18 @@ def linear_stats(x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int
     k, l = _rowsq(xc), _rowsq(yc)
     return LinearStats(n, kl, kk, ll, float(k.sum()), float(l.sum()), float((k * l).sum()),
                        float((k * k).sum()), float((l * l).sum()))
+
+
+def _center_concat(x: Tensor, y: Tensor) -> Tensor:
+    """``[x - mean(x), y - mean(y)]`` written once into one ``[n, d1 + d2]`` buffer."""
+    d1 = x.shape[1]
+    if _on_numpy(x, y):
+        a, b = x.numpy(), y.numpy()
+        z = np.empty((a.shape[0], d1 + b.shape[1]), dtype=a.dtype)
+        np.subtract(a, a.mean(0, dtype=np.float64).astype(a.dtype), out=z[:, :d1])
+        np.subtract(b, b.mean(0, dtype=np.float64).astype(b.dtype), out=z[:, d1:])
+        return torch.from_numpy(z)
+    return torch.cat([center(x), center(y)], dim=1)
 
 
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
