@@ -541,7 +541,13 @@ def _execute(plan_: Plan, *, out: str | os.PathLike | None, resume: str | os.Pat
             rundir.write_json("environment.json", env)
     _dist.barrier()  # every rank reads state.json next
     runner = _Runner(plan_, rundir, device, resuming=resume is not None)
-    return runner.run()
+    try:
+        return runner.run()
+    finally:
+        if not _dist.is_main():  # the figures other ranks drew are not kept
+            import shutil
+
+            shutil.rmtree(_scratch_dir(), ignore_errors=True)
 
 
 def run(experiment: str | os.PathLike | dict[str, Any] | Experiment, *, registry: Registry | None = None,
