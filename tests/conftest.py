@@ -9,7 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the suite's models are tiny, where a second thread buys little and,
+# on a busy machine, spinning threads cost several times the work. Benchmarks use more.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
