@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-EXPERIMENTS = ("similarity", "seeds", "overfitting")
+EXPERIMENTS = ("similarity", "seeds", "overfitting", "overfitting-long")
 METHODS = {"std": "standard", "pgd": "PGD-AT", "trades": "TRADES"}
 _MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
 
@@ -235,6 +235,39 @@ def plot_history(hist: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def overfitting_keys(of: dict, pre: str, dest: Path, save, copy_fig) -> dict[str, str]:
+    """Template keys of one overfitting run, prefixed ``pre`` (``of``, ``ofl``)."""
+    keys: dict[str, str] = {}
+    hist, ot = overfitting_tables(of)
+    keys[f"{pre}_accuracy"] = save(accuracy_table(of), f"{pre}_accuracy")
+    keys[f"{pre}_table"] = save(ot, f"{pre}_by_layer")
+    if not hist.empty:
+        cols = [c for c in ("epoch", "lr", "train_clean_acc", "train_robust_acc", "test_clean_acc",
+                            "test_robust_acc") if c in hist]
+        hist[cols].to_csv(dest / f"{pre}_history.csv", index=False)
+        ev = hist[hist["test_robust_acc"].notna()]
+        best = ev.loc[ev["test_robust_acc"].idxmax()]
+        last = ev.iloc[-1]
+        keys[f"{pre}_best_epoch"] = str(int(best["epoch"]))
+        keys[f"{pre}_epochs"] = str(int(last["epoch"]))
+        for tag, r in (("best", best), ("last", last)):
+            for c in ("test_robust_acc", "train_robust_acc", "test_clean_acc", "train_clean_acc"):
+                keys[f"{pre}_{tag}/{c}"] = f"{r[c]:.3f}"
+        keys[f"{pre}_drop"] = f"{best['test_robust_acc'] - last['test_robust_acc']:.3f}"
+        keys[f"{pre}_gap_last"] = f"{last['train_robust_acc'] - last['test_robust_acc']:.3f}"
+        plot_history(ev, dest / f"{pre}_history.png")
+        keys[f"{pre}_history_figure"] = f"![robust overfitting curve](paper1/{pre}_history.png)"
+    for _, r in ot.iterrows():
+        k = f"{r['checkpoint']}|{r['inputs']}"
+        keys[f"{pre}_early/{k}"] = f"{r['first third']:.3f}"
+        keys[f"{pre}_late/{k}"] = f"{r['last third']:.3f}"
+        keys[f"{pre}_min/{k}"] = f"{r['min']:.3f} ({r['min at']})"
+    keys[f"{pre}_figure"] = copy_fig(of, "overfitting-benign", "overfitting", f"{pre}_benign.png")
+    keys[f"{pre}_adv_figure"] = copy_fig(of, "overfitting-adversarial", "overfitting", f"{pre}_adversarial.png")
+    keys[f"{pre}_std_figure"] = copy_fig(of, "overfitting-std", "overfitting", f"{pre}_std.png")
+    return keys
+
+
 # ----------------------------------------------------------------------------- assembling
 def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
     """Every template key -> its text; writes tables and figures under ``out/paper1``."""
@@ -258,6 +291,17 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
                             "CPU (min)": t.get("cpu_s", np.nan) / 60,
                             "stages (min)": run["stage_seconds"] / 60})
     keys["experiments_table"] = md(pd.DataFrame(timing_rows), "{:.1f}")
+    quick_rows = []
+    for name in EXPERIMENTS:
+        path = runs / f"paper1-{name}-digits"
+        if (path / "state.json").exists():
+            run = read_run(path)
+            t = read_time(runs / f"paper1-{name}-digits.log")
+            quick_rows.append({"experiment": f"`experiments/paper1-{name}-digits.toml`",
+                               "complete": "yes" if run["complete"] else "NO",
+                               "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
+                               "CPU (min)": t.get("cpu_s", np.nan) / 60})
+    keys["quick_table"] = md(pd.DataFrame(quick_rows), "{:.1f}")
 
     def copy_fig(run: dict, stage: str, name: str, new: str) -> str:
         src = run["path"] / "figures" / stage / f"{name}.png"
@@ -275,6 +319,9 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         acc = accuracy_table(sim)
         keys["similarity_accuracy"] = save(acc, "similarity_accuracy")
         bt = block_table(sim)
+        if bt.empty:
+            bt = pd.DataFrame(columns=["model", "method", "width", "seed", "inputs", "score", "blocks", "layers",
+                                       "far_cka"])
         keys["block_table"] = save(bt[["model", "method", "width", "inputs", "score", "blocks", "layers", "far_cka"]],
                                    "block_structure")
         if plot_block_scores(bt, dest / "block_structure_vs_width.png"):
@@ -333,6 +380,8 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
             keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
         sbt = block_table(seeds)
+        if sbt.empty:
+            sbt = pd.DataFrame(columns=["model", "method", "seed", "inputs", "score", "blocks", "far_cka"])
         keys["seeds_block_table"] = save(sbt[["model", "method", "seed", "inputs", "score", "blocks", "far_cka"]],
                                          "seeds_block_structure")
         keys["seeds_diagonal_figure"] = copy_fig(seeds, "similarity-benign", "diagonal", "seeds_diagonal_benign.png")
@@ -344,34 +393,9 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"heatmap_adv/{slug}"] = copy_fig(seeds, "similarity-adversarial", f"heatmap_{slug}",
                                                    f"seeds_heatmap_adv_{slug}.png")
 
-    of = loaded.get("overfitting")
-    if of is not None:
-        hist, ot = overfitting_tables(of)
-        keys["overfitting_accuracy"] = save(accuracy_table(of), "overfitting_accuracy")
-        keys["overfitting_table"] = save(ot, "overfitting")
-        if not hist.empty:
-            cols = [c for c in ("epoch", "lr", "train_clean_acc", "train_robust_acc", "test_clean_acc",
-                                "test_robust_acc") if c in hist]
-            hist[cols].to_csv(dest / "overfitting_history.csv", index=False)
-            best = hist.loc[hist["test_robust_acc"].idxmax()]
-            last = hist.iloc[-1]
-            keys["of_best_epoch"] = str(int(best["epoch"]))
-            keys["of_epochs"] = str(int(last["epoch"]))
-            for tag, r in (("best", best), ("last", last)):
-                for c in ("test_robust_acc", "train_robust_acc", "test_clean_acc", "train_clean_acc"):
-                    keys[f"of_{tag}/{c}"] = f"{r[c]:.3f}"
-            keys["of_drop"] = f"{best['test_robust_acc'] - last['test_robust_acc']:.3f}"
-            keys["of_gap_last"] = f"{last['train_robust_acc'] - last['test_robust_acc']:.3f}"
-            plot_history(hist, dest / "overfitting_history.png")
-            keys["of_history_figure"] = "![robust overfitting curve](paper1/overfitting_history.png)"
-        for _, r in ot.iterrows():
-            k = f"{r['checkpoint']}|{r['inputs']}"
-            keys[f"of_early/{k}"] = f"{r['first third']:.3f}"
-            keys[f"of_late/{k}"] = f"{r['last third']:.3f}"
-            keys[f"of_min/{k}"] = f"{r['min']:.3f} ({r['min at']})"
-        keys["of_figure"] = copy_fig(of, "overfitting-benign", "overfitting", "overfitting_benign.png")
-        keys["of_adv_figure"] = copy_fig(of, "overfitting-adversarial", "overfitting", "overfitting_adversarial.png")
-        keys["of_std_figure"] = copy_fig(of, "overfitting-std", "overfitting", "overfitting_std.png")
+    for name, pre in (("overfitting", "of"), ("overfitting-long", "ofl")):
+        if name in loaded:
+            keys.update(overfitting_keys(loaded[name], pre, dest, save, copy_fig))
     return keys
 
 
