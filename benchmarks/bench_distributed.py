@@ -22,6 +22,13 @@ machine are noisy: the load average is printed, and CPU seconds per epoch (summe
 processes) show the work each configuration does regardless of the machine's load.
 
     python benchmarks/bench_distributed.py [--rounds 3] [--train 1024] [--steps 5] [--quick]
+    python benchmarks/bench_distributed.py --stages [--rounds 2]
+
+``--stages`` measures the wired stages instead: the same experiment (PGD-AT ``train``,
+``evaluate`` under PGD-50 on the digits test set, ``similarity`` with minibatch CKA) through
+``rtk run --nproc 1`` and ``rtk run --nproc 2`` (torchrun, 1 thread per process), runs
+interleaved; it prints each stage's median seconds (from ``state.json``, so process start-up
+and the rendezvous are not counted) and the ratio.
 """
 
 from __future__ import annotations
@@ -177,13 +184,86 @@ class Workers:
                 p.join()
 
 
+STAGES_TOML = """
+name = "bench-stages"
+seed = 0
+[dataset]
+name = "digits"
+[models.net]
+arch = "cnn-small"
+[[stages]]
+kind = "train"
+id = "train"
+model = "net"
+trainer = { name = "pgd-at", eps = 0.1, steps = 5 }
+epochs = 3
+batch_size = 128
+eval_size = 0
+eval_train_size = 0
+monitor = "test_clean_acc"
+[[stages]]
+kind = "evaluate"
+id = "evaluate"
+models = ["net"]
+attacks = [{ name = "pgd", steps = 50 }]
+eps = [0.1]
+batch_size = 64
+checks = false
+plot = false
+[[stages]]
+kind = "similarity"
+id = "similarity"
+models = ["net"]
+analyses = ["heatmap"]
+metric = { name = "minibatch-cka", batch_size = 64 }
+"""
+
+
+def bench_stages(rounds: int) -> None:
+    """Stage seconds of one experiment under ``rtk run --nproc 1`` and ``--nproc 2``."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    rtk_bin = str(Path(sys.executable).with_name("rtk"))
+    secs: dict[int, dict[str, list[float]]] = {1: {}, 2: {}}
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = Path(tmp) / "bench.toml"
+        exp.write_text(STAGES_TOML)
+        for r in range(rounds):
+            for nproc in ((1, 2) if r % 2 == 0 else (2, 1)):
+                out = Path(tmp) / f"run-{r}-{nproc}"
+                env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                cmd = [rtk_bin, "-q", "run", str(exp), "--out", str(out)] + (["--nproc", "2"] if nproc == 2 else [])
+                subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, timeout=900)
+                state = json.loads((out / "state.json").read_text())
+                for sid, st in state["stages"].items():
+                    secs[nproc].setdefault(sid, []).append(float(st["seconds"]))
+    med = statistics.median
+    print(f"wired stages through `rtk run` (digits; PGD-5 AT 3 epochs, PGD-50 evaluation, minibatch CKA), {rounds} "
+          f"rounds, medians; {os.cpu_count()} CPU cores, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    for sid in secs[1]:
+        a, b = med(secs[1][sid]), med(secs[2][sid])
+        print(f"  {sid:<11}: 1 process {a:7.2f} s   2 processes {b:7.2f} s   speedup {a / b:.2f}x "
+              f"(scaling efficiency {a / b / 2:.0%})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--train", type=int, default=1024, help="training examples per epoch")
     ap.add_argument("--steps", type=int, default=5, help="PGD steps")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 512 examples (a smoke run)")
+    ap.add_argument("--stages", action="store_true", help="time the wired train/evaluate/similarity stages instead")
     args = ap.parse_args()
+    if args.stages:
+        for k in rd.TORCHRUN_ENV:
+            os.environ.pop(k, None)
+        bench_stages(args.rounds if args.rounds != 3 else 2)
+        return
     if args.quick:
         args.rounds, args.train = 2, 512
     for k in rd.TORCHRUN_ENV:
