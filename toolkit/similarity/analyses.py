@@ -65,6 +65,7 @@ class Heatmap:
     model_b: str
     metric: str
     higher_is_similar: bool = True
+    max_value: float | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per pair of layers."""
@@ -95,7 +96,7 @@ def heatmap(metric: Any, feats_a: Mapping[str, Tensor], feats_b: Mapping[str, Te
                                  names_b=[f"{model_b}:{k}" for k in names_b])
         mb = model_b or "b"
     return Heatmap(vals.numpy(), tuple(names_a), tuple(names_b), model_a, mb, metric_name or repr(metric),
-                   bool(getattr(metric, "higher_is_similar", True)))
+                   bool(getattr(metric, "higher_is_similar", True)), getattr(metric, "max_value", None))
 
 
 # ----------------------------------------------------------------------------- block structure
@@ -135,8 +136,8 @@ def block_structure(sim: np.ndarray | Heatmap, names: Sequence[str] | None = Non
     if isinstance(sim, Heatmap):
         names = names or sim.rows
         s = np.asarray(sim.values, dtype=np.float64)
-        if not sim.higher_is_similar:
-            s = 1.0 - s / max(float(s.max()), 1e-12)
+        if not sim.higher_is_similar:  # a distance: 1 - d / max_value (or the largest value seen)
+            s = 1.0 - s / max(float(sim.max_value or s.max()), 1e-12)
     else:
         s = np.asarray(sim, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1]:

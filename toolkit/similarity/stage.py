@@ -289,15 +289,16 @@ def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: An
     heatmaps: dict[str, Heatmap] = {}
     overfit_mats: dict[str, Heatmap] = {}
     hs = bool(getattr(metric, "higher_is_similar", True))
+    mv = getattr(metric, "max_value", None)
     for key, (acc, a, b) in progress(list(accs.items()), desc="similarity"):
         vals = torch.as_tensor(acc.compute(), dtype=torch.float64).cpu().numpy()
         if key.startswith("overfit:"):
             pl = common_layers(names[a], names[b])  # type: ignore[index]
             overfit_mats[key[len("overfit:"):]] = Heatmap(vals, tuple(p for p, _ in pl), tuple(q for _, q in pl), a,
-                                                          b or a, job.metric_name, hs)
+                                                          b or a, job.metric_name, hs, mv)
         else:
             heatmaps[key] = Heatmap(vals, tuple(names[a]), tuple(names[b] if b else names[a]), a, b or a,
-                                    job.metric_name, hs)
+                                    job.metric_name, hs, mv)
     feats_out = {m: {k: torch.cat([p[k] for p in parts]) for k in parts[0]} for m, parts in kept.items() if parts}
     return heatmaps, overfit_mats, feats_out, torch.cat(labels)
 
