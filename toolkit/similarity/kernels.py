@@ -14,7 +14,8 @@ constant across examples. A kernel never returns NaN and never a silent 1.0.
 Speed: linear CKA picks the cheaper of two exact routes, feature space (``d x d`` cross
 products, cost about ``n (d1 + d2)^2``) or Gram space (``n x n`` Grams, cost about
 ``n^2 (d1 + d2)``); features are centred once; symmetric products (``X^T X`` and ``X X^T``)
-are computed as upper-triangular block strips, so they cost half a general product.
+use a symmetric BLAS routine on the CPU (NumPy's syrk: half the work of a general product).
+Heatmaps compute one summary per layer, never one per pair (:func:`linear_cka_matrix`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ import torch
 from ..errors import RtkError
 
 Tensor = torch.Tensor
-
-#: Examples per row block of the symmetric products (``X X^T``, ``X^T X``).
-SYRK_BLOCK = 256
-
 
 class SimilarityError(RtkError):
     """Input that a similarity metric cannot measure (NaN/inf, too few examples, constant
@@ -139,21 +136,6 @@ def row_products(rows: Tensor, chunk: int = 1 << 16) -> Tensor:
         part = rows[:, c0:c0 + chunk]
         res += (part @ part.T).to(torch.float64)
     return res
-
-
-def _syrk_rows(a: Tensor, block: int = SYRK_BLOCK) -> Tensor:
-    """``a @ a.T`` for ``a`` of shape ``[m, k]`` as row-block strips of the upper triangle
-    (half the work with any BLAS; used where NumPy's syrk is not available)."""
-    m = a.shape[0]
-    if m <= 2 * block:
-        return a @ a.T
-    out = torch.empty(m, m, dtype=a.dtype, device=a.device)
-    for i0 in range(0, m, block):
-        i1 = min(i0 + block, m)
-        strip = a[i0:i1] @ a[i0:].T  # [b, m - i0]
-        out[i0:i1, i0:] = strip
-        out[i1:, i0:i1] = strip[:, i1 - i0:].T
-    return out
 
 
 def _sumsq(t: Tensor) -> Tensor:
@@ -275,6 +257,8 @@ def _center_concat(x: Tensor, y: Tensor) -> Tensor:
 
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
     """Frobenius inner product: one partial sum per row, the partial sums added in float64."""
+    if _on_numpy(a, b):
+        return torch.tensor(float(np.einsum("ij,ij->i", a.numpy(), b.numpy()).sum(dtype=np.float64)))
     return (a * b).sum(-1).to(torch.float64).sum()
 
 
