@@ -132,7 +132,7 @@ def _experiment(out_checkpoint: str | None = None) -> dict:
                   "metric": {"name": "minibatch-cka", "batch_size": 64}}
     stages = ([train] if out_checkpoint is None else []) + [evaluate, similarity]
     seed = 3 if out_checkpoint is None else 4
-    return {"name": "ddp", "seed": seed, "dataset": {"name": "digits", "limit_train": 512, "limit_test": 300},
+    return {"name": "ddp", "seed": seed, "dataset": {"name": "digits", "limit_train": 320, "limit_test": 200},
             "models": {"net": model}, "stages": stages}
 
 
