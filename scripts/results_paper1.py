@@ -38,7 +38,9 @@ def read_time(log: Path) -> dict[str, float]:
     """``wall_s``, ``cpu_s`` from the ``real``/``user``/``sys`` lines bash's ``time`` prints."""
     if not log.exists():
         return {}
-    found = dict(re.findall(r"^(real|user|sys)\s+(\d+m[0-9.]+s)", log.read_text(), flags=re.M))
+    found: dict[str, list[str]] = {}
+    for key, val in re.findall(r"^(real|user|sys)\s+(\d+m[0-9.]+s)", log.read_text(), flags=re.M):
+        found.setdefault(key, []).append(val)  # a resumed run appends a second block: add them up
 
     def secs(v: str) -> float:
         m, s = re.match(r"(\d+)m([0-9.]+)s", v).groups()  # type: ignore[union-attr]
@@ -46,9 +48,9 @@ def read_time(log: Path) -> dict[str, float]:
 
     out = {}
     if "real" in found:
-        out["wall_s"] = secs(found["real"])
+        out["wall_s"] = sum(secs(v) for v in found["real"])
     if "user" in found and "sys" in found:
-        out["cpu_s"] = secs(found["user"]) + secs(found["sys"])
+        out["cpu_s"] = sum(secs(v) for v in found["user"] + found["sys"])
     return out
 
 
@@ -108,7 +110,10 @@ def accuracy_table(run: dict, stage: str = "evaluate") -> pd.DataFrame:
         rows.append({"model": model, **{k: v for k, v in parse_model(model).items() if k != "seed"},
                      "clean": float(clean.iloc[0]) if len(clean) else np.nan,
                      "PGD": float(worst.iloc[0]) if len(worst) else np.nan, "n": int(part["n"].iloc[0])})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if "width" in df and df["width"].isna().all():
+        df = df.drop(columns="width")
+    return df
 
 
 def far_similarity(hm: pd.DataFrame, model: str) -> float:
