@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-EXPERIMENTS = ("similarity", "seeds", "overfitting", "overfitting-long")
+EXPERIMENTS = ("similarity", "seeds", "overfitting", "overfitting-long", "wide")
 METHODS = {"std": "standard", "pgd": "PGD-AT", "trades": "TRADES"}
 _MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
 
@@ -398,6 +398,20 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"heatmap_adv/{slug}"] = copy_fig(seeds, "similarity-adversarial", f"heatmap_{slug}",
                                                    f"seeds_heatmap_adv_{slug}.png")
 
+    wide = loaded.get("wide")
+    if wide is not None:
+        keys["wide_accuracy"] = save(accuracy_table(wide), "wide_accuracy")
+        wbt = block_table(wide)
+        if not wbt.empty:
+            keys["wide_block_table"] = save(wbt[["model", "method", "width", "inputs", "score", "blocks", "far_cka"]],
+                                            "wide_block_structure")
+        keys["wide_diagonal_table"] = save(diagonal_table(wide), "wide_diagonal")
+        keys["wide_specialization_table"] = save(specialization_table(wide), "wide_specialization")
+        for m in ("std-w16", "pgd-w16", "trades-w16"):
+            keys[f"wide_heatmap/{m}"] = copy_fig(wide, "similarity-benign", f"heatmap_{m}", f"wide_heatmap_{m}.png")
+        keys["wide_diagonal_figure"] = copy_fig(wide, "similarity-benign", "diagonal", "wide_diagonal_benign.png")
+        keys["wide_diagonal_adv_figure"] = copy_fig(wide, "similarity-adversarial", "diagonal",
+                                                    "wide_diagonal_adversarial.png")
     for name, pre in (("overfitting", "of"), ("overfitting-long", "ofl")):
         if name in loaded:
             keys.update(overfitting_keys(loaded[name], pre, dest, save, copy_fig))
