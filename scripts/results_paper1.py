@@ -405,6 +405,9 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         if not wbt.empty:
             keys["wide_block_table"] = save(wbt[["model", "method", "width", "inputs", "score", "blocks", "far_cka"]],
                                             "wide_block_structure")
+            if sim is not None:  # one figure over every width
+                plot_block_scores(pd.concat([block_table(sim), wbt], ignore_index=True),
+                                  dest / "block_structure_vs_width.png")
         keys["wide_diagonal_table"] = save(diagonal_table(wide), "wide_diagonal")
         keys["wide_specialization_table"] = save(specialization_table(wide), "wide_specialization")
         for m in ("std-w16", "pgd-w16", "trades-w16"):
