@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-EXPERIMENTS = ("similarity", "seeds", "overfitting", "overfitting-long", "wide")
+EXPERIMENTS = ("similarity", "seeds", "overfitting", "overfitting-long", "wide", "seeds-wide")
 METHODS = {"std": "standard", "pgd": "PGD-AT", "trades": "TRADES"}
 _MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
 
@@ -415,6 +415,20 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         keys["wide_diagonal_figure"] = copy_fig(wide, "similarity-benign", "diagonal", "wide_diagonal_benign.png")
         keys["wide_diagonal_adv_figure"] = copy_fig(wide, "similarity-adversarial", "diagonal",
                                                     "wide_diagonal_adversarial.png")
+    sw = loaded.get("seeds-wide")
+    if sw is not None:
+        keys["seedsw_accuracy"] = save(accuracy_table(sw), "seedsw_accuracy")
+        dt = diagonal_table(sw)
+        keys["seedsw_diagonal_table"] = save(dt, "seedsw_diagonal")
+        for _, r in dt.iterrows():
+            k = f"{r['pair']}|{r['inputs']}"
+            keys[f"w16_diag_early/{k}"] = f"{r['first third']:.3f}"
+            keys[f"w16_diag_late/{k}"] = f"{r['last third']:.3f}"
+        sbt = block_table(sw)
+        if not sbt.empty:
+            keys["seedsw_block_table"] = save(sbt[["model", "method", "seed", "inputs", "score", "blocks", "far_cka"]],
+                                              "seedsw_block_structure")
+        keys["seedsw_diagonal_figure"] = copy_fig(sw, "similarity-benign", "diagonal", "seedsw_diagonal_benign.png")
     for name, pre in (("overfitting", "of"), ("overfitting-long", "ofl")):
         if name in loaded:
             keys.update(overfitting_keys(loaded[name], pre, dest, save, copy_fig))
