@@ -1,0 +1,279 @@
+"""Assemble the paper-2 report (docs/results/paper2.md) from the run directories of the
+experiments/paper2-*.toml experiments.
+
+    python scripts/results_paper2.py [--runs runs] [--logs runs/logs] [--out docs/results]
+
+Reads, for each experiment NAME in standard, adversarial, verifiable, objectives, the run
+directory ``<runs>/paper2-NAME`` (as written by ``rtk run experiments/paper2-NAME.toml --out
+runs/paper2-NAME``) and, when present, ``<logs>/paper2-NAME.time`` (``/usr/bin/time`` output:
+wall and CPU seconds). Writes the tables (CSV and markdown) and figures to ``<out>/paper2/``
+and renders ``<out>/paper2.md`` from ``<out>/paper2/template.md``: every ``{key}`` of the
+template is replaced by a number or table computed from the runs (the keys are listed by
+``--keys``). Nothing here trains or evaluates anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PRUNE_EXPERIMENTS = {"standard": "std", "adversarial": "adv", "verifiable": "ver"}
+OBJECTIVES = ("std", "adv", "ver")
+OBJECTIVE_NAMES = {"std": "standard", "adv": "PGD-AT", "ver": "IBP"}
+HEADLINE = {"standard": "clean_frac", "adversarial": "robust_frac", "verifiable": "verified_frac"}
+METHOD_NAMES = {"lwm": "LWM", "hydra": "HYDRA", "channel-l2": "channel (L2)"}
+
+
+# ----------------------------------------------------------------------------- reading runs
+def read_time(path: Path) -> dict[str, float]:
+    """``wall_s``, ``user_s``, ``sys_s`` from a ``/usr/bin/time -f`` file (empty when absent)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for key, val in re.findall(r"(\w+_s)=([0-9.]+)", path.read_text()):
+        out[key] = float(val)
+    return out
+
+
+def read_run(path: Path) -> dict:
+    state = json.loads((path / "state.json").read_text())
+    stages = state.get("stages", {})
+    tables: dict[str, pd.DataFrame] = {}
+    for csv in sorted((path / "tables").glob("*/*.csv")):
+        tables[f"{csv.parent.name}/{csv.stem}"] = pd.read_csv(csv)
+    return {"path": path, "stages": stages, "tables": tables,
+            "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
+            "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values())}
+
+
+def prune_table(run: dict) -> pd.DataFrame:
+    key = next(k for k in run["tables"] if k.endswith("-prune/compression"))
+    return run["tables"][key]
+
+
+# ----------------------------------------------------------------------------- formatting
+def pct(v: float) -> str:
+    return "n/a" if v != v else f"{100 * v:.1f}%"
+
+
+def md_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for rec in df.itertuples(index=False):
+        rows.append("| " + " | ".join(str(v) for v in rec) + " |")
+    return "\n".join(rows)
+
+
+def key_part(s: str) -> str:
+    return re.sub(r"[^0-9a-zA-Z]+", "_", s).strip("_")
+
+
+def fraction_rows(exp: str, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: compression reached and accuracies, absolute and as fractions."""
+    rows = []
+    for _, r in table.iterrows():
+        row = {"method": METHOD_NAMES.get(r["method"], r["method"]), "target": r["target"],
+               "pruned-layer compression": f"{r['layer_compression']:.1f}x",
+               "params": int(r["params"]), "clean": pct(r["clean_acc"]), "clean / dense": pct(r["clean_frac"])}
+        if "robust_acc" in r:
+            row["robust (worst case)"] = pct(r["robust_acc"])
+            row["robust / dense"] = pct(r["robust_frac"])
+        if "verified_acc" in table:
+            row["verified"] = pct(r["verified_acc"])
+            row["verified / dense"] = pct(r["verified_frac"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_fractions(tables: dict[str, pd.DataFrame], path: Path) -> Path:
+    """One panel per objective: the headline accuracy as a fraction of dense vs compression."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), sharey=True)
+    axes = [axes] if len(tables) == 1 else list(axes)
+    ylab = {"clean_frac": "clean", "robust_frac": "empirical robust", "verified_frac": "verified robust"}
+    for ax, (exp, table) in zip(axes, tables.items()):
+        col = HEADLINE[exp]
+        for i, (method, df) in enumerate(table[table["method"] != "dense"].groupby("method", sort=False)):
+            df = df.sort_values("layer_compression")
+            ax.plot(df["layer_compression"], df[col], "-o", color=f"C{i}", label=METHOD_NAMES.get(method, method))
+            if col != "clean_frac":
+                ax.plot(df["layer_compression"], df["clean_frac"], ":", color=f"C{i}", alpha=0.6)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("compression of the pruned layers")
+        ax.set_title(f"{OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]]}: {ylab[col]} / dense", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of the dense model (dotted: clean)")
+    axes[0].set_ylim(0, 1.15)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_objectives(grid: pd.DataFrame, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = range(len(grid))
+    w = 0.27
+    for i, (col, label) in enumerate([("clean", "clean"), ("pgd", "PGD-20"), ("verified", "IBP-verified")]):
+        ax.bar([xi + (i - 1) * w for xi in x], grid[col], w, label=label, color=f"C{i}")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(grid["model"], rotation=30, fontsize=8)
+    ax.set_ylabel("accuracy (eps 0.1)")
+    ax.set_ylim(0, 1)
+    ax.set_title("pre-train objective - fine-tune objective (pruned 10x by LWM)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- objectives grid
+def objectives_grid(run: dict) -> pd.DataFrame:
+    wc = next(v for k, v in run["tables"].items() if k.endswith("-evaluate/worst_case"))
+    ver = next(v for k, v in run["tables"].items() if k.endswith("-certify/verified"))
+    rows = []
+    for m in list(OBJECTIVES) + [f"{a}-{b}" for a in OBJECTIVES for b in OBJECTIVES]:
+        w = wc[wc["model"] == m].iloc[0]
+        v = ver[ver["model"] == m].iloc[0]
+        rows.append({"model": m, "clean": float(w["clean_accuracy"]), "pgd": float(w["accuracy"]),
+                     "verified": float(v["verified_accuracy"])})
+    return pd.DataFrame(rows)
+
+
+def grid_markdown(grid: pd.DataFrame, col: str) -> str:
+    """3x3: rows pre-training objective, columns fine-tuning objective."""
+    g = grid.set_index("model")[col]
+    rows = []
+    for a in OBJECTIVES:
+        row = {"pre-train \\ fine-tune": f"{OBJECTIVE_NAMES[a]} (dense: {pct(g[a])})"}
+        for b in OBJECTIVES:
+            row[OBJECTIVE_NAMES[b]] = pct(g[f"{a}-{b}"])
+        rows.append(row)
+    return md_table(pd.DataFrame(rows))
+
+
+# ----------------------------------------------------------------------------- main
+def collect(runs: Path, logs: Path, out: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    figdir = out / "paper2"
+    figdir.mkdir(parents=True, exist_ok=True)
+    timing = []
+    prune_tables: dict[str, pd.DataFrame] = {}
+    for exp in list(PRUNE_EXPERIMENTS) + ["objectives"]:
+        path = runs / f"paper2-{exp}"
+        if not (path / "state.json").exists():
+            print(f"missing run directory {path}; skipped", file=sys.stderr)
+            continue
+        run = read_run(path)
+        t = read_time(logs / f"paper2-{exp}.time")
+        timing.append({"experiment": f"`experiments/paper2-{exp}.toml`",
+                       "command": f"`OMP_NUM_THREADS=1 rtk run experiments/paper2-{exp}.toml --out runs/paper2-{exp}`",
+                       "status": "completed" if run["complete"] else "INCOMPLETE",
+                       "wall (min)": f"{t['wall_s'] / 60:.1f}" if "wall_s" in t else f"{run['stage_seconds'] / 60:.1f}",
+                       "CPU (min)": f"{(t['user_s'] + t['sys_s']) / 60:.1f}" if "user_s" in t else "n/a"})
+        for k, v in t.items():
+            values[f"{exp}_{k.replace('_s', '_min')}"] = f"{v / 60:.1f}"
+        if exp == "objectives":
+            grid = objectives_grid(run)
+            grid.to_csv(figdir / "objectives.csv", index=False)
+            plot_objectives(grid, figdir / "objectives.png")
+            for col in ("clean", "pgd", "verified"):
+                values[f"objectives_{col}_table"] = grid_markdown(grid, col)
+                for _, r in grid.iterrows():
+                    values[f"objectives_{key_part(r['model'])}_{col}"] = pct(r[col])
+            continue
+        table = prune_table(run)
+        prune_tables[exp] = table
+        table.to_csv(figdir / f"{exp}-compression.csv", index=False)
+        fr = fraction_rows(exp, table)
+        (figdir / f"{exp}-fractions.md").write_text(md_table(fr) + "\n")
+        values[f"{exp}_table"] = md_table(fr)
+        fig = path / "figures" / next(iter(run["stages"])) / "accuracy_vs_compression.png"
+        if fig.exists():
+            shutil.copy(fig, figdir / f"{exp}-accuracy_vs_compression.png")
+        for _, r in table.iterrows():
+            base = f"{exp}_{key_part(r['method'])}_{key_part(str(r['target']))}"
+            for col in ("clean_acc", "robust_acc", "verified_acc", "clean_frac", "robust_frac", "verified_frac",
+                        "layer_compression", "sparsity"):
+                if col in r and r[col] == r[col]:
+                    values[f"{base}_{col}"] = (f"{r[col]:.1f}x" if col == "layer_compression"
+                                               else f"{r[col]:.3f}" if col == "sparsity" else pct(r[col]))
+    if prune_tables:
+        plot_fractions(prune_tables, figdir / "fractions.png")
+        values["headline_table"] = headline_table(prune_tables)
+        values["hydra_vs_lwm_table"] = hydra_vs_lwm(prune_tables)
+    values["timing_table"] = md_table(pd.DataFrame(timing)) if timing else "(no runs found)"
+    return values
+
+
+def headline_table(tables: dict[str, pd.DataFrame]) -> str:
+    """At 10x: the headline fraction of each objective, per method, beside the 2019 paper's."""
+    paper = {"standard": "93% (benign)", "adversarial": "92.5% (empirical robust)", "verifiable": "85% (verifiable)"}
+    rows = []
+    for exp, t in tables.items():
+        col = HEADLINE[exp]
+        row = {"objective": OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]], "measure": col.replace("_frac", ""),
+               "Sehwag et al. 2019 (CIFAR-10, mean of 4 nets)": paper[exp]}
+        for method in ("lwm", "hydra", "channel-l2"):
+            r = t[(t["method"] == method) & (t["target"] == "10x")]
+            row[METHOD_NAMES[method]] = pct(float(r[col].iloc[0])) if len(r) else "n/a"
+        rows.append(row)
+    return md_table(pd.DataFrame(rows))
+
+
+def hydra_vs_lwm(tables: dict[str, pd.DataFrame]) -> str:
+    """HYDRA minus LWM in the headline accuracy, per objective and compression."""
+    rows = []
+    for exp, t in tables.items():
+        col = HEADLINE[exp].replace("_frac", "_acc")
+        for target in t.loc[t["method"] == "lwm", "target"]:
+            lwm = float(t[(t["method"] == "lwm") & (t["target"] == target)][col].iloc[0])
+            hyd = t[(t["method"] == "hydra") & (t["target"] == target)]
+            if not len(hyd):
+                continue
+            h = float(hyd[col].iloc[0])
+            rows.append({"objective": OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]], "measure": col.replace("_acc", ""),
+                         "compression": target, "LWM": pct(lwm), "HYDRA": pct(h),
+                         "HYDRA - LWM (points)": f"{100 * (h - lwm):+.1f}"})
+    return md_table(pd.DataFrame(rows))
+
+
+class _Strict(dict):
+    def __missing__(self, key: str) -> str:
+        raise KeyError(f"template key {{{key}}} has no value (run with --keys to list them)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=Path, default=Path("runs"))
+    ap.add_argument("--logs", type=Path, default=None, help="folder of the .time files (default RUNS/logs)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results"))
+    ap.add_argument("--keys", action="store_true", help="print the template keys and their values, write nothing else")
+    args = ap.parse_args(argv)
+    values = collect(args.runs, args.logs or args.runs / "logs", args.out)
+    if args.keys:
+        for k, v in sorted(values.items()):
+            print(f"{k} = {v if chr(10) not in v else '<table>'}")
+        return 0
+    template = (args.out / "paper2" / "template.md").read_text()
+    (args.out / "paper2.md").write_text(template.format_map(_Strict(values)))
+    print(f"wrote {args.out / 'paper2.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
