@@ -3,7 +3,8 @@ experiments/paper2-*.toml experiments.
 
     python scripts/results_paper2.py [--runs runs] [--logs runs/logs] [--out docs/results]
 
-Reads, for each experiment NAME in standard, adversarial, verifiable, objectives, the run
+Reads, for each experiment NAME in standard, adversarial, verifiable, objectives,
+high-compression, the run
 directory ``<runs>/paper2-NAME`` (as written by ``rtk run experiments/paper2-NAME.toml --out
 runs/paper2-NAME``) and, when present, ``<logs>/paper2-NAME.time`` (``/usr/bin/time`` output:
 wall and CPU seconds). Writes the tables (CSV and markdown) and figures to ``<out>/paper2/``
@@ -24,10 +25,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 PRUNE_EXPERIMENTS = {"standard": "std", "adversarial": "adv", "verifiable": "ver"}
+#: experiment -> (objective, headline column) for the HYDRA vs LWM table
+HEADLINE_OF = {"standard": ("standard", "clean_acc"), "adversarial": ("PGD-AT", "robust_acc"),
+               "verifiable": ("IBP", "verified_acc"), "high-compression": ("PGD-AT (high-compression run)", "robust_acc")}
 OBJECTIVES = ("std", "adv", "ver")
 OBJECTIVE_NAMES = {"std": "standard", "adv": "PGD-AT", "ver": "IBP"}
 HEADLINE = {"standard": "clean_frac", "adversarial": "robust_frac", "verifiable": "verified_frac"}
@@ -63,7 +67,7 @@ def prune_table(run: dict) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- formatting
 def pct(v: float) -> str:
-    return "n/a" if v != v else f"{100 * v:.1f}%"
+    return "n/a" if pd.isna(v) else f"{100 * v:.1f}%"
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -113,9 +117,34 @@ def plot_fractions(tables: dict[str, pd.DataFrame], path: Path) -> Path:
         ax.set_xlabel("compression of the pruned layers")
         ax.set_title(f"{OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]]}: {ylab[col]} / dense", fontsize=10)
         ax.grid(alpha=0.3)
+    lows = [float(t.loc[t["method"] != "dense", [HEADLINE[e], "clean_frac"]].min().min()) for e, t in tables.items()]
     axes[0].set_ylabel("fraction of the dense model (dotted: clean)")
-    axes[0].set_ylim(0, 1.15)
+    axes[0].set_ylim(max(0.0, min(lows) - 0.05), 1.08)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_hydra_vs_lwm(adv: pd.DataFrame, high: pd.DataFrame, path: Path) -> Path:
+    """PGD-AT: robust (solid) and clean (dotted) accuracy of LWM and HYDRA from 2x to 1000x."""
+    both = pd.concat([adv, high[high["target"] != "100x"]], ignore_index=True)
+    dense = adv[adv["method"] == "dense"].iloc[0]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, method in enumerate(("lwm", "hydra")):
+        df = both[both["method"] == method].sort_values("layer_compression")
+        ax.plot(df["layer_compression"], df["robust_acc"], "-o", color=f"C{i}", label=f"{METHOD_NAMES[method]} robust")
+        ax.plot(df["layer_compression"], df["clean_acc"], ":s", color=f"C{i}", label=f"{METHOD_NAMES[method]} clean")
+    ax.axhline(float(dense["robust_acc"]), color="grey", lw=0.8, label="dense robust")
+    ax.axhline(float(dense["clean_acc"]), color="grey", lw=0.8, ls=":", label="dense clean")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression of the pruned layers")
+    ax.set_ylabel("accuracy (robust: worst case, eps 0.1)")
+    ax.set_ylim(0, 1)
+    ax.set_title("PGD-AT, Fashion-MNIST: HYDRA vs LWM", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -131,9 +160,9 @@ def plot_objectives(grid: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(list(x))
     ax.set_xticklabels(grid["model"], rotation=30, fontsize=8)
     ax.set_ylabel("accuracy (eps 0.1)")
-    ax.set_ylim(0, 1)
-    ax.set_title("pre-train objective - fine-tune objective (pruned 10x by LWM)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.12)
+    ax.set_title("dense models, then <pre-train objective>-<fine-tune objective> (pruned 10x by LWM)", fontsize=10)
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -167,56 +196,71 @@ def grid_markdown(grid: pd.DataFrame, col: str) -> str:
 
 
 # ----------------------------------------------------------------------------- main
-def collect(runs: Path, logs: Path, out: Path) -> dict[str, str]:
+def collect(runs: Path, logs: Path, out: Path, suffix: str = "") -> dict[str, str]:
+    """Tables, figures and template values of the runs ``paper2-<exp><suffix>`` (suffix "" for
+    the Fashion-MNIST runs, "-digits" for the quick variants, whose keys and files get the
+    prefix ``digits_`` / ``digits-``)."""
+    key_prefix = f"{key_part(suffix)}_" if suffix else ""
+    file_prefix = f"{suffix.strip('-')}-" if suffix else ""
     values: dict[str, str] = {}
     figdir = out / "paper2"
     figdir.mkdir(parents=True, exist_ok=True)
     timing = []
     prune_tables: dict[str, pd.DataFrame] = {}
-    for exp in list(PRUNE_EXPERIMENTS) + ["objectives"]:
-        path = runs / f"paper2-{exp}"
+    high = None
+    for exp in list(PRUNE_EXPERIMENTS) + ["objectives", "high-compression"]:
+        name = f"paper2-{exp}{suffix}"
+        path = runs / name
         if not (path / "state.json").exists():
             print(f"missing run directory {path}; skipped", file=sys.stderr)
             continue
         run = read_run(path)
-        t = read_time(logs / f"paper2-{exp}.time")
-        timing.append({"experiment": f"`experiments/paper2-{exp}.toml`",
-                       "command": f"`OMP_NUM_THREADS=1 rtk run experiments/paper2-{exp}.toml --out runs/paper2-{exp}`",
+        t = read_time(logs / f"{name}.time")
+        timing.append({"experiment": f"`experiments/{name}.toml`",
+                       "command": f"`OMP_NUM_THREADS=1 rtk run experiments/{name}.toml --out runs/{name}`",
                        "status": "completed" if run["complete"] else "INCOMPLETE",
                        "wall (min)": f"{t['wall_s'] / 60:.1f}" if "wall_s" in t else f"{run['stage_seconds'] / 60:.1f}",
                        "CPU (min)": f"{(t['user_s'] + t['sys_s']) / 60:.1f}" if "user_s" in t else "n/a"})
-        for k, v in t.items():
-            values[f"{exp}_{k.replace('_s', '_min')}"] = f"{v / 60:.1f}"
         if exp == "objectives":
             grid = objectives_grid(run)
-            grid.to_csv(figdir / "objectives.csv", index=False)
-            plot_objectives(grid, figdir / "objectives.png")
+            grid.to_csv(figdir / f"{file_prefix}objectives.csv", index=False)
+            plot_objectives(grid, figdir / f"{file_prefix}objectives.png")
             for col in ("clean", "pgd", "verified"):
-                values[f"objectives_{col}_table"] = grid_markdown(grid, col)
+                values[f"{key_prefix}objectives_{col}_table"] = grid_markdown(grid, col)
                 for _, r in grid.iterrows():
-                    values[f"objectives_{key_part(r['model'])}_{col}"] = pct(r[col])
+                    values[f"{key_prefix}objectives_{key_part(r['model'])}_{col}"] = pct(r[col])
             continue
         table = prune_table(run)
-        prune_tables[exp] = table
-        table.to_csv(figdir / f"{exp}-compression.csv", index=False)
+        if exp in PRUNE_EXPERIMENTS:
+            prune_tables[exp] = table
+        else:
+            high = table
+        table.to_csv(figdir / f"{file_prefix}{exp}-compression.csv", index=False)
         fr = fraction_rows(exp, table)
-        (figdir / f"{exp}-fractions.md").write_text(md_table(fr) + "\n")
-        values[f"{exp}_table"] = md_table(fr)
+        (figdir / f"{file_prefix}{exp}-fractions.md").write_text(md_table(fr) + "\n")
+        values[f"{key_prefix}{key_part(exp)}_table"] = md_table(fr)
         fig = path / "figures" / next(iter(run["stages"])) / "accuracy_vs_compression.png"
-        if fig.exists():
+        if fig.exists() and not suffix:
             shutil.copy(fig, figdir / f"{exp}-accuracy_vs_compression.png")
         for _, r in table.iterrows():
-            base = f"{exp}_{key_part(r['method'])}_{key_part(str(r['target']))}"
+            base = f"{key_prefix}{key_part(exp)}_{key_part(r['method'])}_{key_part(str(r['target']))}"
             for col in ("clean_acc", "robust_acc", "verified_acc", "clean_frac", "robust_frac", "verified_frac",
                         "layer_compression", "sparsity"):
-                if col in r and r[col] == r[col]:
+                if col in r and pd.notna(r[col]):
                     values[f"{base}_{col}"] = (f"{r[col]:.1f}x" if col == "layer_compression"
                                                else f"{r[col]:.3f}" if col == "sparsity" else pct(r[col]))
     if prune_tables:
-        plot_fractions(prune_tables, figdir / "fractions.png")
-        values["headline_table"] = headline_table(prune_tables)
-        values["hydra_vs_lwm_table"] = hydra_vs_lwm(prune_tables)
-    values["timing_table"] = md_table(pd.DataFrame(timing)) if timing else "(no runs found)"
+        if not suffix:
+            plot_fractions(prune_tables, figdir / "fractions.png")
+        values[f"{key_prefix}headline_table"] = headline_table(prune_tables)
+        tables = dict(prune_tables)
+        if high is not None:
+            tables["high-compression"] = high[high["target"] != "100x"]  # its 100x repeats the adversarial run's
+        values[f"{key_prefix}hydra_vs_lwm_table"] = hydra_vs_lwm(tables)
+        values.update({f"{key_prefix}{k}": v for k, v in hydra_counts(prune_tables).items()})
+        if "adversarial" in prune_tables and high is not None and not suffix:
+            plot_hydra_vs_lwm(prune_tables["adversarial"], high, figdir / "hydra_vs_lwm.png")
+    values[f"{key_prefix}timing_table"] = md_table(pd.DataFrame(timing)) if timing else "(no runs found)"
     return values
 
 
@@ -239,17 +283,37 @@ def hydra_vs_lwm(tables: dict[str, pd.DataFrame]) -> str:
     """HYDRA minus LWM in the headline accuracy, per objective and compression."""
     rows = []
     for exp, t in tables.items():
-        col = HEADLINE[exp].replace("_frac", "_acc")
+        objective, col = HEADLINE_OF[exp]
         for target in t.loc[t["method"] == "lwm", "target"]:
             lwm = float(t[(t["method"] == "lwm") & (t["target"] == target)][col].iloc[0])
             hyd = t[(t["method"] == "hydra") & (t["target"] == target)]
             if not len(hyd):
                 continue
             h = float(hyd[col].iloc[0])
-            rows.append({"objective": OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]], "measure": col.replace("_acc", ""),
+            rows.append({"objective": objective, "measure": col.replace("_acc", ""),
                          "compression": target, "LWM": pct(lwm), "HYDRA": pct(h),
                          "HYDRA - LWM (points)": f"{100 * (h - lwm):+.1f}"})
     return md_table(pd.DataFrame(rows))
+
+
+def hydra_counts(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """How often HYDRA is ahead of / level with / behind LWM in the headline accuracy, over every
+    objective and compression, and HYDRA minus LWM (points) per objective and target."""
+    out: dict[str, str] = {}
+    ahead = tie = behind = 0
+    for exp, t in tables.items():
+        col = HEADLINE_OF[exp][1]
+        for target in t.loc[t["method"] == "lwm", "target"]:
+            hyd = t[(t["method"] == "hydra") & (t["target"] == target)]
+            if not len(hyd):
+                continue
+            lwm = float(t[(t["method"] == "lwm") & (t["target"] == target)][col].iloc[0])
+            d = round(100 * (float(hyd[col].iloc[0]) - lwm), 1)
+            ahead, tie, behind = ahead + (d > 0), tie + (d == 0), behind + (d < 0)
+            out[f"{key_part(exp)}_hydra_minus_lwm_{target}"] = f"{d:.1f}"
+    out.update(hydra_ahead=str(ahead), hydra_tie=str(tie), hydra_behind=str(behind),
+               hydra_comparisons=str(ahead + tie + behind))
+    return out
 
 
 class _Strict(dict):
@@ -264,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--keys", action="store_true", help="print the template keys and their values, write nothing else")
     args = ap.parse_args(argv)
-    values = collect(args.runs, args.logs or args.runs / "logs", args.out)
+    logs = args.logs or args.runs / "logs"
+    values = {**collect(args.runs, logs, args.out), **collect(args.runs, logs, args.out, "-digits")}
     if args.keys:
         for k, v in sorted(values.items()):
             print(f"{k} = {v if chr(10) not in v else '<table>'}")

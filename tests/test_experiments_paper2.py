@@ -19,9 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-
 import rtk
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
