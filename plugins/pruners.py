@@ -174,7 +174,12 @@ def _check(opts: PruneStageOptions, planning: rtk.Planning) -> list[str]:
     base = opts.model.split("@", 1)[0]
     for label in labels:
         for target in opts.targets():
-            planning.models.add(pruned_name(base, label, target))
+            name = pruned_name(base, label, target)
+            if name in planning.models:
+                problems.append(f"{planning.where}: the pruned model {name!r} would replace a model of that name "
+                                "made earlier (by another prune stage or declared under [models]); prune a "
+                                "differently named copy or change the method or compression")
+            planning.models.add(name)
     return problems
 
 

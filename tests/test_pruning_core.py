@@ -416,3 +416,15 @@ def test_structured_pruning_refuses_masked_models(registry, digits):
     MagnitudePruner().prune(model, 0.5, PruneJob(layers=sel.names, example_inputs=x))
     with pytest.raises(PruningError, match="dense_export"):
         ChannelPruner().validate(model, sel.names, x)
+
+
+def test_two_prune_stages_making_the_same_model_name_is_a_plan_error(registry):
+    import rtk as _rtk
+
+    data = {
+        "name": "dup", "dataset": {"name": "digits"}, "models": {"m": {"arch": "mlp"}},
+        "stages": [{"kind": "prune", "model": "m", "pruners": ["lwm"], "compression": [10]},
+                   {"kind": "prune", "model": "m", "pruners": ["lwm"], "compression": [10]}],
+    }
+    with pytest.raises(_rtk.ConfigError, match=r"stages\[1\]: the pruned model 'm-lwm-10x' would replace"):
+        _rtk.plan(_rtk.experiment_from_dict(data, registry=registry), registry)
