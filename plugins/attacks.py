@@ -122,18 +122,11 @@ class APGDOptions(_EpsByNorm):
     normalize: Normalization | None = _normalize()
 
 
-class APGDDLROptions(_EpsByNorm):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
-    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
-    steps: int = Field(100, ge=1, description="iterations (AutoAttack uses 100)")
-    restarts: int = Field(1, ge=1, description="random restarts")
-    eot_iter: int = Field(1, ge=1, description="gradient samples per step (expectation over transformation)")
-    rho: float = Field(0.75, gt=0, lt=1, description="step-size halving threshold")
+class APGDDLROptions(APGDOptions):
+    """APGD's options plus the targeted version's."""
+
     targeted: bool = Field(False, description="targeted DLR (APGD-T): attack the top n_target_classes classes in turn")
     n_target_classes: int = Field(9, ge=1, description="target classes of the targeted version (capped at classes-1)")
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
 class APGDTOptions(APGDDLROptions):
