@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import rtk
+from evalhelpers import attack, train_digits_cnn
 from rtk.evaluation import CHECKS, CheckSettings, SanityCheckError, SanityCheckWarning, evaluate, make_units
 
 _REG = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
@@ -27,29 +28,6 @@ def _one_thread():
 #: min_seconds: enough that no check is skipped for time on a busy machine (the skip is tested on its own)
 SETTINGS = CheckSettings(examples=60, square_queries=100, min_seconds=300)
 N = 150
-
-
-def attack(name: str, **opts):
-    spec = _REG.get("attack", name)
-    return spec, rtk.validate_options(spec.options, opts, name), name
-
-
-def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
-    from rtk.models.small import cnn_small
-
-    torch.manual_seed(0)
-    model = cnn_small(digits.info)
-    if epochs == 0:
-        return model.eval()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    x, y = digits.train.x, digits.train.y
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 import rtk
+from evalhelpers import attack, train_digits_cnn
 from rtk.evaluation import (
     AttackUnit, RecordStore, evaluate, function_units, make_units, merge_records, plot_curves, robust_accuracy,
     shard_indices,
 )
 from rtk.evaluation import engine as engine_mod
 
-_REG = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,30 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def attack(name: str, **opts):
-    spec = _REG.get("attack", name)
-    return spec, rtk.validate_options(spec.options, opts, name), name
-
-
-def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
-    """cnn-small on digits with Adam, a few seconds; ~96% test accuracy."""
-    from rtk.models.small import cnn_small
-
-    torch.manual_seed(0)
-    model = cnn_small(digits.info)
-    if epochs == 0:
-        return model.eval()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    x, y = digits.train.x, digits.train.y
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
 
 
 def cached_digits_cnn(digits, tmp_path_factory) -> nn.Module:

@@ -1,0 +1,35 @@
+"""Helpers shared by the evaluation tests: a registry lookup and a small trained model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import rtk
+
+REGISTRY = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
+
+
+def attack(name: str, **opts):
+    """``(spec, validated options, name)`` of a registered attack."""
+    spec = REGISTRY.get("attack", name)
+    return spec, rtk.validate_options(spec.options, opts, name), name
+
+
+def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
+    """cnn-small on digits with Adam, a few seconds; ~96% test accuracy."""
+    from rtk.models.small import cnn_small
+
+    torch.manual_seed(0)
+    model = cnn_small(digits.info)
+    if epochs == 0:
+        return model.eval()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    x, y = digits.train.x, digits.train.y
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
