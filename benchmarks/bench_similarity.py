@@ -2,8 +2,8 @@
 
 Run: ``python benchmarks/bench_similarity.py [--quick] [--install-peers] [--repeats N]``
 
-Everything is measured side by side in one run (the two sides interleaved, medians of
-``--repeats``), because the machine is shared and timings drift. Printed ratios:
+Everything is measured side by side in one run (the sides interleaved in rotating order
+after a warm-up round, medians of ``--repeats``), because the machine is shared and timings drift. Printed ratios:
 
 - against the FLOP bound: the minimal flop count divided by the fp32 GEMM peak measured
   in this run (torch, 4096^3; NumPy's is printed beside it). Two counts are shown:
@@ -56,19 +56,25 @@ def timed(fn: Callable[[], object], dev: torch.device = torch.device("cpu")) -> 
 
 def interleave(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device = torch.device("cpu"),
                cap: float = 90.0) -> tuple[dict[str, float], dict[str, object]]:
-    """Median time of each function, the functions run in turn each round. A function whose
-    first run exceeds ``cap`` seconds is not repeated."""
+    """Median time of each function, the functions run in turn each round.
+
+    The first round is a warm-up (first-touch page faults, BLAS buffers) and is dropped for
+    every function that ran more than once; the order rotates every round, so no function
+    always runs right after the one that freed the most memory. A function whose first run
+    exceeds ``cap`` seconds is not repeated (its single run is reported)."""
+    names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
     values: dict[str, object] = {}
-    for r in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats + 1):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             if r > 0 and times[name] and times[name][0] > cap:
                 continue
             gc.collect()
-            dt, out = timed(fn, dev)
+            dt, out = timed(fns[name], dev)
             times[name].append(dt)
             values[name] = out
-    return {k: statistics.median(v) for k, v in times.items()}, values
+    return {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in times.items()}, values
 
 
 def gemm_peak(dev: torch.device, size: int = 4096) -> tuple[float, float | None]:
@@ -153,7 +159,8 @@ def peer_pair_functions(peers: dict[str, object]) -> dict[str, Callable[[torch.T
 
 
 # ----------------------------------------------------------------------------- sections
-def bench_pair(n: int, d: int, repeats: int, peak: float, peak_best: float, peers: dict[str, object]) -> None:
+def bench_pair(n: int, d: int, repeats: int, peak: float, peak_best: float, peers: dict[str, object],
+               cap: float = 90.0) -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(n, 64, generator=g)
     x = torch.relu(z @ torch.randn(64, d, generator=g) + 0.1 * torch.randn(n, d, generator=g))
@@ -170,7 +177,7 @@ def bench_pair(n: int, d: int, repeats: int, peak: float, peak_best: float, peer
     }
     for name, f in peer_pair_functions(peers).items():
         fns[name] = lambda f=f: f(x, y)
-    times, values = interleave(fns, repeats)
+    times, values = interleave(fns, repeats, cap=cap)
     ref = reference64(x, y)
     ref_d = reference64(x, y, debiased=True)
     base = times["rtk linear_cka"]
@@ -305,6 +312,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers-dir", default="/tmp/rtk-bench-peers", help="where peers are (or get) installed")
     ap.add_argument("--install-peers", action="store_true", help=f"pip install {' '.join(PEERS)} into --peers-dir")
+    ap.add_argument("--cap", type=float, default=90.0,
+                    help="a function whose first run takes longer than this (s) is run once, not repeated")
     ap.add_argument("--skip", nargs="*", default=[], choices=["pair", "heatmap", "minibatch"])
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -319,7 +328,7 @@ def main() -> None:
     else:
         pair, hm_n, hm_w, mb = (10000, 2048), 5000, layer_widths(512, 8192, 12), (20, 256, layer_widths(256, 4096, 12))
     if "pair" not in args.skip:
-        bench_pair(*pair, args.repeats, peak, best, peers)
+        bench_pair(*pair, args.repeats, peak, best, peers, cap=args.cap)
     if "heatmap" not in args.skip:
         bench_heatmap(hm_n, hm_w, max(1, args.repeats - 1), peak, best, peers, cpu)
         if torch.cuda.is_available():
