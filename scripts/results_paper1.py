@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-EXPERIMENTS = ("similarity", "seeds", "overfitting", "overfitting-long", "wide", "seeds-wide")
+EXPERIMENTS = ("similarity", "seeds", "overfitting")
 METHODS = {"std": "standard", "pgd": "PGD-AT", "trades": "TRADES"}
 _MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
 
@@ -398,40 +398,8 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"heatmap_adv/{slug}"] = copy_fig(seeds, "similarity-adversarial", f"heatmap_{slug}",
                                                    f"seeds_heatmap_adv_{slug}.png")
 
-    wide = loaded.get("wide")
-    if wide is not None:
-        keys["wide_accuracy"] = save(accuracy_table(wide), "wide_accuracy")
-        wbt = block_table(wide)
-        if not wbt.empty:
-            keys["wide_block_table"] = save(wbt[["model", "method", "width", "inputs", "score", "blocks", "far_cka"]],
-                                            "wide_block_structure")
-            if sim is not None:  # one figure over every width
-                plot_block_scores(pd.concat([block_table(sim), wbt], ignore_index=True),
-                                  dest / "block_structure_vs_width.png")
-        keys["wide_diagonal_table"] = save(diagonal_table(wide), "wide_diagonal")
-        keys["wide_specialization_table"] = save(specialization_table(wide), "wide_specialization")
-        for m in ("std-w16", "pgd-w16", "trades-w16"):
-            keys[f"wide_heatmap/{m}"] = copy_fig(wide, "similarity-benign", f"heatmap_{m}", f"wide_heatmap_{m}.png")
-        keys["wide_diagonal_figure"] = copy_fig(wide, "similarity-benign", "diagonal", "wide_diagonal_benign.png")
-        keys["wide_diagonal_adv_figure"] = copy_fig(wide, "similarity-adversarial", "diagonal",
-                                                    "wide_diagonal_adversarial.png")
-    sw = loaded.get("seeds-wide")
-    if sw is not None:
-        keys["seedsw_accuracy"] = save(accuracy_table(sw), "seedsw_accuracy")
-        dt = diagonal_table(sw)
-        keys["seedsw_diagonal_table"] = save(dt, "seedsw_diagonal")
-        for _, r in dt.iterrows():
-            k = f"{r['pair']}|{r['inputs']}"
-            keys[f"w16_diag_early/{k}"] = f"{r['first third']:.3f}"
-            keys[f"w16_diag_late/{k}"] = f"{r['last third']:.3f}"
-        sbt = block_table(sw)
-        if not sbt.empty:
-            keys["seedsw_block_table"] = save(sbt[["model", "method", "seed", "inputs", "score", "blocks", "far_cka"]],
-                                              "seedsw_block_structure")
-        keys["seedsw_diagonal_figure"] = copy_fig(sw, "similarity-benign", "diagonal", "seedsw_diagonal_benign.png")
-    for name, pre in (("overfitting", "of"), ("overfitting-long", "ofl")):
-        if name in loaded:
-            keys.update(overfitting_keys(loaded[name], pre, dest, save, copy_fig))
+    if "overfitting" in loaded:
+        keys.update(overfitting_keys(loaded["overfitting"], "of", dest, save, copy_fig))
     return keys
 
 
