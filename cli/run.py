@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
-from .common import echo_table, friendly_errors, progress_bars, registry
+from .common import echo_table, friendly_errors, progress_bars, registry, state
 
 
 @click.command("run")
@@ -58,11 +59,19 @@ def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_
         click.echo(planned.describe())
         click.echo("plan is valid; nothing was run (--dry-run).")
         return
+    # one line per stage start and end on stderr, also when the output goes to a log file
+    # (progress bars show only on a terminal); -q silences them
+    runner_log = logging.getLogger("rtk.runner")
+    level = runner_log.level
+    if is_main() and not state().quiet and runner_log.getEffectiveLevel() > logging.INFO:
+        runner_log.setLevel(logging.INFO)
     with progress_bars(quiet=True if not is_main() else None):  # under torchrun, rank 0 shows progress
         try:
             result = rtk.execute(planned, out=out, resume=resume, runs_root=runs_root)
         except rtk.StageError as exc:
             raise click.ClickException(f"{exc}\nEarlier stages' results are kept; continue with --resume after fixing it.") from None
+        finally:
+            runner_log.setLevel(level)
     if not is_main():
         return  # under torchrun only rank 0 prints
     for key, df in result.tables.items():

@@ -95,9 +95,21 @@ def test_run_dry_run_and_real_run(pm, tmp_path):
     assert "stage 02-evaluate: evaluate" in res.output and "nothing was run" in res.output
     assert not (tmp_path / "runs").exists()
     out = tmp_path / "out"
-    res = invoke(pm, "--quiet", "run", str(exp), "--out", str(out))
+    res = invoke(pm, "run", str(exp), "--out", str(out))
     assert res.exit_code == 0, res.output
-    assert "02-evaluate/accuracy" in res.output and (out / "report.md").exists()
+    assert "02-evaluate/accuracy" in res.stdout and (out / "report.md").exists()
+    # one line per stage start and end on stderr, also without a terminal
+    assert "stage 1/2 01-train (train) started" in res.stderr
+    assert "stage 2/2 02-evaluate completed in" in res.stderr
+
+
+def test_run_quiet_prints_no_stage_lines(pm, tmp_path):
+    exp = tmp_path / "e.toml"
+    exp.write_text(EXP.split("[[stages]]\nkind = \"evaluate\"")[0])
+    res = invoke(pm, "--quiet", "run", str(exp), "--out", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    assert "01-train/history" in res.stdout
+    assert "stage 1/1" not in res.stderr and "started" not in res.output
 
 
 def test_bad_experiment_exits_nonzero_with_file_and_key(pm, tmp_path):

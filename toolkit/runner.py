@@ -389,10 +389,11 @@ class _Runner:
         exp = self.plan.experiment
         seed_everything(exp.seed)
         self.build_models()
-        for stage in self.plan.stages:
+        total = len(self.plan.stages)
+        for index, stage in enumerate(self.plan.stages, 1):
             done = self.state["stages"].get(stage.id, {}).get("status") == "completed"
             if done and self.resuming:
-                log.info("stage %s already completed; skipped (resume)", stage.id)
+                log.info("stage %d/%d %s already completed; skipped (resume)", index, total, stage.id)
                 for tname, df in self.rundir.read_tables(stage.id).items():
                     self.tables[f"{stage.id}/{tname}"] = df
                 rec = self.state["stages"][stage.id]
@@ -401,17 +402,17 @@ class _Runner:
                     figures={k: Path(v) for k, v in rec.get("figures", {}).items()},
                     summary=rec.get("summary", ""), metrics=rec.get("metrics", {}))
                 continue
-            self._run_stage(stage)
+            self._run_stage(stage, f"{index}/{total}")
         report = write_report(self)
         return RunResult(self.rundir.path, dict(self.tables), dict(self.results), report)
 
-    def _run_stage(self, stage: PlannedStage) -> None:
+    def _run_stage(self, stage: PlannedStage, position: str = "") -> None:
         ctx = StageContext(self, stage)
         seed_everything(ctx.seed)
         self.state["stages"][stage.id] = {"status": "running", "kind": stage.kind}
         self.save_state()
         t0 = time.perf_counter()
-        log.info("stage %s (%s) started", stage.id, stage.kind)
+        log.info("stage %s %s (%s) started", position, stage.id, stage.kind)
         try:
             result = stage.spec.run(ctx, stage.options)
             if result is None:
@@ -440,7 +441,7 @@ class _Runner:
         }
         self.save_state()
         write_report(self)
-        log.info("stage %s completed in %.1f s", stage.id, seconds)
+        log.info("stage %s %s completed in %.1f s", position, stage.id, seconds)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
