@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, create_model, model_validator
 
 import rtk
 from rtk.evaluation import OUTPUT_PATTERN, Normalization, ensemble, model_view, seeded, with_restarts
@@ -27,7 +27,8 @@ DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 5.0}
 
 # ---------------------------------------------------------------------------- options
 # Every options class lists its own keys first and the common ones (targeting, seed,
-# output, normalize) last, so the generated reference reads top-down.
+# output, normalize) last, so the generated reference reads top-down: ``_common_keys_last``
+# appends the common ones after the class's own.
 def _seed():
     return Field(0, description="seed of the attack's randomness; the global RNG is left untouched")
 
@@ -54,7 +55,27 @@ def _restarts():
     return Field(1, ge=1, description="random restarts; an example keeps the first success")
 
 
+def _n_restarts():
+    return Field(1, ge=1, description="random restarts")
+
+
 Target = Literal["random", "least-likely"]
+_Options = TypeVar("_Options", bound=rtk.Options)
+
+
+def _common_keys_last(*, targeting: bool = False) -> Callable[[type[_Options]], type[_Options]]:
+    """Class decorator: the options class extended by the keys every attack has (``seed``,
+    ``output``, ``normalize``; first ``targeted`` and ``target`` when ``targeting``), listed after its own."""
+
+    def extend(cls: type[_Options]) -> type[_Options]:
+        keys: dict[str, Any] = {}
+        if targeting:
+            keys.update(targeted=(bool, _targeted()), target=(Target, _target()))
+        keys.update(seed=(int, _seed()), output=(str, _output()),
+                    normalize=(Normalization | None, _normalize()))
+        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **keys)
+
+    return extend
 
 
 def _check_eps(norm: str, eps: float | None) -> float:
@@ -65,7 +86,11 @@ def _check_eps(norm: str, eps: float | None) -> float:
 
 
 class _EpsByNorm(rtk.Options):
-    """Fills ``eps`` with the norm's default (8/255 Linf, 0.5 L2, 5 L1) and bounds Linf eps by 1."""
+    """A threat model (``norm``) and a budget ``eps`` in it: fills ``eps`` with the norm's default
+    (8/255 Linf, 0.5 L2, 5 L1) and bounds Linf eps by 1."""
+
+    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
+    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
 
     @model_validator(mode="after")
     def _eps_default(self):
@@ -73,15 +98,12 @@ class _EpsByNorm(rtk.Options):
         return self
 
 
+@_common_keys_last(targeting=True)
 class FGSMOptions(rtk.Options):
     eps: rtk.Eps = Field(8 / 255, ge=0, le=1, description="L-inf radius, a float or a fraction such as '8/255'")
-    targeted: bool = _targeted()
-    target: Target = _target()
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
+@_common_keys_last(targeting=True)
 class PGDOptions(rtk.Options):
     eps: rtk.Eps = Field(8 / 255, ge=0, le=1, description="L-inf radius, a float or a fraction such as '8/255'")
     step_size: rtk.Eps | None = Field(None, gt=0, le=1, validation_alias=AliasChoices("step_size", "alpha"),
@@ -89,37 +111,22 @@ class PGDOptions(rtk.Options):
     steps: int = Field(10, ge=1, description="iterations")
     random_start: bool = Field(True, description="start at a uniform random point of the eps-ball")
     restarts: int = _restarts()
-    targeted: bool = _targeted()
-    target: Target = _target()
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
-class PGDL2Options(rtk.Options):
+class PGDL2Options(PGDOptions):
+    # PGD's options with an L2 radius and step (no upper bound); keys keep PGD's order
     eps: rtk.Eps = Field(0.5, ge=0, description="L2 radius")
     step_size: rtk.Eps | None = Field(None, gt=0, validation_alias=AliasChoices("step_size", "alpha"),
                                       description="step size (alias: alpha); default eps/4")
-    steps: int = Field(10, ge=1, description="iterations")
     random_start: bool = Field(True, description="start at a random point of the eps-ball")
-    restarts: int = _restarts()
-    targeted: bool = _targeted()
-    target: Target = _target()
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
+@_common_keys_last()
 class APGDOptions(_EpsByNorm):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
-    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     steps: int = Field(100, ge=1, description="iterations (AutoAttack uses 100)")
-    restarts: int = Field(1, ge=1, description="random restarts")
+    restarts: int = _n_restarts()
     eot_iter: int = Field(1, ge=1, description="gradient samples per step (expectation over transformation)")
     rho: float = Field(0.75, gt=0, lt=1, description="step-size halving threshold")
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
 class APGDDLROptions(APGDOptions):
@@ -133,67 +140,49 @@ class APGDTOptions(APGDDLROptions):
     targeted: bool = Field(True, description="targeted DLR (APGD-T): attack the top n_target_classes classes in turn")
 
 
+@_common_keys_last()
 class FABOptions(_EpsByNorm):
     norm: Literal["Linf", "L2", "L1"] = Field("Linf", description="threat model: Linf, L2 or L1")
     eps: rtk.Eps | None = Field(None, ge=0, description="budget (default 8/255 Linf, 0.5 L2, 5 L1)")
     steps: int = Field(100, ge=1, description="iterations")
-    restarts: int = Field(1, ge=1, description="random restarts")
+    restarts: int = _n_restarts()
     targeted: bool = Field(False, description="multi-targeted FAB-T: the top n_target_classes classes in turn")
     n_target_classes: int = Field(9, ge=1, description="target classes of FAB-T (capped at classes-1)")
     alpha_max: float = Field(0.1, gt=0, lt=1, description="largest step towards the boundary")
     eta: float = Field(1.05, ge=1, description="overshoot")
     beta: float = Field(0.9, gt=0, le=1, description="backward step")
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
+@_common_keys_last(targeting=True)
 class SquareOptions(_EpsByNorm):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
-    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     queries: int = Field(5000, ge=1, description="queries per example (AutoAttack uses 5000)")
-    restarts: int = Field(1, ge=1, description="random restarts")
+    restarts: int = _n_restarts()
     p_init: float = Field(0.8, gt=0, le=1, description="initial share of pixels changed per square")
     loss: Literal["margin", "ce"] = Field("margin", description="loss the search maximizes")
-    targeted: bool = _targeted()
-    target: Target = _target()
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
+@_common_keys_last(targeting=True)
 class CWOptions(rtk.Options):
     c: float = Field(1.0, gt=0, description="weight of the classification term against the L2 distance")
     kappa: float = Field(0.0, ge=0, description="confidence margin")
     steps: int = Field(100, ge=1, description="Adam steps")
     lr: float = Field(0.01, gt=0, description="Adam learning rate")
-    targeted: bool = _targeted()
-    target: Target = _target()
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
+@_common_keys_last()
 class DeepFoolOptions(rtk.Options):
     steps: int = Field(50, ge=1, description="iterations")
     overshoot: float = Field(0.02, ge=0, description="overshoot past the linearized boundary")
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
+@_common_keys_last()
 class AutoAttackOptions(_EpsByNorm):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
-    eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     version: Literal["standard", "plus", "rand"] = Field(
         "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; plus: with restarts and untargeted DLR/FAB; "
                                 "rand: APGD-CE and APGD-DLR with EOT (randomized defenses)")
     steps: int = Field(100, ge=1, description="iterations of APGD and FAB")
     queries: int = Field(5000, ge=1, description="queries of Square")
     n_target_classes: int = Field(9, ge=1, description="target classes of APGD-T and FAB-T (capped at classes-1)")
-    seed: int = _seed()
-    output: str = _output()
-    normalize: Normalization | None = _normalize()
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -251,148 +240,129 @@ def _lazy(view: torch.nn.Module, o: Any, make: Callable[[int], Callable], *, res
 
 
 # ---------------------------------------------------------------------------- builders
-def _fgsm(model, o: FGSMOptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-    return _lazy(view, o, lambda k: _targeting(torchattacks.FGSM(view, eps=o.eps), o))
+#: ``make(torchattacks, view, o, k)``: the torchattacks attack on ``view`` for a model with ``k`` classes.
+Make = Callable[[Any, torch.nn.Module, Any, int], Callable]
 
 
-def _pgd(model, o: PGDOptions):
-    import torchattacks
+def _builder(make: Make, *, rtk_restarts: bool = False) -> Callable:
+    """An attack's ``build(model, o)``: the model's view is attacked by ``make``'s torchattacks object,
+    built on the first call with the targeting ``o`` asks for; with ``rtk_restarts`` the attack runs
+    ``o.restarts`` times (an example keeps the first success)."""
 
-    view = model_view(model, o.output, o.normalize)
+    def build(model: torch.nn.Module, o: Any) -> Callable:
+        import torchattacks
+
+        view = model_view(model, o.output, o.normalize)
+        return _lazy(view, o, lambda k: _targeting(make(torchattacks, view, o, k), o),
+                     restarts=o.restarts if rtk_restarts else 1)
+
+    return build
+
+
+def _target_classes(o: Any, k: int) -> int:
+    """torchattacks' ``n_classes`` for the top ``o.n_target_classes`` targets (capped at k-1)."""
+    return min(o.n_target_classes, k - 1) + 1
+
+
+def _fgsm(ta, view, o: FGSMOptions, k: int):
+    return ta.FGSM(view, eps=o.eps)
+
+
+def _pgd(ta, view, o: PGDOptions, k: int):
+    """PGD, in L2 for :class:`PGDL2Options`."""
     step = o.step_size if o.step_size is not None else o.eps / 4
-    return _lazy(view, o, lambda k: _targeting(torchattacks.PGD(view, eps=o.eps, alpha=step, steps=o.steps,
-                                                                random_start=o.random_start), o), restarts=o.restarts)
+    attack = ta.PGDL2 if isinstance(o, PGDL2Options) else ta.PGD
+    return attack(view, eps=o.eps, alpha=step, steps=o.steps, random_start=o.random_start)
 
 
-def _pgd_l2(model, o: PGDL2Options):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-    step = o.step_size if o.step_size is not None else o.eps / 4
-    return _lazy(view, o, lambda k: _targeting(torchattacks.PGDL2(view, eps=o.eps, alpha=step, steps=o.steps,
-                                                                  random_start=o.random_start), o), restarts=o.restarts)
+def _apgd_args(o: APGDOptions) -> dict[str, Any]:
+    return {"norm": o.norm, "eps": o.eps, "steps": o.steps, "n_restarts": o.restarts, "seed": o.seed,
+            "eot_iter": o.eot_iter, "rho": o.rho}
 
 
-def _apgd_ce(model, o: APGDOptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-    return _lazy(view, o, lambda k: torchattacks.APGD(view, norm=o.norm, eps=o.eps, steps=o.steps, n_restarts=o.restarts,
-                                                      seed=o.seed, loss="ce", eot_iter=o.eot_iter, rho=o.rho))
+def _apgd_ce(ta, view, o: APGDOptions, k: int):
+    return ta.APGD(view, loss="ce", **_apgd_args(o))
 
 
-def _apgd_dlr(model, o: APGDDLROptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-
-    def make(k: int):
-        if o.targeted:
-            _need_classes("apgd-t", k, 4)
-            return torchattacks.APGDT(view, norm=o.norm, eps=o.eps, steps=o.steps, n_restarts=o.restarts, seed=o.seed,
-                                      eot_iter=o.eot_iter, rho=o.rho, n_classes=min(o.n_target_classes, k - 1) + 1)
-        _need_classes("apgd-dlr", k, 3)
-        return torchattacks.APGD(view, norm=o.norm, eps=o.eps, steps=o.steps, n_restarts=o.restarts, seed=o.seed,
-                                 loss="dlr", eot_iter=o.eot_iter, rho=o.rho)
-
-    return _lazy(view, o, make)
+def _apgd_dlr(ta, view, o: APGDDLROptions, k: int):
+    if o.targeted:
+        _need_classes("apgd-t", k, 4)
+        return ta.APGDT(view, n_classes=_target_classes(o, k), **_apgd_args(o))
+    _need_classes("apgd-dlr", k, 3)
+    return ta.APGD(view, loss="dlr", **_apgd_args(o))
 
 
-def _fab(model, o: FABOptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-
-    def make(k: int):
-        return torchattacks.FAB(view, norm=o.norm, eps=o.eps, steps=o.steps, n_restarts=o.restarts,
-                                alpha_max=o.alpha_max, eta=o.eta, beta=o.beta, seed=o.seed, multi_targeted=o.targeted,
-                                n_classes=min(o.n_target_classes, k - 1) + 1)
-
-    return _lazy(view, o, make)
+def _fab(ta, view, o: FABOptions, k: int):
+    return ta.FAB(view, norm=o.norm, eps=o.eps, steps=o.steps, n_restarts=o.restarts, alpha_max=o.alpha_max,
+                  eta=o.eta, beta=o.beta, seed=o.seed, multi_targeted=o.targeted, n_classes=_target_classes(o, k))
 
 
-def _square(model, o: SquareOptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-    return _lazy(view, o, lambda k: _targeting(torchattacks.Square(view, norm=o.norm, eps=o.eps, n_queries=o.queries,
-                                                                   n_restarts=o.restarts, p_init=o.p_init, loss=o.loss,
-                                                                   seed=o.seed), o))
+def _square(ta, view, o: SquareOptions, k: int):
+    return ta.Square(view, norm=o.norm, eps=o.eps, n_queries=o.queries, n_restarts=o.restarts, p_init=o.p_init,
+                     loss=o.loss, seed=o.seed)
 
 
-def _cw(model, o: CWOptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-    return _lazy(view, o, lambda k: _targeting(torchattacks.CW(view, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr), o))
+def _cw(ta, view, o: CWOptions, k: int):
+    return ta.CW(view, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr)
 
 
-def _deepfool(model, o: DeepFoolOptions):
-    import torchattacks
-
-    view = model_view(model, o.output, o.normalize)
-    return _lazy(view, o, lambda k: torchattacks.DeepFool(view, steps=o.steps, overshoot=o.overshoot))
+def _deepfool(ta, view, o: DeepFoolOptions, k: int):
+    return ta.DeepFool(view, steps=o.steps, overshoot=o.overshoot)
 
 
-def _autoattack(model, o: AutoAttackOptions):
+def _autoattack(ta, view, o: AutoAttackOptions, k: int):
     """AutoAttack (Croce & Hein 2020) composed from torchattacks' components with the
     original settings (100 iterations, 9 target classes, 5000 Square queries); each
     component runs only on the examples the previous ones did not break."""
-    import torchattacks as ta
-
-    view = model_view(model, o.output, o.normalize)
     common = {"norm": o.norm, "eps": o.eps, "seed": o.seed}
+    nt = _target_classes(o, k)
 
-    def make(k: int):
-        nt = min(o.n_target_classes, k - 1) + 1
-        if o.version == "rand":
-            _need_classes("autoattack (rand)", k, 3)
-            parts = [ta.APGD(view, loss="ce", steps=o.steps, eot_iter=20, n_restarts=1, **common),
-                     ta.APGD(view, loss="dlr", steps=o.steps, eot_iter=20, n_restarts=1, **common)]
-        elif o.version == "plus":
-            _need_classes("autoattack (plus)", k, 4)
-            parts = [ta.APGD(view, loss="ce", steps=o.steps, n_restarts=5, **common),
-                     ta.APGD(view, loss="dlr", steps=o.steps, n_restarts=5, **common),
-                     ta.FAB(view, steps=o.steps, n_restarts=5, n_classes=nt, **common),
-                     ta.Square(view, n_queries=o.queries, n_restarts=1, **common),
-                     ta.APGDT(view, steps=o.steps, n_restarts=1, n_classes=nt, **common),
-                     ta.FAB(view, steps=o.steps, n_restarts=1, multi_targeted=True, n_classes=nt, **common)]
-        else:
-            _need_classes("autoattack", k, 4)
-            parts = [ta.APGD(view, loss="ce", steps=o.steps, n_restarts=1, **common),
-                     ta.APGDT(view, steps=o.steps, n_restarts=1, n_classes=nt, **common),
-                     ta.FAB(view, steps=o.steps, n_restarts=1, multi_targeted=True, n_classes=nt, **common),
-                     ta.Square(view, n_queries=o.queries, n_restarts=1, **common)]
-        return ensemble(parts, view)
+    def apgd(loss: str, restarts: int = 1, eot_iter: int = 1):
+        return ta.APGD(view, loss=loss, steps=o.steps, n_restarts=restarts, eot_iter=eot_iter, **common)
 
-    return _lazy(view, o, make)
+    def apgd_t():
+        return ta.APGDT(view, steps=o.steps, n_restarts=1, n_classes=nt, **common)
+
+    def fab(restarts: int = 1, targeted: bool = True):
+        return ta.FAB(view, steps=o.steps, n_restarts=restarts, multi_targeted=targeted, n_classes=nt, **common)
+
+    def square():
+        return ta.Square(view, n_queries=o.queries, n_restarts=1, **common)
+
+    if o.version == "rand":
+        _need_classes("autoattack (rand)", k, 3)
+        parts = [apgd("ce", eot_iter=20), apgd("dlr", eot_iter=20)]
+    elif o.version == "plus":
+        _need_classes("autoattack (plus)", k, 4)
+        parts = [apgd("ce", 5), apgd("dlr", 5), fab(5, targeted=False), square(), apgd_t(), fab()]
+    else:
+        _need_classes("autoattack", k, 4)
+        parts = [apgd("ce"), apgd_t(), fab(), square()]
+    return ensemble(parts, view)
 
 
 @rtk.hookimpl
 def rtk_attacks():
     A = rtk.AttackSpec
     yield A(name="fgsm", summary="fast gradient sign method, L-inf (Goodfellow et al. 2015)", options=FGSMOptions,
-            build=_fgsm, norm="Linf")
+            build=_builder(_fgsm), norm="Linf")
     yield A(name="pgd", summary="projected gradient descent, L-inf (Madry et al. 2018), via torchattacks",
-            options=PGDOptions, build=_pgd, norm="Linf")
+            options=PGDOptions, build=_builder(_pgd, rtk_restarts=True), norm="Linf")
     yield A(name="pgd-l2", summary="projected gradient descent, L2 (Madry et al. 2018)", options=PGDL2Options,
-            build=_pgd_l2, norm="L2")
+            build=_builder(_pgd, rtk_restarts=True), norm="L2")
     yield A(name="apgd-ce", summary="auto-PGD on cross-entropy, Linf or L2 (Croce & Hein 2020)", options=APGDOptions,
-            build=_apgd_ce, norm="Linf")
+            build=_builder(_apgd_ce), norm="Linf")
     yield A(name="apgd-dlr", summary="auto-PGD on the DLR loss, untargeted or targeted (Croce & Hein 2020)",
-            options=APGDDLROptions, build=_apgd_dlr, norm="Linf")
+            options=APGDDLROptions, build=_builder(_apgd_dlr), norm="Linf")
     yield A(name="apgd-t", summary="targeted auto-PGD on the DLR loss (APGD-T of AutoAttack)", options=APGDTOptions,
-            build=_apgd_dlr, norm="Linf")
+            build=_builder(_apgd_dlr), norm="Linf")
     yield A(name="fab", summary="fast adaptive boundary attack, Linf/L2/L1, untargeted or FAB-T (Croce & Hein 2020)",
-            options=FABOptions, build=_fab, norm="Linf")
+            options=FABOptions, build=_builder(_fab), norm="Linf")
     yield A(name="square", summary="Square attack: black-box random search, Linf or L2 (Andriushchenko et al. 2020)",
-            options=SquareOptions, build=_square, norm="Linf")
+            options=SquareOptions, build=_builder(_square), norm="Linf")
     yield A(name="cw-l2", summary="Carlini-Wagner L2 (no fixed budget; perturbation sizes are recorded)",
-            options=CWOptions, build=_cw, norm="none")
+            options=CWOptions, build=_builder(_cw), norm="none")
     yield A(name="deepfool", summary="DeepFool, minimal L2 perturbation (no fixed budget)", options=DeepFoolOptions,
-            build=_deepfool, norm="none")
+            build=_builder(_deepfool), norm="none")
     yield A(name="autoattack", summary="AutoAttack: APGD-CE, APGD-T, FAB-T, Square (standard), plus, or rand",
-            options=AutoAttackOptions, build=_autoattack, norm="Linf")
+            options=AutoAttackOptions, build=_builder(_autoattack), norm="Linf")
