@@ -6,7 +6,9 @@ The certifiers are rtk's own sound bound propagation and Monte Carlo smoothing
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import Field
@@ -139,47 +141,44 @@ def _run(ctx: rtk.StageContext, opts: CertifyStageOptions) -> rtk.StageResult:
     return rtk.StageResult(tables=tables, figures=figures, summary=summary, metrics=metrics)
 
 
-def _plot_curves(path, radii: pd.DataFrame):
-    """The exact certified-accuracy curve of each model x certifier: the share of examples
-    certified correct with a radius of at least r."""
+@contextlib.contextmanager
+def _figure(path, xlabel: str, ylabel: str) -> Iterator[Any]:
+    """Axes to draw labelled lines on; on exit they get their labels, a [0, 1] y range, a grid and a
+    legend, and the figure is saved to ``path`` (Agg backend) and closed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (model, cert), g in radii.groupby(["model", "certifier"], sort=False):
-        r = sorted(g.loc[g["correct"] & ~g["abstain"], "radius"].tolist())
-        n = max(len(g), 1)
-        ax.step([0.0, *r], [(len(r) - i) / n for i in range(len(r) + 1)], where="post", label=f"{model} / {cert}")
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def _plot_curves(path, radii: pd.DataFrame):
+    """The exact certified-accuracy curve of each model x certifier: the share of examples
+    certified correct with a radius of at least r."""
+    with _figure(path, "L2 radius", "certified accuracy") as ax:
+        for (model, cert), g in radii.groupby(["model", "certifier"], sort=False):
+            r = sorted(g.loc[g["correct"] & ~g["abstain"], "radius"].tolist())
+            n = max(len(g), 1)
+            ax.step([0.0, *r], [(len(r) - i) / n for i in range(len(r) + 1)], where="post", label=f"{model} / {cert}")
     return path
 
 
 def _plot_eps(path, df: pd.DataFrame):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for (model, cert), g in df.groupby(["model", "certifier"], sort=False):
-        ax.plot(g["eps"], g["verified_accuracy"], marker="o", label=f"{model} / {cert}")
-    ax.set_xlabel("L-inf eps")
-    ax.set_ylabel("verified accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with _figure(path, "L-inf eps", "verified accuracy") as ax:
+        for (model, cert), g in df.groupby(["model", "certifier"], sort=False):
+            ax.plot(g["eps"], g["verified_accuracy"], marker="o", label=f"{model} / {cert}")
     return path
 
 
