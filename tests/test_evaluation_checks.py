@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 import rtk
-from evalhelpers import attack, train_digits_cnn
+from evalhelpers import REGISTRY, attack
 from rtk.evaluation import CHECKS, CheckSettings, SanityCheckError, SanityCheckWarning, evaluate, make_units
-
-_REG = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
+from test_evaluation_engine import cached_digits_cnn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,16 +32,7 @@ N = 150
 @pytest.fixture(scope="module")
 def healthy(digits, tmp_path_factory):
     """The cnn of test_evaluation_engine.py, trained once per session."""
-    from safetensors.torch import load_file, save_file
-
-    path = tmp_path_factory.getbasetemp() / "rtk-evaluation-digits-cnn.safetensors"
-    if path.exists():
-        model = train_digits_cnn(digits, epochs=0)
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
-    model = train_digits_cnn(digits)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return model
+    return cached_digits_cnn(digits, tmp_path_factory)
 
 
 def run(model, digits, units=None, split=None, **kw):
@@ -140,7 +130,7 @@ def _broken_attack(kind: str):
         return attack
 
     return rtk.AttackSpec(name=f"broken-{kind}", summary="a broken attack", build=build,
-                          options=_REG.get("attack", "fgsm").options, norm="Linf")
+                          options=REGISTRY.get("attack", "fgsm").options, norm="Linf")
 
 
 # ------------------------------------------------------------------------ tests
