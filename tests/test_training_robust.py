@@ -27,6 +27,7 @@ from rtk.training import (
     TRADESObjective,
     train_model,
 )
+from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 EPS = 0.15
 CFG = {"epochs": 8, "lr": 0.05, "batch_size": 64}
@@ -43,16 +44,6 @@ def _attack_accuracy(registry, model, split) -> tuple[float, float]:
         robust = (model(x_adv).argmax(1) == y).float().mean().item()
     return clean, robust
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is as fast, and immune to OpenMP spin-waiting when
-    other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def trained(digits, registry, tmp_path_factory):

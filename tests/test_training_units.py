@@ -25,16 +25,8 @@ from rtk.training import (
     train_model,
 )
 from rtk.training.state import flatten_optimizer_state, unflatten_optimizer_state
+from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one thread is as fast, and immune to OpenMP spin-waiting when
-    other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def model_and_batch(digits):
