@@ -33,3 +33,18 @@ def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def cached_digits_cnn(digits, tmp_path_factory) -> nn.Module:
+    """The trained cnn, trained once per test session (shared by the evaluation test files
+    through the session's temporary directory)."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path_factory.getbasetemp() / "rtk-evaluation-digits-cnn.safetensors"
+    if path.exists():
+        model = train_digits_cnn(digits, epochs=0)
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    model = train_digits_cnn(digits)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 import rtk
-from evalhelpers import REGISTRY, attack
+from evalhelpers import REGISTRY, attack, cached_digits_cnn
 from rtk.evaluation import CHECKS, CheckSettings, SanityCheckError, SanityCheckWarning, evaluate, make_units
-from test_evaluation_engine import cached_digits_cnn
 
 
 @pytest.fixture(autouse=True, scope="module")

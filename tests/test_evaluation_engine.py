@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import rtk
-from evalhelpers import attack, train_digits_cnn
+from evalhelpers import attack, cached_digits_cnn, train_digits_cnn
 from rtk.evaluation import (
     AttackUnit, RecordStore, evaluate, function_units, make_units, merge_records, plot_curves, robust_accuracy,
     shard_indices,
@@ -28,21 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def cached_digits_cnn(digits, tmp_path_factory) -> nn.Module:
-    """The trained cnn, trained once per test session (shared by the evaluation test files
-    through the session's temporary directory)."""
-    from safetensors.torch import load_file, save_file
-
-    path = tmp_path_factory.getbasetemp() / "rtk-evaluation-digits-cnn.safetensors"
-    if path.exists():
-        model = train_digits_cnn(digits, epochs=0)
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
-    model = train_digits_cnn(digits)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return model
 
 
 @pytest.fixture(scope="module")
