@@ -369,6 +369,8 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"spec_last/{r['model']}"] = f"{r['last layer']:.3f}"
             keys[f"spec_peak/{r['model']}"] = f"{r['peak']:.3f}"
             keys[f"align_last/{r['model']}"] = f"{r['class alignment (last layer)']:.3f}"
+            keys[f"align_late/{r['model']}"] = f"{r['class alignment (last third)']:.3f}"
+            keys[f"spec_early/{r['model']}"] = f"{r['first third']:.3f}"
         keys["specialization_figure"] = copy_fig(sim, "specialization", "specialization", "specialization.png")
         for _, r in acc.iterrows():
             keys[f"clean/{r['model']}"] = f"{r['clean']:.3f}"
