@@ -122,6 +122,16 @@ def test_epoch_indices_shard_the_data_and_history_records_the_lr(digits, small):
     assert res.history.test_clean_acc.isna().tolist() == [True, False, True, False]
 
 
+def test_default_monitor_is_clean_accuracy_for_a_standard_trainer(digits, small):
+    # a standard model's robust accuracy is ~0, so by default its best epoch is picked on clean
+    # accuracy even when the loop evaluates robustness; asked for explicitly, robust it is
+    cfg = dict(epochs=1, batch_size=100, eval_size=50, eval_eps=0.1, eval_steps=1)
+    h = fit(_model(digits), StandardObjective(), small, LoopConfig(**cfg))
+    assert h.attrs["monitor"] == "test_clean_acc" and h.test_robust_acc.notna().all()
+    h = fit(_model(digits), StandardObjective(), small, LoopConfig(**cfg, monitor="test_robust_acc"))
+    assert h.attrs["monitor"] == "test_robust_acc"
+
+
 def test_eps_ramp_is_recorded_per_epoch(digits, small):
     obj = PGDATObjective(eps=0.2, steps=2, eps_warmup=1, eps_ramp=2)
     h = fit(_model(digits), obj, small, LoopConfig(epochs=4, batch_size=100, eval_every=4, eval_size=50, eval_steps=2))

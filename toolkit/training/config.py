@@ -55,7 +55,8 @@ class LoopConfig(Options):
     eval_norm: Literal["Linf", "L2"] | None = Field(None, description="norm of the evaluation PGD (default: the trainer's)")
     eval_batch_size: int = Field(256, ge=1, description="batch size for evaluation")
     checkpoint_every: int = Field(0, ge=0, description="also keep a checkpoint tagged epoch-N every this many epochs (0: off)")
-    monitor: str = Field("test_robust_acc", description="history column that picks the best epoch and drives early stopping")
+    monitor: str = Field("test_robust_acc", description="history column that picks the best epoch and drives early stopping "
+                         "(when not set: test_robust_acc for a trainer with an eps and a robust evaluation, else test_clean_acc)")
     patience: int | None = Field(None, ge=1, description="stop after this many evaluations without improvement of monitor")
     min_delta: float = Field(0.0, ge=0, description="smallest increase of monitor that counts as an improvement")
     restore_best: bool = Field(False, description="after training, load the best epoch's weights into the model")

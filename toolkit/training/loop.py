@@ -315,12 +315,14 @@ class _TrainingRun:
         if cfg.monitor not in MONITORABLE and cfg.monitor not in extra:
             problems.append(f"monitor = {cfg.monitor!r} is not a history column; allowed: "
                             f"{', '.join(MONITORABLE + tuple(sorted(extra)))}")
+        elif "monitor" not in cfg.model_fields_set and (not robust or eps is None):
+            # the default, robust test accuracy, only where there is a robust evaluation and a
+            # robust objective: a standard model's robust accuracy is near 0 and would pick its
+            # best epoch by noise
+            self.monitor = "test_clean_acc"
         elif cfg.monitor in ("test_robust_acc", "train_robust_acc") and not robust:
-            if "monitor" in cfg.model_fields_set:
-                problems.append(f"monitor = {cfg.monitor!r} needs a robust evaluation: set eval_eps (the trainer "
-                                "has no eps) and keep eval_size > 0")
-            else:
-                self.monitor = "test_clean_acc"
+            problems.append(f"monitor = {cfg.monitor!r} needs a robust evaluation: set eval_eps (the trainer "
+                            "has no eps) and keep eval_size > 0")
         elif cfg.monitor in ("train_clean_acc", "train_robust_acc") and cfg.train_eval_size == 0:
             problems.append(f"monitor = {cfg.monitor!r} needs eval_train_size > 0")
         if problems:
