@@ -3,7 +3,7 @@ experiments/paper1-*.toml experiments.
 
     python scripts/results_paper1.py [--runs runs] [--out docs/results] [--suffix ""]
 
-Reads, for each experiment NAME in similarity, seeds, overfitting, the run directory
+Reads, for each experiment NAME in similarity, wide, seeds, overfitting, the run directory
 ``<runs>/paper1-NAME<suffix>`` (as written by ``rtk run experiments/paper1-NAME.toml --out
 runs/paper1-NAME``) and, when present, the log ``<runs>/paper1-NAME<suffix>.log`` ending with
 the output of bash's ``time`` (``real``/``user``/``sys``). Writes tables (CSV and markdown) and
@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-EXPERIMENTS = ("similarity", "seeds", "overfitting")
+EXPERIMENTS = ("similarity", "wide", "seeds", "overfitting")
+THREADS = {"wide": 2}  # intra-op threads each experiment ran with (the rest: 1)
 METHODS = {"std": "standard", "pgd": "PGD-AT", "trades": "TRADES"}
 _MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
 
@@ -290,7 +291,8 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         loaded[name] = run
         t = read_time(runs / f"paper1-{name}{suffix}.log")
         timing_rows.append({"experiment": f"`experiments/paper1-{name}.toml`",
-                            "command": f"`OMP_NUM_THREADS=1 rtk run experiments/paper1-{name}.toml --out runs/paper1-{name}`",
+                            "command": f"`OMP_NUM_THREADS={THREADS.get(name, 1)} rtk run experiments/paper1-{name}.toml "
+                                       f"--out runs/paper1-{name}`",
                             "complete": "yes" if run["complete"] else "NO",
                             "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
                             "CPU (min)": t.get("cpu_s", np.nan) / 60,
@@ -319,11 +321,19 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         df.to_csv(dest / f"{name}.csv", index=False)
         return md(df, floats)
 
-    sim = loaded.get("similarity")
+    # paper1-wide (width 16) has the recipe of paper1-similarity: its models join the same tables
+    sims = [loaded[n] for n in ("similarity", "wide") if n in loaded and (n == "similarity" or loaded[n]["complete"])]
+    sim = sims[0] if sims else None
     if sim is not None:
-        acc = accuracy_table(sim)
+        def joined(fn) -> pd.DataFrame:
+            return pd.concat([fn(r) for r in sims], ignore_index=True)
+
+        def run_with(model: str) -> dict:
+            return next((r for r in sims if model in accuracy_table(r)["model"].tolist()), sim)
+
+        acc = joined(accuracy_table)
         keys["similarity_accuracy"] = save(acc, "similarity_accuracy")
-        bt = block_table(sim)
+        bt = joined(block_table)
         if bt.empty:
             bt = pd.DataFrame(columns=["model", "method", "width", "seed", "inputs", "score", "blocks", "layers",
                                        "far_cka"])
@@ -331,7 +341,7 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
                                    "block_structure")
         if plot_block_scores(bt, dest / "block_structure_vs_width.png"):
             keys["block_figure"] = "![block structure vs width](paper1/block_structure_vs_width.png)"
-        keys["self_similarity_dev"] = f"{self_similarity(sim):.1e}"
+        keys["self_similarity_dev"] = f"{max(self_similarity(r) for r in sims):.1e}"
         ben = bt[bt["inputs"] == "benign"].set_index("model")
         for m in ben.index:
             keys[f"block/{m}"] = f"{ben.loc[m, 'score']:.3f}"
@@ -340,29 +350,31 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         for m in adv.index:
             keys[f"block_adv/{m}"] = f"{adv.loc[m, 'score']:.3f}"
             keys[f"far_adv/{m}"] = f"{adv.loc[m, 'far_cka']:.3f}"
-        dt = diagonal_table(sim)
+        dt = joined(diagonal_table)
         keys["diagonal_table"] = save(dt, "diagonal")
         for _, r in dt.iterrows():
             k = f"{r['pair']}|{r['inputs']}"
             keys[f"diag_early/{k}"] = f"{r['first third']:.3f}"
             keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
             keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
-        widest = max((w for w in bt["width"].dropna()), default=None)
-        if widest is not None:
-            w = int(widest)
+        for w in sorted({int(x) for x in bt["width"].dropna()})[-2:]:  # the two widest
             for m in (f"std-w{w}", f"pgd-w{w}", f"trades-w{w}"):
-                keys[f"heatmap/{m}"] = copy_fig(sim, "similarity-benign", f"heatmap_{m}", f"heatmap_{m}.png")
-                keys[f"heatmap_adv/{m}"] = copy_fig(sim, "similarity-adversarial", f"heatmap_{m}",
+                run = run_with(m)
+                keys[f"heatmap/{m}"] = copy_fig(run, "similarity-benign", f"heatmap_{m}", f"heatmap_{m}.png")
+                keys[f"heatmap_adv/{m}"] = copy_fig(run, "similarity-adversarial", f"heatmap_{m}",
                                                     f"heatmap_adv_{m}.png")
-            for a, b in ((f"std-w{w}", f"std-w{w}-s1"), (f"std-w{w}", f"pgd-w{w}"), (f"std-w{w}", f"trades-w{w}"),
-                         (f"pgd-w{w}", f"trades-w{w}")):
+            for a, b in ((f"std-w{w}", f"pgd-w{w}"), (f"std-w{w}", f"trades-w{w}"), (f"pgd-w{w}", f"trades-w{w}")):
                 slug = f"{a}-vs-{b}"
-                keys[f"heatmap/{slug}"] = copy_fig(sim, "similarity-benign", f"heatmap_{slug}", f"heatmap_{slug}.png")
-                keys[f"heatmap_adv/{slug}"] = copy_fig(sim, "similarity-adversarial", f"heatmap_{slug}",
+                run = run_with(a)
+                keys[f"heatmap/{slug}"] = copy_fig(run, "similarity-benign", f"heatmap_{slug}", f"heatmap_{slug}.png")
+                keys[f"heatmap_adv/{slug}"] = copy_fig(run, "similarity-adversarial", f"heatmap_{slug}",
                                                        f"heatmap_adv_{slug}.png")
-            keys["diagonal_figure"] = copy_fig(sim, "similarity-benign", "diagonal", "diagonal_benign.png")
-            keys["diagonal_adv_figure"] = copy_fig(sim, "similarity-adversarial", "diagonal", "diagonal_adversarial.png")
-        st = specialization_table(sim)
+        for name, run in zip(("similarity", "wide"), sims):
+            pre = "" if name == "similarity" else "wide_"
+            keys[f"{pre}diagonal_figure"] = copy_fig(run, "similarity-benign", "diagonal", f"{pre}diagonal_benign.png")
+            keys[f"{pre}diagonal_adv_figure"] = copy_fig(run, "similarity-adversarial", "diagonal",
+                                                         f"{pre}diagonal_adversarial.png")
+        st = joined(specialization_table)
         keys["specialization_table"] = save(st, "specialization")
         for _, r in st.iterrows():
             keys[f"spec_late/{r['model']}"] = f"{r['last third']:.3f}"
@@ -372,6 +384,9 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"align_late/{r['model']}"] = f"{r['class alignment (last third)']:.3f}"
             keys[f"spec_early/{r['model']}"] = f"{r['first third']:.3f}"
         keys["specialization_figure"] = copy_fig(sim, "specialization", "specialization", "specialization.png")
+        if len(sims) > 1:
+            keys["wide_specialization_figure"] = copy_fig(sims[1], "specialization", "specialization",
+                                                          "wide_specialization.png")
         for _, r in acc.iterrows():
             keys[f"clean/{r['model']}"] = f"{r['clean']:.3f}"
             keys[f"pgd/{r['model']}"] = f"{r['PGD']:.3f}"
