@@ -274,6 +274,17 @@ def overfitting_keys(of: dict, pre: str, dest: Path, save, copy_fig) -> dict[str
     return keys
 
 
+def diagonal_keys(dt: pd.DataFrame) -> dict[str, str]:
+    """``diag_early|late|last/<pair>|<inputs>`` of a :func:`diagonal_table`."""
+    keys: dict[str, str] = {}
+    for _, r in dt.iterrows():
+        k = f"{r['pair']}|{r['inputs']}"
+        keys[f"diag_early/{k}"] = f"{r['first third']:.3f}"
+        keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
+        keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
+    return keys
+
+
 # ----------------------------------------------------------------------------- assembling
 def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
     """Every template key -> its text; writes tables and figures under ``out/paper1``."""
@@ -328,8 +339,10 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         def joined(fn) -> pd.DataFrame:
             return pd.concat([fn(r) for r in sims], ignore_index=True)
 
+        owner = {m: r for r in sims for m in accuracy_table(r)["model"]}  # model -> the run that trained it
+
         def run_with(model: str) -> dict:
-            return next((r for r in sims if model in accuracy_table(r)["model"].tolist()), sim)
+            return owner.get(model, sim)
 
         acc = joined(accuracy_table)
         keys["similarity_accuracy"] = save(acc, "similarity_accuracy")
@@ -352,11 +365,7 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"far_adv/{m}"] = f"{adv.loc[m, 'far_cka']:.3f}"
         dt = joined(diagonal_table)
         keys["diagonal_table"] = save(dt, "diagonal")
-        for _, r in dt.iterrows():
-            k = f"{r['pair']}|{r['inputs']}"
-            keys[f"diag_early/{k}"] = f"{r['first third']:.3f}"
-            keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
-            keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
+        keys.update(diagonal_keys(dt))
         for w in sorted({int(x) for x in bt["width"].dropna()})[-2:]:  # the two widest
             for m in (f"std-w{w}", f"pgd-w{w}", f"trades-w{w}"):
                 run = run_with(m)
@@ -396,11 +405,7 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         keys["seeds_accuracy"] = save(accuracy_table(seeds), "seeds_accuracy")
         dt = diagonal_table(seeds)
         keys["seeds_diagonal_table"] = save(dt, "seeds_diagonal")
-        for _, r in dt.iterrows():
-            k = f"{r['pair']}|{r['inputs']}"
-            keys[f"diag_early/{k}"] = f"{r['first third']:.3f}"
-            keys[f"diag_late/{k}"] = f"{r['last third']:.3f}"
-            keys[f"diag_last/{k}"] = f"{r['last layer']:.3f}"
+        keys.update(diagonal_keys(dt))
         sbt = block_table(seeds)
         if sbt.empty:
             sbt = pd.DataFrame(columns=["model", "method", "seed", "inputs", "score", "blocks", "far_cka"])
