@@ -91,8 +91,10 @@ def main() -> None:
     plan = {"cnn-small": (cnn_small, 64, 8, 64, args.rounds), "cnn-large": (cnn_large, 64, 1, 64, 1)}
     if args.quick:
         plan.pop("cnn-large")
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, eps {EPS:.4f}, "
-          f"inputs 3x32x32, random weights\n")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, eps {EPS:.4f}, "
+        f"inputs 3x32x32, random weights\n"
+    )
     header = f"{'model':<10} {'method':<8} {'examples':>8} {'s/example':>11} {'examples/s':>11} {'peak MB':>8} {'x PGD-20':>9}"
     print(header)
     print("-" * len(header))
@@ -111,9 +113,11 @@ def main() -> None:
 
         ibp = BoundCertifier("ibp", eps=EPS, batch_size=n_ibp)
         crown = BoundCertifier("crown", eps=EPS, batch_size=n_crown, spec_chunk=256)
-        runs = {"PGD-20": (pgd_eval, n_pgd, args.rounds),
-                "IBP": (lambda: ibp.certify(model, x[:n_ibp], y[:n_ibp]), n_ibp, args.rounds),
-                "CROWN": (lambda: crown.certify(model, x[:n_crown], y[:n_crown]), n_crown, crown_rounds)}
+        runs = {
+            "PGD-20": (pgd_eval, n_pgd, args.rounds),
+            "IBP": (lambda: ibp.certify(model, x[:n_ibp], y[:n_ibp]), n_ibp, args.rounds),
+            "CROWN": (lambda: crown.certify(model, x[:n_crown], y[:n_crown]), n_crown, crown_rounds),
+        }
         for fn, _, _ in runs.values():  # warm-up: tracing, allocator, kernels (CROWN on a cheap input)
             if fn is runs["CROWN"][0]:
                 BoundCertifier("crown", eps=0.0).certify(model, x[:1], y[:1])
@@ -132,8 +136,10 @@ def main() -> None:
         per = {k: statistics.median(v) for k, v in times.items()}
         for key in ("IBP", "CROWN", "PGD-20"):
             pk = f"{statistics.median(peaks[key]):8.0f}" if peaks[key] else f"{'n/a':>8}"
-            print(f"{name:<10} {key:<8} {runs[key][1]:>8d} {per[key]:>11.4f} {1 / per[key]:>11.2f} {pk} "
-                  f"{per[key] / per['PGD-20']:>9.3g}")
+            print(
+                f"{name:<10} {key:<8} {runs[key][1]:>8d} {per[key]:>11.4f} {1 / per[key]:>11.2f} {pk} "
+                f"{per[key] / per['PGD-20']:>9.3g}"
+            )
         print()
 
 

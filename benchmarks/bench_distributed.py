@@ -132,8 +132,15 @@ def _timed_allreduce(state: Trainer, bucket):
 
 # ---------------------------------------------------------------------------- 2-process workers
 def _worker(rank: int, world: int, port: int, n_train: int, steps: int, tasks, results) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     with rd.session(timeout=300):
         reg, info, split = load_data(n_train)
@@ -151,8 +158,10 @@ class Workers:
         self.tasks = [ctx.Queue() for _ in range(world)]
         self.results = ctx.Queue()
         port = rd.free_port()
-        self.procs = [ctx.Process(target=_worker, args=(r, world, port, n_train, steps, self.tasks[r], self.results),
-                                  daemon=True) for r in range(world)]
+        self.procs = [
+            ctx.Process(target=_worker, args=(r, world, port, n_train, steps, self.tasks[r], self.results), daemon=True)
+            for r in range(world)
+        ]
         for p in self.procs:
             p.start()
         self._wait()
@@ -234,7 +243,7 @@ def bench_stages(rounds: int) -> None:
         exp = Path(tmp) / "bench.toml"
         exp.write_text(STAGES_TOML)
         for r in range(rounds):
-            for nproc in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for nproc in (1, 2) if r % 2 == 0 else (2, 1):
                 out = Path(tmp) / f"run-{r}-{nproc}"
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
                 cmd = [rtk_bin, "-q", "run", str(exp), "--out", str(out)] + (["--nproc", "2"] if nproc == 2 else [])
@@ -243,12 +252,16 @@ def bench_stages(rounds: int) -> None:
                 for sid, st in state["stages"].items():
                     secs[nproc].setdefault(sid, []).append(float(st["seconds"]))
     med = statistics.median
-    print(f"wired stages through `rtk run` (digits; PGD-5 AT 3 epochs, PGD-50 evaluation, minibatch CKA), {rounds} "
-          f"rounds, medians; {os.cpu_count()} CPU cores, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(
+        f"wired stages through `rtk run` (digits; PGD-5 AT 3 epochs, PGD-50 evaluation, minibatch CKA), {rounds} "
+        f"rounds, medians; {os.cpu_count()} CPU cores, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
     for sid in secs[1]:
         a, b = med(secs[1][sid]), med(secs[2][sid])
-        print(f"  {sid:<11}: 1 process {a:7.2f} s   2 processes {b:7.2f} s   speedup {a / b:.2f}x "
-              f"(scaling efficiency {a / b / 2:.0%})")
+        print(
+            f"  {sid:<11}: 1 process {a:7.2f} s   2 processes {b:7.2f} s   speedup {a / b:.2f}x "
+            f"(scaling efficiency {a / b / 2:.0%})"
+        )
 
 
 def main() -> None:
@@ -307,11 +320,16 @@ def main() -> None:
 
     med = statistics.median
     n = len(split)
-    print(f"PGD-{args.steps} adversarial training, cnn-small on {info.name} ({n} examples, global batch {GLOBAL_BATCH}), "
-          f"{args.rounds} rounds, medians; {os.cpu_count()} CPU cores, load average {load0:.1f} -> "
-          f"{os.getloadavg()[0]:.1f} (other work on the machine skews wall times)")
-    for name, ts, cs in (("1 process  x 1 thread ", t11, c11), ("1 process  x 2 threads", t12, c12),
-                         ("2 processes x 1 thread", t21, c21)):
+    print(
+        f"PGD-{args.steps} adversarial training, cnn-small on {info.name} ({n} examples, global batch {GLOBAL_BATCH}), "
+        f"{args.rounds} rounds, medians; {os.cpu_count()} CPU cores, load average {load0:.1f} -> "
+        f"{os.getloadavg()[0]:.1f} (other work on the machine skews wall times)"
+    )
+    for name, ts, cs in (
+        ("1 process  x 1 thread ", t11, c11),
+        ("1 process  x 2 threads", t12, c12),
+        ("2 processes x 1 thread", t21, c21),
+    ):
         print(f"  {name}: {med(ts):7.3f} s/epoch  {n / med(ts):8.1f} examples/s  {med(cs):7.3f} CPU s/epoch")
     speed_11 = med(t11) / med(t21)
     print(f"speedup 2 processes vs 1 process x 1 thread : {speed_11:.2f}x  (scaling efficiency {speed_11 / 2:.0%})")

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 import rtk
-from rtk.data.digits import load_digits
 from rtk.data import TensorSplit
+from rtk.data.digits import load_digits
 from rtk.evaluation import RecordStore, SanityCheckWarning, evaluate, make_units
 from rtk.models.small import cnn_large, cnn_small
 
@@ -55,7 +55,7 @@ def direct_pgd(model: nn.Module, split: TensorSplit, batch_size: int, eps: float
     robust = 0
     torch.manual_seed(0)
     for start in range(0, len(split), batch_size):
-        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
         with torch.no_grad():
             clean = model(x).argmax(1) == y
         x_adv = atk(x, y)
@@ -89,8 +89,9 @@ def bench_pgd(reg, data, arch: str, args) -> None:
     accs = {}
 
     def rtk_memory():
-        accs["rtk"] = evaluate(model, split, units, batch_size=args.batch_size, checks=False,
-                               save_adversarial="none").headline_accuracy
+        accs["rtk"] = evaluate(
+            model, split, units, batch_size=args.batch_size, checks=False, save_adversarial="none"
+        ).headline_accuracy
 
     def rtk_disk():
         store = RecordStore(f"{tmp.name}/{next(counter)}")  # a fresh store: nothing to resume
@@ -104,11 +105,15 @@ def bench_pgd(reg, data, arch: str, args) -> None:
     t = interleaved({"direct": direct, "rtk": rtk_memory, "rtk+disk": rtk_disk}, args.repeats)
     med = {k: statistics.median(v) for k, v in t.items()}
     best = {k: min(v) for k, v in t.items()}
-    print(f"PGD-{args.steps} eps={args.eps:.4g} on {len(split)} digits, batch {args.batch_size}, {arch}, "
-          f"{args.repeats} interleaved repeats (robust accuracy: rtk {accs['rtk']:.4f}, direct {accs['direct']:.4f})")
+    print(
+        f"PGD-{args.steps} eps={args.eps:.4g} on {len(split)} digits, batch {args.batch_size}, {arch}, "
+        f"{args.repeats} interleaved repeats (robust accuracy: rtk {accs['rtk']:.4f}, direct {accs['direct']:.4f})"
+    )
     print(f"  {'':22} {'median':>8} {'ratio':>6}   {'best':>8} {'ratio':>6}")
     for k, label in (("direct", "torchattacks direct"), ("rtk", "rtk evaluate"), ("rtk+disk", "rtk + records on disk")):
-        print(f"  {label:22} {med[k]:8.3f} {med[k] / med['direct']:6.3f}   {best[k]:8.3f} {best[k] / best['direct']:6.3f}")
+        print(
+            f"  {label:22} {med[k]:8.3f} {med[k] / med['direct']:6.3f}   {best[k]:8.3f} {best[k] / best['direct']:6.3f}"
+        )
     paired = sorted(a / b for a, b in zip(t["rtk"], t["direct"]))
     print(f"  paired ratios rtk/direct (sorted): {', '.join(f'{p:.3f}' for p in paired)}  (target <= 1.05)")
     tmp.cleanup()
@@ -116,10 +121,18 @@ def bench_pgd(reg, data, arch: str, args) -> None:
 
 def bench_checks(reg, data, label: str, attacks: list, args) -> None:
     model = train(cnn_small(data.info), data, epochs=args.epochs)
-    units = make_units([(reg.get("attack", a["name"]),
-                         rtk.validate_options(reg.get("attack", a["name"]).options,
-                                              {k: v for k, v in a.items() if k != "name"}, a["name"]), a["name"])
-                        for a in attacks])
+    units = make_units(
+        [
+            (
+                reg.get("attack", a["name"]),
+                rtk.validate_options(
+                    reg.get("attack", a["name"]).options, {k: v for k, v in a.items() if k != "name"}, a["name"]
+                ),
+                a["name"],
+            )
+            for a in attacks
+        ]
+    )
     idx = range(min(args.check_examples, len(data.test)))
     res = {}
 
@@ -128,21 +141,30 @@ def bench_checks(reg, data, label: str, attacks: list, args) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SanityCheckWarning)
                 res[checks] = evaluate(model, data.test, units, indices=idx, checks=checks, seed=0)
+
         return f
 
     t = interleaved({"off": run(False), "on": run(True)}, args.check_repeats)
     med = {k: statistics.median(v) for k, v in t.items()}
     r = res[True]
-    print(f"  (times per run: off {', '.join(f'{v:.2f}' for v in t['off'])}; on {', '.join(f'{v:.2f}' for v in t['on'])})")
-    print(f"{label} on {len(idx)} digits test examples, cnn-small (worst case {r.headline_accuracy:.4f}, "
-          f"clean {r.clean_accuracy:.4f})")
+    print(
+        f"  (times per run: off {', '.join(f'{v:.2f}' for v in t['off'])}; on {', '.join(f'{v:.2f}' for v in t['on'])})"
+    )
+    print(
+        f"{label} on {len(idx)} digits test examples, cnn-small (worst case {r.headline_accuracy:.4f}, "
+        f"clean {r.clean_accuracy:.4f})"
+    )
     print(f"  checks off  {med['off']:.2f} s")
-    print(f"  checks on   {med['on']:.2f} s   ratio {med['on'] / med['off']:.3f}  (target <= 1.10); "
-          f"work ratio {1 + r.checks_overhead:.3f}")
+    print(
+        f"  checks on   {med['on']:.2f} s   ratio {med['on'] / med['off']:.3f}  (target <= 1.10); "
+        f"work ratio {1 + r.checks_overhead:.3f}"
+    )
     ran = [c.name for c in r.checks if c.passed is not None]
     skipped = [f"{c.name} ({c.detail.split(':')[0]})" for c in r.checks if c.passed is None]
-    print(f"  checks run: {len(ran)}/{len(r.checks)}; failed: {[c.name for c in r.failed_checks] or 'none'}"
-          + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+    print(
+        f"  checks run: {len(ran)}/{len(r.checks)}; failed: {[c.name for c in r.failed_checks] or 'none'}"
+        + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+    )
 
 
 def main() -> None:

@@ -80,8 +80,11 @@ def bench_scores(model, data, epochs: int) -> dict[str, float]:
         t0 = time.perf_counter()
         fit(scored, objective, data, cfg_score, plot=False, **fit_parameters_kwargs(trainable))
         times["scores"].append(time.perf_counter() - t0)
-    return {"ratio": statistics.median(times["scores"]) / statistics.median(times["dense"]),
-            "dense-epoch-s": statistics.median(times["dense"]), "score-epoch-s": statistics.median(times["scores"])}
+    return {
+        "ratio": statistics.median(times["scores"]) / statistics.median(times["dense"]),
+        "dense-epoch-s": statistics.median(times["dense"]),
+        "score-epoch-s": statistics.median(times["scores"]),
+    }
 
 
 def main() -> None:
@@ -105,13 +108,19 @@ def main() -> None:
     MagnitudePruner("layer").prune(masked, 0.9, PruneJob(layers=layers, example_inputs=x[:8]))
     fwd = bench_forward(model, masked.eval(), x, args.repeats)
     print(f"model cnn-large on fashion-mnist, batch 128, 90% of {len(layers)} layers masked")
-    print(f"masked forward / dense forward (inference, no_grad): {fwd['inference']:.3f}  "
-          f"(dense {fwd['inference-dense-ms']:.2f} ms)  target <= 1.10")
-    print(f"masked forward+input-grad / dense (as in an attack):   {fwd['with-grad']:.3f}  "
-          f"(dense {fwd['with-grad-dense-ms']:.2f} ms)")
+    print(
+        f"masked forward / dense forward (inference, no_grad): {fwd['inference']:.3f}  "
+        f"(dense {fwd['inference-dense-ms']:.2f} ms)  target <= 1.10"
+    )
+    print(
+        f"masked forward+input-grad / dense (as in an attack):   {fwd['with-grad']:.3f}  "
+        f"(dense {fwd['with-grad-dense-ms']:.2f} ms)"
+    )
     sc = bench_scores(cnn_large(data.info), data, args.epochs)
-    print(f"HYDRA score-training epoch / PGD-AT epoch ({args.train} examples, pgd-at eps 0.1, 5 steps): "
-          f"{sc['ratio']:.3f}  (dense {sc['dense-epoch-s']:.2f} s, scores {sc['score-epoch-s']:.2f} s)  target <= 1.15")
+    print(
+        f"HYDRA score-training epoch / PGD-AT epoch ({args.train} examples, pgd-at eps 0.1, 5 steps): "
+        f"{sc['ratio']:.3f}  (dense {sc['dense-epoch-s']:.2f} s, scores {sc['score-epoch-s']:.2f} s)  target <= 1.15"
+    )
 
 
 if __name__ == "__main__":

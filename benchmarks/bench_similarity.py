@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import statistics
 import subprocess
 import sys
@@ -54,8 +53,9 @@ def timed(fn: Callable[[], object], dev: torch.device = torch.device("cpu")) -> 
     return time.perf_counter() - t, out
 
 
-def interleave(fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device = torch.device("cpu"),
-               cap: float = 90.0) -> tuple[dict[str, float], dict[str, object]]:
+def interleave(
+    fns: dict[str, Callable[[], object]], repeats: int, dev: torch.device = torch.device("cpu"), cap: float = 90.0
+) -> tuple[dict[str, float], dict[str, object]]:
     """Median time of each function, the functions run in turn each round.
 
     The first round is a warm-up (first-touch page faults, BLAS buffers) and is dropped for
@@ -82,7 +82,7 @@ def gemm_peak(dev: torch.device, size: int = 4096) -> tuple[float, float | None]
     b = torch.randn(size, size, device=dev)
     a @ b
     ts = [timed(lambda: a @ b, dev)[0] for _ in range(3)]
-    peak_t = 2 * size ** 3 / statistics.median(ts)
+    peak_t = 2 * size**3 / statistics.median(ts)
     peak_n = None
     if dev.type == "cpu":
         an, bn = a.numpy(), b.numpy()
@@ -92,7 +92,7 @@ def gemm_peak(dev: torch.device, size: int = 4096) -> tuple[float, float | None]
             t = time.perf_counter()
             an @ bn
             tn.append(time.perf_counter() - t)
-        peak_n = 2 * size ** 3 / statistics.median(tn)
+        peak_n = 2 * size**3 / statistics.median(tn)
     return peak_t, peak_n
 
 
@@ -154,13 +154,16 @@ def peer_pair_functions(peers: dict[str, object]) -> dict[str, Callable[[torch.T
     if "ckatorch" in peers:
         out["ckatorch cka_base (float64 Grams)"] = lambda x, y: float(peers["ckatorch"].cka_base(x, y))  # type: ignore[attr-defined]
     if "pytorch-cka" in peers:
-        out["pytorch-cka cka_from_features (unbiased)"] = lambda x, y: float(peers["pytorch-cka"].cka_from_features(x, y)[0, 0])  # type: ignore[attr-defined]
+        out["pytorch-cka cka_from_features (unbiased)"] = lambda x, y: float(
+            peers["pytorch-cka"].cka_from_features(x, y)[0, 0]
+        )  # type: ignore[attr-defined]
     return out
 
 
 # ----------------------------------------------------------------------------- sections
-def bench_pair(n: int, d: int, repeats: int, peak: float, peak_best: float, peers: dict[str, object],
-               cap: float = 90.0) -> None:
+def bench_pair(
+    n: int, d: int, repeats: int, peak: float, peak_best: float, peers: dict[str, object], cap: float = 90.0
+) -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(n, 64, generator=g)
     x = torch.relu(z @ torch.randn(64, d, generator=g) + 0.1 * torch.randn(n, d, generator=g))
@@ -184,20 +187,24 @@ def bench_pair(n: int, d: int, repeats: int, peak: float, peak_best: float, peer
     for name, t in times.items():
         r = ref_d if ("debiased" in name or "unbiased" in name) else ref
         err = abs(float(values[name]) - r)  # type: ignore[arg-type]
-        print(f"   {name:<46} {t:7.3f} s  x{t / (issue / peak):5.2f} issue bound  x{t / (exact / peak):5.2f} exact "
-              f"bound (x{t / (exact / peak_best):4.2f} at best peak)  rtk is {t / base:5.2f}x faster  |err| {err:.1e}")
+        print(
+            f"   {name:<46} {t:7.3f} s  x{t / (issue / peak):5.2f} issue bound  x{t / (exact / peak):5.2f} exact "
+            f"bound (x{t / (exact / peak_best):4.2f} at best peak)  rtk is {t / base:5.2f}x faster  |err| {err:.1e}"
+        )
 
 
 def layer_widths(lo: int, hi: int, count: int) -> list[int]:
     return [int(round(lo * (hi / lo) ** (i / (count - 1)))) for i in range(count)]
 
 
-def bench_heatmap(n: int, widths: list[int], repeats: int, peak: float, peak_best: float, peers: dict[str, object],
-                  dev: torch.device) -> None:
+def bench_heatmap(
+    n: int, widths: list[int], repeats: int, peak: float, peak_best: float, peers: dict[str, object], dev: torch.device
+) -> None:
     g = torch.Generator().manual_seed(1)
     z = torch.randn(n, 96, generator=g)
-    feats = [torch.relu(z @ torch.randn(96, d, generator=g) + 0.3 * torch.randn(n, d, generator=g)).to(dev)
-             for d in widths]
+    feats = [
+        torch.relu(z @ torch.randn(96, d, generator=g) + 0.3 * torch.randn(n, d, generator=g)).to(dev) for d in widths
+    ]
     nl = len(widths)
     sd = sum(widths)
     issue = 2 * n * n * sd + 2 * nl * nl * n * n
@@ -209,10 +216,16 @@ def bench_heatmap(n: int, widths: list[int], repeats: int, peak: float, peak_bes
     fns["rtk per pair (mirror sample)"] = lambda: [K.linear_cka(feats[i], feats[j]) for i, j in mirror]
     fns["textbook per pair (mirror sample)"] = lambda: [textbook_pair_cka(feats[i], feats[j]) for i, j in mirror]
     if "ckatorch" in peers and dev.type == "cpu":
-        fns["ckatorch per pair (mirror sample)"] = lambda: [float(peers["ckatorch"].cka_base(feats[i], feats[j]))  # type: ignore[attr-defined]
-                                                            for i, j in mirror[:2]]
+        fns["ckatorch per pair (mirror sample)"] = (
+            lambda: [
+                float(peers["ckatorch"].cka_base(feats[i], feats[j]))  # type: ignore[attr-defined]
+                for i, j in mirror[:2]
+            ]
+        )
     if "pytorch-cka" in peers:
-        fns["pytorch-cka cka_from_features (one Gram per layer)"] = lambda: peers["pytorch-cka"].cka_from_features(feats, feats)  # type: ignore[attr-defined]
+        fns["pytorch-cka cka_from_features (one Gram per layer)"] = lambda: peers["pytorch-cka"].cka_from_features(
+            feats, feats
+        )  # type: ignore[attr-defined]
     times, values = interleave(fns, repeats, dev, cap=60.0)
     mat = values["rtk linear_cka_matrix"]
     t0 = times["rtk linear_cka_matrix"]
@@ -228,8 +241,10 @@ def bench_heatmap(n: int, widths: list[int], repeats: int, peak: float, peak_bes
         else:
             full[name] = t
     for name, t in full.items():
-        print(f"   {name:<62} {t:8.2f} s  x{t / (issue / peak):5.2f} issue bound  x{t / (exact / peak):5.2f} exact "
-              f"bound (x{t / (exact / peak_best):4.2f} at best peak)  rtk is {t / t0:6.1f}x faster")
+        print(
+            f"   {name:<62} {t:8.2f} s  x{t / (issue / peak):5.2f} issue bound  x{t / (exact / peak):5.2f} exact "
+            f"bound (x{t / (exact / peak_best):4.2f} at best peak)  rtk is {t / t0:6.1f}x faster"
+        )
     ref = np.array([[reference64(feats[i].cpu(), feats[j].cpu()) for j in (0, nl // 2, nl - 1)] for i in (0, nl - 1)])
     got = mat[[0, nl - 1]][:, [0, nl // 2, nl - 1]].cpu().numpy()  # type: ignore[index]
     print(f"   rtk vs float64 reference (6 entries): max |err| {np.abs(got - ref).max():.1e}")
@@ -241,8 +256,9 @@ def bench_heatmap(n: int, widths: list[int], repeats: int, peak: float, peak_bes
         print(f"   achieved {exact / t0 / 1e12:.2f} TFLOP/s (exact count) on {torch.cuda.get_device_name(dev)}")
 
 
-def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers: dict[str, object],
-                    dev: torch.device) -> None:
+def bench_minibatch(
+    batches: int, b: int, widths: list[int], repeats: int, peers: dict[str, object], dev: torch.device
+) -> None:
     g = torch.Generator().manual_seed(2)
     data = [[torch.randn(b, d, generator=g).relu_().to(dev) for d in widths] for _ in range(batches)]
     nl = len(widths)
@@ -265,8 +281,10 @@ def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers
                     h[i, j] += torch.tensor([float(sub[0, 1]), float(sub[0, 0]), float(sub[1, 1])], dtype=torch.float64)
         return h
 
-    fns: dict[str, Callable[[], object]] = {"rtk MinibatchCKA": lambda: rtk_run(batches),
-                                            "per-pair HSIC_1 loop": per_pair_hsic}
+    fns: dict[str, Callable[[], object]] = {
+        "rtk MinibatchCKA": lambda: rtk_run(batches),
+        "per-pair HSIC_1 loop": per_pair_hsic,
+    }
     if "torch_cka" in peers:
         helper = SimpleNamespace(device=str(dev))
         hs = peers["torch_cka"].CKA._HSIC  # type: ignore[attr-defined]
@@ -282,6 +300,7 @@ def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers
                         lm.fill_diagonal_(0.0)
                         hs(helper, k, lm)
                         hs(helper, lm, lm)
+
         fns["torch_cka _HSIC loop (2 batches, extrapolated)"] = torch_cka_loop
     if "cka-pytorch" in peers:
         hsic1 = peers["cka-pytorch"].hsic1  # type: ignore[attr-defined]
@@ -293,6 +312,7 @@ def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers
                     for j in range(nl):
                         gx, gy = grams[i][None], grams[j][None]
                         hsic1(gx, gy), hsic1(gx, gx), hsic1(gy, gy)
+
         fns["cka-pytorch hsic1 per pair (2 batches, extrapolated)"] = cka_pytorch_loop
     times, values = interleave(fns, repeats, dev)
     t0 = times["rtk MinibatchCKA"]
@@ -302,8 +322,10 @@ def bench_minibatch(batches: int, b: int, widths: list[int], repeats: int, peers
     a20 = rtk_run(batches)
     a40 = rtk_run(batches // 2)
     state = a20.state_dict()["sum"]
-    print(f"   accumulator state: {state.numel()} float64 ({state.numel() * 8} bytes) after {a40.batches} and after "
-          f"{a20.batches} batches (the same); transient per batch: {nl} Grams of {b}x{b}")
+    print(
+        f"   accumulator state: {state.numel()} float64 ({state.numel() * 8} bytes) after {a40.batches} and after "
+        f"{a20.batches} batches (the same); transient per batch: {nl} Grams of {b}x{b}"
+    )
 
 
 def main() -> None:
@@ -312,8 +334,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--peers-dir", default="/tmp/rtk-bench-peers", help="where peers are (or get) installed")
     ap.add_argument("--install-peers", action="store_true", help=f"pip install {' '.join(PEERS)} into --peers-dir")
-    ap.add_argument("--cap", type=float, default=90.0,
-                    help="a function whose first run takes longer than this (s) is run once, not repeated")
+    ap.add_argument(
+        "--cap",
+        type=float,
+        default=90.0,
+        help="a function whose first run takes longer than this (s) is run once, not repeated",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["pair", "heatmap", "minibatch"])
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -321,7 +347,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy {np.__version__}")
     peak, peak_n = gemm_peak(cpu)
     best = max(peak, peak_n or 0.0)
-    print(f"fp32 GEMM peak (4096^3, median of 3): torch {peak / 1e9:.1f} GFLOP/s, numpy {(peak_n or 0) / 1e9:.1f} GFLOP/s")
+    print(
+        f"fp32 GEMM peak (4096^3, median of 3): torch {peak / 1e9:.1f} GFLOP/s, numpy {(peak_n or 0) / 1e9:.1f} GFLOP/s"
+    )
     peers = load_peers(args.peers_dir, args.install_peers)
     if args.quick:
         pair, hm_n, hm_w, mb = (4000, 1024), 2000, layer_widths(256, 2048, 12), (20, 256, layer_widths(128, 1024, 12))
@@ -338,8 +366,10 @@ def main() -> None:
             bench_heatmap(hm_n, hm_w, args.repeats, gp, gp, {}, gpu)
     if "minibatch" not in args.skip:
         bench_minibatch(*mb, args.repeats, peers, cpu)
-    print("\n(ratios above 1 against a bound mean slower than the bound; 'issue' counts only the cross term of a "
-          "pair, which no exact method can reach: see the module doc)")
+    print(
+        "\n(ratios above 1 against a bound mean slower than the bound; 'issue' counts only the cross term of a "
+        "pair, which no exact method can reach: see the module doc)"
+    )
 
 
 if __name__ == "__main__":

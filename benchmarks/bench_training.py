@@ -19,9 +19,10 @@ import argparse
 import statistics
 import time
 
-import rtk
 import torch
 import torch.nn.functional as F
+
+import rtk
 from rtk.data import DatasetBundle, apply_limits
 from rtk.training import LoopConfig, PGDATObjective, train_model
 
@@ -34,7 +35,7 @@ def bare_epoch(model, x_all, y_all, gen) -> None:
     order = torch.randperm(len(y_all), generator=gen)
     model.train()
     for start in range(0, len(order), BATCH):
-        idx = order[start:start + BATCH]
+        idx = order[start : start + BATCH]
         x, y = x_all[idx], y_all[idx]
         model.eval()
         delta = (torch.rand_like(x) * 2 - 1) * EPS
@@ -53,8 +54,15 @@ def bare_epoch(model, x_all, y_all, gen) -> None:
 
 
 def rtk_epoch(model, data: DatasetBundle, *, evaluate: bool) -> None:
-    cfg = LoopConfig(epochs=1, batch_size=BATCH, lr=0.01, eval_every=1 if evaluate else 0,
-                     eval_size=1000, eval_train_size=1000, eval_steps=STEPS)
+    cfg = LoopConfig(
+        epochs=1,
+        batch_size=BATCH,
+        lr=0.01,
+        eval_every=1 if evaluate else 0,
+        eval_size=1000,
+        eval_train_size=1000,
+        eval_steps=STEPS,
+    )
     train_model(model, PGDATObjective(eps=EPS, alpha=ALPHA, steps=STEPS), data, cfg, seed=0)
 
 
@@ -80,8 +88,10 @@ def bench(label: str, data: DatasetBundle, arch: str, repeats: int) -> None:
     rtk_epoch(fresh(), data, evaluate=False)
     ratios, ratios_eval, t_bare, t_rtk, t_eval = [], [], [], [], []
     for r in range(repeats):
-        pair = [("bare", lambda r=r: bare_epoch(fresh(), x_all, y_all, torch.Generator().manual_seed(r))),
-                ("rtk", lambda: rtk_epoch(fresh(), data, evaluate=False))]
+        pair = [
+            ("bare", lambda r=r: bare_epoch(fresh(), x_all, y_all, torch.Generator().manual_seed(r))),
+            ("rtk", lambda: rtk_epoch(fresh(), data, evaluate=False)),
+        ]
         if r % 2:
             pair.reverse()
         times = {name: timed(fn) for name, fn in pair}
@@ -92,14 +102,20 @@ def bench(label: str, data: DatasetBundle, arch: str, repeats: int) -> None:
         ratios.append(times["rtk"] / times["bare"])
         ratios_eval.append(te / times["bare"])
     n = len(data.train)
-    print(f"{label}: {arch}, {n} training images {list(data.train.x.shape[1:])}, PGD-{STEPS} eps {EPS}, batch {BATCH}, "
-          f"{repeats} interleaved pairs, {torch.get_num_threads()} threads")
+    print(
+        f"{label}: {arch}, {n} training images {list(data.train.x.shape[1:])}, PGD-{STEPS} eps {EPS}, batch {BATCH}, "
+        f"{repeats} interleaved pairs, {torch.get_num_threads()} threads"
+    )
     print(f"  bare loop epoch          median {statistics.median(t_bare):7.3f} s")
     print(f"  rtk loop epoch           median {statistics.median(t_rtk):7.3f} s")
-    print(f"  ratio rtk / bare         median {statistics.median(ratios):.3f}  (min {min(ratios):.3f}, max {max(ratios):.3f})"
-          f"  [target <= 1.10]")
-    print(f"  rtk epoch + per-epoch evaluation (clean test + PGD on 1000 test and 1000 train images): "
-          f"median {statistics.median(t_eval):.3f} s, ratio to bare {statistics.median(ratios_eval):.3f} (informational)")
+    print(
+        f"  ratio rtk / bare         median {statistics.median(ratios):.3f}  (min {min(ratios):.3f}, max {max(ratios):.3f})"
+        f"  [target <= 1.10]"
+    )
+    print(
+        f"  rtk epoch + per-epoch evaluation (clean test + PGD on 1000 test and 1000 train images): "
+        f"median {statistics.median(t_eval):.3f} s, ratio to bare {statistics.median(ratios_eval):.3f} (informational)"
+    )
 
 
 def main() -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 
 from .common import echo_table, friendly_errors, progress_bars, registry
 
@@ -29,20 +29,41 @@ def parse_certifier(text: str) -> dict[str, Any]:
 
 @click.command("certify")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-c", "--certifier", "certifiers", multiple=True,
-              help="Certifier name, optionally with options: 'crown', 'smoothing:sigma=0.5,n=2000'. Repeatable "
-                   "(default: ibp and crown).")
-@click.option("--eps", "eps", multiple=True, help="Radius (L-inf for bound certifiers, L2 for smoothing), a number or "
-                                                 "a fraction such as 8/255. Repeatable (default 2/255).")
+@click.option(
+    "-c",
+    "--certifier",
+    "certifiers",
+    multiple=True,
+    help="Certifier name, optionally with options: 'crown', 'smoothing:sigma=0.5,n=2000'. Repeatable "
+    "(default: ibp and crown).",
+)
+@click.option(
+    "--eps",
+    "eps",
+    multiple=True,
+    help="Radius (L-inf for bound certifiers, L2 for smoothing), a number or "
+    "a fraction such as 8/255. Repeatable (default 2/255).",
+)
 @click.option("--dataset", help="Dataset name (default: the one the checkpoint was trained on).")
-@click.option("--limit", type=int, default=200, show_default=True, help="Certify a fixed subset of this many test examples.")
+@click.option(
+    "--limit", type=int, default=200, show_default=True, help="Certify a fixed subset of this many test examples."
+)
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Examples handed to a certifier at once.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test subset.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per example and eps (CSV).")
 @friendly_errors
-def command(checkpoint: Path, certifiers: tuple[str, ...], eps: tuple[str, ...], dataset: str | None, limit: int,
-            batch_size: int, device: str, seed: int, out: Path | None) -> None:
+def command(
+    checkpoint: Path,
+    certifiers: tuple[str, ...],
+    eps: tuple[str, ...],
+    dataset: str | None,
+    limit: int,
+    batch_size: int,
+    device: str,
+    seed: int,
+    out: Path | None,
+) -> None:
     """Certify CHECKPOINT (NAME.safetensors + NAME.json) on test data: verified accuracy per certifier and eps."""
     from pydantic import TypeAdapter, ValidationError
 
@@ -71,8 +92,9 @@ def command(checkpoint: Path, certifiers: tuple[str, ...], eps: tuple[str, ...],
     with progress_bars():
         for ref in refs:
             cert = ref.spec.build(ref.opts)
-            rows = certify_split(cert, model.eval(), data.test, eps=radii, limit=limit, seed=seed,
-                                 batch_size=batch_size, device=dev)
+            rows = certify_split(
+                cert, model.eval(), data.test, eps=radii, limit=limit, seed=seed, batch_size=batch_size, device=dev
+            )
             rows.insert(0, "certifier", ref.describe())
             frames.append(rows)
             s = summarize(rows)

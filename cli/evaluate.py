@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 
 from .common import echo_table, friendly_errors, progress_bars, registry
 
@@ -82,15 +82,19 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     if source.is_dir():
         state_file = source / "state.json"
         if not state_file.exists():
-            raise rtk.ConfigError(f"{source} is a directory but not a run directory (no state.json); give a checkpoint "
-                                  f"(NAME of NAME.safetensors + NAME.json), a run directory or an experiment file")
+            raise rtk.ConfigError(
+                f"{source} is a directory but not a run directory (no state.json); give a checkpoint "
+                f"(NAME of NAME.safetensors + NAME.json), a run directory or an experiment file"
+            )
         state = json.loads(state_file.read_text())
         cfg = json.loads((source / "config.json").read_text()) if (source / "config.json").exists() else {}
         declared = cfg.get("models", {})
         models = {**{m: {} for m in declared}, **state.get("models", {})}
         if model is None:
             if len(models) != 1:
-                raise rtk.ConfigError(f"{source} holds models {', '.join(sorted(models)) or '(none)'}; choose one with --model")
+                raise rtk.ConfigError(
+                    f"{source} holds models {', '.join(sorted(models)) or '(none)'}; choose one with --model"
+                )
             model = next(iter(models))
         if model not in models:
             raise rtk.ConfigError(f"{source} has no model {model!r}; models: {', '.join(sorted(models)) or '(none)'}")
@@ -101,8 +105,10 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
             path = Path(declared[model]["checkpoint"])
             ckpts["current"] = str(path if path.is_absolute() else base / path)
         if tag not in ckpts:
-            raise rtk.ConfigError(f"model {model!r} of {source} has no checkpoint tagged {tag!r}; "
-                                  f"tags: {', '.join(sorted(ckpts)) or '(none)'}")
+            raise rtk.ConfigError(
+                f"model {model!r} of {source} has no checkpoint tagged {tag!r}; "
+                f"tags: {', '.join(sorted(ckpts)) or '(none)'}"
+            )
         ckpt = Path(ckpts[tag])
         if not ckpt.is_absolute() and (source / ckpt).with_suffix(".json").exists():
             ckpt = source / ckpt
@@ -112,14 +118,18 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
         exp = rtk.load_experiment(source)
         if model is None:
             if len(exp.models) != 1:
-                raise rtk.ConfigError(f"{source} declares models {', '.join(sorted(exp.models))}; choose one with --model")
+                raise rtk.ConfigError(
+                    f"{source} declares models {', '.join(sorted(exp.models))}; choose one with --model"
+                )
             model = next(iter(exp.models))
         if model not in exp.models:
             raise rtk.ConfigError(f"{source} declares no model {model!r}; models: {', '.join(sorted(exp.models))}")
         decl = exp.models[model]
         if not decl.checkpoint:
-            raise rtk.ConfigError(f"model {model!r} of {source} has no checkpoint; give the run directory that trained "
-                                  f"it (rtk evaluate runs/NAME --model {model}) or a checkpoint file")
+            raise rtk.ConfigError(
+                f"model {model!r} of {source} has no checkpoint; give the run directory that trained "
+                f"it (rtk evaluate runs/NAME --model {model}) or a checkpoint file"
+            )
         ckpt = exp.resolve_path(decl.checkpoint)
         ds_decl = {"name": dataset or exp.dataset.name, **(exp.dataset.options if not dataset else {})}
     else:
@@ -174,11 +184,19 @@ def _echo_checks(df) -> None:
 @click.option("--model", help="Which model of a run directory or experiment file (needed when it has several).")
 @click.option("--tag", default="current", show_default=True, help="Checkpoint tag of the model in a run directory.")
 @click.option("--dataset", help="A registered dataset (default: the one the model was trained on).")
-@click.option("-a", "--attack", multiple=True, metavar="SPEC",
-              help="An attack, in suite order (repeatable): NAME, NAME:KEY=VALUE,... or a TOML table. "
-                   "Default: autoattack.")
-@click.option("--eps", multiple=True, metavar="LIST",
-              help="Run every bounded attack at each eps: 2/255,4/255,8/255 or per norm Linf:... / L2:... (repeatable).")
+@click.option(
+    "-a",
+    "--attack",
+    multiple=True,
+    metavar="SPEC",
+    help="An attack, in suite order (repeatable): NAME, NAME:KEY=VALUE,... or a TOML table. Default: autoattack.",
+)
+@click.option(
+    "--eps",
+    multiple=True,
+    metavar="LIST",
+    help="Run every bounded attack at each eps: 2/255,4/255,8/255 or per norm Linf:... / L2:... (repeatable).",
+)
 @click.option("--headline-eps", help="eps of the headline worst case.")
 @click.option("--limit", type=int, help="Evaluate on a fixed random subset of this many examples.")
 @click.option("--batch-size", type=int, help="Batch size [default: 256].")
@@ -186,18 +204,29 @@ def _echo_checks(df) -> None:
 @click.option("--early-exit", is_flag=True, help="Attacks skip examples an earlier attack already broke.")
 @click.option("--strict", is_flag=True, help="A failed sanity check is an error (non-zero exit).")
 @click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
-@click.option("--output", help='What the model returns: logits, first, index:N, key:NAME.')
+@click.option("--output", help="What the model returns: logits, first, index:N, key:NAME.")
 @click.option("--mean", help="Per-channel mean the model expects on its inputs (with --std).")
 @click.option("--std", help="Per-channel std the model expects on its inputs (with --mean).")
-@click.option("--save-adversarial", type=click.Choice(["none", "checks", "all"]), help="Which adversarial examples to save.")
+@click.option(
+    "--save-adversarial", type=click.Choice(["none", "checks", "all"]), help="Which adversarial examples to save."
+)
 @click.option("--per-example", is_flag=True, help="Also add the per-example table to the run's tables.")
-@click.option("--records-from", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Merge records of another run or shard (its artifacts/evaluate directory; repeatable).")
+@click.option(
+    "--records-from",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Merge records of another run or shard (its artifacts/evaluate directory; repeatable).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/evaluate-<time>).")
-@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Continue an interrupted evaluation (its run directory); finished examples are not recomputed.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/evaluate-<time>)."
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Continue an interrupted evaluation (its run directory); finished examples are not recomputed.",
+)
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; evaluate nothing.")
 @friendly_errors
@@ -222,8 +251,14 @@ def command(source: Path | None, **kw: Any) -> None:
         if source is None:
             raise click.UsageError("give SOURCE: a checkpoint, a run directory or an experiment file")
         model, decl, ds_decl = resolve_source(source, kw["model"], kw["tag"], kw["dataset"])
-        data = {"name": "evaluate", "seed": kw["seed"], "device": kw["device"], "dataset": ds_decl,
-                "models": {model: decl}, "stages": [_stage_options(kw, model)]}
+        data = {
+            "name": "evaluate",
+            "seed": kw["seed"],
+            "device": kw["device"],
+            "dataset": ds_decl,
+            "models": {model: decl},
+            "stages": [_stage_options(kw, model)],
+        }
         exp = rtk.experiment_from_dict(data, source="<rtk evaluate>", base_dir=Path.cwd())
     planned = rtk.plan(exp, registry())
     if kw["dry_run"]:

@@ -99,8 +99,17 @@ def relaunch(ctx: click.Context, nproc: int, *, drop: Iterable[str] = ("nproc",)
 
 
 @click.command("launch", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--nproc", type=click.IntRange(min=1), required=True, help="Number of local processes (one per GPU, or CPU processes with gloo).")
-@click.option("--port", type=click.IntRange(1, 65535), help="Rendezvous port on 127.0.0.1 (default: a free port chosen by the OS).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Number of local processes (one per GPU, or CPU processes with gloo).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="Rendezvous port on 127.0.0.1 (default: a free port chosen by the OS).",
+)
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 @friendly_errors

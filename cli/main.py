@@ -55,7 +55,9 @@ def _state(ctx: click.Context) -> State:
 def _builtin_command_modules() -> list[str]:
     import rtk.cli as pkg
 
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in _CORE_MODULES and not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in _CORE_MODULES and not m.name.startswith("_")
+    )
 
 
 class RtkGroup(click.Group):
@@ -104,7 +106,9 @@ def cli(ctx: click.Context, quiet: bool, verbose: int) -> None:
         # warnings and logs still go to stderr
         state.quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    level = (
+        logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 

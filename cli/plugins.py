@@ -10,7 +10,9 @@ from .common import friendly_errors, state
 
 
 @click.command("plugins")
-@click.option("--kind", help="Only this kind (dataset, model, trainer, attack, pruner, similarity, certifier, stage, command).")
+@click.option(
+    "--kind", help="Only this kind (dataset, model, trainer, attack, pruner, similarity, certifier, stage, command)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
 def command(kind: str | None, as_json: bool) -> None:
@@ -24,8 +26,15 @@ def command(kind: str | None, as_json: bool) -> None:
     regs = reg.registrations(kind)
     failures = getattr(st.pm, "failures", [])
     if as_json:
-        click.echo(json.dumps({"components": [r.to_dict() for r in regs],
-                               "failures": [{"plugin": f.name, "error": f.error} for f in failures]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "components": [r.to_dict() for r in regs],
+                    "failures": [{"plugin": f.name, "error": f.error} for f in failures],
+                },
+                indent=2,
+            )
+        )
         return
     current = None
     for r in regs:

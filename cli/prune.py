@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 
 from .common import echo_table, friendly_errors, progress_bars, registry
 
@@ -62,8 +62,12 @@ def _cli_message(text: str) -> str:
     text = text.replace("invalid experiment <rtk prune>", "invalid options")
     text = re.sub(r"stages\[0\]\.trainer\.", "trainer option ", text)
     text = re.sub(r"stages\[0\]\.([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"), text)
-    for key, flag in (("--ratios", "--ratio"), ("--pruners", "--pruner"), ("--attacks", "--attack"),
-                      ("--certifiers", "--certifier")):
+    for key, flag in (
+        ("--ratios", "--ratio"),
+        ("--pruners", "--pruner"),
+        ("--attacks", "--attack"),
+        ("--certifiers", "--certifier"),
+    ):
         text = text.replace(key, flag)
     return text.replace("stages[0]", "options").replace("models.model.", "model option ")
 
@@ -76,18 +80,41 @@ def command() -> None:
 @command.command("run")
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset.")
 @click.option("-d", "--data-option", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
-@click.option("--arch", default="cnn-small", show_default=True, help="A registered architecture (ignored with --checkpoint).")
+@click.option(
+    "--arch", default="cnn-small", show_default=True, help="A registered architecture (ignored with --checkpoint)."
+)
 @click.option("-m", "--model-option", multiple=True, metavar="KEY=VALUE", help="An architecture option (repeatable).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
-              help="Compress this trained model (NAME of NAME.safetensors + NAME.json).")
-@click.option("--name", default="model", show_default=True, help="Name of the dense model; pruned ones are NAME-METHOD-Kx.")
-@click.option("--pruner", "pruners", multiple=True, metavar="NAME[:K=V,...]",
-              help="A pruner (repeatable), e.g. --pruner hydra --pruner lwm --pruner channel:importance=lamp. "
-                   "[default: hydra, lwm]")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Compress this trained model (NAME of NAME.safetensors + NAME.json).",
+)
+@click.option(
+    "--name", default="model", show_default=True, help="Name of the dense model; pruned ones are NAME-METHOD-Kx."
+)
+@click.option(
+    "--pruner",
+    "pruners",
+    multiple=True,
+    metavar="NAME[:K=V,...]",
+    help="A pruner (repeatable), e.g. --pruner hydra --pruner lwm --pruner channel:importance=lamp. "
+    "[default: hydra, lwm]",
+)
 @click.option("--compression", help="Comma-separated compression targets, e.g. 2,5,10,20,100 [default: 10].")
 @click.option("--ratio", "ratios", help="Or comma-separated pruning ratios in (0, 1), e.g. 0.5,0.9.")
-@click.option("--trainer", default="standard", show_default=True, help="The objective of every phase: standard, pgd-at, trades, ...")
-@click.option("-o", "--trainer-option", multiple=True, metavar="KEY=VALUE", help="A trainer option (repeatable), e.g. -o eps=8/255.")
+@click.option(
+    "--trainer",
+    default="standard",
+    show_default=True,
+    help="The objective of every phase: standard, pgd-at, trades, ...",
+)
+@click.option(
+    "-o",
+    "--trainer-option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A trainer option (repeatable), e.g. -o eps=8/255.",
+)
 @click.option("--pretrain-epochs", type=int, default=0, show_default=True, help="Pre-train the dense model first.")
 @click.option("--score-epochs", type=int, help="Epochs of HYDRA score training [default: 20].")
 @click.option("--finetune-epochs", type=int, help="Epochs of fine-tuning after pruning [default: 10].")
@@ -95,22 +122,39 @@ def command() -> None:
 @click.option("--lr", type=float, help="Learning rate of pre-training.")
 @click.option("--score-lr", type=float)
 @click.option("--finetune-lr", type=float)
-@click.option("-l", "--loop-option", multiple=True, metavar="KEY=VALUE",
-              help="A training-loop option for every phase (repeatable), e.g. -l schedule=cosine.")
+@click.option(
+    "-l",
+    "--loop-option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A training-loop option for every phase (repeatable), e.g. -l schedule=cosine.",
+)
 @click.option("--layers", help="Comma-separated name patterns of the layers to prune [default: *].")
 @click.option("--exclude", help="Comma-separated name patterns of layers kept dense.")
 @click.option("--prune-first", is_flag=True, help="Also prune the first layer (kept dense by default).")
 @click.option("--prune-last", is_flag=True, help="Also prune the classifier (kept dense by default).")
-@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]",
-              help="An attack of the evaluation suite (repeatable), e.g. --attack pgd:eps=0.1,steps=20 [default: pgd].")
-@click.option("--certifier", "certifiers", multiple=True, metavar="NAME[:K=V,...]",
-              help="A certifier for verified accuracy (repeatable), e.g. --certifier ibp:eps=0.1.")
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    metavar="NAME[:K=V,...]",
+    help="An attack of the evaluation suite (repeatable), e.g. --attack pgd:eps=0.1,steps=20 [default: pgd].",
+)
+@click.option(
+    "--certifier",
+    "certifiers",
+    multiple=True,
+    metavar="NAME[:K=V,...]",
+    help="A certifier for verified accuracy (repeatable), e.g. --certifier ibp:eps=0.1.",
+)
 @click.option("--eval-limit", type=int, help="Evaluate on this many test examples [default: 1000].")
 @click.option("--export", type=click.Choice(["masked", "dense"]), help="Save pruned models with masks or dense.")
 @click.option("--no-timing", is_flag=True, help="Skip inference-time measurements of structured pruning.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>)."
+)
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
 @friendly_errors
@@ -141,8 +185,24 @@ def run_command(**kw: Any) -> None:
             raise click.ClickException(_cli_message(str(exc))) from None
     stage = result.stages["prune"]
     table = result.table("compression")
-    cols = [c for c in ("model", "params", "sparsity", "macs_sparse", "clean_acc", "robust_acc", "verified_acc",
-                        "clean_frac", "robust_frac", "verified_frac", "latency_frac", "memory_frac") if c in table]
+    cols = [
+        c
+        for c in (
+            "model",
+            "params",
+            "sparsity",
+            "macs_sparse",
+            "clean_acc",
+            "robust_acc",
+            "verified_acc",
+            "clean_frac",
+            "robust_frac",
+            "verified_frac",
+            "latency_frac",
+            "memory_frac",
+        )
+        if c in table
+    ]
     echo_table(table[cols])
     click.echo("\n" + stage.summary)
     for fname, fpath in stage.figures.items():
@@ -155,9 +215,13 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
     if kw["checkpoint"] is not None:
         spec = _read_spec(kw["checkpoint"])
         model = {"arch": spec["arch"], "checkpoint": str(Path(kw["checkpoint"]).resolve()), **spec.get("options", {})}
-    stage: dict[str, Any] = {"kind": "prune", "id": "prune", "model": kw["name"],
-                             "trainer": {"name": kw["trainer"], **_pairs(kw["trainer_option"], "--trainer-option")},
-                             "pretrain_epochs": kw["pretrain_epochs"]}
+    stage: dict[str, Any] = {
+        "kind": "prune",
+        "id": "prune",
+        "model": kw["name"],
+        "trainer": {"name": kw["trainer"], **_pairs(kw["trainer_option"], "--trainer-option")},
+        "pretrain_epochs": kw["pretrain_epochs"],
+    }
     if kw["pruners"]:
         stage["pruners"] = [_component(p, "--pruner") for p in kw["pruners"]]
     if kw["attacks"]:
@@ -170,7 +234,16 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         stage["compression"] = compression
     if ratios is not None:
         stage["ratios"] = ratios
-    for key in ("score_epochs", "finetune_epochs", "batch_size", "lr", "score_lr", "finetune_lr", "eval_limit", "export"):
+    for key in (
+        "score_epochs",
+        "finetune_epochs",
+        "batch_size",
+        "lr",
+        "score_lr",
+        "finetune_lr",
+        "eval_limit",
+        "export",
+    ):
         if kw[key] is not None:
             stage[key] = kw[key]
     if kw["loop_option"]:
@@ -185,9 +258,14 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
     if kw["no_timing"]:
         stage["timing"] = False
     label = re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"prune-{model['arch']}-{kw['trainer']}").strip("-")
-    return {"name": label, "seed": kw["seed"], "device": kw["device"],
-            "dataset": {"name": kw["dataset"], **_pairs(kw["data_option"], "--data-option")},
-            "models": {kw["name"]: model}, "stages": [stage]}
+    return {
+        "name": label,
+        "seed": kw["seed"],
+        "device": kw["device"],
+        "dataset": {"name": kw["dataset"], **_pairs(kw["data_option"], "--data-option")},
+        "models": {kw["name"]: model},
+        "stages": [stage],
+    }
 
 
 def _read_spec(path: Path) -> dict[str, Any]:
@@ -211,8 +289,9 @@ def export_command(checkpoint: Path, out: Path) -> None:
     model, recipe, spec = load_checkpoint(checkpoint, registry())
     before = remaining_params(model)
     dense_export(model)
-    path = save_checkpoint(out, model, exported_recipe(recipe),
-                           metadata={**spec.get("metadata", {}), "dense_export_of": str(checkpoint)})
+    path = save_checkpoint(
+        out, model, exported_recipe(recipe), metadata={**spec.get("metadata", {}), "dense_export_of": str(checkpoint)}
+    )
     zeros = sum(int((p == 0).sum()) for p in model.parameters())
     click.echo(f"wrote {path}.safetensors / .json: plain modules, {before} non-pruned parameters, {zeros} zeros")
 
@@ -233,8 +312,16 @@ def info_command(checkpoint: Path) -> None:
     for name, m in prunable_layers(model).items():
         assert isinstance(m, nn.Module)
         kept = int(m.weight_mask.sum()) if is_masked(m) else int((m.weight != 0).sum())
-        rows.append({"layer": name, "type": type(m).__name__, "shape": "x".join(map(str, m.weight.shape)),
-                     "weights": m.weight.numel(), "kept": kept, "sparsity": 1 - kept / max(m.weight.numel(), 1)})
+        rows.append(
+            {
+                "layer": name,
+                "type": type(m).__name__,
+                "shape": "x".join(map(str, m.weight.shape)),
+                "weights": m.weight.numel(),
+                "kept": kept,
+                "sparsity": 1 - kept / max(m.weight.numel(), 1),
+            }
+        )
     echo_table(pd.DataFrame(rows))
     click.echo(f"\narchitecture {recipe.arch}; {remaining_params(model)} non-pruned parameters")
     for t in (recipe.extra or {}).get("transforms", []):

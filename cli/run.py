@@ -12,17 +12,36 @@ from .common import echo_table, friendly_errors, progress_bars, registry, state
 
 @click.command("run")
 @click.argument("experiment", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<timestamp>).")
-@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path), help="Continue a run directory, skipping completed stages.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<timestamp>)."
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Continue a run directory, skipping completed stages.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
 @click.option("--device", help="Override the experiment's device: auto, cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, help="Override the experiment's seed.")
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md.")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md.",
+)
 @friendly_errors
-def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_run: bool, device: str | None,
-            seed: int | None, runs_root: Path, nproc: int = 1) -> None:
+def command(
+    experiment: Path | None,
+    out: Path | None,
+    resume: Path | None,
+    dry_run: bool,
+    device: str | None,
+    seed: int | None,
+    runs_root: Path,
+    nproc: int = 1,
+) -> None:
     """Run an EXPERIMENT file (TOML). With no file, run the built-in quickstart."""
     if nproc > 1:
         from .launch import relaunch
@@ -69,7 +88,9 @@ def command(experiment: Path | None, out: Path | None, resume: Path | None, dry_
         try:
             result = rtk.execute(planned, out=out, resume=resume, runs_root=runs_root)
         except rtk.StageError as exc:
-            raise click.ClickException(f"{exc}\nEarlier stages' results are kept; continue with --resume after fixing it.") from None
+            raise click.ClickException(
+                f"{exc}\nEarlier stages' results are kept; continue with --resume after fixing it."
+            ) from None
         finally:
             runner_log.setLevel(level)
     if not is_main():

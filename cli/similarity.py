@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 
 from .common import echo_table, friendly_errors, progress_bars, registry
 
@@ -55,41 +55,89 @@ def _checkpoint_of(ref: str, run: Path | None) -> tuple[Path, str]:
     tag = tag or "last"
     stem = run / "checkpoints" / base / tag
     if not stem.with_suffix(".json").exists():
-        avail = sorted(p.stem for p in (run / "checkpoints" / base).glob("*.json")) if (run / "checkpoints" / base).exists() else []
+        avail = (
+            sorted(p.stem for p in (run / "checkpoints" / base).glob("*.json"))
+            if (run / "checkpoints" / base).exists()
+            else []
+        )
         models = sorted(p.name for p in (run / "checkpoints").iterdir()) if (run / "checkpoints").exists() else []
         from rtk.errors import CheckpointError
 
-        raise CheckpointError(f"{run}: no checkpoint {ref!r}; models with checkpoints: {', '.join(models) or '(none)'}"
-                              + (f"; tags of {base!r}: {', '.join(avail)}" if avail else ""))
+        raise CheckpointError(
+            f"{run}: no checkpoint {ref!r}; models with checkpoints: {', '.join(models) or '(none)'}"
+            + (f"; tags of {base!r}: {', '.join(avail)}" if avail else "")
+        )
     return stem, ref
 
 
 @click.command("similarity")
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Take models from an earlier run directory: CHECKPOINTS are then model names or name@tag "
-                   "(for example robust@best).")
-@click.option("--metric", default="linear-cka", show_default=True, help="A registered similarity metric (rtk plugins --kind similarity).")
-@click.option("-o", "--metric-option", "metric_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the metric, e.g. -o debiased=true (repeatable).")
-@click.option("--layers", multiple=True, metavar="PATTERN",
-              help="Layer name pattern (fnmatch, or re:REGEX); repeatable. Default: Conv, BN, ReLU, pooling, Linear.")
-@click.option("--attack", "attacks", multiple=True, metavar="MODEL=ATTACK",
-              help="Take MODEL's features on adversarial inputs from ATTACK (MODEL as listed, or '*'); repeatable.")
-@click.option("--overfitting", is_flag=True,
-              help="The checkpoints are a sequence of one run (e.g. robust@best robust@last): compare each with the first, "
-                   "layer by layer.")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Take models from an earlier run directory: CHECKPOINTS are then model names or name@tag "
+    "(for example robust@best).",
+)
+@click.option(
+    "--metric",
+    default="linear-cka",
+    show_default=True,
+    help="A registered similarity metric (rtk plugins --kind similarity).",
+)
+@click.option(
+    "-o",
+    "--metric-option",
+    "metric_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option of the metric, e.g. -o debiased=true (repeatable).",
+)
+@click.option(
+    "--layers",
+    multiple=True,
+    metavar="PATTERN",
+    help="Layer name pattern (fnmatch, or re:REGEX); repeatable. Default: Conv, BN, ReLU, pooling, Linear.",
+)
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    metavar="MODEL=ATTACK",
+    help="Take MODEL's features on adversarial inputs from ATTACK (MODEL as listed, or '*'); repeatable.",
+)
+@click.option(
+    "--overfitting",
+    is_flag=True,
+    help="The checkpoints are a sequence of one run (e.g. robust@best robust@last): compare each with the first, "
+    "layer by layer.",
+)
 @click.option("--dataset", help="Dataset to read features on (default: the one the first checkpoint was trained on).")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=int, default=1000, show_default=True, help="Number of examples.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--pooling", default="flatten", show_default=True, help="flatten, avg, or avgN.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default runs/similarity-<time>).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default runs/similarity-<time>)."
+)
 @friendly_errors
-def command(checkpoints: tuple[str, ...], run_dir: Path | None, metric: str, metric_options: tuple[str, ...],
-            layers: tuple[str, ...], attacks: tuple[str, ...], overfitting: bool, dataset: str | None, split: str,
-            limit: int, batch_size: int, pooling: str, device: str, out: Path | None) -> None:
+def command(
+    checkpoints: tuple[str, ...],
+    run_dir: Path | None,
+    metric: str,
+    metric_options: tuple[str, ...],
+    layers: tuple[str, ...],
+    attacks: tuple[str, ...],
+    overfitting: bool,
+    dataset: str | None,
+    split: str,
+    limit: int,
+    batch_size: int,
+    pooling: str,
+    device: str,
+    out: Path | None,
+) -> None:
     """Compare CHECKPOINTS (NAME.safetensors + NAME.json, or models of --run) layer by layer:
     heatmaps and block-structure scores of each, the similarity of corresponding layers of
     two, or overfitting by layer along a sequence (--overfitting)."""
@@ -115,9 +163,13 @@ def command(checkpoints: tuple[str, ...], run_dir: Path | None, metric: str, met
             raise click.BadParameter(f"unknown model {key!r}; models: {', '.join(labels)}", param_hint="--attack")
         adversarial[target] = value
     stage: dict[str, Any] = {
-        "kind": "similarity", "id": "similarity",
+        "kind": "similarity",
+        "id": "similarity",
         "metric": {"name": metric, **_key_values(metric_options, "--metric-option")},
-        "split": split, "limit": limit, "batch_size": batch_size, "pooling": pooling,
+        "split": split,
+        "limit": limit,
+        "batch_size": batch_size,
+        "pooling": pooling,
     }
     if layers:
         stage["layers"] = list(layers)

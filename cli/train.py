@@ -93,8 +93,6 @@ def _cli_message(text: str, model: str) -> str:
     return text
 
 
-
-
 @click.command("train")
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset.")
 @click.option("-d", "--data-option", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
@@ -103,19 +101,32 @@ def _cli_message(text: str, model: str) -> str:
 @click.option("--arch", default="cnn-small", show_default=True, help="A registered architecture.")
 @click.option("-m", "--model-option", multiple=True, metavar="KEY=VALUE", help="An architecture option (repeatable).")
 @click.option("--name", default="net", show_default=True, help="Name of the model in the run directory.")
-@click.option("--init", type=click.Path(dir_okay=False, path_type=Path),
-              help="Start from this checkpoint (NAME of NAME.safetensors + NAME.json), e.g. to fine-tune.")
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Start from this checkpoint (NAME of NAME.safetensors + NAME.json), e.g. to fine-tune.",
+)
 @click.option("--trainer", default="standard", show_default=True, help="standard, pgd-at, trades, mart, fast-at, ...")
-@click.option("-o", "--trainer-option", multiple=True, metavar="KEY=VALUE",
-              help="A trainer option (repeatable), e.g. -o steps=7 -o beta=6.")
+@click.option(
+    "-o",
+    "--trainer-option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A trainer option (repeatable), e.g. -o steps=7 -o beta=6.",
+)
 @click.option("--eps", help="The trainer's eps, e.g. 8/255 (same as -o eps=...).")
 @click.option("--params", help="Comma-separated glob patterns of parameter names to train (others frozen).")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>).")
-@click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Continue an interrupted run directory from its last completed epoch (takes its options from there).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>)."
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Continue an interrupted run directory from its last completed epoch (takes its options from there).",
+)
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
 @_add_loop_options
@@ -154,11 +165,14 @@ def command(**kw: Any) -> None:
         return
     with progress_bars():
         try:
-            result = rtk.execute(planned, out=kw.get("out") if resume is None else None, resume=resume,
-                                 runs_root=runs_root)
+            result = rtk.execute(
+                planned, out=kw.get("out") if resume is None else None, resume=resume, runs_root=runs_root
+            )
         except rtk.StageError as exc:
-            raise click.ClickException(f"{exc}\nCheckpoints of the last good epoch are kept; continue with "
-                                       f"rtk train --resume <run directory> after fixing the cause.") from None
+            raise click.ClickException(
+                f"{exc}\nCheckpoints of the last good epoch are kept; continue with "
+                f"rtk train --resume <run directory> after fixing the cause."
+            ) from None
     _report(result)
 
 
@@ -185,16 +199,35 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
             continue
         stage[key] = [v.strip() for v in value.split(",") if v.strip()] if _is_list(f.annotation) else value
     label = re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"train-{kw['arch']}-{kw['trainer']}").strip("-")
-    return {"name": label, "seed": kw["seed"], "device": kw["device"], "dataset": dataset,
-            "models": {name: model}, "stages": [stage]}
+    return {
+        "name": label,
+        "seed": kw["seed"],
+        "device": kw["device"],
+        "dataset": dataset,
+        "models": {name: model},
+        "stages": [stage],
+    }
 
 
 def _report(result) -> None:
     stage = result.stages.get("train") or next(iter(result.stages.values()))
     history = result.table("history")
-    cols = [c for c in ("epoch", "lr", "eps", "train_loss", "train_acc", "train_clean_acc", "train_robust_acc",
-                        "test_clean_acc", "test_robust_acc", "train_time_s")
-            if c in history and history[c].notna().any()]
+    cols = [
+        c
+        for c in (
+            "epoch",
+            "lr",
+            "eps",
+            "train_loss",
+            "train_acc",
+            "train_clean_acc",
+            "train_robust_acc",
+            "test_clean_acc",
+            "test_robust_acc",
+            "train_time_s",
+        )
+        if c in history and history[c].notna().any()
+    ]
     echo_table(history[cols])
     if stage.summary:
         click.echo("\n" + stage.summary)

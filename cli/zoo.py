@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 
 from .common import echo_table, friendly_errors, progress_bars, registry
 
@@ -20,9 +20,14 @@ def command() -> None:
 @command.command("list")
 @click.option("--dataset", help="cifar10, cifar100 or imagenet.")
 @click.option("--threat", help="Linf, L2, corruptions or corruptions_3d.")
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where weights live, to show which are present (default $RTK_MODEL_DIR, else ./models).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (everything robustbench ships per entry).")
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where weights live, to show which are present (default $RTK_MODEL_DIR, else ./models).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (everything robustbench ships per entry)."
+)
 @friendly_errors
 def list_command(dataset: str | None, threat: str | None, model_dir: Path | None, as_json: bool) -> None:
     """List zoo entries: name, architecture, size, reported accuracy, and whether the weights are here."""
@@ -33,26 +38,40 @@ def list_command(dataset: str | None, threat: str | None, model_dir: Path | None
     found = entries(dataset, threat)
     root = resolve_model_dir(model_dir)
     if as_json:
-        click.echo(json.dumps({"robustbench": robustbench_version(), "model_dir": str(root), "note": LEADERBOARD_NOTE,
-                               "entries": [{**e.to_dict(), "status": file_status(e, root)} for e in found]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "robustbench": robustbench_version(),
+                    "model_dir": str(root),
+                    "note": LEADERBOARD_NOTE,
+                    "entries": [{**e.to_dict(), "status": file_status(e, root)} for e in found],
+                },
+                indent=2,
+            )
+        )
         return
     rows = []
     for e in found:
         rep = e.reported
-        rows.append({
-            "id": str(e.id), "architecture": e.architecture,
-            "params": f"{e.params / 1e6:.1f}M" if e.params else "?",
-            "clean": f"{rep.clean_acc:.2%}" if rep and rep.clean_acc is not None else "-",
-            "robust": f"{rep.robust_acc:.2%}" if rep and rep.robust_acc is not None else "-",
-            "eps": (rep.eps or "-") if rep else "-",
-            "weights": file_status(e, root) if e.supported else "unsupported",
-        })
+        rows.append(
+            {
+                "id": str(e.id),
+                "architecture": e.architecture,
+                "params": f"{e.params / 1e6:.1f}M" if e.params else "?",
+                "clean": f"{rep.clean_acc:.2%}" if rep and rep.clean_acc is not None else "-",
+                "robust": f"{rep.robust_acc:.2%}" if rep and rep.robust_acc is not None else "-",
+                "eps": (rep.eps or "-") if rep else "-",
+                "weights": file_status(e, root) if e.supported else "unsupported",
+            }
+        )
     if not rows:
         click.echo("(no entries)")
         return
     click.echo(pd.DataFrame(rows).to_string(index=False))
     click.echo(f"\n{len(rows)} entries (robustbench {robustbench_version()}); weights looked up in {root}.")
-    click.echo(f"clean / robust: accuracies reported in robustbench's README (AutoAttack for Linf/L2); {LEADERBOARD_NOTE}.")
+    click.echo(
+        f"clean / robust: accuracies reported in robustbench's README (AutoAttack for Linf/L2); {LEADERBOARD_NOTE}."
+    )
 
 
 def _parse_value(text: str) -> Any:
@@ -95,30 +114,71 @@ def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 @command.command("compare")
-@click.option("--zoo", "zoo_ids", multiple=True, metavar="ID", help="A zoo entry <dataset>/<threat>/<name> (repeatable).")
-@click.option("--model", "models", multiple=True, metavar="[NAME=]CHECKPOINT",
-              help="One of your models: an rtk checkpoint (NAME.safetensors + NAME.json) (repeatable).")
+@click.option(
+    "--zoo", "zoo_ids", multiple=True, metavar="ID", help="A zoo entry <dataset>/<threat>/<name> (repeatable)."
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="[NAME=]CHECKPOINT",
+    help="One of your models: an rtk checkpoint (NAME.safetensors + NAME.json) (repeatable).",
+)
 @click.option("--dataset", help="A registered dataset (default: the zoo entries' dataset, e.g. cifar10).")
-@click.option("--data", "data_opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. root=/data/cifar10.")
-@click.option("--attack", "attacks", multiple=True, metavar="NAME[:K=V,...]",
-              help="An attack of the suite, e.g. pgd:eps=8/255,steps=10 (repeatable; default autoattack).")
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Test examples (the same for every model).")
+@click.option(
+    "--data", "data_opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. root=/data/cifar10."
+)
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    metavar="NAME[:K=V,...]",
+    help="An attack of the suite, e.g. pgd:eps=8/255,steps=10 (repeatable; default autoattack).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Test examples (the same for every model).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="Where zoo weights live.")
-@click.option("--allow-unsafe-pickle", is_flag=True, help="Allow zoo checkpoints that need full unpickling (trusted files only).")
-@click.option("--download", is_flag=True, help="Fetch missing zoo weights with robustbench's downloader (needs network).")
+@click.option(
+    "--allow-unsafe-pickle", is_flag=True, help="Allow zoo checkpoints that need full unpickling (trusted files only)."
+)
+@click.option(
+    "--download", is_flag=True, help="Fetch missing zoo weights with robustbench's downloader (needs network)."
+)
 @click.option("--checks/--no-checks", default=True, show_default=True, help="Run the evaluation's sanity checks.")
 @click.option("--cka/--no-cka", default=True, show_default=True, help="CKA between the layers of zoo models and yours.")
 @click.option("--cka-limit", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/zoo-compare-<time>).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/zoo-compare-<time>)."
+)
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @friendly_errors
-def compare_command(zoo_ids: tuple[str, ...], models: tuple[str, ...], dataset: str | None, data_opts: tuple[str, ...],
-                    attacks: tuple[str, ...], limit: int, batch_size: int, model_dir: Path | None,
-                    allow_unsafe_pickle: bool, download: bool, checks: bool, cka: bool, cka_limit: int, device: str, seed: int,
-                    out: Path | None, runs_root: Path) -> None:
+def compare_command(
+    zoo_ids: tuple[str, ...],
+    models: tuple[str, ...],
+    dataset: str | None,
+    data_opts: tuple[str, ...],
+    attacks: tuple[str, ...],
+    limit: int,
+    batch_size: int,
+    model_dir: Path | None,
+    allow_unsafe_pickle: bool,
+    download: bool,
+    checks: bool,
+    cka: bool,
+    cka_limit: int,
+    device: str,
+    seed: int,
+    out: Path | None,
+    runs_root: Path,
+) -> None:
     """Evaluate zoo models and your models on the same test subset with the same attacks, in one table."""
     import rtk
     from rtk.zoo import ZooId
@@ -130,16 +190,30 @@ def compare_command(zoo_ids: tuple[str, ...], models: tuple[str, ...], dataset: 
             raise click.UsageError("give --dataset (no --zoo entry to take it from)")
         dataset = ZooId.parse(zoo_ids[0]).dataset
     declared = dict(_user_model(m) for m in models)
-    stage: dict[str, Any] = {"kind": "zoo", "id": "zoo", "models": list(declared), "zoo": list(zoo_ids),
-                             "limit": limit, "batch_size": batch_size, "allow_unsafe_pickle": allow_unsafe_pickle,
-                             "download": download, "checks": checks, "cka": {"enabled": cka, "limit": cka_limit}}
+    stage: dict[str, Any] = {
+        "kind": "zoo",
+        "id": "zoo",
+        "models": list(declared),
+        "zoo": list(zoo_ids),
+        "limit": limit,
+        "batch_size": batch_size,
+        "allow_unsafe_pickle": allow_unsafe_pickle,
+        "download": download,
+        "checks": checks,
+        "cka": {"enabled": cka, "limit": cka_limit},
+    }
     if model_dir is not None:
         stage["model_dir"] = str(model_dir)
     if attacks:
         stage["attacks"] = [_attack(a) for a in attacks]
-    experiment = {"name": "zoo-compare", "seed": seed, "device": device,
-                  "dataset": {"name": dataset, **_key_values(data_opts, "--data")},
-                  "models": declared, "stages": [stage]}
+    experiment = {
+        "name": "zoo-compare",
+        "seed": seed,
+        "device": device,
+        "dataset": {"name": dataset, **_key_values(data_opts, "--data")},
+        "models": declared,
+        "stages": [stage],
+    }
     exp = rtk.experiment_from_dict(experiment, source="rtk zoo compare", base_dir=Path.cwd(), registry=registry())
     planned = rtk.plan(exp, registry())
     with progress_bars():

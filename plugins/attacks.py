@@ -34,9 +34,12 @@ def _seed():
 
 
 def _output():
-    return Field("logits", pattern=OUTPUT_PATTERN,
-                 description='what the model returns: "logits", "first" or "index:N" (item of a tuple), '
-                             '"key:NAME" (entry of a dict)')
+    return Field(
+        "logits",
+        pattern=OUTPUT_PATTERN,
+        description='what the model returns: "logits", "first" or "index:N" (item of a tuple), '
+        '"key:NAME" (entry of a dict)',
+    )
 
 
 def _normalize():
@@ -71,8 +74,7 @@ def _common_keys_last(*, targeting: bool = False) -> Callable[[type[_Options]], 
         keys: dict[str, Any] = {}
         if targeting:
             keys.update(targeted=(bool, _targeted()), target=(Target, _target()))
-        keys.update(seed=(int, _seed()), output=(str, _output()),
-                    normalize=(Normalization | None, _normalize()))
+        keys.update(seed=(int, _seed()), output=(str, _output()), normalize=(Normalization | None, _normalize()))
         return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **keys)
 
     return extend
@@ -106,8 +108,13 @@ class FGSMOptions(rtk.Options):
 @_common_keys_last(targeting=True)
 class PGDOptions(rtk.Options):
     eps: rtk.Eps = Field(8 / 255, ge=0, le=1, description="L-inf radius, a float or a fraction such as '8/255'")
-    step_size: rtk.Eps | None = Field(None, gt=0, le=1, validation_alias=AliasChoices("step_size", "alpha"),
-                                      description="step size (alias: alpha); default eps/4")
+    step_size: rtk.Eps | None = Field(
+        None,
+        gt=0,
+        le=1,
+        validation_alias=AliasChoices("step_size", "alpha"),
+        description="step size (alias: alpha); default eps/4",
+    )
     steps: int = Field(10, ge=1, description="iterations")
     random_start: bool = Field(True, description="start at a uniform random point of the eps-ball")
     restarts: int = _restarts()
@@ -116,8 +123,12 @@ class PGDOptions(rtk.Options):
 class PGDL2Options(PGDOptions):
     # PGD's options with an L2 radius and step (no upper bound); keys keep PGD's order
     eps: rtk.Eps = Field(0.5, ge=0, description="L2 radius")
-    step_size: rtk.Eps | None = Field(None, gt=0, validation_alias=AliasChoices("step_size", "alpha"),
-                                      description="step size (alias: alpha); default eps/4")
+    step_size: rtk.Eps | None = Field(
+        None,
+        gt=0,
+        validation_alias=AliasChoices("step_size", "alpha"),
+        description="step size (alias: alpha); default eps/4",
+    )
     random_start: bool = Field(True, description="start at a random point of the eps-ball")
 
 
@@ -178,8 +189,10 @@ class DeepFoolOptions(rtk.Options):
 @_common_keys_last()
 class AutoAttackOptions(_EpsByNorm):
     version: Literal["standard", "plus", "rand"] = Field(
-        "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; plus: with restarts and untargeted DLR/FAB; "
-                                "rand: APGD-CE and APGD-DLR with EOT (randomized defenses)")
+        "standard",
+        description="standard: APGD-CE, APGD-T, FAB-T, Square; plus: with restarts and untargeted DLR/FAB; "
+        "rand: APGD-CE and APGD-DLR with EOT (randomized defenses)",
+    )
     steps: int = Field(100, ge=1, description="iterations of APGD and FAB")
     queries: int = Field(5000, ge=1, description="queries of Square")
     n_target_classes: int = Field(9, ge=1, description="target classes of APGD-T and FAB-T (capped at classes-1)")
@@ -253,8 +266,9 @@ def _builder(make: Make, *, rtk_restarts: bool = False) -> Callable:
         import torchattacks
 
         view = model_view(model, o.output, o.normalize)
-        return _lazy(view, o, lambda k: _targeting(make(torchattacks, view, o, k), o),
-                     restarts=o.restarts if rtk_restarts else 1)
+        return _lazy(
+            view, o, lambda k: _targeting(make(torchattacks, view, o, k), o), restarts=o.restarts if rtk_restarts else 1
+        )
 
     return build
 
@@ -276,8 +290,15 @@ def _pgd(ta, view, o: PGDOptions, k: int):
 
 
 def _apgd_args(o: APGDOptions) -> dict[str, Any]:
-    return {"norm": o.norm, "eps": o.eps, "steps": o.steps, "n_restarts": o.restarts, "seed": o.seed,
-            "eot_iter": o.eot_iter, "rho": o.rho}
+    return {
+        "norm": o.norm,
+        "eps": o.eps,
+        "steps": o.steps,
+        "n_restarts": o.restarts,
+        "seed": o.seed,
+        "eot_iter": o.eot_iter,
+        "rho": o.rho,
+    }
 
 
 def _apgd_ce(ta, view, o: APGDOptions, k: int):
@@ -293,13 +314,32 @@ def _apgd_dlr(ta, view, o: APGDDLROptions, k: int):
 
 
 def _fab(ta, view, o: FABOptions, k: int):
-    return ta.FAB(view, norm=o.norm, eps=o.eps, steps=o.steps, n_restarts=o.restarts, alpha_max=o.alpha_max,
-                  eta=o.eta, beta=o.beta, seed=o.seed, multi_targeted=o.targeted, n_classes=_target_classes(o, k))
+    return ta.FAB(
+        view,
+        norm=o.norm,
+        eps=o.eps,
+        steps=o.steps,
+        n_restarts=o.restarts,
+        alpha_max=o.alpha_max,
+        eta=o.eta,
+        beta=o.beta,
+        seed=o.seed,
+        multi_targeted=o.targeted,
+        n_classes=_target_classes(o, k),
+    )
 
 
 def _square(ta, view, o: SquareOptions, k: int):
-    return ta.Square(view, norm=o.norm, eps=o.eps, n_queries=o.queries, n_restarts=o.restarts, p_init=o.p_init,
-                     loss=o.loss, seed=o.seed)
+    return ta.Square(
+        view,
+        norm=o.norm,
+        eps=o.eps,
+        n_queries=o.queries,
+        n_restarts=o.restarts,
+        p_init=o.p_init,
+        loss=o.loss,
+        seed=o.seed,
+    )
 
 
 def _cw(ta, view, o: CWOptions, k: int):
@@ -344,25 +384,80 @@ def _autoattack(ta, view, o: AutoAttackOptions, k: int):
 @rtk.hookimpl
 def rtk_attacks():
     A = rtk.AttackSpec
-    yield A(name="fgsm", summary="fast gradient sign method, L-inf (Goodfellow et al. 2015)", options=FGSMOptions,
-            build=_builder(_fgsm), norm="Linf")
-    yield A(name="pgd", summary="projected gradient descent, L-inf (Madry et al. 2018), via torchattacks",
-            options=PGDOptions, build=_builder(_pgd, rtk_restarts=True), norm="Linf")
-    yield A(name="pgd-l2", summary="projected gradient descent, L2 (Madry et al. 2018)", options=PGDL2Options,
-            build=_builder(_pgd, rtk_restarts=True), norm="L2")
-    yield A(name="apgd-ce", summary="auto-PGD on cross-entropy, Linf or L2 (Croce & Hein 2020)", options=APGDOptions,
-            build=_builder(_apgd_ce), norm="Linf")
-    yield A(name="apgd-dlr", summary="auto-PGD on the DLR loss, untargeted or targeted (Croce & Hein 2020)",
-            options=APGDDLROptions, build=_builder(_apgd_dlr), norm="Linf")
-    yield A(name="apgd-t", summary="targeted auto-PGD on the DLR loss (APGD-T of AutoAttack)", options=APGDTOptions,
-            build=_builder(_apgd_dlr), norm="Linf")
-    yield A(name="fab", summary="fast adaptive boundary attack, Linf/L2/L1, untargeted or FAB-T (Croce & Hein 2020)",
-            options=FABOptions, build=_builder(_fab), norm="Linf")
-    yield A(name="square", summary="Square attack: black-box random search, Linf or L2 (Andriushchenko et al. 2020)",
-            options=SquareOptions, build=_builder(_square), norm="Linf")
-    yield A(name="cw-l2", summary="Carlini-Wagner L2 (no fixed budget; perturbation sizes are recorded)",
-            options=CWOptions, build=_builder(_cw), norm="none")
-    yield A(name="deepfool", summary="DeepFool, minimal L2 perturbation (no fixed budget)", options=DeepFoolOptions,
-            build=_builder(_deepfool), norm="none")
-    yield A(name="autoattack", summary="AutoAttack: APGD-CE, APGD-T, FAB-T, Square (standard), plus, or rand",
-            options=AutoAttackOptions, build=_builder(_autoattack), norm="Linf")
+    yield A(
+        name="fgsm",
+        summary="fast gradient sign method, L-inf (Goodfellow et al. 2015)",
+        options=FGSMOptions,
+        build=_builder(_fgsm),
+        norm="Linf",
+    )
+    yield A(
+        name="pgd",
+        summary="projected gradient descent, L-inf (Madry et al. 2018), via torchattacks",
+        options=PGDOptions,
+        build=_builder(_pgd, rtk_restarts=True),
+        norm="Linf",
+    )
+    yield A(
+        name="pgd-l2",
+        summary="projected gradient descent, L2 (Madry et al. 2018)",
+        options=PGDL2Options,
+        build=_builder(_pgd, rtk_restarts=True),
+        norm="L2",
+    )
+    yield A(
+        name="apgd-ce",
+        summary="auto-PGD on cross-entropy, Linf or L2 (Croce & Hein 2020)",
+        options=APGDOptions,
+        build=_builder(_apgd_ce),
+        norm="Linf",
+    )
+    yield A(
+        name="apgd-dlr",
+        summary="auto-PGD on the DLR loss, untargeted or targeted (Croce & Hein 2020)",
+        options=APGDDLROptions,
+        build=_builder(_apgd_dlr),
+        norm="Linf",
+    )
+    yield A(
+        name="apgd-t",
+        summary="targeted auto-PGD on the DLR loss (APGD-T of AutoAttack)",
+        options=APGDTOptions,
+        build=_builder(_apgd_dlr),
+        norm="Linf",
+    )
+    yield A(
+        name="fab",
+        summary="fast adaptive boundary attack, Linf/L2/L1, untargeted or FAB-T (Croce & Hein 2020)",
+        options=FABOptions,
+        build=_builder(_fab),
+        norm="Linf",
+    )
+    yield A(
+        name="square",
+        summary="Square attack: black-box random search, Linf or L2 (Andriushchenko et al. 2020)",
+        options=SquareOptions,
+        build=_builder(_square),
+        norm="Linf",
+    )
+    yield A(
+        name="cw-l2",
+        summary="Carlini-Wagner L2 (no fixed budget; perturbation sizes are recorded)",
+        options=CWOptions,
+        build=_builder(_cw),
+        norm="none",
+    )
+    yield A(
+        name="deepfool",
+        summary="DeepFool, minimal L2 perturbation (no fixed budget)",
+        options=DeepFoolOptions,
+        build=_builder(_deepfool),
+        norm="none",
+    )
+    yield A(
+        name="autoattack",
+        summary="AutoAttack: APGD-CE, APGD-T, FAB-T, Square (standard), plus, or rand",
+        options=AutoAttackOptions,
+        build=_builder(_autoattack),
+        norm="Linf",
+    )

@@ -17,9 +17,14 @@ class IBPTrainOptions(rtk.Options):
     warmup: float = Field(0.1, ge=0, le=1, description="fraction of training with eps = 0 (clean warm-up)")
     ramp: float = Field(0.4, ge=0, le=1, description="fraction of training over which eps grows linearly to its target")
     kappa_start: float = Field(1.0, ge=0, le=1, description="weight of the clean loss at the start of the ramp")
-    kappa_end: float = Field(0.5, ge=0, le=1, description="weight of the clean loss once eps reaches its target "
-                                                        "(CROWN-IBP's paper uses 0 on long runs; short runs at a "
-                                                        "large eps may then collapse to a constant classifier)")
+    kappa_end: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the clean loss once eps reaches its target "
+        "(CROWN-IBP's paper uses 0 on long runs; short runs at a "
+        "large eps may then collapse to a constant classifier)",
+    )
 
     @model_validator(mode="after")
     def _fits(self):
@@ -30,20 +35,33 @@ class IBPTrainOptions(rtk.Options):
 
 class CrownIBPTrainOptions(IBPTrainOptions):
     beta_start: float = Field(1.0, ge=0, le=1, description="weight of the CROWN-IBP bound (vs IBP) at the start")
-    beta_end: float = Field(0.0, ge=0, le=1, description="weight of the CROWN-IBP bound (vs IBP) at the end of the ramp")
+    beta_end: float = Field(
+        0.0, ge=0, le=1, description="weight of the CROWN-IBP bound (vs IBP) at the end of the ramp"
+    )
 
 
 class GaussianNoiseOptions(rtk.Options):
-    sigma: float = Field(0.25, gt=0, description="standard deviation of the noise, in [0, 1] pixel units; "
-                                                 "certify with smoothing at the same sigma")
+    sigma: float = Field(
+        0.25,
+        gt=0,
+        description="standard deviation of the noise, in [0, 1] pixel units; certify with smoothing at the same sigma",
+    )
 
 
 def _certified(method: str):
     def build(o):
         from rtk.certify import CertifiedObjective, Ramp
 
-        return CertifiedObjective(o.eps, method, Ramp(o.warmup, o.ramp), o.kappa_start, o.kappa_end,
-                                  getattr(o, "beta_start", 1.0), getattr(o, "beta_end", 0.0))
+        return CertifiedObjective(
+            o.eps,
+            method,
+            Ramp(o.warmup, o.ramp),
+            o.kappa_start,
+            o.kappa_end,
+            getattr(o, "beta_start", 1.0),
+            getattr(o, "beta_end", 0.0),
+        )
+
     return build
 
 
@@ -55,10 +73,21 @@ def _gaussian(o: GaussianNoiseOptions):
 
 @rtk.hookimpl
 def rtk_trainers():
-    yield rtk.TrainerSpec(name="ibp", summary="IBP certified training with eps ramp and kappa schedule "
-                                              "(Gowal et al. 2018)", options=IBPTrainOptions, build=_certified("ibp"))
-    yield rtk.TrainerSpec(name="crown-ibp", summary="CROWN-IBP certified training, beta and kappa schedules "
-                                                    "(Zhang et al. 2020)",
-                          options=CrownIBPTrainOptions, build=_certified("crown-ibp"))
-    yield rtk.TrainerSpec(name="gaussian-noise", summary="cross-entropy under Gaussian noise, for randomized smoothing",
-                          options=GaussianNoiseOptions, build=_gaussian)
+    yield rtk.TrainerSpec(
+        name="ibp",
+        summary="IBP certified training with eps ramp and kappa schedule (Gowal et al. 2018)",
+        options=IBPTrainOptions,
+        build=_certified("ibp"),
+    )
+    yield rtk.TrainerSpec(
+        name="crown-ibp",
+        summary="CROWN-IBP certified training, beta and kappa schedules (Zhang et al. 2020)",
+        options=CrownIBPTrainOptions,
+        build=_certified("crown-ibp"),
+    )
+    yield rtk.TrainerSpec(
+        name="gaussian-noise",
+        summary="cross-entropy under Gaussian noise, for randomized smoothing",
+        options=GaussianNoiseOptions,
+        build=_gaussian,
+    )

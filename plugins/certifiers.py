@@ -30,10 +30,17 @@ class CrownIBPOptions(IBPOptions):
 
 
 class CrownOptions(CrownIBPOptions):
-    spec_chunk: int = Field(256, ge=1, description="intermediate neurons bounded per backward pass; memory is about "
-                                                   "batch_size x 2 spec_chunk x (largest layer) numbers")
-    intersect_ibp: bool = Field(True, description="intersect every CROWN bound with the interval bound (tighter, "
-                                                  "and never looser than IBP); false gives textbook CROWN")
+    spec_chunk: int = Field(
+        256,
+        ge=1,
+        description="intermediate neurons bounded per backward pass; memory is about "
+        "batch_size x 2 spec_chunk x (largest layer) numbers",
+    )
+    intersect_ibp: bool = Field(
+        True,
+        description="intersect every CROWN bound with the interval bound (tighter, "
+        "and never looser than IBP); false gives textbook CROWN",
+    )
 
 
 class SmoothingOptions(rtk.Options):
@@ -49,8 +56,15 @@ def _bound_builder(method: str):
     def build(o):
         from rtk.certify import BoundCertifier
 
-        return BoundCertifier(method, o.eps, batch_size=o.batch_size, dtype=o.dtype,
-                              spec_chunk=getattr(o, "spec_chunk", 256), intersect_ibp=getattr(o, "intersect_ibp", True))
+        return BoundCertifier(
+            method,
+            o.eps,
+            batch_size=o.batch_size,
+            dtype=o.dtype,
+            spec_chunk=getattr(o, "spec_chunk", 256),
+            intersect_ibp=getattr(o, "intersect_ibp", True),
+        )
+
     return build
 
 
@@ -62,15 +76,30 @@ def _smoothing(o: SmoothingOptions):
 
 @rtk.hookimpl
 def rtk_certifiers():
-    yield rtk.CertifierSpec(name="ibp", summary="interval bound propagation, L-inf (Gowal et al. 2018)",
-                            options=IBPOptions, build=_bound_builder("ibp"))
-    yield rtk.CertifierSpec(name="crown", summary="CROWN backward linear relaxation, L-inf (Zhang et al. 2018)",
-                            options=CrownOptions, build=_bound_builder("crown"))
-    yield rtk.CertifierSpec(name="crown-ibp", summary="IBP intermediate bounds + CROWN margin bound, L-inf "
-                                                      "(Zhang et al. 2020)",
-                            options=CrownIBPOptions, build=_bound_builder("crown-ibp"))
-    yield rtk.CertifierSpec(name="smoothing", summary="randomized smoothing, certified L2 radius (Cohen et al. 2019)",
-                            options=SmoothingOptions, build=_smoothing)
+    yield rtk.CertifierSpec(
+        name="ibp",
+        summary="interval bound propagation, L-inf (Gowal et al. 2018)",
+        options=IBPOptions,
+        build=_bound_builder("ibp"),
+    )
+    yield rtk.CertifierSpec(
+        name="crown",
+        summary="CROWN backward linear relaxation, L-inf (Zhang et al. 2018)",
+        options=CrownOptions,
+        build=_bound_builder("crown"),
+    )
+    yield rtk.CertifierSpec(
+        name="crown-ibp",
+        summary="IBP intermediate bounds + CROWN margin bound, L-inf (Zhang et al. 2020)",
+        options=CrownIBPOptions,
+        build=_bound_builder("crown-ibp"),
+    )
+    yield rtk.CertifierSpec(
+        name="smoothing",
+        summary="randomized smoothing, certified L2 radius (Cohen et al. 2019)",
+        options=SmoothingOptions,
+        build=_smoothing,
+    )
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -78,9 +107,13 @@ class CertifyStageOptions(rtk.Options):
     models: list[str] = Field(min_length=1, description="models to certify (model or model@tag)")
     certifiers: list[rtk.CertifierRef] = Field(
         default_factory=lambda: [rtk.CertifierRef(name="ibp"), rtk.CertifierRef(name="crown")],
-        description="certifiers, by name or as tables with options")
-    eps: list[rtk.Eps] = Field(default_factory=lambda: [2 / 255], min_length=1,
-                               description="radii: L-inf for bound certifiers, L2 for smoothing")
+        description="certifiers, by name or as tables with options",
+    )
+    eps: list[rtk.Eps] = Field(
+        default_factory=lambda: [2 / 255],
+        min_length=1,
+        description="radii: L-inf for bound certifiers, L2 for smoothing",
+    )
     limit: int | None = Field(200, ge=1, description="certify a fixed subset of this many test examples")
     batch_size: int = Field(256, ge=1, description="examples handed to a certifier at once")
     radius_step: float = Field(0.05, gt=0, description="step of the radius grid of smoothing curves")
@@ -133,11 +166,14 @@ def _run(ctx: rtk.StageContext, opts: CertifyStageOptions) -> rtk.StageResult:
     if len(opts.eps) > 1 and len(bound_rows):
         figures["verified_vs_eps"] = _plot_eps(ctx.figure_path("verified_vs_eps"), bound_rows)
     best = tables["verified"].sort_values("verified_accuracy", ascending=False).iloc[0]
-    summary = (f"Certified {len(opts.models)} model(s) with {len(opts.certifiers)} certifier(s) on {len(split)} test "
-               f"examples. Best verified accuracy: {best['verified_accuracy']:.3f} ({best['model']}, "
-               f"{best['certifier']}, {best['norm']} eps {best['eps']:.4g}).")
-    metrics = {f"{r.model}/{r.certifier}/eps={r.eps:.4g}": float(r.verified_accuracy)
-               for r in tables["verified"].itertuples()}
+    summary = (
+        f"Certified {len(opts.models)} model(s) with {len(opts.certifiers)} certifier(s) on {len(split)} test "
+        f"examples. Best verified accuracy: {best['verified_accuracy']:.3f} ({best['model']}, "
+        f"{best['certifier']}, {best['norm']} eps {best['eps']:.4g})."
+    )
+    metrics = {
+        f"{r.model}/{r.certifier}/eps={r.eps:.4g}": float(r.verified_accuracy) for r in tables["verified"].itertuples()
+    }
     return rtk.StageResult(tables=tables, figures=figures, summary=summary, metrics=metrics)
 
 
@@ -184,5 +220,10 @@ def _plot_eps(path, df: pd.DataFrame):
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="certify", summary="verified accuracy per model x certifier x eps, smoothing radius curves",
-                        options=CertifyStageOptions, run=_run, check=_check)
+    yield rtk.StageSpec(
+        name="certify",
+        summary="verified accuracy per model x certifier x eps, smoothing radius curves",
+        options=CertifyStageOptions,
+        run=_run,
+        check=_check,
+    )

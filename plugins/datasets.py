@@ -28,8 +28,11 @@ def _digits(opts: DigitsOptions):
 
 
 class FashionMNISTOptions(DataOptions):
-    root: str | None = Field(None, description="folder holding the four IDX .gz files (default: "
-                                               "/usr/share/datasets/fashion-mnist, then $RTK_DATA/fashion-mnist)")
+    root: str | None = Field(
+        None,
+        description="folder holding the four IDX .gz files (default: "
+        "/usr/share/datasets/fashion-mnist, then $RTK_DATA/fashion-mnist)",
+    )
     download: bool = Field(False, description=DOWNLOAD_HELP)
 
 
@@ -39,14 +42,16 @@ class MNISTOptions(DataOptions):
 
 
 class CIFAR10Options(DataOptions):
-    root: str | None = Field(None, description=ROOT_HELP.format(name="cifar10")
-                             + "; the batches may lie in root/cifar-10-batches-py")
+    root: str | None = Field(
+        None, description=ROOT_HELP.format(name="cifar10") + "; the batches may lie in root/cifar-10-batches-py"
+    )
     download: bool = Field(False, description=DOWNLOAD_HELP)
 
 
 class CIFAR100Options(DataOptions):
-    root: str | None = Field(None, description=ROOT_HELP.format(name="cifar100")
-                             + "; the files may lie in root/cifar-100-python")
+    root: str | None = Field(
+        None, description=ROOT_HELP.format(name="cifar100") + "; the files may lie in root/cifar-100-python"
+    )
     download: bool = Field(False, description=DOWNLOAD_HELP)
     labels: Literal["fine", "coarse"] = Field("fine", description="100 fine classes or 20 coarse superclasses")
 
@@ -60,12 +65,14 @@ class SVHNOptions(DataOptions):
 class ImageFolderOptions(DataOptions):
     root: str = Field(description="folder with train/<class>/<images> and val/ (or test/) laid out the same way")
     image_size: int = Field(224, ge=4, le=4096, description="side of the square centre crop, in pixels")
-    resize: int | None = Field(None, ge=4, description="shorter side before the crop (default image_size * 8/7, "
-                                                          "256 for 224)")
+    resize: int | None = Field(
+        None, ge=4, description="shorter side before the crop (default image_size * 8/7, 256 for 224)"
+    )
     test_split: Literal["val", "test"] | None = Field(None, description="test folder name (default: val, else test)")
     grayscale: bool = Field(False, description="convert images to one channel instead of RGB")
-    mean: list[float] | None = Field(None, description="per-channel mean for the model's Normalize "
-                                                       "(default: ImageNet's)")
+    mean: list[float] | None = Field(
+        None, description="per-channel mean for the model's Normalize (default: ImageNet's)"
+    )
     std: list[float] | None = Field(None, description="per-channel std for the model's Normalize (default: ImageNet's)")
     name: str | None = Field(None, description="dataset name shown in reports (default: the folder's name)")
 
@@ -126,8 +133,16 @@ def _svhn_check(o: SVHNOptions):
 
 
 def _imagefolder(o: ImageFolderOptions):
-    return rtk.data.load_image_folder(o.root, image_size=o.image_size, resize=o.resize, test_split=o.test_split,
-                                      grayscale=o.grayscale, mean=o.mean, std=o.std, name=o.name)
+    return rtk.data.load_image_folder(
+        o.root,
+        image_size=o.image_size,
+        resize=o.resize,
+        test_split=o.test_split,
+        grayscale=o.grayscale,
+        mean=o.mean,
+        std=o.std,
+        name=o.name,
+    )
 
 
 def _imagefolder_check(o: ImageFolderOptions):
@@ -136,19 +151,51 @@ def _imagefolder_check(o: ImageFolderOptions):
 
 @rtk.hookimpl
 def rtk_datasets():
-    yield rtk.DatasetSpec(name="digits", summary="scikit-learn's 8x8 handwritten digits, 1,797 images, offline",
-                          options=DigitsOptions, load=_digits)
-    yield rtk.DatasetSpec(name="fashion-mnist", summary="Fashion-MNIST, 70,000 28x28 images, IDX files "
-                          "(Debian: apt-get install dataset-fashion-mnist)", options=FashionMNISTOptions,
-                          load=_fashion, check=_fashion_check)
-    yield rtk.DatasetSpec(name="mnist", summary="MNIST handwritten digits, 70,000 28x28 images, IDX files",
-                          options=MNISTOptions, load=_mnist, check=_mnist_check)
-    yield rtk.DatasetSpec(name="cifar10", summary="CIFAR-10, 60,000 32x32 colour images, 10 classes (python batches)",
-                          options=CIFAR10Options, load=_cifar10, check=_cifar10_check)
-    yield rtk.DatasetSpec(name="cifar100", summary="CIFAR-100, 60,000 32x32 colour images, 100 (or 20) classes",
-                          options=CIFAR100Options, load=_cifar100, check=_cifar100_check)
-    yield rtk.DatasetSpec(name="svhn", summary="SVHN cropped house-number digits, 32x32 colour (.mat files, scipy)",
-                          options=SVHNOptions, load=_svhn, check=_svhn_check)
-    yield rtk.DatasetSpec(name="imagefolder", summary="an ImageNet-style folder (Imagenette, ImageWoof), "
-                          "resized and centre-cropped, read lazily", options=ImageFolderOptions,
-                          load=_imagefolder, check=_imagefolder_check)
+    yield rtk.DatasetSpec(
+        name="digits",
+        summary="scikit-learn's 8x8 handwritten digits, 1,797 images, offline",
+        options=DigitsOptions,
+        load=_digits,
+    )
+    yield rtk.DatasetSpec(
+        name="fashion-mnist",
+        summary="Fashion-MNIST, 70,000 28x28 images, IDX files (Debian: apt-get install dataset-fashion-mnist)",
+        options=FashionMNISTOptions,
+        load=_fashion,
+        check=_fashion_check,
+    )
+    yield rtk.DatasetSpec(
+        name="mnist",
+        summary="MNIST handwritten digits, 70,000 28x28 images, IDX files",
+        options=MNISTOptions,
+        load=_mnist,
+        check=_mnist_check,
+    )
+    yield rtk.DatasetSpec(
+        name="cifar10",
+        summary="CIFAR-10, 60,000 32x32 colour images, 10 classes (python batches)",
+        options=CIFAR10Options,
+        load=_cifar10,
+        check=_cifar10_check,
+    )
+    yield rtk.DatasetSpec(
+        name="cifar100",
+        summary="CIFAR-100, 60,000 32x32 colour images, 100 (or 20) classes",
+        options=CIFAR100Options,
+        load=_cifar100,
+        check=_cifar100_check,
+    )
+    yield rtk.DatasetSpec(
+        name="svhn",
+        summary="SVHN cropped house-number digits, 32x32 colour (.mat files, scipy)",
+        options=SVHNOptions,
+        load=_svhn,
+        check=_svhn_check,
+    )
+    yield rtk.DatasetSpec(
+        name="imagefolder",
+        summary="an ImageNet-style folder (Imagenette, ImageWoof), resized and centre-cropped, read lazily",
+        options=ImageFolderOptions,
+        load=_imagefolder,
+        check=_imagefolder_check,
+    )

@@ -11,7 +11,14 @@ from pydantic import Field
 
 import rtk
 from rtk.evaluation import (
-    OUTPUT_PATTERN, CheckSettings, Normalization, RecordStore, SanityCheckError, eval_indices, evaluate, make_units,
+    OUTPUT_PATTERN,
+    CheckSettings,
+    Normalization,
+    RecordStore,
+    SanityCheckError,
+    eval_indices,
+    evaluate,
+    make_units,
     plot_curves,
 )
 
@@ -20,31 +27,49 @@ Norm = Literal["Linf", "L2", "L1"]
 
 class EvaluateOptions(rtk.Options):
     models: list[str] = Field(min_length=1, description="models to evaluate (`name` or `name@tag`)")
-    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="autoattack")], min_length=1,
-                                         description="the attack suite, in order")
+    attacks: list[rtk.AttackRef] = Field(
+        default_factory=lambda: [rtk.AttackRef(name="autoattack")],
+        min_length=1,
+        description="the attack suite, in order",
+    )
     eps: list[rtk.Eps] | dict[Norm, list[rtk.Eps]] | None = Field(
-        None, description="run every bounded attack at each eps (a list, or a table per norm: { Linf = [...], L2 = "
-                          "[...] }); gives the accuracy-vs-eps curve. Default: each attack's own eps")
-    headline_eps: rtk.Eps | None = Field(None, description="eps of the headline worst case (default: the largest eps "
-                                                           "of the first bounded attack)")
+        None,
+        description="run every bounded attack at each eps (a list, or a table per norm: { Linf = [...], L2 = "
+        "[...] }); gives the accuracy-vs-eps curve. Default: each attack's own eps",
+    )
+    headline_eps: rtk.Eps | None = Field(
+        None, description="eps of the headline worst case (default: the largest eps of the first bounded attack)"
+    )
     split: Literal["test", "train"] = Field("test", description="which split to evaluate on")
     limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of this many examples")
     batch_size: int = Field(256, ge=1)
-    early_exit: bool = Field(False, description="attacks skip examples an earlier attack already broke (faster; the "
-                                                "stand-alone accuracy of later attacks is then not reported)")
+    early_exit: bool = Field(
+        False,
+        description="attacks skip examples an earlier attack already broke (faster; the "
+        "stand-alone accuracy of later attacks is then not reported)",
+    )
     checks: bool = Field(True, description="run the sanity checks")
     strict: bool = Field(False, description="a failed sanity check fails the stage (otherwise it warns)")
-    check_settings: CheckSettings = Field(default_factory=CheckSettings, description="thresholds and sizes of the checks")
-    output: str = Field("logits", pattern=OUTPUT_PATTERN, description='what the models return: "logits", "first", '
-                                                                      '"index:N", "key:NAME"')
+    check_settings: CheckSettings = Field(
+        default_factory=CheckSettings, description="thresholds and sizes of the checks"
+    )
+    output: str = Field(
+        "logits", pattern=OUTPUT_PATTERN, description='what the models return: "logits", "first", "index:N", "key:NAME"'
+    )
     normalize: Normalization | None = Field(None, description="{ mean, std } the models expect on their inputs")
     save_adversarial: Literal["none", "checks", "all"] = Field(
-        "checks", description="save adversarial examples: of the check subset (for re-scoring), all, or none")
-    per_example: bool = Field(False, description="add the per-example table (one row per example and attack) to the "
-                                                 "stage's tables (it is always saved under artifacts/)")
+        "checks", description="save adversarial examples: of the check subset (for re-scoring), all, or none"
+    )
+    per_example: bool = Field(
+        False,
+        description="add the per-example table (one row per example and attack) to the "
+        "stage's tables (it is always saved under artifacts/)",
+    )
     plot: bool = Field(True, description="draw the accuracy-vs-eps figure when a norm has two or more eps")
-    records_from: list[str] = Field(default_factory=list, description="directories with records of other runs or "
-                                                                      "shards to merge (their results are not recomputed)")
+    records_from: list[str] = Field(
+        default_factory=list,
+        description="directories with records of other runs or shards to merge (their results are not recomputed)",
+    )
 
 
 def _refs_ok(opts: EvaluateOptions) -> bool:
@@ -63,15 +88,19 @@ def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
     for i, d in enumerate(opts.records_from):
         path = planning.experiment.resolve_path(d)
         if not path.is_dir():
-            problems.append(f"{planning.where}.records_from[{i}]: {path} is not a directory (give the artifacts "
-                            f"directory of an evaluate stage, or a directory holding records/part-*.jsonl)")
+            problems.append(
+                f"{planning.where}.records_from[{i}]: {path} is not a directory (give the artifacts "
+                f"directory of an evaluate stage, or a directory holding records/part-*.jsonl)"
+            )
     if not _refs_ok(opts):
         return problems  # unresolved attack names were reported already
     if opts.eps is not None:
         for i, ref in enumerate(opts.attacks):
             if "eps" in ref.options:
-                problems.append(f"{planning.where}.attacks[{i}].eps: set both here and in the stage's eps list; "
-                                f"remove one (the eps list runs every bounded attack at each eps)")
+                problems.append(
+                    f"{planning.where}.attacks[{i}].eps: set both here and in the stage's eps list; "
+                    f"remove one (the eps list runs every bounded attack at each eps)"
+                )
     try:
         make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
     except rtk.RtkError as exc:
@@ -95,10 +124,25 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
         model = ctx.model(name)
         store = RecordStore(None, extra=[ctx.artifact_dir, *extra])  # reads earlier records (resume), writes none
         if len(mine):
-            evaluate(model, split, units, indices=mine, batch_size=opts.batch_size, device=ctx.device, store=store,
-                     name=name, eps=opts.eps, headline_eps=opts.headline_eps, early_exit=opts.early_exit,
-                     checks=False, strict=False, save_adversarial="none", output=opts.output,
-                     normalize=opts.normalize, seed=ctx.seed)
+            evaluate(
+                model,
+                split,
+                units,
+                indices=mine,
+                batch_size=opts.batch_size,
+                device=ctx.device,
+                store=store,
+                name=name,
+                eps=opts.eps,
+                headline_eps=opts.headline_eps,
+                early_exit=opts.early_exit,
+                checks=False,
+                strict=False,
+                save_adversarial="none",
+                output=opts.output,
+                normalize=opts.normalize,
+                seed=ctx.seed,
+            )
         parts = rd.gather_object([c for c in store.chunks() if not c.get("adv")])
         if parts is not None:
             sink = RecordStore(ctx.artifact_dir, extra=extra)
@@ -124,11 +168,25 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
     results = []
     for name in opts.models:
         store = RecordStore(ctx.artifact_dir, extra=[ctx.experiment.resolve_path(d) for d in opts.records_from])
-        res = evaluate(ctx.model(name), split, units, indices=indices, batch_size=opts.batch_size, device=ctx.device,
-                       store=store, name=name, eps=opts.eps, headline_eps=opts.headline_eps,
-                       early_exit=opts.early_exit, checks=opts.check_settings if opts.checks else False, strict=False,
-                       save_adversarial=opts.save_adversarial, output=opts.output, normalize=opts.normalize,
-                       seed=ctx.seed)
+        res = evaluate(
+            ctx.model(name),
+            split,
+            units,
+            indices=indices,
+            batch_size=opts.batch_size,
+            device=ctx.device,
+            store=store,
+            name=name,
+            eps=opts.eps,
+            headline_eps=opts.headline_eps,
+            early_exit=opts.early_exit,
+            checks=opts.check_settings if opts.checks else False,
+            strict=False,
+            save_adversarial=opts.save_adversarial,
+            output=opts.output,
+            normalize=opts.normalize,
+            seed=ctx.seed,
+        )
         results.append(res)
 
     def stacked(attr: str) -> pd.DataFrame:
@@ -151,13 +209,17 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
     failed = [(r.name, c) for r in results for c in r.failed_checks]
     if opts.strict and failed:
         tables["checks"].to_csv(ctx.artifact_dir / "checks.csv", index=False)
-        raise SanityCheckError("sanity checks failed (strict = true): "
-                               + "; ".join(f"{m}: {c.name} ({c.detail})" for m, c in failed)
-                               + f". Details: {ctx.artifact_dir / 'checks.csv'}")
+        raise SanityCheckError(
+            "sanity checks failed (strict = true): "
+            + "; ".join(f"{m}: {c.name} ({c.detail})" for m, c in failed)
+            + f". Details: {ctx.artifact_dir / 'checks.csv'}"
+        )
     summary = "\n\n".join(r.summary() for r in results)
-    summary += ("\n\nRows of `accuracy`: `accuracy` is each attack alone, `cumulative` the worst case over it and the "
-                "attacks before it, `worst_case` the headline: an example counts as robust only if no attack of the "
-                "suite breaks it within the budget.")
+    summary += (
+        "\n\nRows of `accuracy`: `accuracy` is each attack alone, `cumulative` the worst case over it and the "
+        "attacks before it, `worst_case` the headline: an example counts as robust only if no attack of the "
+        "suite breaks it within the budget."
+    )
     metrics = {"checks_failed": len(failed)}
     for r in results:
         metrics[f"{r.name}.clean_accuracy"] = r.clean_accuracy
@@ -169,6 +231,10 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="evaluate", summary="clean and robust accuracy under an attack suite, worst case, "
-                                                 "accuracy-vs-eps curve, sanity checks",
-                        options=EvaluateOptions, run=_run, check=_check)
+    yield rtk.StageSpec(
+        name="evaluate",
+        summary="clean and robust accuracy under an attack suite, worst case, accuracy-vs-eps curve, sanity checks",
+        options=EvaluateOptions,
+        run=_run,
+        check=_check,
+    )

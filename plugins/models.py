@@ -21,8 +21,10 @@ class LargeCNNOptions(rtk.Options):
 
 
 class VGG16Options(rtk.Options):
-    fc: list[int] = Field(default_factory=lambda: [256, 256],
-                          description="hidden widths of the classifier before the head ([] for a single linear layer)")
+    fc: list[int] = Field(
+        default_factory=lambda: [256, 256],
+        description="hidden widths of the classifier before the head ([] for a single linear layer)",
+    )
     pool_size: int = Field(2, ge=1, le=7, description="side of the adaptive average pool before the classifier")
     width: float = Field(1.0, gt=0, le=8, description="multiplier of every convolution's channels (1.0: 64..512)")
 
@@ -93,15 +95,39 @@ def _resnet_small(info, o: ResNetSmallOptions):
 @rtk.hookimpl
 def rtk_models():
     yield rtk.ModelSpec(name="mlp", summary="multi-layer perceptron", options=MLPOptions, build=_mlp)
-    yield rtk.ModelSpec(name="cnn-small", summary="conv16-conv32-fc100, the small verifiable CNN",
-                        options=SmallCNNOptions, build=_cnn_small)
-    yield rtk.ModelSpec(name="cnn-large", summary="conv32x2-conv64x2-fc512x2, the large verifiable CNN",
-                        options=LargeCNNOptions, build=_cnn_large)
-    yield rtk.ModelSpec(name="vgg16", summary="VGG-16 with BatchNorm, CIFAR style (13 convs, compact classifier)",
-                        options=VGG16Options, build=_vgg16)
-    yield rtk.ModelSpec(name="resnet18", summary="ResNet-18, CIFAR variant (3x3 stem, no max-pool)",
-                        options=ResNet18Options, build=_resnet18)
-    yield rtk.ModelSpec(name="wrn", summary="WideResNet-depth-k (default WRN-28-10), pre-activation, optional dropout",
-                        options=WRNOptions, build=_wrn)
-    yield rtk.ModelSpec(name="resnet-small", summary="a small 3-stage ResNet (blocks per stage, base width) for "
-                        "width sweeps on 8x8 to 32x32 inputs", options=ResNetSmallOptions, build=_resnet_small)
+    yield rtk.ModelSpec(
+        name="cnn-small",
+        summary="conv16-conv32-fc100, the small verifiable CNN",
+        options=SmallCNNOptions,
+        build=_cnn_small,
+    )
+    yield rtk.ModelSpec(
+        name="cnn-large",
+        summary="conv32x2-conv64x2-fc512x2, the large verifiable CNN",
+        options=LargeCNNOptions,
+        build=_cnn_large,
+    )
+    yield rtk.ModelSpec(
+        name="vgg16",
+        summary="VGG-16 with BatchNorm, CIFAR style (13 convs, compact classifier)",
+        options=VGG16Options,
+        build=_vgg16,
+    )
+    yield rtk.ModelSpec(
+        name="resnet18",
+        summary="ResNet-18, CIFAR variant (3x3 stem, no max-pool)",
+        options=ResNet18Options,
+        build=_resnet18,
+    )
+    yield rtk.ModelSpec(
+        name="wrn",
+        summary="WideResNet-depth-k (default WRN-28-10), pre-activation, optional dropout",
+        options=WRNOptions,
+        build=_wrn,
+    )
+    yield rtk.ModelSpec(
+        name="resnet-small",
+        summary="a small 3-stage ResNet (blocks per stage, base width) for width sweeps on 8x8 to 32x32 inputs",
+        options=ResNetSmallOptions,
+        build=_resnet_small,
+    )

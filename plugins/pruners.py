@@ -16,7 +16,8 @@ import rtk
 # ----------------------------------------------------------------------------- pruner options
 class ScopeOptions(rtk.Options):
     scope: Literal["layer", "global"] = Field(
-        "layer", description="layer: remove the ratio from every layer; global: from all selected layers together")
+        "layer", description="layer: remove the ratio from every layer; global: from all selected layers together"
+    )
 
 
 class RandomOptions(ScopeOptions):
@@ -25,20 +26,25 @@ class RandomOptions(ScopeOptions):
 
 class HydraOptions(rtk.Options):
     init: Literal["scaled", "magnitude"] = Field(
-        "scaled", description="score initialisation: HYDRA's sqrt(6/fan_in) * w / max|w|, or |w|")
+        "scaled", description="score initialisation: HYDRA's sqrt(6/fan_in) * w / max|w|, or |w|"
+    )
     train_norm: bool = Field(True, description="let batch-norm affine parameters train with the scores (as HYDRA does)")
 
 
 class ChannelOptions(rtk.Options):
     importance: Literal["magnitude", "l1", "l2", "lamp", "taylor", "robust-taylor", "random"] = Field(
-        "l2", description="channel importance: magnitude (L1 of the filter), group l1/l2, lamp, taylor (clean loss), "
-                          "robust-taylor (adversarial loss), random")
+        "l2",
+        description="channel importance: magnitude (L1 of the filter), group l1/l2, lamp, taylor (clean loss), "
+        "robust-taylor (adversarial loss), random",
+    )
     global_pruning: bool = Field(False, description="rank channels across layers instead of per layer")
     round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
     max_channel_ratio: float = Field(0.95, gt=0, lt=1, description="largest fraction of channels removed per layer")
     taylor_loss: Literal["clean", "pgd", "objective"] | None = Field(
-        None, description="loss whose gradients drive Taylor importance (default: clean for taylor, pgd for "
-                          "robust-taylor; objective: the stage's trainer)")
+        None,
+        description="loss whose gradients drive Taylor importance (default: clean for taylor, pgd for "
+        "robust-taylor; objective: the stage's trainer)",
+    )
     batches: int = Field(4, ge=1, description="training batches whose gradients are accumulated (Taylor)")
     batch_size: int = Field(128, ge=1)
     eps: rtk.Eps = Field(8 / 255, gt=0, le=1, description="L-inf radius of the PGD loss (robust-taylor)")
@@ -67,24 +73,41 @@ def _hydra(o: HydraOptions):
 def _channel(o: ChannelOptions):
     from rtk.pruning import ChannelPruner
 
-    return ChannelPruner(importance=o.importance, global_pruning=o.global_pruning, round_to=o.round_to,
-                         max_channel_ratio=o.max_channel_ratio, taylor_loss=o.taylor_loss, batches=o.batches,
-                         batch_size=o.batch_size, eps=o.eps, alpha=o.alpha, steps=o.steps)
+    return ChannelPruner(
+        importance=o.importance,
+        global_pruning=o.global_pruning,
+        round_to=o.round_to,
+        max_channel_ratio=o.max_channel_ratio,
+        taylor_loss=o.taylor_loss,
+        batches=o.batches,
+        batch_size=o.batch_size,
+        eps=o.eps,
+        alpha=o.alpha,
+        steps=o.steps,
+    )
 
 
 # ----------------------------------------------------------------------------- the prune stage
 class PruneStageOptions(rtk.Options):
     model: str = Field(description="the dense model to compress (declared under [models] or made by an earlier stage)")
     pruners: list[rtk.PrunerRef] = Field(
-        default_factory=lambda: [rtk.PrunerRef(name="hydra"), rtk.PrunerRef(name="lwm")], min_length=1,
-        description="pruning methods, each a name or a table with options")
+        default_factory=lambda: [rtk.PrunerRef(name="hydra"), rtk.PrunerRef(name="lwm")],
+        min_length=1,
+        description="pruning methods, each a name or a table with options",
+    )
     compression: list[float] | None = Field(
-        None, min_length=1, description="compression targets, e.g. [2, 5, 10, 20, 100] (10 = 10x fewer weights in the "
-                                        "pruned layers); default [10]")
+        None,
+        min_length=1,
+        description="compression targets, e.g. [2, 5, 10, 20, 100] (10 = 10x fewer weights in the "
+        "pruned layers); default [10]",
+    )
     ratios: list[float] | None = Field(
-        None, min_length=1, description="or: fractions of the selected weights removed, each strictly between 0 and 1")
-    trainer: rtk.TrainerRef = Field(default_factory=lambda: rtk.TrainerRef(name="standard"),
-                                    description="the objective of pre-training, score training and fine-tuning")
+        None, min_length=1, description="or: fractions of the selected weights removed, each strictly between 0 and 1"
+    )
+    trainer: rtk.TrainerRef = Field(
+        default_factory=lambda: rtk.TrainerRef(name="standard"),
+        description="the objective of pre-training, score training and fine-tuning",
+    )
     pretrain_epochs: int = Field(0, ge=0, description="pre-train the dense model first (0: it is already trained)")
     score_epochs: int = Field(20, ge=0, description="epochs of score training (HYDRA)")
     finetune_epochs: int = Field(10, ge=0, description="epochs of fine-tuning after pruning")
@@ -96,21 +119,29 @@ class PruneStageOptions(rtk.Options):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     score_weight_decay: float = Field(1e-4, ge=0)
-    loop: dict[str, Any] = Field(default_factory=dict,
-                                 description="further training-loop options for every phase (schedule, grad_clip, ...)")
-    layers: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
-                              description="name patterns (fnmatch) of the Conv/Linear layers to prune")
+    loop: dict[str, Any] = Field(
+        default_factory=dict, description="further training-loop options for every phase (schedule, grad_clip, ...)"
+    )
+    layers: list[str] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description="name patterns (fnmatch) of the Conv/Linear layers to prune",
+    )
     exclude: list[str] = Field(default_factory=list, description="name patterns of layers kept dense")
     keep_first: bool = Field(True, description="keep the first layer dense")
     keep_last: bool = Field(True, description="keep the classifier dense")
-    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="pgd")],
-                                         description="attack suite of the empirical robust accuracy (worst case)")
-    certifiers: list[rtk.CertifierRef] = Field(default_factory=list,
-                                               description="certifiers of the verified robust accuracy (e.g. ibp, crown)")
+    attacks: list[rtk.AttackRef] = Field(
+        default_factory=lambda: [rtk.AttackRef(name="pgd")],
+        description="attack suite of the empirical robust accuracy (worst case)",
+    )
+    certifiers: list[rtk.CertifierRef] = Field(
+        default_factory=list, description="certifiers of the verified robust accuracy (e.g. ibp, crown)"
+    )
     eval_limit: int | None = Field(1000, ge=1, description="evaluate on a fixed subset of this many test examples")
     eval_batch_size: int = Field(256, ge=1)
     export: Literal["masked", "dense"] = Field(
-        "masked", description="save pruned models with their masks, or as plain dense modules (dense export)")
+        "masked", description="save pruned models with their masks, or as plain dense modules (dense export)"
+    )
     timing: bool = Field(True, description="measure inference time and memory of structured pruning against dense")
 
     @field_validator("compression")
@@ -118,8 +149,10 @@ class PruneStageOptions(rtk.Options):
     def _compression_above_one(cls, value: list[float] | None) -> list[float] | None:
         for c in value or []:
             if not c > 1:
-                raise ValueError(f"compression {c:g} is below or equal to 1; a compression is dense / remaining weights, "
-                                 "e.g. 10 for 10x fewer weights (allowed: > 1)")
+                raise ValueError(
+                    f"compression {c:g} is below or equal to 1; a compression is dense / remaining weights, "
+                    "e.g. 10 for 10x fewer weights (allowed: > 1)"
+                )
         return value
 
     @field_validator("ratios")
@@ -160,15 +193,24 @@ def _check(opts: PruneStageOptions, planning: rtk.Planning) -> list[str]:
         except RuntimeError:  # the reference did not resolve; that problem is reported already
             continue
         if label in labels:
-            problems.append(f"{planning.where}.pruners[{i}]: method {label!r} also appears at pruners[{labels[label]}]; "
-                            "the pruned models would share names")
+            problems.append(
+                f"{planning.where}.pruners[{i}]: method {label!r} also appears at pruners[{labels[label]}]; "
+                "the pruned models would share names"
+            )
         labels[label] = i
     from rtk.pruning import make_loop_config, pruned_name
 
     try:
-        make_loop_config(epochs=1, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
-                         momentum=opts.momentum, weight_decay=opts.weight_decay, options=opts.loop,
-                         where=f"{planning.where}.loop")
+        make_loop_config(
+            epochs=1,
+            batch_size=opts.batch_size,
+            lr=opts.lr,
+            optimizer=opts.optimizer,
+            momentum=opts.momentum,
+            weight_decay=opts.weight_decay,
+            options=opts.loop,
+            where=f"{planning.where}.loop",
+        )
     except rtk.ConfigError as exc:
         problems.extend(exc.problems)
     base = opts.model.split("@", 1)[0]
@@ -176,9 +218,11 @@ def _check(opts: PruneStageOptions, planning: rtk.Planning) -> list[str]:
         for target in opts.targets():
             name = pruned_name(base, label, target)
             if name in planning.models:
-                problems.append(f"{planning.where}: the pruned model {name!r} would replace a model of that name "
-                                "made earlier (by another prune stage or declared under [models]); prune a "
-                                "differently named copy or change the method or compression")
+                problems.append(
+                    f"{planning.where}: the pruned model {name!r} would replace a model of that name "
+                    "made earlier (by another prune stage or declared under [models]); prune a "
+                    "differently named copy or change the method or compression"
+                )
             planning.models.add(name)
     return problems
 
@@ -199,7 +243,13 @@ def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
 
     from rtk.data import subset
     from rtk.pruning import (
-        Evaluator, LayerSelection, Schedule, ScoreTraining, compress, dense_export, plot_accuracy_vs_compression,
+        Evaluator,
+        LayerSelection,
+        Schedule,
+        ScoreTraining,
+        compress,
+        dense_export,
+        plot_accuracy_vs_compression,
         pruned_recipe,
     )
 
@@ -209,56 +259,102 @@ def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
     dense_before = copy.deepcopy(model).cpu()
     objective = opts.trainer.spec.build(opts.trainer.opts)
     schedule = Schedule(
-        pretrain_epochs=opts.pretrain_epochs, finetune_epochs=opts.finetune_epochs, batch_size=opts.batch_size,
-        lr=opts.lr, finetune_lr=opts.finetune_lr, optimizer=opts.optimizer, momentum=opts.momentum,
-        weight_decay=opts.weight_decay, loop_options=dict(opts.loop),
-        scores=ScoreTraining(epochs=opts.score_epochs, batch_size=opts.batch_size, lr=opts.score_lr,
-                             optimizer=opts.optimizer, momentum=opts.momentum, weight_decay=opts.score_weight_decay,
-                             loop_options=dict(opts.loop)))
+        pretrain_epochs=opts.pretrain_epochs,
+        finetune_epochs=opts.finetune_epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        finetune_lr=opts.finetune_lr,
+        optimizer=opts.optimizer,
+        momentum=opts.momentum,
+        weight_decay=opts.weight_decay,
+        loop_options=dict(opts.loop),
+        scores=ScoreTraining(
+            epochs=opts.score_epochs,
+            batch_size=opts.batch_size,
+            lr=opts.score_lr,
+            optimizer=opts.optimizer,
+            momentum=opts.momentum,
+            weight_decay=opts.score_weight_decay,
+            loop_options=dict(opts.loop),
+        ),
+    )
     split = subset(ctx.data.test, opts.eval_limit, ctx.experiment.seed)
     evaluator = Evaluator(
-        split, attacks=[(ref.describe(), lambda m, ref=ref: ref.spec.build(m, ref.opts)) for ref in opts.attacks],
+        split,
+        attacks=[(ref.describe(), lambda m, ref=ref: ref.spec.build(m, ref.opts)) for ref in opts.attacks],
         certifiers=[_certifier_fn(ref, opts, ctx.device) for ref in opts.certifiers],
-        batch_size=opts.eval_batch_size, device=ctx.device)
-    selection = LayerSelection(tuple(opts.layers), tuple(opts.exclude), opts.keep_first, opts.keep_last,
-                               where=f"stages[{ctx.stage.index}]")
+        batch_size=opts.eval_batch_size,
+        device=ctx.device,
+    )
+    selection = LayerSelection(
+        tuple(opts.layers), tuple(opts.exclude), opts.keep_first, opts.keep_last, where=f"stages[{ctx.stage.index}]"
+    )
     methods = _methods(opts)
 
     def on_pretrained(m):
-        ctx.save_model(base, m, "pretrained", metadata={"trainer": opts.trainer.describe(),
-                                                        "epochs": opts.pretrain_epochs})
+        ctx.save_model(
+            base, m, "pretrained", metadata={"trainer": opts.trainer.describe(), "epochs": opts.pretrain_epochs}
+        )
 
     def on_pruned(name, m, info):
-        meta = {"pruning": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
-                "trainer": opts.trainer.describe()}
+        meta = {
+            "pruning": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+            "trainer": opts.trainer.describe(),
+        }
         structured = bool(info.get("structured"))
         if opts.export == "dense":
             dense_export(m)
-        recipe = pruned_recipe(entry.recipe, m, dense=dense_before if structured else None,
-                               method=info.get("method"), ratio=info.get("ratio"), trainer=opts.trainer.describe())
+        recipe = pruned_recipe(
+            entry.recipe,
+            m,
+            dense=dense_before if structured else None,
+            method=info.get("method"),
+            ratio=info.get("ratio"),
+            trainer=opts.trainer.describe(),
+        )
         ctx.add_model(name, m, recipe, metadata=meta)
 
-    result = compress(model, methods, opts.targets(), data=ctx.data, objective=objective, selection=selection,
-                      schedule=schedule, evaluate=evaluator, model_name=base, device=ctx.device, seed=ctx.seed,
-                      timing=opts.timing, on_pretrained=on_pretrained if opts.pretrain_epochs else None,
-                      on_pruned=on_pruned)
+    result = compress(
+        model,
+        methods,
+        opts.targets(),
+        data=ctx.data,
+        objective=objective,
+        selection=selection,
+        schedule=schedule,
+        evaluate=evaluator,
+        model_name=base,
+        device=ctx.device,
+        seed=ctx.seed,
+        timing=opts.timing,
+        on_pretrained=on_pretrained if opts.pretrain_epochs else None,
+        on_pruned=on_pruned,
+    )
     table = result.table
-    fig = plot_accuracy_vs_compression(table, ctx.figure_path("accuracy_vs_compression"),
-                                       title=f"{base}: {opts.trainer.describe()}")
-    return rtk.StageResult(tables={"compression": table, "accuracy": result.attacks},
-                           figures={"accuracy_vs_compression": fig}, summary=_summary(table, opts),
-                           metrics=_metrics(table))
+    fig = plot_accuracy_vs_compression(
+        table, ctx.figure_path("accuracy_vs_compression"), title=f"{base}: {opts.trainer.describe()}"
+    )
+    return rtk.StageResult(
+        tables={"compression": table, "accuracy": result.attacks},
+        figures={"accuracy_vs_compression": fig},
+        summary=_summary(table, opts),
+        metrics=_metrics(table),
+    )
 
 
 def _summary(table, opts: PruneStageOptions) -> str:
     dense = table[table["method"] == "dense"].iloc[0]
     robust = "robust_acc" in table
-    phases = (["pre-training"] if opts.pretrain_epochs else []) + \
-        (["HYDRA's score training"] if any(r.name == "hydra" for r in opts.pruners) and opts.score_epochs else []) + \
-        (["fine-tuning"] if opts.finetune_epochs else [])
+    phases = (
+        (["pre-training"] if opts.pretrain_epochs else [])
+        + (["HYDRA's score training"] if any(r.name == "hydra" for r in opts.pruners) and opts.score_epochs else [])
+        + (["fine-tuning"] if opts.finetune_epochs else [])
+    )
     used = f" {', '.join(phases).capitalize()}: all with `{opts.trainer.describe()}`." if phases else ""
-    lines = [f"Pruned `{opts.model}` with {', '.join(r.describe() for r in opts.pruners)}.{used} "
-             f"Dense: clean {dense['clean_acc']:.3f}" + (f", robust {dense['robust_acc']:.3f}" if robust else "") + "."]
+    lines = [
+        f"Pruned `{opts.model}` with {', '.join(r.describe() for r in opts.pruners)}.{used} "
+        f"Dense: clean {dense['clean_acc']:.3f}" + (f", robust {dense['robust_acc']:.3f}" if robust else "") + "."
+    ]
     for _, row in table[table["method"] != "dense"].iterrows():
         part = f"- `{row['model']}`: sparsity {row['sparsity']:.3f}, clean {row['clean_frac']:.0%} of dense"
         if robust:
@@ -282,19 +378,35 @@ def _metrics(table) -> dict[str, Any]:
 
 @rtk.hookimpl
 def rtk_pruners():
-    yield rtk.PrunerSpec(name="lwm", summary="least weight magnitude, one shot (layerwise or global)",
-                         options=ScopeOptions, build=_lwm)
-    yield rtk.PrunerSpec(name="random", summary="random unstructured pruning (a control)", options=RandomOptions,
-                         build=_random)
-    yield rtk.PrunerSpec(name="hydra", summary="HYDRA: scores trained under the objective pick the weights to keep",
-                         options=HydraOptions, build=_hydra)
-    yield rtk.PrunerSpec(name="channel", summary="structured channel pruning via torch-pruning's dependency graph "
-                                                 "(magnitude, group l1/l2, lamp, taylor, robust-taylor)",
-                         options=ChannelOptions, build=_channel, structured=True)
+    yield rtk.PrunerSpec(
+        name="lwm", summary="least weight magnitude, one shot (layerwise or global)", options=ScopeOptions, build=_lwm
+    )
+    yield rtk.PrunerSpec(
+        name="random", summary="random unstructured pruning (a control)", options=RandomOptions, build=_random
+    )
+    yield rtk.PrunerSpec(
+        name="hydra",
+        summary="HYDRA: scores trained under the objective pick the weights to keep",
+        options=HydraOptions,
+        build=_hydra,
+    )
+    yield rtk.PrunerSpec(
+        name="channel",
+        summary="structured channel pruning via torch-pruning's dependency graph "
+        "(magnitude, group l1/l2, lamp, taylor, robust-taylor)",
+        options=ChannelOptions,
+        build=_channel,
+        structured=True,
+    )
 
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="prune", summary="pre-train -> prune -> fine-tune with one objective; the compression "
-                                              "table (params, MACs, sparsity, clean/robust/verified accuracy)",
-                        options=PruneStageOptions, run=_run, check=_check)
+    yield rtk.StageSpec(
+        name="prune",
+        summary="pre-train -> prune -> fine-tune with one objective; the compression "
+        "table (params, MACs, sparsity, clean/robust/verified accuracy)",
+        options=PruneStageOptions,
+        run=_run,
+        check=_check,
+    )

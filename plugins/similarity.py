@@ -10,7 +10,12 @@ from pydantic import Field, field_validator
 
 import rtk
 from rtk.similarity import (
-    PWCCA, RBFCKA, SVCCA, LinearCKA, MinibatchCKAMetric, ProcrustesDistance,
+    PWCCA,
+    RBFCKA,
+    SVCCA,
+    LinearCKA,
+    MinibatchCKAMetric,
+    ProcrustesDistance,
 )
 
 ANALYSES = ("heatmap", "block-structure", "diagonal", "overfitting", "specialization")
@@ -31,46 +36,76 @@ class MinibatchCKAOptions(rtk.Options):
 
 
 class SVCCAOptions(rtk.Options):
-    variance: float = Field(0.99, gt=0, le=1, description="keep the top directions explaining this fraction of variance")
+    variance: float = Field(
+        0.99, gt=0, le=1, description="keep the top directions explaining this fraction of variance"
+    )
     dims: int | None = Field(None, ge=1, description="keep exactly this many top directions (overrides variance)")
 
 
 @rtk.hookimpl
 def rtk_similarity_metrics():
-    yield rtk.SimilaritySpec(name="linear-cka", summary="linear CKA (Kornblith et al. 2019), biased or debiased",
-                             options=LinearCKAOptions, build=lambda o: LinearCKA(o.debiased))
-    yield rtk.SimilaritySpec(name="rbf-cka", summary="RBF-kernel CKA, bandwidth a fraction of the median distance",
-                             options=RBFCKAOptions, build=lambda o: RBFCKA(o.sigma, o.debiased))
-    yield rtk.SimilaritySpec(name="minibatch-cka",
-                             summary="minibatch linear CKA with unbiased HSIC (Nguyen et al. 2021), streamed",
-                             options=MinibatchCKAOptions, build=lambda o: MinibatchCKAMetric(o.batch_size))
-    yield rtk.SimilaritySpec(name="svcca", summary="SVCCA (Raghu et al. 2017): SVD then mean canonical correlation",
-                             options=SVCCAOptions, build=lambda o: SVCCA(o.variance, o.dims))
-    yield rtk.SimilaritySpec(name="pwcca", summary="projection-weighted CCA (Morcos et al. 2018)",
-                             build=lambda o: PWCCA())
-    yield rtk.SimilaritySpec(name="procrustes", summary="orthogonal Procrustes distance (0 = same up to rotation/scale)",
-                             build=lambda o: ProcrustesDistance())
+    yield rtk.SimilaritySpec(
+        name="linear-cka",
+        summary="linear CKA (Kornblith et al. 2019), biased or debiased",
+        options=LinearCKAOptions,
+        build=lambda o: LinearCKA(o.debiased),
+    )
+    yield rtk.SimilaritySpec(
+        name="rbf-cka",
+        summary="RBF-kernel CKA, bandwidth a fraction of the median distance",
+        options=RBFCKAOptions,
+        build=lambda o: RBFCKA(o.sigma, o.debiased),
+    )
+    yield rtk.SimilaritySpec(
+        name="minibatch-cka",
+        summary="minibatch linear CKA with unbiased HSIC (Nguyen et al. 2021), streamed",
+        options=MinibatchCKAOptions,
+        build=lambda o: MinibatchCKAMetric(o.batch_size),
+    )
+    yield rtk.SimilaritySpec(
+        name="svcca",
+        summary="SVCCA (Raghu et al. 2017): SVD then mean canonical correlation",
+        options=SVCCAOptions,
+        build=lambda o: SVCCA(o.variance, o.dims),
+    )
+    yield rtk.SimilaritySpec(
+        name="pwcca", summary="projection-weighted CCA (Morcos et al. 2018)", build=lambda o: PWCCA()
+    )
+    yield rtk.SimilaritySpec(
+        name="procrustes",
+        summary="orthogonal Procrustes distance (0 = same up to rotation/scale)",
+        build=lambda o: ProcrustesDistance(),
+    )
 
 
 # ----------------------------------------------------------------------------- the stage
 class SimilarityStageOptions(rtk.Options):
-    models: list[str] = Field(default_factory=list,
-                              description="models (or model@tag) analysed on their own: heatmap, block structure, specialization")
-    pairs: list[list[str]] = Field(default_factory=list,
-                                   description="pairs of models compared with each other: [[\"std\", \"robust\"]]")
-    checkpoints: list[str] = Field(default_factory=list,
-                                   description="a sequence of checkpoints of one run for overfitting by layer, "
-                                               "the first is the reference: [\"robust@best\", \"robust@last\"]")
+    models: list[str] = Field(
+        default_factory=list,
+        description="models (or model@tag) analysed on their own: heatmap, block structure, specialization",
+    )
+    pairs: list[list[str]] = Field(
+        default_factory=list, description='pairs of models compared with each other: [["std", "robust"]]'
+    )
+    checkpoints: list[str] = Field(
+        default_factory=list,
+        description="a sequence of checkpoints of one run for overfitting by layer, "
+        'the first is the reference: ["robust@best", "robust@last"]',
+    )
     metric: rtk.SimilarityRef = Field(default_factory=lambda: rtk.SimilarityRef(name="linear-cka"))
     layers: list[str] | dict[str, list[str]] = Field(
         default_factory=lambda: ["default"],
         description="layer name patterns (fnmatch, or 're:REGEX'); 'default' = every Conv, BN, ReLU, pooling and "
-                    "Linear layer; a table gives patterns per model")
+        "Linear layer; a table gives patterns per model",
+    )
     adversarial: dict[str, rtk.AttackRef] = Field(
-        default_factory=dict, description="model (or '*') -> attack: that model's features are taken on adversarial "
-                                          "inputs from the attack; other models see benign inputs")
+        default_factory=dict,
+        description="model (or '*') -> attack: that model's features are taken on adversarial "
+        "inputs from the attack; other models see benign inputs",
+    )
     analyses: list[Literal["heatmap", "block-structure", "diagonal", "overfitting", "specialization"]] = Field(
-        default_factory=lambda: list(ANALYSES), description="analyses to run (each where its inputs are given)")
+        default_factory=lambda: list(ANALYSES), description="analyses to run (each where its inputs are given)"
+    )
     split: Literal["test", "train"] = "test"
     limit: int | None = Field(1000, ge=4, description="use a fixed subset of this many examples")
     batch_size: int = Field(256, ge=4)
@@ -137,24 +172,46 @@ def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult
         return opts.layers
 
     job = SimilarityJob(
-        metric=metric, metric_name=opts.metric.describe(), models=list(opts.models),
-        pairs=[tuple(p) for p in opts.pairs], checkpoints=list(opts.checkpoints), analyses=list(opts.analyses),
-        limit=opts.limit, batch_size=opts.batch_size, pooling=opts.pooling, split=opts.split,
-        block_threshold=opts.block_threshold, block_min_size=opts.block_min_size)
+        metric=metric,
+        metric_name=opts.metric.describe(),
+        models=list(opts.models),
+        pairs=[tuple(p) for p in opts.pairs],
+        checkpoints=list(opts.checkpoints),
+        analyses=list(opts.analyses),
+        limit=opts.limit,
+        batch_size=opts.batch_size,
+        pooling=opts.pooling,
+        split=opts.split,
+        block_threshold=opts.block_threshold,
+        block_min_size=opts.block_min_size,
+    )
     out = run_similarity(
-        job, load_model=ctx.model, layers_for=layers_for,
-        attack_for=lambda ref, model: (None if attack_for(ref) is None else
-                                       (attack_for(ref).describe(), attack_for(ref).spec.build(model, attack_for(ref).opts))),
-        data=ctx.data, device=ctx.device, seed=ctx.experiment.seed, figure_path=ctx.figure_path)
+        job,
+        load_model=ctx.model,
+        layers_for=layers_for,
+        attack_for=lambda ref, model: (
+            None
+            if attack_for(ref) is None
+            else (attack_for(ref).describe(), attack_for(ref).spec.build(model, attack_for(ref).opts))
+        ),
+        data=ctx.data,
+        device=ctx.device,
+        seed=ctx.experiment.seed,
+        figure_path=ctx.figure_path,
+    )
     return rtk.StageResult(tables=out.tables, figures=out.figures, summary=out.summary, metrics=out.metrics)
 
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="similarity",
-                        summary="layer-by-layer representation similarity: heatmaps, block structure, diagonals, "
-                                "overfitting by layer, specialization",
-                        options=SimilarityStageOptions, run=_run, check=_check)
+    yield rtk.StageSpec(
+        name="similarity",
+        summary="layer-by-layer representation similarity: heatmaps, block structure, diagonals, "
+        "overfitting by layer, specialization",
+        options=SimilarityStageOptions,
+        run=_run,
+        check=_check,
+    )
 
 
 __all__ = ["SimilarityStageOptions", "ANALYSES"]

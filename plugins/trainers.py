@@ -7,8 +7,9 @@ import copy
 import math
 from typing import Any, Literal
 
-import rtk
 from pydantic import Field, ValidationInfo, field_validator
+
+import rtk
 from rtk.models import read_spec
 from rtk.training import (
     FastATObjective,
@@ -34,7 +35,8 @@ class _AdversarialOptions(rtk.Options):
     alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
     steps: int = Field(10, ge=1, le=1000, description="attack steps")
     attack_bn: Literal["eval", "train"] = Field(
-        "eval", description="model mode during the attack: eval (BN running stats, not updated) or train")
+        "eval", description="model mode during the attack: eval (BN running stats, not updated) or train"
+    )
     eps_warmup: float = Field(0.0, ge=0, description="epochs of clean training (eps 0) before the ramp")
     eps_ramp: float = Field(0.0, ge=0, description="epochs over which eps rises linearly to its target")
 
@@ -42,13 +44,22 @@ class _AdversarialOptions(rtk.Options):
     @classmethod
     def _eps_range(cls, v: float, info: ValidationInfo) -> float:
         if info.data.get("norm", "Linf") == "Linf" and v > 1:
-            raise ValueError(f"eps = {v:g} is out of range for Linf on inputs in [0, 1]: allowed 0 < eps <= 1 "
-                             "(write fractions such as '8/255'); an L2 radius needs norm = 'L2'")
+            raise ValueError(
+                f"eps = {v:g} is out of range for Linf on inputs in [0, 1]: allowed 0 < eps <= 1 "
+                "(write fractions such as '8/255'); an L2 radius needs norm = 'L2'"
+            )
         return v
 
     def common(self) -> dict[str, Any]:
-        return {"eps": self.eps, "alpha": self.alpha, "steps": self.steps, "norm": self.norm, "attack_bn": self.attack_bn,
-                    "eps_warmup": self.eps_warmup, "eps_ramp": self.eps_ramp}
+        return {
+            "eps": self.eps,
+            "alpha": self.alpha,
+            "steps": self.steps,
+            "norm": self.norm,
+            "attack_bn": self.attack_bn,
+            "eps_warmup": self.eps_warmup,
+            "eps_ramp": self.eps_ramp,
+        }
 
 
 class PGDATOptions(_AdversarialOptions):
@@ -81,18 +92,25 @@ class FastATOptions(_AdversarialOptions):
 # ---------------------------------------------------------------------------- stages
 class TrainStageOptions(LoopConfig):
     model: str = Field(description="name of the model to train (declared under [models])")
-    trainer: rtk.TrainerRef = Field(default_factory=lambda: rtk.TrainerRef(name="standard"),
-                                    description="a trainer name, or a table {name = ..., options}")
+    trainer: rtk.TrainerRef = Field(
+        default_factory=lambda: rtk.TrainerRef(name="standard"),
+        description="a trainer name, or a table {name = ..., options}",
+    )
     amp: bool | None = Field(None, description="mixed precision on CUDA (default: the experiment's amp)")
-    params: list[str] | None = Field(None, min_length=1, description="glob patterns of parameter names to train; "
-                                                                     "the others stay frozen (default: all)")
+    params: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="glob patterns of parameter names to train; the others stay frozen (default: all)",
+    )
     resume: bool = Field(True, description="when the run is resumed, continue an interrupted stage from its last epoch")
 
 
 class FineTuneStageOptions(TrainStageOptions):
     model: str = Field(description="the model to write (a new name, or an existing model to fine-tune in place)")
-    source: str | None = Field(None, description="where to start: a model or model@tag such as 'robust@best' "
-                                                 "(default: the model's current state)")
+    source: str | None = Field(
+        None,
+        description="where to start: a model or model@tag such as 'robust@best' (default: the model's current state)",
+    )
     epochs: int = Field(5, ge=1, description="number of epochs")
     lr: float = Field(0.01, gt=0, description="learning rate (fine-tuning typically uses a lower one)")
 
@@ -100,8 +118,11 @@ class FineTuneStageOptions(TrainStageOptions):
 def _loop_config(opts: TrainStageOptions, ctx_amp: bool) -> LoopConfig:
     """The LoopConfig part of stage options, keeping which keys were given (for validation)."""
     fields = LoopConfig.model_fields
-    data = {k: getattr(opts, k) for k in fields
-            if k != "amp" and (k in opts.model_fields_set or getattr(opts, k) != fields[k].default)}
+    data = {
+        k: getattr(opts, k)
+        for k in fields
+        if k != "amp" and (k in opts.model_fields_set or getattr(opts, k) != fields[k].default)
+    }
     data["amp"] = ctx_amp if opts.amp is None else opts.amp
     return LoopConfig(**data)
 
@@ -113,8 +134,12 @@ def _trainer_problems(opts: TrainStageOptions, where: str) -> list[str]:
         return []
     end = getattr(topts, "eps_warmup", 0.0) + getattr(topts, "eps_ramp", 0.0)
     if end > opts.epochs:
-        return [(f"{where}.trainer: the eps warm-up + ramp ends at epoch {end:g}, after training ends "
-                 f"({opts.epochs} epochs)")]
+        return [
+            (
+                f"{where}.trainer: the eps warm-up + ramp ends at epoch {end:g}, after training ends "
+                f"({opts.epochs} epochs)"
+            )
+        ]
     return []
 
 
@@ -125,8 +150,10 @@ def _check_train(opts: TrainStageOptions, planning: rtk.Planning):
 def _check_fine_tune(opts: FineTuneStageOptions, planning: rtk.Planning):
     problems = _trainer_problems(opts, planning.where)
     if "@" in opts.model:
-        problems.append(f"{planning.where}.model: {opts.model!r} names a checkpoint; give a model name "
-                        "(start from a checkpoint with source = 'model@tag')")
+        problems.append(
+            f"{planning.where}.model: {opts.model!r} names a checkpoint; give a model name "
+            "(start from a checkpoint with source = 'model@tag')"
+        )
     if opts.source is not None:
         problems += planning.check_model(opts.source, "source")
     else:
@@ -174,9 +201,20 @@ def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) ->
     try:
         chosen = _select_params(module, opts.params)
         model, dist_kw, cfg = _distribute(ctx, module, cfg, opts.params is not None)
-        result = train_model(model, objective, ctx.data, cfg, device=ctx.device, seed=ctx.seed,
-                             parameters=chosen, out=ctx.artifact_dir, checkpoint=save,
-                             resume=resuming, plot=False, **dist_kw)
+        result = train_model(
+            model,
+            objective,
+            ctx.data,
+            cfg,
+            device=ctx.device,
+            seed=ctx.seed,
+            parameters=chosen,
+            out=ctx.artifact_dir,
+            checkpoint=save,
+            resume=resuming,
+            plot=False,
+            **dist_kw,
+        )
     finally:  # params froze the others for this stage only
         for pname, p in module.named_parameters():
             p.requires_grad_(flags[pname])
@@ -186,10 +224,15 @@ def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) ->
     history = result.history.copy()
     history.insert(0, "model", name)
     history.insert(1, "trainer", desc)
-    fig = plot_history(result.history, ctx.figure_path("robust-overfitting"), best_epoch=result.best_epoch,
-                       title=f"{name}: {desc}")
-    return rtk.StageResult(tables={"history": history}, figures={"robust-overfitting": fig},
-                           summary=_summary(name, desc, result, cfg), metrics=_metrics(result))
+    fig = plot_history(
+        result.history, ctx.figure_path("robust-overfitting"), best_epoch=result.best_epoch, title=f"{name}: {desc}"
+    )
+    return rtk.StageResult(
+        tables={"history": history},
+        figures={"robust-overfitting": fig},
+        summary=_summary(name, desc, result, cfg),
+        metrics=_metrics(result),
+    )
 
 
 def _distribute(ctx: rtk.StageContext, module, cfg: LoopConfig, partial: bool):
@@ -205,8 +248,10 @@ def _distribute(ctx: rtk.StageContext, module, cfg: LoopConfig, partial: bool):
         return module, {}, cfg
     world = rd.world_size()
     if cfg.batch_size % world:
-        raise rtk.ConfigError(f"batch_size = {cfg.batch_size} is the global batch and must be divisible by the "
-                              f"number of processes ({world}); choose a multiple of {world}")
+        raise rtk.ConfigError(
+            f"batch_size = {cfg.batch_size} is the global batch and must be divisible by the "
+            f"number of processes ({world}); choose a multiple of {world}"
+        )
     local = cfg.batch_size // world
     sampler = rd.DistributedBatchSampler(len(ctx.data.train), local, seed=ctx.seed, shuffle=True)
     seed_everything(rd.rank_seed(ctx.seed))  # rank 0 keeps the single-process seed
@@ -218,9 +263,12 @@ def _distribute(ctx: rtk.StageContext, module, cfg: LoopConfig, partial: bool):
 def _summary(name: str, desc: str, result, cfg: LoopConfig) -> str:
     h = result.history
     last = h.iloc[-1]
-    parts = [f"Trained `{name}` with `{desc}` for {result.epochs_run} of {cfg.epochs} epochs"
-             + (" (stopped early)" if result.stop_reason == "early-stopped" else "")
-             + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "") + "."]
+    parts = [
+        f"Trained `{name}` with `{desc}` for {result.epochs_run} of {cfg.epochs} epochs"
+        + (" (stopped early)" if result.stop_reason == "early-stopped" else "")
+        + (f", resumed after epoch {result.resumed_from}" if result.resumed_from else "")
+        + "."
+    ]
     if "test_clean_acc" in h and last.notna().get("test_clean_acc", False):
         line = f"Last epoch: test accuracy {last['test_clean_acc']:.3f}"
         if last.notna().get("test_robust_acc", False):
@@ -235,8 +283,13 @@ def _summary(name: str, desc: str, result, cfg: LoopConfig) -> str:
 
 def _metrics(result) -> dict[str, Any]:
     last = result.history.iloc[-1].to_dict() if len(result.history) else {}
-    out = {"best_epoch": result.best_epoch, "best_value": result.best_value, "monitor": result.monitor,
-           "stop_reason": result.stop_reason, "epochs_run": result.epochs_run}
+    out = {
+        "best_epoch": result.best_epoch,
+        "best_value": result.best_value,
+        "monitor": result.monitor,
+        "stop_reason": result.stop_reason,
+        "epochs_run": result.epochs_run,
+    }
     for k in ("test_clean_acc", "test_robust_acc", "train_clean_acc", "train_robust_acc"):
         v = last.get(k)
         if v is not None and not math.isnan(v):
@@ -270,23 +323,52 @@ def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.Sta
 
 @rtk.hookimpl
 def rtk_trainers():
-    yield rtk.TrainerSpec(name="standard", summary="cross-entropy on clean inputs", options=StandardOptions,
-                          build=lambda o: StandardObjective(o.label_smoothing))
-    yield rtk.TrainerSpec(name="pgd-at", summary="PGD adversarial training (Madry et al. 2018)", options=PGDATOptions,
-                          build=lambda o: PGDATObjective(**o.common(), random_start=o.random_start))
-    yield rtk.TrainerSpec(name="trades", summary="TRADES: clean CE + beta * KL to adversarial (Zhang et al. 2019)",
-                          options=TRADESOptions, build=lambda o: TRADESObjective(**o.common(), beta=o.beta))
-    yield rtk.TrainerSpec(name="mart", summary="MART: misclassification-aware adversarial training (Wang et al. 2020)",
-                          options=MARTOptions, build=lambda o: MARTObjective(**o.common(), beta=o.beta))
-    yield rtk.TrainerSpec(name="fast-at", summary="fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)",
-                          options=FastATOptions, build=lambda o: FastATObjective(**o.common()))
+    yield rtk.TrainerSpec(
+        name="standard",
+        summary="cross-entropy on clean inputs",
+        options=StandardOptions,
+        build=lambda o: StandardObjective(o.label_smoothing),
+    )
+    yield rtk.TrainerSpec(
+        name="pgd-at",
+        summary="PGD adversarial training (Madry et al. 2018)",
+        options=PGDATOptions,
+        build=lambda o: PGDATObjective(**o.common(), random_start=o.random_start),
+    )
+    yield rtk.TrainerSpec(
+        name="trades",
+        summary="TRADES: clean CE + beta * KL to adversarial (Zhang et al. 2019)",
+        options=TRADESOptions,
+        build=lambda o: TRADESObjective(**o.common(), beta=o.beta),
+    )
+    yield rtk.TrainerSpec(
+        name="mart",
+        summary="MART: misclassification-aware adversarial training (Wang et al. 2020)",
+        options=MARTOptions,
+        build=lambda o: MARTObjective(**o.common(), beta=o.beta),
+    )
+    yield rtk.TrainerSpec(
+        name="fast-at",
+        summary="fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)",
+        options=FastATOptions,
+        build=lambda o: FastATObjective(**o.common()),
+    )
 
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="train", summary="train a model with a registered trainer (robust-overfitting curve, "
-                                              "checkpoints last/best/epoch-N, resume, early stopping)",
-                        options=TrainStageOptions, run=_run_train, check=_check_train)
-    yield rtk.StageSpec(name="fine-tune", summary="continue training from a model or checkpoint (e.g. robust@best), "
-                                                  "typically with a lower learning rate",
-                        options=FineTuneStageOptions, run=_run_fine_tune, check=_check_fine_tune)
+    yield rtk.StageSpec(
+        name="train",
+        summary="train a model with a registered trainer (robust-overfitting curve, "
+        "checkpoints last/best/epoch-N, resume, early stopping)",
+        options=TrainStageOptions,
+        run=_run_train,
+        check=_check_train,
+    )
+    yield rtk.StageSpec(
+        name="fine-tune",
+        summary="continue training from a model or checkpoint (e.g. robust@best), typically with a lower learning rate",
+        options=FineTuneStageOptions,
+        run=_run_fine_tune,
+        check=_check_fine_tune,
+    )

@@ -23,12 +23,18 @@ from pydantic import Field, field_validator
 import rtk
 from rtk.evaluation import CheckSettings
 
-SOURCE_HELP = ("the zoo entry '<dataset>/<threat>/<name>', e.g. 'cifar10/Linf/Carmon2019Unlabeled'; written "
-               "arch = \"robustbench:<entry>\" in experiment files")
-MODEL_DIR_HELP = ("folder holding the weights as <dataset>/<threat>/<name>.pt (relative to the current directory; "
-                  "default $RTK_MODEL_DIR, else ./models)")
-UNSAFE_HELP = ("allow a checkpoint that torch.load(weights_only=True) refuses (it stores Python objects); this can "
-               "run arbitrary code: only for files you trust")
+SOURCE_HELP = (
+    "the zoo entry '<dataset>/<threat>/<name>', e.g. 'cifar10/Linf/Carmon2019Unlabeled'; written "
+    'arch = "robustbench:<entry>" in experiment files'
+)
+MODEL_DIR_HELP = (
+    "folder holding the weights as <dataset>/<threat>/<name>.pt (relative to the current directory; "
+    "default $RTK_MODEL_DIR, else ./models)"
+)
+UNSAFE_HELP = (
+    "allow a checkpoint that torch.load(weights_only=True) refuses (it stores Python objects); this can "
+    "run arbitrary code: only for files you trust"
+)
 SHA_HELP = "expected sha256 of the weight file (a list for ensembles); default: pinned, else recorded on first load"
 DOWNLOAD_HELP = "when the file is missing, fetch it with robustbench's downloader (needs network; checked before use)"
 
@@ -78,8 +84,15 @@ class RobustBenchOptions(rtk.Options):
 def _build_robustbench(info, o: RobustBenchOptions):
     from rtk.zoo import load_zoo_model
 
-    return load_zoo_model(o.source, model_dir=o.model_dir, info=info, allow_unsafe_pickle=o.allow_unsafe_pickle,
-                          sha256=o.sha256, download=o.download, pretrained=o.pretrained)
+    return load_zoo_model(
+        o.source,
+        model_dir=o.model_dir,
+        info=info,
+        allow_unsafe_pickle=o.allow_unsafe_pickle,
+        sha256=o.sha256,
+        download=o.download,
+        pretrained=o.pretrained,
+    )
 
 
 # ---------------------------------------------------------------------------- the zoo stage
@@ -87,9 +100,12 @@ class CKAOptions(rtk.Options):
     enabled: bool = Field(True, description="compute CKA between each zoo model and each of your models")
     limit: int = Field(256, ge=8, description="test examples whose features are compared")
     batch_size: int = Field(64, ge=2)
-    layers: list[str] = Field(default_factory=list, description="layer name patterns for both models (fnmatch globs, or "
-                                                                "regular expressions written 're:...'); default: every "
-                                                                "conv/BN/ReLU/pooling/linear layer")
+    layers: list[str] = Field(
+        default_factory=list,
+        description="layer name patterns for both models (fnmatch globs, or "
+        "regular expressions written 're:...'); default: every "
+        "conv/BN/ReLU/pooling/linear layer",
+    )
     max_layers: int = Field(24, ge=1, description="at most this many layers per model (evenly spaced)")
 
 
@@ -97,25 +113,40 @@ Norm = Literal["Linf", "L2", "L1"]
 
 
 class ZooStageOptions(rtk.Options):
-    models: list[str] = Field(default_factory=list, description="experiment models to compare (yours, or declared zoo models)")
-    zoo: list[str] = Field(default_factory=list, description="zoo entries '<dataset>/<threat>/<name>' loaded by the stage")
+    models: list[str] = Field(
+        default_factory=list, description="experiment models to compare (yours, or declared zoo models)"
+    )
+    zoo: list[str] = Field(
+        default_factory=list, description="zoo entries '<dataset>/<threat>/<name>' loaded by the stage"
+    )
     model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
     allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
     download: bool = Field(False, description=DOWNLOAD_HELP)
-    attacks: list[rtk.AttackRef] = Field(default_factory=lambda: [rtk.AttackRef(name="autoattack")], min_length=1,
-                                         description="the attack suite, the same for every model (default: AutoAttack, "
-                                                     "RobustBench's own evaluation)")
+    attacks: list[rtk.AttackRef] = Field(
+        default_factory=lambda: [rtk.AttackRef(name="autoattack")],
+        min_length=1,
+        description="the attack suite, the same for every model (default: AutoAttack, RobustBench's own evaluation)",
+    )
     eps: list[rtk.Eps] | dict[Norm, list[rtk.Eps]] | None = Field(
-        None, description="run every bounded attack at each eps (a list, or a table per norm); default: each attack's "
-                          "own eps")
-    headline_eps: rtk.Eps | None = Field(None, description="eps of the headline worst case (default: the largest eps "
-                                                           "of the first bounded attack)")
-    limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of this many test examples "
-                                                      "(the same subset as an evaluate stage with the same limit)")
+        None,
+        description="run every bounded attack at each eps (a list, or a table per norm); default: each attack's "
+        "own eps",
+    )
+    headline_eps: rtk.Eps | None = Field(
+        None, description="eps of the headline worst case (default: the largest eps of the first bounded attack)"
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate on a fixed random subset of this many test examples "
+        "(the same subset as an evaluate stage with the same limit)",
+    )
     batch_size: int = Field(128, ge=1)
     early_exit: bool = Field(False, description="attacks skip examples an earlier attack already broke")
     checks: bool = Field(True, description="run the evaluation's sanity checks on every model")
-    check_settings: CheckSettings = Field(default_factory=CheckSettings, description="thresholds and sizes of the checks")
+    check_settings: CheckSettings = Field(
+        default_factory=CheckSettings, description="thresholds and sizes of the checks"
+    )
     cka: CKAOptions = Field(default_factory=CKAOptions)
 
 
@@ -172,9 +203,11 @@ def _missing_weights(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]
             continue  # reported by the source check
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            problems.append(f"{where}: weights of the zoo model {source} not found: expected {missing[0].resolve()}; "
-                            f"place the file there (`rtk zoo list --json` gives its Google Drive id), point model_dir "
-                            f"(--model-dir, $RTK_MODEL_DIR) at your copy, or set download = true (--download)")
+            problems.append(
+                f"{where}: weights of the zoo model {source} not found: expected {missing[0].resolve()}; "
+                f"place the file there (`rtk zoo list --json` gives its Google Drive id), point model_dir "
+                f"(--model-dir, $RTK_MODEL_DIR) at your copy, or set download = true (--download)"
+            )
     return problems
 
 
@@ -192,8 +225,13 @@ def _contenders(ctx: rtk.StageContext, opts: ZooStageOptions):
             out.append(Contender(name, module, "rtk"))
     for z in opts.zoo:
         zid = ZooId.parse(z)
-        module = load_zoo_model(zid, model_dir=opts.model_dir, info=ctx.info,
-                                allow_unsafe_pickle=opts.allow_unsafe_pickle, download=opts.download)
+        module = load_zoo_model(
+            zid,
+            model_dir=opts.model_dir,
+            info=ctx.info,
+            allow_unsafe_pickle=opts.allow_unsafe_pickle,
+            download=opts.download,
+        )
         out.append(zoo_contender(zid.name, module.to(ctx.device)))
     return out
 
@@ -207,32 +245,55 @@ def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
     split = ctx.data.test
     indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
     units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
-    cmp = compare_robustness(contenders, split, units, indices=indices, batch_size=opts.batch_size, device=ctx.device,
-                             eps=opts.eps, headline_eps=opts.headline_eps, early_exit=opts.early_exit,
-                             checks=opts.check_settings if opts.checks else False, store_root=ctx.artifact_dir,
-                             seed=ctx.seed)
+    cmp = compare_robustness(
+        contenders,
+        split,
+        units,
+        indices=indices,
+        batch_size=opts.batch_size,
+        device=ctx.device,
+        eps=opts.eps,
+        headline_eps=opts.headline_eps,
+        early_exit=opts.early_exit,
+        checks=opts.check_settings if opts.checks else False,
+        store_root=ctx.artifact_dir,
+        seed=ctx.seed,
+    )
     tables = {"comparison": cmp.comparison, "accuracy": cmp.accuracy}
     if cmp.checks is not None:
         tables["checks"] = cmp.checks
     figures = {}
     n_zoo = sum(c.source == "zoo" for c in contenders)
-    summary = [f"Compared {len(contenders)} model(s) ({n_zoo} from the RobustBench zoo) on the same {len(indices)} test "
-               f"examples under the same suite: {', '.join(ref.describe() for ref in opts.attacks)}."]
+    summary = [
+        f"Compared {len(contenders)} model(s) ({n_zoo} from the RobustBench zoo) on the same {len(indices)} test "
+        f"examples under the same suite: {', '.join(ref.describe() for ref in opts.attacks)}."
+    ]
     best = cmp.comparison.sort_values("worst_case", ascending=False).iloc[0]
     summary.append(f"Highest worst-case accuracy ({best['threat']}): `{best['model']}` ({best['worst_case']:.3f}).")
     if n_zoo:
-        summary.append("reported_clean / reported_robust are RobustBench's own numbers (AutoAttack on the full test set).")
+        summary.append(
+            "reported_clean / reported_robust are RobustBench's own numbers (AutoAttack on the full test set)."
+        )
     summary += cmp.notes
     failed = [(r.name, c.name) for r in cmp.results for c in r.failed_checks]
     if failed:
-        summary.append("Failed sanity checks: " + "; ".join(f"`{m}`: {c}" for m, c in failed) + " (see the checks table).")
+        summary.append(
+            "Failed sanity checks: " + "; ".join(f"`{m}`: {c}" for m, c in failed) + " (see the checks table)."
+        )
     zoo_side = [c for c in contenders if c.source == "zoo"]
     mine = [c for c in contenders if c.source != "zoo"]
     if opts.cka.enabled and zoo_side and mine:
         cka_split = subset(split, opts.cka.limit, ctx.experiment.seed)
         cka_table, cka_figures, note = compare_layers_table(
-            zoo_side, mine, cka_split, layers=opts.cka.layers, max_layers=opts.cka.max_layers,
-            batch_size=opts.cka.batch_size, device=ctx.device, figure_path=ctx.figure_path)
+            zoo_side,
+            mine,
+            cka_split,
+            layers=opts.cka.layers,
+            max_layers=opts.cka.max_layers,
+            batch_size=opts.cka.batch_size,
+            device=ctx.device,
+            figure_path=ctx.figure_path,
+        )
         tables["cka"] = cka_table
         figures.update(cka_figures)
         summary.append(note)
@@ -245,13 +306,22 @@ def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
 
 @rtk.hookimpl
 def rtk_models():
-    yield rtk.ModelSpec(name="robustbench", summary="a RobustBench zoo model from a local model directory "
-                                                    "(arch = \"robustbench:<dataset>/<threat>/<name>\"; needs rtk[zoo])",
-                        options=RobustBenchOptions, build=_build_robustbench)
+    yield rtk.ModelSpec(
+        name="robustbench",
+        summary="a RobustBench zoo model from a local model directory "
+        '(arch = "robustbench:<dataset>/<threat>/<name>"; needs rtk[zoo])',
+        options=RobustBenchOptions,
+        build=_build_robustbench,
+    )
 
 
 @rtk.hookimpl
 def rtk_stages():
-    yield rtk.StageSpec(name="zoo", summary="RobustBench zoo models beside yours: one subset, one attack suite, one "
-                                            "table; CKA between their layers (needs rtk[zoo])",
-                        options=ZooStageOptions, run=_run_stage, check=_check_stage)
+    yield rtk.StageSpec(
+        name="zoo",
+        summary="RobustBench zoo models beside yours: one subset, one attack suite, one "
+        "table; CKA between their layers (needs rtk[zoo])",
+        options=ZooStageOptions,
+        run=_run_stage,
+        check=_check_stage,
+    )

@@ -61,9 +61,13 @@ def read_run(path: Path) -> dict:
     tables: dict[str, pd.DataFrame] = {}
     for csv in sorted((path / "tables").glob("*/*.csv")):
         tables[f"{csv.parent.name}/{csv.stem}"] = pd.read_csv(csv)
-    return {"path": path, "stages": stages, "tables": tables,
-            "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
-            "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values())}
+    return {
+        "path": path,
+        "stages": stages,
+        "tables": tables,
+        "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
+        "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values()),
+    }
 
 
 def parse_model(name: str) -> dict:
@@ -108,9 +112,15 @@ def accuracy_table(run: dict, stage: str = "evaluate") -> pd.DataFrame:
     for model, part in acc.groupby("model", sort=False):
         clean = part.loc[part["attack"] == "clean", "accuracy"]
         worst = part.loc[part["attack"] == "worst_case", "accuracy"]
-        rows.append({"model": model, **{k: v for k, v in parse_model(model).items() if k != "seed"},
-                     "clean": float(clean.iloc[0]) if len(clean) else np.nan,
-                     "PGD": float(worst.iloc[0]) if len(worst) else np.nan, "n": int(part["n"].iloc[0])})
+        rows.append(
+            {
+                "model": model,
+                **{k: v for k, v in parse_model(model).items() if k != "seed"},
+                "clean": float(clean.iloc[0]) if len(clean) else np.nan,
+                "PGD": float(worst.iloc[0]) if len(worst) else np.nan,
+                "n": int(part["n"].iloc[0]),
+            }
+        )
     df = pd.DataFrame(rows)
     if "width" in df and df["width"].isna().all():
         df = df.drop(columns="width")
@@ -133,9 +143,17 @@ def block_table(run: dict) -> pd.DataFrame:
         if bs is None:
             continue
         for _, r in bs.iterrows():
-            rows.append({"model": r["model"], **parse_model(r["model"]), "inputs": inputs, "score": r["score"],
-                         "blocks": int(r["blocks"]), "layers": int(r["layers"]),
-                         "far_cka": far_similarity(hm, r["model"]) if hm is not None else np.nan})
+            rows.append(
+                {
+                    "model": r["model"],
+                    **parse_model(r["model"]),
+                    "inputs": inputs,
+                    "score": r["score"],
+                    "blocks": int(r["blocks"]),
+                    "layers": int(r["layers"]),
+                    "far_cka": far_similarity(hm, r["model"]) if hm is not None else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -148,9 +166,17 @@ def diagonal_table(run: dict) -> pd.DataFrame:
         for pair, part in dg.groupby("pair", sort=False):
             part = part.sort_values("depth")
             early, late = thirds(part["value"])
-            rows.append({"pair": pair, "inputs": inputs, "first layer": float(part["value"].iloc[0]),
-                         "first third": early, "last third": late, "last layer": float(part["value"].iloc[-1]),
-                         "mean": float(part["value"].mean())})
+            rows.append(
+                {
+                    "pair": pair,
+                    "inputs": inputs,
+                    "first layer": float(part["value"].iloc[0]),
+                    "first third": early,
+                    "last third": late,
+                    "last layer": float(part["value"].iloc[-1]),
+                    "mean": float(part["value"].mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -172,12 +198,19 @@ def specialization_table(run: dict) -> pd.DataFrame:
         part = part.sort_values("depth")
         early, late = thirds(part["specialization"])
         _, late_align = thirds(part["class_alignment"])
-        rows.append({"model": model, "method": parse_model(model)["method"],
-                     "first layer": float(part["specialization"].iloc[0]), "first third": early,
-                     "last third": late, "last layer": float(part["specialization"].iloc[-1]),
-                     "peak": float(part["specialization"].max()),
-                     "class alignment (last third)": late_align,
-                     "class alignment (last layer)": float(part["class_alignment"].iloc[-1])})
+        rows.append(
+            {
+                "model": model,
+                "method": parse_model(model)["method"],
+                "first layer": float(part["specialization"].iloc[0]),
+                "first third": early,
+                "last third": late,
+                "last layer": float(part["specialization"].iloc[-1]),
+                "peak": float(part["specialization"].max()),
+                "class alignment (last third)": late_align,
+                "class alignment (last layer)": float(part["class_alignment"].iloc[-1]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -192,9 +225,18 @@ def overfitting_tables(run: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         for ck, part in of.groupby("checkpoint", sort=False):
             part = part.sort_values("depth")
             early, late = thirds(part["value"])
-            rows.append({"reference": part["reference"].iloc[0], "checkpoint": ck, "inputs": inputs,
-                         "first third": early, "last third": late, "last layer": float(part["value"].iloc[-1]),
-                         "min": float(part["value"].min()), "min at": part.loc[part["value"].idxmin(), "layer"]})
+            rows.append(
+                {
+                    "reference": part["reference"].iloc[0],
+                    "checkpoint": ck,
+                    "inputs": inputs,
+                    "first third": early,
+                    "last third": late,
+                    "last layer": float(part["value"].iloc[-1]),
+                    "min": float(part["value"].min()),
+                    "min at": part.loc[part["value"].idxmin(), "layer"],
+                }
+            )
     return (hist if hist is not None else pd.DataFrame()), pd.DataFrame(rows)
 
 
@@ -204,8 +246,10 @@ def plot_block_scores(bt: pd.DataFrame, path: Path) -> Path | None:
     if part.empty:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, col, label in ((axes[0], "score", "block-structure score"),
-                           (axes[1], "far_cka", "mean CKA of layers > L/2 apart")):
+    for ax, col, label in (
+        (axes[0], "score", "block-structure score"),
+        (axes[1], "far_cka", "mean CKA of layers > L/2 apart"),
+    ):
         for method, g in part.groupby("method", sort=False):
             g = g.sort_values("width")
             ax.plot(g["width"], g[col], marker="o", label=method)
@@ -226,8 +270,12 @@ def plot_history(hist: pd.DataFrame, path: Path) -> Path | None:
     if hist.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for col, label in (("train_robust_acc", "train, PGD"), ("test_robust_acc", "test, PGD"),
-                       ("train_clean_acc", "train, clean"), ("test_clean_acc", "test, clean")):
+    for col, label in (
+        ("train_robust_acc", "train, PGD"),
+        ("test_robust_acc", "test, PGD"),
+        ("train_clean_acc", "train, clean"),
+        ("test_clean_acc", "test, clean"),
+    ):
         if col in hist and hist[col].notna().any():
             ax.plot(hist["epoch"], hist[col], label=label, marker="." if "robust" in col else None)
     ax.set_xlabel("epoch")
@@ -248,8 +296,11 @@ def overfitting_keys(of: dict, pre: str, dest: Path, save, copy_fig) -> dict[str
     keys[f"{pre}_accuracy"] = save(accuracy_table(of), f"{pre}_accuracy")
     keys[f"{pre}_table"] = save(ot, f"{pre}_by_layer")
     if not hist.empty:
-        cols = [c for c in ("epoch", "lr", "train_clean_acc", "train_robust_acc", "test_clean_acc",
-                            "test_robust_acc") if c in hist]
+        cols = [
+            c
+            for c in ("epoch", "lr", "train_clean_acc", "train_robust_acc", "test_clean_acc", "test_robust_acc")
+            if c in hist
+        ]
         hist[cols].to_csv(dest / f"{pre}_history.csv", index=False)
         ev = hist[hist["test_robust_acc"].notna()]
         best = ev.loc[ev["test_robust_acc"].idxmax()]
@@ -301,13 +352,17 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         run = read_run(path)
         loaded[name] = run
         t = read_time(runs / f"paper1-{name}{suffix}.log")
-        timing_rows.append({"experiment": f"`experiments/paper1-{name}.toml`",
-                            "command": f"`OMP_NUM_THREADS={THREADS.get(name, 1)} rtk run experiments/paper1-{name}.toml "
-                                       f"--out runs/paper1-{name}`",
-                            "complete": "yes" if run["complete"] else "NO",
-                            "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
-                            "CPU (min)": t.get("cpu_s", np.nan) / 60,
-                            "stages (min)": run["stage_seconds"] / 60})
+        timing_rows.append(
+            {
+                "experiment": f"`experiments/paper1-{name}.toml`",
+                "command": f"`OMP_NUM_THREADS={THREADS.get(name, 1)} rtk run experiments/paper1-{name}.toml "
+                f"--out runs/paper1-{name}`",
+                "complete": "yes" if run["complete"] else "NO",
+                "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
+                "CPU (min)": t.get("cpu_s", np.nan) / 60,
+                "stages (min)": run["stage_seconds"] / 60,
+            }
+        )
     keys["experiments_table"] = md(pd.DataFrame(timing_rows), "{:.1f}")
     quick_rows = []
     for name in EXPERIMENTS:
@@ -315,10 +370,14 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         if (path / "state.json").exists():
             run = read_run(path)
             t = read_time(runs / f"paper1-{name}-digits.log")
-            quick_rows.append({"experiment": f"`experiments/paper1-{name}-digits.toml`",
-                               "complete": "yes" if run["complete"] else "NO",
-                               "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
-                               "CPU (min)": t.get("cpu_s", np.nan) / 60})
+            quick_rows.append(
+                {
+                    "experiment": f"`experiments/paper1-{name}-digits.toml`",
+                    "complete": "yes" if run["complete"] else "NO",
+                    "wall (min)": t.get("wall_s", run["stage_seconds"]) / 60,
+                    "CPU (min)": t.get("cpu_s", np.nan) / 60,
+                }
+            )
     keys["quick_table"] = md(pd.DataFrame(quick_rows), "{:.1f}")
 
     def copy_fig(run: dict, stage: str, name: str, new: str) -> str:
@@ -336,6 +395,7 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
     sims = [loaded[n] for n in ("similarity", "wide") if n in loaded and (n == "similarity" or loaded[n]["complete"])]
     sim = sims[0] if sims else None
     if sim is not None:
+
         def joined(fn) -> pd.DataFrame:
             return pd.concat([fn(r) for r in sims], ignore_index=True)
 
@@ -348,10 +408,12 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         keys["similarity_accuracy"] = save(acc, "similarity_accuracy")
         bt = joined(block_table)
         if bt.empty:
-            bt = pd.DataFrame(columns=["model", "method", "width", "seed", "inputs", "score", "blocks", "layers",
-                                       "far_cka"])
-        keys["block_table"] = save(bt[["model", "method", "width", "inputs", "score", "blocks", "layers", "far_cka"]],
-                                   "block_structure")
+            bt = pd.DataFrame(
+                columns=["model", "method", "width", "seed", "inputs", "score", "blocks", "layers", "far_cka"]
+            )
+        keys["block_table"] = save(
+            bt[["model", "method", "width", "inputs", "score", "blocks", "layers", "far_cka"]], "block_structure"
+        )
         if plot_block_scores(bt, dest / "block_structure_vs_width.png"):
             keys["block_figure"] = "![block structure vs width](paper1/block_structure_vs_width.png)"
         keys["self_similarity_dev"] = f"{max(self_similarity(r) for r in sims):.1e}"
@@ -370,19 +432,22 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             for m in (f"std-w{w}", f"pgd-w{w}", f"trades-w{w}"):
                 run = run_with(m)
                 keys[f"heatmap/{m}"] = copy_fig(run, "similarity-benign", f"heatmap_{m}", f"heatmap_{m}.png")
-                keys[f"heatmap_adv/{m}"] = copy_fig(run, "similarity-adversarial", f"heatmap_{m}",
-                                                    f"heatmap_adv_{m}.png")
+                keys[f"heatmap_adv/{m}"] = copy_fig(
+                    run, "similarity-adversarial", f"heatmap_{m}", f"heatmap_adv_{m}.png"
+                )
             for a, b in ((f"std-w{w}", f"pgd-w{w}"), (f"std-w{w}", f"trades-w{w}"), (f"pgd-w{w}", f"trades-w{w}")):
                 slug = f"{a}-vs-{b}"
                 run = run_with(a)
                 keys[f"heatmap/{slug}"] = copy_fig(run, "similarity-benign", f"heatmap_{slug}", f"heatmap_{slug}.png")
-                keys[f"heatmap_adv/{slug}"] = copy_fig(run, "similarity-adversarial", f"heatmap_{slug}",
-                                                       f"heatmap_adv_{slug}.png")
+                keys[f"heatmap_adv/{slug}"] = copy_fig(
+                    run, "similarity-adversarial", f"heatmap_{slug}", f"heatmap_adv_{slug}.png"
+                )
         for name, run in zip(("similarity", "wide"), sims):
             pre = "" if name == "similarity" else "wide_"
             keys[f"{pre}diagonal_figure"] = copy_fig(run, "similarity-benign", "diagonal", f"{pre}diagonal_benign.png")
-            keys[f"{pre}diagonal_adv_figure"] = copy_fig(run, "similarity-adversarial", "diagonal",
-                                                         f"{pre}diagonal_adversarial.png")
+            keys[f"{pre}diagonal_adv_figure"] = copy_fig(
+                run, "similarity-adversarial", "diagonal", f"{pre}diagonal_adversarial.png"
+            )
         st = joined(specialization_table)
         keys["specialization_table"] = save(st, "specialization")
         for _, r in st.iterrows():
@@ -394,8 +459,9 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
             keys[f"spec_early/{r['model']}"] = f"{r['first third']:.3f}"
         keys["specialization_figure"] = copy_fig(sim, "specialization", "specialization", "specialization.png")
         if len(sims) > 1:
-            keys["wide_specialization_figure"] = copy_fig(sims[1], "specialization", "specialization",
-                                                          "wide_specialization.png")
+            keys["wide_specialization_figure"] = copy_fig(
+                sims[1], "specialization", "specialization", "wide_specialization.png"
+            )
         for _, r in acc.iterrows():
             keys[f"clean/{r['model']}"] = f"{r['clean']:.3f}"
             keys[f"pgd/{r['model']}"] = f"{r['PGD']:.3f}"
@@ -409,16 +475,21 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
         sbt = block_table(seeds)
         if sbt.empty:
             sbt = pd.DataFrame(columns=["model", "method", "seed", "inputs", "score", "blocks", "far_cka"])
-        keys["seeds_block_table"] = save(sbt[["model", "method", "seed", "inputs", "score", "blocks", "far_cka"]],
-                                         "seeds_block_structure")
+        keys["seeds_block_table"] = save(
+            sbt[["model", "method", "seed", "inputs", "score", "blocks", "far_cka"]], "seeds_block_structure"
+        )
         keys["seeds_diagonal_figure"] = copy_fig(seeds, "similarity-benign", "diagonal", "seeds_diagonal_benign.png")
-        keys["seeds_diagonal_adv_figure"] = copy_fig(seeds, "similarity-adversarial", "diagonal",
-                                                     "seeds_diagonal_adversarial.png")
+        keys["seeds_diagonal_adv_figure"] = copy_fig(
+            seeds, "similarity-adversarial", "diagonal", "seeds_diagonal_adversarial.png"
+        )
         for a, b in (("std-s0", "std-s1"), ("pgd-s0", "pgd-s1"), ("std-s0", "pgd-s0")):
             slug = f"{a}-vs-{b}"
-            keys[f"heatmap/{slug}"] = copy_fig(seeds, "similarity-benign", f"heatmap_{slug}", f"seeds_heatmap_{slug}.png")
-            keys[f"heatmap_adv/{slug}"] = copy_fig(seeds, "similarity-adversarial", f"heatmap_{slug}",
-                                                   f"seeds_heatmap_adv_{slug}.png")
+            keys[f"heatmap/{slug}"] = copy_fig(
+                seeds, "similarity-benign", f"heatmap_{slug}", f"seeds_heatmap_{slug}.png"
+            )
+            keys[f"heatmap_adv/{slug}"] = copy_fig(
+                seeds, "similarity-adversarial", f"heatmap_{slug}", f"seeds_heatmap_adv_{slug}.png"
+            )
 
     if "overfitting" in loaded:
         keys.update(overfitting_keys(loaded["overfitting"], "of", dest, save, copy_fig))

@@ -30,8 +30,12 @@ import pandas as pd
 
 PRUNE_EXPERIMENTS = {"standard": "std", "adversarial": "adv", "verifiable": "ver"}
 #: experiment -> (objective, headline column) for the HYDRA vs LWM table
-HEADLINE_OF = {"standard": ("standard", "clean_acc"), "adversarial": ("PGD-AT", "robust_acc"),
-               "verifiable": ("IBP", "verified_acc"), "high-compression": ("PGD-AT (high-compression run)", "robust_acc")}
+HEADLINE_OF = {
+    "standard": ("standard", "clean_acc"),
+    "adversarial": ("PGD-AT", "robust_acc"),
+    "verifiable": ("IBP", "verified_acc"),
+    "high-compression": ("PGD-AT (high-compression run)", "robust_acc"),
+}
 OBJECTIVES = ("std", "adv", "ver")
 OBJECTIVE_NAMES = {"std": "standard", "adv": "PGD-AT", "ver": "IBP"}
 HEADLINE = {"standard": "clean_frac", "adversarial": "robust_frac", "verifiable": "verified_frac"}
@@ -55,9 +59,13 @@ def read_run(path: Path) -> dict:
     tables: dict[str, pd.DataFrame] = {}
     for csv in sorted((path / "tables").glob("*/*.csv")):
         tables[f"{csv.parent.name}/{csv.stem}"] = pd.read_csv(csv)
-    return {"path": path, "stages": stages, "tables": tables,
-            "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
-            "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values())}
+    return {
+        "path": path,
+        "stages": stages,
+        "tables": tables,
+        "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
+        "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values()),
+    }
 
 
 def prune_table(run: dict) -> pd.DataFrame:
@@ -86,9 +94,14 @@ def fraction_rows(exp: str, table: pd.DataFrame) -> pd.DataFrame:
     """One row per model: compression reached and accuracies, absolute and as fractions."""
     rows = []
     for _, r in table.iterrows():
-        row = {"method": METHOD_NAMES.get(r["method"], r["method"]), "target": r["target"],
-               "pruned-layer compression": f"{r['layer_compression']:.1f}x",
-               "params": int(r["params"]), "clean": pct(r["clean_acc"]), "clean / dense": pct(r["clean_frac"])}
+        row = {
+            "method": METHOD_NAMES.get(r["method"], r["method"]),
+            "target": r["target"],
+            "pruned-layer compression": f"{r['layer_compression']:.1f}x",
+            "params": int(r["params"]),
+            "clean": pct(r["clean_acc"]),
+            "clean / dense": pct(r["clean_frac"]),
+        }
         if "robust_acc" in r:
             row["robust (worst case)"] = pct(r["robust_acc"])
             row["robust / dense"] = pct(r["robust_frac"])
@@ -178,8 +191,14 @@ def objectives_grid(run: dict) -> pd.DataFrame:
     for m in list(OBJECTIVES) + [f"{a}-{b}" for a in OBJECTIVES for b in OBJECTIVES]:
         w = wc[wc["model"] == m].iloc[0]
         v = ver[ver["model"] == m].iloc[0]
-        rows.append({"model": m, "clean": float(w["clean_accuracy"]), "pgd": float(w["accuracy"]),
-                     "verified": float(v["verified_accuracy"])})
+        rows.append(
+            {
+                "model": m,
+                "clean": float(w["clean_accuracy"]),
+                "pgd": float(w["accuracy"]),
+                "verified": float(v["verified_accuracy"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -216,11 +235,15 @@ def collect(runs: Path, logs: Path, out: Path, suffix: str = "") -> dict[str, st
             continue
         run = read_run(path)
         t = read_time(logs / f"{name}.time")
-        timing.append({"experiment": f"`experiments/{name}.toml`",
-                       "command": f"`OMP_NUM_THREADS=1 rtk run experiments/{name}.toml --out runs/{name}`",
-                       "status": "completed" if run["complete"] else "INCOMPLETE",
-                       "wall (min)": f"{t['wall_s'] / 60:.1f}" if "wall_s" in t else f"{run['stage_seconds'] / 60:.1f}",
-                       "CPU (min)": f"{(t['user_s'] + t['sys_s']) / 60:.1f}" if "user_s" in t else "n/a"})
+        timing.append(
+            {
+                "experiment": f"`experiments/{name}.toml`",
+                "command": f"`OMP_NUM_THREADS=1 rtk run experiments/{name}.toml --out runs/{name}`",
+                "status": "completed" if run["complete"] else "INCOMPLETE",
+                "wall (min)": f"{t['wall_s'] / 60:.1f}" if "wall_s" in t else f"{run['stage_seconds'] / 60:.1f}",
+                "CPU (min)": f"{(t['user_s'] + t['sys_s']) / 60:.1f}" if "user_s" in t else "n/a",
+            }
+        )
         if exp == "objectives":
             grid = objectives_grid(run)
             grid.to_csv(figdir / f"{file_prefix}objectives.csv", index=False)
@@ -244,11 +267,24 @@ def collect(runs: Path, logs: Path, out: Path, suffix: str = "") -> dict[str, st
             shutil.copy(fig, figdir / f"{exp}-accuracy_vs_compression.png")
         for _, r in table.iterrows():
             base = f"{key_prefix}{key_part(exp)}_{key_part(r['method'])}_{key_part(str(r['target']))}"
-            for col in ("clean_acc", "robust_acc", "verified_acc", "clean_frac", "robust_frac", "verified_frac",
-                        "layer_compression", "sparsity"):
+            for col in (
+                "clean_acc",
+                "robust_acc",
+                "verified_acc",
+                "clean_frac",
+                "robust_frac",
+                "verified_frac",
+                "layer_compression",
+                "sparsity",
+            ):
                 if col in r and pd.notna(r[col]):
-                    values[f"{base}_{col}"] = (f"{r[col]:.1f}x" if col == "layer_compression"
-                                               else f"{r[col]:.3f}" if col == "sparsity" else pct(r[col]))
+                    values[f"{base}_{col}"] = (
+                        f"{r[col]:.1f}x"
+                        if col == "layer_compression"
+                        else f"{r[col]:.3f}"
+                        if col == "sparsity"
+                        else pct(r[col])
+                    )
     if prune_tables:
         if not suffix:
             plot_fractions(prune_tables, figdir / "fractions.png")
@@ -270,8 +306,11 @@ def headline_table(tables: dict[str, pd.DataFrame]) -> str:
     rows = []
     for exp, t in tables.items():
         col = HEADLINE[exp]
-        row = {"objective": OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]], "measure": col.replace("_frac", ""),
-               "Sehwag et al. 2019 (CIFAR-10, mean of 4 nets)": paper[exp]}
+        row = {
+            "objective": OBJECTIVE_NAMES[PRUNE_EXPERIMENTS[exp]],
+            "measure": col.replace("_frac", ""),
+            "Sehwag et al. 2019 (CIFAR-10, mean of 4 nets)": paper[exp],
+        }
         for method in ("lwm", "hydra", "channel-l2"):
             r = t[(t["method"] == method) & (t["target"] == "10x")]
             row[METHOD_NAMES[method]] = pct(float(r[col].iloc[0])) if len(r) else "n/a"
@@ -290,9 +329,16 @@ def hydra_vs_lwm(tables: dict[str, pd.DataFrame]) -> str:
             if not len(hyd):
                 continue
             h = float(hyd[col].iloc[0])
-            rows.append({"objective": objective, "measure": col.replace("_acc", ""),
-                         "compression": target, "LWM": pct(lwm), "HYDRA": pct(h),
-                         "HYDRA - LWM (points)": f"{100 * (h - lwm):+.1f}"})
+            rows.append(
+                {
+                    "objective": objective,
+                    "measure": col.replace("_acc", ""),
+                    "compression": target,
+                    "LWM": pct(lwm),
+                    "HYDRA": pct(h),
+                    "HYDRA - LWM (points)": f"{100 * (h - lwm):+.1f}",
+                }
+            )
     return md_table(pd.DataFrame(rows))
 
 
@@ -311,8 +357,12 @@ def hydra_counts(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
             d = round(100 * (float(hyd[col].iloc[0]) - lwm), 1)
             ahead, tie, behind = ahead + (d > 0), tie + (d == 0), behind + (d < 0)
             out[f"{key_part(exp)}_hydra_minus_lwm_{target}"] = f"{d:.1f}"
-    out.update(hydra_ahead=str(ahead), hydra_tie=str(tie), hydra_behind=str(behind),
-               hydra_comparisons=str(ahead + tie + behind))
+    out.update(
+        hydra_ahead=str(ahead),
+        hydra_tie=str(tie),
+        hydra_behind=str(behind),
+        hydra_comparisons=str(ahead + tie + behind),
+    )
     return out
 
 

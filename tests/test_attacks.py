@@ -23,6 +23,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 ATTACKS = _REG.names("attack")
 #: options that keep the expensive defaults short (applied only where the attack has them)
 QUICK = {"steps": 5, "queries": 60, "n_target_classes": 3}
@@ -52,8 +54,19 @@ def tiny(digits):
 
 
 def test_every_attack_the_issue_names_is_registered():
-    for name in ("fgsm", "pgd", "pgd-l2", "apgd-ce", "apgd-dlr", "apgd-t", "fab", "square", "cw-l2", "deepfool",
-                 "autoattack"):
+    for name in (
+        "fgsm",
+        "pgd",
+        "pgd-l2",
+        "apgd-ce",
+        "apgd-dlr",
+        "apgd-t",
+        "fab",
+        "square",
+        "cw-l2",
+        "deepfool",
+        "autoattack",
+    ):
         assert name in ATTACKS
 
 

@@ -12,8 +12,17 @@ from torch import nn
 
 import rtk
 from rtk.certify import (
-    BoundCertifier, CertifiedObjective, Ramp, UnsupportedLayerError, bound_graph, check_graph, linf_box,
-    logit_extremes, margin_lower_bounds, margin_spec, output_bounds,
+    BoundCertifier,
+    CertifiedObjective,
+    Ramp,
+    UnsupportedLayerError,
+    bound_graph,
+    check_graph,
+    linf_box,
+    logit_extremes,
+    margin_lower_bounds,
+    margin_spec,
+    output_bounds,
 )
 from rtk.models import Normalize
 
@@ -41,21 +50,40 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
 
 
 def mlp_net() -> nn.Module:
-    return nn.Sequential(OrderedDict([
-        ("norm", Normalize([0.3], [0.4])), ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(36, 24)), ("bn1", nn.BatchNorm1d(24)), ("relu1", nn.ReLU()),
-        ("fc2", nn.Linear(24, 16)), ("relu2", nn.ReLU()), ("head", nn.Linear(16, 5)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("norm", Normalize([0.3], [0.4])),
+                ("flatten", nn.Flatten()),
+                ("fc1", nn.Linear(36, 24)),
+                ("bn1", nn.BatchNorm1d(24)),
+                ("relu1", nn.ReLU()),
+                ("fc2", nn.Linear(24, 16)),
+                ("relu2", nn.ReLU()),
+                ("head", nn.Linear(16, 5)),
+            ]
+        )
+    )
 
 
 def conv_net() -> nn.Module:
-    return nn.Sequential(OrderedDict([
-        ("norm", Normalize([0.5, 0.4], [0.25, 0.3])),
-        ("conv1", nn.Conv2d(2, 6, 3, padding=1)), ("bn1", nn.BatchNorm2d(6)), ("relu1", nn.ReLU()),
-        ("pool", nn.AvgPool2d(2)),
-        ("conv2", nn.Conv2d(6, 8, 3, stride=2, padding=1)), ("relu2", nn.ReLU()),
-        ("flatten", nn.Flatten()), ("fc", nn.Linear(8 * 2 * 2, 16)), ("relu3", nn.ReLU()), ("head", nn.Linear(16, 5)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("norm", Normalize([0.5, 0.4], [0.25, 0.3])),
+                ("conv1", nn.Conv2d(2, 6, 3, padding=1)),
+                ("bn1", nn.BatchNorm2d(6)),
+                ("relu1", nn.ReLU()),
+                ("pool", nn.AvgPool2d(2)),
+                ("conv2", nn.Conv2d(6, 8, 3, stride=2, padding=1)),
+                ("relu2", nn.ReLU()),
+                ("flatten", nn.Flatten()),
+                ("fc", nn.Linear(8 * 2 * 2, 16)),
+                ("relu3", nn.ReLU()),
+                ("head", nn.Linear(16, 5)),
+            ]
+        )
+    )
 
 
 class ResidualNet(nn.Module):
@@ -259,16 +287,24 @@ class MyLinear(nn.Linear):
         return super().forward(x) * 2
 
 
-@pytest.mark.parametrize("layer,name,kind", [
-    (nn.MaxPool2d(2), "features.pool", "MaxPool2d"),
-    (nn.Sigmoid(), "features.pool", "Sigmoid"),
-    (Tanhy(), "features.pool", "tanh"),
-])
+@pytest.mark.parametrize(
+    "layer,name,kind",
+    [
+        (nn.MaxPool2d(2), "features.pool", "MaxPool2d"),
+        (nn.Sigmoid(), "features.pool", "Sigmoid"),
+        (Tanhy(), "features.pool", "tanh"),
+    ],
+)
 def test_unsupported_layer_names_it(layer, name, kind):
-    model = nn.Sequential(OrderedDict([
-        ("features", nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 2, 3, padding=1)), ("pool", layer)]))),
-        ("flatten", nn.Flatten()), ("head", nn.Linear(2 * 4 * 4 if isinstance(layer, nn.MaxPool2d) else 2 * 8 * 8, 3)),
-    ])).eval()
+    model = nn.Sequential(
+        OrderedDict(
+            [
+                ("features", nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 2, 3, padding=1)), ("pool", layer)]))),
+                ("flatten", nn.Flatten()),
+                ("head", nn.Linear(2 * 4 * 4 if isinstance(layer, nn.MaxPool2d) else 2 * 8 * 8, 3)),
+            ]
+        )
+    ).eval()
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(UnsupportedLayerError) as err:
         BoundCertifier("crown", eps=0.1).certify(model, x, torch.zeros(2, dtype=torch.long))
@@ -324,8 +360,9 @@ def test_certified_objectives_schedules_and_gradients():
         assert (z.gather(1, y[:, None]) == 0).all()
 
 
-@pytest.mark.parametrize("arch,options,eps", [("resnet-small", {"blocks": 1, "width": 4}, 0.005),
-                                              ("wrn", {"depth": 10, "width": 1}, 0.001)])
+@pytest.mark.parametrize(
+    "arch,options,eps", [("resnet-small", {"blocks": 1, "width": 4}, 0.005), ("wrn", {"depth": 10, "width": 1}, 0.001)]
+)
 def test_rtk_residual_architectures_are_sound(registry, arch, options, eps):
     """rtk's residual networks are traced through their blocks and bounded soundly."""
     from rtk.data.core import DataInfo

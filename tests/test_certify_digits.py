@@ -15,7 +15,11 @@ from click.testing import CliRunner
 
 import rtk
 from rtk.certify import (
-    BoundCertifier, SmoothingCertifier, clopper_pearson_lower, clopper_pearson_lower_bisect, margin_pgd,
+    BoundCertifier,
+    SmoothingCertifier,
+    clopper_pearson_lower,
+    clopper_pearson_lower_bisect,
+    margin_pgd,
     verified_accuracy,
 )
 from rtk.data.core import batches
@@ -189,25 +193,42 @@ def test_trainer_records_and_their_options(registry):
 
 def test_certify_stage(checkpoints, registry, tmp_path, digits):
     exp = {
-        "name": "certify", "dataset": {"name": "digits"},
+        "name": "certify",
+        "dataset": {"name": "digits"},
         "models": {name: {"arch": "cnn-small", "checkpoint": str(path)} for name, path in checkpoints.items()},
         "stages": [
-            {"kind": "certify", "models": ["ibp", "standard"], "certifiers": ["ibp", {"name": "crown", "spec_chunk": 64}],
-             "eps": [0.05, EPS], "limit": 60},
-            {"kind": "certify", "models": ["noise"], "certifiers": [{"name": "smoothing", "n0": 20, "n": 200}],
-             "eps": [0.25, 0.5], "limit": 30},
-        ]}
+            {
+                "kind": "certify",
+                "models": ["ibp", "standard"],
+                "certifiers": ["ibp", {"name": "crown", "spec_chunk": 64}],
+                "eps": [0.05, EPS],
+                "limit": 60,
+            },
+            {
+                "kind": "certify",
+                "models": ["noise"],
+                "certifiers": [{"name": "smoothing", "n0": 20, "n": 200}],
+                "eps": [0.25, 0.5],
+                "limit": 30,
+            },
+        ],
+    }
     result = rtk.run(exp, registry=registry, out=tmp_path / "run")
     table = result.table("01-certify/verified")
     assert len(table) == 2 * 2 * 2 and set(table["certifier"]) == {"ibp", "crown(spec_chunk=64)"}
     row = table[(table.model == "ibp") & (table.certifier == "ibp") & (table.eps == EPS)].iloc[0]
     from rtk.data import subset
+
     split = subset(digits.test, 60, 0)
-    assert row["verified_accuracy"] == pytest.approx(verified_accuracy(BoundCertifier("ibp", eps=EPS),
-                                                                       rtk.models.load_checkpoint(checkpoints["ibp"])[0], split))
+    assert row["verified_accuracy"] == pytest.approx(
+        verified_accuracy(BoundCertifier("ibp", eps=EPS), rtk.models.load_checkpoint(checkpoints["ibp"])[0], split)
+    )
     assert row["verified_accuracy"] > table[(table.model == "standard") & (table.eps == EPS)]["verified_accuracy"].max()
     smooth = result.table("02-certify/verified")
-    assert list(smooth["norm"]) == ["L2", "L2"] and smooth["verified_accuracy"].iloc[0] >= smooth["verified_accuracy"].iloc[1]
+    assert (
+        list(smooth["norm"]) == ["L2", "L2"]
+        and smooth["verified_accuracy"].iloc[0] >= smooth["verified_accuracy"].iloc[1]
+    )
     curve = result.table("radius_curve")
     assert curve["certified_accuracy"].is_monotonic_decreasing and curve["radius"].iloc[0] == 0
     assert (result.path / "figures" / "02-certify" / "radius_curve.png").exists()
@@ -217,8 +238,12 @@ def test_certify_stage(checkpoints, registry, tmp_path, digits):
 
 def test_certify_stage_problems_are_found_before_work(registry, tmp_path):
     def problems(stage):
-        exp = {"name": "bad", "dataset": {"name": "digits"}, "models": {"m": {"arch": "mlp"}},
-               "stages": [{"kind": "certify", **stage}]}
+        exp = {
+            "name": "bad",
+            "dataset": {"name": "digits"},
+            "models": {"m": {"arch": "mlp"}},
+            "stages": [{"kind": "certify", **stage}],
+        }
         with pytest.raises(rtk.ConfigError) as err:
             rtk.run(exp, registry=registry, out=tmp_path / "run")
         return str(err.value)
@@ -235,8 +260,25 @@ def test_cli_certify(checkpoints, tmp_path):
 
     pm = rtk.plugin_manager(entry_points=False)
     out = tmp_path / "rows.csv"
-    res = CliRunner().invoke(cli, ["certify", str(checkpoints["ibp"]), "-c", "ibp", "-c", "smoothing:n=100,n0=10,sigma=0.25",
-                                   "--eps", "1/10", "--limit", "40", "--out", str(out)], obj=pm, catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        [
+            "certify",
+            str(checkpoints["ibp"]),
+            "-c",
+            "ibp",
+            "-c",
+            "smoothing:n=100,n0=10,sigma=0.25",
+            "--eps",
+            "1/10",
+            "--limit",
+            "40",
+            "--out",
+            str(out),
+        ],
+        obj=pm,
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     assert "verified_accuracy" in res.output and "smoothing" in res.output
     rows = pd.read_csv(out)

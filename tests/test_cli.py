@@ -105,7 +105,7 @@ def test_run_dry_run_and_real_run(pm, tmp_path):
 
 def test_run_quiet_prints_no_stage_lines(pm, tmp_path):
     exp = tmp_path / "e.toml"
-    exp.write_text(EXP.split("[[stages]]\nkind = \"evaluate\"")[0])
+    exp.write_text(EXP.split('[[stages]]\nkind = "evaluate"')[0])
     res = invoke(pm, "--quiet", "run", str(exp), "--out", str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
     assert "01-train/history" in res.stdout

@@ -78,8 +78,11 @@ def test_bad_fraction_and_range(tmp_path, registry):
 
 
 def test_every_problem_is_reported_at_once(tmp_path, registry):
-    text = (BASE.replace('arch = "mlp"', 'arch = "mlpp"') + TRAIN.replace('"net"', '"nett"')
-            + EVAL.replace('name = "pgd"', 'name = "pgdd"'))
+    text = (
+        BASE.replace('arch = "mlp"', 'arch = "mlpp"')
+        + TRAIN.replace('"net"', '"nett"')
+        + EVAL.replace('name = "pgd"', 'name = "pgdd"')
+    )
     problems = plan_errors(tmp_path, registry, text)
     joined = "\n".join(problems)
     assert "models.net.arch: unknown model 'mlpp'" in joined and "did you mean 'mlp'" in joined
@@ -95,7 +98,9 @@ def test_unknown_stage_kind_and_top_level_key(tmp_path, registry):
 
 
 def test_missing_checkpoint_file(tmp_path, registry):
-    problems = plan_errors(tmp_path, registry, BASE.replace('hidden = [32]', 'hidden = [32]\ncheckpoint = "nope/model"') + TRAIN)
+    problems = plan_errors(
+        tmp_path, registry, BASE.replace("hidden = [32]", 'hidden = [32]\ncheckpoint = "nope/model"') + TRAIN
+    )
     assert any(p.startswith("models.net.checkpoint: file not found") for p in problems), problems
 
 
@@ -111,9 +116,18 @@ def test_no_stages_is_an_error(tmp_path, registry):
 def test_run_writes_run_directory_and_returns_tables(tmp_path, registry):
     res = rtk.run(write(tmp_path, BASE + TRAIN + EVAL), registry=registry, out=tmp_path / "run")
     d = res.path
-    for rel in ("experiment.toml", "config.json", "environment.json", "state.json", "report.md",
-                "tables/01-train/history.csv", "tables/01-train/history.parquet", "tables/02-evaluate/accuracy.csv",
-                "checkpoints/net/last.safetensors", "checkpoints/net/last.json"):
+    for rel in (
+        "experiment.toml",
+        "config.json",
+        "environment.json",
+        "state.json",
+        "report.md",
+        "tables/01-train/history.csv",
+        "tables/01-train/history.parquet",
+        "tables/02-evaluate/accuracy.csv",
+        "checkpoints/net/last.safetensors",
+        "checkpoints/net/last.json",
+    ):
         assert (d / rel).exists(), rel
     env = json.loads((d / "environment.json").read_text())
     assert env["seed"] == 3 and env["torch"] and env["rtk"] == "0.1.0" and "rtk.attacks" in env["plugins"]
@@ -130,7 +144,9 @@ def test_same_seed_repeats_exactly(tmp_path, registry):
     text = BASE + TRAIN
     a = rtk.run(write(tmp_path, text), registry=registry, out=tmp_path / "a").table("history")
     b = rtk.run(write(tmp_path, text), registry=registry, out=tmp_path / "b").table("history")
-    pd.testing.assert_frame_equal(a.drop(columns=[c for c in a if "time" in c]), b.drop(columns=[c for c in b if "time" in c]))
+    pd.testing.assert_frame_equal(
+        a.drop(columns=[c for c in a if "time" in c]), b.drop(columns=[c for c in b if "time" in c])
+    )
 
 
 def test_run_from_python_dict(tmp_path, registry):
@@ -163,7 +179,9 @@ def _flaky_plugin(calls: dict):
 
 def test_failing_stage_keeps_earlier_results_and_resume_skips_them(tmp_path):
     calls: dict = {"fail": True}
-    reg = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False, extra=[("flaky", _flaky_plugin(calls))]))
+    reg = rtk.Registry.from_plugin_manager(
+        rtk.plugin_manager(entry_points=False, extra=[("flaky", _flaky_plugin(calls))])
+    )
     text = BASE + TRAIN + '\n[[stages]]\nkind = "flaky"\nid = "boom"\n'
     out = tmp_path / "run"
     with pytest.raises(rtk.StageError, match="stage 'boom' failed: RuntimeError: disk on fire"):

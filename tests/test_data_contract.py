@@ -42,7 +42,9 @@ def _sample(split, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_contract(name):
     spec = rtk.default_registry().get("dataset", name)
-    assert spec.summary and issubclass(spec.options, rtk.data.DataOptions), "every dataset accepts limit_train/limit_test/seed"
+    assert spec.summary and issubclass(spec.options, rtk.data.DataOptions), (
+        "every dataset accepts limit_train/limit_test/seed"
+    )
     opts = _options(spec)
     if isinstance(opts, ConfigError):  # needs a setting with no default (for example a folder)
         assert name not in OFFLINE

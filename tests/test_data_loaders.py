@@ -35,8 +35,15 @@ def write_idx(path: Path, arr: np.ndarray, *, gz: bool = True) -> None:
         path.write_bytes(raw)
 
 
-def make_idx_set(folder: Path, n_train: int = 30, n_test: int = 12, size: tuple[int, int] = (28, 28), *, gz: bool = True,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+def make_idx_set(
+    folder: Path,
+    n_train: int = 30,
+    n_test: int = 12,
+    size: tuple[int, int] = (28, 28),
+    *,
+    gz: bool = True,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = {
         IDX_NAMES[0]: rng.integers(0, 256, (n_train, *size), dtype=np.uint8),
@@ -124,15 +131,23 @@ def make_cifar10(root: Path, per_batch: int = 4) -> tuple[np.ndarray, np.ndarray
         x, y = cifar_images(per_batch, i), [(i + j) % 10 for j in range(per_batch)]
         xs.append(x)
         ys += y
-        batch = {"batch_label": f"training batch {i} of 5", "labels": y, "data": x,
-                 "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)]}
+        batch = {
+            "batch_label": f"training batch {i} of 5",
+            "labels": y,
+            "data": x,
+            "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)],
+        }
         (folder / f"data_batch_{i}").write_bytes(_Py2Pickle.dumps(batch))
     xt, yt = cifar_images(3, 99), [9, 0, 4]
-    (folder / "test_batch").write_bytes(_Py2Pickle.dumps({"batch_label": "testing batch 1 of 1", "labels": yt, "data": xt,
-                                                           "filenames": ["a", "b", "c"]}))
+    (folder / "test_batch").write_bytes(
+        _Py2Pickle.dumps(
+            {"batch_label": "testing batch 1 of 1", "labels": yt, "data": xt, "filenames": ["a", "b", "c"]}
+        )
+    )
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (folder / "batches.meta").write_bytes(_Py2Pickle.dumps({"num_cases_per_batch": per_batch, "label_names": names,
-                                                             "num_vis": 3072}))
+    (folder / "batches.meta").write_bytes(
+        _Py2Pickle.dumps({"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072})
+    )
     return np.concatenate(xs), np.array(ys), xt, np.array(yt)
 
 
@@ -155,7 +170,9 @@ def test_read_idx_rejects_corrupt_files_naming_them(tmp_path):
         rtk.data.read_idx(bad_magic)
     short = tmp_path / "short"
     short.write_bytes(bytes([0, 0, 8, 2]) + struct.pack(">2I", 3, 3) + b"\x00" * 5)
-    with pytest.raises(DataError, match=r"short: IDX header says shape \[3, 3\] \(9 bytes of data\) but the file holds 5"):
+    with pytest.raises(
+        DataError, match=r"short: IDX header says shape \[3, 3\] \(9 bytes of data\) but the file holds 5"
+    ):
         rtk.data.read_idx(short)
     broken_gz = tmp_path / "x.gz"
     broken_gz.write_bytes(gzip.compress(b"\x00" * 100)[:20])
@@ -166,7 +183,11 @@ def test_read_idx_rejects_corrupt_files_naming_them(tmp_path):
 def test_mnist_loads_gz_files_exactly(tmp_path):
     arrays = make_idx_set(tmp_path)
     b = rtk.data.load_mnist(root=tmp_path)
-    assert b.info.name == "mnist" and b.info.num_classes == 10 and (b.info.channels, b.info.height, b.info.width) == (1, 28, 28)
+    assert (
+        b.info.name == "mnist"
+        and b.info.num_classes == 10
+        and (b.info.channels, b.info.height, b.info.width) == (1, 28, 28)
+    )
     assert b.info.mean == (0.1307,) and b.info.std == (0.3081,)
     assert b.train.x.shape == (30, 1, 28, 28) and b.test.x.shape == (12, 1, 28, 28)
     assert b.train.x.dtype == torch.float32 and b.train.y.dtype == torch.int64
@@ -192,7 +213,9 @@ def test_generic_idx_dataset_computes_statistics_and_classes(tmp_path):
 def test_idx_label_count_and_range_are_checked(tmp_path):
     make_idx_set(tmp_path)
     write_idx(tmp_path / IDX_NAMES[1], np.zeros(29, dtype=np.uint8))
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz: expected 30 labels \(one per image\), got shape \[29\]"):
+    with pytest.raises(
+        DataError, match=r"train-labels-idx1-ubyte\.gz: expected 30 labels \(one per image\), got shape \[29\]"
+    ):
         rtk.data.load_mnist(root=tmp_path)
     write_idx(tmp_path / IDX_NAMES[1], np.full(30, 12, dtype=np.uint8))
     with pytest.raises(DataError, match=r"labels must lie in 0\.\.9, found 12\.\.12"):
@@ -209,8 +232,11 @@ def test_missing_idx_files_say_what_where_and_how(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in msg and "download = true" in msg
     # a folder with some of the files: the error names exactly what it lacks
     write_idx(tmp_path / "part" / IDX_NAMES[0], np.zeros((2, 28, 28), np.uint8))
-    with pytest.raises(DataError, match=r"part exists but lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                                        r"t10k-labels-idx1-ubyte"):
+    with pytest.raises(
+        DataError,
+        match=r"part exists but lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        r"t10k-labels-idx1-ubyte",
+    ):
         rtk.data.load_mnist(root=tmp_path / "part")
 
 
@@ -252,7 +278,8 @@ def test_download_is_used_only_when_asked_and_files_are_missing(tmp_path, monkey
 @pytest.fixture(scope="module")
 def fashion():
     assert (FASHION_ROOT / "train-images-idx3-ubyte.gz").is_file(), (
-        "Fashion-MNIST is not installed: as root, apt-get install dataset-fashion-mnist (scripts/setup.sh does it)")
+        "Fashion-MNIST is not installed: as root, apt-get install dataset-fashion-mnist (scripts/setup.sh does it)"
+    )
     return rtk.data.load_fashion_mnist()
 
 
@@ -299,7 +326,10 @@ def test_cifar100_fine_and_coarse_labels_from_modern_pickles(tmp_path):
     for split, n in (("train", 10), ("test", 10)):
         d = {b"data": cifar_images(n, 7), b"fine_labels": fine, b"coarse_labels": coarse, b"filenames": [b"f"] * n}
         (folder / split).write_bytes(pickle.dumps(d, protocol=4))
-    meta = {"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"coarse{i}" for i in range(20)]}
+    meta = {
+        "fine_label_names": [f"fine{i}" for i in range(100)],
+        "coarse_label_names": [f"coarse{i}" for i in range(20)],
+    }
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     b = rtk.data.load_cifar100(root=tmp_path)
     assert b.info.num_classes == 100 and b.info.class_names[10] == "fine10" and b.train.y.tolist() == fine
@@ -328,11 +358,16 @@ def test_cifar_errors_name_the_file_and_what_is_wrong(tmp_path):
     make_cifar10(tmp_path)
     batch = tmp_path / "cifar-10-batches-py" / "test_batch"
     batch.write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}))
-    with pytest.raises(DataError, match=r"test_batch: expected 'data' of shape \[N, 3072\] and dtype uint8, got \[2, 100\]"):
+    with pytest.raises(
+        DataError, match=r"test_batch: expected 'data' of shape \[N, 3072\] and dtype uint8, got \[2, 100\]"
+    ):
         rtk.data.load_cifar10(root=tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_5").unlink()
-    with pytest.raises(DataError, match=r"(?s)Expected data_batch_1, .* test_batch in one of.*lacks data_batch_5.*"
-                                        r"download = true.*cifar-10-python\.tar\.gz"):
+    with pytest.raises(
+        DataError,
+        match=r"(?s)Expected data_batch_1, .* test_batch in one of.*lacks data_batch_5.*"
+        r"download = true.*cifar-10-python\.tar\.gz",
+    ):
         rtk.data.load_cifar10(root=tmp_path)
 
 
@@ -429,17 +464,21 @@ def test_image_folder_options_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"resize \(100\) must be at least image_size \(224\)"):
         rtk.validate_options(spec.options, {"root": str(tmp_path), "resize": 100}, "dataset")
     with pytest.raises(ConfigError, match=r"mean needs 1 values"):
-        rtk.validate_options(spec.options, {"root": ".", "grayscale": True, "mean": [0.1, 0.2, 0.3], "std": [1.0]},
-                             "dataset")
+        rtk.validate_options(
+            spec.options, {"root": ".", "grayscale": True, "mean": [0.1, 0.2, 0.3], "std": [1.0]}, "dataset"
+        )
 
 
 # ----------------------------------------------------------------------------- planning
 def test_missing_dataset_files_fail_the_plan_before_any_work(tmp_path):
-    exp = rtk.experiment_from_dict({
-        "name": "t", "dataset": {"name": "cifar10", "root": str(tmp_path / "none")},
-        "models": {"m": {"arch": "resnet-small"}},
-        "stages": [{"kind": "train", "model": "m", "epochs": 1}],
-    })
+    exp = rtk.experiment_from_dict(
+        {
+            "name": "t",
+            "dataset": {"name": "cifar10", "root": str(tmp_path / "none")},
+            "models": {"m": {"arch": "resnet-small"}},
+            "stages": [{"kind": "train", "model": "m", "epochs": 1}],
+        }
+    )
     with pytest.raises(ConfigError) as err:
         rtk.plan(exp)
     assert "dataset: dataset 'cifar10': files not found" in str(err.value)

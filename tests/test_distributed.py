@@ -34,8 +34,15 @@ DEADLINE_S = 60.0
 # ---------------------------------------------------------------------------- process harness
 def _pool_worker(rank: int, world: int, port: int, tasks, results) -> None:
     """One rank: join the gloo group, then run ``fn(rank, *args)`` for each task until None."""
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     with rd.session(timeout=60) as info:
         assert info.distributed and (info.rank, info.world_size, info.backend) == (rank, world, "gloo")
@@ -63,8 +70,10 @@ class Workers:
         self.tasks = [ctx.Queue() for _ in range(self.world)]
         self.results = ctx.Queue()
         port = rd.free_port()
-        self.procs = [ctx.Process(target=_pool_worker, args=(r, self.world, port, self.tasks[r], self.results), daemon=True)
-                      for r in range(self.world)]
+        self.procs = [
+            ctx.Process(target=_pool_worker, args=(r, self.world, port, self.tasks[r], self.results), daemon=True)
+            for r in range(self.world)
+        ]
         for p in self.procs:
             p.start()
         self.broken = False
@@ -136,7 +145,9 @@ def test_shard_indices_cover_every_index_once(mode, align):
             shards = [rd.shard_indices(n, r, world, mode=mode, align=align) for r in range(world)]
             flat = torch.cat(shards)
             assert sorted(flat.tolist()) == list(range(n)), (n, world)
-            assert all(torch.equal(s, rd.shard_indices(n, r, world, mode=mode, align=align)) for r, s in enumerate(shards))
+            assert all(
+                torch.equal(s, rd.shard_indices(n, r, world, mode=mode, align=align)) for r, s in enumerate(shards)
+            )
             sizes = [len(s) for s in shards]
             assert max(sizes) - min(sizes) <= align, sizes  # balanced up to one block
             if mode == "contiguous":
@@ -244,8 +255,13 @@ def _collectives(rank: int, out: str) -> None:
     s = rd.all_reduce_sum(acc)
     assert s.dtype == torch.float64
     assert s.tolist() == [3e16, 2.0 + 1e-12]  # float32 would lose both
-    sums = rd.all_reduce_sums({"a": torch.full((2, 2), rank + 1.0, dtype=torch.float64),
-                               "n": torch.tensor(rank + 1), "ok": torch.tensor([True, rank == 0])})
+    sums = rd.all_reduce_sums(
+        {
+            "a": torch.full((2, 2), rank + 1.0, dtype=torch.float64),
+            "n": torch.tensor(rank + 1),
+            "ok": torch.tensor([True, rank == 0]),
+        }
+    )
     assert sums["a"].tolist() == [[3.0, 3.0], [3.0, 3.0]] and int(sums["n"]) == 3 and sums["ok"].tolist() == [2, 1]
     assert rd.broadcast_object({"dir": f"runs/r{rank}"}) == {"dir": "runs/r0"}
 
@@ -297,20 +313,26 @@ def _per_example(model, attack, split, indices: torch.Tensor, batch_size: int) -
     """Clean and PGD predictions, losses and correctness for ``indices`` (dataset order)."""
     rows = []
     for start in range(0, len(indices), batch_size):
-        idx = indices[start:start + batch_size]
+        idx = indices[start : start + batch_size]
         x, y = split.x[idx], split.y[idx]
         with torch.no_grad():
             logits = model(x)
         x_adv = attack(x, y)
         with torch.no_grad():
             adv_logits = model(x_adv)
-        rows.append(pd.DataFrame({
-            "index": idx.numpy(), "label": y.numpy(),
-            "pred": logits.argmax(1).numpy(), "loss": nn.functional.cross_entropy(logits, y, reduction="none").numpy(),
-            "adv_pred": adv_logits.argmax(1).numpy(),
-            "adv_loss": nn.functional.cross_entropy(adv_logits, y, reduction="none").numpy(),
-            "linf": (x_adv - x).abs().flatten(1).amax(1).numpy(),
-        }))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "index": idx.numpy(),
+                    "label": y.numpy(),
+                    "pred": logits.argmax(1).numpy(),
+                    "loss": nn.functional.cross_entropy(logits, y, reduction="none").numpy(),
+                    "adv_pred": adv_logits.argmax(1).numpy(),
+                    "adv_loss": nn.functional.cross_entropy(adv_logits, y, reduction="none").numpy(),
+                    "linf": (x_adv - x).abs().flatten(1).amax(1).numpy(),
+                }
+            )
+        )
     df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["index"])
     df["correct"] = df["pred"] == df["label"]
     df["adv_correct"] = df["adv_pred"] == df["label"]
@@ -318,8 +340,9 @@ def _per_example(model, attack, split, indices: torch.Tensor, batch_size: int) -
 
 
 def _eval_setup(weights: str):
-    from rtk.data.digits import load_digits
     from safetensors.torch import load_file
+
+    from rtk.data.digits import load_digits
 
     reg = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
     data = load_digits()
@@ -351,15 +374,24 @@ def _sharded_eval(rank: int, weights: str, out: str, batch_size: int) -> None:
         reference.to_parquet(Path(out, "single.parquet"))
         with torch.no_grad():
             ref_logits = model(split.x)
-        torch.save({"logits": tens["logits"], "correct": tens["correct"], "index": tens["index"],
-                    "ref_logits": ref_logits, "ref_correct": ref_logits.argmax(1) == split.y}, Path(out, "tensors.pt"))
+        torch.save(
+            {
+                "logits": tens["logits"],
+                "correct": tens["correct"],
+                "index": tens["index"],
+                "ref_logits": ref_logits,
+                "ref_correct": ref_logits.argmax(1) == split.y,
+            },
+            Path(out, "tensors.pt"),
+        )
     else:
         assert table is None and tens is None
 
 
 def test_sharded_evaluation_equals_single_process(tmp_path, digits, workers):
-    from rtk.models.small import mlp
     from safetensors.torch import save_file
+
+    from rtk.models.small import mlp
 
     torch.manual_seed(0)
     model = mlp(digits.info, hidden=HIDDEN)
@@ -423,7 +455,7 @@ def _accumulate(feats: list[torch.Tensor], batch_ids: torch.Tensor, batch: int) 
     total = torch.zeros(len(feats), len(feats), dtype=torch.float64)
     count = torch.zeros((), dtype=torch.float64)
     for b in batch_ids.tolist():
-        total += _hsic1_sums([f[b * batch:(b + 1) * batch] for f in feats])
+        total += _hsic1_sums([f[b * batch : (b + 1) * batch] for f in feats])
         count += 1
     return total, count
 
@@ -448,7 +480,7 @@ def _distributed_cka(rank: int, out: str, n: int, batch: int) -> None:
     def stream(batch_ids: torch.Tensor) -> MinibatchCKA:
         acc = MinibatchCKA()
         for i in batch_ids.tolist():
-            acc.update([f[i * batch:(i + 1) * batch] for f in feats])
+            acc.update([f[i * batch : (i + 1) * batch] for f in feats])
         return acc
 
     acc = stream(mine)
@@ -458,10 +490,17 @@ def _distributed_cka(rank: int, out: str, n: int, batch: int) -> None:
     acc.sync()
     if rank == 0:
         ref_total, ref_count = _accumulate(feats, torch.arange(n_batches), batch)
-        torch.save({"cka": _cka(total, count), "ref": _cka(ref_total, ref_count),
-                    "local": _cka(*_accumulate(feats, mine, batch)),
-                    "class": _cka(class_sum, class_count), "class_sync": acc.compute(),
-                    "class_ref": stream(torch.arange(n_batches)).compute()}, Path(out, "cka.pt"))
+        torch.save(
+            {
+                "cka": _cka(total, count),
+                "ref": _cka(ref_total, ref_count),
+                "local": _cka(*_accumulate(feats, mine, batch)),
+                "class": _cka(class_sum, class_count),
+                "class_sync": acc.compute(),
+                "class_ref": stream(torch.arange(n_batches)).compute(),
+            },
+            Path(out, "cka.pt"),
+        )
 
 
 def test_distributed_minibatch_cka_equals_single_process(tmp_path, workers):
@@ -522,8 +561,16 @@ def _ddp_train(rank: int, out: str, n: int, per_rank: int, epochs: int) -> None:
         assert all(torch.equal(v, init[k]) for k, v in ref.state_dict().items())
         single = rd.DistributedBatchSampler(n, per_rank * rd.world_size(), seed=5, rank_=0, world=1)
         _train(ref, single, split, epochs, attack_steps=2)
-        torch.save({"ddp": final, "rank1": replicas[1], "single": ref.state_dict(), "init": init,
-                    "steps": len(sampler) * epochs}, Path(out, "params.pt"))
+        torch.save(
+            {
+                "ddp": final,
+                "rank1": replicas[1],
+                "single": ref.state_dict(),
+                "init": init,
+                "steps": len(sampler) * epochs,
+            },
+            Path(out, "params.pt"),
+        )
 
 
 def test_ddp_training_follows_single_process(tmp_path, workers):
@@ -548,8 +595,10 @@ def test_run_nproc_relaunches_through_torchrun(tmp_path, monkeypatch, capfd):
     for k in rd.TORCHRUN_ENV:
         monkeypatch.delenv(k, raising=False)
     exp = tmp_path / "exp.toml"
-    exp.write_text('name = "d"\n[dataset]\nname = "digits"\n[models.net]\narch = "mlp"\nhidden = [8]\n'
-                   '[[stages]]\nkind = "evaluate"\nmodels = ["net"]\n')
+    exp.write_text(
+        'name = "d"\n[dataset]\nname = "digits"\n[models.net]\narch = "mlp"\nhidden = [8]\n'
+        '[[stages]]\nkind = "evaluate"\nmodels = ["net"]\n'
+    )
     seen = {}
 
     def fake_launch(argv, nproc, **kw):
@@ -557,7 +606,9 @@ def test_run_nproc_relaunches_through_torchrun(tmp_path, monkeypatch, capfd):
         return 0
 
     monkeypatch.setattr(rd, "launch", fake_launch)
-    res = CliRunner().invoke(cli, ["-q", "run", str(exp), "--nproc", "2", "--dry-run", "--seed", "3"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli, ["-q", "run", str(exp), "--nproc", "2", "--dry-run", "--seed", "3"], catch_exceptions=False
+    )
     assert res.exit_code == 0, res.output
     assert seen == {"argv": ["-q", "run", "--dry-run", "--seed", "3", str(exp)], "nproc": 2}
     res = CliRunner().invoke(cli, ["-q", "launch", "--nproc", "3", "evaluate", "--help"], catch_exceptions=False)

@@ -30,8 +30,15 @@ DEADLINE_S = 90.0
 
 # ---------------------------------------------------------------------------- process harness
 def _worker(rank: int, world: int, port: int, tasks, results) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     torch.set_num_threads(1)
     with rd.session(timeout=DEADLINE_S):
         while (task := tasks.get()) is not None:
@@ -51,8 +58,10 @@ class Workers:
         self.tasks = [ctx.Queue() for _ in range(world)]
         self.results = ctx.Queue()
         port = rd.free_port()
-        self.procs = [ctx.Process(target=_worker, args=(r, world, port, self.tasks[r], self.results), daemon=True)
-                      for r in range(world)]
+        self.procs = [
+            ctx.Process(target=_worker, args=(r, world, port, self.tasks[r], self.results), daemon=True)
+            for r in range(world)
+        ]
         for p in self.procs:
             p.start()
         self.broken = False
@@ -123,17 +132,45 @@ def _experiment(out_checkpoint: str | None = None) -> dict:
     With ``out_checkpoint``: only evaluate and similarity, on that checkpoint, with the seed
     shifted by one so each stage's seed (experiment seed + stage index) is the same."""
     model = {"arch": "cnn-small"} if out_checkpoint is None else {"arch": "cnn-small", "checkpoint": out_checkpoint}
-    train = {"kind": "train", "id": "train", "model": "net", "trainer": "standard", "epochs": 2, "lr": 0.05,
-             "batch_size": 64, "eval_size": 0, "eval_train_size": 0, "monitor": "test_clean_acc"}
-    evaluate = {"kind": "evaluate", "id": "eval", "models": ["net"], "batch_size": 64,
-                "attacks": ["fgsm", {"name": "pgd", "steps": 3}], "eps": [0.1], "per_example": True,
-                "checks": False, "plot": False}
-    similarity = {"kind": "similarity", "id": "sim", "models": ["net"], "analyses": ["heatmap"],
-                  "metric": {"name": "minibatch-cka", "batch_size": 64}}
+    train = {
+        "kind": "train",
+        "id": "train",
+        "model": "net",
+        "trainer": "standard",
+        "epochs": 2,
+        "lr": 0.05,
+        "batch_size": 64,
+        "eval_size": 0,
+        "eval_train_size": 0,
+        "monitor": "test_clean_acc",
+    }
+    evaluate = {
+        "kind": "evaluate",
+        "id": "eval",
+        "models": ["net"],
+        "batch_size": 64,
+        "attacks": ["fgsm", {"name": "pgd", "steps": 3}],
+        "eps": [0.1],
+        "per_example": True,
+        "checks": False,
+        "plot": False,
+    }
+    similarity = {
+        "kind": "similarity",
+        "id": "sim",
+        "models": ["net"],
+        "analyses": ["heatmap"],
+        "metric": {"name": "minibatch-cka", "batch_size": 64},
+    }
     stages = ([train] if out_checkpoint is None else []) + [evaluate, similarity]
     seed = 3 if out_checkpoint is None else 4
-    return {"name": "ddp", "seed": seed, "dataset": {"name": "digits", "limit_train": 320, "limit_test": 200},
-            "models": {"net": model}, "stages": stages}
+    return {
+        "name": "ddp",
+        "seed": seed,
+        "dataset": {"name": "digits", "limit_train": 320, "limit_test": 200},
+        "models": {"net": model},
+        "stages": stages,
+    }
 
 
 def _run_experiment(rank: int, out: str, log_dir: str) -> None:
@@ -156,9 +193,16 @@ def _run_experiment(rank: int, out: str, log_dir: str) -> None:
     finally:
         os.replace = real_replace
     assert rd.is_initialized()  # the runner joined the existing group and left it alive
-    Path(log_dir, f"rank{rank}.json").write_text(json.dumps({
-        "path": str(result.path), "written": written,
-        "tables": sorted(result.tables), "rows": len(result.table("eval/per_example"))}))
+    Path(log_dir, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "path": str(result.path),
+                "written": written,
+                "tables": sorted(result.tables),
+                "rows": len(result.table("eval/per_example")),
+            }
+        )
+    )
 
 
 def test_run_under_two_ranks_equals_one_process(workers, tmp_path, one_thread):
@@ -185,10 +229,14 @@ def test_run_under_two_ranks_equals_one_process(workers, tmp_path, one_thread):
     two_pe = pd.read_csv(out / "tables" / "eval" / "per_example.csv")
     one_pe = one.table("eval/per_example").reset_index(drop=True)
     pd.testing.assert_frame_equal(two_pe, pd.read_csv(tmp_path / "run1" / "tables" / "eval" / "per_example.csv"))
-    assert len(one_pe) == len(two_pe) == info[0]["rows"] == 2 * len(one_pe["index"].unique())  # one row per example and attack
+    assert (
+        len(one_pe) == len(two_pe) == info[0]["rows"] == 2 * len(one_pe["index"].unique())
+    )  # one row per example and attack
     for name in ("accuracy", "worst_case"):
-        pd.testing.assert_frame_equal(pd.read_csv(out / "tables" / "eval" / f"{name}.csv"),
-                                      pd.read_csv(tmp_path / "run1" / "tables" / "eval" / f"{name}.csv"))
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / "tables" / "eval" / f"{name}.csv"),
+            pd.read_csv(tmp_path / "run1" / "tables" / "eval" / f"{name}.csv"),
+        )
     h2 = pd.read_csv(out / "tables" / "sim" / "heatmaps.csv")
     h1 = pd.read_csv(tmp_path / "run1" / "tables" / "sim" / "heatmaps.csv")
     value = [c for c in h1.columns if h1[c].dtype.kind == "f"]
@@ -218,30 +266,40 @@ def _stop_after(epoch_: int):
     def on_epoch(epoch: int, row: dict) -> None:
         if epoch == epoch_:
             raise _Interrupt(f"stopped after epoch {epoch}")
+
     return on_epoch
 
 
-def _train(world: int, rank: int, sink: str | None = None, *, state_dir: str | None = None,
-           interrupt: int | None = None) -> tuple[dict, list[float]]:
+def _train(
+    world: int, rank: int, sink: str | None = None, *, state_dir: str | None = None, interrupt: int | None = None
+) -> tuple[dict, list[float]]:
     from rtk.training import LoopConfig, StandardObjective, train_model
 
     data = _data()
     torch.manual_seed(0)
-    model = rtk.default_registry().get("model", "cnn-small").build(data.info, rtk.default_registry().get(
-        "model", "cnn-small").options())
+    model = (
+        rtk.default_registry()
+        .get("model", "cnn-small")
+        .build(data.info, rtk.default_registry().get("model", "cnn-small").options())
+    )
     sampler = rd.DistributedBatchSampler(len(data.train), 64 // world, seed=5, rank_=rank, world=world)
-    cfg = LoopConfig(epochs=3, lr=0.05, batch_size=64 // world, eval_size=0, eval_train_size=0,
-                     monitor="test_clean_acc")
-    kw = dict(seed=5, epoch_indices=sampler.epoch_indices, batch_weights=sampler.weights, plot=False,
-              state_dir=state_dir)
+    cfg = LoopConfig(
+        epochs=3, lr=0.05, batch_size=64 // world, eval_size=0, eval_train_size=0, monitor="test_clean_acc"
+    )
+    kw = dict(
+        seed=5, epoch_indices=sampler.epoch_indices, batch_weights=sampler.weights, plot=False, state_dir=state_dir
+    )
     wrapped = rd.wrap_model(model, "cpu")
     if interrupt is not None:  # interrupted after an epoch, then resumed from rank 0's saved state
         with pytest.raises(_Interrupt):
             train_model(wrapped, StandardObjective(), data, cfg, on_epoch=_stop_after(interrupt), **kw)
         rd.barrier()
         torch.manual_seed(123)
-        model = rtk.default_registry().get("model", "cnn-small").build(data.info, rtk.default_registry().get(
-            "model", "cnn-small").options())  # a fresh model: everything comes from the saved state
+        model = (
+            rtk.default_registry()
+            .get("model", "cnn-small")
+            .build(data.info, rtk.default_registry().get("model", "cnn-small").options())
+        )  # a fresh model: everything comes from the saved state
         wrapped = rd.wrap_model(model, "cpu")
     res = train_model(wrapped, StandardObjective(), data, cfg, resume=interrupt is not None, **kw)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

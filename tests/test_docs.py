@@ -42,7 +42,7 @@ def test_tutorial_runs(tutorial: Path, tmp_path, monkeypatch):
         elif info == "console":
             for line in body.splitlines():
                 if line.startswith("$ rtk "):
-                    args = shlex.split(line[len("$ rtk "):])
+                    args = shlex.split(line[len("$ rtk ") :])
                     res = CliRunner().invoke(cli, args, catch_exceptions=False)
                     assert res.exit_code == 0, f"{tutorial.name}: `{line}` failed:\n{res.output}"
                     ran += 1
@@ -56,7 +56,8 @@ def test_reference_is_up_to_date():
     committed = (DOCS / "reference" / "experiment-file.md").read_text()
     assert committed == experiment_reference(reg), (
         "docs/reference/experiment-file.md is stale: regenerate it with "
-        "`RTK_NO_ENTRY_POINTS=1 rtk reference --out docs/reference/experiment-file.md`")
+        "`RTK_NO_ENTRY_POINTS=1 rtk reference --out docs/reference/experiment-file.md`"
+    )
 
 
 def test_every_hook_is_documented():

@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
+from evalhelpers import REGISTRY, attack, cached_digits_cnn
 from torch import nn
 
 import rtk
-from evalhelpers import REGISTRY, attack, cached_digits_cnn
 from rtk.evaluation import CHECKS, CheckSettings, SanityCheckError, SanityCheckWarning, evaluate, make_units
 
 
@@ -23,6 +23,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
 #: min_seconds: enough that no check is skipped for time on a busy machine (the skip is tested on its own)
 SETTINGS = CheckSettings(examples=60, square_queries=100, min_seconds=300)
 N = 150
@@ -38,8 +40,14 @@ def run(model, digits, units=None, split=None, **kw):
     units = units or make_units([attack("pgd", steps=5, eps="16/255")])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SanityCheckWarning)
-        return evaluate(model, split if split is not None else digits.test, units, indices=range(N),
-                        checks=kw.pop("checks", SETTINGS), **kw)
+        return evaluate(
+            model,
+            split if split is not None else digits.test,
+            units,
+            indices=range(N),
+            checks=kw.pop("checks", SETTINGS),
+            **kw,
+        )
 
 
 def statuses(res) -> dict[str, str]:
@@ -128,8 +136,13 @@ def _broken_attack(kind: str):
 
         return attack
 
-    return rtk.AttackSpec(name=f"broken-{kind}", summary="a broken attack", build=build,
-                          options=REGISTRY.get("attack", "fgsm").options, norm="Linf")
+    return rtk.AttackSpec(
+        name=f"broken-{kind}",
+        summary="a broken attack",
+        build=build,
+        options=REGISTRY.get("attack", "fgsm").options,
+        norm="Linf",
+    )
 
 
 # ------------------------------------------------------------------------ tests
@@ -175,7 +188,10 @@ def test_attack_stopped_too_early(healthy, digits):
     weak = make_units([attack("pgd", steps=2, eps="32/255", step_size="8/255", random_start=False)])
     res = run(healthy, digits, units=weak, checks=SETTINGS.model_copy(update={"budget": 1.0}))
     assert "more_steps" in failed(res)
-    assert statuses(run(healthy, digits, units=make_units([attack("pgd", steps=20, eps="16/255")])))["more_steps"] == "pass"
+    assert (
+        statuses(run(healthy, digits, units=make_units([attack("pgd", steps=20, eps="16/255")])))["more_steps"]
+        == "pass"
+    )
 
 
 @pytest.mark.parametrize("kind,reason", [("over", "over budget"), ("range", "outside [0, 1]"), ("nan", "not finite")])
@@ -198,8 +214,9 @@ def test_inputs_outside_the_unit_range(healthy, digits):
 
 def test_strict_is_fatal_and_default_warns(healthy, digits):
     with pytest.raises(SanityCheckError, match="outputs_are_logits") as err:
-        evaluate(Softmax(healthy), digits.test, make_units([attack("fgsm")]), indices=range(60), checks=SETTINGS,
-                 strict=True)
+        evaluate(
+            Softmax(healthy), digits.test, make_units([attack("fgsm")]), indices=range(60), checks=SETTINGS, strict=True
+        )
     assert err.value.result.failed_checks
     with pytest.warns(SanityCheckWarning, match="outputs_are_logits"):
         evaluate(Softmax(healthy), digits.test, make_units([attack("fgsm")]), indices=range(60), checks=SETTINGS)

@@ -9,16 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
+from evalhelpers import attack, cached_digits_cnn, train_digits_cnn
 
 import rtk
-from evalhelpers import attack, cached_digits_cnn, train_digits_cnn
 from rtk.evaluation import (
-    AttackUnit, RecordStore, evaluate, function_units, make_units, merge_records, plot_curves, robust_accuracy,
+    AttackUnit,
+    RecordStore,
+    evaluate,
+    function_units,
+    make_units,
+    merge_records,
+    plot_curves,
+    robust_accuracy,
     shard_indices,
 )
 from rtk.evaluation import engine as engine_mod
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,8 +80,9 @@ def test_worst_case_is_per_example_and_uses_evidence_across_budgets(model, digit
 def test_records_resume_after_an_interruption(model, digits, tmp_path, monkeypatch):
     units = make_units([attack("pgd", steps=3), attack("fgsm")])
     idx = torch.arange(0, 300)
-    full = evaluate(model, digits.test, units, indices=idx, batch_size=64, store=RecordStore(tmp_path / "a"),
-                    checks=False)
+    full = evaluate(
+        model, digits.test, units, indices=idx, batch_size=64, store=RecordStore(tmp_path / "a"), checks=False
+    )
     calls = {"n": 0}
     real_build = AttackUnit.build
 
@@ -96,8 +102,10 @@ def test_records_resume_after_an_interruption(model, digits, tmp_path, monkeypat
         evaluate(model, digits.test, units, indices=idx, batch_size=64, store=RecordStore(tmp_path / "b"), checks=False)
     partial = RecordStore(tmp_path / "b").table()
     assert 0 < len(partial) < len(full.records)
-    calls["n"] = -10**9  # no more interruptions
-    res = evaluate(model, digits.test, units, indices=idx, batch_size=64, store=RecordStore(tmp_path / "b"), checks=False)
+    calls["n"] = -(10**9)  # no more interruptions
+    res = evaluate(
+        model, digits.test, units, indices=idx, batch_size=64, store=RecordStore(tmp_path / "b"), checks=False
+    )
     assert res.resumed == len(partial)
     pd.testing.assert_frame_equal(res.accuracy, full.accuracy)
     assert len(list((tmp_path / "b" / "records").glob("part-*.jsonl"))) == 2  # one part file per writer
@@ -109,7 +117,9 @@ def test_a_torn_last_line_is_ignored(model, digits, tmp_path):
     part = next((tmp_path / "records").glob("part-*.jsonl"))
     text = part.read_text()
     part.write_text(text[: len(text) - 40])  # the write of the last chunk was cut short
-    res = evaluate(model, digits.test, units, indices=range(100), batch_size=50, store=RecordStore(tmp_path), checks=False)
+    res = evaluate(
+        model, digits.test, units, indices=range(100), batch_size=50, store=RecordStore(tmp_path), checks=False
+    )
     assert 0 < res.resumed < 200 and len(res.outcomes.indices) == 100
 
 
@@ -120,8 +130,15 @@ def test_shards_by_index_merge_into_the_full_evaluation(model, digits, tmp_path,
     for rank in range(2):  # two processes, each its own directory, each every other batch
         shard = shard_indices(idx, 50, rank, 2)
         assert len(shard) == 100
-        evaluate(model, digits.test, units, indices=shard, batch_size=50,
-                 store=RecordStore(tmp_path / f"rank{rank}"), checks=False)
+        evaluate(
+            model,
+            digits.test,
+            units,
+            indices=shard,
+            batch_size=50,
+            store=RecordStore(tmp_path / f"rank{rank}"),
+            checks=False,
+        )
     merged = merge_records([tmp_path / "rank0", tmp_path / "rank1"])
     assert len(merged) == 200 * 3 and merged["index"].nunique() == 200
 
@@ -129,8 +146,15 @@ def test_shards_by_index_merge_into_the_full_evaluation(model, digits, tmp_path,
         raise AssertionError("a merged evaluation must not attack again")
 
     monkeypatch.setattr(AttackUnit, "build", no_attacks)
-    res = evaluate(model, digits.test, units, indices=idx, batch_size=50, checks=False,
-                   store=RecordStore(tmp_path / "gather", extra=[tmp_path / "rank0", tmp_path / "rank1"]))
+    res = evaluate(
+        model,
+        digits.test,
+        units,
+        indices=idx,
+        batch_size=50,
+        checks=False,
+        store=RecordStore(tmp_path / "gather", extra=[tmp_path / "rank0", tmp_path / "rank1"]),
+    )
     pd.testing.assert_frame_equal(res.accuracy, whole.accuracy)
     pd.testing.assert_frame_equal(res.worst_case, whole.worst_case)
 
@@ -219,8 +243,13 @@ def test_suite_construction_errors():
 
 
 def test_plot_is_written_for_several_eps(model, digits, tmp_path):
-    res = evaluate(model, digits.test, make_units([attack("fgsm")], eps=["4/255", "8/255", "16/255"]),
-                   indices=range(120), checks=False)
+    res = evaluate(
+        model,
+        digits.test,
+        make_units([attack("fgsm")], eps=["4/255", "8/255", "16/255"]),
+        indices=range(120),
+        checks=False,
+    )
     path = plot_curves(res.worst_case, res.accuracy, tmp_path / "curve.png")
     assert path is not None and path.stat().st_size > 5000
     single = evaluate(model, digits.test, make_units([attack("fgsm")]), indices=range(50), checks=False)

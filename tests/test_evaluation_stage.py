@@ -32,9 +32,15 @@ def experiment(checkpoint) -> dict:
         "dataset": {"name": "digits"},
         "models": {"net": {"arch": "mlp", "hidden": [64], "checkpoint": str(checkpoint)}},
         "stages": [
-            {"kind": "evaluate", "models": ["net"], "attacks": [{"name": "pgd", "steps": 5}, "fgsm"],
-             "eps": ["4/255", "8/255", "24/255"], "limit": 120, "per_example": True,
-             "check_settings": {"examples": 40, "square_queries": 50}},
+            {
+                "kind": "evaluate",
+                "models": ["net"],
+                "attacks": [{"name": "pgd", "steps": 5}, "fgsm"],
+                "eps": ["4/255", "8/255", "24/255"],
+                "limit": 120,
+                "per_example": True,
+                "check_settings": {"examples": 40, "square_queries": 50},
+            },
         ],
     }
 
@@ -52,7 +58,9 @@ def checkpoint(digits, tmp_path_factory):
         opt.zero_grad()
         nn.functional.cross_entropy(model(digits.train.x), digits.train.y).backward()
         opt.step()
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "net", model, ModelRecipe("mlp", {"hidden": [64]}, digits.info))
+    return save_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "net", model, ModelRecipe("mlp", {"hidden": [64]}, digits.info)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +102,9 @@ def test_limit_draws_the_same_subset_as_before(run_dir):
 
 
 def _plan_problems(stage: dict) -> list[str]:
-    exp = rtk.experiment_from_dict({**experiment("x"), "models": {"net": {"arch": "mlp"}}, "stages": [stage]},
-                                   source="<t>")
+    exp = rtk.experiment_from_dict(
+        {**experiment("x"), "models": {"net": {"arch": "mlp"}}, "stages": [stage]}, source="<t>"
+    )
     with pytest.raises(rtk.ConfigError) as err:
         rtk.plan(exp, _REG)
     return err.value.problems
@@ -119,7 +128,11 @@ def test_stage_options_are_checked_before_any_work():
 def test_parse_attack_and_eps():
     assert parse_attack("pgd") == "pgd"
     assert parse_attack("pgd:eps=8/255,steps=20,random_start=false") == {
-        "name": "pgd", "eps": "8/255", "steps": 20, "random_start": False}
+        "name": "pgd",
+        "eps": "8/255",
+        "steps": 20,
+        "random_start": False,
+    }
     assert parse_attack('{ name = "apgd-ce", norm = "L2" }') == {"name": "apgd-ce", "norm": "L2"}
     assert parse_eps(("2/255,8/255",)) == ["2/255", "8/255"]
     assert parse_eps(("Linf:8/255", "L2:0.5,1")) == {"Linf": ["8/255"], "L2": ["0.5", "1"]}
@@ -127,15 +140,17 @@ def test_parse_attack_and_eps():
 
 
 def _invoke(*args, pm=None):
-    return CliRunner().invoke(cli, ["--quiet", *map(str, args)], obj=pm or rtk.plugin_manager(entry_points=False),
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        cli, ["--quiet", *map(str, args)], obj=pm or rtk.plugin_manager(entry_points=False), catch_exceptions=False
+    )
 
 
 def test_cli_evaluates_a_checkpoint_and_resumes(checkpoint, tmp_path):
     ckpt = checkpoint
     out = tmp_path / "ev"
-    res = _invoke("evaluate", ckpt, "-a", "pgd:steps=3", "-a", "fgsm", "--eps", "4/255,8/255", "--limit", 80,
-                  "--out", out)
+    res = _invoke(
+        "evaluate", ckpt, "-a", "pgd:steps=3", "-a", "fgsm", "--eps", "4/255,8/255", "--limit", 80, "--out", out
+    )
     assert res.exit_code == 0, res.output
     for text in ("== accuracy", "== worst case", "== sanity checks", "PASS", "run directory"):
         assert text in res.output
@@ -146,8 +161,9 @@ def test_cli_evaluates_a_checkpoint_and_resumes(checkpoint, tmp_path):
 
 
 def test_cli_evaluates_a_model_of_a_run_directory(run_dir, tmp_path):
-    res = _invoke("evaluate", run_dir.path, "--model", "net", "-a", "fgsm", "--limit", 50, "--no-checks",
-                  "--out", tmp_path / "ev")
+    res = _invoke(
+        "evaluate", run_dir.path, "--model", "net", "-a", "fgsm", "--limit", 50, "--no-checks", "--out", tmp_path / "ev"
+    )
     assert res.exit_code == 0, res.output
     assert "sanity checks" not in res.output
     res = _invoke("evaluate", run_dir.path, "--model", "nope", "-a", "fgsm")

@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import rtk
 import torch
+
+import rtk
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

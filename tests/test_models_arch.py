@@ -37,8 +37,16 @@ def test_resnet18_is_the_cifar_variant():
     names = dict(m.named_modules())
     assert names["stem.conv"].kernel_size == (3, 3) and names["stem.conv"].stride == (1, 1)
     assert count(m, nn.MaxPool2d) == 0 and count(m, nn.Conv2d) == 20  # 17 convs + 3 projection shortcuts
-    for key in ("layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu1", "layer1.0.relu_out", "layer2.0.shortcut.conv",
-                "layer4.1.relu_out", "pool", "head"):
+    for key in (
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.relu1",
+        "layer1.0.relu_out",
+        "layer2.0.shortcut.conv",
+        "layer4.1.relu_out",
+        "pool",
+        "head",
+    ):
         assert key in names, key
     assert n_params(m) == 11_173_962  # the well-known size of CIFAR ResNet-18
     assert block_outputs(m) == [f"layer{s}.{b}.relu_out" for s in range(1, 5) for b in range(2)]
@@ -49,7 +57,9 @@ def test_resnet18_is_the_cifar_variant():
 def test_wrn_depth_width_and_layer_count():
     m = build("wrn", depth=28, width=4)
     # paper 1 hooks about 80 layers of WRN-28-4: every Conv, BN, ReLU, pooling and Linear
-    hooked = sum(isinstance(x, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)) for x in m.modules())
+    hooked = sum(
+        isinstance(x, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.AdaptiveAvgPool2d, nn.Linear)) for x in m.modules()
+    )
     assert hooked == 80
     assert len(block_outputs(m)) == 12 and block_outputs(m)[0] == "layer1.0.out"
     assert m.head.in_features == 256 and dict(m.named_modules())["layer3.3.conv2"].out_channels == 256
@@ -89,8 +99,10 @@ def test_resnet_small_widths_share_names_and_adapt_to_inputs():
     assert build("resnet-small", GRAY28)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch,small,large", [("wrn", {"depth": 10, "width": 1}, {"depth": 10, "width": 2}),
-                                              ("resnet-small", {"width": 8}, {"width": 16})])
+@pytest.mark.parametrize(
+    "arch,small,large",
+    [("wrn", {"depth": 10, "width": 1}, {"depth": 10, "width": 2}), ("resnet-small", {"width": 8}, {"width": 16})],
+)
 def test_loading_into_another_width_names_key_and_shapes(tmp_path, arch, small, large):
     model = build(arch, GRAY8, **small)
     path = save_checkpoint(tmp_path / "ck", model, ModelRecipe(arch, small, GRAY8))
@@ -101,8 +113,10 @@ def test_loading_into_another_width_names_key_and_shapes(tmp_path, arch, small, 
         load_checkpoint(path)
     msg = str(err.value)
     # for example "layer1.0.conv1.weight: checkpoint has shape [16, 16, 3, 3], model expects [32, 16, 3, 3]"
-    hit = re.search(r"(layer1\.0\.conv1\.weight): checkpoint has shape \[(\d+), \d+, 3, 3\], model expects \[(\d+), \d+, 3, 3\]",
-                    msg)
+    hit = re.search(
+        r"(layer1\.0\.conv1\.weight): checkpoint has shape \[(\d+), \d+, 3, 3\], model expects \[(\d+), \d+, 3, 3\]",
+        msg,
+    )
     assert hit and int(hit.group(3)) == 2 * int(hit.group(2)), msg
 
 
@@ -116,7 +130,9 @@ def test_vgg16_structure_and_small_inputs():
     assert names["classifier.fc1"].in_features == 512 * 2 * 2
     # 8x8 inputs: pools whose input is one pixel become Identity; names and weights keep their shapes
     tiny, big = build("vgg16", GRAY8), build("vgg16", DataInfo("g32", 10, 1, 32, 32, (0.3,), (0.38,)))
-    assert count(tiny, nn.MaxPool2d) == 3 and [n for n, _ in tiny.named_modules()] == [n for n, _ in big.named_modules()]
+    assert count(tiny, nn.MaxPool2d) == 3 and [n for n, _ in tiny.named_modules()] == [
+        n for n, _ in big.named_modules()
+    ]
     assert {k: v.shape for k, v in tiny.state_dict().items()} == {k: v.shape for k, v in big.state_dict().items()}
     assert build("vgg16", GRAY28)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     plain = build("vgg16", fc=[], pool_size=1, width=0.25)

@@ -45,8 +45,11 @@ def _build(name: str, info: DataInfo) -> nn.Module:
 
 def _relu_calls(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     calls: dict[str, int] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
-               for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.ReLU)
+    ]
     try:
         model(x)
     finally:
@@ -88,7 +91,9 @@ def test_model_builds_normalizes_and_names_stably(name, info):
     if info is RGB32:
         again = _build(name, info)
         assert [n for n, _ in model.named_modules()] == [n for n, _ in again.named_modules()]
-        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
+        assert {k: v.shape for k, v in model.state_dict().items()} == {
+            k: v.shape for k, v in again.state_dict().items()
+        }
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -134,6 +139,9 @@ def test_checkpoint_round_trip_and_mismatches(name, tmp_path):
     doc["arch"], doc["options"] = other, {}
     doc["data"] = info.to_dict()
     js.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"does not match the architecture: (missing from the checkpoint|not in the "
-                                              r"model|\S+: checkpoint has shape)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not match the architecture: (missing from the checkpoint|not in the "
+        r"model|\S+: checkpoint has shape)",
+    ):
         load_checkpoint(path)

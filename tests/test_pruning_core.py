@@ -13,9 +13,24 @@ from torch import nn
 import rtk
 from rtk.models import ModelRecipe, load_checkpoint, save_checkpoint
 from rtk.pruning import (
-    IMPORTANCES, ChannelPruner, HydraPruner, LayerSelection, MagnitudePruner, PruneJob, PruningError, RandomPruner,
-    ScoreTraining, count_macs_and_params, dense_export, exported_recipe, is_masked, keep_count, masks_of,
-    pruned_recipe, remaining_params, select_layers,
+    IMPORTANCES,
+    ChannelPruner,
+    HydraPruner,
+    LayerSelection,
+    MagnitudePruner,
+    PruneJob,
+    PruningError,
+    RandomPruner,
+    ScoreTraining,
+    count_macs_and_params,
+    dense_export,
+    exported_recipe,
+    is_masked,
+    keep_count,
+    masks_of,
+    pruned_recipe,
+    remaining_params,
+    select_layers,
 )
 from rtk.training import StandardObjective
 
@@ -165,9 +180,16 @@ def test_hydra_starts_from_lwm_trains_scores_only_and_keeps_k_per_layer(registry
     lwm = copy.deepcopy(model)
     MagnitudePruner().prune(lwm, 0.9, PruneJob(layers=sel.names, example_inputs=x))
     weights = {n: dict(model.named_modules())[n].weight.detach().clone() for n in sel.names}
-    data = rtk.data.DatasetBundle(digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0))
-    job = PruneJob(layers=sel.names, example_inputs=x, data=data, objective=StandardObjective(),
-                   scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5))
+    data = rtk.data.DatasetBundle(
+        digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
+    )
+    job = PruneJob(
+        layers=sel.names,
+        example_inputs=x,
+        data=data,
+        objective=StandardObjective(),
+        scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5),
+    )
     out = HydraPruner().prune(model, 0.9, job)
     mods, lmods = dict(model.named_modules()), dict(lwm.named_modules())
     for n in sel.names:
@@ -188,19 +210,31 @@ def test_hydra_and_fine_tuning_under_a_certified_objective(registry, digits):
     sel = select_layers(model, LayerSelection(), x)
     spec = registry.get("trainer", "ibp")
     objective = spec.build(rtk.validate_options(spec.options, {"eps": 0.05, "warmup": 0.0, "ramp": 0.5}, "ibp"))
-    data = rtk.data.DatasetBundle(digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0))
+    data = rtk.data.DatasetBundle(
+        digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
+    )
     lwm = copy.deepcopy(model)
     MagnitudePruner().prune(lwm, 0.8, PruneJob(layers=sel.names, example_inputs=x))
-    job = PruneJob(layers=sel.names, example_inputs=x, data=data, objective=objective,
-                   scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5))
+    job = PruneJob(
+        layers=sel.names,
+        example_inputs=x,
+        data=data,
+        objective=objective,
+        scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5),
+    )
     HydraPruner().prune(model, 0.8, job)
     moved = sum(int((m != masks_of(lwm)[n]).sum()) for n, m in masks_of(model).items())
     assert moved > 0, "the bound loss gave the scores no gradient"
     from rtk.pruning.base import make_loop_config
     from rtk.training import fit
 
-    fit(model, objective, data, make_loop_config(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9,
-                                                 weight_decay=5e-4), plot=False)
+    fit(
+        model,
+        objective,
+        data,
+        make_loop_config(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4),
+        plot=False,
+    )
     for n, mask in masks_of(model).items():
         assert torch.all(dict(model.named_modules())[n].weight[~mask] == 0), f"{n}: IBP fine-tuning regrew weights"
 
@@ -211,8 +245,9 @@ def test_hydra_without_scores_training_is_lwm(registry, digits):
     sel = select_layers(model, LayerSelection(), x)
     lwm = copy.deepcopy(model)
     MagnitudePruner().prune(lwm, 0.8, PruneJob(layers=sel.names, example_inputs=x))
-    job = PruneJob(layers=sel.names, example_inputs=x, data=digits, objective=StandardObjective(),
-                   scores=ScoreTraining(epochs=0))
+    job = PruneJob(
+        layers=sel.names, example_inputs=x, data=digits, objective=StandardObjective(), scores=ScoreTraining(epochs=0)
+    )
     HydraPruner().prune(model, 0.8, job)
     for n, m in masks_of(model).items():
         assert torch.equal(m, masks_of(lwm)[n])
@@ -235,8 +270,11 @@ def test_scored_layer_gives_scores_a_straight_through_gradient(digits):
 
 
 # ----------------------------------------------------------------------------- structured
-@pytest.mark.parametrize("arch,options", [("cnn-small", {}), ("resnet-small", {"blocks": 1, "width": 8}), ("tiny", {})],
-                         ids=["cnn-small", "resnet-small", "tiny-residual"])
+@pytest.mark.parametrize(
+    "arch,options",
+    [("cnn-small", {}), ("resnet-small", {"blocks": 1, "width": 8}), ("tiny", {})],
+    ids=["cnn-small", "resnet-small", "tiny-residual"],
+)
 def test_structured_pruning_shrinks_params_and_macs_and_runs(registry, digits, arch, options):
     if arch == "tiny":
         torch.manual_seed(0)
@@ -371,11 +409,17 @@ def test_cli_export_and_info(tmp_path, registry, digits):
 
 # ----------------------------------------------------------------------------- bad input
 def test_ratio_outside_unit_interval_and_compression_below_one_are_rejected(registry):
-    for bad, needle in (({"ratios": [1.5]}, "ratio 1.5 is outside (0, 1)"), ({"ratios": [0.0]}, "ratio 0"),
-                        ({"compression": [0.5]}, "compression 0.5 is below"),
-                        ({"compression": [10], "ratios": [0.9]}, "either compression or ratios")):
-        exp = {"dataset": "digits", "models": {"m": {"arch": "cnn-small"}},
-               "stages": [{"kind": "prune", "model": "m", **bad}]}
+    for bad, needle in (
+        ({"ratios": [1.5]}, "ratio 1.5 is outside (0, 1)"),
+        ({"ratios": [0.0]}, "ratio 0"),
+        ({"compression": [0.5]}, "compression 0.5 is below"),
+        ({"compression": [10], "ratios": [0.9]}, "either compression or ratios"),
+    ):
+        exp = {
+            "dataset": "digits",
+            "models": {"m": {"arch": "cnn-small"}},
+            "stages": [{"kind": "prune", "model": "m", **bad}],
+        }
         with pytest.raises(rtk.ConfigError) as err:
             rtk.plan(rtk.experiment_from_dict(exp), registry)
         assert needle in str(err.value) and "stages[0]" in str(err.value)
@@ -390,9 +434,16 @@ def test_layer_pattern_matching_nothing_fails_before_any_training(registry, digi
 
     model, _ = _build(registry, digits, "cnn-small")
     with pytest.raises(rtk.ConfigError) as err:
-        compress(model, [Method("lwm", MagnitudePruner())], [Target.from_compression(10)], data=digits,
-                 objective=NoWork(), selection=LayerSelection(("conv2", "features.*"), where="stages[1]"),
-                 schedule=Schedule(pretrain_epochs=5), evaluate=Evaluator(digits.test))
+        compress(
+            model,
+            [Method("lwm", MagnitudePruner())],
+            [Target.from_compression(10)],
+            data=digits,
+            objective=NoWork(),
+            selection=LayerSelection(("conv2", "features.*"), where="stages[1]"),
+            schedule=Schedule(pretrain_epochs=5),
+            evaluate=Evaluator(digits.test),
+        )
     msg = str(err.value)
     assert "stages[1].layers[1]" in msg and "'features.*' matches no prunable layer" in msg and "fc1" in msg
 
@@ -422,9 +473,13 @@ def test_two_prune_stages_making_the_same_model_name_is_a_plan_error(registry):
     import rtk as _rtk
 
     data = {
-        "name": "dup", "dataset": {"name": "digits"}, "models": {"m": {"arch": "mlp"}},
-        "stages": [{"kind": "prune", "model": "m", "pruners": ["lwm"], "compression": [10]},
-                   {"kind": "prune", "model": "m", "pruners": ["lwm"], "compression": [10]}],
+        "name": "dup",
+        "dataset": {"name": "digits"},
+        "models": {"m": {"arch": "mlp"}},
+        "stages": [
+            {"kind": "prune", "model": "m", "pruners": ["lwm"], "compression": [10]},
+            {"kind": "prune", "model": "m", "pruners": ["lwm"], "compression": [10]},
+        ],
     }
     with pytest.raises(_rtk.ConfigError, match=r"stages\[1\]: the pruned model 'm-lwm-10x' would replace"):
         _rtk.plan(_rtk.experiment_from_dict(data, registry=registry), registry)

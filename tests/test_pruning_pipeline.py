@@ -28,15 +28,29 @@ def test_hydra_keeps_most_dense_robust_accuracy_at_10x_and_beats_lwm(in_tmp, reg
     was ahead of LWM by 2-4 points in every seed.
     """
     exp = {
-        "name": "hydra-vs-lwm", "seed": 0, "dataset": "digits",
+        "name": "hydra-vs-lwm",
+        "seed": 0,
+        "dataset": "digits",
         "models": {"robust": {"arch": "cnn-small"}},
-        "stages": [{
-            "kind": "prune", "model": "robust", "pruners": ["hydra", "lwm"], "compression": [10],
-            "trainer": {"name": "pgd-at", "eps": 0.1, "steps": 5},
-            "pretrain_epochs": 15, "score_epochs": 5, "finetune_epochs": 3,
-            "batch_size": 64, "lr": 0.1, "score_lr": 0.1, "finetune_lr": 0.01, "loop": {"schedule": "cosine"},
-            "attacks": [{"name": "pgd", "eps": 0.1, "steps": 10}], "eval_limit": 450,
-        }],
+        "stages": [
+            {
+                "kind": "prune",
+                "model": "robust",
+                "pruners": ["hydra", "lwm"],
+                "compression": [10],
+                "trainer": {"name": "pgd-at", "eps": 0.1, "steps": 5},
+                "pretrain_epochs": 15,
+                "score_epochs": 5,
+                "finetune_epochs": 3,
+                "batch_size": 64,
+                "lr": 0.1,
+                "score_lr": 0.1,
+                "finetune_lr": 0.01,
+                "loop": {"schedule": "cosine"},
+                "attacks": [{"name": "pgd", "eps": 0.1, "steps": 10}],
+                "eval_limit": 450,
+            }
+        ],
     }
     result = rtk.run(exp, registry=registry, out=in_tmp / "run")
     table = result.table("compression").set_index("method")
@@ -49,7 +63,8 @@ def test_hydra_keeps_most_dense_robust_accuracy_at_10x_and_beats_lwm(in_tmp, reg
     assert hydra["robust_frac"] >= 0.9, f"HYDRA kept only {hydra['robust_frac']:.1%} of the dense robust accuracy"
     assert hydra["clean_frac"] >= 0.95
     assert hydra["robust_acc"] >= lwm["robust_acc"] - 0.01, (
-        f"HYDRA {hydra['robust_acc']:.3f} fell behind LWM {lwm['robust_acc']:.3f}")
+        f"HYDRA {hydra['robust_acc']:.3f} fell behind LWM {lwm['robust_acc']:.3f}"
+    )
     assert 0 < hydra["overlap_with_lwm"] < 1
     # every pruned model was saved without pickle and reloads exactly
     for name in ("robust-hydra-10x", "robust-lwm-10x"):
@@ -63,14 +78,31 @@ def test_hydra_keeps_most_dense_robust_accuracy_at_10x_and_beats_lwm(in_tmp, reg
 
 def test_structured_stage_reports_speed_memory_and_feeds_later_stages(in_tmp, registry):
     exp = {
-        "name": "channel", "seed": 0, "dataset": {"name": "digits", "limit_train": 500},
+        "name": "channel",
+        "seed": 0,
+        "dataset": {"name": "digits", "limit_train": 500},
         "models": {"m": {"arch": "resnet-small", "blocks": 1, "width": 8}},
         "stages": [
-            {"kind": "prune", "id": "prune", "model": "m", "pruners": [{"name": "channel", "importance": "lamp"}, "lwm"],
-             "compression": [2], "pretrain_epochs": 2, "finetune_epochs": 1, "lr": 0.05, "export": "dense",
-             "attacks": [{"name": "pgd", "eps": 0.05, "steps": 2}], "eval_limit": 100},
-            {"kind": "evaluate", "id": "eval", "models": ["m-channel-lamp-2x", "m-lwm-2x"],
-             "attacks": [{"name": "pgd", "eps": 0.05, "steps": 2}], "limit": 100},
+            {
+                "kind": "prune",
+                "id": "prune",
+                "model": "m",
+                "pruners": [{"name": "channel", "importance": "lamp"}, "lwm"],
+                "compression": [2],
+                "pretrain_epochs": 2,
+                "finetune_epochs": 1,
+                "lr": 0.05,
+                "export": "dense",
+                "attacks": [{"name": "pgd", "eps": 0.05, "steps": 2}],
+                "eval_limit": 100,
+            },
+            {
+                "kind": "evaluate",
+                "id": "eval",
+                "models": ["m-channel-lamp-2x", "m-lwm-2x"],
+                "attacks": [{"name": "pgd", "eps": 0.05, "steps": 2}],
+                "limit": 100,
+            },
         ],
     }
     result = rtk.run(exp, registry=registry, out=in_tmp / "run")
@@ -98,9 +130,30 @@ def test_rtk_prune_run_cli(in_tmp):
 
     from rtk.cli.main import cli
 
-    args = ["prune", "run", "-d", "limit_train=300", "--pretrain-epochs", "2", "--finetune-epochs", "1",
-            "--score-epochs", "1", "--pruner", "hydra", "--pruner", "random:scope=global", "--ratio", "0.5",
-            "--attack", "pgd:eps=0.05,steps=2", "--eval-limit", "100", "--out", "run"]
+    args = [
+        "prune",
+        "run",
+        "-d",
+        "limit_train=300",
+        "--pretrain-epochs",
+        "2",
+        "--finetune-epochs",
+        "1",
+        "--score-epochs",
+        "1",
+        "--pruner",
+        "hydra",
+        "--pruner",
+        "random:scope=global",
+        "--ratio",
+        "0.5",
+        "--attack",
+        "pgd:eps=0.05,steps=2",
+        "--eval-limit",
+        "100",
+        "--out",
+        "run",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "model-hydra-2x" in res.output and "model-random-2x" in res.output and "robust_frac" in res.output

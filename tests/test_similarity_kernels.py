@@ -27,8 +27,11 @@ def ref_hsic_unbiased(k, l):
     np.fill_diagonal(k, 0)
     np.fill_diagonal(l, 0)
     one = np.ones(n)
-    return ((k * l.T).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-            - 2 / (n - 2) * ((k @ one) @ (l @ one))) / (n * (n - 3))
+    return (
+        (k * l.T).sum()
+        + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+        - 2 / (n - 2) * ((k @ one) @ (l @ one))
+    ) / (n * (n - 3))
 
 
 def ref_cka_kernels(k, l, debiased):
@@ -51,7 +54,7 @@ def ref_rbf_kernel(x, sigma):
     x = f64(x)
     d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
     med = np.median(d[np.triu_indices(len(x), 1)])
-    return np.exp(-d ** 2 / (2 * (sigma * med) ** 2))
+    return np.exp(-(d**2) / (2 * (sigma * med) ** 2))
 
 
 def ref_rbf(x, y, sigma=0.8, debiased=False):
@@ -62,7 +65,7 @@ def ref_minibatch(x, y, b):
     x, y = f64(x), f64(y)
     h = []
     for i in range(0, len(x), b):
-        xb, yb = x[i:i + b], y[i:i + b]
+        xb, yb = x[i : i + b], y[i : i + b]
         if len(xb) < 4:
             break
         k, l = xb @ xb.T, yb @ yb.T
@@ -82,7 +85,7 @@ def ref_svcca(x, y, variance=0.99, dims=None):
     bases = []
     for z in (f64(x), f64(y)):
         _, u, s = ref_basis(z)
-        lam = s ** 2
+        lam = s**2
         k = dims if dims else int(np.searchsorted(np.cumsum(lam) / lam.sum(), variance - 1e-12) + 1)
         bases.append(u[:, :k])
     return np.linalg.svd(bases[0].T @ bases[1], compute_uv=False).mean()
@@ -155,8 +158,9 @@ def test_linear_routes_and_heatmap_match_reference(route, debiased, layers):
     ref = refs[debiased]
     strips = route == "gram-strips"
     route = "gram" if strips else route
-    got = K.linear_cka_matrix(xs, debiased=debiased, route=route, memory=1 << 18,
-                              gram_memory=0 if strips else 1 << 30).numpy()
+    got = K.linear_cka_matrix(
+        xs, debiased=debiased, route=route, memory=1 << 18, gram_memory=0 if strips else 1 << 30
+    ).numpy()
     assert np.abs(got - ref).max() < 1e-5
     stats = K.linear_stats(xs[1], xs[2], route=route)
     assert K.cka_from_stats(stats, debiased=debiased) == pytest.approx(ref[1, 2], abs=1e-5)
@@ -208,7 +212,9 @@ def test_orthogonal_scaling_and_shift_invariance(name, transforms, pair):
 def test_cca_is_invariant_to_invertible_linear_maps(pair):
     x, y = pair
     g = torch.Generator().manual_seed(3)
-    a = torch.randn(x.shape[1], x.shape[1], generator=g, dtype=torch.float64) + 3 * torch.eye(x.shape[1], dtype=torch.float64)
+    a = torch.randn(x.shape[1], x.shape[1], generator=g, dtype=torch.float64) + 3 * torch.eye(
+        x.shape[1], dtype=torch.float64
+    )
     xa = x.double() @ a
     # without a variance cut, SVCCA is plain CCA: invariant to any invertible map
     assert K.svcca(xa, y, variance=1.0) == pytest.approx(K.svcca(x.double(), y, variance=1.0), abs=1e-7)
@@ -248,7 +254,7 @@ def test_minibatch_accumulator_memory_does_not_grow():
     sizes = []
     for _ in range(20):
         x = torch.randn(32, 6, generator=g)
-        acc.update([x, x ** 2, torch.randn(32, 3, generator=g)])
+        acc.update([x, x**2, torch.randn(32, 3, generator=g)])
         state = acc.state_dict()["sum"]
         sizes.append(state.numel())
     assert set(sizes) == {9} and acc.batches == 20 and acc.examples == 640
@@ -264,7 +270,7 @@ def test_linear_stream_equals_full(pair, debiased):
     x, y = pair
     s = S.LinearCKAStream(debiased=debiased)
     for i in range(0, len(x), 37):
-        s.update(x[i:i + 37] + 100.0, y[i:i + 37])  # a large mean must not cancel catastrophically
+        s.update(x[i : i + 37] + 100.0, y[i : i + 37])  # a large mean must not cancel catastrophically
     assert s.compute() == pytest.approx(ref_linear(x, y, debiased), abs=1e-5)
 
 
@@ -273,7 +279,7 @@ def test_moment_stream_equals_reference(pair, metric, ref):
     x, y = pair
     s = S.MomentStream(metric)
     for i in range(0, len(x), 50):
-        s.update(x[i:i + 50], y[i:i + 50])
+        s.update(x[i : i + 50], y[i : i + 50])
     assert s.compute() == pytest.approx(ref(x, y), abs=1e-5)
 
 

@@ -16,8 +16,11 @@ from rtk.similarity.kernels import SimilarityError
 def _layers(n=96, seed=0):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 8, generator=g)
-    return [torch.relu(z @ torch.randn(8, 12, generator=g)), torch.tanh(z @ torch.randn(8, 10, generator=g)),
-            z[:, :5] + 0.5 * torch.randn(n, 5, generator=g)]
+    return [
+        torch.relu(z @ torch.randn(8, 12, generator=g)),
+        torch.tanh(z @ torch.randn(8, 10, generator=g)),
+        z[:, :5] + 0.5 * torch.randn(n, 5, generator=g),
+    ]
 
 
 #: every similarity metric registered by the plugins loaded here (built-ins and any installed plugin)

@@ -17,10 +17,18 @@ from rtk.similarity import linear_cka
 
 def _cnn():
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(1, 4, 3, padding=1)), ("bn1", nn.BatchNorm2d(4)), ("relu1", nn.ReLU(inplace=True)),
-        ("pool", nn.MaxPool2d(2)), ("flatten", nn.Flatten()), ("fc", nn.Linear(4 * 16, 10)),
-    ])).eval()
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(1, 4, 3, padding=1)),
+                ("bn1", nn.BatchNorm2d(4)),
+                ("relu1", nn.ReLU(inplace=True)),
+                ("pool", nn.MaxPool2d(2)),
+                ("flatten", nn.Flatten()),
+                ("fc", nn.Linear(4 * 16, 10)),
+            ]
+        )
+    ).eval()
 
 
 class SharedRelu(nn.Module):
@@ -96,8 +104,9 @@ def test_adversarial_inputs_per_model_and_attack_passes_are_not_recorded():
         seen.append(out.shape[0])
         return (x + 0.1).clamp(0, 1)
 
-    feats, labels = F.collect_features([F.ModelInput("clean", m), F.ModelInput("adv", m, attack=attack)], split,
-                                       batch_size=4)
+    feats, labels = F.collect_features(
+        [F.ModelInput("clean", m), F.ModelInput("adv", m, attack=attack)], split, batch_size=4
+    )
     assert seen == [4, 4, 2] and torch.equal(labels, torch.arange(10))
     with torch.no_grad():
         fc_adv = m((split.x + 0.1).clamp(0, 1))
@@ -107,7 +116,8 @@ def test_adversarial_inputs_per_model_and_attack_passes_are_not_recorded():
 
 
 EXPERIMENT = {
-    "name": "sim-test", "seed": 0,
+    "name": "sim-test",
+    "seed": 0,
     "dataset": {"name": "digits", "limit_train": 400, "limit_test": 120},
     "models": {"a": {"arch": "mlp", "hidden": [32, 16]}, "b": {"arch": "mlp", "hidden": [32, 16]}},
     "stages": [
@@ -133,11 +143,24 @@ def _with_stage(stage, out):
 
 def test_similarity_stage_full_and_streamed(tmp_path):
     stages = [
-        {"kind": "similarity", "id": "full", "models": ["a"], "pairs": [["a", "b"]], "checkpoints": ["a@epoch-1", "a@last"],
-         "limit": 100},
-        {"kind": "similarity", "id": "mb", "models": ["a"], "pairs": [["a", "b"]], "metric": {"name": "minibatch-cka",
-         "batch_size": 50}, "analyses": ["heatmap", "diagonal", "block-structure"], "limit": 100,
-         "adversarial": {"b": {"name": "pgd", "eps": "0.1", "steps": 2}}},
+        {
+            "kind": "similarity",
+            "id": "full",
+            "models": ["a"],
+            "pairs": [["a", "b"]],
+            "checkpoints": ["a@epoch-1", "a@last"],
+            "limit": 100,
+        },
+        {
+            "kind": "similarity",
+            "id": "mb",
+            "models": ["a"],
+            "pairs": [["a", "b"]],
+            "metric": {"name": "minibatch-cka", "batch_size": 50},
+            "analyses": ["heatmap", "diagonal", "block-structure"],
+            "limit": 100,
+            "adversarial": {"b": {"name": "pgd", "eps": "0.1", "steps": 2}},
+        },
     ]
     import copy
 
@@ -145,8 +168,15 @@ def test_similarity_stage_full_and_streamed(tmp_path):
     exp["stages"] = EXPERIMENT["stages"] + stages
     res = rtk.run(exp, out=tmp_path / "r")
     full, mb = res.stages["full"], res.stages["mb"]
-    assert {"heatmaps", "block_structure", "blocks", "diagonal", "overfitting", "specialization",
-            "class_similarity"} <= set(full.tables)
+    assert {
+        "heatmaps",
+        "block_structure",
+        "blocks",
+        "diagonal",
+        "overfitting",
+        "specialization",
+        "class_similarity",
+    } <= set(full.tables)
     hm = full.tables["heatmaps"]
     within = hm[(hm.model_a == "a") & (hm.model_b == "a")]
     layers = ["fc1", "relu1", "fc2", "relu2", "head"]
@@ -199,13 +229,31 @@ def test_cli_compares_two_checkpoints(trained, tmp_path):
     from rtk.cli.main import cli
 
     run = trained.path
-    res = CliRunner().invoke(cli, ["--quiet", "similarity", "--run", str(run), "a", "b", "--limit", "64",
-                                   "--out", str(tmp_path / "cli")], catch_exceptions=False)
+    res = CliRunner().invoke(
+        cli,
+        ["--quiet", "similarity", "--run", str(run), "a", "b", "--limit", "64", "--out", str(tmp_path / "cli")],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     assert "== block_structure" in res.output and "== diagonal" in res.output
     assert (tmp_path / "cli" / "figures" / "similarity" / "heatmap_a-vs-b.png").exists()
-    res = CliRunner().invoke(cli, ["similarity", str(run / "checkpoints" / "a" / "last"), "--metric", "svcca",
-                                   "-o", "dims=3", "--layers", "fc*", "--limit", "64", "--out", str(tmp_path / "c2")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "similarity",
+            str(run / "checkpoints" / "a" / "last"),
+            "--metric",
+            "svcca",
+            "-o",
+            "dims=3",
+            "--layers",
+            "fc*",
+            "--limit",
+            "64",
+            "--out",
+            str(tmp_path / "c2"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, ["similarity", "--run", str(run), "a@nope"])
     assert res.exit_code != 0 and "no checkpoint 'a@nope'" in res.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from rtk.data import DatasetBundle
 from rtk.models.small import cnn_small
 from rtk.training import (
@@ -44,7 +45,13 @@ def test_train_only_given_parameters_with_step_hooks(digits, small):
 
     class Masker(Callback):
         def __init__(self):
-            self.calls = {"on_train_start": 0, "on_batch_start": 0, "before_step": 0, "after_step": 0, "on_epoch_end": 0}
+            self.calls = {
+                "on_train_start": 0,
+                "on_batch_start": 0,
+                "before_step": 0,
+                "after_step": 0,
+                "on_epoch_end": 0,
+            }
 
         def on_train_start(self, state):
             self.calls["on_train_start"] += 1
@@ -71,9 +78,21 @@ def test_train_only_given_parameters_with_step_hooks(digits, small):
     params = [model.fc1.weight, model.head.weight]
     for p in params:
         p.requires_grad_(True)
-    res = train_model(model, StandardObjective(), small, LoopConfig(epochs=2, batch_size=100, eval_every=0),
-                      parameters=params, callbacks=[masker])
-    assert masker.calls == {"on_train_start": 1, "on_batch_start": 8, "before_step": 8, "after_step": 8, "on_epoch_end": 2}
+    res = train_model(
+        model,
+        StandardObjective(),
+        small,
+        LoopConfig(epochs=2, batch_size=100, eval_every=0),
+        parameters=params,
+        callbacks=[masker],
+    )
+    assert masker.calls == {
+        "on_train_start": 1,
+        "on_batch_start": 8,
+        "before_step": 8,
+        "after_step": 8,
+        "on_epoch_end": 2,
+    }
     after = model.state_dict()
     for k in ("conv1.weight", "conv1.bias", "conv2.weight", "fc1.bias", "head.bias"):
         assert torch.equal(before[k], after[k]), k  # frozen
@@ -94,10 +113,16 @@ class Score(Callback):
 def test_early_stopping_and_restore_best_on_a_callback_metric(digits, small):
     seen = []
     model = _model(digits)
-    res = train_model(model, StandardObjective(), small,
-                      LoopConfig(epochs=6, batch_size=100, monitor="score", patience=2, restore_best=True,
-                                 eval_size=0, eval_train_size=0),
-                      callbacks=[Score()], on_epoch=lambda e, row: seen.append({k: v.clone() for k, v in model.state_dict().items()}))
+    res = train_model(
+        model,
+        StandardObjective(),
+        small,
+        LoopConfig(
+            epochs=6, batch_size=100, monitor="score", patience=2, restore_best=True, eval_size=0, eval_train_size=0
+        ),
+        callbacks=[Score()],
+        on_epoch=lambda e, row: seen.append({k: v.clone() for k, v in model.state_dict().items()}),
+    )
     assert res.stop_reason == "early-stopped" and res.epochs_run == 4 and len(seen) == 4
     assert res.best_epoch == 2 and res.best_value == 0.7 and res.history.score.tolist() == [0.5, 0.7, 0.6, 0.55]
     for k, v in model.state_dict().items():
@@ -112,10 +137,14 @@ def test_epoch_indices_shard_the_data_and_history_records_the_lr(digits, small):
         def on_batch_start(self, state):
             seen.append(len(state.y))
 
-    res = train_model(_model(digits), StandardObjective(), small,
-                      LoopConfig(epochs=4, batch_size=50, schedule="one-cycle", lr=0.2, eval_every=2, eval_size=0),
-                      epoch_indices=lambda epoch: shard[torch.randperm(len(shard), generator=torch.Generator().manual_seed(epoch))],
-                      callbacks=[Count()])
+    res = train_model(
+        _model(digits),
+        StandardObjective(),
+        small,
+        LoopConfig(epochs=4, batch_size=50, schedule="one-cycle", lr=0.2, eval_every=2, eval_size=0),
+        epoch_indices=lambda epoch: shard[torch.randperm(len(shard), generator=torch.Generator().manual_seed(epoch))],
+        callbacks=[Count()],
+    )
     assert sum(seen) == 4 * 200 and len(seen) == 16
     lr = res.history.lr.tolist()
     assert lr[0] < 0.05 and max(lr) == lr[2] and lr[2] > 0.15  # one-cycle: rise to ~0.2 at mid-training, then fall

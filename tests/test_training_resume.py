@@ -8,8 +8,9 @@ import types
 
 import pandas as pd
 import pytest
-import rtk
 import torch
+
+import rtk
 from rtk.errors import ConfigError, TrainingDivergedError
 from rtk.models import ModelRecipe, read_spec
 from rtk.models.small import cnn_small
@@ -55,14 +56,22 @@ def _small(digits):
     return DatasetBundle(digits.info, digits.train.subset(torch.arange(600)), digits.test.subset(torch.arange(200)))
 
 
-@pytest.mark.parametrize("opt", [
-    {"optimizer": "sgd", "schedule": "piecewise", "milestones": [2.5], "momentum": 0.9, "nesterov": True},
-    {"optimizer": "adam", "schedule": "one-cycle", "lr": 0.01, "grad_clip": 1.0},
-])
+@pytest.mark.parametrize(
+    "opt",
+    [
+        {"optimizer": "sgd", "schedule": "piecewise", "milestones": [2.5], "momentum": 0.9, "nesterov": True},
+        {"optimizer": "adam", "schedule": "one-cycle", "lr": 0.01, "grad_clip": 1.0},
+    ],
+)
 def test_resumed_run_equals_uninterrupted_run(digits, tmp_path, opt):
     data = _small(digits)
-    cfg = LoopConfig(**{"epochs": 4, "batch_size": 64, "lr": 0.05, **opt}, eval_size=64, eval_train_size=64,
-                     eval_steps=3, checkpoint_every=2)
+    cfg = LoopConfig(
+        **{"epochs": 4, "batch_size": 64, "lr": 0.05, **opt},
+        eval_size=64,
+        eval_train_size=64,
+        eval_steps=3,
+        checkpoint_every=2,
+    )
     obj = PGDATObjective(eps=0.15, steps=3)
     recipe = ModelRecipe("cnn-small", {}, digits.info)
 
@@ -80,8 +89,9 @@ def test_resumed_run_equals_uninterrupted_run(digits, tmp_path, opt):
     assert res.resumed_from == 2 and res.epochs_run == 4
     for (k, a), b in zip(full.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k  # bitwise
-    pd.testing.assert_frame_equal(res.history.drop(columns=TIME_COLS), ref.history.drop(columns=TIME_COLS),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        res.history.drop(columns=TIME_COLS), ref.history.drop(columns=TIME_COLS), check_exact=True
+    )
     assert res.best_epoch == ref.best_epoch and set(res.checkpoints) == set(ref.checkpoints)
     for tag in ("last", "best", "epoch-4"):
         a = (tmp_path / "full/checkpoints" / f"{tag}.safetensors").read_bytes()
@@ -94,8 +104,15 @@ def test_resume_with_different_options_is_refused(digits, tmp_path):
     cfg = LoopConfig(epochs=2, batch_size=128, eval_every=0)
     train_model(_fresh(digits, 0), StandardObjective(), data, cfg, out=tmp_path, recipe=recipe)
     with pytest.raises(ConfigError) as err:
-        train_model(_fresh(digits, 0), StandardObjective(), data, cfg.model_copy(update={"lr": 0.5}), out=tmp_path,
-                    recipe=recipe, resume=True)
+        train_model(
+            _fresh(digits, 0),
+            StandardObjective(),
+            data,
+            cfg.model_copy(update={"lr": 0.5}),
+            out=tmp_path,
+            recipe=recipe,
+            resume=True,
+        )
     assert "cannot resume" in str(err.value) and "lr: saved 0.1, now 0.5" in str(err.value)
     # a finished run resumed with the same options returns at once, untouched
     res = train_model(_fresh(digits, 9), StandardObjective(), data, cfg, out=tmp_path, recipe=recipe, resume=True)
@@ -141,7 +158,9 @@ def test_nan_or_inf_loss_stops_naming_epoch_and_batch_and_keeps_last_good_checkp
     cfg = LoopConfig(epochs=4, batch_size=100, lr=0.05, eval_size=0, eval_train_size=0)
     model = _fresh(digits, 0)
     with pytest.raises(TrainingDivergedError) as err:
-        train_model(model, NaNAt(6 + 2, value), data, cfg, out=tmp_path, recipe=ModelRecipe("cnn-small", {}, digits.info))
+        train_model(
+            model, NaNAt(6 + 2, value), data, cfg, out=tmp_path, recipe=ModelRecipe("cnn-small", {}, digits.info)
+        )
     msg = str(err.value)
     assert "epoch 2, batch 3 of 6" in msg and "the last good checkpoint is epoch 1" in msg, msg
     assert ("nan" if math.isnan(value) else "inf") in msg
@@ -181,12 +200,27 @@ def _flaky_plugin():
 
 
 EXPERIMENT = {
-    "name": "resume", "seed": 1, "device": "cpu",
+    "name": "resume",
+    "seed": 1,
+    "device": "cpu",
     "dataset": {"name": "digits", "limit_train": 400, "limit_test": 100},
     "models": {"net": {"arch": "cnn-small"}},
-    "stages": [{"kind": "train", "id": "fit", "model": "net", "trainer": "flaky", "epochs": 4, "batch_size": 100,
-                "lr": 0.05, "schedule": "cosine", "eval_eps": 0.1, "eval_steps": 3, "eval_size": 50,
-                "eval_train_size": 50}],
+    "stages": [
+        {
+            "kind": "train",
+            "id": "fit",
+            "model": "net",
+            "trainer": "flaky",
+            "epochs": 4,
+            "batch_size": 100,
+            "lr": 0.05,
+            "schedule": "cosine",
+            "eval_eps": 0.1,
+            "eval_steps": 3,
+            "eval_size": 50,
+            "eval_train_size": 50,
+        }
+    ],
 }
 
 
@@ -209,8 +243,9 @@ def test_rtk_run_resume_continues_an_interrupted_train_stage(tmp_path):
     hist = res.table("history")
     assert "resumed after epoch 2" in res.stages["fit"].summary
     pd.testing.assert_frame_equal(hist.drop(columns=TIME_COLS), ref.drop(columns=TIME_COLS), check_exact=True)
-    assert (tmp_path / "cut/checkpoints/net/last.safetensors").read_bytes() == \
-        (tmp_path / "ref/checkpoints/net/last.safetensors").read_bytes()
+    assert (tmp_path / "cut/checkpoints/net/last.safetensors").read_bytes() == (
+        tmp_path / "ref/checkpoints/net/last.safetensors"
+    ).read_bytes()
 
 
 def test_nan_inside_a_stage_fails_it_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -237,15 +272,48 @@ def test_kill_9_mid_training_loses_at_most_the_running_epoch(tmp_path):
     import time
 
     from click.testing import CliRunner
+
     from rtk.cli.main import cli
 
-    args = ["train", "--trainer", "pgd-at", "--eps", "0.15", "-o", "steps=4", "--epochs", "5", "--limit-train", "600",
-            "--limit-test", "100", "--batch-size", "50", "--lr", "0.05", "--schedule", "cosine", "--eval-size", "50",
-            "--eval-train-size", "50", "--eval-steps", "3", "--device", "cpu", "--seed", "3"]
+    args = [
+        "train",
+        "--trainer",
+        "pgd-at",
+        "--eps",
+        "0.15",
+        "-o",
+        "steps=4",
+        "--epochs",
+        "5",
+        "--limit-train",
+        "600",
+        "--limit-test",
+        "100",
+        "--batch-size",
+        "50",
+        "--lr",
+        "0.05",
+        "--schedule",
+        "cosine",
+        "--eval-size",
+        "50",
+        "--eval-train-size",
+        "50",
+        "--eval-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "rtk.cli.main", "-q", *args, "--out", str(cut)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtk.cli.main", "-q", *args, "--out", str(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     latest = cut / "artifacts/train/state/LATEST"
     deadline = time.monotonic() + 300
     killed_after = None
@@ -261,8 +329,14 @@ def test_kill_9_mid_training_loses_at_most_the_running_epoch(tmp_path):
     saved = read_spec(cut / "checkpoints/net/last")["metadata"]["epoch"]
     assert saved in (killed_after, killed_after + 1)  # the kill may land between the checkpoint and the state
 
-    resumed = subprocess.run([sys.executable, "-m", "rtk.cli.main", "-q", "train", "--resume", str(cut)], env=env,
-                             capture_output=True, text=True, timeout=300, check=False)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "rtk.cli.main", "-q", "train", "--resume", str(cut)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after epoch {killed_after}" in resumed.stdout
 
@@ -271,5 +345,6 @@ def test_kill_9_mid_training_loses_at_most_the_running_epoch(tmp_path):
     a = pd.read_csv(cut / "tables/train/history.csv").drop(columns=TIME_COLS)
     b = pd.read_csv(tmp_path / "ref/tables/train/history.csv").drop(columns=TIME_COLS)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert (cut / "checkpoints/net/last.safetensors").read_bytes() == \
-        (tmp_path / "ref/checkpoints/net/last.safetensors").read_bytes()
+    assert (cut / "checkpoints/net/last.safetensors").read_bytes() == (
+        tmp_path / "ref/checkpoints/net/last.safetensors"
+    ).read_bytes()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import rtk
 import torch
+from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
+
+import rtk
 from rtk.models import ModelRecipe, read_spec
 from rtk.models.small import cnn_small
 from rtk.training import (
@@ -27,7 +29,6 @@ from rtk.training import (
     TRADESObjective,
     train_model,
 )
-from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 EPS = 0.15
 CFG = {"epochs": 8, "lr": 0.05, "batch_size": 64}
@@ -35,8 +36,9 @@ CFG = {"epochs": 8, "lr": 0.05, "batch_size": 64}
 
 def _attack_accuracy(registry, model, split) -> tuple[float, float]:
     spec = registry.get("attack", "pgd")
-    attack = spec.build(model.eval(), rtk.validate_options(spec.options, {"eps": EPS, "alpha": EPS / 4, "steps": 20},
-                                                            where="pgd"))
+    attack = spec.build(
+        model.eval(), rtk.validate_options(spec.options, {"eps": EPS, "alpha": EPS / 4, "steps": 20}, where="pgd")
+    )
     x, y = split.x, split.y
     x_adv = attack(x, y)
     with torch.no_grad():
@@ -62,8 +64,9 @@ def trained(digits, registry, tmp_path_factory):
         if name == "pgd-at":  # the one run that also tracks the robust-overfitting curve and writes files
             cfg = LoopConfig(**CFG, eval_size=200, eval_train_size=200, eval_steps=5, checkpoint_every=4)
             out["dir"] = tmp_path_factory.mktemp("pgd-at")
-            res = train_model(model, obj, digits, cfg, seed=0, out=out["dir"],
-                              recipe=ModelRecipe("cnn-small", {}, digits.info))
+            res = train_model(
+                model, obj, digits, cfg, seed=0, out=out["dir"], recipe=ModelRecipe("cnn-small", {}, digits.info)
+            )
         else:
             res = train_model(model, obj, digits, LoopConfig(**CFG, eval_every=0), seed=0)
         out[name] = (model, res, _attack_accuracy(registry, model, digits.test))
@@ -91,8 +94,18 @@ def test_history_is_the_robust_overfitting_curve(trained):
     _, res, (_, rob) = trained["pgd-at"]
     h = res.history
     assert list(h.epoch) == list(range(1, 9))
-    for col in ("train_loss", "train_acc", "train_clean_acc", "train_robust_acc", "test_clean_acc", "test_robust_acc",
-                "lr", "eps", "train_time_s", "eval_time_s"):
+    for col in (
+        "train_loss",
+        "train_acc",
+        "train_clean_acc",
+        "train_robust_acc",
+        "test_clean_acc",
+        "test_robust_acc",
+        "lr",
+        "eps",
+        "train_time_s",
+        "eval_time_s",
+    ):
         assert h[col].notna().all(), col
     assert (h.test_robust_acc <= h.test_clean_acc + 0.05).all()  # the subset's robust <= full split's clean (noise)
     assert h.test_robust_acc.iloc[-1] > h.test_robust_acc.iloc[0] + 0.15  # robustness was learnt during training
@@ -112,7 +125,11 @@ def test_checkpoints_last_best_every_n_and_files(trained, registry):
         assert torch.equal(a, b), k
     out = trained["dir"]
     assert {p.name for p in (out / "checkpoints").glob("*.safetensors")} == {
-        "last.safetensors", "best.safetensors", "epoch-4.safetensors", "epoch-8.safetensors"}
+        "last.safetensors",
+        "best.safetensors",
+        "epoch-4.safetensors",
+        "epoch-8.safetensors",
+    }
     csv = pd.read_csv(out / "history.csv")
     assert len(csv) == 8 and csv.test_robust_acc.tolist() == pytest.approx(res.history.test_robust_acc.tolist())
     png = out / "robust-overfitting.png"

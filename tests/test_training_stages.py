@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import rtk
 import torch
 from click.testing import CliRunner
+
+import rtk
 from rtk.errors import ConfigError
 from rtk.models.checkpoint import read_tensors
 
@@ -20,23 +21,50 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-BASE = {"name": "t", "seed": 0, "device": "cpu",
-        "dataset": {"name": "digits", "limit_train": 400, "limit_test": 100},
-        "models": {"net": {"arch": "cnn-small"}}}
+BASE = {
+    "name": "t",
+    "seed": 0,
+    "device": "cpu",
+    "dataset": {"name": "digits", "limit_train": 400, "limit_test": 100},
+    "models": {"net": {"arch": "cnn-small"}},
+}
 
 
 def _exp(*stages):
     return {**BASE, "stages": list(stages)}
 
 
-TRAIN = {"kind": "train", "id": "pre", "model": "net", "trainer": {"name": "pgd-at", "eps": "0.1", "steps": 3},
-         "epochs": 3, "batch_size": 100, "lr": 0.05, "eval_size": 50, "eval_train_size": 50, "eval_steps": 3,
-         "checkpoint_every": 2, "schedule": "piecewise", "milestones": [2]}
+TRAIN = {
+    "kind": "train",
+    "id": "pre",
+    "model": "net",
+    "trainer": {"name": "pgd-at", "eps": "0.1", "steps": 3},
+    "epochs": 3,
+    "batch_size": 100,
+    "lr": 0.05,
+    "eval_size": 50,
+    "eval_train_size": 50,
+    "eval_steps": 3,
+    "checkpoint_every": 2,
+    "schedule": "piecewise",
+    "milestones": [2],
+}
 
 
 def test_train_then_fine_tune_from_best(tmp_path, registry):
-    ft = {"kind": "fine-tune", "id": "ft", "model": "net-ft", "source": "net@best", "trainer": "trades",
-          "epochs": 2, "batch_size": 100, "eval_size": 50, "eval_train_size": 0, "eval_steps": 3, "params": ["fc1.*", "head.*"]}
+    ft = {
+        "kind": "fine-tune",
+        "id": "ft",
+        "model": "net-ft",
+        "source": "net@best",
+        "trainer": "trades",
+        "epochs": 2,
+        "batch_size": 100,
+        "eval_size": 50,
+        "eval_train_size": 0,
+        "eval_steps": 3,
+        "params": ["fc1.*", "head.*"],
+    }
     again = {"kind": "train", "id": "again", "model": "net-ft", "epochs": 1, "batch_size": 200, "eval_every": 0}
     res = rtk.run(_exp(TRAIN, ft, again), registry=registry, out=tmp_path / "run")
     hist = res.table("pre/history")
@@ -53,27 +81,40 @@ def test_train_then_fine_tune_from_best(tmp_path, registry):
     best = read_tensors(state["models"]["net"]["checkpoints"]["best"])
     best_ft = read_tensors(state["models"]["net-ft"]["checkpoints"]["best"])
     assert all(torch.equal(start[k], best[k]) for k in best)
-    assert torch.equal(best_ft["conv1.weight"], best["conv1.weight"]) and not torch.equal(best_ft["head.weight"], best["head.weight"])
+    assert torch.equal(best_ft["conv1.weight"], best["conv1.weight"]) and not torch.equal(
+        best_ft["head.weight"], best["head.weight"]
+    )
     ft_hist = res.table("ft/history")
     assert ft_hist.lr.tolist() == [0.01, 0.01] and ft_hist.trainer.iloc[0] == "trades"
     assert set(ft_hist.model) == {"net-ft"}
     # params froze conv1 during fine-tuning only: the next stage trains every parameter again
-    assert torch.equal(read_tensors(state["models"]["net-ft"]["checkpoints"]["best"])["conv1.weight"], best["conv1.weight"])
+    assert torch.equal(
+        read_tensors(state["models"]["net-ft"]["checkpoints"]["best"])["conv1.weight"], best["conv1.weight"]
+    )
     final = read_tensors(state["models"]["net-ft"]["checkpoints"]["last"])
     assert not torch.equal(final["conv1.weight"], best["conv1.weight"])
     report = (tmp_path / "run/report.md").read_text()
     assert "robust-overfitting.png" in report
 
 
-@pytest.mark.parametrize("stage,needle", [
-    ({**TRAIN, "trainer": {"name": "fast-at", "steps": 3}}, "stages[0].trainer.steps: Value error, fast-at takes exactly one FGSM step"),
-    ({**TRAIN, "schedule": "one-cycle"}, "milestones apply only to schedule = 'piecewise'"),
-    ({**TRAIN, "trainer": {"name": "pgd-at", "eps": "8/255", "eps_ramp": 5}}, "ramp ends at epoch 5, after training ends (3 epochs)"),
-    ({**TRAIN, "trainer": {"name": "pgd-at", "eps": 1.5}}, "out of range for Linf"),
-    ({**TRAIN, "trainer": "pgd-att"}, "unknown trainer 'pgd-att'; did you mean 'pgd-at'"),
-    ({"kind": "fine-tune", "model": "ft", "source": "nett@best"}, "stages[0].source: unknown model 'nett@best'"),
-    ({**TRAIN, "optimizer": "adam", "nesterov": True}, "momentum and nesterov apply only to optimizer = 'sgd'"),
-])
+@pytest.mark.parametrize(
+    "stage,needle",
+    [
+        (
+            {**TRAIN, "trainer": {"name": "fast-at", "steps": 3}},
+            "stages[0].trainer.steps: Value error, fast-at takes exactly one FGSM step",
+        ),
+        ({**TRAIN, "schedule": "one-cycle"}, "milestones apply only to schedule = 'piecewise'"),
+        (
+            {**TRAIN, "trainer": {"name": "pgd-at", "eps": "8/255", "eps_ramp": 5}},
+            "ramp ends at epoch 5, after training ends (3 epochs)",
+        ),
+        ({**TRAIN, "trainer": {"name": "pgd-at", "eps": 1.5}}, "out of range for Linf"),
+        ({**TRAIN, "trainer": "pgd-att"}, "unknown trainer 'pgd-att'; did you mean 'pgd-at'"),
+        ({"kind": "fine-tune", "model": "ft", "source": "nett@best"}, "stages[0].source: unknown model 'nett@best'"),
+        ({**TRAIN, "optimizer": "adam", "nesterov": True}, "momentum and nesterov apply only to optimizer = 'sgd'"),
+    ],
+)
 def test_bad_options_are_refused_before_any_work(tmp_path, registry, stage, needle):
     with pytest.raises(ConfigError) as err:
         rtk.plan(rtk.experiment_from_dict(_exp(stage), source="exp.toml"), registry)
@@ -90,9 +131,33 @@ def _cli(args, registry_pm=None):
 
 def test_rtk_train_command(tmp_path):
     out = tmp_path / "run"
-    r = _cli(["train", "--trainer", "fast-at", "--eps", "0.1", "--epochs", "2", "--limit-train", "300", "--limit-test",
-              "100", "--eval-size", "50", "--batch-size", "100", "--lr", "0.05", "--schedule", "cosine",
-              "--device", "cpu", "--out", str(out)])
+    r = _cli(
+        [
+            "train",
+            "--trainer",
+            "fast-at",
+            "--eps",
+            "0.1",
+            "--epochs",
+            "2",
+            "--limit-train",
+            "300",
+            "--limit-test",
+            "100",
+            "--eval-size",
+            "50",
+            "--batch-size",
+            "100",
+            "--lr",
+            "0.05",
+            "--schedule",
+            "cosine",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert r.exit_code == 0, r.output
     assert "test_robust_acc" in r.output and f"rtk train --resume {out}" in r.output
     assert (out / "checkpoints/net/best.safetensors").exists()
@@ -102,13 +167,19 @@ def test_rtk_train_command(tmp_path):
     assert clash.exit_code != 0 and "--resume takes every option from the run directory" in clash.output
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--lr", "-1"], "--lr: Input should be greater than 0"),
-    (["--trainer", "fast-at", "-o", "steps=3"], "trainer option steps: Value error, fast-at takes exactly one FGSM step"),
-    (["--schedule", "one-cycle", "--milestones", "1,2"], "milestones apply only to schedule = 'piecewise'"),
-    (["--trainer", "pgd-at", "--eps", "2"], "out of range for Linf"),
-    (["-o", "eps"], "expected KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--lr", "-1"], "--lr: Input should be greater than 0"),
+        (
+            ["--trainer", "fast-at", "-o", "steps=3"],
+            "trainer option steps: Value error, fast-at takes exactly one FGSM step",
+        ),
+        (["--schedule", "one-cycle", "--milestones", "1,2"], "milestones apply only to schedule = 'piecewise'"),
+        (["--trainer", "pgd-at", "--eps", "2"], "out of range for Linf"),
+        (["-o", "eps"], "expected KEY=VALUE"),
+    ],
+)
 def test_rtk_train_names_the_flag_in_errors(tmp_path, args, needle):
     r = _cli(["train", "--dry-run", "--out", str(tmp_path / "x"), *args])
     assert r.exit_code != 0 and needle in r.output, r.output

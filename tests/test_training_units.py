@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
-import rtk
 import torch
 import torch.nn.functional as F
+from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
+
+import rtk
 from rtk.errors import ConfigError
 from rtk.models.small import cnn_small
 from rtk.training import (
@@ -25,7 +27,6 @@ from rtk.training import (
     train_model,
 )
 from rtk.training.state import flatten_optimizer_state, unflatten_optimizer_state
-from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,13 @@ def test_attack_runs_in_eval_mode_and_restores_train_mode(digits):
 def test_objectives_return_loss_and_logits(model_and_batch):
     model, x, y = model_and_batch
     model.train()
-    for obj in (StandardObjective(), PGDATObjective(eps=0.1, steps=2), TRADESObjective(eps=0.1, steps=2, beta=6),
-                MARTObjective(eps=0.1, steps=2), FastATObjective(eps=0.1)):
+    for obj in (
+        StandardObjective(),
+        PGDATObjective(eps=0.1, steps=2),
+        TRADESObjective(eps=0.1, steps=2, beta=6),
+        MARTObjective(eps=0.1, steps=2),
+        FastATObjective(eps=0.1),
+    ):
         out = obj(model, x, y, progress=0.0)
         assert out.loss.ndim == 0 and torch.isfinite(out.loss)
         logits = out.adv_logits if out.adv_logits is not None else out.logits
@@ -114,33 +120,43 @@ def test_lr_schedules_per_step():
     f = [lr_factor(s, oc, spe) for s in range(100)]
     assert max(f) == pytest.approx(f[40], abs=0.02) and f[0] < 0.02 and f[-1] < 0.02 and max(f) <= 1
     warm = LoopConfig(epochs=10, lr_warmup=2)
-    assert lr_factor(0, warm, spe) == pytest.approx(1 / 20) and lr_factor(19, warm, spe) == 1 and lr_factor(50, warm, spe) == 1
+    assert (
+        lr_factor(0, warm, spe) == pytest.approx(1 / 20)
+        and lr_factor(19, warm, spe) == 1
+        and lr_factor(50, warm, spe) == 1
+    )
 
 
-@pytest.mark.parametrize("opts,needle", [
-    ({"schedule": "one-cycle", "milestones": [2]}, "milestones apply only to schedule = 'piecewise'"),
-    ({"schedule": "cosine", "pct_start": 0.3}, "pct_start applies only to schedule = 'one-cycle'"),
-    ({"schedule": "one-cycle", "lr_warmup": 1}, "lr_warmup cannot be combined"),
-    ({"optimizer": "adam", "momentum": 0.5}, "momentum and nesterov apply only to optimizer = 'sgd'"),
-    ({"schedule": "piecewise", "milestones": [3, 20], "epochs": 10}, "must lie strictly between 0 and epochs"),
-    ({"epochs": 3, "lr_warmup": 3}, "must be shorter than training"),
-    ({"eval_size": 0, "monitor": "test_robust_acc"}, "needs eval_size > 0"),
-    ({"eval_every": 0, "patience": 2}, "eval_every = 0 turns them off"),
-    ({"lr": -1}, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "opts,needle",
+    [
+        ({"schedule": "one-cycle", "milestones": [2]}, "milestones apply only to schedule = 'piecewise'"),
+        ({"schedule": "cosine", "pct_start": 0.3}, "pct_start applies only to schedule = 'one-cycle'"),
+        ({"schedule": "one-cycle", "lr_warmup": 1}, "lr_warmup cannot be combined"),
+        ({"optimizer": "adam", "momentum": 0.5}, "momentum and nesterov apply only to optimizer = 'sgd'"),
+        ({"schedule": "piecewise", "milestones": [3, 20], "epochs": 10}, "must lie strictly between 0 and epochs"),
+        ({"epochs": 3, "lr_warmup": 3}, "must be shorter than training"),
+        ({"eval_size": 0, "monitor": "test_robust_acc"}, "needs eval_size > 0"),
+        ({"eval_every": 0, "patience": 2}, "eval_every = 0 turns them off"),
+        ({"lr": -1}, "greater than 0"),
+    ],
+)
 def test_incompatible_loop_options_are_refused(opts, needle):
     with pytest.raises(ConfigError) as err:
         rtk.validate_options(LoopConfig, opts, where="loop")
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("trainer,opts,needle", [
-    ("fast-at", {"steps": 3}, "fast-at takes exactly one FGSM step"),
-    ("pgd-at", {"eps": 2}, "out of range for Linf"),
-    ("pgd-at", {"eps": 0}, "greater than 0"),
-    ("trades", {"beta": -1}, "greater than or equal to 0"),
-    ("mart", {"epz": 0.1}, "mart.epz: unknown key (did you mean 'eps'"),
-])
+@pytest.mark.parametrize(
+    "trainer,opts,needle",
+    [
+        ("fast-at", {"steps": 3}, "fast-at takes exactly one FGSM step"),
+        ("pgd-at", {"eps": 2}, "out of range for Linf"),
+        ("pgd-at", {"eps": 0}, "greater than 0"),
+        ("trades", {"beta": -1}, "greater than or equal to 0"),
+        ("mart", {"epz": 0.1}, "mart.epz: unknown key (did you mean 'eps'"),
+    ],
+)
 def test_trainer_options_are_validated(registry, trainer, opts, needle):
     spec = registry.get("trainer", trainer)
     with pytest.raises(ConfigError) as err:
@@ -184,8 +200,10 @@ def test_preflight_errors_before_any_work(digits):
 def test_optimizer_state_flattening_round_trips_exactly():
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 3)
-    for opt in (torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4),
-                torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)):
+    for opt in (
+        torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4),
+        torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True),
+    ):
         for _ in range(3):
             opt.zero_grad()
             net(torch.randn(5, 4)).pow(2).sum().backward()

@@ -19,8 +19,10 @@ from click.testing import CliRunner
 import rtk
 from rtk.zoo import build_architecture, robustbench_available, save_zoo_checkpoint
 
-pytestmark = pytest.mark.skipif(not robustbench_available() and not os.environ.get("CI"),
-                                reason="robustbench (pip install 'rtk[zoo]') is not installed here")
+pytestmark = pytest.mark.skipif(
+    not robustbench_available() and not os.environ.get("CI"),
+    reason="robustbench (pip install 'rtk[zoo]') is not installed here",
+)
 
 ZID = "cifar10/corruptions/Hendrycks2020AugMix_WRN"
 
@@ -84,13 +86,25 @@ QUICK_CHECKS = {"examples": 8, "min_examples": 4, "unbounded_steps": 5, "noise_d
 
 def _exp(cifar_root, zoo_dir, mine, **stage):
     return {
-        "name": "zoo-test", "seed": 0, "device": "cpu",
+        "name": "zoo-test",
+        "seed": 0,
+        "device": "cpu",
         "dataset": {"name": "cifar10", "root": str(cifar_root)},
-        "models": {"mine": {"arch": "cnn-small", "checkpoint": str(mine)},
-                   "aug": {"arch": f"robustbench:{ZID}", "model_dir": str(zoo_dir)}},
-        "stages": [{"kind": "zoo", "id": "zoo", "models": ["mine", "aug"],
-                    "attacks": [{"name": "pgd", "eps": "2/255", "steps": 2}], "limit": 16,
-                    "check_settings": QUICK_CHECKS, **stage}],
+        "models": {
+            "mine": {"arch": "cnn-small", "checkpoint": str(mine)},
+            "aug": {"arch": f"robustbench:{ZID}", "model_dir": str(zoo_dir)},
+        },
+        "stages": [
+            {
+                "kind": "zoo",
+                "id": "zoo",
+                "models": ["mine", "aug"],
+                "attacks": [{"name": "pgd", "eps": "2/255", "steps": 2}],
+                "limit": 16,
+                "check_settings": QUICK_CHECKS,
+                **stage,
+            }
+        ],
     }
 
 
@@ -138,8 +152,9 @@ def test_same_examples_and_attacks_for_every_contender(cifar_root, registry):
     pgd = registry.get("attack", "pgd")
     units = make_units([(pgd, pgd.options(eps=0.1, steps=2), "pgd")], eps=[0.05, 0.1])
     indices = eval_indices(len(data.test), 24, 0)
-    cmp = compare_robustness([Contender("a", model), Contender("twin", model)], data.test, units, indices=indices,
-                             checks=False)
+    cmp = compare_robustness(
+        [Contender("a", model), Contender("twin", model)], data.test, units, indices=indices, checks=False
+    )
     a, b = cmp.comparison.iloc[0], cmp.comparison.iloc[1]
     cols = ["clean", "pgd @ Linf 0.05", "pgd @ Linf 0.1", "worst_case @ Linf 0.05", "worst_case"]
     assert [a[c] for c in cols] == [b[c] for c in cols]
@@ -162,7 +177,8 @@ def test_layer_selection_and_cka_of_a_model_with_itself(model_dir, cifar_root):
     names = pick_layers(zoo, max_layers=5)
     assert len(names) == 5 and names[0] == "conv1" and names[-1] == "fc"
     assert pick_layers(zoo, ["block1.*.conv*"]) == [
-        n for n, _ in zoo.named_modules() if n.startswith("block1.") and n.rsplit(".", 1)[-1].startswith("conv")]
+        n for n, _ in zoo.named_modules() if n.startswith("block1.") and n.rsplit(".", 1)[-1].startswith("conv")
+    ]
     data = load_cifar10(cifar_root)
     torch.manual_seed(0)
     model = cnn_large(data.info)
@@ -173,17 +189,34 @@ def test_layer_selection_and_cka_of_a_model_with_itself(model_dir, cifar_root):
     assert list(h.rows) == names and list(h.cols) == names and mat.shape == (5, 5)
     assert torch.allclose(torch.diagonal(mat), torch.ones(5, dtype=mat.dtype), atol=1e-6)
     assert torch.allclose(mat, mat.T, atol=1e-6)
-    rows = [{"zoo_model": "a", "model": "b", "zoo_layer": names[i], "layer": names[j], "zoo_depth": i / 4,
-             "depth": j / 4, "cka": float(mat[i, j])} for i in range(5) for j in range(5)]
+    rows = [
+        {
+            "zoo_model": "a",
+            "model": "b",
+            "zoo_layer": names[i],
+            "layer": names[j],
+            "zoo_depth": i / 4,
+            "depth": j / 4,
+            "cka": float(mat[i, j]),
+        }
+        for i in range(5)
+        for j in range(5)
+    ]
     s = cka_summary(pd.DataFrame(rows)).iloc[0]
     assert s["layers"] == "5x5" and abs(s["early"] - 1) < 1e-6 and abs(s["late"] - 1) < 1e-6 and s["mean"] < 1
 
 
 def test_zoo_stage_checks_before_work(registry, model_dir):
-    exp = rtk.experiment_from_dict({"dataset": "digits", "models": {"m": {"arch": "mlp"}},
-                                    "stages": [{"kind": "zoo", "models": ["m", "nope"],
-                                                "zoo": ["cifar10/Linf/Ding2020MAM", "Ding2020MMA"]},
-                                               {"kind": "zoo"}]})
+    exp = rtk.experiment_from_dict(
+        {
+            "dataset": "digits",
+            "models": {"m": {"arch": "mlp"}},
+            "stages": [
+                {"kind": "zoo", "models": ["m", "nope"], "zoo": ["cifar10/Linf/Ding2020MAM", "Ding2020MMA"]},
+                {"kind": "zoo"},
+            ],
+        }
+    )
     with pytest.raises(rtk.ConfigError) as exc:
         rtk.plan(exp, registry)
     msg = str(exc.value)
@@ -195,10 +228,20 @@ def test_zoo_stage_checks_before_work(registry, model_dir):
 
 def test_missing_zoo_weights_are_found_before_any_work(registry, tmp_path):
     empty = tmp_path / "empty"
-    exp = rtk.experiment_from_dict({
-        "dataset": "digits", "models": {"z": {"arch": f"robustbench:{ZID}", "model_dir": str(empty)}},
-        "stages": [{"kind": "zoo", "models": ["z"], "zoo": ["cifar10/Linf/Addepalli2022Efficient_RN18"],
-                    "model_dir": str(empty)}]})
+    exp = rtk.experiment_from_dict(
+        {
+            "dataset": "digits",
+            "models": {"z": {"arch": f"robustbench:{ZID}", "model_dir": str(empty)}},
+            "stages": [
+                {
+                    "kind": "zoo",
+                    "models": ["z"],
+                    "zoo": ["cifar10/Linf/Addepalli2022Efficient_RN18"],
+                    "model_dir": str(empty),
+                }
+            ],
+        }
+    )
     with pytest.raises(rtk.ConfigError) as exc:
         rtk.plan(exp, registry)
     msg = str(exc.value)
@@ -208,8 +251,11 @@ def test_missing_zoo_weights_are_found_before_any_work(registry, tmp_path):
 
 
 def test_zoo_model_on_the_wrong_dataset_is_named(registry, model_dir, tmp_path):
-    exp = {"dataset": "digits", "models": {"m": {"arch": "mlp"}},
-           "stages": [{"kind": "zoo", "models": ["m"], "zoo": [ZID], "model_dir": str(model_dir), "limit": 4}]}
+    exp = {
+        "dataset": "digits",
+        "models": {"m": {"arch": "mlp"}},
+        "stages": [{"kind": "zoo", "models": ["m"], "zoo": [ZID], "model_dir": str(model_dir), "limit": 4}],
+    }
     with pytest.raises(rtk.StageError) as exc:
         rtk.run(exp, registry=registry, out=tmp_path / "run")
     assert "3 channels (the data has 1)" in str(exc.value) and "cifar10" in str(exc.value)
@@ -219,9 +265,28 @@ def test_cli_compare(cifar_root, model_dir, mine_ckpt, tmp_path, monkeypatch):
     from rtk.cli.main import cli
 
     monkeypatch.chdir(tmp_path)
-    args = ["zoo", "compare", "--zoo", ZID, "--model", f"mine={mine_ckpt}", "--data", f"root={cifar_root}",
-            "--model-dir", str(model_dir), "--attack", "pgd:eps=2/255,steps=1", "--limit", "8", "--no-cka", "--no-checks",
-            "--device", "cpu", "--out", str(tmp_path / "cmp")]
+    args = [
+        "zoo",
+        "compare",
+        "--zoo",
+        ZID,
+        "--model",
+        f"mine={mine_ckpt}",
+        "--data",
+        f"root={cifar_root}",
+        "--model-dir",
+        str(model_dir),
+        "--attack",
+        "pgd:eps=2/255,steps=1",
+        "--limit",
+        "8",
+        "--no-cka",
+        "--no-checks",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "cmp"),
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "mine" in res.output and "Hendrycks2020AugMix_WRN" in res.output and "reported_robust" in res.output

@@ -18,12 +18,23 @@ import torch
 
 import rtk
 from rtk.zoo import (
-    CorruptWeightsError, HashMismatchError, UnsafeCheckpointError, WeightsNotFoundError, ZooError, build_architecture,
-    load_zoo_model, robustbench_available, save_zoo_checkpoint, sha256_file, sidecar_path,
+    CorruptWeightsError,
+    HashMismatchError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+    ZooError,
+    build_architecture,
+    load_zoo_model,
+    robustbench_available,
+    save_zoo_checkpoint,
+    sha256_file,
+    sidecar_path,
 )
 
-pytestmark = pytest.mark.skipif(not robustbench_available() and not os.environ.get("CI"),
-                                reason="robustbench (pip install 'rtk[zoo]') is not installed here")
+pytestmark = pytest.mark.skipif(
+    not robustbench_available() and not os.environ.get("CI"),
+    reason="robustbench (pip install 'rtk[zoo]') is not installed here",
+)
 
 ZID = "cifar10/Linf/Ding2020MMA"
 REL = "cifar10/Linf/Ding2020MMA.pt"
@@ -125,11 +136,14 @@ def test_model_dir_from_environment(model_dir, monkeypatch):
     assert load_zoo_model(ZID).rtk_zoo["model_dir"] == str(model_dir)
 
 
-@pytest.mark.parametrize("content, what", [
-    (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head></html>", "HTML page"),
-    (b"", "empty"),
-    (b"\x00\x01 not a checkpoint" * 64, "neither"),
-])
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head></html>", "HTML page"),
+        (b"", "empty"),
+        (b"\x00\x01 not a checkpoint" * 64, "neither"),
+    ],
+)
 def test_corrupt_or_html_file_is_moved_aside(model_dir, content, what):
     path = model_dir / REL
     path.write_bytes(content)
@@ -152,8 +166,14 @@ def test_truncated_checkpoint_is_corrupt_and_not_recorded(model_dir):
 def test_checkpoint_needing_pickle_is_refused_unless_opted_in(source, model_dir, caplog):
     model, _ = source
     path = model_dir / REL
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "args": argparse.Namespace(lr=0.1), "epoch": 99}, path)
+    torch.save(
+        {
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "args": argparse.Namespace(lr=0.1),
+            "epoch": 99,
+        },
+        path,
+    )
     with pytest.raises(UnsafeCheckpointError) as exc:
         load_zoo_model(ZID, model_dir=model_dir)
     assert "argparse.Namespace" in str(exc.value) and "allow_unsafe_pickle = true" in str(exc.value)
@@ -170,8 +190,11 @@ def test_checkpoint_needing_pickle_is_refused_unless_opted_in(source, model_dir,
 def test_other_robustbench_layouts(source, model_dir, layout):
     model, _ = source
     state = model.state_dict()
-    payload = {"bare": dict(state), "last": {"last": {"state_dict": dict(state)}, "best": {}},
-               "model-prefix": {"state_dict": {f"module.model.{k}": v for k, v in state.items()}}}[layout]
+    payload = {
+        "bare": dict(state),
+        "last": {"last": {"state_dict": dict(state)}, "best": {}},
+        "model-prefix": {"state_dict": {f"module.model.{k}": v for k, v in state.items()}},
+    }[layout]
     torch.save(payload, model_dir / REL)
     m = load_zoo_model(ZID, model_dir=model_dir)
     with torch.no_grad():
@@ -234,12 +257,16 @@ def test_download_failures_leave_nothing_behind(tmp_path, source, monkeypatch):
 
 
 def test_model_plugin_in_an_experiment(model_dir, registry):
-    exp = rtk.experiment_from_dict({
-        "dataset": "digits",
-        "models": {"z": {"arch": "robustbench:cifar10/Linf/Ding2020MMA", "model_dir": str(model_dir),
-                         "sha256": "abc"},
-                   "y": {"arch": "robustbench:cifar10/Linf/NoSuchModel"}},
-        "stages": [{"kind": "evaluate", "models": ["z"]}]})
+    exp = rtk.experiment_from_dict(
+        {
+            "dataset": "digits",
+            "models": {
+                "z": {"arch": "robustbench:cifar10/Linf/Ding2020MMA", "model_dir": str(model_dir), "sha256": "abc"},
+                "y": {"arch": "robustbench:cifar10/Linf/NoSuchModel"},
+            },
+            "stages": [{"kind": "evaluate", "models": ["z"]}],
+        }
+    )
     with pytest.raises(rtk.ConfigError) as exc:
         rtk.plan(exp, registry)
     msg = str(exc.value)

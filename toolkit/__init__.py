@@ -16,28 +16,76 @@ from __future__ import annotations
 
 from .config import Experiment, experiment_from_dict, load_experiment
 from .errors import (
-    CheckpointError, ConfigError, DataError, PluginError, RtkError, StageError, UnknownComponentError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PluginError,
+    RtkError,
+    StageError,
+    UnknownComponentError,
 )
 from .hookspecs import hookimpl, hookspec
 from .options import Eps, NoOptions, Options, validate_options
-from .registry import Registry, default_registry, plugin_manager
 from .records import (
-    AttackSpec, CertifierSpec, CommandSpec, ComponentSpec, DatasetSpec, ModelSpec, PrunerSpec,
-    SimilaritySpec, StageSpec, TrainerSpec,
+    AttackSpec,
+    CertifierSpec,
+    CommandSpec,
+    ComponentSpec,
+    DatasetSpec,
+    ModelSpec,
+    PrunerSpec,
+    SimilaritySpec,
+    StageSpec,
+    TrainerSpec,
 )
 from .refs import AttackRef, CertifierRef, ComponentRef, PrunerRef, SimilarityRef, TrainerRef
+from .registry import Registry, default_registry, plugin_manager
 from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "hookimpl", "hookspec",
-    "AttackSpec", "CertifierSpec", "CommandSpec", "ComponentSpec", "DatasetSpec", "ModelSpec", "PrunerSpec",
-    "SimilaritySpec", "StageSpec", "TrainerSpec",
-    "AttackRef", "CertifierRef", "ComponentRef", "PrunerRef", "SimilarityRef", "TrainerRef",
-    "Eps", "NoOptions", "Options", "validate_options",
-    "Registry", "default_registry", "plugin_manager",
-    "Experiment", "experiment_from_dict", "load_experiment",
-    "Plan", "Planning", "RunResult", "StageContext", "StageResult", "execute", "plan", "run",
-    "CheckpointError", "ConfigError", "DataError", "PluginError", "RtkError", "StageError", "UnknownComponentError",
+    "hookimpl",
+    "hookspec",
+    "AttackSpec",
+    "CertifierSpec",
+    "CommandSpec",
+    "ComponentSpec",
+    "DatasetSpec",
+    "ModelSpec",
+    "PrunerSpec",
+    "SimilaritySpec",
+    "StageSpec",
+    "TrainerSpec",
+    "AttackRef",
+    "CertifierRef",
+    "ComponentRef",
+    "PrunerRef",
+    "SimilarityRef",
+    "TrainerRef",
+    "Eps",
+    "NoOptions",
+    "Options",
+    "validate_options",
+    "Registry",
+    "default_registry",
+    "plugin_manager",
+    "Experiment",
+    "experiment_from_dict",
+    "load_experiment",
+    "Plan",
+    "Planning",
+    "RunResult",
+    "StageContext",
+    "StageResult",
+    "execute",
+    "plan",
+    "run",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "PluginError",
+    "RtkError",
+    "StageError",
+    "UnknownComponentError",
 ]

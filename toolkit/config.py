@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
@@ -100,8 +100,9 @@ def _split(table: dict[str, Any], head: str) -> tuple[Any, dict[str, Any]]:
     return table.get(head), rest
 
 
-def experiment_from_dict(data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None,
-                         registry: Any = None) -> Experiment:
+def experiment_from_dict(
+    data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None, registry: Any = None
+) -> Experiment:
     """Validate the structure of an experiment given as a dict (as parsed from TOML).
 
     When the structure has problems, the parts that are usable are also planned against
@@ -115,13 +116,16 @@ def experiment_from_dict(data: dict[str, Any], *, source: str | None = None, bas
     for key in top:
         if key not in allowed_top:
             from .errors import suggest
-            problems.append(f"{key}: unknown key{suggest(key, allowed_top | {'dataset', 'models', 'stages'})}; "
-                            f"allowed top-level keys: {', '.join(sorted(allowed_top | {'dataset', 'models', 'stages'}))}")
+
+            problems.append(
+                f"{key}: unknown key{suggest(key, allowed_top | {'dataset', 'models', 'stages'})}; "
+                f"allowed top-level keys: {', '.join(sorted(allowed_top | {'dataset', 'models', 'stages'}))}"
+            )
     built: dict[str, Any] = {k: v for k, v in top.items() if k in allowed_top}
 
     ds = data.get("dataset")
     if ds is None:
-        problems.append("dataset: required table is missing (for example: [dataset] name = \"digits\")")
+        problems.append('dataset: required table is missing (for example: [dataset] name = "digits")')
     elif isinstance(ds, str):
         built["dataset"] = {"name": ds}
     elif isinstance(ds, dict):

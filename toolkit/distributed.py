@@ -59,6 +59,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """The variables torchrun sets for every worker (all required by :func:`init_from_env`)."""
 
+
 # ---------------------------------------------------------------------------- who am I
 def is_initialized() -> bool:
     """A default process group exists (possibly of size 1)."""
@@ -177,8 +178,10 @@ def init_from_env(backend: str | None = None, *, timeout: float | _dt.timedelta 
         raise RtkError("torch.distributed is not available in this build of PyTorch; cannot run under torchrun")
     missing = [k for k in TORCHRUN_ENV if not os.environ.get(k)]
     if missing:
-        raise ConfigError(f"distributed launch: environment variable(s) {', '.join(missing)} are not set; "
-                          f"start rtk with torchrun (it sets {', '.join(TORCHRUN_ENV)})")
+        raise ConfigError(
+            f"distributed launch: environment variable(s) {', '.join(missing)} are not set; "
+            f"start rtk with torchrun (it sets {', '.join(TORCHRUN_ENV)})"
+        )
     chosen = backend or choose_backend()
     if chosen not in ("gloo", "nccl", "mpi", "ucc"):
         raise ConfigError(f"distributed backend {chosen!r} is unknown; allowed: gloo (CPU), nccl (CUDA)")
@@ -190,8 +193,14 @@ def init_from_env(backend: str | None = None, *, timeout: float | _dt.timedelta 
     if timeout is not None:
         kwargs["timeout"] = timeout if isinstance(timeout, _dt.timedelta) else _dt.timedelta(seconds=float(timeout))
     dist.init_process_group(backend=chosen, init_method="env://", **kwargs)
-    log.info("process group ready: rank %d of %d (local rank %d), backend %s, device %s",
-             dist.get_rank(), dist.get_world_size(), local_rank(), chosen, device())
+    log.info(
+        "process group ready: rank %d of %d (local rank %d), backend %s, device %s",
+        dist.get_rank(),
+        dist.get_world_size(),
+        local_rank(),
+        chosen,
+        device(),
+    )
     return True
 
 
@@ -218,8 +227,9 @@ def session(backend: str | None = None, *, timeout: float | _dt.timedelta | None
 
 
 # ---------------------------------------------------------------------------- sharding
-def shard_indices(n: int, rank_: int | None = None, world: int | None = None, *, mode: str = "contiguous",
-                  align: int = 1) -> torch.Tensor:
+def shard_indices(
+    n: int, rank_: int | None = None, world: int | None = None, *, mode: str = "contiguous", align: int = 1
+) -> torch.Tensor:
     """The dataset indices of ``rank_``'s shard of ``range(n)`` (int64, increasing).
 
     Over all ranks the shards cover every index exactly once, also when ``n % world != 0``
@@ -333,12 +343,14 @@ def all_reduce_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     for k, v in tensors.items():
         by_dtype.setdefault(v.dtype, []).append(k)
     for dtype, keys in by_dtype.items():
-        flat = torch.cat([tensors[k].detach().reshape(-1).to(torch.int64 if dtype == torch.bool else dtype) for k in keys])
+        flat = torch.cat(
+            [tensors[k].detach().reshape(-1).to(torch.int64 if dtype == torch.bool else dtype) for k in keys]
+        )
         flat = all_reduce_sum(flat)
         offset = 0
         for k in keys:
             t = tensors[k]
-            out[k] = flat[offset:offset + t.numel()].reshape(t.shape).to(t.device)
+            out[k] = flat[offset : offset + t.numel()].reshape(t.shape).to(t.device)
             offset += t.numel()
     return out
 
@@ -346,8 +358,12 @@ def all_reduce_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 # ---------------------------------------------------------------------------- gathering results
 def _expected_set(n: int | None, expected: Sequence[int] | torch.Tensor | np.ndarray | None) -> np.ndarray | None:
     if expected is not None:
-        return np.unique(np.asarray(torch.as_tensor(expected).cpu().numpy() if isinstance(expected, torch.Tensor)
-                                    else expected, dtype=np.int64))
+        return np.unique(
+            np.asarray(
+                torch.as_tensor(expected).cpu().numpy() if isinstance(expected, torch.Tensor) else expected,
+                dtype=np.int64,
+            )
+        )
     return np.arange(n, dtype=np.int64) if n is not None else None
 
 
@@ -365,13 +381,21 @@ def _check_cover(index: np.ndarray, rows: Any, want: np.ndarray | None, what: st
     if want is not None and not np.array_equal(uniq, want):
         missing = np.setdiff1d(want, uniq)
         extra = np.setdiff1d(uniq, want)
-        raise RtkError(f"{what}: expected each of {len(want)} dataset indices exactly once, got {len(uniq)}; "
-                       f"missing {missing[:10].tolist()}{' ...' if len(missing) > 10 else ''}"
-                       + (f", unexpected {extra[:10].tolist()}" if len(extra) else ""))
+        raise RtkError(
+            f"{what}: expected each of {len(want)} dataset indices exactly once, got {len(uniq)}; "
+            f"missing {missing[:10].tolist()}{' ...' if len(missing) > 10 else ''}"
+            + (f", unexpected {extra[:10].tolist()}" if len(extra) else "")
+        )
 
 
-def gather_table(df: Any, *, key: str | Sequence[str] = "index", n: int | None = None,
-                 expected: Sequence[int] | torch.Tensor | None = None, dst: int | None = 0) -> Any:
+def gather_table(
+    df: Any,
+    *,
+    key: str | Sequence[str] = "index",
+    n: int | None = None,
+    expected: Sequence[int] | torch.Tensor | None = None,
+    dst: int | None = 0,
+) -> Any:
     """Merge per-rank per-example tables into one, sorted by dataset index.
 
     ``df`` is this rank's pandas DataFrame with the rows of its shard. ``key`` names the
@@ -400,14 +424,20 @@ def gather_table(df: Any, *, key: str | Sequence[str] = "index", n: int | None =
     missing = [k for k in keys if k not in merged.columns]
     if missing:
         raise RtkError(f"gather_table: key column(s) {missing} not in the table; columns: {list(merged.columns)}")
-    _check_cover(merged[keys[0]].to_numpy(), merged[keys] if len(keys) > 1 else None, _expected_set(n, expected),
-                 "gather_table")
+    _check_cover(
+        merged[keys[0]].to_numpy(), merged[keys] if len(keys) > 1 else None, _expected_set(n, expected), "gather_table"
+    )
     return merged.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
-def gather_tensors(tensors: Mapping[str, torch.Tensor], indices: torch.Tensor, *, n: int | None = None,
-                   expected: Sequence[int] | torch.Tensor | None = None,
-                   dst: int | None = 0) -> dict[str, torch.Tensor] | None:
+def gather_tensors(
+    tensors: Mapping[str, torch.Tensor],
+    indices: torch.Tensor,
+    *,
+    n: int | None = None,
+    expected: Sequence[int] | torch.Tensor | None = None,
+    dst: int | None = 0,
+) -> dict[str, torch.Tensor] | None:
     """Merge per-example tensors keyed by dataset index into dataset order.
 
     ``tensors[k]`` has one row per entry of ``indices`` (this rank's shard, any order);
@@ -458,8 +488,14 @@ def _all_gather_padded(t: torch.Tensor, length: int) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- training
-def wrap_model(model: nn.Module, device_: torch.device | str | None = None, *, find_unused_parameters: bool = False,
-               sync_batchnorm: bool = False, **ddp_kwargs: Any) -> nn.Module:
+def wrap_model(
+    model: nn.Module,
+    device_: torch.device | str | None = None,
+    *,
+    find_unused_parameters: bool = False,
+    sync_batchnorm: bool = False,
+    **ddp_kwargs: Any,
+) -> nn.Module:
     """Move ``model`` to ``device_`` (default :func:`device`) and wrap it in
     ``DistributedDataParallel`` when distributed; return it unchanged (moved) otherwise.
 
@@ -483,8 +519,9 @@ def wrap_model(model: nn.Module, device_: torch.device | str | None = None, *, f
         return model
     if sync_batchnorm:
         if dev.type != "cuda":
-            raise ConfigError("sync_batchnorm needs CUDA devices (SyncBatchNorm does not run on CPU); "
-                              "turn it off for gloo/CPU runs")
+            raise ConfigError(
+                "sync_batchnorm needs CUDA devices (SyncBatchNorm does not run on CPU); turn it off for gloo/CPU runs"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else None
     return DDP(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters, **ddp_kwargs)
@@ -498,7 +535,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if isinstance(model, (DistributedDataParallel, DataParallel)):
             model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod  # torch.compile's OptimizedModule
         else:
             return model
@@ -565,8 +602,17 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
     ``(x, y, weight)`` from a split. Call :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, n: int, batch_size: int, *, seed: int = 0, shuffle: bool = True, drop_last: bool = False,
-                 rank_: int | None = None, world: int | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        rank_: int | None = None,
+        world: int | None = None,
+    ) -> None:
         if n < 0:
             raise ValueError(f"DistributedBatchSampler: n must be >= 0, got {n}")
         if batch_size < 1:
@@ -579,7 +625,9 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
         self.world = world_size() if world is None else int(world)
         self.rank = rank() if rank_ is None else int(rank_)
         if not 0 <= self.rank < self.world:
-            raise ValueError(f"DistributedBatchSampler: need 0 <= rank < world, got rank {self.rank}, world {self.world}")
+            raise ValueError(
+                f"DistributedBatchSampler: need 0 <= rank < world, got rank {self.rank}, world {self.world}"
+            )
         self.epoch = 0
 
     @property
@@ -632,8 +680,9 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
             self.set_epoch(epoch)
         return [b.weight for b in self.batches()]
 
-    def iterate(self, split: Any, *, device: torch.device | str | None = None,
-                num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+    def iterate(
+        self, split: Any, *, device: torch.device | str | None = None, num_workers: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
         """``(x, y, weight)`` for each step of the current epoch from an rtk data split
         (in-memory splits are sliced; other datasets go through one DataLoader)."""
         from .data.core import TensorSplit
@@ -649,8 +698,9 @@ class DistributedBatchSampler(torch.utils.data.Sampler):
                     x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
                 yield x, y, b.weight
             return
-        loader = torch.utils.data.DataLoader(split, batch_sampler=[b.indices.tolist() for b in plan],
-                                             num_workers=num_workers, pin_memory=non_blocking)
+        loader = torch.utils.data.DataLoader(
+            split, batch_sampler=[b.indices.tolist() for b in plan], num_workers=num_workers, pin_memory=non_blocking
+        )
         for b, (x, y) in zip(plan, loader):
             if device is not None:
                 x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
@@ -717,8 +767,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun_command(argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.main",
-                     port: int | None = None) -> list[str]:
+def torchrun_command(
+    argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.main", port: int | None = None
+) -> list[str]:
     """The command :func:`launch` runs: ``python -m torch.distributed.run`` on this machine.
 
     Without ``port`` it uses ``--standalone`` (a local c10d rendezvous on a port the OS
@@ -731,13 +782,27 @@ def torchrun_command(argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.
     if port is None:
         cmd += ["--standalone"]
     else:
-        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"rtk-{os.getpid()}-{port}"]
+        cmd += [
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            f"rtk-{os.getpid()}-{port}",
+        ]
     cmd += ["--nnodes", "1", "--nproc-per-node", str(nproc), "-m", module, *map(str, argv)]
     return cmd
 
 
-def launch(argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.main", port: int | None = None,
-           env: Mapping[str, str] | None = None, timeout: float | None = None) -> int:
+def launch(
+    argv: Sequence[str],
+    nproc: int,
+    *,
+    module: str = "rtk.cli.main",
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> int:
     """Run ``rtk <argv>`` on ``nproc`` local processes through torchrun; return its exit status.
 
     Refuses to nest: under torchrun already, it raises :class:`ConfigError`. Each worker
@@ -765,10 +830,41 @@ def launch(argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.main", por
 
 
 __all__ = [
-    "DistInfo", "DistributedBatchSampler", "RankBatch", "TORCHRUN_ENV",
-    "all_gather_object", "all_reduce_sum", "all_reduce_sums", "backend", "barrier", "broadcast_object",
-    "choose_backend", "cleanup", "device", "epoch_order", "free_port", "gather_object", "gather_table",
-    "gather_tensors", "info", "init_from_env", "is_distributed", "is_initialized", "is_main",
-    "launch", "launched_by_torchrun", "local_rank", "main_first", "main_process_only", "rank", "rank_seed",
-    "session", "shard_indices", "shard_sizes", "torchrun_command", "unwrap", "world_size", "wrap_model",
+    "DistInfo",
+    "DistributedBatchSampler",
+    "RankBatch",
+    "TORCHRUN_ENV",
+    "all_gather_object",
+    "all_reduce_sum",
+    "all_reduce_sums",
+    "backend",
+    "barrier",
+    "broadcast_object",
+    "choose_backend",
+    "cleanup",
+    "device",
+    "epoch_order",
+    "free_port",
+    "gather_object",
+    "gather_table",
+    "gather_tensors",
+    "info",
+    "init_from_env",
+    "is_distributed",
+    "is_initialized",
+    "is_main",
+    "launch",
+    "launched_by_torchrun",
+    "local_rank",
+    "main_first",
+    "main_process_only",
+    "rank",
+    "rank_seed",
+    "session",
+    "shard_indices",
+    "shard_sizes",
+    "torchrun_command",
+    "unwrap",
+    "world_size",
+    "wrap_model",
 ]

@@ -8,8 +8,15 @@ from collections.abc import Iterable
 import pluggy
 
 from .records import (
-    AttackSpec, CertifierSpec, CommandSpec, DatasetSpec, ModelSpec, PrunerSpec,
-    SimilaritySpec, StageSpec, TrainerSpec,
+    AttackSpec,
+    CertifierSpec,
+    CommandSpec,
+    DatasetSpec,
+    ModelSpec,
+    PrunerSpec,
+    SimilaritySpec,
+    StageSpec,
+    TrainerSpec,
 )
 
 hookspec = pluggy.HookspecMarker("rtk")

@@ -25,7 +25,12 @@ class ComponentSpec:
     KIND: ClassVar[str] = "component"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.KIND, "name": self.name, "summary": self.summary, "options": sorted(self.options.model_fields)}
+        return {
+            "kind": self.KIND,
+            "name": self.name,
+            "summary": self.summary,
+            "options": sorted(self.options.model_fields),
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +135,17 @@ class CommandSpec(ComponentSpec):
 #: Every kind of component, keyed by its name in messages and in ``rtk plugins``.
 KINDS: dict[str, type[ComponentSpec]] = {
     cls.KIND: cls
-    for cls in (DatasetSpec, ModelSpec, TrainerSpec, AttackSpec, PrunerSpec, SimilaritySpec, CertifierSpec, StageSpec, CommandSpec)
+    for cls in (
+        DatasetSpec,
+        ModelSpec,
+        TrainerSpec,
+        AttackSpec,
+        PrunerSpec,
+        SimilaritySpec,
+        CertifierSpec,
+        StageSpec,
+        CommandSpec,
+    )
 }
 
 
@@ -144,10 +159,26 @@ class Registration:
     version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.spec.to_dict(), "plugin": self.plugin, "distribution": self.distribution, "version": self.version}
+        return {
+            **self.spec.to_dict(),
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
 
 
 __all__ = [
-    "ComponentSpec", "AttackSpec", "TrainerSpec", "PrunerSpec", "SimilaritySpec", "CertifierSpec",
-    "DatasetSpec", "ModelSpec", "StageSpec", "CommandSpec", "KINDS", "Registration", "field",
+    "ComponentSpec",
+    "AttackSpec",
+    "TrainerSpec",
+    "PrunerSpec",
+    "SimilaritySpec",
+    "CertifierSpec",
+    "DatasetSpec",
+    "ModelSpec",
+    "StageSpec",
+    "CommandSpec",
+    "KINDS",
+    "Registration",
+    "field",
 ]

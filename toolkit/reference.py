@@ -32,24 +32,40 @@ _TOP = [
     ("device", "string", "auto", "auto, cpu, cuda, cuda:N, mps"),
     ("amp", "boolean", "false", "mixed precision on CUDA"),
     ("dataset", "table", "(required)", "`name` of a registered dataset; every other key is one of its options"),
-    ("models.NAME", "table", "", "`arch` of a registered model, optional `checkpoint` (path without suffix to "
-                                  "NAME.safetensors + NAME.json); every other key is an option of the architecture. "
-                                  "`arch = \"robustbench:cifar10/Linf/NAME\"` is short for `arch = \"robustbench\"`, "
-                                  "`source = \"cifar10/Linf/NAME\"`"),
-    ("stages", "array of tables", "(required)", "`kind` of a registered stage, optional `id` "
-                                                "(default `NN-kind`); every other key is an option of the stage"),
+    (
+        "models.NAME",
+        "table",
+        "",
+        "`arch` of a registered model, optional `checkpoint` (path without suffix to "
+        "NAME.safetensors + NAME.json); every other key is an option of the architecture. "
+        '`arch = "robustbench:cifar10/Linf/NAME"` is short for `arch = "robustbench"`, '
+        '`source = "cifar10/Linf/NAME"`',
+    ),
+    (
+        "stages",
+        "array of tables",
+        "(required)",
+        "`kind` of a registered stage, optional `id` (default `NN-kind`); every other key is an option of the stage",
+    ),
 ]
 
 
 def _type_name(ann: Any) -> str:
     text = getattr(ann, "__name__", None) if isinstance(ann, type) else None
     text = text or str(ann).replace("typing.", "")
-    for a, b in (("rtk.refs.", ""), ("AttackRef", "attack"), ("TrainerRef", "trainer"), ("PrunerRef", "pruner"),
-                 ("SimilarityRef", "similarity metric"), ("CertifierRef", "certifier"), ("NoneType", "none"),
-                 ("Annotated[float, BeforeValidator(func=<function parse_fraction at", "fraction")):
+    for a, b in (
+        ("rtk.refs.", ""),
+        ("AttackRef", "attack"),
+        ("TrainerRef", "trainer"),
+        ("PrunerRef", "pruner"),
+        ("SimilarityRef", "similarity metric"),
+        ("CertifierRef", "certifier"),
+        ("NoneType", "none"),
+        ("Annotated[float, BeforeValidator(func=<function parse_fraction at", "fraction"),
+    ):
         text = text.replace(a, b)
     if "fraction" in text:
-        text = "float or fraction (\"8/255\")" + (" | none" if "None" in str(ann) else "")
+        text = 'float or fraction ("8/255")' + (" | none" if "None" in str(ann) else "")
     return text
 
 
@@ -88,16 +104,25 @@ def options_table(model: type[BaseModel]) -> str:
 
 
 def experiment_reference(registry: Any) -> str:
-    out = ["# Experiment file reference", "",
-           "Generated from the registry by `rtk reference` (built-in plugins; installed plugins add more). "
-           "Every table rejects unknown keys; errors name the file and the key path.", "",
-           "## Top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    out = [
+        "# Experiment file reference",
+        "",
+        "Generated from the registry by `rtk reference` (built-in plugins; installed plugins add more). "
+        "Every table rejects unknown keys; errors name the file and the key path.",
+        "",
+        "## Top level",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
     assert set(Experiment.model_fields) >= {k.split(".")[0] for k, *_ in _TOP}
     for key, typ, default, meaning in _TOP:
         out.append(f"| `{key}` | {typ} | {default} | {meaning} |")
     out.append("")
-    out.append("A component inside stage options (a trainer, an attack, ...) is written as its name, or as a table "
-               "with `name` and its options: `attacks = [\"pgd\", { name = \"fgsm\", eps = \"4/255\" }]`.")
+    out.append(
+        "A component inside stage options (a trainer, an attack, ...) is written as its name, or as a table "
+        'with `name` and its options: `attacks = ["pgd", { name = "fgsm", eps = "4/255" }]`.'
+    )
     out.append("")
     for kind, title in _KIND_TITLES:
         regs = registry.registrations(kind)

@@ -76,12 +76,16 @@ def _rtk_version() -> str | None:
 
 def _fail(pm: RtkPluginManager, name: str, exc: BaseException) -> None:
     if _strict():
-        raise PluginError(f"plugin {name!r} failed to load: {type(exc).__name__}: {exc} (RTK_STRICT_PLUGINS is set)") from exc
+        raise PluginError(
+            f"plugin {name!r} failed to load: {type(exc).__name__}: {exc} (RTK_STRICT_PLUGINS is set)"
+        ) from exc
     pm.failures.append(PluginFailure(name, f"{type(exc).__name__}: {exc}"))
     log.warning("plugin %r failed to load and was skipped: %s: %s", name, type(exc).__name__, exc)
 
 
-def plugin_manager(*, builtins: bool = True, entry_points: bool | None = None, extra: Iterable[tuple[str, Any]] = ()) -> RtkPluginManager:
+def plugin_manager(
+    *, builtins: bool = True, entry_points: bool | None = None, extra: Iterable[tuple[str, Any]] = ()
+) -> RtkPluginManager:
     """Build a plugin manager.
 
     ``extra`` registers more plugins by ``(name, object)``, exactly as an installed one

@@ -49,7 +49,10 @@ class RunDir:
             path = Path(out)
             if path.exists() and any(path.iterdir()):
                 from .errors import ConfigError
-                raise ConfigError(f"--out {path} already exists and is not empty; choose a new directory or use --resume {path}")
+
+                raise ConfigError(
+                    f"--out {path} already exists and is not empty; choose a new directory or use --resume {path}"
+                )
         else:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             path = Path(root) / f"{name}-{stamp}"

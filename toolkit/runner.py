@@ -12,7 +12,6 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ from .data.core import DataInfo, DatasetBundle, apply_limits
 from .errors import ConfigError, RtkError, StageError, UnknownComponentError
 from .models.checkpoint import ModelRecipe, load_checkpoint, read_spec, save_checkpoint
 from .options import validate_options
-from .registry import Registry, default_registry
 from .records import StageSpec
 from .refs import resolve_refs
+from .registry import Registry, default_registry
 from .rundir import RunDir, environment_record
 from .runtime import resolve_device, seed_everything
 
@@ -78,8 +77,10 @@ class Plan:
 
     def describe(self) -> str:
         e = self.experiment
-        lines = [f"experiment {e.name!r} (seed {e.seed}, device {e.device})",
-                 f"  dataset: {self.dataset_spec.name} {_fmt_opts(self.dataset_options)}"]
+        lines = [
+            f"experiment {e.name!r} (seed {e.seed}, device {e.device})",
+            f"  dataset: {self.dataset_spec.name} {_fmt_opts(self.dataset_options)}",
+        ]
         for m in self.models.values():
             ck = f" from {m.checkpoint}" if m.checkpoint else ""
             lines.append(f"  model {m.name}: {m.arch} {_fmt_opts(m.options)}{ck}")
@@ -113,6 +114,7 @@ class Planning:
         if base in self.models:
             return []
         from .errors import suggest
+
         known = ", ".join(sorted(self.models)) or "(none declared)"
         return [f"{self.where}.{key}: unknown model {name!r}{suggest(base, self.models)}; models known here: {known}"]
 
@@ -246,7 +248,9 @@ class StageContext:
     def entry(self, name: str) -> ModelEntry:
         base = name.split("@", 1)[0]
         if base not in self._runner.models:
-            raise RtkError(f"stage {self.stage_id}: unknown model {base!r}; known: {', '.join(sorted(self._runner.models))}")
+            raise RtkError(
+                f"stage {self.stage_id}: unknown model {base!r}; known: {', '.join(sorted(self._runner.models))}"
+            )
         return self._runner.models[base]
 
     def model(self, name: str) -> nn.Module:
@@ -255,21 +259,32 @@ class StageContext:
         if not tag:
             return entry.module
         if tag not in entry.checkpoints:
-            raise RtkError(f"stage {self.stage_id}: model {base!r} has no checkpoint tagged {tag!r}; "
-                           f"available: {', '.join(sorted(entry.checkpoints)) or '(none)'}")
+            raise RtkError(
+                f"stage {self.stage_id}: model {base!r} has no checkpoint tagged {tag!r}; "
+                f"available: {', '.join(sorted(entry.checkpoints)) or '(none)'}"
+            )
         module, _, _ = load_checkpoint(entry.checkpoints[tag], self.registry, device=self.device)
         return module
 
-    def save_model(self, name: str, module: nn.Module, tag: str = "last", *, metadata: dict[str, Any] | None = None,
-                   tensors: dict[str, torch.Tensor] | None = None, make_current: bool = True,
-                   recipe: ModelRecipe | None = None) -> Path:
+    def save_model(
+        self,
+        name: str,
+        module: nn.Module,
+        tag: str = "last",
+        *,
+        metadata: dict[str, Any] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
+        make_current: bool = True,
+        recipe: ModelRecipe | None = None,
+    ) -> Path:
         entry = self.entry(name)
         recipe = recipe or entry.recipe
         module = _dist.unwrap(module)  # checkpoints hold the bare module, never a DDP wrapper
         target = self.rundir.checkpoint_path(name, tag)
         if _dist.is_main():
-            path = save_checkpoint(target, module, recipe,
-                                   metadata={"stage": self.stage_id, **(metadata or {})}, tensors=tensors)
+            path = save_checkpoint(
+                target, module, recipe, metadata={"stage": self.stage_id, **(metadata or {})}, tensors=tensors
+            )
         else:  # under torchrun only rank 0 writes; every rank calls save_model, so the barrier is met
             path = target
         _dist.barrier()  # the other ranks may read the checkpoint next (model@tag, restore_best)
@@ -281,8 +296,16 @@ class StageContext:
         self._runner.save_state()
         return path
 
-    def add_model(self, name: str, module: nn.Module, recipe: ModelRecipe, *, tag: str = "last",
-                  metadata: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    def add_model(
+        self,
+        name: str,
+        module: nn.Module,
+        recipe: ModelRecipe,
+        *,
+        tag: str = "last",
+        metadata: dict[str, Any] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
         self._runner.models[name] = ModelEntry(name, module, recipe)
         return self.save_model(name, module, tag, metadata=metadata, tensors=tensors, recipe=recipe)
 
@@ -400,7 +423,9 @@ class _Runner:
                 self.results[stage.id] = StageResult(
                     tables={k.split("/", 1)[1]: v for k, v in self.tables.items() if k.startswith(stage.id + "/")},
                     figures={k: Path(v) for k, v in rec.get("figures", {}).items()},
-                    summary=rec.get("summary", ""), metrics=rec.get("metrics", {}))
+                    summary=rec.get("summary", ""),
+                    metrics=rec.get("metrics", {}),
+                )
                 continue
             self._run_stage(stage, f"{index}/{total}")
         report = write_report(self)
@@ -420,10 +445,13 @@ class _Runner:
             if not isinstance(result, StageResult):
                 raise RtkError(f"stage kind {stage.kind!r} returned {type(result).__name__}, expected StageResult")
         except BaseException as exc:
-            self.state["stages"][stage.id] = {"status": "failed", "kind": stage.kind,
-                                             "error": f"{type(exc).__name__}: {exc}",
-                                             "traceback": traceback.format_exc(limit=20),
-                                             "seconds": round(time.perf_counter() - t0, 3)}
+            self.state["stages"][stage.id] = {
+                "status": "failed",
+                "kind": stage.kind,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=20),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
             self.save_state()
             write_report(self, failed=stage.id)
             if isinstance(exc, KeyboardInterrupt):
@@ -435,9 +463,12 @@ class _Runner:
             self.tables[f"{stage.id}/{tname}"] = df
         self.results[stage.id] = result
         self.state["stages"][stage.id] = {
-            "status": "completed", "kind": stage.kind, "seconds": round(seconds, 3),
+            "status": "completed",
+            "kind": stage.kind,
+            "seconds": round(seconds, 3),
             "figures": {k: str(v) for k, v in result.figures.items()},
-            "summary": result.summary, "metrics": _jsonable(result.metrics),
+            "summary": result.summary,
+            "metrics": _jsonable(result.metrics),
         }
         self.save_state()
         write_report(self)
@@ -464,8 +495,11 @@ def write_report(r: _Runner, failed: str | None = None) -> Path:
     if exp.description:
         lines += [exp.description, ""]
     env = r.rundir.read_json("environment.json", {}) or {}
-    lines += [f"- dataset: `{exp.dataset.name}`; seed {exp.seed}; device `{env.get('device', r.device)}`",
-              f"- rtk {env.get('rtk')}, torch {env.get('torch')}; git commit `{env.get('git_commit')}`", ""]
+    lines += [
+        f"- dataset: `{exp.dataset.name}`; seed {exp.seed}; device `{env.get('device', r.device)}`",
+        f"- rtk {env.get('rtk')}, torch {env.get('torch')}; git commit `{env.get('git_commit')}`",
+        "",
+    ]
     for stage in r.plan.stages:
         st = r.state["stages"].get(stage.id, {})
         status = st.get("status", "not run")
@@ -489,8 +523,11 @@ def write_report(r: _Runner, failed: str | None = None) -> Path:
             rel = os.path.relpath(fpath, r.rundir.path)
             lines += [f"![{fname}]({rel})", ""]
     if failed:
-        lines += [f"**The run stopped: stage `{failed}` failed.** Results of earlier stages are kept; "
-                  f"fix the problem and continue with `rtk run --resume {r.rundir.path}`.", ""]
+        lines += [
+            f"**The run stopped: stage `{failed}` failed.** Results of earlier stages are kept; "
+            f"fix the problem and continue with `rtk run --resume {r.rundir.path}`.",
+            "",
+        ]
     return r.rundir.write_text("report.md", "\n".join(lines))
 
 
@@ -508,8 +545,13 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(rows)
 
 
-def execute(plan_: Plan, *, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-            runs_root: str | os.PathLike = "runs") -> RunResult:
+def execute(
+    plan_: Plan,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    runs_root: str | os.PathLike = "runs",
+) -> RunResult:
     """Run a planned experiment. ``resume`` continues an earlier run directory.
 
     Under torchrun the process group is created from the environment first (and destroyed
@@ -520,8 +562,9 @@ def execute(plan_: Plan, *, out: str | os.PathLike | None = None, resume: str | 
         return _execute(plan_, out=out, resume=resume, runs_root=runs_root)
 
 
-def _execute(plan_: Plan, *, out: str | os.PathLike | None, resume: str | os.PathLike | None,
-             runs_root: str | os.PathLike) -> RunResult:
+def _execute(
+    plan_: Plan, *, out: str | os.PathLike | None, resume: str | os.PathLike | None, runs_root: str | os.PathLike
+) -> RunResult:
     exp = plan_.experiment
     device = resolve_device(exp.device)  # "auto" on CUDA picks cuda:<LOCAL_RANK>
     if resume is not None:
@@ -529,7 +572,9 @@ def _execute(plan_: Plan, *, out: str | os.PathLike | None, resume: str | os.Pat
         if not (rundir.path / "state.json").exists():
             raise ConfigError(f"--resume {rundir.path}: not a run directory (no state.json)")
     else:
-        create = _dist.main_process_only(broadcast=True)(lambda: str(RunDir.create(exp.name, out=out, root=runs_root).path))
+        create = _dist.main_process_only(broadcast=True)(
+            lambda: str(RunDir.create(exp.name, out=out, root=runs_root).path)
+        )
         rundir = RunDir(create())
     if _dist.is_main():
         if exp.source and Path(exp.source).exists() and resume is None:
@@ -551,9 +596,14 @@ def _execute(plan_: Plan, *, out: str | os.PathLike | None, resume: str | os.Pat
             shutil.rmtree(_scratch_dir(), ignore_errors=True)
 
 
-def run(experiment: str | os.PathLike | dict[str, Any] | Experiment, *, registry: Registry | None = None,
-        out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-        runs_root: str | os.PathLike = "runs") -> RunResult:
+def run(
+    experiment: str | os.PathLike | dict[str, Any] | Experiment,
+    *,
+    registry: Registry | None = None,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    runs_root: str | os.PathLike = "runs",
+) -> RunResult:
     """Validate and run an experiment given as a TOML path, a dict, or an Experiment.
 
     Returns a :class:`RunResult` with every table as a pandas DataFrame.
@@ -583,5 +633,15 @@ def resumed_experiment(rundir: str | os.PathLike) -> Experiment:
     return Experiment.model_validate(cfg)
 
 
-__all__ = ["Plan", "Planning", "StageContext", "StageResult", "RunResult", "plan", "execute", "run",
-           "resumed_experiment", "read_spec"]
+__all__ = [
+    "Plan",
+    "Planning",
+    "StageContext",
+    "StageResult",
+    "RunResult",
+    "plan",
+    "execute",
+    "run",
+    "resumed_experiment",
+    "read_spec",
+]

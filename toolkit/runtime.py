@@ -59,7 +59,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
             raise ConfigError(f"device: {spec!r} was requested but CUDA is not available here; use 'cpu' or 'auto'")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device: {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(
+                f"device: {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         return dev
     if spec == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

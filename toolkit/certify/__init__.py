@@ -19,10 +19,23 @@ See docs/certification.md.
 
 from .attack import logit_extremes, margin_pgd
 from .bounds import (
-    METHODS, SpecBounds, concretize, linf_box, margin_lower_bounds, margin_spec, output_bounds, spec_bounds,
+    METHODS,
+    SpecBounds,
+    concretize,
+    linf_box,
+    margin_lower_bounds,
+    margin_spec,
+    output_bounds,
+    spec_bounds,
 )
 from .core import (
-    BoundCertifier, CertificationResult, Certifier, certify_split, eval_mode, radius_curve, summarize,
+    BoundCertifier,
+    CertificationResult,
+    Certifier,
+    certify_split,
+    eval_mode,
+    radius_curve,
+    summarize,
     verified_accuracy,
 )
 from .graph import BoundGraph, bound_graph, check_graph
@@ -31,9 +44,33 @@ from .smoothing import SmoothingCertifier, clopper_pearson_lower, clopper_pearso
 from .training import CertifiedObjective, GaussianNoiseObjective, Ramp
 
 __all__ = [
-    "METHODS", "SUPPORTED", "BoundCertifier", "BoundGraph", "CertificationResult", "CertifiedObjective", "Certifier",
-    "GaussianNoiseObjective", "Ramp", "SmoothingCertifier", "SpecBounds", "UnsupportedLayerError", "bound_graph",
-    "certify_split", "check_graph", "clopper_pearson_lower", "clopper_pearson_lower_bisect", "concretize",
-    "eval_mode", "linf_box", "logit_extremes", "margin_lower_bounds", "margin_pgd", "margin_spec", "output_bounds",
-    "radius_curve", "spec_bounds", "summarize", "verified_accuracy",
+    "METHODS",
+    "SUPPORTED",
+    "BoundCertifier",
+    "BoundGraph",
+    "CertificationResult",
+    "CertifiedObjective",
+    "Certifier",
+    "GaussianNoiseObjective",
+    "Ramp",
+    "SmoothingCertifier",
+    "SpecBounds",
+    "UnsupportedLayerError",
+    "bound_graph",
+    "certify_split",
+    "check_graph",
+    "clopper_pearson_lower",
+    "clopper_pearson_lower_bisect",
+    "concretize",
+    "eval_mode",
+    "linf_box",
+    "logit_extremes",
+    "margin_lower_bounds",
+    "margin_pgd",
+    "margin_spec",
+    "output_bounds",
+    "radius_curve",
+    "spec_bounds",
+    "summarize",
+    "verified_accuracy",
 ]

@@ -19,8 +19,16 @@ def _project(x_adv: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.T
     return torch.max(torch.min(x_adv, hi), lo)
 
 
-def _ascend(objective, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps: float, steps: int, restarts: int,
-            gen: torch.Generator | None) -> torch.Tensor:
+def _ascend(
+    objective,
+    x: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    eps: float,
+    steps: int,
+    restarts: int,
+    gen: torch.Generator | None,
+) -> torch.Tensor:
     """Maximise ``objective(x') -> (B,)`` over the box; return the best point per example."""
     best_x = x.clone()
     with torch.no_grad():
@@ -29,7 +37,11 @@ def _ascend(objective, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps:
         if r == 0:
             cur = x.clone()
         else:
-            u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) if gen is not None else torch.rand_like(x)
+            u = (
+                torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                if gen is not None
+                else torch.rand_like(x)
+            )
             cur = lo + u * (hi - lo)
         for s in range(steps):
             alpha = 2.5 * eps / steps * (0.5 ** ((s >= steps // 2) + (s >= 3 * steps // 4)))
@@ -49,8 +61,17 @@ def _ascend(objective, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps:
     return best_x.detach()
 
 
-def margin_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, steps: int = 50, restarts: int = 5,
-               clip: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> torch.Tensor:
+def margin_pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    steps: int = 50,
+    restarts: int = 5,
+    clip: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+) -> torch.Tensor:
     """Adversarial examples in the L-inf ball (intersected with ``clip``) maximising the
     wrong-class margin; the first restart starts at ``x``, the others uniformly at random."""
     lo, hi = (x - eps).clamp(*clip), (x + eps).clamp(*clip)
@@ -65,8 +86,16 @@ def margin_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         return _ascend(objective, x, lo, hi, eps, steps, restarts, gen)
 
 
-def logit_extremes(model: nn.Module, x: torch.Tensor, eps: float, *, steps: int = 20, restarts: int = 1,
-                   clip: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_extremes(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float,
+    *,
+    steps: int = 20,
+    restarts: int = 1,
+    clip: tuple[float, float] = (0.0, 1.0),
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The smallest and largest value of every logit found by PGD (B, K) each: for each
     class, one attack minimising and one maximising it."""
     lo, hi = (x - eps).clamp(*clip), (x + eps).clamp(*clip)

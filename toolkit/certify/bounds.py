@@ -93,8 +93,9 @@ def backward_bound(graph: BoundGraph, target: int, A: torch.Tensor, bounds: list
     return const  # the target does not depend on the input
 
 
-def _refine(graph: BoundGraph, idx: int, current: Bound, bounds: list[Bound], p: Pass, spec_chunk: int,
-            intersect: bool) -> Bound:
+def _refine(
+    graph: BoundGraph, idx: int, current: Bound, bounds: list[Bound], p: Pass, spec_chunk: int, intersect: bool
+) -> Bound:
     lo, hi = current
     B = lo.shape[0]
     lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
@@ -162,9 +163,18 @@ class SpecBounds:
     upper: torch.Tensor | None = None
 
 
-def spec_bounds(model: nn.Module, box: Bound, C: torch.Tensor | None = None, *, method: str = "crown",
-                spec_chunk: int = 256, intersect_ibp: bool = True, upper: bool = False,
-                dtype: torch.dtype | None = None, graph: BoundGraph | None = None) -> SpecBounds:
+def spec_bounds(
+    model: nn.Module,
+    box: Bound,
+    C: torch.Tensor | None = None,
+    *,
+    method: str = "crown",
+    spec_chunk: int = 256,
+    intersect_ibp: bool = True,
+    upper: bool = False,
+    dtype: torch.dtype | None = None,
+    graph: BoundGraph | None = None,
+) -> SpecBounds:
     """Bounds of ``C @ model(x)`` for every ``x`` in ``box = (lo, hi)``.
 
     ``C=None`` bounds the logits themselves (lower and upper). ``method`` is ``ibp``,
@@ -181,7 +191,11 @@ def spec_bounds(model: nn.Module, box: Bound, C: torch.Tensor | None = None, *, 
     B = lo.shape[0]
     if C is None:
         K = graph.output.numel
-        eye = torch.eye(K, dtype=dtype, device=lo.device).reshape(1, K, *graph.output.shape).expand(B, *((-1,) * (1 + len(graph.output.shape))))
+        eye = (
+            torch.eye(K, dtype=dtype, device=lo.device)
+            .reshape(1, K, *graph.output.shape)
+            .expand(B, *((-1,) * (1 + len(graph.output.shape))))
+        )
         C, upper = eye, True
     C = C.to(dtype)
     S = C.shape[1]
@@ -206,8 +220,16 @@ def output_bounds(model: nn.Module, box: Bound, *, method: str = "crown", **kw) 
     return res.lower, res.upper
 
 
-def margin_lower_bounds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, method: str = "crown",
-                        clip: tuple[float, float] | None = (0.0, 1.0), **kw) -> torch.Tensor:
+def margin_lower_bounds(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    method: str = "crown",
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    **kw,
+) -> torch.Tensor:
     """Lower bounds (B, K) of ``logit_y - logit_j`` over the L-inf ball; column ``y`` is +inf.
 
     An example is verified when every entry of its row is positive.

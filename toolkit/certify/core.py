@@ -74,8 +74,10 @@ class CertificationResult:
             return self.correct and not self.abstain and self.radius >= eps
         if eps == self.eps or (eps < self.eps and self.verified):
             return self.verified
-        raise RtkError(f"a certificate at eps={self.eps} (verified={self.verified}) says nothing about eps={eps}; "
-                       "certify again at that eps")
+        raise RtkError(
+            f"a certificate at eps={self.eps} (verified={self.verified}) says nothing about eps={eps}; "
+            "certify again at that eps"
+        )
 
 
 @runtime_checkable
@@ -84,8 +86,9 @@ class Certifier(Protocol):
     norm: str
     eps_independent: bool
 
-    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None) -> list[CertificationResult]:
-        ...
+    def certify(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None
+    ) -> list[CertificationResult]: ...
 
 
 @contextlib.contextmanager
@@ -112,8 +115,17 @@ class BoundCertifier:
     norm = "Linf"
     eps_independent = False
 
-    def __init__(self, method: str = "crown", eps: float = 2 / 255, *, batch_size: int = 64, spec_chunk: int = 256,
-                 intersect_ibp: bool = True, dtype: str = "float32", clip: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    def __init__(
+        self,
+        method: str = "crown",
+        eps: float = 2 / 255,
+        *,
+        batch_size: int = 64,
+        spec_chunk: int = 256,
+        intersect_ibp: bool = True,
+        dtype: str = "float32",
+        clip: tuple[float, float] | None = (0.0, 1.0),
+    ) -> None:
         if method not in METHODS:
             raise RtkError(f"unknown bound method {method!r}; allowed: {', '.join(METHODS)}")
         if dtype not in _DTYPES:
@@ -134,19 +146,31 @@ class BoundCertifier:
         with eval_mode(model), torch.no_grad():
             graph = bound_graph(model, x)
             for start in range(0, len(x), self.batch_size):
-                xb, yb = x[start:start + self.batch_size], y[start:start + self.batch_size]
-                low = margin_lower_bounds(model, xb, yb, eps, method=self.method, clip=self.clip, graph=graph,
-                                          spec_chunk=self.spec_chunk, intersect_ibp=self.intersect_ibp, dtype=self.dtype)
+                xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
+                low = margin_lower_bounds(
+                    model,
+                    xb,
+                    yb,
+                    eps,
+                    method=self.method,
+                    clip=self.clip,
+                    graph=graph,
+                    spec_chunk=self.spec_chunk,
+                    intersect_ibp=self.intersect_ibp,
+                    dtype=self.dtype,
+                )
                 out.append(low.min(1).values.to(torch.float32))
         return torch.cat(out) if out else torch.zeros(0)
 
-    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None) -> list[CertificationResult]:
+    def certify(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None
+    ) -> list[CertificationResult]:
         eps = self.eps if eps is None else float(eps)
         if len(x) == 0:
             return []
         with eval_mode(model), torch.no_grad():
             check_graph(bound_graph(model, x), model, x[: min(len(x), 16)])
-            pred = torch.cat([model(x[i:i + self.batch_size]).argmax(1) for i in range(0, len(x), self.batch_size)])
+            pred = torch.cat([model(x[i : i + self.batch_size]).argmax(1) for i in range(0, len(x), self.batch_size)])
         low = self.margins(model, x, y, eps)
         results = []
         for lab, p, m in zip(y.tolist(), pred.tolist(), low.tolist()):
@@ -157,9 +181,17 @@ class BoundCertifier:
 
 
 # ---------------------------------------------------------------------------- over a split
-def certify_split(certifier: Certifier, model: nn.Module, split, *, eps: Sequence[float] | None = None,
-                  limit: int | None = None, seed: int = 0, batch_size: int = 256,
-                  device: torch.device | str = "cpu") -> pd.DataFrame:
+def certify_split(
+    certifier: Certifier,
+    model: nn.Module,
+    split,
+    *,
+    eps: Sequence[float] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
     """One row per example and eps: index, label, prediction, correct, verified, eps,
     radius, abstain, margin_lower, seconds (time for that eps, or for the one call of an
     eps-independent certifier)."""
@@ -185,11 +217,14 @@ def certify_split(certifier: Certifier, model: nn.Module, split, *, eps: Sequenc
     return pd.DataFrame(rows)
 
 
-def _run(certifier: Certifier, model: nn.Module, split, batch_size: int, device, eps: float | None) -> list[CertificationResult]:
+def _run(
+    certifier: Certifier, model: nn.Module, split, batch_size: int, device, eps: float | None
+) -> list[CertificationResult]:
     out: list[CertificationResult] = []
     n = len(split)
-    for x, y in _progress(batches(split, batch_size, device=device), total=-(-n // batch_size),
-                          desc=f"certify {certifier.name}"):
+    for x, y in _progress(
+        batches(split, batch_size, device=device), total=-(-n // batch_size), desc=f"certify {certifier.name}"
+    ):
         out.extend(certifier.certify(model, x, y, eps=eps))
     return out
 
@@ -199,21 +234,39 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=["eps", "n", "accuracy", "verified_accuracy", "abstain_rate", "seconds"])
     g = rows.groupby("eps", sort=True)
-    return pd.DataFrame({
-        "n": g.size(),
-        "accuracy": g["correct"].mean(),
-        "verified_accuracy": g["verified"].mean(),
-        "abstain_rate": g["abstain"].mean(),
-        "seconds": g["seconds"].first(),
-    }).reset_index()
+    return pd.DataFrame(
+        {
+            "n": g.size(),
+            "accuracy": g["correct"].mean(),
+            "verified_accuracy": g["verified"].mean(),
+            "abstain_rate": g["abstain"].mean(),
+            "seconds": g["seconds"].first(),
+        }
+    ).reset_index()
 
 
-def verified_accuracy(certifier: Certifier, model: nn.Module, split, eps: float | None = None, *,
-                      limit: int | None = None, seed: int = 0, batch_size: int = 256,
-                      device: torch.device | str = "cpu") -> float:
+def verified_accuracy(
+    certifier: Certifier,
+    model: nn.Module,
+    split,
+    eps: float | None = None,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> float:
     """The share of (a fixed subset of) ``split`` verified at ``eps``."""
-    rows = certify_split(certifier, model, split, eps=None if eps is None else [eps], limit=limit, seed=seed,
-                         batch_size=batch_size, device=device)
+    rows = certify_split(
+        certifier,
+        model,
+        split,
+        eps=None if eps is None else [eps],
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
     return float(rows["verified"].mean()) if len(rows) else 0.0
 
 
@@ -223,5 +276,9 @@ def radius_curve(rows: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
     per_example = rows.drop_duplicates("index")
     ok = per_example["correct"] & ~per_example["abstain"]
     n = max(len(per_example), 1)
-    return pd.DataFrame({"radius": list(radii),
-                         "certified_accuracy": [float((ok & (per_example["radius"] >= r)).sum()) / n for r in radii]})
+    return pd.DataFrame(
+        {
+            "radius": list(radii),
+            "certified_accuracy": [float((ok & (per_example["radius"] >= r)).sum()) / n for r in radii],
+        }
+    )

@@ -32,11 +32,24 @@ from torch import nn
 from ..errors import RtkError
 from ..models.layers import Normalize
 from .ops import (
-    SUPPORTED, AddOp, BatchNormOp, ConvOp, DropoutOp, IdentityOp, InputOp, LinearOp, Op, Pass, ReLUOp,
-    ReshapeOp, ScaleShiftOp, UnsupportedLayerError,
+    SUPPORTED,
+    AddOp,
+    BatchNormOp,
+    ConvOp,
+    DropoutOp,
+    IdentityOp,
+    InputOp,
+    LinearOp,
+    Op,
+    Pass,
+    ReLUOp,
+    ReshapeOp,
+    ScaleShiftOp,
+    UnsupportedLayerError,
 )
 
 log = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------- graph
 @dataclass
@@ -88,8 +101,10 @@ class BoundGraph:
         lines = []
         for n in self.nodes:
             ins = ",".join(str(i) for i in n.inputs)
-            lines.append(f"{n.index:3d} {n.name:<24} {type(n.op).__name__:<14} in=[{ins}] shape={list(n.shape)}"
-                         f"{' refine' if self.refine and self.refine[n.index] else ''}")
+            lines.append(
+                f"{n.index:3d} {n.name:<24} {type(n.op).__name__:<14} in=[{ins}] shape={list(n.shape)}"
+                f"{' refine' if self.refine and self.refine[n.index] else ''}"
+            )
         return "\n".join(lines)
 
 
@@ -121,8 +136,19 @@ _DIV = {operator.truediv, operator.itruediv, torch.div}
 
 
 class _Tracer(torch.fx.Tracer):
-    LEAVES = (Normalize, nn.Linear, nn.Conv2d, nn.ReLU, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, nn.AvgPool2d,
-              nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
+    LEAVES = (
+        Normalize,
+        nn.Linear,
+        nn.Conv2d,
+        nn.ReLU,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.Flatten,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.Identity,
+        nn.Dropout,
+    )
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, self.LEAVES):
@@ -153,16 +179,19 @@ def _check_hooks(model: nn.Module) -> None:
 
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks"):
         if getattr(_mm, attr, None):
-            raise RtkError("certification: global module forward hooks are registered; they change what the model "
-                           "computes in ways bound propagation cannot see. Remove them before certifying.")
+            raise RtkError(
+                "certification: global module forward hooks are registered; they change what the model "
+                "computes in ways bound propagation cannot see. Remove them before certifying."
+            )
     for name, m in model.named_modules():
         where = name or "<model>"
         if m._forward_hooks:
             raise UnsupportedLayerError(where, type(m).__name__, "it has forward hooks; remove them before certifying")
         for h in m._forward_pre_hooks.values():
             if not isinstance(h, BasePruningMethod):
-                raise UnsupportedLayerError(where, type(m).__name__,
-                                            "it has forward pre-hooks other than torch.nn.utils.prune masks")
+                raise UnsupportedLayerError(
+                    where, type(m).__name__, "it has forward pre-hooks other than torch.nn.utils.prune masks"
+                )
 
 
 def _exact(m: nn.Module, cls: type[nn.Module]) -> bool:
@@ -198,7 +227,9 @@ class _Builder:
         if isinstance(arg, torch.fx.Node):
             if arg in self.consts:
                 return self.consts[arg]
-            raise UnsupportedLayerError(where, what, f"operand {arg.name!r} is neither a constant nor a supported tensor")
+            raise UnsupportedLayerError(
+                where, what, f"operand {arg.name!r} is neither a constant nor a supported tensor"
+            )
         if isinstance(arg, (int, float)):
             return lambda v=arg: v
         if isinstance(arg, torch.Tensor):
@@ -214,7 +245,9 @@ class _Builder:
         self.index[fx_node] = idx
 
     # -- elementwise constants
-    def _const_tensor(self, fn: Callable[[], Any], shape: tuple[int, ...], where: str, what: str) -> Callable[[Pass], Any]:
+    def _const_tensor(
+        self, fn: Callable[[], Any], shape: tuple[int, ...], where: str, what: str
+    ) -> Callable[[Pass], Any]:
         def get(p: Pass):
             v = fn()
             if not isinstance(v, torch.Tensor):
@@ -225,6 +258,7 @@ class _Builder:
                     raise UnsupportedLayerError(where, what, "a constant with a batch dimension")
                 v = v[0]
             return v
+
         return get
 
     def affine_const(self, fx_node, where: str, what: str, bound_arg, scale=None, shift=None) -> None:
@@ -255,7 +289,9 @@ class _Builder:
             elif node.op == "output":
                 out_node = node.args[0]
         if not isinstance(out_node, torch.fx.Node) or out_node not in self.index:
-            raise UnsupportedLayerError("output", "model output", "the model must return one tensor of logits computed from its input")
+            raise UnsupportedLayerError(
+                "output", "model output", "the model must return one tensor of logits computed from its input"
+            )
         if self.index[out_node] != len(self.nodes) - 1:
             # keep only what the output depends on, in order (nodes after it are dead code)
             raise UnsupportedLayerError(_owner(out_node), "output", "the output must be the last computed tensor")
@@ -278,7 +314,9 @@ class _Builder:
         out_shape = out_shape[1:] if out_shape is not None else None
         if _exact(m, nn.Linear):
             if len(in_shape) != 1:
-                raise UnsupportedLayerError(target, what, f"inputs of shape {list(in_shape)}; flatten to one dimension first")
+                raise UnsupportedLayerError(
+                    target, what, f"inputs of shape {list(in_shape)}; flatten to one dimension first"
+                )
             op: Op = LinearOp(m)
         elif _exact(m, nn.Conv2d):
             if m.padding_mode != "zeros":
@@ -294,7 +332,9 @@ class _Builder:
         elif _exact(m, nn.BatchNorm2d) or _exact(m, nn.BatchNorm1d):
             op = BatchNormOp(m, len(in_shape), target)
         elif _exact(m, Normalize):
-            op = ScaleShiftOp(lambda p, m=m: (1 / m.std[0]).to(p.dtype), lambda p, m=m: (-m.mean[0] / m.std[0]).to(p.dtype))
+            op = ScaleShiftOp(
+                lambda p, m=m: (1 / m.std[0]).to(p.dtype), lambda p, m=m: (-m.mean[0] / m.std[0]).to(p.dtype)
+            )
         elif _exact(m, nn.Flatten) or _exact(m, nn.Unflatten):
             op = ReshapeOp(in_shape, out_shape)
         elif _exact(m, nn.Identity):
@@ -302,8 +342,18 @@ class _Builder:
         elif _exact(m, nn.Dropout):
             op = DropoutOp(m)
         elif _exact(m, nn.AvgPool2d):
-            op = self.avg_pool(target, what, in_shape, out_shape, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                               m.count_include_pad, m.divisor_override)
+            op = self.avg_pool(
+                target,
+                what,
+                in_shape,
+                out_shape,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.ceil_mode,
+                m.count_include_pad,
+                m.divisor_override,
+            )
         elif _exact(m, nn.AdaptiveAvgPool2d):
             op = self.adaptive_pool(target, what, in_shape, out_shape)
         else:
@@ -311,8 +361,9 @@ class _Builder:
             raise UnsupportedLayerError(target, what, detail)
         self.add(target, op, [i], node)
 
-    def avg_pool(self, where, what, in_shape, out_shape, kernel, stride, padding, ceil_mode, count_include_pad,
-                 divisor_override) -> Op:
+    def avg_pool(
+        self, where, what, in_shape, out_shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
+    ) -> Op:
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
         kernel = pair(kernel)
         stride = pair(stride if stride not in (None, []) else kernel)
@@ -326,13 +377,15 @@ class _Builder:
         c = in_shape[0]
         div = divisor_override or kernel[0] * kernel[1]
         weight = torch.full((c, 1, *kernel), 1.0 / div)
-        return ConvOp(None, in_shape, out_shape, stride=stride, padding=padding, dilation=(1, 1), groups=c,
-                      fixed_weight=weight)
+        return ConvOp(
+            None, in_shape, out_shape, stride=stride, padding=padding, dilation=(1, 1), groups=c, fixed_weight=weight
+        )
 
     def adaptive_pool(self, where, what, in_shape, out_shape) -> Op:
         if len(in_shape) != 3 or in_shape[1] % out_shape[1] or in_shape[2] % out_shape[2]:
-            raise UnsupportedLayerError(where, what, f"output size {list(out_shape[1:])} does not divide the input "
-                                                      f"size {list(in_shape[1:])}")
+            raise UnsupportedLayerError(
+                where, what, f"output size {list(out_shape[1:])} does not divide the input size {list(in_shape[1:])}"
+            )
         k = (in_shape[1] // out_shape[1], in_shape[2] // out_shape[2])
         return self.avg_pool(where, what, in_shape, out_shape, k, k, 0, False, True, None)
 
@@ -379,7 +432,9 @@ class _Builder:
         elif target in _MUL or target in _DIV:
             a, b = node.args[:2]
             if len(ins) != 1 or node.kwargs:
-                raise UnsupportedLayerError(where, what, "a product or quotient of two tensors that depend on the input")
+                raise UnsupportedLayerError(
+                    where, what, "a product or quotient of two tensors that depend on the input"
+                )
             if target in _DIV:
                 if a is not ins[0]:
                     raise UnsupportedLayerError(where, what, "division by a tensor that depends on the input")
@@ -391,12 +446,25 @@ class _Builder:
         elif target is operator.neg or (is_method and target == "neg"):
             self.affine_const(node, where, what, ins[0], scale=lambda: -1.0)
         elif target is F.avg_pool2d:
-            kw = dict(zip(["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
-                          node.args[1:]))
+            kw = dict(
+                zip(
+                    ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
+                    node.args[1:],
+                )
+            )
             kw.update(node.kwargs)
-            op = self.avg_pool(where, what, self.nodes[ids[0]].shape, shape[1:], kw["kernel_size"], kw.get("stride"),
-                               kw.get("padding", 0), kw.get("ceil_mode", False), kw.get("count_include_pad", True),
-                               kw.get("divisor_override"))
+            op = self.avg_pool(
+                where,
+                what,
+                self.nodes[ids[0]].shape,
+                shape[1:],
+                kw["kernel_size"],
+                kw.get("stride"),
+                kw.get("padding", 0),
+                kw.get("ceil_mode", False),
+                kw.get("count_include_pad", True),
+                kw.get("divisor_override"),
+            )
             self.add(where, op, ids[:1], node)
         elif target is F.adaptive_avg_pool2d:
             self.add(where, self.adaptive_pool(where, what, self.nodes[ids[0]].shape, shape[1:]), ids[:1], node)
@@ -428,8 +496,10 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[Any, BoundGraph]] = weakref.We
 
 
 def _signature(model: nn.Module) -> tuple:
-    return tuple((name, type(m).__name__, tuple((k, tuple(v.shape)) for k, v in m.named_parameters(recurse=False)))
-                 for name, m in model.named_modules())
+    return tuple(
+        (name, type(m).__name__, tuple((k, tuple(v.shape)) for k, v in m.named_parameters(recurse=False)))
+        for name, m in model.named_modules()
+    )
 
 
 def _trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -437,9 +507,11 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
         tracer = _Tracer()
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many kinds for data-dependent control flow
-        raise RtkError(f"certification: cannot trace {type(model).__name__} into a fixed graph of layers "
-                       f"({type(exc).__name__}: {exc}). Bound propagation needs a forward pass without "
-                       f"data-dependent control flow built from: {SUPPORTED}.") from None
+        raise RtkError(
+            f"certification: cannot trace {type(model).__name__} into a fixed graph of layers "
+            f"({type(exc).__name__}: {exc}). Bound propagation needs a forward pass without "
+            f"data-dependent control flow built from: {SUPPORTED}."
+        ) from None
     return torch.fx.GraphModule(model, graph)
 
 
@@ -457,8 +529,10 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> BoundGraph:
         with torch.no_grad():
             ShapeProp(gm).propagate(sample)
     except Exception as exc:
-        raise RtkError(f"certification: running {type(model).__name__} on an input of shape {list(sample.shape[1:])} "
-                       f"failed: {type(exc).__name__}: {exc}") from None
+        raise RtkError(
+            f"certification: running {type(model).__name__} on an input of shape {list(sample.shape[1:])} "
+            f"failed: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         for m, t in states:
             m.train(t)
@@ -491,10 +565,13 @@ def check_graph(graph: BoundGraph, model: nn.Module, x: torch.Tensor, *, rtol: f
         want = model(x)
         got = graph.forward(x, Pass(x.dtype, training=False))
     if want.shape != got.shape:
-        raise RtkError(f"certification: the bound graph returns shape {list(got.shape)} but the model returns "
-                       f"{list(want.shape)}")
+        raise RtkError(
+            f"certification: the bound graph returns shape {list(got.shape)} but the model returns {list(want.shape)}"
+        )
     err = (want - got).abs().max().item() if want.numel() else 0.0
     scale = 1.0 + want.abs().max().item() if want.numel() else 1.0
     if not err <= rtol * scale:
-        raise RtkError(f"certification: the bound graph does not reproduce the model's outputs (max difference "
-                       f"{err:.3g}); the model computes something the tracer cannot see. Supported: {SUPPORTED}.")
+        raise RtkError(
+            f"certification: the bound graph does not reproduce the model's outputs (max difference "
+            f"{err:.3g}); the model computes something the tracer cannot see. Supported: {SUPPORTED}."
+        )

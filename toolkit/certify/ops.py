@@ -38,8 +38,9 @@ class UnsupportedLayerError(RtkError):
         self.where = where
         self.what = what
         extra = f" ({detail})" if detail else ""
-        super().__init__(f"certification: layer {where!r} ({what}) is not supported{extra}. "
-                         f"Supported layers: {SUPPORTED}.")
+        super().__init__(
+            f"certification: layer {where!r} ({what}) is not supported{extra}. Supported layers: {SUPPORTED}."
+        )
 
 
 class Pass:
@@ -110,7 +111,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 def _rows(A: torch.Tensor, n_dims: int) -> torch.Tensor:
     """Merge batch and specification dimensions of ``A`` (B, S, *shape) for batched ops."""
-    return A.reshape(A.shape[0] * A.shape[1], *A.shape[2:2 + n_dims])
+    return A.reshape(A.shape[0] * A.shape[1], *A.shape[2 : 2 + n_dims])
 
 
 # ---------------------------------------------------------------------------- ops
@@ -199,8 +200,18 @@ class LinearOp(Op):
 class ConvOp(Op):
     kind = "linear"
 
-    def __init__(self, module: nn.Conv2d | None, in_shape: Sequence[int], out_shape: Sequence[int], *,
-                 stride=None, padding=None, dilation=None, groups=None, fixed_weight: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Conv2d | None,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        *,
+        stride=None,
+        padding=None,
+        dilation=None,
+        groups=None,
+        fixed_weight: torch.Tensor | None = None,
+    ) -> None:
         self.module = module
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         m = module
@@ -212,9 +223,10 @@ class ConvOp(Op):
         k = (fixed_weight if fixed_weight is not None else m.weight).shape[-2:]
         # output padding making conv_transpose2d return exactly the input's spatial size
         self.output_padding = tuple(
-            self.in_shape[1 + i] - ((self.out_shape[1 + i] - 1) * self.stride[i] - 2 * self.padding[i]
-                                    + self.dilation[i] * (k[i] - 1) + 1)
-            for i in range(2))
+            self.in_shape[1 + i]
+            - ((self.out_shape[1 + i] - 1) * self.stride[i] - 2 * self.padding[i] + self.dilation[i] * (k[i] - 1) + 1)
+            for i in range(2)
+        )
 
     def _params(self, p: Pass):
         if self.fixed_weight is not None:
@@ -258,9 +270,16 @@ class ConvOp(Op):
         else:
             # channels_last makes the CPU kernel about 1.3-2x faster, conversions included
             cl = torch.channels_last
-            a_in = F.conv_transpose2d(_rows(A, 3).contiguous(memory_format=cl), w.contiguous(memory_format=cl), None,
-                                      self.stride, self.padding, self.output_padding, self.groups,
-                                      self.dilation).contiguous()
+            a_in = F.conv_transpose2d(
+                _rows(A, 3).contiguous(memory_format=cl),
+                w.contiguous(memory_format=cl),
+                None,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.groups,
+                self.dilation,
+            ).contiguous()
         a_in = a_in.reshape(B, S, *self.in_shape)
         const = (A.sum((-2, -1)) * bias).sum(-1) if bias is not None else None
         return [a_in], const
@@ -271,7 +290,9 @@ class ScaleShiftOp(Op):
 
     kind = "diag"
 
-    def __init__(self, scale: Callable[[Pass], torch.Tensor | None], shift: Callable[[Pass], torch.Tensor | None]) -> None:
+    def __init__(
+        self, scale: Callable[[Pass], torch.Tensor | None], shift: Callable[[Pass], torch.Tensor | None]
+    ) -> None:
         self.scale_fn, self.shift_fn = scale, shift
 
     def params(self, p: Pass, b: Bound | None = None, x: torch.Tensor | None = None):
@@ -314,13 +335,19 @@ class BatchNormOp(ScaleShiftOp):
     def params(self, p, b=None, x=None):
         m = self.module
         if m.running_mean is None and not p.training:
-            raise UnsupportedLayerError(self.where, type(m).__name__, "track_running_stats=False: in eval mode it "
-                                        "normalizes with batch statistics, so no example has a certificate of its own")
+            raise UnsupportedLayerError(
+                self.where,
+                type(m).__name__,
+                "track_running_stats=False: in eval mode it "
+                "normalizes with batch statistics, so no example has a certificate of its own",
+            )
         if p.training and m.training:
             key = ("bn", id(self))
             if x is None and b is None:
                 if key not in p.cache:
-                    raise RtkError(f"certification: batch norm {self.where!r} in training mode needs an interval pass first")
+                    raise RtkError(
+                        f"certification: batch norm {self.where!r} in training mode needs an interval pass first"
+                    )
                 mean, var = p.cache[key]
             else:
                 ref = x if x is not None else (b[0] + b[1]) / 2

@@ -30,8 +30,13 @@ def _binomial_upper_tail(k: int, n: int, p: float) -> float:
         return 1.0
     i = torch.arange(k, n + 1, dtype=torch.float64)
     n_t = torch.tensor(float(n), dtype=torch.float64)
-    logpmf = (torch.lgamma(n_t + 1) - torch.lgamma(i + 1) - torch.lgamma(n_t - i + 1)
-              + i * math.log(p) + (n_t - i) * math.log1p(-p))
+    logpmf = (
+        torch.lgamma(n_t + 1)
+        - torch.lgamma(i + 1)
+        - torch.lgamma(n_t - i + 1)
+        + i * math.log(p)
+        + (n_t - i) * math.log1p(-p)
+    )
     return float(torch.logsumexp(logpmf, 0).exp())
 
 
@@ -79,8 +84,17 @@ class SmoothingCertifier:
     norm = "L2"
     eps_independent = True
 
-    def __init__(self, sigma: float = 0.25, n0: int = 100, n: int = 1000, alpha: float = 0.001, *,
-                 batch_size: int = 1000, seed: int = 0, name: str = "smoothing") -> None:
+    def __init__(
+        self,
+        sigma: float = 0.25,
+        n0: int = 100,
+        n: int = 1000,
+        alpha: float = 0.001,
+        *,
+        batch_size: int = 1000,
+        seed: int = 0,
+        name: str = "smoothing",
+    ) -> None:
         if sigma <= 0:
             raise RtkError(f"sigma must be positive, got {sigma}")
         self.sigma, self.n0, self.n, self.alpha = float(sigma), int(n0), int(n), float(alpha)
@@ -97,7 +111,9 @@ class SmoothingCertifier:
             left -= b
         return torch.bincount(torch.cat(preds)).cpu() if preds else torch.zeros(1, dtype=torch.long)
 
-    def certify_one(self, model: nn.Module, x: torch.Tensor, gen: torch.Generator) -> tuple[int, float, bool, int, float]:
+    def certify_one(
+        self, model: nn.Module, x: torch.Tensor, gen: torch.Generator
+    ) -> tuple[int, float, bool, int, float]:
         """``(prediction, radius, abstain, n_A, p_A)`` for one example."""
         c0 = self.counts(model, x, self.n0, gen)
         top = int(c0.argmax())
@@ -108,7 +124,9 @@ class SmoothingCertifier:
             return -1, 0.0, True, n_a, p_a
         return top, self.sigma * NormalDist().inv_cdf(p_a), False, n_a, p_a
 
-    def certify(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None) -> list[CertificationResult]:
+    def certify(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None
+    ) -> list[CertificationResult]:
         eps = 0.0 if eps is None else float(eps)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
         results = []
@@ -116,6 +134,9 @@ class SmoothingCertifier:
             for xi, yi in zip(x, y.tolist()):
                 pred, radius, abstain, _, _ = self.certify_one(model, xi, gen)
                 correct = not abstain and pred == yi
-                results.append(CertificationResult(yi, pred, correct, correct and radius >= eps, eps, radius, "L2",
-                                                   abstain, math.nan, True))
+                results.append(
+                    CertificationResult(
+                        yi, pred, correct, correct and radius >= eps, eps, radius, "L2", abstain, math.nan, True
+                    )
+                )
         return results

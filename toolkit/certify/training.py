@@ -76,7 +76,9 @@ class CertifiedObjective:
         f = self.schedule(progress)
         return self.beta_start + (self.beta_end - self.beta_start) * f
 
-    def robust_logits(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float) -> torch.Tensor:
+    def robust_logits(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, beta: float
+    ) -> torch.Tensor:
         """Worst-case logits ``-underline{m}`` (B, K); the true class's entry is 0."""
         graph = bound_graph(model, x)
         if id(graph) not in self._checked:

@@ -18,16 +18,50 @@ from .cifar import cifar10_source, cifar100_source, load_cifar10, load_cifar100,
 from .core import DataInfo, DataOptions, DatasetBundle, TensorSplit, apply_limits, batches, num_examples, subset
 from .digits import load_digits
 from .files import FileSource, data_home, default_root
-from .idx import fashion_mnist_source, load_fashion_mnist, load_idx_dataset, load_mnist, mnist_source, parse_idx, read_idx
+from .idx import (
+    fashion_mnist_source,
+    load_fashion_mnist,
+    load_idx_dataset,
+    load_mnist,
+    mnist_source,
+    parse_idx,
+    read_idx,
+)
 from .imagefolder import ImageFolderSplit, check_image_folder, load_image_folder
 from .safe_pickle import RestrictedUnpickler, safe_load
 from .svhn import load_svhn, read_svhn_mat, svhn_source
 
 __all__ = [
-    "DataInfo", "DataOptions", "DatasetBundle", "TensorSplit", "apply_limits", "batches", "num_examples", "subset",
-    "FileSource", "data_home", "default_root",
-    "load_digits", "load_fashion_mnist", "load_mnist", "load_idx_dataset", "parse_idx", "read_idx",
-    "load_cifar10", "load_cifar100", "read_cifar_batch", "load_svhn", "read_svhn_mat",
-    "ImageFolderSplit", "load_image_folder", "check_image_folder", "RestrictedUnpickler", "safe_load",
-    "fashion_mnist_source", "mnist_source", "cifar10_source", "cifar100_source", "svhn_source",
+    "DataInfo",
+    "DataOptions",
+    "DatasetBundle",
+    "TensorSplit",
+    "apply_limits",
+    "batches",
+    "num_examples",
+    "subset",
+    "FileSource",
+    "data_home",
+    "default_root",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_idx_dataset",
+    "parse_idx",
+    "read_idx",
+    "load_cifar10",
+    "load_cifar100",
+    "read_cifar_batch",
+    "load_svhn",
+    "read_svhn_mat",
+    "ImageFolderSplit",
+    "load_image_folder",
+    "check_image_folder",
+    "RestrictedUnpickler",
+    "safe_load",
+    "fashion_mnist_source",
+    "mnist_source",
+    "cifar10_source",
+    "cifar100_source",
+    "svhn_source",
 ]

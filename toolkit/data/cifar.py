@@ -37,21 +37,37 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def _how(folder: str, archive: str, target: Path) -> tuple[str, ...]:
-    return (f"set download = true (needs network and torchvision; downloads {archive} into {target})",
-            f"or extract {archive} (the CIFAR 'python version') so that its folder {folder}/ lies in root "
-            f"(default root: $RTK_DATA/<dataset>, now under {data_home()})")
+    return (
+        f"set download = true (needs network and torchvision; downloads {archive} into {target})",
+        f"or extract {archive} (the CIFAR 'python version') so that its folder {folder}/ lies in root "
+        f"(default root: $RTK_DATA/<dataset>, now under {data_home()})",
+    )
 
 
 def cifar10_source(root: str | Path | None = None) -> FileSource:
     folder = Path(root).expanduser() if root is not None else default_root("cifar10")
-    return FileSource("cifar10", (folder,), CIFAR10_FILES, _how(CIFAR10_FOLDER, "cifar-10-python.tar.gz", folder), folder,
-                      (CIFAR10_FOLDER,), download_key="cifar10")
+    return FileSource(
+        "cifar10",
+        (folder,),
+        CIFAR10_FILES,
+        _how(CIFAR10_FOLDER, "cifar-10-python.tar.gz", folder),
+        folder,
+        (CIFAR10_FOLDER,),
+        download_key="cifar10",
+    )
 
 
 def cifar100_source(root: str | Path | None = None) -> FileSource:
     folder = Path(root).expanduser() if root is not None else default_root("cifar100")
-    return FileSource("cifar100", (folder,), CIFAR100_FILES, _how(CIFAR100_FOLDER, "cifar-100-python.tar.gz", folder),
-                      folder, (CIFAR100_FOLDER,), download_key="cifar100")
+    return FileSource(
+        "cifar100",
+        (folder,),
+        CIFAR100_FILES,
+        _how(CIFAR100_FOLDER, "cifar-100-python.tar.gz", folder),
+        folder,
+        (CIFAR100_FOLDER,),
+        download_key="cifar100",
+    )
 
 
 def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +79,9 @@ def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, np.n
     data = np.asarray(d["data"])
     labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: expected 'data' of shape [N, 3072] and dtype uint8, got {list(data.shape)} {data.dtype}")
+        raise DataError(
+            f"{path}: expected 'data' of shape [N, 3072] and dtype uint8, got {list(data.shape)} {data.dtype}"
+        )
     if labels.shape[0] != data.shape[0]:
         raise DataError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     return data.reshape(-1, 3, 32, 32), labels
@@ -92,7 +110,9 @@ def _meta_names(folder: Path, filename: str, key: str) -> tuple[str, ...] | None
 def load_cifar10(root: str | Path | None = None, download: bool = False) -> DatasetBundle:
     """CIFAR-10: 50,000 train / 10,000 test images, 3x32x32, 10 classes."""
     paths = cifar10_source(root).ensure(download)
-    train = _to_split([read_cifar_batch(paths[n], "labels") for n in CIFAR10_TRAIN], 10, str(paths["data_batch_1"].parent))
+    train = _to_split(
+        [read_cifar_batch(paths[n], "labels") for n in CIFAR10_TRAIN], 10, str(paths["data_batch_1"].parent)
+    )
     test = _to_split([read_cifar_batch(paths["test_batch"], "labels")], 10, str(paths["test_batch"]))
     names = _meta_names(paths["test_batch"].parent, "batches.meta", "label_names") or CIFAR10_CLASSES
     if len(names) != 10:
@@ -101,8 +121,9 @@ def load_cifar10(root: str | Path | None = None, download: bool = False) -> Data
     return DatasetBundle(info, train, test)
 
 
-def load_cifar100(root: str | Path | None = None, download: bool = False,
-                  labels: Literal["fine", "coarse"] = "fine") -> DatasetBundle:
+def load_cifar100(
+    root: str | Path | None = None, download: bool = False, labels: Literal["fine", "coarse"] = "fine"
+) -> DatasetBundle:
     """CIFAR-100: 50,000 train / 10,000 test images, 3x32x32; 100 fine or 20 coarse classes."""
     if labels not in ("fine", "coarse"):
         raise DataError(f"cifar100: labels must be 'fine' or 'coarse', got {labels!r}")
@@ -116,6 +137,8 @@ def load_cifar100(root: str | Path | None = None, download: bool = False,
         log.warning("cifar100: %s not found; class names will be numbers", paths["train"].parent / "meta")
         names = tuple(str(i) for i in range(num_classes))
     if len(names) != num_classes:
-        raise DataError(f"{paths['train'].parent / 'meta'}: expected {num_classes} {labels} label names, found {len(names)}")
+        raise DataError(
+            f"{paths['train'].parent / 'meta'}: expected {num_classes} {labels} label names, found {len(names)}"
+        )
     info = DataInfo("cifar100", num_classes, 3, 32, 32, CIFAR100_MEAN, CIFAR100_STD, names)
     return DatasetBundle(info, train, test)

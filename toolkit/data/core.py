@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from pydantic import Field
-
 from ..options import Options
 
 
@@ -130,15 +129,21 @@ def batches(
     if isinstance(split, TensorSplit):
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             x, y = split.x[idx], split.y[idx]
             if device is not None:
                 x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
             yield x, y
         return
     sampler = order.tolist()
-    loader = DataLoader(split, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                        pin_memory=non_blocking)
+    loader = DataLoader(
+        split,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=non_blocking,
+    )
     for x, y in loader:
         if device is not None:
             x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)

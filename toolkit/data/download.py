@@ -20,14 +20,18 @@ def _torchvision_datasets() -> Any:
     try:
         import torchvision.datasets as tvd
     except ImportError as exc:
-        raise DataError(f"download = true needs torchvision, which could not be imported ({exc}); "
-                        "install it with: pip install 'rtk[vision]'") from None
+        raise DataError(
+            f"download = true needs torchvision, which could not be imported ({exc}); "
+            "install it with: pip install 'rtk[vision]'"
+        ) from None
     return tvd
 
 
 def _fail(dataset: str, root: Path, exc: BaseException, manual: str) -> DataError:
-    return DataError(f"dataset {dataset!r}: download into {root} failed: {type(exc).__name__}: {exc}. "
-                     f"Without network access, {manual}")
+    return DataError(
+        f"dataset {dataset!r}: download into {root} failed: {type(exc).__name__}: {exc}. "
+        f"Without network access, {manual}"
+    )
 
 
 def download(dataset: str, root: Path) -> None:
@@ -58,4 +62,6 @@ def download(dataset: str, root: Path) -> None:
     except DataError:
         raise
     except Exception as exc:  # network, checksum and archive errors all end here
-        raise _fail(dataset, root, exc, "place the files in that folder by hand (see docs/data-and-models.md)") from None
+        raise _fail(
+            dataset, root, exc, "place the files in that folder by hand (see docs/data-and-models.md)"
+        ) from None

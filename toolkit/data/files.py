@@ -56,7 +56,9 @@ def resolve_file(folder: Path, name: str, *, gz_ok: bool = False) -> Path | None
     return None
 
 
-def find_folder(dirs: Sequence[Path], names: Sequence[str], *, gz_ok: bool = False) -> tuple[Path, dict[str, Path]] | None:
+def find_folder(
+    dirs: Sequence[Path], names: Sequence[str], *, gz_ok: bool = False
+) -> tuple[Path, dict[str, Path]] | None:
     """The first folder of ``dirs`` holding every file in ``names``, with the resolved paths."""
     for d in dirs:
         found = {n: resolve_file(d, n, gz_ok=gz_ok) for n in names}
@@ -65,8 +67,15 @@ def find_folder(dirs: Sequence[Path], names: Sequence[str], *, gz_ok: bool = Fal
     return None
 
 
-def missing_files_error(dataset: str, names: Sequence[str], dirs: Sequence[Path], how: Sequence[str],
-                        *, gz_ok: bool = False, partial: dict[Path, list[str]] | None = None) -> DataError:
+def missing_files_error(
+    dataset: str,
+    names: Sequence[str],
+    dirs: Sequence[Path],
+    how: Sequence[str],
+    *,
+    gz_ok: bool = False,
+    partial: dict[Path, list[str]] | None = None,
+) -> DataError:
     """A DataError saying which files are expected where, and how to get them."""
     shown = [f"{n}[.gz]" if gz_ok else n for n in names]
     lines = [f"dataset {dataset!r}: files not found. Expected {', '.join(shown)} in one of:"]
@@ -116,8 +125,14 @@ class FileSource:
 
     def error(self) -> DataError:
         dirs = self.dirs()
-        return missing_files_error(self.dataset, self.names, dirs, self.how, gz_ok=self.gz_ok,
-                                   partial=partial_folders(dirs, self.names, gz_ok=self.gz_ok))
+        return missing_files_error(
+            self.dataset,
+            self.names,
+            dirs,
+            self.how,
+            gz_ok=self.gz_ok,
+            partial=partial_folders(dirs, self.names, gz_ok=self.gz_ok),
+        )
 
     def problems(self, download: bool = False) -> list[str]:
         """Empty when the files are there (or will be downloaded), else the error message."""

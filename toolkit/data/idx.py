@@ -32,8 +32,18 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 FASHION_MNIST_DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -45,8 +55,9 @@ def parse_idx(raw: bytes, where: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{where}: not an IDX file (the first two bytes must be zero)")
     code, ndim = raw[2], raw[3]
     if code not in _IDX_DTYPES:
-        raise DataError(f"{where}: unknown IDX type code 0x{code:02x}; known: "
-                        + ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES))
+        raise DataError(
+            f"{where}: unknown IDX type code 0x{code:02x}; known: " + ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{where}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions)")
@@ -54,8 +65,10 @@ def parse_idx(raw: bytes, where: str = "<bytes>") -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[code])
     count = int(np.prod(dims, dtype=np.int64)) if dims else 1
     if len(raw) - header != count * dtype.itemsize:
-        raise DataError(f"{where}: IDX header says shape {list(dims)} ({count * dtype.itemsize} bytes of data) "
-                        f"but the file holds {len(raw) - header} bytes of data")
+        raise DataError(
+            f"{where}: IDX header says shape {list(dims)} ({count * dtype.itemsize} bytes of data) "
+            f"but the file holds {len(raw) - header} bytes of data"
+        )
     return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
 
 
@@ -95,9 +108,15 @@ def _stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 
-def load_idx_files(paths: dict[str, Path], *, name: str, num_classes: int | None = None,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   class_names: Sequence[str] | None = None) -> DatasetBundle:
+def load_idx_files(
+    paths: dict[str, Path],
+    *,
+    name: str,
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> DatasetBundle:
     """Build a bundle from the four resolved IDX files (keys: the names in :data:`IDX_FILES`).
 
     ``mean``/``std`` default to the statistics of the training images, ``num_classes`` to
@@ -106,8 +125,9 @@ def load_idx_files(paths: dict[str, Path], *, name: str, num_classes: int | None
     tri, trl, tei, tel = (paths[k] for k in IDX_FILES)
     x_train, x_test = _images(read_idx(tri), tri), _images(read_idx(tei), tei)
     if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"{tei}: test images are {list(x_test.shape[2:])} pixels but train images are "
-                        f"{list(x_train.shape[2:])}")
+        raise DataError(
+            f"{tei}: test images are {list(x_test.shape[2:])} pixels but train images are {list(x_train.shape[2:])}"
+        )
     raw_train_labels = read_idx(trl)
     if raw_train_labels.size == 0:
         raise DataError(f"{trl}: the training split has no labels")
@@ -122,19 +142,34 @@ def load_idx_files(paths: dict[str, Path], *, name: str, num_classes: int | None
     return DatasetBundle(info, TensorSplit(x_train, y_train), TensorSplit(x_test, y_test))
 
 
-def load_idx_dataset(root: str | Path, *, name: str = "idx", subdirs: Sequence[str] = (), num_classes: int | None = None,
-                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                     class_names: Sequence[str] | None = None) -> DatasetBundle:
+def load_idx_dataset(
+    root: str | Path,
+    *,
+    name: str = "idx",
+    subdirs: Sequence[str] = (),
+    num_classes: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> DatasetBundle:
     """Load an MNIST-like dataset: the four files of :data:`IDX_FILES` (``.gz`` or not) in ``root``.
 
     ``subdirs`` are extra layouts searched under ``root`` (for example ``FashionMNIST/raw``).
     ``mean``/``std`` default to the statistics of the training images.
     """
     folder = Path(root).expanduser()
-    source = FileSource(name, (folder,), IDX_FILES, ("put the four IDX files (gzipped or not) in that folder",),
-                        folder, tuple(subdirs), gz_ok=True)
-    return load_idx_files(source.ensure(), name=name, num_classes=num_classes, mean=mean, std=std,
-                          class_names=class_names)
+    source = FileSource(
+        name,
+        (folder,),
+        IDX_FILES,
+        ("put the four IDX files (gzipped or not) in that folder",),
+        folder,
+        tuple(subdirs),
+        gz_ok=True,
+    )
+    return load_idx_files(
+        source.ensure(), name=name, num_classes=num_classes, mean=mean, std=std, class_names=class_names
+    )
 
 
 def fashion_mnist_source(root: str | Path | None = None) -> FileSource:
@@ -145,20 +180,25 @@ def fashion_mnist_source(root: str | Path | None = None) -> FileSource:
     else:
         roots = (FASHION_MNIST_DEBIAN_ROOT, default_root("fashion-mnist"))
     target = roots[-1]
-    how = (f"as root: apt-get update && apt-get install dataset-fashion-mnist  (puts them in {FASHION_MNIST_DEBIAN_ROOT}"
-           + (", then leave root unset)" if root is not None else ")"),
-           f"or set download = true (needs network and torchvision; downloads into {target})",
-           "or copy the four files into one of the folders above")
-    return FileSource("fashion-mnist", roots, IDX_FILES, how, target, ("FashionMNIST/raw",), gz_ok=True,
-                      download_key="fashion-mnist")
+    how = (
+        f"as root: apt-get update && apt-get install dataset-fashion-mnist  (puts them in {FASHION_MNIST_DEBIAN_ROOT}"
+        + (", then leave root unset)" if root is not None else ")"),
+        f"or set download = true (needs network and torchvision; downloads into {target})",
+        "or copy the four files into one of the folders above",
+    )
+    return FileSource(
+        "fashion-mnist", roots, IDX_FILES, how, target, ("FashionMNIST/raw",), gz_ok=True, download_key="fashion-mnist"
+    )
 
 
 def mnist_source(root: str | Path | None = None) -> FileSource:
     """Where MNIST is looked for: ``root``, default ``$RTK_DATA/mnist``."""
     folder = Path(root).expanduser() if root is not None else default_root("mnist")
-    how = (f"set download = true (needs network and torchvision; downloads into {folder})",
-           f"or copy the four files into {folder}, or set root to the folder that holds them "
-           "(the default folder is $RTK_DATA/mnist)")
+    how = (
+        f"set download = true (needs network and torchvision; downloads into {folder})",
+        f"or copy the four files into {folder}, or set root to the folder that holds them "
+        "(the default folder is $RTK_DATA/mnist)",
+    )
     return FileSource("mnist", (folder,), IDX_FILES, how, folder, ("MNIST/raw",), gz_ok=True, download_key="mnist")
 
 
@@ -169,11 +209,19 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -
     ``dataset-fashion-mnist``) and then in ``$RTK_DATA/fashion-mnist``.
     """
     paths = fashion_mnist_source(root).ensure(download)
-    return load_idx_files(paths, name="fashion-mnist", num_classes=10, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD,
-                          class_names=FASHION_MNIST_CLASSES)
+    return load_idx_files(
+        paths,
+        name="fashion-mnist",
+        num_classes=10,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+        class_names=FASHION_MNIST_CLASSES,
+    )
 
 
 def load_mnist(root: str | Path | None = None, download: bool = False) -> DatasetBundle:
     """MNIST (60,000 train / 10,000 test, 1x28x28) from its IDX files in ``root`` (default ``$RTK_DATA/mnist``)."""
     paths = mnist_source(root).ensure(download)
-    return load_idx_files(paths, name="mnist", num_classes=10, mean=MNIST_MEAN, std=MNIST_STD, class_names=MNIST_CLASSES)
+    return load_idx_files(
+        paths, name="mnist", num_classes=10, mean=MNIST_MEAN, std=MNIST_STD, class_names=MNIST_CLASSES
+    )

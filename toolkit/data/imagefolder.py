@@ -32,13 +32,27 @@ IMAGENET_GRAY_STD = (0.226,)
 #: Readable names of the ImageNet classes (WordNet ids) used by Imagenette and ImageWoof.
 WNID_NAMES = {
     # Imagenette
-    "n01440764": "tench", "n02102040": "English springer", "n03000684": "chain saw", "n02979186": "cassette player",
-    "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
-    "n03445777": "golf ball", "n03888605": "parachute",
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n03000684": "chain saw",
+    "n02979186": "cassette player",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888605": "parachute",
     # ImageWoof
-    "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback", "n02088364": "beagle", "n02089973": "English foxhound",
-    "n02093754": "Border terrier", "n02096294": "Australian terrier", "n02099601": "golden retriever",
-    "n02105641": "Old English sheepdog", "n02111889": "Samoyed", "n02115641": "dingo",
+    "n02086240": "Shih-Tzu",
+    "n02087394": "Rhodesian ridgeback",
+    "n02088364": "beagle",
+    "n02089973": "English foxhound",
+    "n02093754": "Border terrier",
+    "n02096294": "Australian terrier",
+    "n02099601": "golden retriever",
+    "n02105641": "Old English sheepdog",
+    "n02111889": "Samoyed",
+    "n02115641": "dingo",
 }
 
 
@@ -51,8 +65,9 @@ class ImageFolderSplit(Dataset):
     """One split of an image folder: ``(image, label)`` with the image a float32 tensor
     (C, image_size, image_size) in [0, 1], decoded on access."""
 
-    def __init__(self, files: Sequence[Path], labels: Sequence[int], *, image_size: int, resize: int,
-                 grayscale: bool = False) -> None:
+    def __init__(
+        self, files: Sequence[Path], labels: Sequence[int], *, image_size: int, resize: int, grayscale: bool = False
+    ) -> None:
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         if resize < image_size:
@@ -114,8 +129,9 @@ def scan_split(folder: Path, classes: Sequence[str] | None = None) -> tuple[list
     else:
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise DataError(f"{folder}: class folders {', '.join(extra)} are not among the training classes "
-                            f"({', '.join(classes)})")
+            raise DataError(
+                f"{folder}: class folders {', '.join(extra)} are not among the training classes ({', '.join(classes)})"
+            )
     index = {c: i for i, c in enumerate(classes)}
     files: list[Path] = []
     labels: list[int] = []
@@ -133,24 +149,38 @@ def find_test_dir(root: Path, test_split: str | None) -> Path:
     for n in names:
         if (root / n).is_dir():
             return root / n
-    raise DataError(f"image folder {root}: no test split; expected the folder {' or '.join(str(root / n) for n in names)} "
-                    "with one sub-folder of images per class")
+    raise DataError(
+        f"image folder {root}: no test split; expected the folder {' or '.join(str(root / n) for n in names)} "
+        "with one sub-folder of images per class"
+    )
 
 
-def load_image_folder(root: str | Path, *, image_size: int = 224, resize: int | None = None, test_split: str | None = None,
-                      grayscale: bool = False, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                      name: str | None = None) -> DatasetBundle:
+def load_image_folder(
+    root: str | Path,
+    *,
+    image_size: int = 224,
+    resize: int | None = None,
+    test_split: str | None = None,
+    grayscale: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    name: str | None = None,
+) -> DatasetBundle:
     """An ImageNet-style folder: ``root/train/<class>/...`` and ``root/val`` (or ``test``) likewise.
 
     ``mean``/``std`` default to ImageNet's statistics. Class names of Imagenette and
     ImageWoof folders (WordNet ids) are shown in words.
     """
     root = Path(root).expanduser()
-    how = ("for Imagenette or ImageWoof: download imagenette2-320.tgz / imagewoof2-320.tgz from fast.ai's "
-           "imagenette repository, extract it, and set root to the extracted folder")
+    how = (
+        "for Imagenette or ImageWoof: download imagenette2-320.tgz / imagewoof2-320.tgz from fast.ai's "
+        "imagenette repository, extract it, and set root to the extracted folder"
+    )
     if not (root / "train").is_dir():
-        raise DataError(f"image folder {root}: expected {root / 'train'}/<class>/<images> and {root / 'val'} "
-                        f"(or {root / 'test'}) laid out the same way; {how}")
+        raise DataError(
+            f"image folder {root}: expected {root / 'train'}/<class>/<images> and {root / 'val'} "
+            f"(or {root / 'test'}) laid out the same way; {how}"
+        )
     resize = default_resize(image_size) if resize is None else resize
     if resize < image_size:
         raise DataError(f"image folder {root}: resize ({resize}) must be at least image_size ({image_size})")
@@ -161,21 +191,35 @@ def load_image_folder(root: str | Path, *, image_size: int = 224, resize: int | 
     if mean is None or std is None:
         mean, std = (IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD) if grayscale else (IMAGENET_MEAN, IMAGENET_STD)
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"image folder {root}: mean and std need {channels} values each, got {len(mean)} and {len(std)}")
+        raise DataError(
+            f"image folder {root}: mean and std need {channels} values each, got {len(mean)} and {len(std)}"
+        )
     names = tuple(WNID_NAMES.get(c, c) for c in classes)
-    info = DataInfo(name or root.name or "imagefolder", len(classes), channels, image_size, image_size,
-                    tuple(float(m) for m in mean), tuple(float(s) for s in std), names)
+    info = DataInfo(
+        name or root.name or "imagefolder",
+        len(classes),
+        channels,
+        image_size,
+        image_size,
+        tuple(float(m) for m in mean),
+        tuple(float(s) for s in std),
+        names,
+    )
     log.info("image folder %s: %d train / %d test images, %d classes", root, len(files), len(test_files), len(classes))
     split = dict(image_size=image_size, resize=resize, grayscale=grayscale)
-    return DatasetBundle(info, ImageFolderSplit(files, labels, **split), ImageFolderSplit(test_files, test_labels, **split))
+    return DatasetBundle(
+        info, ImageFolderSplit(files, labels, **split), ImageFolderSplit(test_files, test_labels, **split)
+    )
 
 
 def check_image_folder(root: str | Path, test_split: str | None = None) -> list[str]:
     """Problems with the folder layout found without decoding any image (for planning)."""
     root = Path(root).expanduser()
     if not (root / "train").is_dir():
-        return [f"image folder {root}: expected {root / 'train'}/<class>/<images> and {root / 'val'} (or "
-                f"{root / 'test'}) laid out the same way"]
+        return [
+            f"image folder {root}: expected {root / 'train'}/<class>/<images> and {root / 'val'} (or "
+            f"{root / 'test'}) laid out the same way"
+        ]
     try:
         find_test_dir(root, test_split)
     except DataError as exc:

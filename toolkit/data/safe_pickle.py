@@ -35,8 +35,11 @@ def _allowed() -> dict[tuple[str, str], Any]:
     reconstruct = _numpy_attr("multiarray", "_reconstruct")
     scalar = _numpy_attr("multiarray", "scalar")
     frombuffer = _numpy_attr("numeric", "_frombuffer")
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                                         ("_codecs", "encode"): codecs.encode}
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
     for prefix in ("numpy.core", "numpy._core"):
         table[(f"{prefix}.multiarray", "_reconstruct")] = reconstruct
         table[(f"{prefix}.multiarray", "scalar")] = scalar
@@ -56,8 +59,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._table[(module, name)]
         except KeyError:
-            raise DataError(f"{self.where}: refusing to unpickle the global {module}.{name}; data pickles may hold "
-                            "only dicts, lists, strings, bytes, numbers and numpy arrays") from None
+            raise DataError(
+                f"{self.where}: refusing to unpickle the global {module}.{name}; data pickles may hold "
+                "only dicts, lists, strings, bytes, numbers and numpy arrays"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:  # noqa: D102 - pickle's hook
         raise DataError(f"{self.where}: refusing a pickle with persistent references")

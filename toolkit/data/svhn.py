@@ -26,9 +26,11 @@ SVHN_CLASSES = tuple(str(i) for i in range(10))
 def svhn_source(root: str | Path | None = None, extra: bool = False) -> FileSource:
     folder = Path(root).expanduser() if root is not None else default_root("svhn")
     names = ("train_32x32.mat", "test_32x32.mat") + (("extra_32x32.mat",) if extra else ())
-    how = (f"set download = true (needs network and torchvision; downloads into {folder})",
-           f"or copy the .mat files of SVHN's cropped digits (format 2) into {folder}, or set root to their folder "
-           f"(default root: $RTK_DATA/svhn, now {data_home() / 'svhn'})")
+    how = (
+        f"set download = true (needs network and torchvision; downloads into {folder})",
+        f"or copy the .mat files of SVHN's cropped digits (format 2) into {folder}, or set root to their folder "
+        f"(default root: $RTK_DATA/svhn, now {data_home() / 'svhn'})",
+    )
     return FileSource("svhn", (folder,), names, how, folder, download_key="svhn+extra" if extra else "svhn")
 
 
@@ -44,7 +46,9 @@ def read_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     except Exception as exc:  # scipy raises ValueError, NotImplementedError (v7.3 files), OSError ...
         raise DataError(f"{path}: not a readable MATLAB v5 file: {type(exc).__name__}: {exc}") from None
     if "X" not in mat or "y" not in mat:
-        raise DataError(f"{path}: expected variables 'X' and 'y', found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DataError(
+            f"{path}: expected variables 'X' and 'y', found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
         raise DataError(f"{path}: expected X of shape [32, 32, 3, N] and dtype uint8, got {list(x.shape)} {x.dtype}")

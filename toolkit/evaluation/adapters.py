@@ -77,11 +77,14 @@ def select_output(out: Any, output: str) -> torch.Tensor:
             return out
         raise ModelOutputError(
             f"the model returned {_describe(out)}, not a logits tensor; attacks and the evaluation need logits: "
-            f"{_hint(out)} (an option of the evaluate stage, of `rtk evaluate --output`, and of every attack)")
+            f"{_hint(out)} (an option of the evaluate stage, of `rtk evaluate --output`, and of every attack)"
+        )
     if output == "first" or output.startswith("index:"):
         i = 0 if output == "first" else int(output.split(":", 1)[1])
         if not isinstance(out, (tuple, list)):
-            raise ModelOutputError(f'output = "{output}" expects the model to return a tuple or list, got {_describe(out)}')
+            raise ModelOutputError(
+                f'output = "{output}" expects the model to return a tuple or list, got {_describe(out)}'
+            )
         if i >= len(out):
             raise ModelOutputError(f'output = "{output}": the model returned only {len(out)} items')
         picked = out[i]
@@ -89,7 +92,9 @@ def select_output(out: Any, output: str) -> torch.Tensor:
         key = output.split(":", 1)[1]
         if isinstance(out, dict):
             if key not in out:
-                raise ModelOutputError(f'output = "{output}": the model returned a dict without {key!r}; keys: {sorted(map(str, out))}')
+                raise ModelOutputError(
+                    f'output = "{output}": the model returned a dict without {key!r}; keys: {sorted(map(str, out))}'
+                )
             picked = out[key]
         elif hasattr(out, key):
             picked = getattr(out, key)
@@ -130,8 +135,12 @@ class ModelView(nn.Module):
         device = _device_of(model)
         if normalize is not None:
             c = len(normalize.mean)
-            self.register_buffer("mean", torch.tensor(normalize.mean, dtype=torch.float32, device=device).view(1, c, 1, 1))
-            self.register_buffer("std", torch.tensor(normalize.std, dtype=torch.float32, device=device).view(1, c, 1, 1))
+            self.register_buffer(
+                "mean", torch.tensor(normalize.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+            )
+            self.register_buffer(
+                "std", torch.tensor(normalize.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+            )
         else:
             self.mean = self.std = None
         if next(model.parameters(), None) is None:
@@ -215,9 +224,16 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
-def with_restarts(run_once: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], model: nn.Module,
-                  x: torch.Tensor, y: torch.Tensor, *, restarts: int, seed: int,
-                  is_success: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def with_restarts(
+    run_once: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    restarts: int,
+    seed: int,
+    is_success: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Run ``run_once(x, y, seed)`` up to ``restarts`` times on the examples not yet fooled.
 
     Restart ``r`` uses seed ``seed + r``; an example keeps the first adversarial example
@@ -257,5 +273,15 @@ def ensemble(attacks: Sequence[AttackFn], model: nn.Module) -> AttackFn:
     return attack
 
 
-__all__ = ["AttackFn", "ModelOutputError", "ModelView", "Normalization", "OUTPUT_PATTERN", "ensemble", "model_view",
-           "seeded", "select_output", "with_restarts"]
+__all__ = [
+    "AttackFn",
+    "ModelOutputError",
+    "ModelView",
+    "Normalization",
+    "OUTPUT_PATTERN",
+    "ensemble",
+    "model_view",
+    "seeded",
+    "select_output",
+    "with_restarts",
+]

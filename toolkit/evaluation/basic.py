@@ -15,8 +15,14 @@ from torch import nn
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def robust_accuracy(model: nn.Module, split, attacks: Sequence[tuple[str, AttackFn]], *, batch_size: int = 256,
-                    device: torch.device | str = "cpu") -> dict[str, float]:
+def robust_accuracy(
+    model: nn.Module,
+    split,
+    attacks: Sequence[tuple[str, AttackFn]],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
     """Return ``{"clean": acc, <attack>: acc, "worst_case": acc}`` on ``split``.
 
     An example counts as robust to an attack when the model classifies it correctly both
@@ -29,8 +35,15 @@ def robust_accuracy(model: nn.Module, split, attacks: Sequence[tuple[str, Attack
     names = [name for name, _ in attacks]
     if len(set(names)) != len(names):
         raise ValueError(f"attack names must be unique, got {names}")
-    res = evaluate(model, split, function_units(attacks), batch_size=batch_size, device=device, checks=False,
-                   save_adversarial="none")
+    res = evaluate(
+        model,
+        split,
+        function_units(attacks),
+        batch_size=batch_size,
+        device=device,
+        checks=False,
+        save_adversarial="none",
+    )
     o = res.outcomes
     out = {"clean": res.clean_accuracy}
     for u in o.units:

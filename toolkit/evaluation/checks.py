@@ -48,63 +48,114 @@ class CheckSettings(Options):
     """Thresholds and sizes of the sanity checks."""
 
     examples: int = Field(100, ge=1, description="largest subset the per-example checks use")
-    min_examples: int = Field(8, ge=1, description="smallest subset of the gradient-masking checks, whatever the budget")
-    budget: float = Field(0.08, ge=0, description="share of the evaluation's work (subset size) and time the checks may "
-                                                  "use; more_steps is skipped, saying so, when it would not fit")
+    min_examples: int = Field(
+        8, ge=1, description="smallest subset of the gradient-masking checks, whatever the budget"
+    )
+    budget: float = Field(
+        0.08,
+        ge=0,
+        description="share of the evaluation's work (subset size) and time the checks may "
+        "use; more_steps is skipped, saying so, when it would not fit",
+    )
     min_seconds: float = Field(1.0, ge=0, description="seconds the checks may always use, however short the evaluation")
-    tolerance: float = Field(0.05, ge=0, le=1, description="accuracy tolerance of the comparisons (share of the subset; at least one example)")
-    zero_grad_max: float = Field(0.1, ge=0, le=1, description="largest share of examples whose input gradient is exactly zero")
-    chance_margin: float = Field(0.1, ge=0, le=1, description="accuracy allowed above chance (1/classes) at unbounded eps")
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="accuracy tolerance of the comparisons (share of the subset; at least one example)",
+    )
+    zero_grad_max: float = Field(
+        0.1, ge=0, le=1, description="largest share of examples whose input gradient is exactly zero"
+    )
+    chance_margin: float = Field(
+        0.1, ge=0, le=1, description="accuracy allowed above chance (1/classes) at unbounded eps"
+    )
     unbounded_steps: int = Field(25, ge=1, description="steps of the unbounded-eps PGD")
     noise_draws: int = Field(8, ge=1, description="random-noise draws per example")
-    square_queries: int = Field(250, ge=1, description="queries of the black-box Square attack (when the suite has none)")
+    square_queries: int = Field(
+        250, ge=1, description="queries of the black-box Square attack (when the suite has none)"
+    )
     rtol: float = Field(1e-4, gt=0, description="tolerance of output comparisons, relative to the largest logit")
     bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
 
 
 #: What each check means and what to do when it fails (also in docs/evaluation.md).
 CHECKS: dict[str, tuple[str, str, str]] = {
-    "eval_mode": ("reproducibility", "every module is in eval mode during the evaluation and the attacks",
-                  "a module ignores model.eval() (BatchNorm/Dropout stuck in training): fix its train()/eval() or "
-                  "its forward"),
-    "model_state_unchanged": ("reproducibility", "the evaluation and the attacks change no parameter and no buffer "
-                              "(BatchNorm running statistics)",
-                              "some layer updates state in forward (BatchNorm in train mode, a cache): put it in eval "
-                              "mode or make the update conditional on self.training"),
-    "inputs_in_range": ("reproducibility", "every input lies in [0, 1]",
-                        "the dataset is normalized outside the model: give the model raw [0, 1] images and normalize "
-                        "inside it (the `normalize` option does it)"),
-    "outputs_are_logits": ("reproducibility", "the model returns logits, not probabilities",
-                           "remove the final softmax (attacks on probabilities see vanishing gradients)"),
-    "deterministic": ("reproducibility", "two passes over the same inputs give the same outputs",
-                      "the model is randomized (dropout in train mode, noise): evaluate it in eval mode, or with "
-                      "EOT attacks (autoattack version = \"rand\") if the randomness is the defense"),
-    "batch_independent": ("reproducibility", "an example's output does not depend on the rest of its batch "
-                          "(batch size 1 and N agree)",
-                          "BatchNorm uses batch statistics (train mode) or the model mixes examples: fix eval mode"),
-    "perturbation_bounds": ("correctness", "every adversarial example is finite, in [0, 1] and within its budget "
-                            "(||delta|| <= eps + tol)",
-                            "an attack (or its options) is wrong; such examples are not counted as broken, but "
-                            "fix or drop the attack"),
-    "robust_le_clean": ("correctness", "no attack makes the model more accurate than on clean inputs",
-                        "the model or the attack is randomized, or an attack returns other inputs than it was "
-                        "given; check determinism"),
-    "rescore_reproduces": ("correctness", "re-scoring the saved adversarial examples reproduces the recorded "
-                           "predictions",
-                           "the model is not deterministic, or the saved examples were altered; rerun the "
-                           "deterministic check"),
-    "zero_gradients": ("gradient_masking", "few examples have an exactly zero input gradient",
-                       "the model masks gradients (rounding, quantization, non-differentiable preprocessing): "
-                       "evaluate with black-box attacks (square) and BPDA, do not trust gradient attacks"),
-    "more_steps": ("gradient_masking", "doubling the attack's steps does not lower accuracy beyond the tolerance",
-                   "the attack has not converged: raise steps (and restarts) until accuracy stops falling"),
-    "unbounded_eps": ("gradient_masking", "an unbounded attack (the whole [0,1] box) drives accuracy to chance",
-                      "gradients do not lead anywhere: gradient masking or a broken attack; use black-box attacks"),
-    "random_noise": ("gradient_masking", "random noise of the same norm breaks no example the attacks missed",
-                     "the attacks are weaker than noise: gradient masking or a bug; add restarts, EOT, square"),
-    "black_box": ("gradient_masking", "the black-box Square attack breaks no example the white-box attacks missed",
-                  "the white-box attacks are weaker than a black-box search: too few steps, or masked gradients; "
-                  "strengthen them and add square to the suite (autoattack includes it)"),
+    "eval_mode": (
+        "reproducibility",
+        "every module is in eval mode during the evaluation and the attacks",
+        "a module ignores model.eval() (BatchNorm/Dropout stuck in training): fix its train()/eval() or its forward",
+    ),
+    "model_state_unchanged": (
+        "reproducibility",
+        "the evaluation and the attacks change no parameter and no buffer (BatchNorm running statistics)",
+        "some layer updates state in forward (BatchNorm in train mode, a cache): put it in eval "
+        "mode or make the update conditional on self.training",
+    ),
+    "inputs_in_range": (
+        "reproducibility",
+        "every input lies in [0, 1]",
+        "the dataset is normalized outside the model: give the model raw [0, 1] images and normalize "
+        "inside it (the `normalize` option does it)",
+    ),
+    "outputs_are_logits": (
+        "reproducibility",
+        "the model returns logits, not probabilities",
+        "remove the final softmax (attacks on probabilities see vanishing gradients)",
+    ),
+    "deterministic": (
+        "reproducibility",
+        "two passes over the same inputs give the same outputs",
+        "the model is randomized (dropout in train mode, noise): evaluate it in eval mode, or with "
+        'EOT attacks (autoattack version = "rand") if the randomness is the defense',
+    ),
+    "batch_independent": (
+        "reproducibility",
+        "an example's output does not depend on the rest of its batch (batch size 1 and N agree)",
+        "BatchNorm uses batch statistics (train mode) or the model mixes examples: fix eval mode",
+    ),
+    "perturbation_bounds": (
+        "correctness",
+        "every adversarial example is finite, in [0, 1] and within its budget (||delta|| <= eps + tol)",
+        "an attack (or its options) is wrong; such examples are not counted as broken, but fix or drop the attack",
+    ),
+    "robust_le_clean": (
+        "correctness",
+        "no attack makes the model more accurate than on clean inputs",
+        "the model or the attack is randomized, or an attack returns other inputs than it was given; check determinism",
+    ),
+    "rescore_reproduces": (
+        "correctness",
+        "re-scoring the saved adversarial examples reproduces the recorded predictions",
+        "the model is not deterministic, or the saved examples were altered; rerun the deterministic check",
+    ),
+    "zero_gradients": (
+        "gradient_masking",
+        "few examples have an exactly zero input gradient",
+        "the model masks gradients (rounding, quantization, non-differentiable preprocessing): "
+        "evaluate with black-box attacks (square) and BPDA, do not trust gradient attacks",
+    ),
+    "more_steps": (
+        "gradient_masking",
+        "doubling the attack's steps does not lower accuracy beyond the tolerance",
+        "the attack has not converged: raise steps (and restarts) until accuracy stops falling",
+    ),
+    "unbounded_eps": (
+        "gradient_masking",
+        "an unbounded attack (the whole [0,1] box) drives accuracy to chance",
+        "gradients do not lead anywhere: gradient masking or a broken attack; use black-box attacks",
+    ),
+    "random_noise": (
+        "gradient_masking",
+        "random noise of the same norm breaks no example the attacks missed",
+        "the attacks are weaker than noise: gradient masking or a bug; add restarts, EOT, square",
+    ),
+    "black_box": (
+        "gradient_masking",
+        "the black-box Square attack breaks no example the white-box attacks missed",
+        "the white-box attacks are weaker than a black-box search: too few steps, or masked gradients; "
+        "strengthen them and add square to the suite (autoattack includes it)",
+    ),
 }
 
 
@@ -170,16 +221,28 @@ def guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
 def check_eval_mode(view: nn.Module, after: Sequence[str] = ()) -> CheckResult:
     training = [n or "(root)" for n, m in view.named_modules() if m.training]
     stuck = sorted(set(training) | set(after))
-    return CheckResult("eval_mode", not stuck, float(len(stuck)), "0 modules in training mode", 0,
-                       "all modules in eval mode" if not stuck else f"in training mode after eval(): {', '.join(stuck[:8])}")
+    return CheckResult(
+        "eval_mode",
+        not stuck,
+        float(len(stuck)),
+        "0 modules in training mode",
+        0,
+        "all modules in eval mode" if not stuck else f"in training mode after eval(): {', '.join(stuck[:8])}",
+    )
 
 
 def check_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> CheckResult:
     now = model.state_dict()
     changed = [k for k, v in before.items() if k not in now or now[k].shape != v.shape or not torch.equal(now[k], v)]
     changed += [k for k in now if k not in before]
-    return CheckResult("model_state_unchanged", not changed, float(len(changed)), "0 tensors changed", 0,
-                       "parameters and buffers unchanged" if not changed else f"changed: {', '.join(changed[:8])}")
+    return CheckResult(
+        "model_state_unchanged",
+        not changed,
+        float(len(changed)),
+        "0 tensors changed",
+        0,
+        "parameters and buffers unchanged" if not changed else f"changed: {', '.join(changed[:8])}",
+    )
 
 
 def check_inputs(lo: float, hi: float, n: int) -> CheckResult:
@@ -194,8 +257,11 @@ def check_logits(out: torch.Tensor) -> CheckResult:
     probs = nonneg & sums1
     share = float(probs.float().mean())
     ok = share < 0.5
-    detail = ("outputs look like logits" if ok else
-              f"{share:.0%} of the output rows are non-negative and sum to 1: probabilities, not logits")
+    detail = (
+        "outputs look like logits"
+        if ok
+        else f"{share:.0%} of the output rows are non-negative and sum to 1: probabilities, not logits"
+    )
     return CheckResult("outputs_are_logits", ok, share, "< 50% rows look like probabilities", len(out), detail)
 
 
@@ -206,21 +272,33 @@ def check_deterministic(view: nn.Module, x: torch.Tensor, rtol: float) -> CheckR
     tol = rtol * _scale(a)
     flips = int(_hard_flips(a, b, tol).sum())
     ok = diff <= tol and flips == 0
-    return CheckResult("deterministic", ok, diff, f"max |difference| <= {tol:.3g}", len(x),
-                       f"two passes differ by up to {diff:.3g}; {flips} predictions change")
+    return CheckResult(
+        "deterministic",
+        ok,
+        diff,
+        f"max |difference| <= {tol:.3g}",
+        len(x),
+        f"two passes differ by up to {diff:.3g}; {flips} predictions change",
+    )
 
 
 @torch.no_grad()
 def check_batch_independent(view: nn.Module, x: torch.Tensor, rtol: float, limit: int = 32) -> CheckResult:
     x = x[:limit]
     batched = view(x)
-    single = torch.cat([view(x[i:i + 1]) for i in range(len(x))])
+    single = torch.cat([view(x[i : i + 1]) for i in range(len(x))])
     diff = float((batched - single).abs().max())
     tol = rtol * _scale(batched)
     flips = int(_hard_flips(batched, single, tol).sum())
     ok = diff <= tol and flips == 0
-    return CheckResult("batch_independent", ok, diff, f"max |difference| <= {tol:.3g}", len(x),
-                       f"batch size 1 and {len(x)} differ by up to {diff:.3g}; {flips} predictions change")
+    return CheckResult(
+        "batch_independent",
+        ok,
+        diff,
+        f"max |difference| <= {tol:.3g}",
+        len(x),
+        f"batch size 1 and {len(x)} differ by up to {diff:.3g}; {flips} predictions change",
+    )
 
 
 # ------------------------------------------------------------------------ correctness
@@ -228,14 +306,26 @@ def check_bounds(bad: dict[str, dict[str, Any]], attacked: int) -> CheckResult:
     """``bad``: unit label -> {"count": n, "reasons": set, "excess": max norm excess}."""
     total = sum(v["count"] for v in bad.values())
     if total == 0:
-        return CheckResult("perturbation_bounds", True, 0.0, "0 invalid examples", attacked,
-                           "every adversarial example is finite, in [0, 1] and within its budget")
+        return CheckResult(
+            "perturbation_bounds",
+            True,
+            0.0,
+            "0 invalid examples",
+            attacked,
+            "every adversarial example is finite, in [0, 1] and within its budget",
+        )
     parts = []
     for label, v in bad.items():
         ex = f", ||delta|| exceeds eps by up to {v['excess']:.3g}" if v.get("excess") else ""
         parts.append(f"{label}: {v['count']} ({', '.join(sorted(v['reasons']))}{ex})")
-    return CheckResult("perturbation_bounds", False, float(total), "0 invalid examples", attacked,
-                       "invalid adversarial examples (not counted as broken): " + "; ".join(parts))
+    return CheckResult(
+        "perturbation_bounds",
+        False,
+        float(total),
+        "0 invalid examples",
+        attacked,
+        "invalid adversarial examples (not counted as broken): " + "; ".join(parts),
+    )
 
 
 def check_robust_le_clean(rows: list[tuple[str, int, int]], n: int) -> CheckResult:
@@ -244,12 +334,24 @@ def check_robust_le_clean(rows: list[tuple[str, int, int]], n: int) -> CheckResu
     if not rows:
         return CheckResult("robust_le_clean", None, detail="no attack")
     if not worse:
-        return CheckResult("robust_le_clean", True, 0.0, "accuracy under attack <= clean", n,
-                           "no attack raised accuracy above clean accuracy")
+        return CheckResult(
+            "robust_le_clean",
+            True,
+            0.0,
+            "accuracy under attack <= clean",
+            n,
+            "no attack raised accuracy above clean accuracy",
+        )
     label, adv, clean = worse[0]
-    return CheckResult("robust_le_clean", False, float(len(worse)), "accuracy under attack <= clean", n,
-                       f"{label}: {adv}/{n} correct under attack but {clean}/{n} on clean inputs"
-                       + (f" (and {len(worse) - 1} more)" if len(worse) > 1 else ""))
+    return CheckResult(
+        "robust_le_clean",
+        False,
+        float(len(worse)),
+        "accuracy under attack <= clean",
+        n,
+        f"{label}: {adv}/{n} correct under attack but {clean}/{n} on clean inputs"
+        + (f" (and {len(worse) - 1} more)" if len(worse) > 1 else ""),
+    )
 
 
 # ------------------------------------------------------------------------ gradient masking
@@ -273,8 +375,14 @@ def check_zero_gradients(view: nn.Module, x: torch.Tensor, y: torch.Tensor, max_
     g = input_gradients(view, x, y)
     zero = (g.flatten(1) == 0).all(1)
     share = float(zero.float().mean())
-    return CheckResult("zero_gradients", share <= max_share, share, f"<= {max_share:.0%} of examples", len(x),
-                       f"{int(zero.sum())}/{len(x)} examples have an exactly zero input gradient (margin loss)")
+    return CheckResult(
+        "zero_gradients",
+        share <= max_share,
+        share,
+        f"<= {max_share:.0%} of examples",
+        len(x),
+        f"{int(zero.sum())}/{len(x)} examples have an exactly zero input gradient (margin loss)",
+    )
 
 
 def unbounded_pgd(view: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
@@ -305,8 +413,9 @@ def random_noise(x: torch.Tensor, norm: str, eps: float, generator: torch.Genera
 
 
 @torch.no_grad()
-def noise_broken(view: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, draws: int,
-                 seed: int) -> torch.Tensor:
+def noise_broken(
+    view: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, draws: int, seed: int
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     for _ in range(draws):
@@ -314,8 +423,9 @@ def noise_broken(view: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
     return broken
 
 
-def valid_broken(view: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
-                 tol: float) -> torch.Tensor:
+def valid_broken(
+    view: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, norm: str, eps: float, tol: float
+) -> torch.Tensor:
     """Examples an adversarial batch really breaks: misclassified, finite, in [0,1], in budget."""
     with torch.no_grad():
         wrong = view(x_adv).argmax(1) != y
@@ -332,8 +442,28 @@ def first_with_steps(units: Sequence[AttackUnit], norm: str, eps: float) -> Atta
     return None
 
 
-__all__ = ["CHECKS", "CheckResult", "CheckSettings", "SanityCheckError", "SanityCheckWarning", "allowed",
-           "check_batch_independent", "check_bounds", "check_deterministic", "check_eval_mode", "check_inputs",
-           "check_logits", "check_robust_le_clean", "check_state_unchanged", "check_zero_gradients",
-           "first_with_steps", "guarded", "input_gradients", "margin_loss", "noise_broken", "random_noise",
-           "unbounded_pgd", "valid_broken"]
+__all__ = [
+    "CHECKS",
+    "CheckResult",
+    "CheckSettings",
+    "SanityCheckError",
+    "SanityCheckWarning",
+    "allowed",
+    "check_batch_independent",
+    "check_bounds",
+    "check_deterministic",
+    "check_eval_mode",
+    "check_inputs",
+    "check_logits",
+    "check_robust_le_clean",
+    "check_state_unchanged",
+    "check_zero_gradients",
+    "first_with_steps",
+    "guarded",
+    "input_gradients",
+    "margin_loss",
+    "noise_broken",
+    "random_noise",
+    "unbounded_pgd",
+    "valid_broken",
+]

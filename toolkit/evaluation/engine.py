@@ -37,10 +37,18 @@ from ..runtime import progress
 from . import checks as C
 from .adapters import ModelView, Normalization, model_view, seeded
 from .records import (
-    CLEAN, NONFINITE, OUT_OF_RANGE, OVER_BUDGET, RecordStore, attack_chunk, clean_chunk, model_fingerprint,
+    CLEAN,
+    NONFINITE,
+    OUT_OF_RANGE,
+    OVER_BUDGET,
+    RecordStore,
+    attack_chunk,
+    clean_chunk,
+    model_fingerprint,
 )
 from .summary import Outcomes, accuracy_table, headline_threat, outcomes, per_example_table, worst_case_table
-from .units import AttackUnit, EpsList, delta_norms, fmt_eps, threats as find_threats, within
+from .units import AttackUnit, EpsList, delta_norms, fmt_eps, within
+from .units import threats as find_threats
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +117,17 @@ class EvaluationResult:
         """A short markdown paragraph: headline, clean accuracy, checks."""
         norm, eps = self.headline
         where = "any budget" if norm == "none" else f"{norm} eps={fmt_eps(eps)}"
-        text = (f"`{self.name}`: clean accuracy {self.clean_accuracy:.4f}; worst case over the suite "
-                f"({len(self.units)} attack run(s)) at {where}: **{self.headline_accuracy:.4f}** "
-                f"on {len(self.outcomes.indices)} examples.")
+        text = (
+            f"`{self.name}`: clean accuracy {self.clean_accuracy:.4f}; worst case over the suite "
+            f"({len(self.units)} attack run(s)) at {where}: **{self.headline_accuracy:.4f}** "
+            f"on {len(self.outcomes.indices)} examples."
+        )
         if self.checks:
             failed = self.failed_checks
             passed = sum(c.passed is True for c in self.checks)
             skipped = sum(c.passed is None for c in self.checks)
             text += f" Sanity checks: {passed} passed, {len(failed)} failed, {skipped} skipped"
-            text += (": " + "; ".join(f"**{c.name}** ({c.detail})" for c in failed) + "." if failed else ".")
+            text += ": " + "; ".join(f"**{c.name}** ({c.detail})" for c in failed) + "." if failed else "."
         return text
 
 
@@ -193,8 +203,12 @@ class _Evidence:
             if r.empty:
                 continue
             idx = torch.tensor(r["index"].to_numpy())
-            br = (torch.tensor(r["attacked"].to_numpy(dtype=bool)) & torch.tensor(r["invalid"].to_numpy() == 0)
-                  & ~torch.tensor(r["correct"].to_numpy(dtype=bool)) & clean_correct[idx])
+            br = (
+                torch.tensor(r["attacked"].to_numpy(dtype=bool))
+                & torch.tensor(r["invalid"].to_numpy() == 0)
+                & ~torch.tensor(r["correct"].to_numpy(dtype=bool))
+                & clean_correct[idx]
+            )
             self.broken[u.key][idx] = br
             for k, c in (("Linf", "linf"), ("L2", "l2"), ("L1", "l1")):
                 self.norm[u.key][k][idx] = torch.tensor(np.nan_to_num(r[c].to_numpy(), nan=np.inf), dtype=torch.float32)
@@ -204,7 +218,9 @@ class _Evidence:
         for k in ("Linf", "L2", "L1"):
             self.norm[unit.key][k][idx] = norms[k].float().cpu()
 
-    def already_broken(self, unit: AttackUnit, earlier: Sequence[AttackUnit], idx: torch.Tensor, tol: float) -> torch.Tensor:
+    def already_broken(
+        self, unit: AttackUnit, earlier: Sequence[AttackUnit], idx: torch.Tensor, tol: float
+    ) -> torch.Tensor:
         out = torch.zeros(len(idx), dtype=torch.bool)
         for v in earlier:
             b = self.broken[v.key][idx]
@@ -215,12 +231,27 @@ class _Evidence:
 
 
 # ---------------------------------------------------------------------------- the engine
-def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indices: Sequence[int] | torch.Tensor | None = None,
-             batch_size: int = 256, device: torch.device | str | None = None, store: RecordStore | None = None,
-             name: str = "model", eps: EpsList = None, headline_eps: float | None = None, early_exit: bool = False,
-             checks: bool | C.CheckSettings = True, strict: bool = False, save_adversarial: SaveMode = "checks",
-             output: str = "logits", normalize: Normalization | dict | None = None, tol: float | None = None,
-             seed: int = 0) -> EvaluationResult:
+def evaluate(
+    model: nn.Module,
+    split: Any,
+    units: Sequence[AttackUnit],
+    *,
+    indices: Sequence[int] | torch.Tensor | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    store: RecordStore | None = None,
+    name: str = "model",
+    eps: EpsList = None,
+    headline_eps: float | None = None,
+    early_exit: bool = False,
+    checks: bool | C.CheckSettings = True,
+    strict: bool = False,
+    save_adversarial: SaveMode = "checks",
+    output: str = "logits",
+    normalize: Normalization | dict | None = None,
+    tol: float | None = None,
+    seed: int = 0,
+) -> EvaluationResult:
     """Evaluate ``model`` on the examples ``indices`` of ``split`` under the attack ``units``.
 
     Returns an :class:`EvaluationResult`. With ``strict``, a failed sanity check raises
@@ -252,8 +283,22 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
 
     t_main = time.perf_counter()
     try:
-        resumed = _run(view, split, units, order, fp, store, batch_size, device, early_exit, tol, save_adversarial,
-                       ctx, name, n_split)
+        resumed = _run(
+            view,
+            split,
+            units,
+            order,
+            fp,
+            store,
+            batch_size,
+            device,
+            early_exit,
+            tol,
+            save_adversarial,
+            ctx,
+            name,
+            n_split,
+        )
     finally:
         store.close()  # everything written so far stays readable for a resumed run
     seconds = {"evaluation": time.perf_counter() - t_main}
@@ -267,8 +312,20 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
     work = {"evaluation": int(sum(st["work"] for (m, k), st in store.stats.items() if m == fp and k in keys))}
     unit_stats = {k: dict(st) for (m, k), st in store.stats.items() if m == fp and k in keys}
     seconds["recorded"] = float(sum(st["seconds"] for st in unit_stats.values()))
-    result = EvaluationResult(name, fp, units, threats_, headline, out, table, work=work, seconds=seconds, tol=tol,
-                              resumed=resumed, unit_stats=unit_stats)
+    result = EvaluationResult(
+        name,
+        fp,
+        units,
+        threats_,
+        headline,
+        out,
+        table,
+        work=work,
+        seconds=seconds,
+        tol=tol,
+        resumed=resumed,
+        unit_stats=unit_stats,
+    )
     if ctx is not None:
         t0 = time.perf_counter()
         result.checks = ctx.after(model, snapshot, result, store, seed)
@@ -284,15 +341,29 @@ def evaluate(model: nn.Module, split: Any, units: Sequence[AttackUnit], *, indic
     if strict and result.failed_checks:
         err = C.SanityCheckError(
             f"evaluation of {name!r}: {len(result.failed_checks)} sanity check(s) failed (strict): "
-            + "; ".join(f"{c.name}: {c.detail}" for c in result.failed_checks))
+            + "; ".join(f"{c.name}: {c.detail}" for c in result.failed_checks)
+        )
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result
 
 
-def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tensor, fp: str, store: RecordStore,
-         batch_size: int, device: torch.device, early_exit: bool, tol: float, save_adversarial: SaveMode,
-         ctx: _CheckContext | None, name: str, n_split: int) -> int:
+def _run(
+    view: ModelView,
+    split: Any,
+    units: list[AttackUnit],
+    order: torch.Tensor,
+    fp: str,
+    store: RecordStore,
+    batch_size: int,
+    device: torch.device,
+    early_exit: bool,
+    tol: float,
+    save_adversarial: SaveMode,
+    ctx: _CheckContext | None,
+    name: str,
+    n_split: int,
+) -> int:
     """The streaming loop. Returns how many (example, unit) results came from the store."""
     keys = {u.key for u in units} | {CLEAN}
     prior = store.table(fp)
@@ -321,7 +392,7 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
     view.counting = True
     try:
         for start in progress(range(0, len(order), batch_size), total=n_batches, desc=f"evaluate {name}"):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             if resumed:
                 need_clean = not bool(done[CLEAN][idx].all())
                 pending = [u for u in units if not bool(done[u.key][idx].all())]
@@ -356,7 +427,9 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
                     xa = fns[u.key](x[sel], y[sel])
                     if not isinstance(xa, torch.Tensor) or xa.shape != x[sel].shape:
                         got = list(xa.shape) if isinstance(xa, torch.Tensor) else type(xa).__name__
-                        raise RtkError(f"attack {u.label!r} returned {got}, expected a tensor of shape {list(x[sel].shape)}")
+                        raise RtkError(
+                            f"attack {u.label!r} returned {got}, expected a tensor of shape {list(x[sel].shape)}"
+                        )
                     x_adv[sel] = xa.detach().to(x_adv.dtype)
                     if ctx is not None:
                         ctx.observe_modes(view)
@@ -365,8 +438,11 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
                 norms = delta_norms(x, x_adv)
                 attacked = mask.to(device)
                 flags = _invalid_flags(x_adv, norms, u, tol) * attacked.long()
-                store.append(attack_chunk(fp, u, idx, y, adv_pred, attacked, flags, norms, view.work - w0,
-                                          time.perf_counter() - t0))
+                store.append(
+                    attack_chunk(
+                        fp, u, idx, y, adv_pred, attacked, flags, norms, view.work - w0, time.perf_counter() - t0
+                    )
+                )
                 done[u.key][idx] = True
                 if evidence is not None:
                     broken = attacked & (flags == 0) & (adv_pred != y) & cc.to(device)
@@ -384,8 +460,9 @@ def _run(view: ModelView, split: Any, units: list[AttackUnit], order: torch.Tens
 class _CheckContext:
     """Runs the sanity checks around one evaluation and collects their results."""
 
-    def __init__(self, settings: C.CheckSettings, view: ModelView, device: torch.device, order: torch.Tensor,
-                 split: Any) -> None:
+    def __init__(
+        self, settings: C.CheckSettings, view: ModelView, device: torch.device, order: torch.Tensor, split: Any
+    ) -> None:
         self.s = settings
         self.view = view
         self.device = device
@@ -436,25 +513,39 @@ class _CheckContext:
             return C.check_logits(out)
 
         self.pre["outputs_are_logits"] = self._counted(lambda: C.guarded("outputs_are_logits", logits))
-        self.pre["deterministic"] = self._counted(lambda: C.guarded("deterministic", lambda: C.check_deterministic(v, x, s.rtol)))
+        self.pre["deterministic"] = self._counted(
+            lambda: C.guarded("deterministic", lambda: C.check_deterministic(v, x, s.rtol))
+        )
         self.pre["batch_independent"] = self._counted(
-            lambda: C.guarded("batch_independent", lambda: C.check_batch_independent(v, x, s.rtol)))
+            lambda: C.guarded("batch_independent", lambda: C.check_batch_independent(v, x, s.rtol))
+        )
         self.pre["zero_gradients"] = self._counted(
-            lambda: C.guarded("zero_gradients", lambda: C.check_zero_gradients(v, x, y, s.zero_grad_max)))
+            lambda: C.guarded("zero_gradients", lambda: C.check_zero_gradients(v, x, y, s.zero_grad_max))
+        )
 
     # after the evaluation -----------------------------------------------------------
-    def after(self, model: nn.Module, snapshot: dict[str, torch.Tensor], r: EvaluationResult, store: RecordStore,
-              seed: int) -> list[C.CheckResult]:
-        o, s = r.outcomes, self.s
-        results = [C.check_eval_mode(self.view, sorted(self.training_after)),
-                   C.check_state_unchanged(model, snapshot),
-                   C.check_inputs(self.lo, self.hi, self.seen),
-                   self.pre["outputs_are_logits"], self.pre["deterministic"], self.pre["batch_independent"],
-                   self._bounds(o, r.tol),
-                   C.check_robust_le_clean([(u.unit.label + f" @ {fmt_eps(u.unit.eps)}", int(u.correct.sum()),
-                                             int(o.clean_correct.sum())) for u in o.units], len(o.indices)),
-                   self._counted(lambda: C.guarded("rescore_reproduces", lambda: self._rescore(o, r, store)), after=True),
-                   self.pre["zero_gradients"]]
+    def after(
+        self, model: nn.Module, snapshot: dict[str, torch.Tensor], r: EvaluationResult, store: RecordStore, seed: int
+    ) -> list[C.CheckResult]:
+        o = r.outcomes
+        results = [
+            C.check_eval_mode(self.view, sorted(self.training_after)),
+            C.check_state_unchanged(model, snapshot),
+            C.check_inputs(self.lo, self.hi, self.seen),
+            self.pre["outputs_are_logits"],
+            self.pre["deterministic"],
+            self.pre["batch_independent"],
+            self._bounds(o, r.tol),
+            C.check_robust_le_clean(
+                [
+                    (u.unit.label + f" @ {fmt_eps(u.unit.eps)}", int(u.correct.sum()), int(o.clean_correct.sum()))
+                    for u in o.units
+                ],
+                len(o.indices),
+            ),
+            self._counted(lambda: C.guarded("rescore_reproduces", lambda: self._rescore(o, r, store)), after=True),
+            self.pre["zero_gradients"],
+        ]
         results += self._masking(r, seed)
         return results
 
@@ -502,11 +593,20 @@ class _CheckContext:
             flips += int(hard.sum())
             soft += int((diff & ~hard).sum())
         if total == 0:
-            return C.CheckResult("rescore_reproduces", None, detail="no adversarial examples were saved "
-                                                                    "(save_adversarial = \"none\", or no attack ran)")
-        return C.CheckResult("rescore_reproduces", flips == 0, float(flips), "0 predictions change", total,
-                             f"{flips} of {total} saved adversarial examples are classified differently when re-scored"
-                             + (f" ({soft} more flip at a near-tie, not counted)" if soft else ""))
+            return C.CheckResult(
+                "rescore_reproduces",
+                None,
+                detail='no adversarial examples were saved (save_adversarial = "none", or no attack ran)',
+            )
+        return C.CheckResult(
+            "rescore_reproduces",
+            flips == 0,
+            float(flips),
+            "0 predictions change",
+            total,
+            f"{flips} of {total} saved adversarial examples are classified differently when re-scored"
+            + (f" ({soft} more flip at a near-tie, not counted)" if soft else ""),
+        )
 
     def _masking(self, r: EvaluationResult, seed: int) -> list[C.CheckResult]:
         o, s, v = r.outcomes, self.s, self.view
@@ -521,8 +621,15 @@ class _CheckContext:
         tol = r.tol
         budgeted = norm != "none" and eps is not None
         u_star = C.first_with_steps(r.units, norm, eps) if budgeted else None
-        square_units = [u for u in o.units if u.unit.name == "square" and u.unit.budgeted and u.unit.norm == norm
-                        and abs(u.unit.eps - eps) < 1e-12] if budgeted else []
+        square_units = (
+            [
+                u
+                for u in o.units
+                if u.unit.name == "square" and u.unit.budgeted and u.unit.norm == norm and abs(u.unit.eps - eps) < 1e-12
+            ]
+            if budgeted
+            else []
+        )
         # subset size: the heavy checks' work per example against the evaluation's own work (deterministic)
         per_ex = 4 + 3 * s.unbounded_steps + 1
         st_star = r.unit_stats.get(u_star.key, {}) if u_star is not None else {}
@@ -541,10 +648,15 @@ class _CheckContext:
         def over_budget(name_: str, est: float) -> C.CheckResult | None:
             if self.seconds + est <= budget_s:
                 return None
-            return C.CheckResult(name_, None, detail=(
-                f"skipped to stay within the checks' time budget: it would take about {est:.3g} s, "
-                f"{max(budget_s - self.seconds, 0):.3g} s of the {budget_s:.3g} s budget ({s.budget:.0%} of the "
-                f"evaluation's {main_s:.3g} s) are left; raise check_settings.budget to run it"))
+            return C.CheckResult(
+                name_,
+                None,
+                detail=(
+                    f"skipped to stay within the checks' time budget: it would take about {est:.3g} s, "
+                    f"{max(budget_s - self.seconds, 0):.3g} s of the {budget_s:.3g} s budget ({s.budget:.0%} of the "
+                    f"evaluation's {main_s:.3g} s) are left; raise check_settings.budget to run it"
+                ),
+            )
 
         out: list[C.CheckResult] = []
         if self.num_classes == 0:
@@ -556,13 +668,17 @@ class _CheckContext:
             if not budgeted:
                 return C.CheckResult("more_steps", None, detail="no attack with a budget in the suite")
             if u_star is None:
-                return C.CheckResult("more_steps", None, detail=f"no attack at {norm} {fmt_eps(eps)} has a steps option")
+                return C.CheckResult(
+                    "more_steps", None, detail=f"no attack at {norm} {fmt_eps(eps)} has a steps option"
+                )
             uo = next(u for u in o.units if u.unit.key == u_star.key)
             P = Sn[uo.attacked[Sn]]
             if len(P) == 0:
                 return C.CheckResult("more_steps", None, detail=f"{u_star.label} attacked no example of the subset")
             calls = max(st_star.get("chunks", 1), 1)
-            est = 2 * st_star.get("seconds", 0.0) / calls * max(len(P) / max(st_star.get("attacked", 1) / calls, 1), 0.5)
+            est = (
+                2 * st_star.get("seconds", 0.0) / calls * max(len(P) / max(st_star.get("attacked", 1) / calls, 1), 0.5)
+            )
             skip = over_budget("more_steps", est)
             if skip is not None:
                 return skip
@@ -575,9 +691,15 @@ class _CheckContext:
             robust2 = int((~broken2).sum())
             drop = robust1 - robust2
             lim = C.allowed(len(P), s.tolerance)
-            return C.CheckResult("more_steps", drop <= lim, drop / len(P), f"accuracy drop <= {lim}/{len(P)}", len(P),
-                                 f"{u_star.label}: {steps} steps leave {robust1}/{len(P)} robust, {2 * steps} steps "
-                                 f"leave {robust2}/{len(P)}")
+            return C.CheckResult(
+                "more_steps",
+                drop <= lim,
+                drop / len(P),
+                f"accuracy drop <= {lim}/{len(P)}",
+                len(P),
+                f"{u_star.label}: {steps} steps leave {robust1}/{len(P)} robust, {2 * steps} steps "
+                f"leave {robust2}/{len(P)}",
+            )
 
         def unbounded() -> C.CheckResult:
             xa = unbounded_pgd_seeded(v, x[Pn], y[Pn], s.unbounded_steps, seed, self.device)
@@ -586,9 +708,14 @@ class _CheckContext:
             chance = 1.0 / max(self.num_classes, 1)
             acc = correct / len(Pn)
             lim = chance + s.chance_margin
-            return C.CheckResult("unbounded_eps", acc <= lim + 1e-12, acc, f"accuracy <= {lim:.3g} (chance + margin)",
-                                 len(Pn), f"PGD over the whole [0, 1] box leaves {correct}/{len(Pn)} correct "
-                                          f"(chance {chance:.3g})")
+            return C.CheckResult(
+                "unbounded_eps",
+                acc <= lim + 1e-12,
+                acc,
+                f"accuracy <= {lim:.3g} (chance + margin)",
+                len(Pn),
+                f"PGD over the whole [0, 1] box leaves {correct}/{len(Pn)} correct (chance {chance:.3g})",
+            )
 
         def noise() -> C.CheckResult:
             if not budgeted:
@@ -598,9 +725,15 @@ class _CheckContext:
             ab = o.broken_at(norm, eps, tol)[S]
             beats = int((nb & ~ab).sum())
             lim = C.allowed(len(S), s.tolerance)
-            return C.CheckResult("random_noise", beats <= lim, beats / len(S), f"<= {lim}/{len(S)} examples", len(S),
-                                 f"random noise ({s.noise_draws} draws at {norm} {fmt_eps(eps)}) breaks {beats} "
-                                 f"example(s) the attacks did not")
+            return C.CheckResult(
+                "random_noise",
+                beats <= lim,
+                beats / len(S),
+                f"<= {lim}/{len(S)} examples",
+                len(S),
+                f"random noise ({s.noise_draws} draws at {norm} {fmt_eps(eps)}) breaks {beats} "
+                f"example(s) the attacks did not",
+            )
 
         def black_box() -> C.CheckResult:
             if not budgeted:
@@ -627,24 +760,43 @@ class _CheckContext:
                     extra = int(C.valid_broken(v, x[Tt], xa, y[Tt], norm, eps, tol).sum())
                 how = f"Square with {s.square_queries} queries"
             lim = C.allowed(len(P), s.tolerance)
-            return C.CheckResult("black_box", extra <= lim, extra / len(P), f"<= {lim}/{len(P)} examples", len(P),
-                                 f"{how} breaks {extra} example(s) the white-box attacks did not")
+            return C.CheckResult(
+                "black_box",
+                extra <= lim,
+                extra / len(P),
+                f"<= {lim}/{len(P)} examples",
+                len(P),
+                f"{how} breaks {extra} example(s) the white-box attacks did not",
+            )
 
         done: dict[str, C.CheckResult] = {}
-        for name_, fn in (("random_noise", noise), ("unbounded_eps", unbounded), ("black_box", black_box),
-                          ("more_steps", more_steps)):  # cheapest first
+        for name_, fn in (
+            ("random_noise", noise),
+            ("unbounded_eps", unbounded),
+            ("black_box", black_box),
+            ("more_steps", more_steps),
+        ):  # cheapest first
             done[name_] = self._counted(lambda fn=fn, name_=name_: C.guarded(name_, fn), after=True)
         return out + [done[k] for k in names]
 
 
-def unbounded_pgd_seeded(view: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int,
-                         device: torch.device) -> torch.Tensor:
+def unbounded_pgd_seeded(
+    view: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, device: torch.device
+) -> torch.Tensor:
     with seeded(seed, device):
         return C.unbounded_pgd(view, x, y, steps)
 
 
-def run_square(view: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, queries: int, seed: int,
-               device: torch.device) -> torch.Tensor:
+def run_square(
+    view: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: str,
+    eps: float,
+    queries: int,
+    seed: int,
+    device: torch.device,
+) -> torch.Tensor:
     """torchattacks' Square (the black-box reference of the ``black_box`` check)."""
     import torchattacks
 

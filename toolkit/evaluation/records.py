@@ -49,8 +49,11 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
-                 else t.detach().float().cpu().numpy().tobytes())
+        h.update(
+            t.detach().cpu().contiguous().numpy().tobytes()
+            if t.dtype != torch.bfloat16
+            else t.detach().float().cpu().numpy().tobytes()
+        )
     return h.hexdigest()[:16]
 
 
@@ -143,7 +146,9 @@ class RecordStore:
                         log.warning("%s line %d is incomplete (an interrupted write); ignored", f, n)
                         continue
                     if chunk.get("v") != VERSION:
-                        log.warning("%s line %d has record format %r, expected %r; ignored", f, n, chunk.get("v"), VERSION)
+                        log.warning(
+                            "%s line %d has record format %r, expected %r; ignored", f, n, chunk.get("v"), VERSION
+                        )
                         continue
                     yield chunk
 
@@ -168,8 +173,9 @@ class RecordStore:
             first = (ch["model"], ch["unit"], ch["index"][0] if n else -1)
             if first not in seen:  # the same chunk read twice (a directory given twice) counts once
                 seen.add(first)
-                st = self.stats.setdefault((ch["model"], ch["unit"]),
-                                           {"work": 0, "seconds": 0.0, "attacked": 0, "chunks": 0, "examples": 0})
+                st = self.stats.setdefault(
+                    (ch["model"], ch["unit"]), {"work": 0, "seconds": 0.0, "attacked": 0, "chunks": 0, "examples": 0}
+                )
                 st["work"] += ch.get("work", n)
                 st["examples"] += n
                 st["seconds"] += ch.get("seconds", 0.0)
@@ -184,8 +190,17 @@ class RecordStore:
             parts["invalid"].append(np.asarray(ch.get("invalid", np.zeros(n, dtype=np.int64)), dtype=np.int64))
             for c in ("linf", "l2", "l1"):
                 parts[c].append(np.asarray(ch[c], dtype=np.float64) if c in ch else np.full(n, np.nan))
-        empty = {"index": np.int64, "label": np.int64, "pred": np.int64, "correct": bool, "attacked": bool,
-                 "invalid": np.int64, "linf": np.float64, "l2": np.float64, "l1": np.float64}
+        empty = {
+            "index": np.int64,
+            "label": np.int64,
+            "pred": np.int64,
+            "correct": bool,
+            "attacked": bool,
+            "invalid": np.int64,
+            "linf": np.float64,
+            "l2": np.float64,
+            "l1": np.float64,
+        }
         cols = {c: np.concatenate(v) if v else np.zeros(0, dtype=empty[c]) for c, v in parts.items()}
         pair_codes = np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
         pairs = list(names)
@@ -193,13 +208,17 @@ class RecordStore:
         unit_names = sorted({u for _, u in pairs})
         m_of = np.array([model_names.index(m) for m, _ in pairs], dtype=np.int32)
         u_of = np.array([unit_names.index(u) for _, u in pairs], dtype=np.int32)
+
         def categorical(codes_: np.ndarray, cats: list[str]) -> pd.Categorical:
             return pd.Categorical.from_codes(codes_, dtype=pd.CategoricalDtype(pd.Index(cats, dtype=object)))
 
-        df = pd.DataFrame({
-            "model": categorical(m_of[pair_codes] if len(pairs) else pair_codes, model_names),
-            "unit": categorical(u_of[pair_codes] if len(pairs) else pair_codes, unit_names),
-            **cols})
+        df = pd.DataFrame(
+            {
+                "model": categorical(m_of[pair_codes] if len(pairs) else pair_codes, model_names),
+                "unit": categorical(u_of[pair_codes] if len(pairs) else pair_codes, unit_names),
+                **cols,
+            }
+        )
         dup = df.duplicated(subset=["model", "unit", "index"], keep="first") if not single_writer and len(df) else None
         if dup is not None and dup.any():
             log.info("records: %d duplicate (model, unit, index) rows dropped (kept the first)", int(dup.sum()))
@@ -219,15 +238,19 @@ class RecordStore:
         if index.numel() == 0:
             return
         if self.root is None:
-            self._memory.append({"adv": True, "model": model, "unit": unit, "index": index.cpu(), "x": x_adv.detach().cpu()})
+            self._memory.append(
+                {"adv": True, "model": model, "unit": unit, "index": index.cpu(), "x": x_adv.detach().cpu()}
+            )
             return
         d = self.adversarial_dir(model, unit)
         d.mkdir(parents=True, exist_ok=True)
         first, last = int(index.min()), int(index.max())
         path = d / f"{first:08d}-{last:08d}-{len(index)}.safetensors"
         tmp = path.with_name(path.name + ".tmp")
-        save_file({"index": index.detach().cpu().long().contiguous(), "x_adv": x_adv.detach().cpu().float().contiguous()},
-                  str(tmp))
+        save_file(
+            {"index": index.detach().cpu().long().contiguous(), "x_adv": x_adv.detach().cpu().float().contiguous()},
+            str(tmp),
+        )
         os.replace(tmp, path)
 
     def load_adversarial(self, model: str, unit: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -259,30 +282,72 @@ class RecordStore:
 
 def _empty_table() -> pd.DataFrame:
     cat = pd.CategoricalDtype(pd.Index([], dtype=object))
-    return pd.DataFrame({"model": pd.Series([], dtype=cat), "unit": pd.Series([], dtype=cat),
-                         **{c: np.zeros(0, dtype=t) for c, t in (
-                             ("index", np.int64), ("label", np.int64), ("pred", np.int64), ("correct", bool),
-                             ("attacked", bool), ("invalid", np.int64), ("linf", np.float64), ("l2", np.float64),
-                             ("l1", np.float64))}})
+    return pd.DataFrame(
+        {
+            "model": pd.Series([], dtype=cat),
+            "unit": pd.Series([], dtype=cat),
+            **{
+                c: np.zeros(0, dtype=t)
+                for c, t in (
+                    ("index", np.int64),
+                    ("label", np.int64),
+                    ("pred", np.int64),
+                    ("correct", bool),
+                    ("attacked", bool),
+                    ("invalid", np.int64),
+                    ("linf", np.float64),
+                    ("l2", np.float64),
+                    ("l1", np.float64),
+                )
+            },
+        }
+    )
 
 
-def clean_chunk(model: str, index: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, *, work: int = 0,
-                seconds: float = 0.0) -> dict[str, Any]:
-    return {"model": model, "unit": CLEAN, "index": _tolist(index), "label": _tolist(label), "pred": _tolist(pred),
-            "correct": _tolist(pred == label), "work": int(work), "seconds": round(float(seconds), 6)}
+def clean_chunk(
+    model: str, index: torch.Tensor, label: torch.Tensor, pred: torch.Tensor, *, work: int = 0, seconds: float = 0.0
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "unit": CLEAN,
+        "index": _tolist(index),
+        "label": _tolist(label),
+        "pred": _tolist(pred),
+        "correct": _tolist(pred == label),
+        "work": int(work),
+        "seconds": round(float(seconds), 6),
+    }
 
 
-def attack_chunk(model: str, unit: Any, index: torch.Tensor, label: torch.Tensor, pred: torch.Tensor,
-                 attacked: torch.Tensor, invalid: torch.Tensor, norms: dict[str, torch.Tensor], work: int,
-                 seconds: float) -> dict[str, Any]:
+def attack_chunk(
+    model: str,
+    unit: Any,
+    index: torch.Tensor,
+    label: torch.Tensor,
+    pred: torch.Tensor,
+    attacked: torch.Tensor,
+    invalid: torch.Tensor,
+    norms: dict[str, torch.Tensor],
+    work: int,
+    seconds: float,
+) -> dict[str, Any]:
     nan = torch.full_like(norms["Linf"], float("nan"))
-    return {"model": model, "unit": unit.key, "meta": unit.to_dict(), "index": _tolist(index), "label": _tolist(label),
-            "pred": _tolist(pred), "correct": _tolist(pred == label), "attacked": _tolist(attacked),
-            "invalid": _tolist(invalid),
-            "linf": _floats(torch.where(attacked, norms["Linf"], nan)),
-            "l2": _floats(torch.where(attacked, norms["L2"], nan)),
-            "l1": _floats(torch.where(attacked, norms["L1"], nan)),
-            "work": int(work), "seconds": round(float(seconds), 6)}
+    return {
+        "model": model,
+        "unit": unit.key,
+        "meta": unit.to_dict(),
+        "index": _tolist(index),
+        "label": _tolist(label),
+        "pred": _tolist(pred),
+        "correct": _tolist(pred == label),
+        "attacked": _tolist(attacked),
+        "invalid": _tolist(invalid),
+        "linf": _floats(torch.where(attacked, norms["Linf"], nan)),
+        "l2": _floats(torch.where(attacked, norms["L2"], nan)),
+        "l1": _floats(torch.where(attacked, norms["L1"], nan)),
+        "work": int(work),
+        "seconds": round(float(seconds), 6),
+    }
 
 
 def merge_records(dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:

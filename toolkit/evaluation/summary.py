@@ -68,8 +68,9 @@ class Outcomes:
     clean_correct: np.ndarray
     units: list[UnitOutcome]
 
-    def broken_at(self, norm: str, eps: float | None, tol: float, upto: int | None = None,
-                  exclude: Sequence[str] = ()) -> np.ndarray:
+    def broken_at(
+        self, norm: str, eps: float | None, tol: float, upto: int | None = None, exclude: Sequence[str] = ()
+    ) -> np.ndarray:
         out = np.zeros(len(self.indices), dtype=bool)
         for u in self.units[: upto if upto is not None else len(self.units)]:
             if u.unit.name in exclude:
@@ -95,7 +96,7 @@ def outcomes(records: pd.DataFrame, units: Sequence[AttackUnit], indices: Sequen
     index_col = records["index"].to_numpy()
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    groups = {name: order[bounds[k]:bounds[k + 1]] for k, name in enumerate(names) if bounds[k + 1] > bounds[k]}
+    groups = {name: order[bounds[k] : bounds[k + 1]] for k, name in enumerate(names) if bounds[k + 1] > bounds[k]}
 
     def aligned(key: str, label: str) -> dict[str, np.ndarray]:
         rows = groups.get(key)
@@ -123,8 +124,16 @@ def outcomes(records: pd.DataFrame, units: Sequence[AttackUnit], indices: Sequen
     out = []
     for u in units:
         r = aligned(u.key, f"attack {u.label!r} (eps {fmt_eps(u.eps)})")
-        attacked, invalid, correct = r["attacked"].astype(bool), r["invalid"].astype(np.int64), r["correct"].astype(bool)
-        norms = {"Linf": r["linf"].astype(np.float64), "L2": r["l2"].astype(np.float64), "L1": r["l1"].astype(np.float64)}
+        attacked, invalid, correct = (
+            r["attacked"].astype(bool),
+            r["invalid"].astype(np.int64),
+            r["correct"].astype(bool),
+        )
+        norms = {
+            "Linf": r["linf"].astype(np.float64),
+            "L2": r["l2"].astype(np.float64),
+            "L1": r["l1"].astype(np.float64),
+        }
         broken = cc & attacked & (invalid == 0) & ~correct
         out.append(UnitOutcome(u, attacked, invalid, correct, r["pred"].astype(np.int64), broken, norms))
     return Outcomes(idx, clean["label"].astype(np.int64), clean["pred"].astype(np.int64), cc, out)
@@ -139,35 +148,70 @@ def accuracy_table(o: Outcomes, threats: Sequence[tuple[str, float | None]], tol
     """Rows: clean, one per unit (stand-alone and cumulative accuracy), one per threat
     (the worst case over the whole suite)."""
     n = len(o.indices)
-    rows = [{"attack": "clean", "threat": "none", "norm": "none", "eps": np.nan, "accuracy": o.clean_correct.mean(),
-             "cumulative": o.clean_correct.mean(), "attacked": 0, "broken": 0, "median_delta": np.nan, "n": n}]
+    rows = [
+        {
+            "attack": "clean",
+            "threat": "none",
+            "norm": "none",
+            "eps": np.nan,
+            "accuracy": o.clean_correct.mean(),
+            "cumulative": o.clean_correct.mean(),
+            "attacked": 0,
+            "broken": 0,
+            "median_delta": np.nan,
+            "n": n,
+        }
+    ]
     for k, u in enumerate(o.units):
         unit = u.unit
         complete = bool((u.attacked | ~o.clean_correct).all())
         norm, eps = (unit.norm, unit.eps) if unit.budgeted else ("none", None)
         cumulative = o.clean_correct & ~o.broken_at(norm, eps, tol, upto=k + 1)
-        rows.append({"attack": unit.label, "threat": threat_label(unit.norm, unit.eps), "norm": unit.norm,
-                     "eps": unit.eps if unit.eps is not None else np.nan,
-                     "accuracy": float((o.clean_correct & ~u.broken).mean()) if complete else np.nan,
-                     "cumulative": float(cumulative.mean()), "attacked": int(u.attacked.sum()),
-                     "broken": int(u.broken.sum()),
-                     "median_delta": _median(u.norms[unit.norm if unit.norm in u.norms else "L2"][u.broken]),
-                     "n": n})
+        rows.append(
+            {
+                "attack": unit.label,
+                "threat": threat_label(unit.norm, unit.eps),
+                "norm": unit.norm,
+                "eps": unit.eps if unit.eps is not None else np.nan,
+                "accuracy": float((o.clean_correct & ~u.broken).mean()) if complete else np.nan,
+                "cumulative": float(cumulative.mean()),
+                "attacked": int(u.attacked.sum()),
+                "broken": int(u.broken.sum()),
+                "median_delta": _median(u.norms[unit.norm if unit.norm in u.norms else "L2"][u.broken]),
+                "n": n,
+            }
+        )
     for norm, eps in threats:
-        rows.append({"attack": "worst_case", "threat": threat_label(norm, eps), "norm": norm,
-                     "eps": eps if eps is not None else np.nan,
-                     "accuracy": float(o.robust_at(norm, eps, tol).mean()),
-                     "cumulative": float(o.robust_at(norm, eps, tol).mean()),
-                     "attacked": 0, "broken": int((o.clean_correct & o.broken_at(norm, eps, tol)).sum()),
-                     "median_delta": np.nan, "n": n})
+        rows.append(
+            {
+                "attack": "worst_case",
+                "threat": threat_label(norm, eps),
+                "norm": norm,
+                "eps": eps if eps is not None else np.nan,
+                "accuracy": float(o.robust_at(norm, eps, tol).mean()),
+                "cumulative": float(o.robust_at(norm, eps, tol).mean()),
+                "attacked": 0,
+                "broken": int((o.clean_correct & o.broken_at(norm, eps, tol)).sum()),
+                "median_delta": np.nan,
+                "n": n,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def worst_case_table(o: Outcomes, threats: Sequence[tuple[str, float | None]], tol: float) -> pd.DataFrame:
     """The accuracy-vs-eps curve: worst case over the suite at every threat."""
-    rows = [{"threat": threat_label(norm, eps), "norm": norm, "eps": eps if eps is not None else np.nan,
-             "accuracy": float(o.robust_at(norm, eps, tol).mean()), "clean_accuracy": float(o.clean_correct.mean()),
-             "n": len(o.indices)} for norm, eps in threats]
+    rows = [
+        {
+            "threat": threat_label(norm, eps),
+            "norm": norm,
+            "eps": eps if eps is not None else np.nan,
+            "accuracy": float(o.robust_at(norm, eps, tol).mean()),
+            "clean_accuracy": float(o.clean_correct.mean()),
+            "n": len(o.indices),
+        }
+        for norm, eps in threats
+    ]
     return pd.DataFrame(rows)
 
 
@@ -176,22 +220,44 @@ def per_example_table(o: Outcomes) -> pd.DataFrame:
     with how large a perturbation (in the attack's norm; L2 for attacks without a budget)."""
     frames = []
     for u in o.units:
-        status = np.where(~o.clean_correct, "clean_wrong",
-                          np.where(~u.attacked, "skipped",
-                                   np.where(u.invalid != 0, "invalid", np.where(u.broken, "broken", "robust"))))
+        status = np.where(
+            ~o.clean_correct,
+            "clean_wrong",
+            np.where(
+                ~u.attacked, "skipped", np.where(u.invalid != 0, "invalid", np.where(u.broken, "broken", "robust"))
+            ),
+        )
         unit = u.unit
-        frames.append(pd.DataFrame({
-            "index": o.indices, "label": o.label, "clean_pred": o.clean_pred, "attack": unit.label,
-            "norm": unit.norm, "eps": unit.eps if unit.eps is not None else np.nan, "status": status,
-            "adv_pred": u.pred, "delta": u.norms[unit.norm if unit.norm in u.norms else "L2"]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "index": o.indices,
+                    "label": o.label,
+                    "clean_pred": o.clean_pred,
+                    "attack": unit.label,
+                    "norm": unit.norm,
+                    "eps": unit.eps if unit.eps is not None else np.nan,
+                    "status": status,
+                    "adv_pred": u.pred,
+                    "delta": u.norms[unit.norm if unit.norm in u.norms else "L2"],
+                }
+            )
+        )
     if not frames:
-        return pd.DataFrame({"index": o.indices, "label": o.label, "clean_pred": o.clean_pred,
-                             "status": np.where(o.clean_correct, "robust", "clean_wrong")})
+        return pd.DataFrame(
+            {
+                "index": o.indices,
+                "label": o.label,
+                "clean_pred": o.clean_pred,
+                "status": np.where(o.clean_correct, "robust", "clean_wrong"),
+            }
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def headline_threat(units: Sequence[AttackUnit], threats: Sequence[tuple[str, float | None]],
-                    headline_eps: float | None = None) -> tuple[str, float | None]:
+def headline_threat(
+    units: Sequence[AttackUnit], threats: Sequence[tuple[str, float | None]], headline_eps: float | None = None
+) -> tuple[str, float | None]:
     """The threat of the headline number: the norm of the first bounded attack, at
     ``headline_eps`` when given, else at the largest eps that attack was run at (its own
     budget when it ran once). Without bounded attacks: "any" budget."""
@@ -232,9 +298,17 @@ def plot_curves(curves: pd.DataFrame, accuracy: pd.DataFrame, path: str | Path, 
         for i, model in enumerate(models):
             g = curves[(curves.norm == norm) & (curves.model == model)].sort_values("eps")
             color = "black" if single else f"C{i}"
-            ax.plot(g.eps, g.accuracy, "-o", color=color, lw=2.4, ms=5, label=f"{'' if single else model + ': '}worst case")
-            ax.axhline(g.clean_accuracy.iloc[0], color=color, ls="--", lw=1, alpha=0.6,
-                       label=f"{'' if single else model + ': '}clean")
+            ax.plot(
+                g.eps, g.accuracy, "-o", color=color, lw=2.4, ms=5, label=f"{'' if single else model + ': '}worst case"
+            )
+            ax.axhline(
+                g.clean_accuracy.iloc[0],
+                color=color,
+                ls="--",
+                lw=1,
+                alpha=0.6,
+                label=f"{'' if single else model + ': '}clean",
+            )
             for j, label in enumerate(attacks):
                 ga = accuracy[(accuracy.model == model) & (accuracy.norm == norm) & (accuracy.attack == label)]
                 if len(ga) < 2:
@@ -242,8 +316,16 @@ def plot_curves(curves: pd.DataFrame, accuracy: pd.DataFrame, path: str | Path, 
                 ga = ga.sort_values("eps")
                 y = ga.accuracy.where(ga.accuracy.notna(), ga.cumulative)
                 short = label if len(label) <= 36 else label[:33] + "..."
-                ax.plot(ga.eps, y, ls=styles[j % len(styles)] if not single else "-", marker=".", lw=1.2, alpha=0.85,
-                        color=f"C{j}" if single else color, label=f"{'' if single else model + ': '}{short}")
+                ax.plot(
+                    ga.eps,
+                    y,
+                    ls=styles[j % len(styles)] if not single else "-",
+                    marker=".",
+                    lw=1.2,
+                    alpha=0.85,
+                    color=f"C{j}" if single else color,
+                    label=f"{'' if single else model + ': '}{short}",
+                )
         ax.set_xlabel(f"eps ({norm})")
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
@@ -262,5 +344,14 @@ def plot_curves(curves: pd.DataFrame, accuracy: pd.DataFrame, path: str | Path, 
     return path
 
 
-__all__ = ["Outcomes", "UnitOutcome", "accuracy_table", "headline_threat", "outcomes", "per_example_table",
-           "plot_curves", "threat_label", "worst_case_table"]
+__all__ = [
+    "Outcomes",
+    "UnitOutcome",
+    "accuracy_table",
+    "headline_threat",
+    "outcomes",
+    "per_example_table",
+    "plot_curves",
+    "threat_label",
+    "worst_case_table",
+]

@@ -70,9 +70,13 @@ class AttackUnit:
 
     @cached_property
     def key(self) -> str:
-        payload = {"name": self.name, "norm": self.norm, "eps": self.eps,
-                   "options": self.opts.model_dump(mode="json") if self.opts is not None else None,
-                   "fn": None if self.fn is None else getattr(self.fn, "__qualname__", "fn")}
+        payload = {
+            "name": self.name,
+            "norm": self.norm,
+            "eps": self.eps,
+            "options": self.opts.model_dump(mode="json") if self.opts is not None else None,
+            "fn": None if self.fn is None else getattr(self.fn, "__qualname__", "fn"),
+        }
         blob = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -102,8 +106,14 @@ class AttackUnit:
         return AttackUnit(self.label, self.name, norm, attack_eps(opts, norm), self.spec, opts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "attack": self.label, "name": self.name, "norm": self.norm, "eps": self.eps,
-                "options": self.opts.model_dump(mode="json") if self.opts is not None else {}}
+        return {
+            "key": self.key,
+            "attack": self.label,
+            "name": self.name,
+            "norm": self.norm,
+            "eps": self.eps,
+            "options": self.opts.model_dump(mode="json") if self.opts is not None else {},
+        }
 
 
 EpsList = Sequence[float | str] | Mapping[str, Sequence[float | str]] | None
@@ -121,8 +131,10 @@ def eps_by_norm(eps: EpsList, norms: Sequence[str]) -> dict[str, list[float]]:
         return {k: sorted({_eps_value(e) for e in v}) for k, v in eps.items()}
     bounded = sorted({n for n in norms if n != "none"})
     if len(bounded) > 1:
-        raise ConfigError(f"eps: the attack suite mixes norms ({', '.join(bounded)}); give eps per norm, "
-                          f"for example eps = {{ Linf = [\"8/255\"], L2 = [0.5] }}")
+        raise ConfigError(
+            f"eps: the attack suite mixes norms ({', '.join(bounded)}); give eps per norm, "
+            f'for example eps = {{ Linf = ["8/255"], L2 = [0.5] }}'
+        )
     if not bounded:
         return {}
     return {bounded[0]: sorted({_eps_value(e) for e in eps})}
@@ -189,5 +201,16 @@ def within(norm_value: torch.Tensor, eps: float, tol: float) -> torch.Tensor:
     return norm_value <= eps + tol + tol * eps
 
 
-__all__ = ["AttackUnit", "NORMS", "attack_eps", "attack_norm", "delta_norms", "eps_by_norm", "fmt_eps",
-           "function_units", "make_units", "threats", "within"]
+__all__ = [
+    "AttackUnit",
+    "NORMS",
+    "attack_eps",
+    "attack_norm",
+    "delta_norms",
+    "eps_by_norm",
+    "fmt_eps",
+    "function_units",
+    "make_units",
+    "threats",
+    "within",
+]

@@ -16,7 +16,22 @@ from .vgg import vgg, vgg16
 from .wrn import wide_resnet
 
 __all__ = [
-    "ModelRecipe", "Normalize", "load_checkpoint", "load_state_strict", "read_spec", "save_checkpoint",
-    "BasicBlock", "WideBlock", "block_outputs",
-    "mlp", "cnn_small", "cnn_large", "vgg", "vgg16", "cifar_resnet", "resnet18", "resnet_small", "wide_resnet",
+    "ModelRecipe",
+    "Normalize",
+    "load_checkpoint",
+    "load_state_strict",
+    "read_spec",
+    "save_checkpoint",
+    "BasicBlock",
+    "WideBlock",
+    "block_outputs",
+    "mlp",
+    "cnn_small",
+    "cnn_large",
+    "vgg",
+    "vgg16",
+    "cifar_resnet",
+    "resnet18",
+    "resnet_small",
+    "wide_resnet",
 ]

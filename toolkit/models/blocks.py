@@ -20,11 +20,14 @@ from .layers import Normalize
 def normalize_for(info: DataInfo, arch: str) -> Normalize:
     """The Normalize layer for ``info``, after checking that its statistics fit its channels."""
     if info.channels < 1 or info.num_classes < 1:
-        raise ValueError(f"{arch}: data info needs at least one channel and one class, got {info.channels} channels "
-                         f"and {info.num_classes} classes")
+        raise ValueError(
+            f"{arch}: data info needs at least one channel and one class, got {info.channels} channels "
+            f"and {info.num_classes} classes"
+        )
     if len(info.mean) != info.channels or len(info.std) != info.channels:
-        raise ValueError(f"{arch}: data info has {info.channels} channels but {len(info.mean)} means and "
-                         f"{len(info.std)} stds")
+        raise ValueError(
+            f"{arch}: data info has {info.channels} channels but {len(info.mean)} means and {len(info.std)} stds"
+        )
     return Normalize(info.mean, info.std)
 
 
@@ -55,10 +58,14 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout)
         if stride != 1 or cin != cout:
-            self.shortcut: nn.Module = nn.Sequential(OrderedDict([
-                ("conv", nn.Conv2d(cin, cout, 1, stride=stride, bias=False)),
-                ("bn", nn.BatchNorm2d(cout)),
-            ]))
+            self.shortcut: nn.Module = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("conv", nn.Conv2d(cin, cout, 1, stride=stride, bias=False)),
+                        ("bn", nn.BatchNorm2d(cout)),
+                    ]
+                )
+            )
         else:
             self.shortcut = nn.Identity()
         self.relu_out = nn.ReLU()
@@ -100,9 +107,11 @@ class WideBlock(nn.Module):
 
 def stage(block: type[nn.Module], cin: int, cout: int, blocks: int, stride: int, **kw: float) -> nn.Sequential:
     """``blocks`` residual blocks named ``0, 1, ...``; the first one changes stride/width."""
-    return nn.Sequential(OrderedDict(
-        (str(i), block(cin if i == 0 else cout, cout, stride if i == 0 else 1, **kw)) for i in range(blocks)
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            (str(i), block(cin if i == 0 else cout, cout, stride if i == 0 else 1, **kw)) for i in range(blocks)
+        )
+    )
 
 
 def init_weights(model: nn.Module) -> nn.Module:
@@ -127,4 +136,6 @@ def block_outputs(model: nn.Module) -> list[str]:
 
 def head(width: int, num_classes: int) -> OrderedDict[str, nn.Module]:
     """The common tail: global average pool, flatten, linear classifier named ``head``."""
-    return OrderedDict([("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("head", nn.Linear(width, num_classes))])
+    return OrderedDict(
+        [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("head", nn.Linear(width, num_classes))]
+    )

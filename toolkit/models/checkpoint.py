@@ -32,7 +32,12 @@ class ModelRecipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch, "options": dict(self.options), "data": self.info.to_dict(), "extra": dict(self.extra)}
+        return {
+            "arch": self.arch,
+            "options": dict(self.options),
+            "data": self.info.to_dict(),
+            "extra": dict(self.extra),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelRecipe:
@@ -46,8 +51,14 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, recipe: ModelRecipe, *, metadata: dict[str, Any] | None = None,
-                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    recipe: ModelRecipe,
+    *,
+    metadata: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``path.safetensors`` and ``path.json`` atomically; return the stem path.
 
     ``tensors`` adds extra named tensors (for example pruning masks) under ``extra/``.
@@ -66,8 +77,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, recipe: ModelReci
         if ptr in seen and ptr != -1:
             state[k] = v.clone()
         seen[ptr] = k
-    spec = {"format": FORMAT, **recipe.to_dict(), "metadata": metadata or {},
-            "shapes": {k: list(v.shape) for k, v in state.items()}}
+    spec = {
+        "format": FORMAT,
+        **recipe.to_dict(),
+        "metadata": metadata or {},
+        "shapes": {k: list(v.shape) for k, v in state.items()},
+    }
     tmp_st = st_path.with_name(st_path.name + ".tmp")
     tmp_js = js_path.with_name(js_path.name + ".tmp")
     save_file(state, str(tmp_st), metadata={"format": FORMAT})
@@ -104,8 +119,10 @@ def apply_load_transforms(model: nn.Module, spec: dict[str, Any], extra: dict[st
                     importlib.import_module(module)
         fn = _LOAD_TRANSFORMS.get(kind)
         if fn is None:
-            raise CheckpointError(f"extra.transforms[{i}]: unknown transform {kind!r}; known: "
-                                  f"{', '.join(sorted(_LOAD_TRANSFORMS)) or '(none)'}. Install the plugin that wrote it")
+            raise CheckpointError(
+                f"extra.transforms[{i}]: unknown transform {kind!r}; known: "
+                f"{', '.join(sorted(_LOAD_TRANSFORMS)) or '(none)'}. Install the plugin that wrote it"
+            )
         out = fn(model, entry, extra)
         model = out if out is not None else model
     return model
@@ -142,7 +159,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, where
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [(k, list(state[k].shape), list(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        (k, list(state[k].shape), list(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -155,14 +174,16 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, where
     model.load_state_dict(state, strict=True)
 
 
-def load_checkpoint(path: str | os.PathLike, registry: Any = None, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelRecipe, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, registry: Any = None, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelRecipe, dict[str, Any]]:
     """Rebuild the model from its spec through the registry and load its weights.
 
     Returns ``(model, recipe, spec)``; ``spec["metadata"]`` holds what was saved with it,
     and extra tensors saved with ``tensors=`` are in ``spec["extra_tensors"]``.
     """
-    from ..registry import default_registry
     from ..options import validate_options
+    from ..registry import default_registry
 
     registry = registry if registry is not None else default_registry()
     spec = read_spec(path)
@@ -171,7 +192,7 @@ def load_checkpoint(path: str | os.PathLike, registry: Any = None, *, device: st
     opts = validate_options(mspec.options, recipe.options, where=f"{path}: options")
     model = mspec.build(recipe.info, opts)
     tensors = read_tensors(path)
-    extra = {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}
+    extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
     state = {k: v for k, v in tensors.items() if not k.startswith("extra/")}
     model = apply_load_transforms(model, spec, extra)
     hook = getattr(model, "rtk_prepare_load", None)

@@ -16,19 +16,28 @@ from ..data.core import DataInfo
 from .blocks import BasicBlock, conv3x3, head, init_weights, normalize_for, stage
 
 
-def cifar_resnet(info: DataInfo, blocks: Sequence[int], widths: Sequence[int], strides: Sequence[int], *,
-                 arch: str = "resnet") -> nn.Sequential:
+def cifar_resnet(
+    info: DataInfo, blocks: Sequence[int], widths: Sequence[int], strides: Sequence[int], *, arch: str = "resnet"
+) -> nn.Sequential:
     """A post-activation ResNet with a 3x3 stem (no max-pool) and one stage per entry of ``blocks``."""
     if not (len(blocks) == len(widths) == len(strides)) or not blocks:
-        raise ValueError(f"{arch}: blocks, widths and strides need one entry per stage, got "
-                         f"{list(blocks)}, {list(widths)}, {list(strides)}")
+        raise ValueError(
+            f"{arch}: blocks, widths and strides need one entry per stage, got "
+            f"{list(blocks)}, {list(widths)}, {list(strides)}"
+        )
     if any(b < 1 for b in blocks) or any(w < 1 for w in widths):
         raise ValueError(f"{arch}: every stage needs at least one block and one channel")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     layers["norm"] = normalize_for(info, arch)
-    layers["stem"] = nn.Sequential(OrderedDict([
-        ("conv", conv3x3(info.channels, widths[0])), ("bn", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU()),
-    ]))
+    layers["stem"] = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv", conv3x3(info.channels, widths[0])),
+                ("bn", nn.BatchNorm2d(widths[0])),
+                ("relu", nn.ReLU()),
+            ]
+        )
+    )
     cin = widths[0]
     for i, (n, w, s) in enumerate(zip(blocks, widths, strides, strict=True), start=1):
         layers[f"layer{i}"] = stage(BasicBlock, cin, w, n, s)

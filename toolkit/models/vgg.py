@@ -25,8 +25,16 @@ from .blocks import init_weights, normalize_for
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
-def vgg(info: DataInfo, blocks: Sequence[Sequence[int]] = VGG16_BLOCKS, *, fc: Sequence[int] = (256, 256),
-        pool_size: int = 2, width: float = 1.0, pools: int = 4, arch: str = "vgg16") -> nn.Sequential:
+def vgg(
+    info: DataInfo,
+    blocks: Sequence[Sequence[int]] = VGG16_BLOCKS,
+    *,
+    fc: Sequence[int] = (256, 256),
+    pool_size: int = 2,
+    width: float = 1.0,
+    pools: int = 4,
+    arch: str = "vgg16",
+) -> nn.Sequential:
     """A VGG network; ``width`` scales every convolution's channels, ``pools`` counts the
     blocks followed by a 2x2 max-pool (the first ``pools`` blocks)."""
     if width <= 0 or pool_size < 1 or not 0 <= pools <= len(blocks):

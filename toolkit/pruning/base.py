@@ -43,8 +43,15 @@ class ScoreTraining:
     loop_options: dict[str, Any] = field(default_factory=dict)
 
     def loop(self) -> Any:
-        return make_loop_config(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-                                momentum=self.momentum, weight_decay=self.weight_decay, options=self.loop_options)
+        return make_loop_config(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            options=self.loop_options,
+        )
 
 
 #: Defaults the pruning pipeline gives the training loop unless the user overrides them:
@@ -52,8 +59,17 @@ class ScoreTraining:
 LOOP_DEFAULTS: dict[str, Any] = {"eval_size": 0}
 
 
-def make_loop_config(*, epochs: int, batch_size: int, lr: float, optimizer: str, momentum: float, weight_decay: float,
-                     options: dict[str, Any] | None = None, where: str = "loop") -> Any:
+def make_loop_config(
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str,
+    momentum: float,
+    weight_decay: float,
+    options: dict[str, Any] | None = None,
+    where: str = "loop",
+) -> Any:
     """A :class:`rtk.training.LoopConfig` from the pipeline's settings plus user ``options``
     (validated; an unknown key is a ConfigError naming it)."""
     import dataclasses as _dc
@@ -63,8 +79,14 @@ def make_loop_config(*, epochs: int, batch_size: int, lr: float, optimizer: str,
 
     fields = getattr(LoopConfig, "model_fields", None)
     known = set(fields) if fields is not None else {f.name for f in _dc.fields(LoopConfig)}
-    base: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                            "weight_decay": weight_decay, **LOOP_DEFAULTS}
+    base: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
+        **LOOP_DEFAULTS,
+    }
     if optimizer == "sgd":
         base["momentum"] = momentum
     base = {k: v for k, v in base.items() if k in known}
@@ -146,8 +168,10 @@ def ratio_from_compression(compression: float) -> float:
 
 def check_ratio(ratio: float, where: str = "ratio") -> float:
     if not 0 < ratio < 1:
-        raise ConfigError(f"{where}: a pruning ratio is the fraction of weights removed and must lie strictly "
-                          f"between 0 and 1, got {ratio}")
+        raise ConfigError(
+            f"{where}: a pruning ratio is the fraction of weights removed and must lie strictly "
+            f"between 0 and 1, got {ratio}"
+        )
     return float(ratio)
 
 
@@ -161,5 +185,17 @@ def compression_label(compression: float) -> str:
     return f"{compression:g}x"
 
 
-__all__ = ["LOOP_DEFAULTS", "PruneJob", "PruneOutcome", "Pruner", "PruningError", "ScoreTraining", "check_ratio",
-           "compression_label", "fit_parameters_kwargs", "keep_count", "make_loop_config", "ratio_from_compression"]
+__all__ = [
+    "LOOP_DEFAULTS",
+    "PruneJob",
+    "PruneOutcome",
+    "Pruner",
+    "PruningError",
+    "ScoreTraining",
+    "check_ratio",
+    "compression_label",
+    "fit_parameters_kwargs",
+    "keep_count",
+    "make_loop_config",
+    "ratio_from_compression",
+]

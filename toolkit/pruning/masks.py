@@ -61,8 +61,13 @@ class _MaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None,  # type: ignore[override]
-                product: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        scores: torch.Tensor | None,  # type: ignore[override]
+        product: torch.Tensor,
+    ) -> torch.Tensor:
         ctx.save_for_backward(weight, mask, scores)
         return product.view_as(product)
 
@@ -283,7 +288,20 @@ def dense_export(model: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "PRUNABLE_TYPES", "MaskedMixin", "ScoredMixin", "apply_mask", "dense_export", "finalize_scores", "is_masked",
-    "is_prunable", "is_scored", "make_masked_placeholder", "masked_layers", "masks_of", "remove_mask",
-    "scaled_score_init", "to_scored", "topk_mask",
+    "PRUNABLE_TYPES",
+    "MaskedMixin",
+    "ScoredMixin",
+    "apply_mask",
+    "dense_export",
+    "finalize_scores",
+    "is_masked",
+    "is_prunable",
+    "is_scored",
+    "make_masked_placeholder",
+    "masked_layers",
+    "masks_of",
+    "remove_mask",
+    "scaled_score_init",
+    "to_scored",
+    "topk_mask",
 ]

@@ -80,12 +80,24 @@ def macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(total), int(round(sparse))
 
 
-def size_report(model: nn.Module, example: torch.Tensor, layers: Sequence[str], *, params_dense: int,
-                layer_sizes_dense: Mapping[str, int]) -> SizeReport:
+def size_report(
+    model: nn.Module,
+    example: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    params_dense: int,
+    layer_sizes_dense: Mapping[str, int],
+) -> SizeReport:
     dense_macs, sparse_macs = macs(model, example)
     counts = layer_weight_counts(model, layers)
-    return SizeReport(remaining_params(model), int(params_dense), dense_macs, sparse_macs, sum(counts.values()),
-                      int(sum(layer_sizes_dense[n] for n in layers)))
+    return SizeReport(
+        remaining_params(model),
+        int(params_dense),
+        dense_macs,
+        sparse_macs,
+        sum(counts.values()),
+        int(sum(layer_sizes_dense[n] for n in layers)),
+    )
 
 
 # ----------------------------------------------------------------------------- speed and memory
@@ -118,7 +130,9 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def inference_times(models: Mapping[str, nn.Module], x: torch.Tensor, *, repeats: int = 15, warmup: int = 2) -> dict[str, float]:
+def inference_times(
+    models: Mapping[str, nn.Module], x: torch.Tensor, *, repeats: int = 15, warmup: int = 2
+) -> dict[str, float]:
     """Median seconds per forward pass on ``x`` of each model, measured interleaved (one pass
     of each model per round) so machine load affects all of them alike."""
     states = {k: m.training for k, m in models.items()}
@@ -139,5 +153,14 @@ def inference_times(models: Mapping[str, nn.Module], x: torch.Tensor, *, repeats
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-__all__ = ["SizeReport", "activation_bytes", "inference_times", "layer_sparsity", "layer_weight_counts", "macs",
-           "model_bytes", "remaining_params", "size_report"]
+__all__ = [
+    "SizeReport",
+    "activation_bytes",
+    "inference_times",
+    "layer_sparsity",
+    "layer_weight_counts",
+    "macs",
+    "model_bytes",
+    "remaining_params",
+    "size_report",
+]

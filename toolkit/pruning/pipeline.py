@@ -89,8 +89,15 @@ class Schedule:
     loop_options: dict[str, Any] = field(default_factory=dict)
 
     def loop(self, epochs: int, lr: float) -> Any:
-        return make_loop_config(epochs=epochs, batch_size=self.batch_size, lr=lr, optimizer=self.optimizer,
-                                momentum=self.momentum, weight_decay=self.weight_decay, options=self.loop_options)
+        return make_loop_config(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            options=self.loop_options,
+        )
 
 
 @dataclass(frozen=True)
@@ -141,11 +148,23 @@ def pruned_name(model: str, method: str, target: Target) -> str:
     return f"{model}-{method}-{target.label}"
 
 
-def compress(model: nn.Module, methods: Sequence[Method], targets: Sequence[Target], *, data: DatasetBundle,
-             objective: Any, selection: LayerSelection, schedule: Schedule, evaluate: Evaluator,
-             model_name: str = "model", device: torch.device | str = "cpu", seed: int = 0, timing: bool = True,
-             on_pretrained: Callable[[nn.Module], None] | None = None,
-             on_pruned: Callable[[str, nn.Module, dict[str, Any]], None] | None = None) -> CompressionResult:
+def compress(
+    model: nn.Module,
+    methods: Sequence[Method],
+    targets: Sequence[Target],
+    *,
+    data: DatasetBundle,
+    objective: Any,
+    selection: LayerSelection,
+    schedule: Schedule,
+    evaluate: Evaluator,
+    model_name: str = "model",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    timing: bool = True,
+    on_pretrained: Callable[[nn.Module], None] | None = None,
+    on_pruned: Callable[[str, nn.Module, dict[str, Any]], None] | None = None,
+) -> CompressionResult:
     """Pre-train ``model`` (when ``schedule.pretrain_epochs``), then for every method and
     target prune a copy and fine-tune it, all with ``objective``; evaluate every model.
 
@@ -174,29 +193,59 @@ def compress(model: nn.Module, methods: Sequence[Method], targets: Sequence[Targ
 
     def measure(m: nn.Module) -> dict[str, Any]:
         rep = size_report(m, example, selected.names, params_dense=params_dense, layer_sizes_dense=layer_sizes)
-        return {"params": rep.params, "compression": rep.compression, "sparsity": rep.sparsity,
-                "layer_compression": 1.0 / max(1.0 - rep.sparsity, 1e-12), "macs": rep.macs, "macs_sparse": rep.macs_sparse}
+        return {
+            "params": rep.params,
+            "compression": rep.compression,
+            "sparsity": rep.sparsity,
+            "layer_compression": 1.0 / max(1.0 - rep.sparsity, 1e-12),
+            "macs": rep.macs,
+            "macs_sparse": rep.macs_sparse,
+        }
 
     rows: list[dict[str, Any]] = []
     attack_rows: list[dict[str, Any]] = []
-    dense_row = {"model": model_name, "method": "dense", "target": "1x", "ratio": 0.0, **measure(model),
-                 **evaluate(model)}
+    dense_row = {
+        "model": model_name,
+        "method": "dense",
+        "target": "1x",
+        "ratio": 0.0,
+        **measure(model),
+        **evaluate(model),
+    }
     rows.append(dense_row)
     infos: dict[str, dict[str, Any]] = {}
     for method in methods:
         for target in targets:
             name = pruned_name(model_name, method.label, target)
             log.info("%s: pruning %.4f of the selected weights with %s", name, target.ratio, method.label)
-            job = PruneJob(layers=selected.names, example_inputs=example, data=data, objective=objective,
-                           device=device, seed=seed, scores=schedule.scores)
+            job = PruneJob(
+                layers=selected.names,
+                example_inputs=example,
+                data=data,
+                objective=objective,
+                device=device,
+                seed=seed,
+                scores=schedule.scores,
+            )
             outcome = method.pruner.prune(copy.deepcopy(model), target.ratio, job)
             pruned = outcome.model.to(device)
             if schedule.finetune_epochs > 0:
-                fit(pruned, objective, data, schedule.loop(schedule.finetune_epochs, schedule.finetune_lr),
-                    device=device, seed=seed)
+                fit(
+                    pruned,
+                    objective,
+                    data,
+                    schedule.loop(schedule.finetune_epochs, schedule.finetune_lr),
+                    device=device,
+                    seed=seed,
+                )
             pruned.eval()
-            row: dict[str, Any] = {"model": name, "method": method.label, "target": target.label,
-                                   "ratio": target.ratio, **measure(pruned)}
+            row: dict[str, Any] = {
+                "model": name,
+                "method": method.label,
+                "target": target.label,
+                "ratio": target.ratio,
+                **measure(pruned),
+            }
             row.update(evaluate(dense_export(copy.deepcopy(pruned))))
             info = {k: v for k, v in outcome.info.items() if not isinstance(v, pd.DataFrame)}
             for key in ("overlap_with_lwm", "channel_ratio", "reached"):
@@ -205,16 +254,22 @@ def compress(model: nn.Module, methods: Sequence[Method], targets: Sequence[Targ
             if method.structured and timing:
                 row.update(_speed_and_memory(model, pruned, timing_batch))
             rows.append(row)
-            infos[name] = {**info, "method": method.label, "target": target.label, "describe": method.describe,
-                           "structured": method.structured}
+            infos[name] = {
+                **info,
+                "method": method.label,
+                "target": target.label,
+                "describe": method.describe,
+                "structured": method.structured,
+            }
             if on_pruned is not None:
                 on_pruned(name, pruned, {**infos[name], "ratio": target.ratio, "compression": target.compression})
     table = _with_fractions(pd.DataFrame(rows))
     for r in rows:
         for k, v in r.items():
             if k.startswith("acc[") or k.startswith("verified["):
-                attack_rows.append({"model": r["model"], "method": r["method"], "target": r["target"],
-                                    "evaluation": k, "accuracy": v})
+                attack_rows.append(
+                    {"model": r["model"], "method": r["method"], "target": r["target"], "evaluation": k, "accuracy": v}
+                )
     return CompressionResult(table, pd.DataFrame(attack_rows), selected, infos)
 
 
@@ -222,8 +277,12 @@ def _speed_and_memory(dense: nn.Module, pruned: nn.Module, x: torch.Tensor) -> d
     times = inference_times({"dense": dense, "pruned": pruned}, x)
     dense_mem = model_bytes(dense) + activation_bytes(dense, x)
     pruned_mem = model_bytes(pruned) + activation_bytes(pruned, x)
-    return {"latency_ms": 1000 * times["pruned"], "latency_frac": times["pruned"] / max(times["dense"], 1e-12),
-            "memory_mb": pruned_mem / 2**20, "memory_frac": pruned_mem / max(dense_mem, 1)}
+    return {
+        "latency_ms": 1000 * times["pruned"],
+        "latency_frac": times["pruned"] / max(times["dense"], 1e-12),
+        "memory_mb": pruned_mem / 2**20,
+        "memory_frac": pruned_mem / max(dense_mem, 1),
+    }
 
 
 def _with_fractions(df: pd.DataFrame) -> pd.DataFrame:
@@ -249,7 +308,11 @@ def plot_accuracy_vs_compression(table: pd.DataFrame, path: str | Path, *, title
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     dense = table[table["method"] == "dense"].iloc[0]
-    styles = [("robust_acc", "-", "o", "robust"), ("clean_acc", "--", "s", "clean"), ("verified_acc", ":", "^", "verified")]
+    styles = [
+        ("robust_acc", "-", "o", "robust"),
+        ("clean_acc", "--", "s", "clean"),
+        ("verified_acc", ":", "^", "verified"),
+    ]
     for i, (method, df) in enumerate(table[table["method"] != "dense"].groupby("method", sort=False)):
         df = df.sort_values("layer_compression")
         color = f"C{i}"
@@ -273,5 +336,14 @@ def plot_accuracy_vs_compression(table: pd.DataFrame, path: str | Path, *, title
     return path
 
 
-__all__ = ["CompressionResult", "Evaluator", "Method", "Schedule", "Target", "compress", "example_batch",
-           "plot_accuracy_vs_compression", "pruned_name"]
+__all__ = [
+    "CompressionResult",
+    "Evaluator",
+    "Method",
+    "Schedule",
+    "Target",
+    "compress",
+    "example_batch",
+    "plot_accuracy_vs_compression",
+    "pruned_name",
+]

@@ -26,8 +26,12 @@ class LayerSelection:
     where: str = ""  # key path prefix for messages, e.g. "stages[2]"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"include": list(self.include), "exclude": list(self.exclude), "keep_first": self.keep_first,
-                "keep_last": self.keep_last}
+        return {
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "keep_first": self.keep_first,
+            "keep_last": self.keep_last,
+        }
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ def execution_order(model: nn.Module, example_inputs: torch.Tensor | None) -> li
     return order
 
 
-def select_layers(model: nn.Module, selection: LayerSelection, example_inputs: torch.Tensor | None = None) -> SelectedLayers:
+def select_layers(
+    model: nn.Module, selection: LayerSelection, example_inputs: torch.Tensor | None = None
+) -> SelectedLayers:
     """Apply ``selection`` to ``model``. Raises ConfigError, naming the key and listing the
     prunable layers, when a pattern matches nothing or nothing is left to prune."""
     layers = prunable_layers(model)
@@ -87,8 +93,10 @@ def select_layers(model: nn.Module, selection: LayerSelection, example_inputs: t
     for key, patterns in (("layers", selection.include), ("exclude", selection.exclude)):
         for i, pat in enumerate(patterns):
             if not any(fnmatch.fnmatchcase(n, pat) for n in layers):
-                problems.append(f"{_key(selection.where, key)}[{i}]: pattern {pat!r} matches no prunable layer; "
-                                f"prunable layers (Conv/Linear): {available}")
+                problems.append(
+                    f"{_key(selection.where, key)}[{i}]: pattern {pat!r} matches no prunable layer; "
+                    f"prunable layers (Conv/Linear): {available}"
+                )
     if problems:
         raise ConfigError(problems)
     order = execution_order(model, example_inputs)
@@ -109,8 +117,10 @@ def select_layers(model: nn.Module, selection: LayerSelection, example_inputs: t
             continue
         chosen.append(name)
     if not chosen:
-        raise ConfigError(f"{_key(selection.where, 'layers')}: no layer is left to prune ({'; '.join(f'{k}: {v}' for k, v in kept.items())}); "
-                          f"prunable layers: {available}. Widen include, or set keep_first/keep_last = false")
+        raise ConfigError(
+            f"{_key(selection.where, 'layers')}: no layer is left to prune ({'; '.join(f'{k}: {v}' for k, v in kept.items())}); "
+            f"prunable layers: {available}. Widen include, or set keep_first/keep_last = false"
+        )
     return SelectedLayers(tuple(chosen), first, last, kept)
 
 

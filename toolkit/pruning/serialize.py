@@ -29,8 +29,20 @@ MASKS = "pruning.masks"
 SHAPES = "pruning.shapes"
 
 #: Module attributes that change with the number of channels.
-SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-               "normalized_shape", "num_channels", "num_groups", "num_parameters", "embedding_dim", "num_embeddings")
+SHAPE_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_channels",
+    "num_groups",
+    "num_parameters",
+    "embedding_dim",
+    "num_embeddings",
+)
 
 
 # ----------------------------------------------------------------------------- structured shapes
@@ -67,15 +79,17 @@ def apply_shapes(model: nn.Module, entry: dict[str, Any], extra: dict[str, torch
         if m is None:
             raise CheckpointError(f"pruning.shapes names module {name!r}, which the architecture does not have")
         if type(m).__name__ != rec.get("type"):
-            raise CheckpointError(f"pruning.shapes: module {name!r} is a {type(m).__name__}, the checkpoint "
-                                  f"recorded a {rec.get('type')}")
+            raise CheckpointError(
+                f"pruning.shapes: module {name!r} is a {type(m).__name__}, the checkpoint recorded a {rec.get('type')}"
+            )
         for a, v in rec.get("attrs", {}).items():
             setattr(m, a, tuple(v) if isinstance(v, list) else v)
         for k, shape in rec.get("tensors", {}).items():
             if k in m._parameters and m._parameters[k] is not None:
                 old = m._parameters[k]
-                m._parameters[k] = nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
-                                                requires_grad=old.requires_grad)
+                m._parameters[k] = nn.Parameter(
+                    torch.empty(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad
+                )
             elif k in m._buffers and m._buffers[k] is not None:
                 old = m._buffers[k]
                 m._buffers[k] = torch.empty(shape, dtype=old.dtype, device=old.device)
@@ -95,7 +109,9 @@ def masks_entry(model: nn.Module, **info: Any) -> dict[str, Any] | None:
     return {"kind": MASKS, "layers": sorted(masks), "sparsity": 1 - kept / max(total, 1), **info}
 
 
-def apply_masks_entry(model: nn.Module, entry: dict[str, Any], extra: dict[str, torch.Tensor] | None = None) -> nn.Module:
+def apply_masks_entry(
+    model: nn.Module, entry: dict[str, Any], extra: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """Turn the listed layers into masked layers; their masks load with the weights."""
     mods = dict(model.named_modules())
     for name in entry.get("layers", []):
@@ -151,5 +167,14 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["MASKS", "SHAPES", "apply_masks_entry", "apply_shapes", "exported_recipe", "masks_entry", "pruned_recipe",
-           "shape_changes", "transforms_of"]
+__all__ = [
+    "MASKS",
+    "SHAPES",
+    "apply_masks_entry",
+    "apply_shapes",
+    "exported_recipe",
+    "masks_entry",
+    "pruned_recipe",
+    "shape_changes",
+    "transforms_of",
+]

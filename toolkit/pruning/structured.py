@@ -120,13 +120,22 @@ def _unwrapped_hint(model: nn.Module) -> str:
     found = _unwrapped_parameters(model)
     if not found:
         return ""
-    return (f" The dependency graph cannot follow the parameters of layer {', '.join(found[:5])}: torch-pruning does "
-            "not know that layer type, so it cannot tell which dimension follows the channels.")
+    return (
+        f" The dependency graph cannot follow the parameters of layer {', '.join(found[:5])}: torch-pruning does "
+        "not know that layer type, so it cannot tell which dimension follows the channels."
+    )
 
 
 # ----------------------------------------------------------------------------- gradients
-def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A plain L-inf PGD with a random start (inputs in [0, 1]), for robust importance."""
     noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
     x_adv = (x + eps * noise).clamp(0, 1)
@@ -139,8 +148,17 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alp
     return x_adv.detach()
 
 
-def accumulate_gradients(model: nn.Module, job: PruneJob, *, loss: str, batches_: int, batch_size: int,
-                         eps: float, alpha: float | None, steps: int) -> int:
+def accumulate_gradients(
+    model: nn.Module,
+    job: PruneJob,
+    *,
+    loss: str,
+    batches_: int,
+    batch_size: int,
+    eps: float,
+    alpha: float | None,
+    steps: int,
+) -> int:
     """Fill ``p.grad`` with the gradient of the mean loss over ``batches_`` training batches.
 
     ``loss``: ``clean`` (cross-entropy), ``pgd`` (cross-entropy on PGD examples) or
@@ -180,10 +198,22 @@ class ChannelPruner:
     name = "channel"
     structured = True
 
-    def __init__(self, *, importance: str = "l2", global_pruning: bool = False, round_to: int | None = None,
-                 max_channel_ratio: float = 0.95, tolerance: float = 0.005, max_iterations: int = 14,
-                 taylor_loss: str | None = None, batches: int = 4, batch_size: int = 128, eps: float = 8 / 255,
-                 alpha: float | None = None, steps: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        importance: str = "l2",
+        global_pruning: bool = False,
+        round_to: int | None = None,
+        max_channel_ratio: float = 0.95,
+        tolerance: float = 0.005,
+        max_iterations: int = 14,
+        taylor_loss: str | None = None,
+        batches: int = 4,
+        batch_size: int = 128,
+        eps: float = 8 / 255,
+        alpha: float | None = None,
+        steps: int = 10,
+    ) -> None:
         if importance not in IMPORTANCES:
             raise ValueError(f"unknown importance {importance!r}; allowed: {', '.join(IMPORTANCES)}")
         self.importance = importance
@@ -217,8 +247,10 @@ class ChannelPruner:
         resolve_names(model, layers)
         bad = [n for n, m in model.named_modules() if is_masked(m) or is_scored(m)]
         if bad:
-            raise PruningError(f"structured pruning needs a dense model, but layers {', '.join(bad[:5])} carry masks; "
-                               "make them permanent first (rtk.pruning.dense_export)")
+            raise PruningError(
+                f"structured pruning needs a dense model, but layers {', '.join(bad[:5])} carry masks; "
+                "make them permanent first (rtk.pruning.dense_export)"
+            )
         trial = self._prune_copy(model, 0.5, layers, example_inputs, importance_kind="l2")
         self._check_runs(trial, model, example_inputs)
 
@@ -248,8 +280,14 @@ class ChannelPruner:
             raise PruningError(f"channel pruning changed the output shape from {list(ref.shape)} to {list(out.shape)}")
 
     # -- pruning ------------------------------------------------------------------------
-    def _prune_copy(self, model: nn.Module, channel_ratio: float, layers: Sequence[str], example_inputs: torch.Tensor,
-                    importance_kind: str | None = None) -> nn.Module:
+    def _prune_copy(
+        self,
+        model: nn.Module,
+        channel_ratio: float,
+        layers: Sequence[str],
+        example_inputs: torch.Tensor,
+        importance_kind: str | None = None,
+    ) -> nn.Module:
         import torch_pruning as tp
 
         trial = copy.deepcopy(model)
@@ -263,9 +301,15 @@ class ChannelPruner:
         with _layer_tracker(trial) as state, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                pruner = tp.pruner.BasePruner(trial, (example_inputs,), importance=importance,
-                                              global_pruning=self.global_pruning, pruning_ratio=channel_ratio,
-                                              ignored_layers=ignored, round_to=self.round_to)
+                pruner = tp.pruner.BasePruner(
+                    trial,
+                    (example_inputs,),
+                    importance=importance,
+                    global_pruning=self.global_pruning,
+                    pruning_ratio=channel_ratio,
+                    ignored_layers=ignored,
+                    round_to=self.round_to,
+                )
                 pruner.step()
             except Exception as exc:  # noqa: BLE001 - torch-pruning's failure, explained
                 where = f" ({_where(trial, state)})" if state["stack"] else ""
@@ -292,8 +336,16 @@ class ChannelPruner:
         sizes = {n: m.weight.numel() for n, m in mods.items()}
         x = job.example_inputs
         if self.importance in ("taylor", "robust-taylor"):
-            accumulate_gradients(model, job, loss=self.taylor_loss, batches_=self.batches, batch_size=self.batch_size,
-                                 eps=self.eps, alpha=self.alpha, steps=self.steps)
+            accumulate_gradients(
+                model,
+                job,
+                loss=self.taylor_loss,
+                batches_=self.batches,
+                batch_size=self.batch_size,
+                eps=self.eps,
+                alpha=self.alpha,
+                steps=self.steps,
+            )
         best: tuple[float, float, nn.Module] | None = None
         trials = 0
 
@@ -335,12 +387,27 @@ class ChannelPruner:
         pruned.zero_grad(set_to_none=True)
         reached = abs(frac - ratio) <= max(self.tolerance, 0.02)
         if not reached:
-            log.warning("channel pruning removed %.3f of the selected weights, not the requested %.3f "
-                        "(channel ratio %.3f); residual couplings limit it", frac, ratio, channel_ratio)
+            log.warning(
+                "channel pruning removed %.3f of the selected weights, not the requested %.3f "
+                "(channel ratio %.3f); residual couplings limit it",
+                frac,
+                ratio,
+                channel_ratio,
+            )
         untouched = [n for n in layers if dict(pruned.named_modules())[n].weight.numel() == sizes[n]]
-        return PruneOutcome(pruned, {"method": self.label, "ratio": ratio, "channel_ratio": round(channel_ratio, 4),
-                                     "removed_fraction": frac, "reached": reached, "trials": trials,
-                                     "global_pruning": self.global_pruning, "layers_unchanged": untouched})
+        return PruneOutcome(
+            pruned,
+            {
+                "method": self.label,
+                "ratio": ratio,
+                "channel_ratio": round(channel_ratio, 4),
+                "removed_fraction": frac,
+                "reached": reached,
+                "trials": trials,
+                "global_pruning": self.global_pruning,
+                "layers_unchanged": untouched,
+            },
+        )
 
 
 def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor, layer_wise: bool = False) -> Any:
@@ -358,4 +425,11 @@ def count_macs_and_params(model: nn.Module, example_inputs: torch.Tensor, layer_
 
 Importance = Callable[[Any], torch.Tensor]
 
-__all__ = ["IMPORTANCES", "ChannelPruner", "accumulate_gradients", "count_macs_and_params", "make_importance", "pgd_linf"]
+__all__ = [
+    "IMPORTANCES",
+    "ChannelPruner",
+    "accumulate_gradients",
+    "count_macs_and_params",
+    "make_importance",
+    "pgd_linf",
+]

@@ -34,7 +34,7 @@ def masks_from_scores(scores: dict[str, torch.Tensor], ratio: float, scope: str 
     keep = topk_mask(flat, keep_count(flat.numel(), ratio))
     out, start = {}, 0
     for n, s in scores.items():
-        out[n] = keep[start:start + s.numel()].view_as(s).to(s.device)
+        out[n] = keep[start : start + s.numel()].view_as(s).to(s.device)
         start += s.numel()
     return out
 
@@ -130,8 +130,10 @@ class HydraPruner:
     def prune(self, model: nn.Module, ratio: float, job: PruneJob) -> PruneOutcome:
         check_ratio(ratio)
         if job.objective is None or job.data is None:
-            raise PruningError("hydra trains its scores with the training objective: give it data and an objective "
-                               "(the prune stage passes its trainer)")
+            raise PruningError(
+                "hydra trains its scores with the training objective: give it data and an objective "
+                "(the prune stage passes its trainer)"
+            )
         mods = _check_layers(model, job.layers)
         initial = {}
         for name, m in mods.items():
@@ -146,8 +148,13 @@ class HydraPruner:
             finalize_scores(m)
             overlap_num += int((m.weight_mask & initial[name]).sum())
             overlap_den += int(initial[name].sum())
-        info: dict[str, Any] = {"method": self.name, "scope": "layer", "ratio": ratio, "score_epochs": job.scores.epochs,
-                                "overlap_with_lwm": overlap_num / max(overlap_den, 1)}
+        info: dict[str, Any] = {
+            "method": self.name,
+            "scope": "layer",
+            "ratio": ratio,
+            "score_epochs": job.scores.epochs,
+            "overlap_with_lwm": overlap_num / max(overlap_den, 1),
+        }
         if history is not None and len(history):
             info["score_history"] = history
         return PruneOutcome(model, info)

@@ -72,17 +72,40 @@ class Heatmap:
         recs = []
         for i, r in enumerate(self.rows):
             for j, c in enumerate(self.cols):
-                recs.append({"model_a": self.model_a, "layer_a": r, "depth_a": i, "model_b": self.model_b,
-                             "layer_b": c, "depth_b": j, "metric": self.metric, "value": float(self.values[i, j])})
+                recs.append(
+                    {
+                        "model_a": self.model_a,
+                        "layer_a": r,
+                        "depth_a": i,
+                        "model_b": self.model_b,
+                        "layer_b": c,
+                        "depth_b": j,
+                        "metric": self.metric,
+                        "value": float(self.values[i, j]),
+                    }
+                )
         return pd.DataFrame(recs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"values": self.values.tolist(), "rows": list(self.rows), "cols": list(self.cols),
-                "model_a": self.model_a, "model_b": self.model_b, "metric": self.metric}
+        return {
+            "values": self.values.tolist(),
+            "rows": list(self.rows),
+            "cols": list(self.cols),
+            "model_a": self.model_a,
+            "model_b": self.model_b,
+            "metric": self.metric,
+        }
 
 
-def heatmap(metric: Any, feats_a: Mapping[str, Tensor], feats_b: Mapping[str, Tensor] | None = None, *,
-            model_a: str = "a", model_b: str | None = None, metric_name: str = "") -> Heatmap:
+def heatmap(
+    metric: Any,
+    feats_a: Mapping[str, Tensor],
+    feats_b: Mapping[str, Tensor] | None = None,
+    *,
+    model_a: str = "a",
+    model_b: str | None = None,
+    metric_name: str = "",
+) -> Heatmap:
     """Layer x layer similarity: within ``feats_a`` or between ``feats_a`` and ``feats_b``
     (``{layer: [n, d]}`` on the same examples)."""
     names_a = list(feats_a)
@@ -92,11 +115,24 @@ def heatmap(metric: Any, feats_a: Mapping[str, Tensor], feats_b: Mapping[str, Te
         names_b, mb = names_a, model_a
     else:
         names_b = list(feats_b)
-        vals = similarity_matrix(metric, xs, [feats_b[k] for k in names_b], names_a=[f"{model_a}:{k}" for k in names_a],
-                                 names_b=[f"{model_b}:{k}" for k in names_b])
+        vals = similarity_matrix(
+            metric,
+            xs,
+            [feats_b[k] for k in names_b],
+            names_a=[f"{model_a}:{k}" for k in names_a],
+            names_b=[f"{model_b}:{k}" for k in names_b],
+        )
         mb = model_b or "b"
-    return Heatmap(vals.numpy(), tuple(names_a), tuple(names_b), model_a, mb, metric_name or repr(metric),
-                   bool(getattr(metric, "higher_is_similar", True)), getattr(metric, "max_value", None))
+    return Heatmap(
+        vals.numpy(),
+        tuple(names_a),
+        tuple(names_b),
+        model_a,
+        mb,
+        metric_name or repr(metric),
+        bool(getattr(metric, "higher_is_similar", True)),
+        getattr(metric, "max_value", None),
+    )
 
 
 # ----------------------------------------------------------------------------- block structure
@@ -113,8 +149,16 @@ class Block:
         return self.mean_in - self.mean_out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "stop": self.stop, "first": self.layers[0], "last": self.layers[-1],
-                "size": len(self.layers), "mean_in": self.mean_in, "mean_out": self.mean_out, "contrast": self.contrast}
+        return {
+            "start": self.start,
+            "stop": self.stop,
+            "first": self.layers[0],
+            "last": self.layers[-1],
+            "size": len(self.layers),
+            "mean_in": self.mean_in,
+            "mean_out": self.mean_out,
+            "contrast": self.contrast,
+        }
 
 
 @dataclass(frozen=True)
@@ -126,12 +170,17 @@ class BlockStructure:
     segments: tuple[tuple[int, int], ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "threshold": self.threshold, "min_size": self.min_size,
-                "blocks": [b.to_dict() for b in self.blocks]}
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "min_size": self.min_size,
+            "blocks": [b.to_dict() for b in self.blocks],
+        }
 
 
-def block_structure(sim: np.ndarray | Heatmap, names: Sequence[str] | None = None, *, threshold: float = 0.8,
-                    min_size: int = 3) -> BlockStructure:
+def block_structure(
+    sim: np.ndarray | Heatmap, names: Sequence[str] | None = None, *, threshold: float = 0.8, min_size: int = 3
+) -> BlockStructure:
     """The block-structure score of a symmetric similarity matrix (see the module doc)."""
     if isinstance(sim, Heatmap):
         names = names or sim.rows
@@ -196,12 +245,22 @@ def common_layers(a: Sequence[str], b: Sequence[str]) -> list[tuple[str, str]]:
         return shared
     if len(a) == len(b):
         return list(zip(a, b))
-    raise SimilarityError(f"cannot pair layers: the models share no layer name and have {len(a)} vs {len(b)} layers; "
-                          "select corresponding layers with the same names or the same count")
+    raise SimilarityError(
+        f"cannot pair layers: the models share no layer name and have {len(a)} vs {len(b)} layers; "
+        "select corresponding layers with the same names or the same count"
+    )
 
 
-def diagonal(metric: Any, feats_a: Mapping[str, Tensor], feats_b: Mapping[str, Tensor], *, model_a: str = "a",
-             model_b: str = "b", metric_name: str = "", matrix: Heatmap | None = None) -> pd.DataFrame:
+def diagonal(
+    metric: Any,
+    feats_a: Mapping[str, Tensor],
+    feats_b: Mapping[str, Tensor],
+    *,
+    model_a: str = "a",
+    model_b: str = "b",
+    metric_name: str = "",
+    matrix: Heatmap | None = None,
+) -> pd.DataFrame:
     """Similarity of corresponding layers: one row per layer pair (from ``matrix`` when it
     is given, else computed pair by pair)."""
     pairs = common_layers(list(feats_a), list(feats_b))
@@ -210,15 +269,31 @@ def diagonal(metric: Any, feats_a: Mapping[str, Tensor], feats_b: Mapping[str, T
         ci = {k: i for i, k in enumerate(matrix.cols)}
         vals = [float(matrix.values[ri[p], ci[q]]) for p, q in pairs]
     else:
-        vals = pair_values(metric, [feats_a[p] for p, _ in pairs], [feats_b[q] for _, q in pairs],
-                           [f"{model_a}:{p} vs {model_b}:{q}" for p, q in pairs])
-    return pd.DataFrame([{"model_a": model_a, "model_b": model_b, "layer": p if p == q else f"{p}|{q}", "depth": i,
-                          "relative_depth": i / max(len(pairs) - 1, 1), "metric": metric_name or repr(metric), "value": v}
-                         for i, ((p, q), v) in enumerate(zip(pairs, vals))])
+        vals = pair_values(
+            metric,
+            [feats_a[p] for p, _ in pairs],
+            [feats_b[q] for _, q in pairs],
+            [f"{model_a}:{p} vs {model_b}:{q}" for p, q in pairs],
+        )
+    return pd.DataFrame(
+        [
+            {
+                "model_a": model_a,
+                "model_b": model_b,
+                "layer": p if p == q else f"{p}|{q}",
+                "depth": i,
+                "relative_depth": i / max(len(pairs) - 1, 1),
+                "metric": metric_name or repr(metric),
+                "value": v,
+            }
+            for i, ((p, q), v) in enumerate(zip(pairs, vals))
+        ]
+    )
 
 
-def overfitting_by_layer(metric: Any, checkpoints: Sequence[tuple[str, Mapping[str, Tensor]]], *,
-                         metric_name: str = "") -> pd.DataFrame:
+def overfitting_by_layer(
+    metric: Any, checkpoints: Sequence[tuple[str, Mapping[str, Tensor]]], *, metric_name: str = ""
+) -> pd.DataFrame:
     """Every checkpoint after the first against the first, layer by layer (for example
     ``[("robust@best", fb), ("robust@last", fl)]``)."""
     if len(checkpoints) < 2:
@@ -254,8 +329,15 @@ def class_similarity(x: Tensor, labels: Tensor, num_classes: int | None = None) 
     return out.numpy()
 
 
-def specialization(metric: Any, feats: Mapping[str, Tensor], labels: Tensor, *, model: str = "model",
-                   num_classes: int | None = None, metric_name: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+def specialization(
+    metric: Any,
+    feats: Mapping[str, Tensor],
+    labels: Tensor,
+    *,
+    model: str = "model",
+    num_classes: int | None = None,
+    metric_name: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per layer: ``within``, ``between``, ``specialization`` and ``class_alignment`` (see the
     module doc); and the class-similarity matrices in long form."""
     labels = labels.reshape(-1).long().cpu()
@@ -278,18 +360,31 @@ def specialization(metric: Any, feats: Mapping[str, Tensor], labels: Tensor, *, 
         except SimilarityError as exc:
             log.warning("class alignment of %s:%s skipped: %s", model, name, exc)
             align = float("nan")
-        rows.append({"model": model, "layer": name, "depth": depth, "relative_depth": depth / max(len(names) - 1, 1),
-                     "within_class": within, "between_class": between, "specialization": within - between,
-                     "class_alignment": align, "metric": metric_name or repr(metric)})
+        rows.append(
+            {
+                "model": model,
+                "layer": name,
+                "depth": depth,
+                "relative_depth": depth / max(len(names) - 1, 1),
+                "within_class": within,
+                "between_class": between,
+                "specialization": within - between,
+                "class_alignment": align,
+                "metric": metric_name or repr(metric),
+            }
+        )
         for a in range(c):
             for b in range(c):
-                pair_rows.append({"model": model, "layer": name, "class_a": a, "class_b": b, "similarity": float(cs[a, b])})
+                pair_rows.append(
+                    {"model": model, "layer": name, "class_a": a, "class_b": b, "similarity": float(cs[a, b])}
+                )
     return pd.DataFrame(rows), pd.DataFrame(pair_rows)
 
 
 # ----------------------------------------------------------------------------- figures
-def plot_heatmap(h: Heatmap, path: str | Path, *, title: str = "", vmin: float | None = 0.0,
-                 vmax: float | None = 1.0) -> Path:
+def plot_heatmap(
+    h: Heatmap, path: str | Path, *, title: str = "", vmin: float | None = 0.0, vmax: float | None = 1.0
+) -> Path:
     """A heatmap PNG with layer names on both axes (rows: model_a, bottom-up like the papers)."""
     import matplotlib
 
@@ -318,8 +413,17 @@ def plot_heatmap(h: Heatmap, path: str | Path, *, title: str = "", vmin: float |
     return path
 
 
-def plot_lines(df: pd.DataFrame, path: str | Path, *, x: str, y: str, hue: str, title: str = "",
-               ylabel: str | None = None, xticks: str | None = None) -> Path:
+def plot_lines(
+    df: pd.DataFrame,
+    path: str | Path,
+    *,
+    x: str,
+    y: str,
+    hue: str,
+    title: str = "",
+    ylabel: str | None = None,
+    xticks: str | None = None,
+) -> Path:
     """Line plot of ``y`` against ``x`` with one line per value of ``hue``; ``xticks`` names a
     column whose values label the x positions."""
     import matplotlib
@@ -348,5 +452,17 @@ def plot_lines(df: pd.DataFrame, path: str | Path, *, x: str, y: str, hue: str, 
     return path
 
 
-__all__ = ["Heatmap", "heatmap", "Block", "BlockStructure", "block_structure", "common_layers", "diagonal",
-           "overfitting_by_layer", "class_similarity", "specialization", "plot_heatmap", "plot_lines"]
+__all__ = [
+    "Heatmap",
+    "heatmap",
+    "Block",
+    "BlockStructure",
+    "block_structure",
+    "common_layers",
+    "diagonal",
+    "overfitting_by_layer",
+    "class_similarity",
+    "specialization",
+    "plot_heatmap",
+    "plot_lines",
+]

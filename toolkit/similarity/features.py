@@ -33,9 +33,21 @@ log = logging.getLogger(__name__)
 
 #: Layer types hooked when no pattern is given (the layers of Cianfarani et al. 2022).
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d, nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.ReLU,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Linear,
 )
 
 _POOL = re.compile(r"^(flatten|avg|avg(\d+))$")
@@ -44,8 +56,9 @@ _POOL = re.compile(r"^(flatten|avg|avg(\d+))$")
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel wrappers."""
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or (
-            type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
-            and hasattr(model, "module")):
+        type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
+        and hasattr(model, "module")
+    ):
         model = model.module
     return model
 
@@ -75,19 +88,27 @@ def select_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> li
                     re.compile(p[3:])
                 except re.error as exc:
                     raise ConfigError(f"layers: invalid regular expression {p!r}: {exc}") from None
-        chosen = [(n, m) for n, m in named if any(_matches(n, p) for p in patterns if p != "default")
-                  or ("default" in patterns and isinstance(m, DEFAULT_TYPES))]
+        chosen = [
+            (n, m)
+            for n, m in named
+            if any(_matches(n, p) for p in patterns if p != "default")
+            or ("default" in patterns and isinstance(m, DEFAULT_TYPES))
+        ]
     if not chosen:
         sample = ", ".join(n for n, _ in named[:30]) + (" ..." if len(named) > 30 else "")
-        raise ConfigError(f"layers: no module of {type(model).__name__} matches {list(patterns or ['default'])}; "
-                          f"module names: {sample or '(none)'}")
+        raise ConfigError(
+            f"layers: no module of {type(model).__name__} matches {list(patterns or ['default'])}; "
+            f"module names: {sample or '(none)'}"
+        )
     return chosen
 
 
 def check_pooling(pooling: str) -> str:
     if not _POOL.match(pooling):
-        raise ConfigError(f"pooling: {pooling!r} is not allowed; use 'flatten', 'avg' (global average over "
-                          "spatial positions) or 'avgN' (average-pool to N x N positions, e.g. 'avg2')")
+        raise ConfigError(
+            f"pooling: {pooling!r} is not allowed; use 'flatten', 'avg' (global average over "
+            "spatial positions) or 'avgN' (average-pool to N x N positions, e.g. 'avg2')"
+        )
     return pooling
 
 
@@ -99,8 +120,11 @@ def reduce_activation(out: Tensor, pooling: str) -> Tensor:
         if pooling == "avg":
             return out.mean(dim=tuple(range(2, out.ndim)))
         size = int(pooling[3:])
-        pool = {1: nn.functional.adaptive_avg_pool1d, 2: nn.functional.adaptive_avg_pool2d,
-                3: nn.functional.adaptive_avg_pool3d}[spatial]
+        pool = {
+            1: nn.functional.adaptive_avg_pool1d,
+            2: nn.functional.adaptive_avg_pool2d,
+            3: nn.functional.adaptive_avg_pool3d,
+        }[spatial]
         return pool(out, size).reshape(out.shape[0], -1)
     return out.reshape(out.shape[0], -1).clone()
 
@@ -113,8 +137,9 @@ class FeatureHooks:
     passes).
     """
 
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], pooling: str = "flatten",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, layers: Sequence[tuple[str, nn.Module]], pooling: str = "flatten", dtype: torch.dtype = torch.float32
+    ) -> None:
         self.layers = list(layers)
         self.pooling = check_pooling(pooling)
         self.dtype = dtype
@@ -130,6 +155,7 @@ class FeatureHooks:
             if not isinstance(out, torch.Tensor):
                 return
             self._record.append((name, reduce_activation(out, self.pooling).to(self.dtype)))
+
         return hook
 
     def __enter__(self) -> FeatureHooks:
@@ -164,9 +190,18 @@ class ModelInput:
     attack: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
-def iter_features(models: Sequence[ModelInput], split: Any, *, batch_size: int = 256, limit: int | None = None,
-                  pooling: str = "flatten", device: torch.device | str = "cpu", store: torch.device | str = "cpu",
-                  seed: int = 0, shard: tuple[int, int] | None = None) -> Iterator[tuple[list[dict[str, Tensor]], Tensor]]:
+def iter_features(
+    models: Sequence[ModelInput],
+    split: Any,
+    *,
+    batch_size: int = 256,
+    limit: int | None = None,
+    pooling: str = "flatten",
+    device: torch.device | str = "cpu",
+    store: torch.device | str = "cpu",
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+) -> Iterator[tuple[list[dict[str, Tensor]], Tensor]]:
     """Yield ``([features of model 0, features of model 1, ...], labels)`` for each batch of
     the first ``limit`` examples of ``split`` (a deterministic subset; the same examples in
     the same order for every model). Features are ``{layer: [b, d]}`` on ``store``.
@@ -228,5 +263,14 @@ def collect_features(models: Sequence[ModelInput], split: Any, **kwargs: Any) ->
     return out, torch.cat(labels)
 
 
-__all__ = ["DEFAULT_TYPES", "unwrap", "select_layers", "check_pooling", "reduce_activation", "FeatureHooks",
-           "ModelInput", "iter_features", "collect_features"]
+__all__ = [
+    "DEFAULT_TYPES",
+    "unwrap",
+    "select_layers",
+    "check_pooling",
+    "reduce_activation",
+    "FeatureHooks",
+    "ModelInput",
+    "iter_features",
+    "collect_features",
+]

@@ -31,6 +31,7 @@ from ..errors import RtkError
 
 Tensor = torch.Tensor
 
+
 class SimilarityError(RtkError):
     """Input that a similarity metric cannot measure (NaN/inf, too few examples, constant
     features), or a metric that produced a non-finite value."""
@@ -142,12 +143,12 @@ def row_products(rows: Tensor, chunk: int = 1 << 16) -> Tensor:
         a = rows.numpy()
         out = np.zeros((nl, nl))
         for c0 in range(0, k, chunk):
-            part = a[:, c0:c0 + chunk]
+            part = a[:, c0 : c0 + chunk]
             out += part @ part.T
         return torch.from_numpy(out)
     res = torch.zeros(nl, nl, dtype=torch.float64, device=rows.device)
     for c0 in range(0, k, chunk):
-        part = rows[:, c0:c0 + chunk]
+        part = rows[:, c0 : c0 + chunk]
         res += (part @ part.T).to(torch.float64)
     return res
 
@@ -215,19 +216,24 @@ def cka_from_stats(s: LinearStats, *, debiased: bool) -> float:
 
 def _ratio(xy: float, xx: float, yy: float, what: str) -> float:
     if not (xx > 0.0):
-        raise SimilarityError(f"{what} of x with itself is {xx:.3g}, not positive: x is (nearly) constant, "
-                              "or there are too few examples for the unbiased estimator")
+        raise SimilarityError(
+            f"{what} of x with itself is {xx:.3g}, not positive: x is (nearly) constant, "
+            "or there are too few examples for the unbiased estimator"
+        )
     if not (yy > 0.0):
-        raise SimilarityError(f"{what} of y with itself is {yy:.3g}, not positive: y is (nearly) constant, "
-                              "or there are too few examples for the unbiased estimator")
+        raise SimilarityError(
+            f"{what} of y with itself is {yy:.3g}, not positive: y is (nearly) constant, "
+            "or there are too few examples for the unbiased estimator"
+        )
     value = xy / math.sqrt(xx * yy)
     if not math.isfinite(value):
         raise SimilarityError(f"{what} ratio is not finite ({xy!r} / sqrt({xx!r} * {yy!r}))")
     return max(-1.0, min(1.0, value))
 
 
-def linear_stats(x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int = 2,
-                 diagonals: bool = True) -> LinearStats:
+def linear_stats(
+    x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int = 2, diagonals: bool = True
+) -> LinearStats:
     """Centre both representations once and compute :class:`LinearStats` by the cheaper
     exact route: feature space when ``d1 + d2 < n``, Gram space otherwise (``route`` may
     force ``"feature"`` or ``"gram"``)."""
@@ -254,13 +260,16 @@ def linear_stats(x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int
     if not all(math.isfinite(v) for v in (kl, kk, ll)):
         as_features(x, what="x")
         as_features(y, what="y")
-        raise SimilarityError(f"the products of x and y overflowed (<K,L> = {kl!r}, <K,K> = {kk!r}, "
-                              f"<L,L> = {ll!r}); rescale the features or pass float64")
+        raise SimilarityError(
+            f"the products of x and y overflowed (<K,L> = {kl!r}, <K,K> = {kk!r}, "
+            f"<L,L> = {ll!r}); rescale the features or pass float64"
+        )
     if not diagonals:
         return LinearStats(n, kl, kk, ll, 0.0, 0.0, 0.0, 0.0, 0.0)
     k, l = _rowsq(xc), _rowsq(yc)
-    return LinearStats(n, kl, kk, ll, float(k.sum()), float(l.sum()), float((k * l).sum()),
-                       float((k * k).sum()), float((l * l).sum()))
+    return LinearStats(
+        n, kl, kk, ll, float(k.sum()), float(l.sum()), float((k * l).sum()), float((k * k).sum()), float((l * l).sum())
+    )
 
 
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
@@ -282,9 +291,17 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> float:
     return cka_from_stats(stats, debiased=debiased)
 
 
-def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *, debiased: bool = False,
-                      names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None,
-                      route: str = "auto", memory: int = 256 << 20, gram_memory: int = 2 << 30) -> Tensor:
+def linear_cka_matrix(
+    xs: Sequence[Tensor],
+    ys: Sequence[Tensor] | None = None,
+    *,
+    debiased: bool = False,
+    names_a: Sequence[str] | None = None,
+    names_b: Sequence[str] | None = None,
+    route: str = "auto",
+    memory: int = 256 << 20,
+    gram_memory: int = 2 << 30,
+) -> Tensor:
     """Linear CKA between every pair of layers: ``[len(xs), len(xs)]`` within one model, or
     ``[len(xs), len(ys)]`` between two models. One summary per layer, never one per pair:
 
@@ -315,8 +332,10 @@ def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, 
     n = feats[0].shape[0]
     for f, nm in zip(feats, names):
         if f.shape[0] != n:
-            raise SimilarityError(f"layer {nm!r} has {f.shape[0]} examples, the first layer has {n}: "
-                                  "every representation must hold the same examples")
+            raise SimilarityError(
+                f"layer {nm!r} has {f.shape[0]} examples, the first layer has {n}: "
+                "every representation must hold the same examples"
+            )
     dev = feats[0].device
     dt = torch.float64 if any(f.dtype == torch.float64 for f in feats) else torch.float32
     feats = [center(f.to(device=dev, dtype=dt), what=f"layer {nm!r}") for f, nm in zip(feats, names)]
@@ -342,8 +361,9 @@ def linear_cka_matrix(xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, 
     what = "debiased HSIC" if debiased else "HSIC"
     if ys is None:
         return cka_matrix_from_products(prods, selfs, selfs, what=what, names_a=names, names_b=names)
-    return cka_matrix_from_products(prods[:la, la:], selfs[:la], selfs[la:], what=what,
-                                    names_a=names[:la], names_b=names[la:])
+    return cka_matrix_from_products(
+        prods[:la, la:], selfs[:la], selfs[la:], what=what, names_a=names[:la], names_b=names[la:]
+    )
 
 
 def _feature_products(feats: Sequence[Tensor], widths: Sequence[int]) -> Tensor:
@@ -357,7 +377,7 @@ def _feature_products(feats: Sequence[Tensor], widths: Sequence[int]) -> Tensor:
     out = torch.zeros(nl, nl, dtype=torch.float64, device=z.device)
     for i in range(nl):
         for j in range(i, nl):
-            v = _sumsq(c[edges[i]:edges[i + 1], edges[j]:edges[j + 1]])
+            v = _sumsq(c[edges[i] : edges[i + 1], edges[j] : edges[j + 1]])
             out[i, j] = v
             out[j, i] = v
     return out
@@ -492,16 +512,23 @@ def _stacked_products(a: Sequence[Tensor], b: Sequence[Tensor] | None, chunk: in
     length = a[0].numel()
     out = None
     for c0 in range(0, length, chunk):
-        ca = torch.stack([v[c0:c0 + chunk] for v in a]).to(torch.float64)
-        cb = ca if b is None else torch.stack([v[c0:c0 + chunk] for v in b]).to(torch.float64)
+        ca = torch.stack([v[c0 : c0 + chunk] for v in a]).to(torch.float64)
+        cb = ca if b is None else torch.stack([v[c0 : c0 + chunk] for v in b]).to(torch.float64)
         part = ca @ cb.T
         out = part if out is None else out + part
     assert out is not None
     return out
 
 
-def cka_matrix_from_products(cross: Tensor, self_a: Tensor, self_b: Tensor, *, what: str = "HSIC",
-                             names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
+def cka_matrix_from_products(
+    cross: Tensor,
+    self_a: Tensor,
+    self_b: Tensor,
+    *,
+    what: str = "HSIC",
+    names_a: Sequence[str] | None = None,
+    names_b: Sequence[str] | None = None,
+) -> Tensor:
     """``cross[i, j] / sqrt(self_a[i] self_b[j])`` with a clear error for a non-positive
     self term (naming the layer when names are given)."""
     for selfs, names, side in ((self_a, names_a, "a"), (self_b, names_b, "b")):
@@ -509,8 +536,10 @@ def cka_matrix_from_products(cross: Tensor, self_a: Tensor, self_b: Tensor, *, w
         if bad:
             i = bad[0]
             label = f"layer {names[i]!r}" if names is not None else f"representation {i} of {side}"
-            raise SimilarityError(f"{label}: {what} with itself is {float(selfs[i]):.3g}, not positive "
-                                  "(constant features, or too few examples for the unbiased estimator)")
+            raise SimilarityError(
+                f"{label}: {what} with itself is {float(selfs[i]):.3g}, not positive "
+                "(constant features, or too few examples for the unbiased estimator)"
+            )
     out = cross / torch.sqrt(torch.outer(self_a, self_b))
     return out.clamp(-1.0, 1.0)
 
@@ -550,7 +579,9 @@ def hsic1_matrix(grams: Tensor | Sequence[Tensor]) -> Tensor:
         flat = kt.reshape(n_layers, b * b)
         rows = kt.sum(2)
         tot = rows.sum(1)
-        h = (flat @ flat.T + np.outer(tot, tot) / ((b - 1) * (b - 2)) - (2.0 / (b - 2)) * (rows @ rows.T)) / (b * (b - 3))
+        h = (flat @ flat.T + np.outer(tot, tot) / ((b - 1) * (b - 2)) - (2.0 / (b - 2)) * (rows @ rows.T)) / (
+            b * (b - 3)
+        )
         return torch.from_numpy(h)
     kt = torch.stack([m.to(torch.float64) for m in mats])
     kt.diagonal(dim1=1, dim2=2).zero_()
@@ -573,7 +604,7 @@ def minibatch_cka(x: Tensor, y: Tensor, *, batch_size: int = 256) -> float:
     for i0 in range(0, x.shape[0], batch_size):
         if x.shape[0] - i0 < 4:
             break
-        acc.update([x[i0:i0 + batch_size]], [y[i0:i0 + batch_size]])
+        acc.update([x[i0 : i0 + batch_size]], [y[i0 : i0 + batch_size]])
     return float(acc.compute()[0, 0])
 
 
@@ -673,8 +704,9 @@ def _svd_basis(x: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor, Tenso
     return u[:, keep], sv[keep], vh[keep]
 
 
-def cca_data(x: Tensor, y: Tensor, *, variance: float | None = None, dims: int | None = None,
-             rtol: float = 1e-10) -> CCAResult:
+def cca_data(
+    x: Tensor, y: Tensor, *, variance: float | None = None, dims: int | None = None, rtol: float = 1e-10
+) -> CCAResult:
     """CCA (and SVCCA's reduction) from the data by SVD: the orthonormal bases ``U`` of the
     centred representations make the canonical correlations the singular values of
     ``Ux^T Uy``. Equal to :func:`cca` on the moments, and cheaper when features outnumber
@@ -697,7 +729,8 @@ def _check_cca_dims(kx: int, ky: int, n: int) -> None:
         raise SimilarityError(
             f"CCA with {kx} + {ky} dimensions needs more than {kx + ky} examples, got {n} "
             "(canonical correlations would be 1 whatever the data); use more examples, fewer dims "
-            "(SVCCA dims/variance) or pool the features")
+            "(SVCCA dims/variance) or pool the features"
+        )
 
 
 def svcca(x: Tensor, y: Tensor, *, variance: float | None = 0.99, dims: int | None = None) -> float:
@@ -755,9 +788,36 @@ def procrustes_from_moments(m: Moments) -> float:
 
 
 __all__ = [
-    "SimilarityError", "as_features", "center", "gram", "self_cross", "LinearStats", "linear_stats",
-    "cka_from_stats", "hsic1_from_stats", "linear_cka", "linear_cka_matrix", "rbf_gram", "sq_distances", "GramSummary",
-    "gram_summary", "gram_products", "cka_matrix_from_products", "kernel_cka", "rbf_cka", "hsic1_matrix",
-    "minibatch_cka", "Moments", "moments", "CCAResult", "cca", "cca_data", "svcca", "svcca_from_moments", "pwcca",
-    "pwcca_from_moments", "procrustes_distance", "procrustes_from_moments",
+    "SimilarityError",
+    "as_features",
+    "center",
+    "gram",
+    "self_cross",
+    "LinearStats",
+    "linear_stats",
+    "cka_from_stats",
+    "hsic1_from_stats",
+    "linear_cka",
+    "linear_cka_matrix",
+    "rbf_gram",
+    "sq_distances",
+    "GramSummary",
+    "gram_summary",
+    "gram_products",
+    "cka_matrix_from_products",
+    "kernel_cka",
+    "rbf_cka",
+    "hsic1_matrix",
+    "minibatch_cka",
+    "Moments",
+    "moments",
+    "CCAResult",
+    "cca",
+    "cca_data",
+    "svcca",
+    "svcca_from_moments",
+    "pwcca",
+    "pwcca_from_moments",
+    "procrustes_distance",
+    "procrustes_from_moments",
 ]

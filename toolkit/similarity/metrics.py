@@ -57,8 +57,14 @@ class LinearCKA:
     def __call__(self, x: Tensor, y: Tensor) -> float:
         return K.linear_cka(x, y, debiased=self.debiased)
 
-    def matrix(self, xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *,
-               names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
+    def matrix(
+        self,
+        xs: Sequence[Tensor],
+        ys: Sequence[Tensor] | None = None,
+        *,
+        names_a: Sequence[str] | None = None,
+        names_b: Sequence[str] | None = None,
+    ) -> Tensor:
         return K.linear_cka_matrix(xs, ys, debiased=self.debiased, names_a=names_a, names_b=names_b)
 
     def __repr__(self) -> str:
@@ -84,8 +90,14 @@ class RBFCKA:
         p = K.gram_products([sx, sy])
         return K._ratio(float(p[0, 1]), float(p[0, 0]), float(p[1, 1]), "HSIC")
 
-    def matrix(self, xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *,
-               names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
+    def matrix(
+        self,
+        xs: Sequence[Tensor],
+        ys: Sequence[Tensor] | None = None,
+        *,
+        names_a: Sequence[str] | None = None,
+        names_b: Sequence[str] | None = None,
+    ) -> Tensor:
         names_a = list(names_a) if names_a is not None else [f"x[{i}]" for i in range(len(xs))]
         sa = [_named(lambda x=x: self.summarize(x), f"layer {nm!r}") for x, nm in zip(xs, names_a)]
         if ys is None:
@@ -119,15 +131,23 @@ class MinibatchCKAMetric:
     def accumulator(self, names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> MinibatchCKA:
         return MinibatchCKA(names_a, names_b)
 
-    def matrix(self, xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *,
-               names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
+    def matrix(
+        self,
+        xs: Sequence[Tensor],
+        ys: Sequence[Tensor] | None = None,
+        *,
+        names_a: Sequence[str] | None = None,
+        names_b: Sequence[str] | None = None,
+    ) -> Tensor:
         acc = self.accumulator(names_a, names_b)
         n = xs[0].shape[0]
         for i0 in range(0, n, self.batch_size):
             if n - i0 < 4:
                 break
-            acc.update([x[i0:i0 + self.batch_size] for x in xs],
-                       None if ys is None else [y[i0:i0 + self.batch_size] for y in ys])
+            acc.update(
+                [x[i0 : i0 + self.batch_size] for x in xs],
+                None if ys is None else [y[i0 : i0 + self.batch_size] for y in ys],
+            )
         return acc.compute()
 
     def __repr__(self) -> str:
@@ -195,8 +215,14 @@ def _check_value(value: Any, label: str, metric: Any) -> float:
     return v
 
 
-def similarity_matrix(metric: Any, xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None, *,
-                      names_a: Sequence[str] | None = None, names_b: Sequence[str] | None = None) -> Tensor:
+def similarity_matrix(
+    metric: Any,
+    xs: Sequence[Tensor],
+    ys: Sequence[Tensor] | None = None,
+    *,
+    names_a: Sequence[str] | None = None,
+    names_b: Sequence[str] | None = None,
+) -> Tensor:
     """Every pair of layers: ``[len(xs), len(xs)]`` (one model) or ``[len(xs), len(ys)]``
     (two models), through the fastest path the metric offers. float64 on the CPU.
 
@@ -213,12 +239,18 @@ def similarity_matrix(metric: Any, xs: Sequence[Tensor], ys: Sequence[Tensor] | 
         bad = (~torch.isfinite(out)).nonzero().tolist()
         if bad:
             i, j = bad[0]
-            raise SimilarityError(f"layers {names_a[i]!r} vs {names_b[j]!r}: metric {metric!r} returned {float(out[i, j])}")
+            raise SimilarityError(
+                f"layers {names_a[i]!r} vs {names_b[j]!r}: metric {metric!r} returned {float(out[i, j])}"
+            )
         return out
     out = torch.empty(len(xs), len(other), dtype=torch.float64)
     if hasattr(metric, "summarize") and hasattr(metric, "compare"):
         sa = [_named(lambda x=x: metric.summarize(x), f"layer {nm!r}") for x, nm in zip(xs, names_a)]
-        sb = sa if within else [_named(lambda y=y: metric.summarize(y), f"layer {nm!r}") for y, nm in zip(other, names_b)]
+        sb = (
+            sa
+            if within
+            else [_named(lambda y=y: metric.summarize(y), f"layer {nm!r}") for y, nm in zip(other, names_b)]
+        )
         for i in range(len(xs)):
             for j in range(len(other)):
                 if within and j < i:
@@ -255,5 +287,15 @@ def as_similarity(values: Tensor, metric: Any) -> Tensor:
     return 1.0 - values / top
 
 
-__all__ = ["SimilarityMetric", "LinearCKA", "RBFCKA", "MinibatchCKAMetric", "SVCCA", "PWCCA", "ProcrustesDistance",
-           "similarity_matrix", "pair_values", "as_similarity"]
+__all__ = [
+    "SimilarityMetric",
+    "LinearCKA",
+    "RBFCKA",
+    "MinibatchCKAMetric",
+    "SVCCA",
+    "PWCCA",
+    "ProcrustesDistance",
+    "similarity_matrix",
+    "pair_values",
+    "as_similarity",
+]

@@ -10,7 +10,6 @@ specialization analysis, when requested, keeps the features of the models it ana
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,14 @@ import torch
 
 from ..runtime import progress
 from .analyses import (
-    Heatmap, block_structure, common_layers, diagonal, heatmap, overfitting_by_layer, plot_heatmap, plot_lines,
+    Heatmap,
+    block_structure,
+    common_layers,
+    diagonal,
+    heatmap,
+    overfitting_by_layer,
+    plot_heatmap,
+    plot_lines,
     specialization,
 )
 from .features import ModelInput, iter_features
@@ -41,8 +47,9 @@ class SimilarityJob:
     models: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
-    analyses: list[str] = field(default_factory=lambda: ["heatmap", "block-structure", "diagonal", "overfitting",
-                                                         "specialization"])
+    analyses: list[str] = field(
+        default_factory=lambda: ["heatmap", "block-structure", "diagonal", "overfitting", "specialization"]
+    )
     limit: int | None = 1000
     batch_size: int = 256
     pooling: str = "flatten"
@@ -71,11 +78,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.Module],
-                   layers_for: Callable[[str], Sequence[str] | None],
-                   attack_for: Callable[[str, torch.nn.Module], tuple[str, Callable] | None],
-                   data: Any, device: torch.device | str = "cpu", seed: int = 0,
-                   figure_path: Callable[[str], Path] | None = None) -> SimilarityOutput:
+def run_similarity(
+    job: SimilarityJob,
+    *,
+    load_model: Callable[[str], torch.nn.Module],
+    layers_for: Callable[[str], Sequence[str] | None],
+    attack_for: Callable[[str, torch.nn.Module], tuple[str, Callable] | None],
+    data: Any,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    figure_path: Callable[[str], Path] | None = None,
+) -> SimilarityOutput:
     """Run every requested analysis; returns tables, figures, a markdown summary and
     headline numbers."""
     started = time.perf_counter()
@@ -103,8 +116,9 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
     kw = dict(limit=job.limit, pooling=job.pooling, device=device, seed=seed)
     if streaming:
         bs = int(getattr(metric, "batch_size", job.batch_size))
-        heatmaps, overfit_mats, feats, labels = _stream(job, metric, inputs, split, bs, within, pairs, overfit,
-                                                        spec_models, kw)
+        heatmaps, overfit_mats, feats, labels = _stream(
+            job, metric, inputs, split, bs, within, pairs, overfit, spec_models, kw
+        )
     else:
         keep = [mi for mi in inputs]
         from .features import collect_features
@@ -115,8 +129,9 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
             heatmaps[m] = heatmap(metric, feats[m], model_a=m, metric_name=job.metric_name)
         for a, b in pairs:
             if "heatmap" in want:
-                heatmaps[f"{a} vs {b}"] = heatmap(metric, feats[a], feats[b], model_a=a, model_b=b,
-                                                  metric_name=job.metric_name)
+                heatmaps[f"{a} vs {b}"] = heatmap(
+                    metric, feats[a], feats[b], model_a=a, model_b=b, metric_name=job.metric_name
+                )
 
     tables: dict[str, pd.DataFrame] = {}
     figures: dict[str, Path] = {}
@@ -145,18 +160,33 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
         rows, brows = [], []
         for m in job.models:
             bs_ = block_structure(heatmaps[m], threshold=job.block_threshold, min_size=job.block_min_size)
-            rows.append({"model": m, "inputs": labels_in[m], "score": bs_.score, "blocks": len(bs_.blocks),
-                         "layers": len(heatmaps[m].rows), "threshold": job.block_threshold,
-                         "min_size": job.block_min_size, "metric": job.metric_name})
+            rows.append(
+                {
+                    "model": m,
+                    "inputs": labels_in[m],
+                    "score": bs_.score,
+                    "blocks": len(bs_.blocks),
+                    "layers": len(heatmaps[m].rows),
+                    "threshold": job.block_threshold,
+                    "min_size": job.block_min_size,
+                    "metric": job.metric_name,
+                }
+            )
             for b in bs_.blocks:
                 brows.append({"model": m, **b.to_dict()})
             metrics[f"block_score/{m}"] = bs_.score
-            found = "; ".join(f"{b.layers[0]}..{b.layers[-1]} ({len(b.layers)} layers, in {b.mean_in:.2f}, "
-                              f"out {b.mean_out:.2f})" for b in bs_.blocks) or "none"
+            found = (
+                "; ".join(
+                    f"{b.layers[0]}..{b.layers[-1]} ({len(b.layers)} layers, in {b.mean_in:.2f}, out {b.mean_out:.2f})"
+                    for b in bs_.blocks
+                )
+                or "none"
+            )
             lines.append(f"- `{m}` block-structure score **{bs_.score:.3f}**; blocks: {found}")
         tables["block_structure"] = pd.DataFrame(rows)
-        tables["blocks"] = pd.DataFrame(brows, columns=["model", "start", "stop", "first", "last", "size", "mean_in",
-                                                        "mean_out", "contrast"])
+        tables["blocks"] = pd.DataFrame(
+            brows, columns=["model", "start", "stop", "first", "last", "size", "mean_in", "mean_out", "contrast"]
+        )
 
     # diagonals -----------------------------------------------------------------
     if "diagonal" in want and job.pairs:
@@ -165,29 +195,52 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
             key = f"{a} vs {b}"
             h = heatmaps.get(key)
             if h is not None:
-                df = diagonal(metric, {k: None for k in h.rows}, {k: None for k in h.cols},  # type: ignore[misc]
-                              model_a=a, model_b=b, metric_name=job.metric_name, matrix=h)
+                df = diagonal(
+                    metric,
+                    {k: None for k in h.rows},
+                    {k: None for k in h.cols},  # type: ignore[misc]
+                    model_a=a,
+                    model_b=b,
+                    metric_name=job.metric_name,
+                    matrix=h,
+                )
             else:
                 df = diagonal(metric, feats[a], feats[b], model_a=a, model_b=b, metric_name=job.metric_name)
             df["pair"] = key
             dfs.append(df)
             metrics[f"diagonal_mean/{key}"] = float(df["value"].mean())
-            lines.append(f"- `{key}` corresponding layers: first {df['value'].iloc[0]:.3f}, "
-                         f"last {df['value'].iloc[-1]:.3f}, mean {df['value'].mean():.3f}")
+            lines.append(
+                f"- `{key}` corresponding layers: first {df['value'].iloc[0]:.3f}, "
+                f"last {df['value'].iloc[-1]:.3f}, mean {df['value'].mean():.3f}"
+            )
         tables["diagonal"] = pd.concat(dfs, ignore_index=True)
         p = fig("diagonal")
         if p is not None:
-            figures["diagonal"] = plot_lines(tables["diagonal"], p, x="depth", y="value", hue="pair",
-                                             xticks="layer", ylabel=job.metric_name,
-                                             title="similarity of corresponding layers")
+            figures["diagonal"] = plot_lines(
+                tables["diagonal"],
+                p,
+                x="depth",
+                y="value",
+                hue="pair",
+                xticks="layer",
+                ylabel=job.metric_name,
+                title="similarity of corresponding layers",
+            )
 
     # overfitting ---------------------------------------------------------------
     if overfit:
         if overfit_mats:
             dfs = []
             for ck, h in overfit_mats.items():
-                df = diagonal(metric, {k: None for k in h.rows}, {k: None for k in h.cols},  # type: ignore[misc]
-                              model_a=overfit[0], model_b=ck, metric_name=job.metric_name, matrix=h)
+                df = diagonal(
+                    metric,
+                    {k: None for k in h.rows},
+                    {k: None for k in h.cols},  # type: ignore[misc]
+                    model_a=overfit[0],
+                    model_b=ck,
+                    metric_name=job.metric_name,
+                    matrix=h,
+                )
                 dfs.append(df.rename(columns={"model_a": "reference", "model_b": "checkpoint"}))
             odf = pd.concat(dfs, ignore_index=True)
         else:
@@ -196,14 +249,22 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
         for ck, part in odf.groupby("checkpoint", sort=False):
             n = len(part)
             early = float(part["value"].iloc[: max(1, n // 3)].mean())
-            late = float(part["value"].iloc[-max(1, n // 3):].mean())
+            late = float(part["value"].iloc[-max(1, n // 3) :].mean())
             metrics[f"overfitting_early/{ck}"] = early
             metrics[f"overfitting_late/{ck}"] = late
             lines.append(f"- `{overfit[0]}` vs `{ck}`: first third of layers {early:.3f}, last third {late:.3f}")
         p = fig("overfitting")
         if p is not None:
-            figures["overfitting"] = plot_lines(odf, p, x="depth", y="value", hue="checkpoint", xticks="layer",
-                                                ylabel=job.metric_name, title=f"each checkpoint vs {overfit[0]}")
+            figures["overfitting"] = plot_lines(
+                odf,
+                p,
+                x="depth",
+                y="value",
+                hue="checkpoint",
+                xticks="layer",
+                ylabel=job.metric_name,
+                title=f"each checkpoint vs {overfit[0]}",
+            )
 
     # specialization ------------------------------------------------------------
     if spec_models:
@@ -211,32 +272,50 @@ def run_similarity(job: SimilarityJob, *, load_model: Callable[[str], torch.nn.M
         sdfs, cdfs = [], []
         ncls = int(getattr(getattr(data, "info", None), "num_classes", 0) or int(labels.max()) + 1)
         for m in spec_models:
-            sdf, cdf = specialization(metric, feats[m], labels, model=m, num_classes=ncls,
-                                      metric_name=job.metric_name)
+            sdf, cdf = specialization(metric, feats[m], labels, model=m, num_classes=ncls, metric_name=job.metric_name)
             sdf.insert(1, "inputs", labels_in[m])
             sdfs.append(sdf)
             cdfs.append(cdf)
             metrics[f"specialization_last/{m}"] = float(sdf["specialization"].iloc[-1])
-            lines.append(f"- `{m}` specialization: first layer {sdf['specialization'].iloc[0]:.3f}, "
-                         f"last layer {sdf['specialization'].iloc[-1]:.3f}")
+            lines.append(
+                f"- `{m}` specialization: first layer {sdf['specialization'].iloc[0]:.3f}, "
+                f"last layer {sdf['specialization'].iloc[-1]:.3f}"
+            )
         tables["specialization"] = pd.concat(sdfs, ignore_index=True)
         tables["class_similarity"] = pd.concat(cdfs, ignore_index=True)
         p = fig("specialization")
         if p is not None:
-            figures["specialization"] = plot_lines(tables["specialization"], p, x="relative_depth", y="specialization",
-                                                   hue="model", ylabel="within - between class similarity",
-                                                   title="specialization by layer")
+            figures["specialization"] = plot_lines(
+                tables["specialization"],
+                p,
+                x="relative_depth",
+                y="specialization",
+                hue="model",
+                ylabel="within - between class similarity",
+                title="specialization by layer",
+            )
 
     n_ex = int(labels.shape[0]) if labels is not None else 0
-    head = (f"Representation similarity with `{job.metric_name}` on {n_ex} {job.split} examples "
-            f"({'streamed' if streaming else 'all features at once'}; pooling `{job.pooling}`; "
-            f"{time.perf_counter() - started:.1f} s).")
+    head = (
+        f"Representation similarity with `{job.metric_name}` on {n_ex} {job.split} examples "
+        f"({'streamed' if streaming else 'all features at once'}; pooling `{job.pooling}`; "
+        f"{time.perf_counter() - started:.1f} s)."
+    )
     return SimilarityOutput(tables, figures, "\n".join([head, ""] + lines), metrics, heatmaps)
 
 
-def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: Any, batch_size: int,
-            within: list[str], pairs: list[tuple[str, str]], overfit: list[str], spec_models: list[str],
-            kw: Mapping[str, Any]) -> tuple[dict[str, Heatmap], dict[str, Heatmap], dict[str, dict[str, Tensor]], Tensor]:
+def _stream(
+    job: SimilarityJob,
+    metric: Any,
+    inputs: list[ModelInput],
+    split: Any,
+    batch_size: int,
+    within: list[str],
+    pairs: list[tuple[str, str]],
+    overfit: list[str],
+    spec_models: list[str],
+    kw: Mapping[str, Any],
+) -> tuple[dict[str, Heatmap], dict[str, Heatmap], dict[str, dict[str, Tensor]], Tensor]:
     """One pass through the data updating one accumulator per heatmap.
 
     Under torchrun (and when no analysis needs every feature), each process takes every
@@ -255,13 +334,19 @@ def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: An
             for m in within:
                 accs[m] = (metric.accumulator(names[m], None), m, None)
             for a, b in pairs:
-                accs[f"{a} vs {b}"] = (metric.accumulator([f"{a}:{k}" for k in names[a]],
-                                                          [f"{b}:{k}" for k in names[b]]), a, b)
+                accs[f"{a} vs {b}"] = (
+                    metric.accumulator([f"{a}:{k}" for k in names[a]], [f"{b}:{k}" for k in names[b]]),
+                    a,
+                    b,
+                )
             for ck in overfit[1:]:
                 ref = overfit[0]
                 pl = common_layers(names[ref], names[ck])
-                accs[f"overfit:{ck}"] = (metric.accumulator([f"{ref}:{p}" for p, _ in pl],
-                                                            [f"{ck}:{q}" for _, q in pl]), ref, ck)
+                accs[f"overfit:{ck}"] = (
+                    metric.accumulator([f"{ref}:{p}" for p, _ in pl], [f"{ck}:{q}" for _, q in pl]),
+                    ref,
+                    ck,
+                )
         labels.append(y)
         seen += int(y.shape[0])
         for m in spec_models:
@@ -294,17 +379,20 @@ def _stream(job: SimilarityJob, metric: Any, inputs: list[ModelInput], split: An
         vals = torch.as_tensor(acc.compute(), dtype=torch.float64).cpu().numpy()
         if key.startswith("overfit:"):
             pl = common_layers(names[a], names[b])  # type: ignore[index]
-            overfit_mats[key[len("overfit:"):]] = Heatmap(vals, tuple(p for p, _ in pl), tuple(q for _, q in pl), a,
-                                                          b or a, job.metric_name, hs, mv)
+            overfit_mats[key[len("overfit:") :]] = Heatmap(
+                vals, tuple(p for p, _ in pl), tuple(q for _, q in pl), a, b or a, job.metric_name, hs, mv
+            )
         else:
-            heatmaps[key] = Heatmap(vals, tuple(names[a]), tuple(names[b] if b else names[a]), a, b or a,
-                                    job.metric_name, hs, mv)
+            heatmaps[key] = Heatmap(
+                vals, tuple(names[a]), tuple(names[b] if b else names[a]), a, b or a, job.metric_name, hs, mv
+            )
     feats_out = {m: {k: torch.cat([p[k] for p in parts]) for k in parts[0]} for m, parts in kept.items() if parts}
     return heatmaps, overfit_mats, feats_out, torch.cat(labels)
 
 
-def _minibatch_shard(metric: Any, split: Any, batch_size: int, spec_models: list[str],
-                     kw: Mapping[str, Any]) -> tuple[int, int] | None:
+def _minibatch_shard(
+    metric: Any, split: Any, batch_size: int, spec_models: list[str], kw: Mapping[str, Any]
+) -> tuple[int, int] | None:
     """``(rank, world)`` when the minibatches can be dealt out over torchrun processes: a
     process group of 2+, accumulators that sync, no analysis that keeps every feature
     (specialization), and at least one batch per process. None otherwise (every process

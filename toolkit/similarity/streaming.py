@@ -22,8 +22,19 @@ from typing import Any
 import torch
 
 from .kernels import (
-    LinearStats, Moments, SimilarityError, Tensor, as_features, center, cka_from_stats, cka_matrix_from_products, gram,
-    hsic1_matrix, procrustes_from_moments, pwcca_from_moments, svcca_from_moments,
+    LinearStats,
+    Moments,
+    SimilarityError,
+    Tensor,
+    as_features,
+    center,
+    cka_from_stats,
+    cka_matrix_from_products,
+    gram,
+    hsic1_matrix,
+    procrustes_from_moments,
+    pwcca_from_moments,
+    svcca_from_moments,
 )
 
 
@@ -92,8 +103,12 @@ class MinibatchCKA:
 
         if self._sum is None or not (dist.is_available() and dist.is_initialized()):
             return
-        packed = torch.cat([self._sum.reshape(-1), torch.tensor([float(self.batches), float(self.examples)],
-                                                                  dtype=torch.float64, device=self._sum.device)])
+        packed = torch.cat(
+            [
+                self._sum.reshape(-1),
+                torch.tensor([float(self.batches), float(self.examples)], dtype=torch.float64, device=self._sum.device),
+            ]
+        )
         dist.all_reduce(packed, group=group)
         k = self._sum.numel()
         self._sum = packed[:k].reshape(self._sum.shape)
@@ -110,10 +125,13 @@ class MinibatchCKA:
         la = self._la
         names_a = self.names_a or [f"x[{i}]" for i in range(la)]
         if self._lb == 0:
-            return cka_matrix_from_products(mean, selfs, selfs, what="mean unbiased HSIC", names_a=names_a, names_b=names_a)
+            return cka_matrix_from_products(
+                mean, selfs, selfs, what="mean unbiased HSIC", names_a=names_a, names_b=names_a
+            )
         names_b = self.names_b or [f"y[{i}]" for i in range(self._lb)]
-        return cka_matrix_from_products(mean[:la, la:], selfs[:la], selfs[la:], what="mean unbiased HSIC",
-                                        names_a=names_a, names_b=names_b)
+        return cka_matrix_from_products(
+            mean[:la, la:], selfs[:la], selfs[la:], what="mean unbiased HSIC", names_a=names_a, names_b=names_b
+        )
 
 
 class _PairStream:
@@ -135,8 +153,10 @@ class _PairStream:
             self._cx = x.mean(0, dtype=torch.float64).to(x.dtype)
             self._cy = y.mean(0, dtype=torch.float64).to(y.dtype)
         elif x.shape[1] != self._cx.shape[0] or y.shape[1] != self._cy.shape[0]:  # type: ignore[union-attr]
-            raise SimilarityError(f"feature widths changed between batches: x {x.shape[1]} vs {self._cx.shape[0]}, "
-                                  f"y {y.shape[1]} vs {self._cy.shape[0]}")  # type: ignore[union-attr]
+            raise SimilarityError(
+                f"feature widths changed between batches: x {x.shape[1]} vs {self._cx.shape[0]}, "
+                f"y {y.shape[1]} vs {self._cy.shape[0]}"
+            )  # type: ignore[union-attr]
         self.n += x.shape[0]
         return x - self._cx.to(x.device), y - self._cy.to(y.device)  # type: ignore[union-attr]
 
@@ -197,7 +217,9 @@ class LinearCKAStream(_PairStream):
             if n < 4:
                 raise SimilarityError(f"debiased CKA needs at least 4 examples, got {n}")
 
-            def h(c: Tensor, s1: Tensor, s2: Tensor, skl: Tensor, sk: Tensor, sl: Tensor, v1: Tensor, v2: Tensor) -> float:
+            def h(
+                c: Tensor, s1: Tensor, s2: Tensor, skl: Tensor, sk: Tensor, sl: Tensor, v1: Tensor, v2: Tensor
+            ) -> float:
                 tr = float(c.square().sum()) - float(skl)
                 ones_k = float(s1 @ s1) - float(sk)
                 ones_l = float(s2 @ s2) - float(sl)
@@ -213,8 +235,9 @@ class LinearCKAStream(_PairStream):
         cxy = sxy - torch.outer(sx, sy) / n
         cxx = sxx - torch.outer(sx, sx) / n
         cyy = syy - torch.outer(sy, sy) / n
-        stats = LinearStats(n, float(cxy.square().sum()), float(cxx.square().sum()), float(cyy.square().sum()),
-                            0.0, 0.0, 0.0, 0.0, 0.0)
+        stats = LinearStats(
+            n, float(cxy.square().sum()), float(cxx.square().sum()), float(cyy.square().sum()), 0.0, 0.0, 0.0, 0.0, 0.0
+        )
         return cka_from_stats(stats, debiased=False)
 
 
@@ -223,7 +246,9 @@ class MomentStream(_PairStream):
     ``finish`` (SVCCA, PWCCA or Procrustes by default chosen with ``metric``)."""
 
     FINISHERS: dict[str, Callable[..., float]] = {
-        "svcca": svcca_from_moments, "pwcca": pwcca_from_moments, "procrustes": procrustes_from_moments,
+        "svcca": svcca_from_moments,
+        "pwcca": pwcca_from_moments,
+        "procrustes": procrustes_from_moments,
     }
 
     def __init__(self, metric: str = "svcca", **options: Any) -> None:
@@ -236,8 +261,13 @@ class MomentStream(_PairStream):
 
     def update(self, x: Tensor, y: Tensor) -> None:
         xs, ys = self._prepare(x, y, dtype=torch.float64)
-        for name, val in (("_sx", xs.sum(0)), ("_sy", ys.sum(0)), ("_sxx", xs.T @ xs), ("_syy", ys.T @ ys),
-                          ("_sxy", xs.T @ ys)):
+        for name, val in (
+            ("_sx", xs.sum(0)),
+            ("_sy", ys.sum(0)),
+            ("_sxx", xs.T @ xs),
+            ("_syy", ys.T @ ys),
+            ("_sxy", xs.T @ ys),
+        ):
             cur = getattr(self, name)
             setattr(self, name, val if cur is None else cur + val)
 
@@ -247,8 +277,12 @@ class MomentStream(_PairStream):
         n = self.n
         sx, sy = self._sx, self._sy
         assert sx is not None and sy is not None
-        return Moments(n, self._sxx - torch.outer(sx, sx) / n, self._syy - torch.outer(sy, sy) / n,  # type: ignore[operator]
-                       self._sxy - torch.outer(sx, sy) / n)  # type: ignore[operator]
+        return Moments(
+            n,
+            self._sxx - torch.outer(sx, sx) / n,
+            self._syy - torch.outer(sy, sy) / n,  # type: ignore[operator]
+            self._sxy - torch.outer(sx, sy) / n,
+        )  # type: ignore[operator]
 
     def compute(self) -> float:
         return self.FINISHERS[self.metric](self.moments(), **self.options)

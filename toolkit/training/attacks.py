@@ -64,8 +64,9 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
-def random_init(x: torch.Tensor, eps: float, norm: Norm, init: Init,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def random_init(
+    x: torch.Tensor, eps: float, norm: Norm, init: Init, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A starting perturbation: uniform in the eps-ball, a tiny Gaussian, or zero."""
     if init == "zero" or eps <= 0:
         return torch.zeros_like(x)
@@ -90,9 +91,19 @@ def project(delta: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     return delta * scale
 
 
-def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
-            norm: Norm = "Linf", init: Init = "uniform", loss_fn: LossFn = ce_sum,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+def perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: Norm = "Linf",
+    init: Init = "uniform",
+    loss_fn: LossFn = ce_sum,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Return ``x_adv`` (detached, in [0, 1], within ``eps`` of ``x``) maximising ``loss_fn``.
 
     ``loss_fn(logits, y)`` must return a scalar (sum over the batch). ``y`` is passed
@@ -132,4 +143,15 @@ def max_eps(norm: Norm, shape: tuple[int, ...]) -> float:
     return math.sqrt(math.prod(shape))
 
 
-__all__ = ["Init", "Norm", "bare_module", "bn_mode", "ce_sum", "default_alpha", "max_eps", "perturb", "project", "random_init"]
+__all__ = [
+    "Init",
+    "Norm",
+    "bare_module",
+    "bn_mode",
+    "ce_sum",
+    "default_alpha",
+    "max_eps",
+    "perturb",
+    "project",
+    "random_init",
+]

@@ -19,8 +19,23 @@ from ..options import Eps, Options
 MONITORABLE = ("test_robust_acc", "test_clean_acc", "train_robust_acc", "train_clean_acc", "train_acc")
 
 #: Fields that change the training trajectory; a resumed run must agree on all of them.
-TRAJECTORY_FIELDS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "nesterov", "schedule",
-                     "milestones", "gamma", "lr_warmup", "pct_start", "lr_min", "grad_clip", "amp")
+TRAJECTORY_FIELDS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "nesterov",
+    "schedule",
+    "milestones",
+    "gamma",
+    "lr_warmup",
+    "pct_start",
+    "lr_min",
+    "grad_clip",
+    "amp",
+)
 
 
 class LoopConfig(Options):
@@ -34,30 +49,61 @@ class LoopConfig(Options):
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay (coupled, as torch's SGD/Adam)")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
     schedule: Literal["constant", "piecewise", "cosine", "one-cycle"] = Field(
-        "constant", description="learning-rate schedule, updated every step")
+        "constant", description="learning-rate schedule, updated every step"
+    )
     milestones: list[float] | None = Field(
-        None, description="piecewise: epochs at which the rate is multiplied by gamma (default: 50% and 75% of epochs)")
+        None, description="piecewise: epochs at which the rate is multiplied by gamma (default: 50% and 75% of epochs)"
+    )
     gamma: float = Field(0.1, gt=0, le=1, description="piecewise: factor applied at each milestone")
-    lr_warmup: float = Field(0.0, ge=0, description="epochs of linear learning-rate warm-up (constant/piecewise/cosine)")
+    lr_warmup: float = Field(
+        0.0, ge=0, description="epochs of linear learning-rate warm-up (constant/piecewise/cosine)"
+    )
     pct_start: float | None = Field(
-        None, gt=0, lt=1, description="one-cycle: fraction of training spent rising to the peak rate (default 0.5)")
+        None, gt=0, lt=1, description="one-cycle: fraction of training spent rising to the peak rate (default 0.5)"
+    )
     lr_min: float = Field(0.0, ge=0, description="cosine and one-cycle: the rate at the start/end of the cycle")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm of the trained parameters to this")
-    amp: bool = Field(False, description="mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU")
-    eval_every: int = Field(1, ge=0, description="evaluate every this many epochs and after the last; 0: never "
-                                                 "(no best checkpoint, no early stopping)")
-    eval_size: int = Field(1000, ge=0, description="size of the fixed held-out (test) subset attacked each evaluation; 0: no robust test accuracy")
+    amp: bool = Field(
+        False, description="mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU"
+    )
+    eval_every: int = Field(
+        1,
+        ge=0,
+        description="evaluate every this many epochs and after the last; 0: never "
+        "(no best checkpoint, no early stopping)",
+    )
+    eval_size: int = Field(
+        1000,
+        ge=0,
+        description="size of the fixed held-out (test) subset attacked each evaluation; 0: no robust test accuracy",
+    )
     eval_train_size: int | None = Field(
-        None, ge=0, description="size of the fixed training subset evaluated clean and under attack (default eval_size; 0: off)")
-    eval_eps: Eps | None = Field(None, ge=0, description="radius of the evaluation PGD (default: the trainer's eps; none for standard training)")
+        None,
+        ge=0,
+        description="size of the fixed training subset evaluated clean and under attack (default eval_size; 0: off)",
+    )
+    eval_eps: Eps | None = Field(
+        None, ge=0, description="radius of the evaluation PGD (default: the trainer's eps; none for standard training)"
+    )
     eval_steps: int = Field(10, ge=1, description="steps of the evaluation PGD")
-    eval_alpha: Eps | None = Field(None, gt=0, description="step of the evaluation PGD (default 2.5 * eval_eps / eval_steps)")
-    eval_norm: Literal["Linf", "L2"] | None = Field(None, description="norm of the evaluation PGD (default: the trainer's)")
+    eval_alpha: Eps | None = Field(
+        None, gt=0, description="step of the evaluation PGD (default 2.5 * eval_eps / eval_steps)"
+    )
+    eval_norm: Literal["Linf", "L2"] | None = Field(
+        None, description="norm of the evaluation PGD (default: the trainer's)"
+    )
     eval_batch_size: int = Field(256, ge=1, description="batch size for evaluation")
-    checkpoint_every: int = Field(0, ge=0, description="also keep a checkpoint tagged epoch-N every this many epochs (0: off)")
-    monitor: str = Field("test_robust_acc", description="history column that picks the best epoch and drives early stopping "
-                         "(when not set: test_robust_acc for a trainer with an eps and a robust evaluation, else test_clean_acc)")
-    patience: int | None = Field(None, ge=1, description="stop after this many evaluations without improvement of monitor")
+    checkpoint_every: int = Field(
+        0, ge=0, description="also keep a checkpoint tagged epoch-N every this many epochs (0: off)"
+    )
+    monitor: str = Field(
+        "test_robust_acc",
+        description="history column that picks the best epoch and drives early stopping "
+        "(when not set: test_robust_acc for a trainer with an eps and a robust evaluation, else test_clean_acc)",
+    )
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many evaluations without improvement of monitor"
+    )
     min_delta: float = Field(0.0, ge=0, description="smallest increase of monitor that counts as an improvement")
     restore_best: bool = Field(False, description="after training, load the best epoch's weights into the model")
 
@@ -79,8 +125,10 @@ class LoopConfig(Options):
         if v is None:
             return v
         if schedule != "piecewise":
-            raise ValueError(f"milestones apply only to schedule = 'piecewise', not {schedule!r}; remove milestones "
-                             "or use the piecewise schedule")
+            raise ValueError(
+                f"milestones apply only to schedule = 'piecewise', not {schedule!r}; remove milestones "
+                "or use the piecewise schedule"
+            )
         if epochs is not None and any(m <= 0 or m >= epochs for m in v):
             raise ValueError(f"milestones {v} must lie strictly between 0 and epochs ({epochs})")
         if list(v) != sorted(set(v)):
@@ -98,8 +146,10 @@ class LoopConfig(Options):
     @classmethod
     def _lr_warmup(cls, v: float, info: ValidationInfo) -> float:
         if v > 0 and info.data.get("schedule") == "one-cycle":
-            raise ValueError("lr_warmup cannot be combined with schedule = 'one-cycle' (one-cycle has its own rise; "
-                             "set pct_start instead)")
+            raise ValueError(
+                "lr_warmup cannot be combined with schedule = 'one-cycle' (one-cycle has its own rise; "
+                "set pct_start instead)"
+            )
         epochs = info.data.get("epochs")
         if epochs is not None and v >= epochs:
             raise ValueError(f"lr_warmup ({v} epochs) must be shorter than training ({epochs} epochs)")

@@ -129,9 +129,16 @@ class TrainResult:
     resumed_from: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history.to_dict(orient="records"), "best_epoch": self.best_epoch,
-                "best_value": self.best_value, "monitor": self.monitor, "stop_reason": self.stop_reason,
-                "epochs_run": self.epochs_run, "checkpoints": dict(self.checkpoints), "resumed_from": self.resumed_from}
+        return {
+            "history": self.history.to_dict(orient="records"),
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "monitor": self.monitor,
+            "stop_reason": self.stop_reason,
+            "epochs_run": self.epochs_run,
+            "checkpoints": dict(self.checkpoints),
+            "resumed_from": self.resumed_from,
+        }
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -143,9 +150,19 @@ def accuracy(model: nn.Module, split, *, batch_size: int = 512, device: torch.de
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split, *, batch_size: int = 256, device: torch.device | str = "cpu",
-             eps: float | None = None, alpha: float | None = None, steps: int = 10, norm: str = "Linf",
-             seed: int = 0, amp: bool = False) -> tuple[float, float | None]:
+def evaluate(
+    model: nn.Module,
+    split,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    eps: float | None = None,
+    alpha: float | None = None,
+    steps: int = 10,
+    norm: str = "Linf",
+    seed: int = 0,
+    amp: bool = False,
+) -> tuple[float, float | None]:
     """``(clean accuracy, PGD accuracy)`` on ``split``; the second is None without ``eps``.
 
     The PGD starts from a uniform random point drawn from a generator seeded with ``seed``,
@@ -166,7 +183,9 @@ def evaluate(model: nn.Module, split, *, batch_size: int = 256, device: torch.de
             with amp_context(device, amp):
                 clean += (model(x).argmax(1) == y).sum()
                 if attack:
-                    x_adv = perturb(model, x, y, eps=eps, alpha=step, steps=steps, norm=norm, init="uniform", generator=gen)
+                    x_adv = perturb(
+                        model, x, y, eps=eps, alpha=step, steps=steps, norm=norm, init="uniform", generator=gen
+                    )
                     robust += (model(x_adv).argmax(1) == y).sum()
             n += len(y)
     finally:
@@ -203,13 +222,27 @@ def _jsonable_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class _TrainingRun:
-    def __init__(self, model: nn.Module, objective: Objective, data: DatasetBundle, cfg: LoopConfig, *,
-                 device: torch.device | str, seed: int, parameters: Iterable[Any] | None,
-                 callbacks: Sequence[Any], out: str | os.PathLike | None, recipe: Any, checkpoint: Checkpointer | None,
-                 state_dir: str | os.PathLike | None, resume: bool, plot: bool,
-                 epoch_indices: Callable[[int], torch.Tensor] | None,
-                 on_epoch: Callable[[int, dict], None] | None,
-                 batch_weights: Callable[[int], Sequence[float]] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        data: DatasetBundle,
+        cfg: LoopConfig,
+        *,
+        device: torch.device | str,
+        seed: int,
+        parameters: Iterable[Any] | None,
+        callbacks: Sequence[Any],
+        out: str | os.PathLike | None,
+        recipe: Any,
+        checkpoint: Checkpointer | None,
+        state_dir: str | os.PathLike | None,
+        resume: bool,
+        plot: bool,
+        epoch_indices: Callable[[int], torch.Tensor] | None,
+        on_epoch: Callable[[int, dict], None] | None,
+        batch_weights: Callable[[int], Sequence[float]] | None = None,
+    ) -> None:
         self.model = model  # possibly DDP-wrapped: the objective trains through it
         self.bare = bare_module(model)  # checkpoints, state and evaluation use the bare module
         self.objective = objective
@@ -258,8 +291,10 @@ class _TrainingRun:
         if self.out is None:
             return None
         if recipe is None:
-            raise ConfigError("out= writes rtk checkpoints, which need recipe= (a ModelRecipe(arch, options, info) "
-                              "to rebuild the model); pass recipe=, or checkpoint= to save them yourself")
+            raise ConfigError(
+                "out= writes rtk checkpoints, which need recipe= (a ModelRecipe(arch, options, info) "
+                "to rebuild the model); pass recipe=, or checkpoint= to save them yourself"
+            )
         from ..models.checkpoint import save_checkpoint
 
         root = self.out / "checkpoints"
@@ -277,11 +312,15 @@ class _TrainingRun:
         n_train = len(self.data.train)  # type: ignore[arg-type]
         n_test = len(self.data.test)  # type: ignore[arg-type]
         if n_train == 0:
-            problems.append(f"the training split of dataset {self.data.info.name!r} is empty (check limit_train and the "
-                            "dataset's files)")
+            problems.append(
+                f"the training split of dataset {self.data.info.name!r} is empty (check limit_train and the "
+                "dataset's files)"
+            )
         if n_test == 0:
-            problems.append(f"the test split of dataset {self.data.info.name!r} is empty; the loop evaluates on it every "
-                            "epoch (check limit_test)")
+            problems.append(
+                f"the test split of dataset {self.data.info.name!r} is empty; the loop evaluates on it every "
+                "epoch (check limit_test)"
+            )
         if self.epoch_indices is not None and n_train:
             self._n_epoch = len(self.epoch_indices(1))
             if self._n_epoch == 0:
@@ -294,35 +333,48 @@ class _TrainingRun:
         if eps is not None and shape is not None:
             limit = max_eps(norm, shape)
             if not 0 < eps <= limit:
-                problems.append(f"trainer eps = {eps:g} is out of range for {norm} on inputs of shape {list(shape)} in "
-                                f"[0, 1]: allowed 0 < eps <= {limit:g}")
+                problems.append(
+                    f"trainer eps = {eps:g} is out of range for {norm} on inputs of shape {list(shape)} in "
+                    f"[0, 1]: allowed 0 < eps <= {limit:g}"
+                )
         schedule = getattr(obj, "schedule", None)
         if isinstance(schedule, EpsSchedule) and schedule.end > cfg.epochs:
-            problems.append(f"the eps warm-up + ramp ends at epoch {schedule.end:g}, after training ends "
-                            f"({cfg.epochs} epochs): shorten eps_warmup/eps_ramp or train longer")
+            problems.append(
+                f"the eps warm-up + ramp ends at epoch {schedule.end:g}, after training ends "
+                f"({cfg.epochs} epochs): shorten eps_warmup/eps_ramp or train longer"
+            )
         self.eval_norm = cfg.eval_norm or norm
         self.eval_eps = cfg.eval_eps if cfg.eval_eps is not None else eps
         if self.eval_eps is not None and shape is not None:
             limit = max_eps(self.eval_norm, shape)
             if not 0 <= self.eval_eps <= limit:
-                problems.append(f"eval_eps = {self.eval_eps:g} is out of range for {self.eval_norm}: allowed 0..{limit:g}")
-        self.eval_alpha = cfg.eval_alpha if cfg.eval_alpha is not None else (
-            default_alpha(self.eval_eps, cfg.eval_steps) if self.eval_eps else None)
+                problems.append(
+                    f"eval_eps = {self.eval_eps:g} is out of range for {self.eval_norm}: allowed 0..{limit:g}"
+                )
+        self.eval_alpha = (
+            cfg.eval_alpha
+            if cfg.eval_alpha is not None
+            else (default_alpha(self.eval_eps, cfg.eval_steps) if self.eval_eps else None)
+        )
         robust = bool(self.eval_eps) and cfg.eval_size > 0
         self.robust_eval = robust
         self.monitor = cfg.monitor
         extra = {m for cb in self.callbacks for m in getattr(cb, "metrics", ())}
         if cfg.monitor not in MONITORABLE and cfg.monitor not in extra:
-            problems.append(f"monitor = {cfg.monitor!r} is not a history column; allowed: "
-                            f"{', '.join(MONITORABLE + tuple(sorted(extra)))}")
+            problems.append(
+                f"monitor = {cfg.monitor!r} is not a history column; allowed: "
+                f"{', '.join(MONITORABLE + tuple(sorted(extra)))}"
+            )
         elif "monitor" not in cfg.model_fields_set and (not robust or eps is None):
             # the default, robust test accuracy, only where there is a robust evaluation and a
             # robust objective: a standard model's robust accuracy is near 0 and would pick its
             # best epoch by noise
             self.monitor = "test_clean_acc"
         elif cfg.monitor in ("test_robust_acc", "train_robust_acc") and not robust:
-            problems.append(f"monitor = {cfg.monitor!r} needs a robust evaluation: set eval_eps (the trainer "
-                            "has no eps) and keep eval_size > 0")
+            problems.append(
+                f"monitor = {cfg.monitor!r} needs a robust evaluation: set eval_eps (the trainer "
+                "has no eps) and keep eval_size > 0"
+            )
         elif cfg.monitor in ("train_clean_acc", "train_robust_acc") and cfg.train_eval_size == 0:
             problems.append(f"monitor = {cfg.monitor!r} needs eval_train_size > 0")
         if problems:
@@ -331,8 +383,12 @@ class _TrainingRun:
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {"trajectory": self.cfg.trajectory(), "objective": _describe(self.objective), "seed": self.seed,
-                "steps_per_epoch": self.steps_per_epoch}
+        return {
+            "trajectory": self.cfg.trajectory(),
+            "objective": _describe(self.objective),
+            "seed": self.seed,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
 
     # -- resume ---------------------------------------------------------------
     def _restore(self, st: TrainingState) -> None:
@@ -344,7 +400,11 @@ class _TrainingRun:
             for key in sorted(set(saved) | set(now)):
                 a, b = saved.get(key), now.get(key)
                 if isinstance(a, dict) and isinstance(b, dict):
-                    diffs += [f"{k}: saved {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+                    diffs += [
+                        f"{k}: saved {a.get(k)!r}, now {b.get(k)!r}"
+                        for k in sorted(set(a) | set(b))
+                        if a.get(k) != b.get(k)
+                    ]
                 elif a != b:
                     diffs.append(f"{key}: saved {a!r}, now {b!r}")
             raise ConfigError([f"cannot resume from {st.path}: the training options differ from the saved run"] + diffs)
@@ -373,13 +433,19 @@ class _TrainingRun:
         tensors: dict[str, torch.Tensor] = {}
         _cpu_tensors("model/", self.bare.state_dict(), tensors)
         meta = {
-            "epoch": epoch, "step": self.step, "fingerprint": self._fingerprint(),
+            "epoch": epoch,
+            "step": self.step,
+            "fingerprint": self._fingerprint(),
             "optimizer": flatten_optimizer_state(self.optimizer.state_dict(), tensors),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": capture_rng(tensors, self.generator),
-            "history": self.history, "best_value": self.best_value, "best_epoch": self.best_epoch,
-            "bad_evals": self.bad_evals, "stop_reason": self.stop_reason, "monitor": self.monitor,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_evals": self.bad_evals,
+            "stop_reason": self.stop_reason,
+            "monitor": self.monitor,
             "checkpoints": self.checkpoints,
             "callbacks": [cb.state_dict() if hasattr(cb, "state_dict") else {} for cb in self.callbacks],
         }
@@ -456,17 +522,24 @@ class _TrainingRun:
             eps_now = float(eps_fn(Progress(max(self.step - 1, 0), self.total_steps, self.steps_per_epoch)))
         # the one host read of the epoch
         total_loss, n_correct, bad_batch, bad_loss = torch.stack(
-            [loss_sum, correct.float(), first_bad.float(), bad_value]).tolist()
+            [loss_sum, correct.float(), first_bad.float(), bad_value]
+        ).tolist()
         if _dist.is_distributed():  # every rank reports the epoch over all ranks, so they decide alike
-            sums = _dist.all_reduce_sum(torch.tensor([total_loss, n_correct, float(seen), float(bad_batch >= 0)],
-                                                     dtype=torch.float64))
+            sums = _dist.all_reduce_sum(
+                torch.tensor([total_loss, n_correct, float(seen), float(bad_batch >= 0)], dtype=torch.float64)
+            )
             total_loss, n_correct, seen, any_bad = sums[0].item(), sums[1].item(), int(sums[2].item()), sums[3].item()
             if any_bad > 0 and bad_batch < 0:
                 bad_batch, bad_loss = 0.0, float("nan")  # another rank diverged: stop together
         if bad_batch >= 0:
             self._diverged(epoch, int(bad_batch), bad_loss)
-        return {"epoch": epoch, "lr": lr_start, "eps": eps_now, "train_loss": total_loss / max(seen, 1),
-                "train_acc": n_correct / max(seen, 1) if has_logits else None}
+        return {
+            "epoch": epoch,
+            "lr": lr_start,
+            "eps": eps_now,
+            "train_loss": total_loss / max(seen, 1),
+            "train_acc": n_correct / max(seen, 1) if has_logits else None,
+        }
 
     def _diverged(self, epoch: int, batch: int, value: float) -> None:
         good = self.history[-1]["epoch"] if self.history else None
@@ -479,18 +552,27 @@ class _TrainingRun:
 
                 load_state_strict(self.bare, st.model_state(), where=f"training state {st.path}")
                 restored = f"; the model was reset to the weights of epoch {st.epoch}"
-        keep = (f"the last good checkpoint is epoch {good}" + (f" ({where})" if where else "")) if good else \
-            "no epoch completed, so there is no good checkpoint"
+        keep = (
+            (f"the last good checkpoint is epoch {good}" + (f" ({where})" if where else ""))
+            if good
+            else "no epoch completed, so there is no good checkpoint"
+        )
         raise TrainingDivergedError(
             f"the training loss became {value} at epoch {epoch}, batch {batch + 1} of {self.steps_per_epoch}: "
             f"training stopped; {keep}{restored}. Lower the learning rate, clip gradients (grad_clip) "
-            f"or check the data.")
+            f"or check the data."
+        )
 
     def _evaluate(self, row: dict[str, Any]) -> None:
         cfg, t0 = self.cfg, time.perf_counter()
         kw = {"batch_size": cfg.eval_batch_size, "device": self.device, "amp": self.amp}
-        adv = {"eps": self.eval_eps if self.robust_eval else None, "alpha": self.eval_alpha, "steps": cfg.eval_steps,
-                   "norm": self.eval_norm, "seed": self.seed + _EVAL_SEED_OFFSET}
+        adv = {
+            "eps": self.eval_eps if self.robust_eval else None,
+            "alpha": self.eval_alpha,
+            "steps": cfg.eval_steps,
+            "norm": self.eval_norm,
+            "seed": self.seed + _EVAL_SEED_OFFSET,
+        }
         if self.train_subset is not None:
             row["train_clean_acc"], row["train_robust_acc"] = evaluate(self.bare, self.train_subset, **kw, **adv)
         row["test_clean_acc"], _ = evaluate(self.bare, self.data.test, **kw)
@@ -504,8 +586,13 @@ class _TrainingRun:
             if tag == "best" and self.cfg.restore_best:
                 self._best_weights = {k: v.detach().clone() for k, v in self.bare.state_dict().items()}
             return
-        meta = {"epoch": epoch, "tag": tag, "monitor": self.monitor, "metrics": _jsonable_row(row),
-                "objective": _describe(self.objective)}
+        meta = {
+            "epoch": epoch,
+            "tag": tag,
+            "monitor": self.monitor,
+            "metrics": _jsonable_row(row),
+            "objective": _describe(self.objective),
+        }
         path = self.checkpoint(tag, self.bare, meta)
         if path is not None:
             self.checkpoints[tag] = str(path)
@@ -530,8 +617,19 @@ class _TrainingRun:
         os.replace(tmp, path)
 
     def frame(self) -> pd.DataFrame:
-        cols = ["epoch", "lr", "eps", "train_loss", "train_acc", "train_clean_acc", "train_robust_acc",
-                "test_clean_acc", "test_robust_acc", "train_time_s", "eval_time_s"]
+        cols = [
+            "epoch",
+            "lr",
+            "eps",
+            "train_loss",
+            "train_acc",
+            "train_clean_acc",
+            "train_robust_acc",
+            "test_clean_acc",
+            "test_robust_acc",
+            "train_time_s",
+            "eval_time_s",
+        ]
         df = pd.DataFrame(self.history)
         if df.empty:
             return pd.DataFrame(columns=cols)
@@ -591,13 +689,25 @@ class _TrainingRun:
                     self._save(f"epoch-{epoch}", epoch, row)
                 self._save_state(epoch)
                 self._write_history()
-                log.info("epoch %d/%d: loss %.4f, test clean %.4f, test robust %s", epoch, cfg.epochs,
-                         row["train_loss"], row.get("test_clean_acc", float("nan")), row.get("test_robust_acc"))
+                log.info(
+                    "epoch %d/%d: loss %.4f, test clean %.4f, test robust %s",
+                    epoch,
+                    cfg.epochs,
+                    row["train_loss"],
+                    row.get("test_clean_acc", float("nan")),
+                    row.get("test_robust_acc"),
+                )
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, row)
                 if stop:
-                    log.info("early stopping after epoch %d: %s did not improve for %d evaluations (best %.4f at "
-                             "epoch %s)", epoch, self.monitor, cfg.patience, self.best_value, self.best_epoch)
+                    log.info(
+                        "early stopping after epoch %d: %s did not improve for %d evaluations (best %.4f at epoch %s)",
+                        epoch,
+                        self.monitor,
+                        cfg.patience,
+                        self.best_value,
+                        self.best_epoch,
+                    )
                     break
         if cfg.restore_best:
             self._restore_best()
@@ -607,17 +717,38 @@ class _TrainingRun:
             from .plots import plot_history
 
             plot_history(history, self.out / "robust-overfitting.png", best_epoch=self.best_epoch)
-        return TrainResult(history, self.best_epoch, self.best_value, self.monitor, self.stop_reason,
-                           len(self.history), dict(self.checkpoints), self.resumed_from)
+        return TrainResult(
+            history,
+            self.best_epoch,
+            self.best_value,
+            self.monitor,
+            self.stop_reason,
+            len(self.history),
+            dict(self.checkpoints),
+            self.resumed_from,
+        )
 
 
-def train_model(model: nn.Module, objective: Objective, data: DatasetBundle, cfg: LoopConfig | None = None, *,
-                device: torch.device | str = "cpu", seed: int = 0, parameters: Iterable[Any] | None = None,
-                callbacks: Sequence[Any] = (), out: str | os.PathLike | None = None, recipe: Any = None,
-                checkpoint: Checkpointer | None = None, state_dir: str | os.PathLike | None = None,
-                resume: bool = False, plot: bool = True, epoch_indices: Callable[[int], torch.Tensor] | None = None,
-                on_epoch: Callable[[int, dict], None] | None = None,
-                batch_weights: Callable[[int], Sequence[float]] | None = None) -> TrainResult:
+def train_model(
+    model: nn.Module,
+    objective: Objective,
+    data: DatasetBundle,
+    cfg: LoopConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    parameters: Iterable[Any] | None = None,
+    callbacks: Sequence[Any] = (),
+    out: str | os.PathLike | None = None,
+    recipe: Any = None,
+    checkpoint: Checkpointer | None = None,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    plot: bool = True,
+    epoch_indices: Callable[[int], torch.Tensor] | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    batch_weights: Callable[[int], Sequence[float]] | None = None,
+) -> TrainResult:
     """Train ``model`` in place and return a :class:`TrainResult`.
 
     - ``parameters``: what to optimise (parameters or param-group dicts); default every
@@ -644,22 +775,46 @@ def train_model(model: nn.Module, objective: Objective, data: DatasetBundle, cfg
     becomes NaN or inf (checkpoints of the last good epoch are kept).
     """
     cfg = cfg if cfg is not None else LoopConfig()
-    run = _TrainingRun(model, objective, data, cfg, device=device, seed=seed, parameters=parameters,
-                       callbacks=callbacks, out=out, recipe=recipe, checkpoint=checkpoint, state_dir=state_dir,
-                       resume=resume, plot=plot, epoch_indices=epoch_indices, on_epoch=on_epoch,
-                       batch_weights=batch_weights)
+    run = _TrainingRun(
+        model,
+        objective,
+        data,
+        cfg,
+        device=device,
+        seed=seed,
+        parameters=parameters,
+        callbacks=callbacks,
+        out=out,
+        recipe=recipe,
+        checkpoint=checkpoint,
+        state_dir=state_dir,
+        resume=resume,
+        plot=plot,
+        epoch_indices=epoch_indices,
+        on_epoch=on_epoch,
+        batch_weights=batch_weights,
+    )
     return run.run()
 
 
-def fit(model: nn.Module, objective: Objective, data: DatasetBundle, cfg: LoopConfig | None = None, *,
-        device: torch.device | str = "cpu", seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None,
-        **kwargs: Any) -> pd.DataFrame:
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    data: DatasetBundle,
+    cfg: LoopConfig | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    **kwargs: Any,
+) -> pd.DataFrame:
     """:func:`train_model`, returning only the per-epoch history (one row per epoch).
     ``history.attrs`` holds ``best_epoch``, ``best_value``, ``monitor`` and ``stop_reason``."""
     res = train_model(model, objective, data, cfg, device=device, seed=seed, on_epoch=on_epoch, **kwargs)
     hist = res.history
-    hist.attrs.update(best_epoch=res.best_epoch, best_value=res.best_value, monitor=res.monitor,
-                      stop_reason=res.stop_reason)
+    hist.attrs.update(
+        best_epoch=res.best_epoch, best_value=res.best_value, monitor=res.monitor, stop_reason=res.stop_reason
+    )
     return hist
 
 

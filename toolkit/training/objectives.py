@@ -102,8 +102,10 @@ class EpsSchedule:
             return self.eps
         epoch = getattr(progress, "epoch", None)
         if epoch is None:
-            raise TypeError("an eps warm-up or ramp is measured in epochs: pass an rtk.training.Progress "
-                            "(the training loop does; by hand use Progress.at_epoch(epoch, epochs))")
+            raise TypeError(
+                "an eps warm-up or ramp is measured in epochs: pass an rtk.training.Progress "
+                "(the training loop does; by hand use Progress.at_epoch(epoch, epochs))"
+            )
         if epoch < self.warmup:
             return 0.0
         if self.ramp > 0:
@@ -154,12 +156,15 @@ class AdversarialObjective:
         """The training radius at ``progress``."""
         return self.schedule(progress)
 
-    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, init: Init,
-                loss_fn=ce_sum) -> torch.Tensor:
+    def _attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, init: Init, loss_fn=ce_sum
+    ) -> torch.Tensor:
         alpha = self.step_size * (eps / self.eps) if self.eps > 0 else 0.0
         model = bare_module(model)
         with bn_mode(model, self.attack_bn):
-            return perturb(model, x, y, eps=eps, alpha=alpha, steps=self.steps, norm=self.norm, init=init, loss_fn=loss_fn)
+            return perturb(
+                model, x, y, eps=eps, alpha=alpha, steps=self.steps, norm=self.norm, init=init, loss_fn=loss_fn
+            )
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,9 @@ class TRADESObjective(AdversarialObjective):
         logits = model(x)
         adv_logits = model(x_adv) if eps > 0 else logits
         natural = F.cross_entropy(logits, y)
-        robust = F.kl_div(F.log_softmax(adv_logits.float(), dim=1), F.softmax(logits.float(), dim=1),
-                          reduction="batchmean")
+        robust = F.kl_div(
+            F.log_softmax(adv_logits.float(), dim=1), F.softmax(logits.float(), dim=1), reduction="batchmean"
+        )
         return ObjectiveOutput(natural + self.beta * robust, logits, adv_logits)
 
 

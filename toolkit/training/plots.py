@@ -22,8 +22,9 @@ def _has(df: pd.DataFrame, col: str) -> bool:
     return col in df and df[col].notna().any()
 
 
-def plot_history(history: pd.DataFrame, path: str | os.PathLike, *, best_epoch: int | None = None,
-                 title: str | None = None) -> Path:
+def plot_history(
+    history: pd.DataFrame, path: str | os.PathLike, *, best_epoch: int | None = None, title: str | None = None
+) -> Path:
     """Write the figure as a PNG (Agg canvas, no global matplotlib state) and return its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -22,11 +22,14 @@ def make_optimizer(params: Iterable[Any], cfg: LoopConfig) -> torch.optim.Optimi
     (parameters or param-group dicts)."""
     params = list(params)
     if not params:
-        raise ConfigError("no parameters to optimise: the parameter list is empty "
-                          "(every parameter frozen, or a params pattern that matches nothing)")
+        raise ConfigError(
+            "no parameters to optimise: the parameter list is empty "
+            "(every parameter frozen, or a params pattern that matches nothing)"
+        )
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ConfigError(f"optimizer: unknown optimizer {cfg.optimizer!r}; allowed: sgd, adam")
@@ -62,7 +65,9 @@ def lr_factor(step: int, cfg: LoopConfig, steps_per_epoch: int) -> float:
     raise ConfigError(f"schedule: unknown schedule {cfg.schedule!r}; allowed: constant, piecewise, cosine, one-cycle")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: LoopConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: LoopConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step scheduler following :func:`lr_factor`."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))
 

@@ -37,7 +37,9 @@ def _cpu_tensors(prefix: str, items: dict[str, torch.Tensor], out: dict[str, tor
         out[prefix + k] = v.detach().to("cpu", copy=True).contiguous()
 
 
-def flatten_optimizer_state(sd: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str = "optimizer/") -> dict[str, Any]:
+def flatten_optimizer_state(
+    sd: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str = "optimizer/"
+) -> dict[str, Any]:
     """Move every tensor of an optimizer ``state_dict`` into ``tensors`` and return the rest
     as JSON-able data, with ``{"$tensor": key}`` placeholders."""
     state_meta: dict[str, Any] = {}
@@ -102,8 +104,11 @@ def capture_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator | N
             tensors[f"rng/cuda/{i}"] = s
     if generator is not None:
         tensors["rng/data"] = generator.get_state()
-    return {"python": _py_rng_to_json(random.getstate()), "numpy": _np_rng_to_json(np.random.get_state()),
-            "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+    return {
+        "python": _py_rng_to_json(random.getstate()),
+        "numpy": _np_rng_to_json(np.random.get_state()),
+        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    }
 
 
 def restore_rng(meta: dict[str, Any], tensors: dict[str, torch.Tensor], generator: torch.Generator | None) -> None:
@@ -137,11 +142,12 @@ class TrainingState:
         return int(self.meta["epoch"])
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        return {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
+        return {k[len("model/") :]: v for k, v in self.tensors.items() if k.startswith("model/")}
 
 
-def write_state(state_dir: str | os.PathLike, epoch: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                *, keep: int = 1) -> Path:
+def write_state(
+    state_dir: str | os.PathLike, epoch: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], *, keep: int = 1
+) -> Path:
     """Write one epoch's state atomically, point ``LATEST`` at it, and delete older ones
     (keeping the newest ``keep``)."""
     from safetensors.torch import save_file

@@ -31,14 +31,23 @@ DATASETS: dict[str, tuple[int, int, int, int]] = {
 #: Canonical threat models (``corruptions_3d`` entries live under ``corruptions``).
 THREATS = ("Linf", "L2", "corruptions", "corruptions_3d")
 
-_DATASET_ALIASES = {"cifar10": "cifar10", "cifar-10": "cifar10", "cifar_10": "cifar10", "cifar100": "cifar100",
-                    "cifar-100": "cifar100", "cifar_100": "cifar100", "imagenet": "imagenet"}
+_DATASET_ALIASES = {
+    "cifar10": "cifar10",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+    "cifar100": "cifar100",
+    "cifar-100": "cifar100",
+    "cifar_100": "cifar100",
+    "imagenet": "imagenet",
+}
 _THREAT_ALIASES = {t.lower(): t for t in THREATS} | {"l-inf": "Linf", "linfinity": "Linf", "l_inf": "Linf"}
 
 #: Where robustbench's weights come from, for messages (Google Drive file ids).
 GDRIVE_URL = "https://drive.google.com/uc?id={}"
-LEADERBOARD_NOTE = ("the RobustBench leaderboard JSON files (reported accuracies per model) are not shipped in the "
-                    "robustbench wheel; rtk shows the model-zoo tables of robustbench's README instead")
+LEADERBOARD_NOTE = (
+    "the RobustBench leaderboard JSON files (reported accuracies per model) are not shipped in the "
+    "robustbench wheel; rtk shows the model-zoo tables of robustbench's README instead"
+)
 
 
 def canonical_dataset(name: str) -> str:
@@ -67,8 +76,10 @@ class ZooId:
     def parse(cls, text: str) -> ZooId:
         parts = [p for p in str(text).strip().split("/")]
         if len(parts) != 3 or not all(parts):
-            raise ZooError(f"expected a RobustBench model id of the form '<dataset>/<threat>/<name>' "
-                           f"(for example 'cifar10/Linf/Carmon2019Unlabeled'), got {text!r}")
+            raise ZooError(
+                f"expected a RobustBench model id of the form '<dataset>/<threat>/<name>' "
+                f"(for example 'cifar10/Linf/Carmon2019Unlabeled'), got {text!r}"
+            )
         return cls(canonical_dataset(parts[0]), canonical_threat(parts[1]), parts[2])
 
     @property
@@ -132,13 +143,27 @@ class ZooEntry:
 
     def to_dict(self) -> dict[str, Any]:
         rep = self.reported.to_dict() if self.reported else {}
-        return {"id": str(self.id), "dataset": self.id.dataset, "threat": self.id.threat, "name": self.id.name,
-                "architecture": self.architecture, "constructor": self.constructor, "params": self.params,
-                "ensemble": self.ensemble, "files": self.files(), "gdrive_ids": list(self.gdrive_ids),
-                "timm_name": self.timm_name, "supported": self.supported, "why_not": self.why_not,
-                "reported_clean_acc": rep.get("clean_acc"), "reported_robust_acc": rep.get("robust_acc"),
-                "reported_eps": rep.get("eps"), "paper": rep.get("paper"), "link": rep.get("link"),
-                "venue": rep.get("venue")}
+        return {
+            "id": str(self.id),
+            "dataset": self.id.dataset,
+            "threat": self.id.threat,
+            "name": self.id.name,
+            "architecture": self.architecture,
+            "constructor": self.constructor,
+            "params": self.params,
+            "ensemble": self.ensemble,
+            "files": self.files(),
+            "gdrive_ids": list(self.gdrive_ids),
+            "timm_name": self.timm_name,
+            "supported": self.supported,
+            "why_not": self.why_not,
+            "reported_clean_acc": rep.get("clean_acc"),
+            "reported_robust_acc": rep.get("robust_acc"),
+            "reported_eps": rep.get("eps"),
+            "paper": rep.get("paper"),
+            "link": rep.get("link"),
+            "venue": rep.get("venue"),
+        }
 
 
 # ---------------------------------------------------------------------------- robustbench access
@@ -181,8 +206,10 @@ _BESPOKE_PREFIXES = ("Bai2023Improving", "Bai2024MixedNUTS")
 
 def _support(zid: ZooId, gdrive: Any, timm_name: str | None) -> tuple[bool, str | None]:
     if timm_name is not None or gdrive is None:
-        return False, ("robustbench serves this entry through timm from a model hub; rtk loads only "
-                       "checkpoint files from the model directory")
+        return False, (
+            "robustbench serves this entry through timm from a model hub; rtk loads only "
+            "checkpoint files from the model directory"
+        )
     if zid.name.startswith(_BESPOKE_PREFIXES):
         return False, "this composite model needs robustbench's bespoke loading code, which rtk does not run"
     return True, None
@@ -207,13 +234,17 @@ def entry(zid: ZooId | str, *, describe: bool = True) -> ZooEntry:
     zid = ZooId.parse(zid) if isinstance(zid, str) else zid
     table = model_table(zid.dataset, zid.threat)
     if not table:
-        raise ZooError(f"RobustBench has no {zid.threat} models for {zid.dataset}; "
-                       f"threat models there: {', '.join(available_threats(zid.dataset))}")
+        raise ZooError(
+            f"RobustBench has no {zid.threat} models for {zid.dataset}; "
+            f"threat models there: {', '.join(available_threats(zid.dataset))}"
+        )
     if zid.name not in table:
         close = difflib.get_close_matches(zid.name, list(table), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ZooError(f"unknown RobustBench model {str(zid)!r}{hint} (list them with `rtk zoo list --dataset "
-                       f"{zid.dataset} --threat {zid.threat}`)")
+        raise ZooError(
+            f"unknown RobustBench model {str(zid)!r}{hint} (list them with `rtk zoo list --dataset "
+            f"{zid.dataset} --threat {zid.threat}`)"
+        )
     raw = table[zid.name]
     gdrive = raw.get("gdrive_id")
     gids: tuple[str, ...] = tuple(gdrive) if isinstance(gdrive, (list, tuple)) else ((gdrive,) if gdrive else ())
@@ -314,10 +345,14 @@ def parse_readme_tables(text: str) -> dict[str, Reported]:
         rank = _cell(cells[0])
         out[f"{dataset}/{threat}/{name}"] = Reported(
             rank=int(rank) if rank.isdigit() else None,
-            clean_acc=_percent(cells[3]), robust_acc=_percent(cells[4]), eps=eps,
+            clean_acc=_percent(cells[3]),
+            robust_acc=_percent(cells[4]),
+            eps=eps,
             architecture=_cell(cells[5]) or None,
             paper=_cell(link.group("text")) if link else _cell(cells[2]) or None,
-            link=link.group("url") if link else None, venue=_cell(cells[6]) or None)
+            link=link.group("url") if link else None,
+            venue=_cell(cells[6]) or None,
+        )
     return out
 
 

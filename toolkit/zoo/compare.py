@@ -32,8 +32,12 @@ class Contender:
     zoo_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.name, "source": self.source, "zoo_id": self.zoo_id,
-                "params": sum(p.numel() for p in self.module.parameters())}
+        return {
+            "model": self.name,
+            "source": self.source,
+            "zoo_id": self.zoo_id,
+            "params": sum(p.numel() for p in self.module.parameters()),
+        }
 
 
 def zoo_contender(name: str, module: nn.Module) -> Contender:
@@ -95,20 +99,34 @@ def _threat_note(c: Contender, res: Any, reported: Any) -> str | None:
     zoo_threat = c.zoo_id.split("/")[1]
     norm, eps = res.headline
     if zoo_threat.startswith("corruptions"):
-        return (f"`{c.name}` is a common-corruptions entry: RobustBench's reported_robust is its accuracy under "
-                f"corruptions, not under {threat_label(norm, eps)}.")
+        return (
+            f"`{c.name}` is a common-corruptions entry: RobustBench's reported_robust is its accuracy under "
+            f"corruptions, not under {threat_label(norm, eps)}."
+        )
     rep_eps = float(parse_fraction(reported.eps)) if reported.eps else None
     if norm != zoo_threat or rep_eps is None or eps is None or abs(rep_eps - eps) > 1e-6:
-        return (f"`{c.name}`: RobustBench reports {zoo_threat} eps={reported.eps} (AutoAttack); this comparison's "
-                f"headline is {threat_label(norm, eps)}, so reported_robust is not directly comparable.")
+        return (
+            f"`{c.name}`: RobustBench reports {zoo_threat} eps={reported.eps} (AutoAttack); this comparison's "
+            f"headline is {threat_label(norm, eps)}, so reported_robust is not directly comparable."
+        )
     return None
 
 
-def compare_robustness(contenders: Sequence[Contender], split: Any, units: Sequence[Any], *,
-                       indices: Sequence[int] | torch.Tensor | None = None, batch_size: int = 128,
-                       device: torch.device | str = "cpu", eps: Any = None, headline_eps: float | None = None,
-                       early_exit: bool = False, checks: Any = True, store_root: Any = None,
-                       seed: int = 0) -> Comparison:
+def compare_robustness(
+    contenders: Sequence[Contender],
+    split: Any,
+    units: Sequence[Any],
+    *,
+    indices: Sequence[int] | torch.Tensor | None = None,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    eps: Any = None,
+    headline_eps: float | None = None,
+    early_exit: bool = False,
+    checks: Any = True,
+    store_root: Any = None,
+    seed: int = 0,
+) -> Comparison:
     """Evaluate every contender on the same examples of ``split`` (``indices``, default all)
     under the same attack units and sanity checks, with :func:`rtk.evaluation.evaluate`.
 
@@ -133,9 +151,22 @@ def compare_robustness(contenders: Sequence[Contender], split: Any, units: Seque
     results, wide_rows, acc_frames, check_frames, notes = [], [], [], [], []
     for c in contenders:
         model = c.module.to(device).eval()
-        res = evaluate(model, split, list(units), indices=indices, batch_size=batch_size, device=device,
-                       store=RecordStore(store_root), name=c.name, eps=eps, headline_eps=headline_eps,
-                       early_exit=early_exit, checks=checks, strict=False, seed=seed)
+        res = evaluate(
+            model,
+            split,
+            list(units),
+            indices=indices,
+            batch_size=batch_size,
+            device=device,
+            store=RecordStore(store_root),
+            name=c.name,
+            eps=eps,
+            headline_eps=headline_eps,
+            early_exit=early_exit,
+            checks=checks,
+            strict=False,
+            seed=seed,
+        )
         results.append(res)
         rep = reported.get(c.zoo_id or "")
         wide_rows.append(_wide_row(c, res, rep))
@@ -177,8 +208,17 @@ def _exact(names: Sequence[str]) -> list[str]:
     return ["re:" + re.escape(n) for n in names]
 
 
-def layer_cka(model_a: nn.Module, model_b: nn.Module, split: Any, *, layers_a: Sequence[str], layers_b: Sequence[str],
-              batch_size: int = 64, device: torch.device | str = "cpu", names: tuple[str, str] = ("a", "b")) -> Any:
+def layer_cka(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    split: Any,
+    *,
+    layers_a: Sequence[str],
+    layers_b: Sequence[str],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    names: tuple[str, str] = ("a", "b"),
+) -> Any:
     """Minibatch linear CKA (unbiased HSIC) between ``layers_a`` of ``model_a`` and ``layers_b``
     of ``model_b`` on the same inputs, with :mod:`rtk.similarity` (``iter_features`` and
     ``MinibatchCKA``). Returns an :class:`rtk.similarity.Heatmap` (rows: ``model_a``)."""
@@ -202,10 +242,17 @@ def layer_cka(model_a: nn.Module, model_b: nn.Module, split: Any, *, layers_a: S
     return Heatmap(values, rows, cols, names[0], names[1], "minibatch linear CKA")
 
 
-def compare_layers_table(zoo_side: Sequence[Contender], mine: Sequence[Contender], split: Any, *,
-                         layers: Sequence[str] = (), max_layers: int = 24, batch_size: int = 64,
-                         device: torch.device | str = "cpu", figure_path: Callable[[str], Any] | None = None,
-                         ) -> tuple[pd.DataFrame, dict[str, Any], str]:
+def compare_layers_table(
+    zoo_side: Sequence[Contender],
+    mine: Sequence[Contender],
+    split: Any,
+    *,
+    layers: Sequence[str] = (),
+    max_layers: int = 24,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    figure_path: Callable[[str], Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any], str]:
     """CKA between the layers of each zoo model and each of your models on ``split``.
 
     Returns ``(table, figures, note)``: one row per zoo layer x your layer with the relative
@@ -219,22 +266,41 @@ def compare_layers_table(zoo_side: Sequence[Contender], mine: Sequence[Contender
         names_z = pick_layers(z.module, layers, max_layers)
         for m in mine:
             names_m = pick_layers(m.module, layers, max_layers)
-            h = layer_cka(z.module, m.module, split, layers_a=names_z, layers_b=names_m, batch_size=batch_size,
-                          device=device, names=(z.name, m.name))
+            h = layer_cka(
+                z.module,
+                m.module,
+                split,
+                layers_a=names_z,
+                layers_b=names_m,
+                batch_size=batch_size,
+                device=device,
+                names=(z.name, m.name),
+            )
             for i, lz in enumerate(h.rows):
                 for j, lm in enumerate(h.cols):
-                    rows.append({"zoo_model": z.name, "model": m.name, "zoo_layer": lz, "layer": lm,
-                                 "zoo_depth": i / max(len(h.rows) - 1, 1), "depth": j / max(len(h.cols) - 1, 1),
-                                 "cka": float(h.values[i, j])})
+                    rows.append(
+                        {
+                            "zoo_model": z.name,
+                            "model": m.name,
+                            "zoo_layer": lz,
+                            "layer": lm,
+                            "zoo_depth": i / max(len(h.rows) - 1, 1),
+                            "depth": j / max(len(h.cols) - 1, 1),
+                            "cka": float(h.values[i, j]),
+                        }
+                    )
             if figure_path is not None:
                 name = f"cka-{z.name}-vs-{m.name}"
-                figures[name] = plot_heatmap(h, figure_path(name),
-                                             title=f"minibatch linear CKA: {z.name} (zoo) vs {m.name}")
+                figures[name] = plot_heatmap(
+                    h, figure_path(name), title=f"minibatch linear CKA: {z.name} (zoo) vs {m.name}"
+                )
     table = pd.DataFrame(rows)
     summary = cka_summary(table)
-    parts = [f"{r['zoo_model']} vs {r['model']}: {r['mean']:.2f} over all {r['layers']} layer pairs, "
-             f"{r['early']:.2f} early and {r['late']:.2f} late at matched relative depth"
-             for _, r in summary.iterrows()]
+    parts = [
+        f"{r['zoo_model']} vs {r['model']}: {r['mean']:.2f} over all {r['layers']} layer pairs, "
+        f"{r['early']:.2f} early and {r['late']:.2f} late at matched relative depth"
+        for _, r in summary.iterrows()
+    ]
     note = f"Linear CKA (minibatch, unbiased HSIC) on {len(split)} test examples: " + "; ".join(parts) + "."
     return table, figures, note
 
@@ -247,7 +313,15 @@ def cka_summary(table: pd.DataFrame) -> pd.DataFrame:
         matched = g[(g["zoo_depth"] - g["depth"]).abs() <= 1 / 6]
         early = matched[(matched["zoo_depth"] <= 1 / 3)]
         late = matched[(matched["zoo_depth"] >= 2 / 3)]
-        out.append({"zoo_model": zm, "model": m, "layers": f"{g['zoo_layer'].nunique()}x{g['layer'].nunique()}",
-                    "mean": g["cka"].mean(), "early": early["cka"].mean() if len(early) else float("nan"),
-                    "late": late["cka"].mean() if len(late) else float("nan"), "max": g["cka"].max()})
+        out.append(
+            {
+                "zoo_model": zm,
+                "model": m,
+                "layers": f"{g['zoo_layer'].nunique()}x{g['layer'].nunique()}",
+                "mean": g["cka"].mean(),
+                "early": early["cka"].mean() if len(early) else float("nan"),
+                "late": late["cka"].mean() if len(late) else float("nan"),
+                "max": g["cka"].max(),
+            }
+        )
     return pd.DataFrame(out)

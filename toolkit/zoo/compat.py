@@ -57,7 +57,7 @@ def _alias_pyautoattack() -> bool:
     sys.modules["autoattack"] = package
     for name, module in list(sys.modules.items()):
         if name.startswith("pyautoattack.") and module is not None:
-            sys.modules.setdefault("autoattack." + name[len("pyautoattack."):], module)
+            sys.modules.setdefault("autoattack." + name[len("pyautoattack.") :], module)
     return True
 
 
@@ -109,4 +109,3 @@ def robustbench_version() -> str | None:
         return importlib.metadata.version("robustbench")
     except importlib.metadata.PackageNotFoundError:
         return None
-

@@ -27,8 +27,14 @@ from torch import nn
 from .catalog import DATASETS, ZooEntry, ZooId, entry
 from .compat import ZooError, import_robustbench
 from .weights import (
-    CorruptWeightsError, WeightsNotFoundError, check_hash, extract_state_dict, fit_state_dict, read_checkpoint,
-    record_hash, sniff,
+    CorruptWeightsError,
+    WeightsNotFoundError,
+    check_hash,
+    extract_state_dict,
+    fit_state_dict,
+    read_checkpoint,
+    record_hash,
+    sniff,
 )
 
 log = logging.getLogger(__name__)
@@ -73,13 +79,22 @@ def check_data_info(zid: ZooId, info: Any) -> None:
     if not size_ok and zid.dataset != "imagenet":
         problems.append(f"{height}x{width} images (the data has {info.height}x{info.width})")
     if problems:
-        raise ZooError(f"the zoo model {zid} was trained on {zid.dataset} and expects " + ", ".join(problems)
-                       + f"; the experiment's dataset {getattr(info, 'name', '?')!r} does not match. Use a "
-                         f"{zid.dataset} dataset (for example name = \"{zid.dataset}\" with its root), or a zoo "
-                         f"model of the experiment's dataset")
+        raise ZooError(
+            f"the zoo model {zid} was trained on {zid.dataset} and expects "
+            + ", ".join(problems)
+            + f"; the experiment's dataset {getattr(info, 'name', '?')!r} does not match. Use a "
+            f'{zid.dataset} dataset (for example name = "{zid.dataset}" with its root), or a zoo '
+            f"model of the experiment's dataset"
+        )
     if not size_ok:
-        log.warning("zoo model %s was evaluated by RobustBench on %dx%d images; the data is %dx%d",
-                    zid, height, width, info.height, info.width)
+        log.warning(
+            "zoo model %s was evaluated by RobustBench on %dx%d images; the data is %dx%d",
+            zid,
+            height,
+            width,
+            info.height,
+            info.width,
+        )
 
 
 def build_architecture(zid: ZooId | str) -> nn.Module:
@@ -104,10 +119,12 @@ def _origin(e: ZooEntry, model_dir: Path) -> str:
     if not e.gdrive_ids:
         return f"RobustBench id {e.id.name!r} (dataset {e.id.dataset}, threat model {e.id.threat})"
     links = ", ".join(e.sources())
-    return (f"Its weights come from RobustBench (model id {e.id.name!r}, dataset {e.id.dataset}, threat model "
-            f"{e.id.threat}), downloadable from Google Drive: {links} ; or let robustbench fetch them with "
-            f"robustbench.utils.load_model({e.id.name!r}, model_dir={str(model_dir)!r}, dataset={e.id.dataset!r}, "
-            f"threat_model={e.id.threat!r}), or set download = true")
+    return (
+        f"Its weights come from RobustBench (model id {e.id.name!r}, dataset {e.id.dataset}, threat model "
+        f"{e.id.threat}), downloadable from Google Drive: {links} ; or let robustbench fetch them with "
+        f"robustbench.utils.load_model({e.id.name!r}, model_dir={str(model_dir)!r}, dataset={e.id.dataset!r}, "
+        f"threat_model={e.id.threat!r}), or set download = true"
+    )
 
 
 def _download(e: ZooEntry, index: int, target: Path) -> Path:
@@ -127,15 +144,26 @@ def _download(e: ZooEntry, index: int, target: Path) -> Path:
         raise WeightsNotFoundError(
             f"weights of {e.id} not found at {target} and the download failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Place the file there by hand. "
-            + _origin(e, target.parents[2])) from None
+            + _origin(e, target.parents[2])
+        ) from None
     if not part.exists():
-        raise WeightsNotFoundError(f"weights of {e.id}: the download produced no file at {part}. "
-                                   + _origin(e, target.parents[2]))
+        raise WeightsNotFoundError(
+            f"weights of {e.id}: the download produced no file at {part}. " + _origin(e, target.parents[2])
+        )
     return part
 
 
-def _load_one(e: ZooEntry, path: Path, rel: str, module: nn.Module, *, sha256: str | None,
-              allow_unsafe_pickle: bool, origin: str, record_at: Path | None = None) -> WeightFile:
+def _load_one(
+    e: ZooEntry,
+    path: Path,
+    rel: str,
+    module: nn.Module,
+    *,
+    sha256: str | None,
+    allow_unsafe_pickle: bool,
+    origin: str,
+    record_at: Path | None = None,
+) -> WeightFile:
     kind = sniff(path)  # corrupt files are moved aside before their hash is compared
     if kind in ("html", "empty", "unknown"):
         read_checkpoint(path, origin=origin)  # raises CorruptWeightsError
@@ -156,14 +184,22 @@ def _submodules(model: nn.Module, e: ZooEntry) -> list[nn.Module]:
         return [model]
     members = getattr(model, "models", None)
     if members is None or len(members) != e.ensemble:
-        raise ZooError(f"{e.id}: an ensemble of {e.ensemble} files whose architecture has no .models list; "
-                       f"rtk cannot load it")
+        raise ZooError(
+            f"{e.id}: an ensemble of {e.ensemble} files whose architecture has no .models list; rtk cannot load it"
+        )
     return list(members)
 
 
-def load_zoo_model(zid: ZooId | str, *, model_dir: str | os.PathLike | None = None, info: Any = None,
-                   allow_unsafe_pickle: bool = False, sha256: str | list[str] | None = None,
-                   download: bool = False, pretrained: bool = True) -> nn.Module:
+def load_zoo_model(
+    zid: ZooId | str,
+    *,
+    model_dir: str | os.PathLike | None = None,
+    info: Any = None,
+    allow_unsafe_pickle: bool = False,
+    sha256: str | list[str] | None = None,
+    download: bool = False,
+    pretrained: bool = True,
+) -> nn.Module:
     """Build the zoo model ``zid`` (``"cifar10/Linf/Ding2020MMA"``) with its weights.
 
     - ``model_dir``: where weights live (``<model_dir>/<dataset>/<threat>/<name>.pt``);
@@ -199,12 +235,22 @@ def load_zoo_model(zid: ZooId | str, *, model_dir: str | os.PathLike | None = No
         record_at = None
         if not path.is_file():
             if not download:
-                raise WeightsNotFoundError(f"weights of the zoo model {zid} not found: expected the file {path.resolve()} "
-                                           f"(model directory {root.resolve()}). {origin}")
+                raise WeightsNotFoundError(
+                    f"weights of the zoo model {zid} not found: expected the file {path.resolve()} "
+                    f"(model directory {root.resolve()}). {origin}"
+                )
             record_at, path = path, _download(e, i, path)
         try:
-            wf = _load_one(e, path, rel, member, sha256=hashes[i], allow_unsafe_pickle=allow_unsafe_pickle,
-                           origin=origin, record_at=record_at)
+            wf = _load_one(
+                e,
+                path,
+                rel,
+                member,
+                sha256=hashes[i],
+                allow_unsafe_pickle=allow_unsafe_pickle,
+                origin=origin,
+                record_at=record_at,
+            )
         except CorruptWeightsError:
             raise
         except Exception:
@@ -246,5 +292,14 @@ def model_summary(model: nn.Module) -> dict[str, Any]:
     return {"params": sum(p.numel() for p in model.parameters()), **getattr(model, "rtk_zoo", {})}
 
 
-__all__ = ["ENV_MODEL_DIR", "DEFAULT_MODEL_DIR", "WeightFile", "build_architecture", "check_data_info",
-           "file_status", "load_zoo_model", "model_summary", "resolve_model_dir"]
+__all__ = [
+    "ENV_MODEL_DIR",
+    "DEFAULT_MODEL_DIR",
+    "WeightFile",
+    "build_architecture",
+    "check_data_info",
+    "file_status",
+    "load_zoo_model",
+    "model_summary",
+    "resolve_model_dir",
+]

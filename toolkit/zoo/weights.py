@@ -102,16 +102,22 @@ def read_recorded(path: str | os.PathLike) -> dict[str, Any] | None:
 def record_hash(path: str | os.PathLike, digest: str, *, model_id: str) -> Path | None:
     """Write the sidecar ``<file>.rtk.json``; returns its path, or None when not writable."""
     side = sidecar_path(path)
-    data = {"format": SIDECAR_FORMAT, "file": Path(path).name, "model": model_id, "sha256": digest,
-            "size": Path(path).stat().st_size,
-            "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    data = {
+        "format": SIDECAR_FORMAT,
+        "file": Path(path).name,
+        "model": model_id,
+        "sha256": digest,
+        "size": Path(path).stat().st_size,
+        "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     try:
         tmp = side.with_name(side.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(tmp, side)
     except OSError as exc:
-        log.warning("could not record the sha256 of %s in %s (%s); it will not be checked on later loads",
-                    path, side, exc)
+        log.warning(
+            "could not record the sha256 of %s in %s (%s); it will not be checked on later loads", path, side, exc
+        )
         return None
     log.info("recorded sha256 %s of %s in %s", digest, path, side)
     return side
@@ -120,7 +126,7 @@ def record_hash(path: str | os.PathLike, digest: str, *, model_id: str) -> Path 
 def normalize_sha256(value: str) -> str:
     v = value.strip().lower()
     if v.startswith("sha256:"):
-        v = v[len("sha256:"):]
+        v = v[len("sha256:") :]
     if not _HEX64.match(v):
         raise ValueError(f"expected a sha256 hex digest (64 hex digits), got {value!r}")
     return v
@@ -148,7 +154,9 @@ def expected_hash(path: Path, rel: str, given: str | None) -> Expected | None:
     return None
 
 
-def check_hash(path: Path, rel: str, given: str | None, *, record_path: Path | None = None) -> tuple[str, Expected | None]:
+def check_hash(
+    path: Path, rel: str, given: str | None, *, record_path: Path | None = None
+) -> tuple[str, Expected | None]:
     """Hash ``path`` and compare; raises :class:`HashMismatchError` naming both hashes.
 
     ``record_path`` is the file whose recorded hash applies (default ``path``; a download
@@ -159,11 +167,14 @@ def check_hash(path: Path, rel: str, given: str | None, *, record_path: Path | N
         advice = {
             "option": "fix the sha256 option or replace the file with the right one",
             "pinned": "the file is not the published checkpoint: delete it and fetch it again",
-            "recorded": (f"the file changed since it was first loaded; if you replaced it on purpose, delete "
-                         f"{sidecar_path(record_path or path)} so the new hash is recorded, otherwise fetch the file again"),
+            "recorded": (
+                f"the file changed since it was first loaded; if you replaced it on purpose, delete "
+                f"{sidecar_path(record_path or path)} so the new hash is recorded, otherwise fetch the file again"
+            ),
         }[exp.source]
-        raise HashMismatchError(f"sha256 mismatch for {path}: expected {exp.sha256} (from {exp.detail}), "
-                                f"found {digest}; {advice}")
+        raise HashMismatchError(
+            f"sha256 mismatch for {path}: expected {exp.sha256} (from {exp.detail}), found {digest}; {advice}"
+        )
     return digest, exp
 
 
@@ -208,8 +219,13 @@ def quarantine(path: Path) -> Path | None:
 
 def _corrupt(path: Path, what: str, origin: str) -> CorruptWeightsError:
     moved = quarantine(path)
-    where = (f"it was moved aside to {moved}" if moved is not None
-             else "it could not be moved aside; delete it" if path.exists() else "it was deleted")
+    where = (
+        f"it was moved aside to {moved}"
+        if moved is not None
+        else "it could not be moved aside; delete it"
+        if path.exists()
+        else "it was deleted"
+    )
     return CorruptWeightsError(f"{path} is not a valid checkpoint: {what}; {where}. {origin}")
 
 
@@ -241,8 +257,17 @@ def read_checkpoint(path: Path, *, allow_unsafe_pickle: bool = False, origin: st
         raise _corrupt(path, "it is neither a PyTorch zip checkpoint nor a pickle", origin)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True), False
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError,
-            IndexError, TypeError) as exc:
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:
         needs = _unsafe_globals(path, kind, exc)
         if needs is None:
             raise _corrupt(path, f"torch cannot read it ({type(exc).__name__}: {_first_line(exc)})", origin) from None
@@ -250,9 +275,13 @@ def read_checkpoint(path: Path, *, allow_unsafe_pickle: bool = False, origin: st
             raise UnsafeCheckpointError(
                 f"{path} needs full unpickling (it stores the Python objects {', '.join(needs)}), which can run "
                 f"arbitrary code, so rtk refused to load it. Only if you trust where the file came from, set "
-                f"allow_unsafe_pickle = true for this model (or pass --allow-unsafe-pickle)") from None
-    log.warning("loading %s with full unpickling (allow_unsafe_pickle = true): this can run arbitrary code; "
-                "the file needs %s", path, ", ".join(needs))
+                f"allow_unsafe_pickle = true for this model (or pass --allow-unsafe-pickle)"
+            ) from None
+    log.warning(
+        "loading %s with full unpickling (allow_unsafe_pickle = true): this can run arbitrary code; the file needs %s",
+        path,
+        ", ".join(needs),
+    )
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False), True
     except Exception as exc:  # noqa: BLE001
@@ -279,13 +308,15 @@ def extract_state_dict(obj: Any, *, where: str) -> dict[str, torch.Tensor]:
             if isinstance(inner, Mapping):
                 return extract_state_dict(inner, where=f"{where}[{key!r}]")
         keys = ", ".join(repr(k) for k in list(obj)[:12])
-        raise CheckpointError(f"{where}: no state dict found in the checkpoint; its top-level keys are {keys}; "
-                              f"expected tensors, or one of {', '.join(STATE_KEYS)}")
+        raise CheckpointError(
+            f"{where}: no state dict found in the checkpoint; its top-level keys are {keys}; "
+            f"expected tensors, or one of {', '.join(STATE_KEYS)}"
+        )
     raise CheckpointError(f"{where}: expected a state dict (a mapping of tensors), found {type(obj).__name__}")
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
 def _add(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -296,9 +327,12 @@ def key_candidates(state: dict[str, torch.Tensor]) -> list[tuple[str, dict[str, 
     """The state dict as saved and with robustbench's prefix fixes (``module.`` from
     DataParallel, ``model.`` from wrappers, ``model.`` added for normalizing wrappers)."""
     no_module = _strip(state, "module.")
-    out = [("as saved", state), ("without 'module.'", no_module),
-           ("without 'module.'/'model.'", _strip(no_module, "model.")),
-           ("with 'model.' added", _add(no_module, "model."))]
+    out = [
+        ("as saved", state),
+        ("without 'module.'", no_module),
+        ("without 'module.'/'model.'", _strip(no_module, "model.")),
+        ("with 'model.' added", _add(no_module, "model.")),
+    ]
     seen: set[frozenset[str]] = set()
     unique = []
     for label, cand in out:
@@ -334,8 +368,11 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, where: s
     best_label, best = max(key_candidates(state), key=lambda c: len(own_keys & set(c[1])))
     missing = sorted(own_keys - set(best))
     unexpected = sorted(set(best) - own_keys)
-    wrong = [(k, list(best[k].shape), list(own[k].shape)) for k in sorted(own_keys & set(best))
-             if best[k].shape != own[k].shape]
+    wrong = [
+        (k, list(best[k].shape), list(own[k].shape))
+        for k in sorted(own_keys & set(best))
+        if best[k].shape != own[k].shape
+    ]
     bad_missing = [k for k in missing if not _tolerated_missing(model, k)]
     if bad_missing or wrong:
         parts = []
@@ -362,8 +399,9 @@ def _some(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def save_zoo_checkpoint(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *,
-                        data_parallel: bool = True) -> Path:
+def save_zoo_checkpoint(
+    model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike, *, data_parallel: bool = True
+) -> Path:
     """Write weights in the layout robustbench reads: ``{"state_dict": {"module.<key>": tensor}}``
     (``data_parallel=False`` drops the ``module.`` prefix). Atomic; returns the path.
 

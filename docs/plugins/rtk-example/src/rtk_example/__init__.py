@@ -44,11 +44,20 @@ def gram_cosine(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @rtk.hookimpl
 def rtk_attacks():
-    yield rtk.AttackSpec(name="uniform-noise", summary="uniform random noise in the L-inf ball (example plugin)",
-                         options=NoiseOptions, build=build_noise, norm="Linf")
+    yield rtk.AttackSpec(
+        name="uniform-noise",
+        summary="uniform random noise in the L-inf ball (example plugin)",
+        options=NoiseOptions,
+        build=build_noise,
+        norm="Linf",
+    )
 
 
 @rtk.hookimpl
 def rtk_similarity_metrics():
-    yield rtk.SimilaritySpec(name="gram-cosine", summary="cosine of uncentered Gram matrices (example plugin)",
-                             options=GramCosineOptions, build=lambda opts: gram_cosine)
+    yield rtk.SimilaritySpec(
+        name="gram-cosine",
+        summary="cosine of uncentered Gram matrices (example plugin)",
+        options=GramCosineOptions,
+        build=lambda opts: gram_cosine,
+    )
