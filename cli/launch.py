@@ -1,12 +1,18 @@
 """``rtk launch``: run any rtk command on N local processes through torchrun.
 
-Also home of :func:`relaunch`, which backs ``rtk run --nproc N``: it rebuilds the command
-line a verb was invoked with (minus ``--nproc``) and runs it under torchrun.
+Home of the launcher (:func:`torchrun_command`, :func:`launch`; the engine's
+:mod:`rtk.distributed` only runs inside the processes it starts) and of :func:`relaunch`,
+which backs ``rtk run --nproc N``: it rebuilds the command line a verb was invoked with
+(minus ``--nproc``) and runs it under torchrun.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -14,6 +20,8 @@ import click
 from click.core import ParameterSource
 
 from .common import friendly_errors
+
+_log = logging.getLogger(__name__)
 
 
 def _value_args(value: Any) -> list[str]:
@@ -82,13 +90,80 @@ def invocation_argv(ctx: click.Context, *, drop: Iterable[str] = ("nproc",)) -> 
     return argv
 
 
+def torchrun_command(
+    argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.main", port: int | None = None
+) -> list[str]:
+    """The command :func:`launch` runs: ``python -m torch.distributed.run`` on this machine.
+
+    Without ``port`` it uses ``--standalone`` (a local c10d rendezvous on a port the OS
+    picks while binding, so concurrent launches never collide); with ``port`` the
+    rendezvous listens on ``127.0.0.1:port``.
+    """
+    from rtk.errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if port is None:
+        cmd += ["--standalone"]
+    else:
+        cmd += [
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            f"rtk-{os.getpid()}-{port}",
+        ]
+    cmd += ["--nnodes", "1", "--nproc-per-node", str(nproc), "-m", module, *map(str, argv)]
+    return cmd
+
+
+def launch(
+    argv: Sequence[str],
+    nproc: int,
+    *,
+    module: str = "rtk.cli.main",
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Run ``rtk <argv>`` on ``nproc`` local processes through torchrun; return its exit status.
+
+    Refuses to nest: under torchrun already, it raises :class:`ConfigError`. Each worker
+    inherits this environment (plus ``env``); unless ``OMP_NUM_THREADS`` is set, each worker
+    gets ``cpu_count // nproc`` threads. Interrupting the launcher stops torchrun, which stops its workers.
+    """
+    from rtk.distributed import launched_by_torchrun
+    from rtk.errors import ConfigError
+
+    if launched_by_torchrun():
+        raise ConfigError("already running under torchrun (RANK is set); launch the command without --nproc")
+    cmd = torchrun_command(argv, nproc, module=module, port=port)
+    full_env = {**os.environ, **(env or {})}
+    # share this machine's cores between the workers (torchrun alone would give each one thread)
+    full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    _log.info("launching: %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=full_env)
+    try:
+        return proc.wait(timeout=timeout)
+    except BaseException:
+        proc.terminate()  # torchrun forwards the signal to its workers and waits for them
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def relaunch(ctx: click.Context, nproc: int, *, drop: Iterable[str] = ("nproc",)) -> None:
     """Run the current command again on ``nproc`` local processes under torchrun and wait.
 
     Raises ``click.ClickException`` when torchrun fails, or a usage error when this process
     already runs under torchrun (no nesting).
     """
-    from rtk.distributed import launch, launched_by_torchrun
+    from rtk.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         raise click.UsageError("--nproc is for launching locally; this process already runs under torchrun")
@@ -119,7 +194,7 @@ def command(ctx: click.Context, nproc: int, port: int | None, args: tuple[str, .
     Example: rtk launch --nproc 2 run experiment.toml. For several machines, call torchrun
     directly (see docs/scaling.md).
     """
-    from rtk.distributed import launch, launched_by_torchrun
+    from rtk.distributed import launched_by_torchrun
 
     if launched_by_torchrun():
         raise click.UsageError("rtk launch cannot run under torchrun; run the command itself")

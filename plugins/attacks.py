@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 from pydantic import AliasChoices, Field, create_model, model_validator
@@ -93,6 +93,8 @@ class _EpsByNorm(rtk.Options):
 
     norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
     eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
+    if TYPE_CHECKING:  # added to every attack's options by ``_common_keys_last``
+        seed: int
 
     @model_validator(mode="after")
     def _eps_default(self):

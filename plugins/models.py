@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 import rtk
+import rtk.models
 
 
 class MLPOptions(rtk.Options):
@@ -59,19 +60,19 @@ class ResNetSmallOptions(rtk.Options):
 
 
 def _mlp(info, o: MLPOptions):
-    from rtk.models.small import mlp
+    from rtk.models import mlp
 
     return mlp(info, o.hidden)
 
 
 def _cnn_small(info, o: SmallCNNOptions):
-    from rtk.models.small import cnn_small
+    from rtk.models import cnn_small
 
     return cnn_small(info, o.width, o.fc)
 
 
 def _cnn_large(info, o: LargeCNNOptions):
-    from rtk.models.small import cnn_large
+    from rtk.models import cnn_large
 
     return cnn_large(info, o.width)
 

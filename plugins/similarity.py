@@ -158,7 +158,7 @@ def _check(opts: SimilarityStageOptions, planning: rtk.Planning) -> list[str]:
 
 
 def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult:
-    from rtk.similarity.stage import SimilarityJob, run_similarity
+    from rtk.similarity import SimilarityJob, run_similarity
 
     metric = opts.metric.spec.build(opts.metric.opts)
 

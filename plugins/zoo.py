@@ -53,7 +53,7 @@ def _check_source(value: str) -> str:
 
 
 def _check_sha(value):
-    from rtk.zoo.weights import normalize_sha256
+    from rtk.zoo import normalize_sha256
 
     if value is None:
         return None
@@ -212,8 +212,7 @@ def _missing_weights(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]
 
 
 def _contenders(ctx: rtk.StageContext, opts: ZooStageOptions):
-    from rtk.zoo import ZooId, load_zoo_model
-    from rtk.zoo.compare import Contender, zoo_contender
+    from rtk.zoo import Contender, ZooId, load_zoo_model, zoo_contender
 
     out = []
     for name in opts.models:
@@ -239,7 +238,7 @@ def _contenders(ctx: rtk.StageContext, opts: ZooStageOptions):
 def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
     from rtk.data import subset
     from rtk.evaluation import eval_indices, make_units
-    from rtk.zoo.compare import compare_layers_table, compare_robustness
+    from rtk.zoo import compare_layers_table, compare_robustness
 
     contenders = _contenders(ctx, opts)
     split = ctx.data.test

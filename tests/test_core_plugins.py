@@ -141,3 +141,15 @@ def test_every_component_record_is_well_formed(registry):
         required = [n for n, f in spec.options.model_fields.items() if f.is_required()]
         if not required:
             spec.options()  # defaults alone must validate
+
+
+def test_builtin_plugin_tuple_lists_every_module_of_the_plugins_package():
+    """The engine names its built-ins by module name (it never imports rtk.plugins); a new
+    module in plugins/ must be added to rtk.registry.BUILTIN_PLUGINS."""
+    import pkgutil
+
+    import rtk.plugins
+    from rtk.registry import BUILTIN_PLUGINS
+
+    modules = sorted(f"rtk.plugins.{m.name}" for m in pkgutil.iter_modules(rtk.plugins.__path__) if m.name[0] != "_")
+    assert sorted(BUILTIN_PLUGINS) == modules

@@ -24,7 +24,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import rtk
+import rtk.cli.launch as rtk_launch
 import rtk.distributed as rd
+from rtk.cli.launch import launch, torchrun_command
 from rtk.errors import RtkError
 
 WORLD = 2
@@ -246,7 +248,7 @@ def test_single_process_helpers_are_identities(monkeypatch, digits):
     with pytest.raises(rtk.ConfigError, match="MASTER_ADDR"):
         rd.init_from_env()
     with pytest.raises(rtk.ConfigError, match="already running under torchrun"):
-        rd.launch(["plugins"], 2)
+        launch(["plugins"], 2)
 
 
 # ---------------------------------------------------------------------------- collectives
@@ -605,7 +607,7 @@ def test_run_nproc_relaunches_through_torchrun(tmp_path, monkeypatch, capfd):
         seen["argv"], seen["nproc"] = list(argv), nproc
         return 0
 
-    monkeypatch.setattr(rd, "launch", fake_launch)
+    monkeypatch.setattr(rtk_launch, "launch", fake_launch)
     res = CliRunner().invoke(
         cli, ["-q", "run", str(exp), "--nproc", "2", "--dry-run", "--seed", "3"], catch_exceptions=False
     )
@@ -613,20 +615,20 @@ def test_run_nproc_relaunches_through_torchrun(tmp_path, monkeypatch, capfd):
     assert seen == {"argv": ["-q", "run", "--dry-run", "--seed", "3", str(exp)], "nproc": 2}
     res = CliRunner().invoke(cli, ["-q", "launch", "--nproc", "3", "evaluate", "--help"], catch_exceptions=False)
     assert res.exit_code == 0 and seen == {"argv": ["-q", "evaluate", "--help"], "nproc": 3}
-    monkeypatch.setattr(rd, "launch", lambda argv, nproc, **kw: 3)  # a failing torchrun is an error exit
+    monkeypatch.setattr(rtk_launch, "launch", lambda argv, nproc, **kw: 3)  # a failing torchrun is an error exit
     res = CliRunner().invoke(cli, ["run", str(exp), "--nproc", "2"])
     assert res.exit_code != 0 and "torchrun exited with status 3" in res.output
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     res = CliRunner().invoke(cli, ["run", str(exp), "--nproc", "2"])
     assert res.exit_code != 0 and "already runs under torchrun" in res.output
-    cmd = rd.torchrun_command(["-q", "run", "--dry-run", "--seed", "3", str(exp)], 2)
+    cmd = torchrun_command(["-q", "run", "--dry-run", "--seed", "3", str(exp)], 2)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and cmd[-7:-6] == ["rtk.cli.main"]
-    assert "--rdzv-endpoint" in rd.torchrun_command([], 2, port=1234)
+    assert "--rdzv-endpoint" in torchrun_command([], 2, port=1234)
     monkeypatch.undo()
     for k in rd.TORCHRUN_ENV:
         monkeypatch.delenv(k, raising=False)
     # end to end: two real workers each validate the plan; only rank 0 prints
-    status = rd.launch(["run", str(exp), "--dry-run"], 2, env={"OMP_NUM_THREADS": "1"}, timeout=DEADLINE_S)
+    status = launch(["run", str(exp), "--dry-run"], 2, env={"OMP_NUM_THREADS": "1"}, timeout=DEADLINE_S)
     assert status == 0
     assert capfd.readouterr().out.count("plan is valid") == 1

@@ -20,8 +20,8 @@ environment into a process group and gives the rest of rtk small, explicit helpe
   :func:`rank_seed` for per-rank augmentation and attack randomness.
 - **files**: only rank 0 writes: :func:`main_process_only`, :func:`main_first`,
   :func:`barrier`, :func:`broadcast_object`.
-- **launch**: :func:`launch` runs ``python -m torch.distributed.run --standalone
-  --nproc-per-node N -m rtk.cli.main ...`` (``rtk run --nproc N``).
+- **launch**: :func:`launched_by_torchrun` and :func:`free_port`; the launcher itself
+  (``rtk launch``, ``rtk run --nproc N``) is the CLI's, in :mod:`rtk.cli.launch`.
 
 Every helper is a no-op (or the identity) in a plain single process, so library code can
 call them unconditionally.
@@ -39,8 +39,6 @@ import logging
 import math
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -767,68 +765,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun_command(
-    argv: Sequence[str], nproc: int, *, module: str = "rtk.cli.main", port: int | None = None
-) -> list[str]:
-    """The command :func:`launch` runs: ``python -m torch.distributed.run`` on this machine.
-
-    Without ``port`` it uses ``--standalone`` (a local c10d rendezvous on a port the OS
-    picks while binding, so concurrent launches never collide); with ``port`` the
-    rendezvous listens on ``127.0.0.1:port``.
-    """
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run"]
-    if port is None:
-        cmd += ["--standalone"]
-    else:
-        cmd += [
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            f"127.0.0.1:{port}",
-            "--rdzv-id",
-            f"rtk-{os.getpid()}-{port}",
-        ]
-    cmd += ["--nnodes", "1", "--nproc-per-node", str(nproc), "-m", module, *map(str, argv)]
-    return cmd
-
-
-def launch(
-    argv: Sequence[str],
-    nproc: int,
-    *,
-    module: str = "rtk.cli.main",
-    port: int | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-) -> int:
-    """Run ``rtk <argv>`` on ``nproc`` local processes through torchrun; return its exit status.
-
-    Refuses to nest: under torchrun already, it raises :class:`ConfigError`. Each worker
-    inherits this environment (plus ``env``); unless ``OMP_NUM_THREADS`` is set, each worker
-    gets ``cpu_count // nproc`` threads. Interrupting the launcher stops torchrun, which stops its workers.
-    """
-    if launched_by_torchrun():
-        raise ConfigError("already running under torchrun (RANK is set); launch the command without --nproc")
-    cmd = torchrun_command(argv, nproc, module=module, port=port)
-    full_env = {**os.environ, **(env or {})}
-    # share this machine's cores between the workers (torchrun alone would give each one thread)
-    full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    log.info("launching: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=full_env)
-    try:
-        return proc.wait(timeout=timeout)
-    except BaseException:
-        proc.terminate()  # torchrun forwards the signal to its workers and waits for them
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
-
-
 __all__ = [
     "DistInfo",
     "DistributedBatchSampler",
@@ -853,7 +789,6 @@ __all__ = [
     "is_distributed",
     "is_initialized",
     "is_main",
-    "launch",
     "launched_by_torchrun",
     "local_rank",
     "main_first",
@@ -863,7 +798,6 @@ __all__ = [
     "session",
     "shard_indices",
     "shard_sizes",
-    "torchrun_command",
     "unwrap",
     "world_size",
     "wrap_model",

@@ -1,7 +1,7 @@
 """The plugin manager and the component registry.
 
 ``plugin_manager()`` builds a fresh :class:`pluggy.PluginManager` (never at import time):
-the built-in plugins in :mod:`rtk.plugins`, then third-party plugins from the entry-point
+the built-in plugins named in :data:`BUILTIN_PLUGINS`, then third-party plugins from the entry-point
 group ``rtk``. ``Registry.from_plugin_manager(pm)`` collects every component record.
 
 Environment switches:
@@ -17,16 +17,28 @@ import importlib
 import importlib.metadata
 import logging
 import os
-import pkgutil
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UnknownComponentError
-from .records import KINDS, ComponentSpec, Registration
+from .records import (
+    KINDS,
+    AttackSpec,
+    CertifierSpec,
+    CommandSpec,
+    ComponentSpec,
+    DatasetSpec,
+    ModelSpec,
+    PrunerSpec,
+    Registration,
+    SimilaritySpec,
+    StageSpec,
+    TrainerSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +72,26 @@ def _blocked_names() -> set[str]:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
-def builtin_plugin_modules() -> list[str]:
-    """Module names of the built-in plugins: every module of the ``rtk.plugins`` package."""
-    import rtk.plugins as pkg
+#: The built-in plugins, loaded like any other plugin (by module name: the engine never
+#: imports ``rtk.plugins`` itself). A new module in ``plugins/`` is listed here; a test
+#: checks that this tuple and the package agree.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "rtk.plugins.attacks",
+    "rtk.plugins.certified_training",
+    "rtk.plugins.certifiers",
+    "rtk.plugins.datasets",
+    "rtk.plugins.evaluation",
+    "rtk.plugins.models",
+    "rtk.plugins.pruners",
+    "rtk.plugins.similarity",
+    "rtk.plugins.trainers",
+    "rtk.plugins.zoo",
+)
 
-    return sorted(f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+
+def builtin_plugin_modules() -> list[str]:
+    """Module names of the built-in plugins (:data:`BUILTIN_PLUGINS`)."""
+    return list(BUILTIN_PLUGINS)
 
 
 def _rtk_version() -> str | None:
@@ -176,7 +203,29 @@ class Registry:
         return reg
 
     # lookups -----------------------------------------------------------------
+    @overload
+    def get(self, kind: Literal["dataset"], name: str) -> DatasetSpec: ...
+    @overload
+    def get(self, kind: Literal["model"], name: str) -> ModelSpec: ...
+    @overload
+    def get(self, kind: Literal["trainer"], name: str) -> TrainerSpec: ...
+    @overload
+    def get(self, kind: Literal["attack"], name: str) -> AttackSpec: ...
+    @overload
+    def get(self, kind: Literal["pruner"], name: str) -> PrunerSpec: ...
+    @overload
+    def get(self, kind: Literal["similarity"], name: str) -> SimilaritySpec: ...
+    @overload
+    def get(self, kind: Literal["certifier"], name: str) -> CertifierSpec: ...
+    @overload
+    def get(self, kind: Literal["stage"], name: str) -> StageSpec: ...
+    @overload
+    def get(self, kind: Literal["command"], name: str) -> CommandSpec: ...
+    @overload
+    def get(self, kind: str, name: str) -> ComponentSpec: ...
     def get(self, kind: str, name: str) -> ComponentSpec:
+        """The record of the component ``name`` of ``kind`` (:class:`UnknownComponentError` with
+        suggestions when there is none)."""
         return self.registration(kind, name).spec
 
     def registration(self, kind: str, name: str) -> Registration:

@@ -60,6 +60,7 @@ from .metrics import (
     pair_values,
     similarity_matrix,
 )
+from .stage import SimilarityJob, run_similarity
 from .streaming import FeatureBuffer, LinearCKAStream, MinibatchCKA, MomentStream
 
 __all__ = [
@@ -105,4 +106,6 @@ __all__ = [
     "specialization",
     "plot_heatmap",
     "plot_lines",
+    "SimilarityJob",
+    "run_similarity",
 ]

@@ -30,6 +30,7 @@ from .catalog import (
     parse_readme_tables,
     reported_metrics,
 )
+from .compare import Comparison, Contender, compare_layers_table, compare_robustness, zoo_contender
 from .compat import (
     INSTALL_HINT,
     ZooError,
@@ -54,6 +55,7 @@ from .weights import (
     HashMismatchError,
     UnsafeCheckpointError,
     WeightsNotFoundError,
+    normalize_sha256,
     save_zoo_checkpoint,
     sha256_file,
     sidecar_path,
@@ -94,5 +96,11 @@ __all__ = [
     "WeightsNotFoundError",
     "save_zoo_checkpoint",
     "sha256_file",
+    "normalize_sha256",
+    "Comparison",
+    "Contender",
+    "compare_layers_table",
+    "compare_robustness",
+    "zoo_contender",
     "sidecar_path",
 ]

@@ -364,7 +364,7 @@ def reported_metrics() -> dict[str, Reported]:
     except importlib.metadata.PackageNotFoundError:
         return {}
     text = meta.get_payload() if hasattr(meta, "get_payload") else None  # type: ignore[union-attr]
-    text = text or meta.get("Description") or ""
+    text = text or (meta.get_all("Description") or [""])[0] or ""
     return parse_readme_tables(str(text))
 
 
