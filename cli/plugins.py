@@ -30,7 +30,10 @@ def command(kind: str | None, as_json: bool) -> None:
             json.dumps(
                 {
                     "components": [r.to_dict() for r in regs],
-                    "failures": [{"plugin": f.name, "error": f.error} for f in failures],
+                    "failures": [
+                        {"plugin": f.name, "distribution": f.distribution, "error": f.error, "fix": f.fix}
+                        for f in failures
+                    ],
                 },
                 indent=2,
             )
@@ -44,4 +47,6 @@ def command(kind: str | None, as_json: bool) -> None:
         dist = f"{r.distribution} {r.version}" if r.distribution else "(not installed)"
         click.echo(f"  {r.spec.name:<22} {r.spec.summary}  [{r.plugin}; {dist}]")
     for f in failures:
-        click.echo(f"\nfailed to load plugin {f.name!r}: {f.error}", err=True)
+        dist = f" ({f.distribution})" if f.distribution else ""
+        fix = f" Fix: {f.fix}" if f.fix else ""
+        click.echo(f"\nskipped plugin {f.name!r}{dist}: {f.error}.{fix}", err=True)

@@ -33,6 +33,19 @@ class PluginError(RtkError):
     """A plugin is broken, or two plugins claim one component name."""
 
 
+class ComponentError(RtkError):
+    """An exception escaped a component (an attack, a trainer, a stage, ...) at run time.
+
+    The message names the component, its kind and the plugin (and distribution) providing
+    it; ``cause`` is the original exception (also chained as ``__cause__``).
+    """
+
+    def __init__(self, component: str, cause: BaseException):
+        self.component = component
+        self.cause = cause
+        super().__init__(f"{component} raised {type(cause).__name__}: {cause}")
+
+
 class UnknownComponentError(RtkError, KeyError):
     """A component name is not registered. The message suggests the closest names."""
 
@@ -70,7 +83,7 @@ class TrainingDivergedError(RtkError):
     """The loss became NaN or inf."""
 
 
-def suggest(name: str, known: Iterable[str]) -> str:
-    """A short 'did you mean' hint, or an empty string."""
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+def suggest(name: str, known: Iterable[str], n: int = 3) -> str:
+    """A short 'did you mean' hint (at most ``n`` names), or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=n, cutoff=0.5)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
