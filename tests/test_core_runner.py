@@ -184,7 +184,10 @@ def test_failing_stage_keeps_earlier_results_and_resume_skips_them(tmp_path):
     )
     text = BASE + TRAIN + '\n[[stages]]\nkind = "flaky"\nid = "boom"\n'
     out = tmp_path / "run"
-    with pytest.raises(rtk.StageError, match="stage 'boom' failed: RuntimeError: disk on fire"):
+    with pytest.raises(
+        rtk.StageError,
+        match="stage 'boom' failed: stage 'flaky' \\(plugin 'flaky'\\) raised RuntimeError: disk on fire",
+    ):
         rtk.run(write(tmp_path, text), registry=reg, out=out)
     state = json.loads((out / "state.json").read_text())
     assert state["stages"]["01-train"]["status"] == "completed"

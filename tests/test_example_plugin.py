@@ -87,3 +87,26 @@ attacks = [{ name = "uniform-noise", eps = "8/255" }, { name = "pgd", eps = "8/2
     pgd = df[df.attack.str.startswith("pgd")].accuracy.item()
     assert noise.accuracy.item() >= pgd
     assert df[df.attack == "worst_case"].accuracy.item() <= min(clean, pgd) + 1e-9
+
+
+def test_example_plugin_passes_rtk_plugins_check(example_installed):
+    res = CliRunner().invoke(cli, ["plugins", "--check", "example"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "ok   attack 'uniform-noise' (example)" in res.output
+    assert "2 of 2 components meet their contracts" in res.output
+
+
+def test_example_plugins_own_tests_use_rtk_testing(example_installed, monkeypatch):
+    """The example package's tests/ (what its author runs) pass against the installed plugin."""
+    import importlib.util
+
+    from rtk.registry import default_registry
+
+    monkeypatch.setattr("rtk.registry._DEFAULT", None)  # a registry that sees the example plugin
+    spec = importlib.util.spec_from_file_location("example_contracts", EXAMPLE / "tests" / "test_contracts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.test_every_component_meets_rtk_contracts()
+    for name in ("uniform-noise", "gram-cosine"):
+        module.test_one_component(name)
+    assert "uniform-noise" in default_registry().names("attack")

@@ -76,7 +76,8 @@ class StageError(RtkError):
     def __init__(self, stage_id: str, cause: BaseException):
         self.stage_id = stage_id
         self.cause = cause
-        super().__init__(f"stage {stage_id!r} failed: {type(cause).__name__}: {cause}")
+        what = str(cause) if isinstance(cause, ComponentError) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"stage {stage_id!r} failed: {what}")
 
 
 class TrainingDivergedError(RtkError):

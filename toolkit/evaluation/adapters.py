@@ -127,6 +127,9 @@ class ModelView(nn.Module):
         if not _OUTPUT_RE.match(output):
             raise ConfigError(f"output: {output!r} is not allowed; use logits, first, index:N or key:NAME")
         self.model = model
+        # mirror the model's mode: torchattacks restores the mode it finds on the view, and a
+        # fresh view (training=True) would leave an eval-mode model in train mode after an attack
+        self.training = model.training
         self.output = output
         self._meter = _Meter()  # a plain object: nn.Module.__setattr__ is slow on every forward
         if isinstance(normalize, dict):
