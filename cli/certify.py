@@ -6,25 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
-from .common import echo_table, friendly_errors, progress_bars, registry
+from .common import echo_table, friendly_errors, parse_component, progress_bars, registry
 
 
 def parse_certifier(text: str) -> dict[str, Any]:
     """``name`` or ``name:key=value,key=value`` -> ``{"name": ..., **options}``; values are
     read as TOML scalars (numbers, booleans) and otherwise kept as strings ("8/255")."""
-    name, _, rest = text.partition(":")
-    ref: dict[str, Any] = {"name": name.strip()}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected key=value in {text!r}, got {part!r}", param_hint="--certifier")
-        try:
-            ref[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            ref[key.strip()] = value.strip()
-    return ref
+    ref = parse_component(text, "--certifier")
+    return {"name": ref} if isinstance(ref, str) else ref
 
 
 @click.command("certify")

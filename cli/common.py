@@ -5,12 +5,57 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import click
 
 from .main import State, _state
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``6``, ``0.5``, ``true``, ``[1, 2]``, ``"x"``), else the text itself
+    (``8/255``, ``L2``): the one reader of values given on the command line."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def key_values(items: Iterable[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (values read by :func:`parse_value`) -> a dict; a bad item is a
+    ``click.BadParameter`` naming ``flag``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def parse_component(text: str, flag: str) -> dict[str, Any] | str:
+    """A component on the command line: ``pgd``, ``pgd:eps=8/255,steps=20`` (commas inside
+    ``[...]`` stay in the value) or an inline TOML table ``{ name = "pgd", steps = 20 }``."""
+    import re
+
+    import tomllib
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise click.BadParameter(f"{text!r} is not a TOML inline table: {exc}", param_hint=flag) from None
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise click.BadParameter(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}", param_hint=flag)
+    if not rest:
+        return name.strip()
+    items = [p for p in re.split(r",(?![^\[]*\])", rest) if p.strip()]
+    return {"name": name.strip(), **key_values(items, flag)}
 
 
 def state() -> State:

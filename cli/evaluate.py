@@ -14,37 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
-from .common import echo_table, friendly_errors, progress_bars, registry
-
-
-def _value(text: str) -> Any:
-    """A TOML value (``6``, ``0.5``, ``true``, ``"x"``), else the text itself (``8/255``, ``L2``)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+from .common import echo_table, friendly_errors, parse_component, progress_bars, registry
 
 
 def parse_attack(text: str) -> dict[str, Any] | str:
     """``pgd``, ``pgd:eps=8/255,steps=20`` or an inline TOML table ``{ name = "pgd", steps = 20 }``."""
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            return tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError as exc:
-            raise click.BadParameter(f"{text!r} is not a TOML inline table: {exc}", param_hint="--attack") from None
-    name, _, rest = text.partition(":")
-    if not rest:
-        return name
-    opts: dict[str, Any] = {"name": name}
-    for item in re.split(r",(?![^\[]*\])", rest):
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected NAME:KEY=VALUE,KEY=VALUE, got {text!r}", param_hint="--attack")
-        opts[key.strip()] = _value(val.strip())
-    return opts
+    return parse_component(text, "--attack")
 
 
 def parse_eps(items: tuple[str, ...]) -> list[str] | dict[str, list[str]] | None:

@@ -15,44 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
-from .common import echo_table, friendly_errors, progress_bars, registry
-
-
-def _value(text: str) -> Any:
-    """A TOML value (``6``, ``0.5``, ``true``, ``"x"``), else the text itself (``8/255``)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _pairs(items: tuple[str, ...] | list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
-        out[key.strip()] = _value(value.strip())
-    return out
-
-
-def _component(text: str, flag: str) -> dict[str, Any] | str:
-    """``hydra`` or ``channel:importance=lamp,global_pruning=true`` -> a component table."""
-    name, _, rest = text.partition(":")
-    if not name.strip():
-        raise click.BadParameter(f"expected NAME or NAME:KEY=VALUE,..., got {text!r}", param_hint=flag)
-    if not rest:
-        return name.strip()
-    return {"name": name.strip(), **_pairs([p for p in rest.split(",") if p.strip()], flag)}
+from .common import echo_table, friendly_errors, key_values, parse_component, parse_value, progress_bars, registry
 
 
 def _numbers(text: str | None, flag: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(_value(v.strip())) for v in text.split(",") if v.strip()]
+        return [float(parse_value(v.strip())) for v in text.split(",") if v.strip()]
     except (TypeError, ValueError):
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=flag) from None
 
@@ -211,7 +182,7 @@ def run_command(**kw: Any) -> None:
 
 
 def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
-    model: dict[str, Any] = {"arch": kw["arch"], **_pairs(kw["model_option"], "--model-option")}
+    model: dict[str, Any] = {"arch": kw["arch"], **key_values(kw["model_option"], "--model-option")}
     if kw["checkpoint"] is not None:
         spec = _read_spec(kw["checkpoint"])
         model = {"arch": spec["arch"], "checkpoint": str(Path(kw["checkpoint"]).resolve()), **spec.get("options", {})}
@@ -219,15 +190,15 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         "kind": "prune",
         "id": "prune",
         "model": kw["name"],
-        "trainer": {"name": kw["trainer"], **_pairs(kw["trainer_option"], "--trainer-option")},
+        "trainer": {"name": kw["trainer"], **key_values(kw["trainer_option"], "--trainer-option")},
         "pretrain_epochs": kw["pretrain_epochs"],
     }
     if kw["pruners"]:
-        stage["pruners"] = [_component(p, "--pruner") for p in kw["pruners"]]
+        stage["pruners"] = [parse_component(p, "--pruner") for p in kw["pruners"]]
     if kw["attacks"]:
-        stage["attacks"] = [_component(a, "--attack") for a in kw["attacks"]]
+        stage["attacks"] = [parse_component(a, "--attack") for a in kw["attacks"]]
     if kw["certifiers"]:
-        stage["certifiers"] = [_component(c, "--certifier") for c in kw["certifiers"]]
+        stage["certifiers"] = [parse_component(c, "--certifier") for c in kw["certifiers"]]
     compression = _numbers(kw["compression"], "--compression")
     ratios = _numbers(kw["ratios"], "--ratio")
     if compression is not None:
@@ -247,7 +218,7 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         if kw[key] is not None:
             stage[key] = kw[key]
     if kw["loop_option"]:
-        stage["loop"] = _pairs(kw["loop_option"], "--loop-option")
+        stage["loop"] = key_values(kw["loop_option"], "--loop-option")
     for key in ("layers", "exclude"):
         if kw[key]:
             stage[key] = [p.strip() for p in kw[key].split(",") if p.strip()]
@@ -262,7 +233,7 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         "name": label,
         "seed": kw["seed"],
         "device": kw["device"],
-        "dataset": {"name": kw["dataset"], **_pairs(kw["data_option"], "--data-option")},
+        "dataset": {"name": kw["dataset"], **key_values(kw["data_option"], "--data-option")},
         "models": {kw["name"]: model},
         "stages": [stage],
     }

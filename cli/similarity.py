@@ -8,26 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
-from .common import echo_table, friendly_errors, progress_bars, registry
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _key_values(items: tuple[str, ...], what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=what)
-        out[key.strip()] = _parse_value(value.strip())
-    return out
+from .common import echo_table, friendly_errors, key_values, progress_bars, registry
 
 
 def _model_name(text: str, taken: set[str]) -> str:
@@ -157,7 +139,7 @@ def command(
     first = read_spec(_checkpoint_of(checkpoints[0], run_dir)[0])
     ds = dataset or first.get("data", {}).get("name")
     adversarial = {}
-    for key, value in _key_values(attacks, "--attack").items():
+    for key, value in key_values(attacks, "--attack").items():
         target = key if key == "*" else labels.get(key, key)
         if target != "*" and target not in models:
             raise click.BadParameter(f"unknown model {key!r}; models: {', '.join(labels)}", param_hint="--attack")
@@ -165,7 +147,7 @@ def command(
     stage: dict[str, Any] = {
         "kind": "similarity",
         "id": "similarity",
-        "metric": {"name": metric, **_key_values(metric_options, "--metric-option")},
+        "metric": {"name": metric, **key_values(metric_options, "--metric-option")},
         "split": split,
         "limit": limit,
         "batch_size": batch_size,

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import click
-import tomllib
 from click.core import ParameterSource
 
-from .common import echo_table, friendly_errors, progress_bars, registry
+from .common import echo_table, friendly_errors, key_values, progress_bars, registry
 
 _LOOP_SKIP = ("amp",)  # handled by the explicit --amp/--no-amp below
 
@@ -63,24 +62,6 @@ def _add_loop_options(fn):
         else:
             fn = click.option(flag, name, default=None, metavar="VALUE", help=help_)(fn)
     return fn
-
-
-def _parse_value(text: str) -> Any:
-    """A TOML value (``6``, ``0.5``, ``true``, ``[1, 2]``, ``"x"``), else the text itself (``8/255``)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _pairs(items: tuple[str, ...], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=flag)
-        out[key.strip()] = _parse_value(value.strip())
-    return out
 
 
 def _cli_message(text: str, model: str) -> str:
@@ -178,14 +159,14 @@ def command(**kw: Any) -> None:
 
 def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
     name = kw["name"]
-    dataset = {"name": kw["dataset"], **_pairs(kw["data_option"], "--data-option")}
+    dataset = {"name": kw["dataset"], **key_values(kw["data_option"], "--data-option")}
     for key in ("limit_train", "limit_test"):
         if kw[key] is not None:
             dataset[key] = kw[key]
-    model: dict[str, Any] = {"arch": kw["arch"], **_pairs(kw["model_option"], "--model-option")}
+    model: dict[str, Any] = {"arch": kw["arch"], **key_values(kw["model_option"], "--model-option")}
     if kw["init"] is not None:
         model["checkpoint"] = str(Path(kw["init"]).resolve())
-    trainer = {"name": kw["trainer"], **_pairs(kw["trainer_option"], "--trainer-option")}
+    trainer = {"name": kw["trainer"], **key_values(kw["trainer_option"], "--trainer-option")}
     if kw["eps"] is not None:
         trainer["eps"] = kw["eps"]
     stage: dict[str, Any] = {"kind": "train", "id": "train", "model": name, "trainer": trainer}

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 
-from .common import echo_table, friendly_errors, progress_bars, registry
+from .common import echo_table, friendly_errors, key_values, parse_component, progress_bars, registry
 
 
 @click.group("zoo")
@@ -72,31 +71,6 @@ def list_command(dataset: str | None, threat: str | None, model_dir: Path | None
     click.echo(
         f"clean / robust: accuracies reported in robustbench's README (AutoAttack for Linf/L2); {LEADERBOARD_NOTE}."
     )
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _key_values(items: tuple[str, ...], what: str) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=what)
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
-    return out
-
-
-def _attack(spec: str) -> Any:
-    """``pgd`` or ``pgd:eps=8/255,steps=10``."""
-    name, _, rest = spec.partition(":")
-    if not rest:
-        return name.strip()
-    return {"name": name.strip(), **_key_values(tuple(p for p in rest.split(",") if p.strip()), "--attack")}
 
 
 def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
@@ -205,12 +179,12 @@ def compare_command(
     if model_dir is not None:
         stage["model_dir"] = str(model_dir)
     if attacks:
-        stage["attacks"] = [_attack(a) for a in attacks]
+        stage["attacks"] = [parse_component(a, "--attack") for a in attacks]
     experiment = {
         "name": "zoo-compare",
         "seed": seed,
         "device": device,
-        "dataset": {"name": dataset, **_key_values(data_opts, "--data")},
+        "dataset": {"name": dataset, **key_values(data_opts, "--data")},
         "models": declared,
         "stages": [stage],
     }

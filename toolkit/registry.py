@@ -40,23 +40,10 @@ from typing import Any, Literal, overload
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, records
 from .errors import ComponentError, PluginError, RtkError, UnknownComponentError, suggest
 from .options import Options
-from .records import (
-    KINDS,
-    AttackSpec,
-    CertifierSpec,
-    CommandSpec,
-    ComponentSpec,
-    DatasetSpec,
-    ModelSpec,
-    PrunerSpec,
-    Registration,
-    SimilaritySpec,
-    StageSpec,
-    TrainerSpec,
-)
+from .records import KINDS, ComponentSpec, Registration
 
 log = logging.getLogger(__name__)
 
@@ -401,22 +388,22 @@ class Registry:
         reg = cls()
         for plugin in order:
             dist, version = dists.get(plugin, (None, None))
-            records, problem = _collect(plugin, impls.get(plugin, []))
+            found, problem = _collect(plugin, impls.get(plugin, []))
             fix = (
                 f"fix the plugin, upgrade or uninstall {dist or 'it'}, or disable it with {_disable_hint(plugin, dist)}"
             )
             if problem is None:
-                problem, fix = reg._conflict(plugin, dist, records) or (None, fix)
+                problem, fix = reg._conflict(plugin, dist, found) or (None, fix)
             if problem is not None:
                 _skip(failures, plugin, dist, version, problem, fix)
                 continue
-            for record in records:
+            for record in found:
                 reg.add(Registration(record, plugin, dist, version))
         return reg
 
-    def _conflict(self, plugin: str, dist: str | None, records: list[ComponentSpec]) -> tuple[str, str] | None:
+    def _conflict(self, plugin: str, dist: str | None, found: list[ComponentSpec]) -> tuple[str, str] | None:
         names: set[tuple[str, str]] = set()
-        for record in records:
+        for record in found:
             key = (record.KIND, record.name)
             other = self._by_kind.get(record.KIND, {}).get(record.name)
             if other is not None:
@@ -436,23 +423,23 @@ class Registry:
 
     # lookups -----------------------------------------------------------------
     @overload
-    def get(self, kind: Literal["dataset"], name: str) -> DatasetSpec: ...
+    def get(self, kind: Literal["dataset"], name: str) -> records.DatasetSpec: ...
     @overload
-    def get(self, kind: Literal["model"], name: str) -> ModelSpec: ...
+    def get(self, kind: Literal["model"], name: str) -> records.ModelSpec: ...
     @overload
-    def get(self, kind: Literal["trainer"], name: str) -> TrainerSpec: ...
+    def get(self, kind: Literal["trainer"], name: str) -> records.TrainerSpec: ...
     @overload
-    def get(self, kind: Literal["attack"], name: str) -> AttackSpec: ...
+    def get(self, kind: Literal["attack"], name: str) -> records.AttackSpec: ...
     @overload
-    def get(self, kind: Literal["pruner"], name: str) -> PrunerSpec: ...
+    def get(self, kind: Literal["pruner"], name: str) -> records.PrunerSpec: ...
     @overload
-    def get(self, kind: Literal["similarity"], name: str) -> SimilaritySpec: ...
+    def get(self, kind: Literal["similarity"], name: str) -> records.SimilaritySpec: ...
     @overload
-    def get(self, kind: Literal["certifier"], name: str) -> CertifierSpec: ...
+    def get(self, kind: Literal["certifier"], name: str) -> records.CertifierSpec: ...
     @overload
-    def get(self, kind: Literal["stage"], name: str) -> StageSpec: ...
+    def get(self, kind: Literal["stage"], name: str) -> records.StageSpec: ...
     @overload
-    def get(self, kind: Literal["command"], name: str) -> CommandSpec: ...
+    def get(self, kind: Literal["command"], name: str) -> records.CommandSpec: ...
     @overload
     def get(self, kind: str, name: str) -> ComponentSpec: ...
     def get(self, kind: str, name: str) -> ComponentSpec:
@@ -486,7 +473,7 @@ class Registry:
 
 def _collect(plugin: str, impls: list[tuple[str, str, Any]]) -> tuple[list[ComponentSpec], str | None]:
     """Call a plugin's collection hooks: its records, or the first problem found."""
-    records: list[ComponentSpec] = []
+    found: list[ComponentSpec] = []
     for hook_name, kind, impl in impls:
         try:
             produced = list(impl.function() or ())
@@ -496,8 +483,8 @@ def _collect(plugin: str, impls: list[tuple[str, str, Any]]) -> tuple[list[Compo
             bad = record_problem(record, KINDS[kind])
             if bad is not None:
                 return [], f"yielded a malformed record from {hook_name}: {bad}"
-            records.append(record)
-    return records, None
+            found.append(record)
+    return found, None
 
 
 _DEFAULT: Registry | None = None
