@@ -213,3 +213,17 @@ def test_out_dir_that_is_not_empty_is_refused(tmp_path, registry):
     with pytest.raises(ConfigError, match="already exists"):
         rtk.run(write(tmp_path, BASE + TRAIN), registry=registry, out=out)
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_table_by_bare_name_two_stages_wrote_is_a_clear_error():
+    import pandas as pd
+
+    df = pd.DataFrame({"accuracy": [0.5]})
+    res = rtk.RunResult(
+        Path("run"), {"02-evaluate/accuracy": df, "04-evaluate/accuracy": df, "01-train/history": df}, {}, Path("r")
+    )
+    assert res.table("history") is df and res.table("04-evaluate/accuracy") is df
+    with pytest.raises(rtk.RtkError, match="'accuracy' is written by 2 stages; name one of: 02-evaluate/accuracy"):
+        res.table("accuracy")
+    with pytest.raises(KeyError, match="no table 'nope'"):
+        res.table("nope")

@@ -526,12 +526,16 @@ def wrap_model(
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module inside DDP / DataParallel (and ``torch.compile``) wrappers, so feature
-    hooks, layer names and checkpoints see the same model as in a single process."""
+    """The bare module inside DDP / DataParallel / FSDP (and ``torch.compile``) wrappers, so
+    feature hooks, layer names, checkpoints and attacks see the same model as in a single
+    process (an attack on the bare module shares its parameters and takes no part in DDP's
+    gradient synchronisation). rtk's one unwrap."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     while True:
-        if isinstance(model, (DistributedDataParallel, DataParallel)):
+        if isinstance(model, (DistributedDataParallel, DataParallel)) or (
+            type(model).__name__ == "FullyShardedDataParallel" and isinstance(getattr(model, "module", None), nn.Module)
+        ):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod  # torch.compile's OptimizedModule

@@ -349,12 +349,15 @@ class RunResult:
     report: Path
 
     def table(self, key: str) -> pd.DataFrame:
-        """A table by ``"<stage-id>/<table>"`` or by its bare name when that is unique."""
+        """A table by ``"<stage-id>/<table>"`` or by its bare name when that is unique; a bare
+        name two stages write is an :class:`RtkError` listing the stage-qualified names."""
         if key in self.tables:
             return self.tables[key]
         hits = [k for k in self.tables if k.split("/", 1)[1] == key]
         if len(hits) == 1:
             return self.tables[hits[0]]
+        if hits:
+            raise RtkError(f"table {key!r} is written by {len(hits)} stages; name one of: {', '.join(hits)}")
         raise KeyError(f"no table {key!r}; tables: {', '.join(self.tables)}")
 
 

@@ -33,7 +33,7 @@ From a plugin's own tests (pytest)::
 
 or one test per component::
 
-    @pytest.mark.parametrize("reg", rtk.testing.registrations("my-plugin"), ids=str)
+    @pytest.mark.parametrize("reg", rtk.testing.registrations("my-plugin"), ids=lambda r: r.spec.name)
     def test_contract(reg):
         rtk.testing.assert_contract(reg)
 """

@@ -67,12 +67,11 @@ def _flat_sum(t: torch.Tensor) -> torch.Tensor:
 def _weight(module: nn.Module) -> torch.Tensor:
     """The weight a Linear/Conv2d layer's forward pass really uses, differentiably.
 
-    - a layer that defines ``effective_weight()`` (the protocol for custom masked layers);
+    - a layer that defines ``effective_weight()`` (the protocol for custom masked layers; rtk's
+      masked and scored (HYDRA) layers of :mod:`rtk.pruning` define it: ``weight * weight_mask``,
+      or ``weight`` times the top-k mask of ``|scores|`` with the straight-through gradient);
     - ``torch.nn.utils.prune``: ``weight_orig * weight_mask`` (``weight`` itself is refreshed
       only by a forward pre-hook);
-    - rtk's masked layers (:mod:`rtk.pruning`): ``weight * weight_mask``, so pruned weights get
-      no gradient; rtk's scored (HYDRA) layers: ``weight`` times the top-k mask of ``|scores|``,
-      with the straight-through gradient to the scores that their forward pass uses;
     - otherwise ``weight`` (``torch.nn.utils.parametrize`` computes it on access).
     """
     fn = getattr(module, "effective_weight", None)
@@ -80,16 +79,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
         return fn()
     if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
         return module.weight_orig * module.weight_mask
-    w = module.weight
-    if getattr(type(module), "_rtk_base", None) is not None:
-        scores = getattr(module, "scores", None)
-        if isinstance(scores, torch.Tensor) and callable(getattr(module, "current_mask", None)):
-            mag = scores.abs()
-            return w * (module.current_mask().to(w.dtype) + (mag - mag.detach()))
-        mask = getattr(module, "weight_mask", None)
-        if isinstance(mask, torch.Tensor):
-            return w * mask.to(w.dtype)
-    return w
+    return module.weight
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:

@@ -72,13 +72,9 @@ def make_loop_config(
 ) -> Any:
     """A :class:`rtk.training.LoopConfig` from the pipeline's settings plus user ``options``
     (validated; an unknown key is a ConfigError naming it)."""
-    import dataclasses as _dc
-
     from ..options import validate_options
     from ..training import LoopConfig
 
-    fields = getattr(LoopConfig, "model_fields", None)
-    known = set(fields) if fields is not None else {f.name for f in _dc.fields(LoopConfig)}
     base: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -89,27 +85,7 @@ def make_loop_config(
     }
     if optimizer == "sgd":
         base["momentum"] = momentum
-    base = {k: v for k, v in base.items() if k in known}
-    merged = {**base, **(options or {})}
-    if fields is None:
-        return LoopConfig(**merged)
-    return validate_options(LoopConfig, merged, where=where)
-
-
-def fit_parameters_kwargs(trainable: list[Any]) -> dict[str, Any]:
-    """``{"parameters": trainable}`` when :func:`rtk.training.fit` accepts it, else ``{}``."""
-    import inspect
-
-    from .. import training
-
-    params = inspect.signature(training.fit).parameters
-    if "parameters" in params:
-        return {"parameters": trainable}
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    inner = getattr(training, "train_model", None)
-    if takes_kwargs and inner is not None and "parameters" in inspect.signature(inner).parameters:
-        return {"parameters": trainable}
-    return {}
+    return validate_options(LoopConfig, {**base, **(options or {})}, where=where)
 
 
 @dataclass
@@ -194,7 +170,6 @@ __all__ = [
     "ScoreTraining",
     "check_ratio",
     "compression_label",
-    "fit_parameters_kwargs",
     "keep_count",
     "make_loop_config",
     "ratio_from_compression",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import PruneJob, PruneOutcome, PruningError, check_ratio, fit_parameters_kwargs, keep_count
+from .base import PruneJob, PruneOutcome, PruningError, check_ratio, keep_count
 from .masks import apply_mask, finalize_scores, is_masked, is_prunable, scaled_score_init, to_scored, topk_mask
 from .select import resolve_names
 
@@ -175,9 +175,8 @@ class HydraPruner:
             p.requires_grad_(id(p) in trainable_ids)
         frozen_before = {n: m.weight.detach().clone() for n, m in mods.items()}
         cfg = job.scores.loop()
-        kwargs = fit_parameters_kwargs(trainable)
         try:
-            history = fit(model, job.objective, job.data, cfg, device=job.device, seed=job.seed, **kwargs)
+            history = fit(model, job.objective, job.data, cfg, device=job.device, seed=job.seed, parameters=trainable)
         finally:
             for p in model.parameters():
                 if id(p) in saved:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed import unwrap
 from ..errors import ConfigError
 from ..runtime import progress
 from .kernels import SimilarityError, Tensor
@@ -51,16 +52,6 @@ DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 _POOL = re.compile(r"^(flatten|avg|avg(\d+))$")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel wrappers."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or (
-        type(model).__name__ in ("DistributedDataParallel", "DataParallel", "FullyShardedDataParallel")
-        and hasattr(model, "module")
-    ):
-        model = model.module
-    return model
 
 
 def _matches(name: str, pattern: str) -> bool:

@@ -48,17 +48,6 @@ def bn_mode(model: nn.Module, mode: Literal["eval", "train"]) -> Iterator[None]:
             model.train()
 
 
-def bare_module(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel wrappers. Attacks run on it:
-    it shares the parameters, and its forward passes do not take part in DDP's gradient
-    synchronisation."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while isinstance(model, (DistributedDataParallel, DataParallel)):
-        model = model.module
-    return model
-
-
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     """Per-example L2 norm, shaped to broadcast against ``t``."""
     return t.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
@@ -146,7 +135,6 @@ def max_eps(norm: Norm, shape: tuple[int, ...]) -> float:
 __all__ = [
     "Init",
     "Norm",
-    "bare_module",
     "bn_mode",
     "ce_sum",
     "default_alpha",

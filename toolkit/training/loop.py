@@ -43,7 +43,7 @@ from ..data.core import DatasetBundle, batches, subset
 from ..errors import ConfigError, TrainingDivergedError
 from ..runtime import amp_context
 from ..runtime import progress as _progress
-from .attacks import bare_module, default_alpha, max_eps, perturb
+from .attacks import default_alpha, max_eps, perturb
 from .config import MONITORABLE, LoopConfig
 from .objectives import EpsSchedule, Objective, ObjectiveOutput, Progress
 from .schedules import make_optimizer, make_scheduler
@@ -244,7 +244,7 @@ class _TrainingRun:
         batch_weights: Callable[[int], Sequence[float]] | None = None,
     ) -> None:
         self.model = model  # possibly DDP-wrapped: the objective trains through it
-        self.bare = bare_module(model)  # checkpoints, state and evaluation use the bare module
+        self.bare = _dist.unwrap(model)  # checkpoints, state and evaluation use the bare module
         self.objective = objective
         self.data = data
         self.cfg = cfg

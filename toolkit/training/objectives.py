@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import Init, Norm, bare_module, bn_mode, ce_sum, default_alpha, perturb
+from ..distributed import unwrap
+from .attacks import Init, Norm, bn_mode, ce_sum, default_alpha, perturb
 
 
 @dataclass
@@ -160,7 +161,7 @@ class AdversarialObjective:
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, init: Init, loss_fn=ce_sum
     ) -> torch.Tensor:
         alpha = self.step_size * (eps / self.eps) if self.eps > 0 else 0.0
-        model = bare_module(model)
+        model = unwrap(model)
         with bn_mode(model, self.attack_bn):
             return perturb(
                 model, x, y, eps=eps, alpha=alpha, steps=self.steps, norm=self.norm, init=init, loss_fn=loss_fn
@@ -198,7 +199,7 @@ class TRADESObjective(AdversarialObjective):
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, progress: float) -> ObjectiveOutput:
         eps = self.eps_at(progress)
         if eps > 0:
-            bare = bare_module(model)
+            bare = unwrap(model)
             with torch.no_grad(), bn_mode(bare, self.attack_bn):
                 clean_probs = F.softmax(bare(x).float(), dim=1)
             x_adv = self._attack(model, x, y, eps, init="normal", loss_fn=_kl_to_clean(clean_probs))
