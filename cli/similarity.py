@@ -33,8 +33,10 @@ def _checkpoint_of(ref: str, run: Path | None) -> tuple[Path, str]:
         read_spec(stem)  # a clear CheckpointError when missing
         generic = stem.name in ("last", "best", "current") or stem.name.startswith("epoch-")
         return stem, f"{stem.parent.name}@{stem.name}" if generic and stem.parent.name else stem.name
-    base, _, tag = ref.partition("@")
-    tag = tag or "last"
+    from rtk.refs import ModelRef
+
+    mref = ModelRef.parse(ref)
+    base, tag = mref.name, mref.tag or "last"
     stem = run / "checkpoints" / base / tag
     if not stem.with_suffix(".json").exists():
         avail = (

@@ -12,7 +12,7 @@ from pydantic import Field
 import rtk
 from rtk.evaluation import (
     OUTPUT_PATTERN,
-    CheckSettings,
+    AttackSuiteOptions,
     Normalization,
     RecordStore,
     SanityCheckError,
@@ -22,37 +22,11 @@ from rtk.evaluation import (
     plot_curves,
 )
 
-Norm = Literal["Linf", "L2", "L1"]
 
-
-class EvaluateOptions(rtk.Options):
+class EvaluateOptions(AttackSuiteOptions):
     models: list[str] = Field(min_length=1, description="models to evaluate (`name` or `name@tag`)")
-    attacks: list[rtk.AttackRef] = Field(
-        default_factory=lambda: [rtk.AttackRef(name="autoattack")],
-        min_length=1,
-        description="the attack suite, in order",
-    )
-    eps: list[rtk.Eps] | dict[Norm, list[rtk.Eps]] | None = Field(
-        None,
-        description="run every bounded attack at each eps (a list, or a table per norm: { Linf = [...], L2 = "
-        "[...] }); gives the accuracy-vs-eps curve. Default: each attack's own eps",
-    )
-    headline_eps: rtk.Eps | None = Field(
-        None, description="eps of the headline worst case (default: the largest eps of the first bounded attack)"
-    )
     split: Literal["test", "train"] = Field("test", description="which split to evaluate on")
-    limit: int | None = Field(None, ge=1, description="evaluate on a fixed random subset of this many examples")
-    batch_size: int = Field(256, ge=1)
-    early_exit: bool = Field(
-        False,
-        description="attacks skip examples an earlier attack already broke (faster; the "
-        "stand-alone accuracy of later attacks is then not reported)",
-    )
-    checks: bool = Field(True, description="run the sanity checks")
     strict: bool = Field(False, description="a failed sanity check fails the stage (otherwise it warns)")
-    check_settings: CheckSettings = Field(
-        default_factory=CheckSettings, description="thresholds and sizes of the checks"
-    )
     output: str = Field(
         "logits", pattern=OUTPUT_PATTERN, description='what the models return: "logits", "first", "index:N", "key:NAME"'
     )
@@ -73,12 +47,7 @@ class EvaluateOptions(rtk.Options):
 
 
 def _refs_ok(opts: EvaluateOptions) -> bool:
-    try:
-        for ref in opts.attacks:
-            _ = ref.spec
-    except RuntimeError:
-        return False
-    return True
+    return all(ref.resolved for ref in opts.attacks)
 
 
 def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:

@@ -188,10 +188,9 @@ def _check(opts: PruneStageOptions, planning: rtk.Planning) -> list[str]:
     problems = planning.check_model(opts.model, "model")
     labels: dict[str, int] = {}
     for i, ref in enumerate(opts.pruners):
-        try:
-            label = _label(ref)
-        except RuntimeError:  # the reference did not resolve; that problem is reported already
+        if not ref.resolved:  # the reference did not resolve; that problem is reported already
             continue
+        label = _label(ref)
         if label in labels:
             problems.append(
                 f"{planning.where}.pruners[{i}]: method {label!r} also appears at pruners[{labels[label]}]; "
@@ -213,7 +212,7 @@ def _check(opts: PruneStageOptions, planning: rtk.Planning) -> list[str]:
         )
     except rtk.ConfigError as exc:
         problems.extend(exc.problems)
-    base = opts.model.split("@", 1)[0]
+    base = rtk.ModelRef.parse(opts.model).name
     for label in labels:
         for target in opts.targets():
             name = pruned_name(base, label, target)
@@ -253,7 +252,7 @@ def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
         pruned_recipe,
     )
 
-    base = opts.model.split("@", 1)[0]
+    base = rtk.ModelRef.parse(opts.model).name
     model = ctx.model(opts.model).to(ctx.device)  # "name@tag" loads that checkpoint as a fresh module
     entry = ctx.entry(base)
     dense_before = copy.deepcopy(model).cpu()

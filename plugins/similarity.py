@@ -163,12 +163,19 @@ def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult
     metric = opts.metric.spec.build(opts.metric.opts)
 
     def attack_for(ref: str):
-        aref = opts.adversarial.get(ref) or opts.adversarial.get(ref.split("@", 1)[0]) or opts.adversarial.get("*")
+        aref = (
+            opts.adversarial.get(ref) or opts.adversarial.get(rtk.ModelRef.parse(ref).name) or opts.adversarial.get("*")
+        )
         return aref
 
     def layers_for(ref: str):
         if isinstance(opts.layers, dict):
-            return opts.layers.get(ref) or opts.layers.get(ref.split("@", 1)[0]) or opts.layers.get("*") or ["default"]
+            return (
+                opts.layers.get(ref)
+                or opts.layers.get(rtk.ModelRef.parse(ref).name)
+                or opts.layers.get("*")
+                or ["default"]
+            )
         return opts.layers
 
     job = SimilarityJob(

@@ -128,10 +128,9 @@ def _loop_config(opts: TrainStageOptions, ctx_amp: bool) -> LoopConfig:
 
 
 def _trainer_problems(opts: TrainStageOptions, where: str) -> list[str]:
-    try:
-        topts = opts.trainer.opts
-    except RuntimeError:  # the reference did not resolve; that problem is reported already
+    if not opts.trainer.resolved:  # the reference did not resolve; that problem is reported already
         return []
+    topts = opts.trainer.opts
     end = getattr(topts, "eps_warmup", 0.0) + getattr(topts, "eps_ramp", 0.0)
     if end > opts.epochs:
         return [
@@ -149,7 +148,7 @@ def _check_train(opts: TrainStageOptions, planning: rtk.Planning):
 
 def _check_fine_tune(opts: FineTuneStageOptions, planning: rtk.Planning):
     problems = _trainer_problems(opts, planning.where)
-    if "@" in opts.model:
+    if rtk.ModelRef.parse(opts.model).tag is not None:
         problems.append(
             f"{planning.where}.model: {opts.model!r} names a checkpoint; give a model name "
             "(start from a checkpoint with source = 'model@tag')"
@@ -158,7 +157,7 @@ def _check_fine_tune(opts: FineTuneStageOptions, planning: rtk.Planning):
         problems += planning.check_model(opts.source, "source")
     else:
         problems += planning.check_model(opts.model, "model")
-    planning.models.add(opts.model.split("@", 1)[0])
+    planning.models.add(rtk.ModelRef.parse(opts.model).name)
     return problems
 
 
@@ -305,10 +304,11 @@ def _run_train(ctx: rtk.StageContext, opts: TrainStageOptions) -> rtk.StageResul
 def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.StageResult:
     name = opts.model
     source = opts.source or name
-    base = source.split("@", 1)[0]
+    source_ref = rtk.ModelRef.parse(source)
+    base = source_ref.name
     if ctx.resume and opts.resume and name in ctx.models and has_state(ctx.artifact_dir / "state"):
         module = ctx.model(name)  # the saved training state restores the weights
-    elif "@" in source:
+    elif source_ref.tag is not None:
         module = ctx.model(source)  # a fresh module loaded from that checkpoint
     else:
         module = ctx.model(base)

@@ -16,12 +16,10 @@ In an experiment file::
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 import rtk
-from rtk.evaluation import CheckSettings
+from rtk.evaluation import AttackSuiteOptions
 
 SOURCE_HELP = (
     "the zoo entry '<dataset>/<threat>/<name>', e.g. 'cifar10/Linf/Carmon2019Unlabeled'; written "
@@ -109,10 +107,7 @@ class CKAOptions(rtk.Options):
     max_layers: int = Field(24, ge=1, description="at most this many layers per model (evenly spaced)")
 
 
-Norm = Literal["Linf", "L2", "L1"]
-
-
-class ZooStageOptions(rtk.Options):
+class ZooStageOptions(AttackSuiteOptions):
     models: list[str] = Field(
         default_factory=list, description="experiment models to compare (yours, or declared zoo models)"
     )
@@ -122,31 +117,7 @@ class ZooStageOptions(rtk.Options):
     model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
     allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
     download: bool = Field(False, description=DOWNLOAD_HELP)
-    attacks: list[rtk.AttackRef] = Field(
-        default_factory=lambda: [rtk.AttackRef(name="autoattack")],
-        min_length=1,
-        description="the attack suite, the same for every model (default: AutoAttack, RobustBench's own evaluation)",
-    )
-    eps: list[rtk.Eps] | dict[Norm, list[rtk.Eps]] | None = Field(
-        None,
-        description="run every bounded attack at each eps (a list, or a table per norm); default: each attack's "
-        "own eps",
-    )
-    headline_eps: rtk.Eps | None = Field(
-        None, description="eps of the headline worst case (default: the largest eps of the first bounded attack)"
-    )
-    limit: int | None = Field(
-        None,
-        ge=1,
-        description="evaluate on a fixed random subset of this many test examples "
-        "(the same subset as an evaluate stage with the same limit)",
-    )
     batch_size: int = Field(128, ge=1)
-    early_exit: bool = Field(False, description="attacks skip examples an earlier attack already broke")
-    checks: bool = Field(True, description="run the evaluation's sanity checks on every model")
-    check_settings: CheckSettings = Field(
-        default_factory=CheckSettings, description="thresholds and sizes of the checks"
-    )
     cka: CKAOptions = Field(default_factory=CKAOptions)
 
 
@@ -168,10 +139,9 @@ def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
     if dupes:
         problems.append(f"{planning.where}: a model appears twice in the comparison: {', '.join(dupes)}")
     problems += _missing_weights(opts, planning)
-    try:
-        refs = [(r.spec, r.opts, r.describe()) for r in opts.attacks]
-    except RuntimeError:
+    if not all(r.resolved for r in opts.attacks):
         return problems  # unresolved attack names were reported already
+    refs = [(r.spec, r.opts, r.describe()) for r in opts.attacks]
     try:
         make_units(refs, opts.eps)
     except rtk.RtkError as exc:
@@ -188,8 +158,9 @@ def _missing_weights(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]
         wanted.append((f"{planning.where}.zoo[{i}]", z, opts.model_dir, opts.download))
     declared = planning.experiment.models
     for name in opts.models:
-        decl = declared.get(name.split("@", 1)[0])
-        if decl is not None and decl.arch == "robustbench" and not decl.checkpoint and "@" not in name:
+        ref = rtk.ModelRef.parse(name)
+        decl = declared.get(ref.name)
+        if decl is not None and decl.arch == "robustbench" and not decl.checkpoint and ref.tag is None:
             o = decl.options
             if o.get("pretrained", True):
                 wanted.append((f"models.{name}", o.get("source", ""), o.get("model_dir"), o.get("download", False)))

@@ -227,3 +227,9 @@ def test_table_by_bare_name_two_stages_wrote_is_a_clear_error():
         res.table("accuracy")
     with pytest.raises(KeyError, match="no table 'nope'"):
         res.table("nope")
+
+
+def test_model_reference_is_parsed_in_one_place():
+    assert rtk.ModelRef.parse("net@best") == rtk.ModelRef("net", "best")
+    assert rtk.ModelRef.parse("net") == rtk.ModelRef("net") and rtk.ModelRef.parse("net").tag is None
+    assert str(rtk.ModelRef.parse("net@epoch-3")) == "net@epoch-3" and str(rtk.ModelRef("net")) == "net"

@@ -38,7 +38,7 @@ from .records import (
     StageSpec,
     TrainerSpec,
 )
-from .refs import AttackRef, CertifierRef, ComponentRef, PrunerRef, SimilarityRef, TrainerRef
+from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
 from .registry import Registry, default_registry, plugin_manager
 from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
 
@@ -60,6 +60,7 @@ __all__ = [
     "AttackRef",
     "CertifierRef",
     "ComponentRef",
+    "ModelRef",
     "PrunerRef",
     "SimilarityRef",
     "TrainerRef",

@@ -14,12 +14,33 @@ record and ``ref.opts`` the validated options object.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from .errors import ConfigError, UnknownComponentError
 from .options import validate_options
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model of the run as stage options name it: ``name`` (its current state) or
+    ``name@tag`` (one of its checkpoints: ``best``, ``last``, ...). The one parser of that
+    notation: ``ModelRef.parse("net@best") == ModelRef("net", "best")``."""
+
+    name: str
+    tag: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | ModelRef) -> ModelRef:
+        if isinstance(text, ModelRef):
+            return text
+        name, sep, tag = str(text).partition("@")
+        return cls(name.strip(), tag.strip() if sep else None)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.tag}" if self.tag is not None else self.name
 
 
 class ComponentRef(BaseModel):
@@ -42,6 +63,12 @@ class ComponentRef(BaseModel):
         if isinstance(value, ComponentRef):
             return {"name": value.name, "options": dict(value.options)}
         return value
+
+    @property
+    def resolved(self) -> bool:
+        """True once :meth:`resolve` succeeded (``spec`` and ``opts`` are then ready). A stage's
+        ``check`` skips unresolved references: the planner reports them already."""
+        return self._spec is not None
 
     @property
     def spec(self) -> Any:

@@ -27,7 +27,7 @@ from .errors import ConfigError, RtkError, StageError, UnknownComponentError
 from .models.checkpoint import ModelRecipe, load_checkpoint, read_spec, save_checkpoint
 from .options import validate_options
 from .records import StageSpec
-from .refs import resolve_refs
+from .refs import ModelRef, resolve_refs
 from .registry import Registry, default_registry
 from .rundir import RunDir, environment_record
 from .runtime import resolve_device, seed_everything
@@ -110,7 +110,7 @@ class Planning:
 
     def check_model(self, name: str, key: str) -> list[str]:
         """Problems if ``name`` (``model`` or ``model@tag``) is not known at this point."""
-        base = name.split("@", 1)[0]
+        base = ModelRef.parse(name).name
         if base in self.models:
             return []
         from .errors import suggest
@@ -246,7 +246,7 @@ class StageContext:
         return self._runner.tables
 
     def entry(self, name: str) -> ModelEntry:
-        base = name.split("@", 1)[0]
+        base = ModelRef.parse(name).name
         if base not in self._runner.models:
             raise RtkError(
                 f"stage {self.stage_id}: unknown model {base!r}; known: {', '.join(sorted(self._runner.models))}"
@@ -254,7 +254,8 @@ class StageContext:
         return self._runner.models[base]
 
     def model(self, name: str) -> nn.Module:
-        base, _, tag = name.partition("@")
+        ref = ModelRef.parse(name)
+        base, tag = ref.name, ref.tag
         entry = self.entry(base)
         if not tag:
             return entry.module

@@ -25,6 +25,7 @@ from .basic import robust_accuracy
 from .checks import CHECKS, CheckResult, CheckSettings, SanityCheckError, SanityCheckWarning
 from .engine import EvaluationResult, eval_indices, evaluate, load_batch, shard_indices
 from .records import RecordStore, merge_records, model_fingerprint
+from .request import AttackSuiteOptions, Norm
 from .summary import headline_threat, plot_curves, threat_label
 from .units import (
     NORMS,
@@ -64,6 +65,8 @@ __all__ = [
     "RecordStore",
     "merge_records",
     "model_fingerprint",
+    "AttackSuiteOptions",
+    "Norm",
     "headline_threat",
     "plot_curves",
     "threat_label",
