@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -16,6 +15,7 @@ from rtk.similarity import (
     LinearCKA,
     MinibatchCKAMetric,
     ProcrustesDistance,
+    check_pooling,
 )
 
 ANALYSES = ("heatmap", "block-structure", "diagonal", "overfitting", "specialization")
@@ -124,9 +124,10 @@ class SimilarityStageOptions(rtk.Options):
     @field_validator("pooling")
     @classmethod
     def _pooling_ok(cls, v: str) -> str:
-        if not re.fullmatch(r"flatten|avg|avg[1-9][0-9]*", v):
-            raise ValueError("allowed: 'flatten', 'avg', or 'avgN' with N >= 1 (for example 'avg2')")
-        return v
+        try:
+            return check_pooling(v)
+        except rtk.ConfigError as exc:  # pydantic reports ValueErrors with the key path
+            raise ValueError(str(exc).split("pooling: ", 1)[-1]) from None
 
     @field_validator("checkpoints")
     @classmethod

@@ -321,6 +321,9 @@ class GuardedCall:
     def __repr__(self) -> str:
         return repr(self._target)
 
+    def __reduce__(self) -> tuple[Any, ...]:  # copy, deepcopy and pickle rebuild the guard
+        return (GuardedCall, (self._target, self._origin))
+
 
 #: kinds whose ``build`` returns a callable the engine calls later (guarded too)
 _CALLABLE_RESULTS = ("attack", "trainer")

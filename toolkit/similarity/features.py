@@ -51,7 +51,7 @@ DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
 )
 
-_POOL = re.compile(r"^(flatten|avg|avg(\d+))$")
+_POOL = re.compile(r"^(flatten|avg|avg([1-9]\d*))$")  # avgN with N >= 1
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -95,10 +95,11 @@ def select_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> li
 
 
 def check_pooling(pooling: str) -> str:
+    """``pooling`` when allowed (the one validator of the notation), else a ConfigError."""
     if not _POOL.match(pooling):
         raise ConfigError(
             f"pooling: {pooling!r} is not allowed; use 'flatten', 'avg' (global average over "
-            "spatial positions) or 'avgN' (average-pool to N x N positions, e.g. 'avg2')"
+            "spatial positions) or 'avgN' with N >= 1 (average-pool to N x N positions, e.g. 'avg2')"
         )
     return pooling
 
