@@ -36,7 +36,12 @@ def test_builtins_register_every_kind_the_foundation_promises(registry):
 
 
 def test_every_hook_has_a_record_kind():
+    import rtk.hookspecs
+
     assert set(HOOK_KINDS.values()) == set(KINDS)
+    for hook, kind in HOOK_KINDS.items():  # each record names a hook that has a specification
+        assert hasattr(getattr(rtk.hookspecs, hook), "rtk_spec"), hook
+        assert KINDS[kind].HOOK == hook
 
 
 def test_unknown_name_suggests_closest(registry):

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import pluggy
 
 from .records import (
+    KINDS,
     AttackSpec,
     CertifierSpec,
     CommandSpec,
@@ -68,15 +69,5 @@ def rtk_commands() -> Iterable[CommandSpec]:
     """Extra CLI subcommands: yield CommandSpec records."""
 
 
-#: hook name -> record kind
-HOOK_KINDS = {
-    "rtk_datasets": "dataset",
-    "rtk_models": "model",
-    "rtk_trainers": "trainer",
-    "rtk_attacks": "attack",
-    "rtk_pruners": "pruner",
-    "rtk_similarity_metrics": "similarity",
-    "rtk_certifiers": "certifier",
-    "rtk_stages": "stage",
-    "rtk_commands": "command",
-}
+#: hook name -> record kind (from the records: each record class names its hook)
+HOOK_KINDS = {spec.HOOK: kind for kind, spec in KINDS.items()}

@@ -23,6 +23,8 @@ class ComponentSpec:
     options: type[Options] = NoOptions
 
     KIND: ClassVar[str] = "component"
+    #: the hook that yields records of this kind
+    HOOK: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class AttackSpec(ComponentSpec):
     build: Callable[[Any, Any], Callable[[Any, Any], Any]]
     norm: str = "Linf"
     KIND: ClassVar[str] = "attack"
+    HOOK: ClassVar[str] = "rtk_attacks"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +61,7 @@ class TrainerSpec(ComponentSpec):
 
     build: Callable[[Any], Any]
     KIND: ClassVar[str] = "trainer"
+    HOOK: ClassVar[str] = "rtk_trainers"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +72,7 @@ class PrunerSpec(ComponentSpec):
     build: Callable[[Any], Any]
     structured: bool = False
     KIND: ClassVar[str] = "pruner"
+    HOOK: ClassVar[str] = "rtk_pruners"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +82,7 @@ class SimilaritySpec(ComponentSpec):
 
     build: Callable[[Any], Any]
     KIND: ClassVar[str] = "similarity"
+    HOOK: ClassVar[str] = "rtk_similarity_metrics"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +92,7 @@ class CertifierSpec(ComponentSpec):
 
     build: Callable[[Any], Any]
     KIND: ClassVar[str] = "certifier"
+    HOOK: ClassVar[str] = "rtk_certifiers"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +104,7 @@ class DatasetSpec(ComponentSpec):
     load: Callable[[Any], Any]
     check: Callable[[Any], Iterable[str]] | None = None
     KIND: ClassVar[str] = "dataset"
+    HOOK: ClassVar[str] = "rtk_datasets"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +115,7 @@ class ModelSpec(ComponentSpec):
 
     build: Callable[[Any, Any], Any]
     KIND: ClassVar[str] = "model"
+    HOOK: ClassVar[str] = "rtk_models"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +131,7 @@ class StageSpec(ComponentSpec):
     run: Callable[[Any, Any], Any]
     check: Callable[[Any, Any], Iterable[str]] | None = None
     KIND: ClassVar[str] = "stage"
+    HOOK: ClassVar[str] = "rtk_stages"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,9 +140,11 @@ class CommandSpec(ComponentSpec):
 
     build: Callable[[], Any]
     KIND: ClassVar[str] = "command"
+    HOOK: ClassVar[str] = "rtk_commands"
 
 
-#: Every kind of component, keyed by its name in messages and in ``rtk plugins``.
+#: Every kind of component, keyed by its name in messages and in ``rtk plugins``: the one
+#: table of kinds (each record class carries its kind, hook and title).
 KINDS: dict[str, type[ComponentSpec]] = {
     cls.KIND: cls
     for cls in (
