@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 import types
 
 import pydantic
 import pytest
+from pluginhelpers import install_plugin
 
 import rtk
 from rtk.errors import PluginError, UnknownComponentError
@@ -98,24 +98,17 @@ def test_misspelled_hook_is_caught(monkeypatch):
 @pytest.fixture()
 def installed_plugins(tmp_path, monkeypatch):
     """Two plugins installed exactly as pip would: dist-info with entry_points.txt on sys.path."""
-    (tmp_path / "goodplug.py").write_text(
-        textwrap.dedent("""
+    good = """
         import rtk
 
         @rtk.hookimpl
         def rtk_attacks():
             yield rtk.AttackSpec(name="identity", summary="returns x unchanged",
                                  build=lambda model, opts: (lambda x, y: x), norm="none")
-    """)
-    )
-    (tmp_path / "badplug.py").write_text("raise ImportError('this plugin is broken on purpose')\n")
-    for dist, mod in (("goodplug", "goodplug"), ("badplug", "badplug")):
-        info = tmp_path / f"{dist}-1.2.3.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-        (info / "entry_points.txt").write_text(f"[rtk]\n{dist} = {mod}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("RTK_NO_ENTRY_POINTS", raising=False)
+    """
+    bad = "raise ImportError('this plugin is broken on purpose')\n"
+    for dist, source in (("goodplug", good), ("badplug", bad)):
+        install_plugin(tmp_path, monkeypatch, dist=dist, version="1.2.3", entry=dist, module=dist, source=source)
     yield tmp_path
     for m in ("goodplug", "badplug"):
         sys.modules.pop(m, None)

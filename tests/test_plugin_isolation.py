@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import textwrap
 import types
 
 import click
 import pytest
 from click.testing import CliRunner
+from pluginhelpers import install_plugin
 
 import rtk
 from rtk.cli.main import cli
@@ -118,8 +118,7 @@ def test_broken_plugin_is_an_error_in_strict_mode(case, monkeypatch):
 @pytest.fixture()
 def installed(tmp_path, monkeypatch):
     """A plugin that fails at import and a healthy one with a command, installed as pip would."""
-    (tmp_path / "okplug.py").write_text(
-        textwrap.dedent("""
+    ok = """
         import click
         import rtk
 
@@ -127,16 +126,9 @@ def installed(tmp_path, monkeypatch):
         def rtk_commands():
             yield rtk.CommandSpec(name="ok-cmd", summary="a healthy command",
                                   build=lambda: click.Command("ok-cmd", callback=lambda: click.echo("ok!")))
-    """)
-    )
-    (tmp_path / "brokenplug.py").write_text("import a_module_that_does_not_exist\n")
-    for dist, mod in (("ok-plug", "okplug"), ("broken-plug", "brokenplug")):
-        info = tmp_path / f"{dist.replace('-', '_')}-2.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 2.0\n")
-        (info / "entry_points.txt").write_text(f"[rtk]\n{mod} = {mod}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("RTK_NO_ENTRY_POINTS", raising=False)
+    """
+    for dist, module, source in (("ok-plug", "okplug", ok), ("broken-plug", "brokenplug", "import not_a_module_x\n")):
+        install_plugin(tmp_path, monkeypatch, dist=dist, version="2.0", entry=module, module=module, source=source)
     monkeypatch.delenv("RTK_DISABLE_PLUGINS", raising=False)
     yield tmp_path
     for m in ("okplug", "brokenplug"):

@@ -1,0 +1,19 @@
+"""Install a plugin module exactly as pip would (a dist-info folder with entry_points.txt on
+sys.path), for tests of entry-point loading."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+
+def install_plugin(site: Path, monkeypatch, *, dist: str, version: str, entry: str, module: str, source: str) -> None:
+    """Write ``module``.py (``source``) and the dist-info of ``dist`` whose entry point
+    ``entry`` (group ``rtk``) loads it, and put ``site`` on sys.path."""
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[rtk]\n{entry} = {module}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("RTK_NO_ENTRY_POINTS", raising=False)
