@@ -8,6 +8,8 @@ Public API (what built-in and third-party plugins may use):
 - ``Options`` (base of every options model), ``Eps`` (a float written as "8/255").
 - ``plugin_manager()``, ``Registry``, ``default_registry()``.
 - ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
+- one call per task (:mod:`rtk.api`): ``evaluate``, ``train``, ``prune``, ``verify``,
+  ``compare``; kernels ``cka``, ``svcca``, ``pwcca``, ``procrustes``.
 - submodules: ``rtk.data``, ``rtk.models``, ``rtk.training``, ``rtk.evaluation``,
   ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``, ``rtk.distributed``.
 """
@@ -41,6 +43,9 @@ from .records import (
 from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
 from .registry import Registry, default_registry, plugin_manager
 from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
+
+# one call per task on your own model and data (rtk.api)
+from .api import ApiError, cka, compare, evaluate, procrustes, prune, pwcca, svcca, train, verify
 
 __version__ = "0.1.0"
 
@@ -89,4 +94,14 @@ __all__ = [
     "RtkError",
     "StageError",
     "UnknownComponentError",
+    "ApiError",
+    "evaluate",
+    "train",
+    "prune",
+    "verify",
+    "compare",
+    "cka",
+    "svcca",
+    "pwcca",
+    "procrustes",
 ]
