@@ -16,6 +16,8 @@ Public API (what built-in and third-party plugins may use):
 
 from __future__ import annotations
 
+# one call per task on your own model and data (rtk.api)
+from .api import ApiError, cka, compare, evaluate, procrustes, prune, pwcca, svcca, train, verify
 from .config import Experiment, experiment_from_dict, load_experiment
 from .errors import (
     CheckpointError,
@@ -43,9 +45,6 @@ from .records import (
 from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
 from .registry import Registry, default_registry, plugin_manager
 from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
-
-# one call per task on your own model and data (rtk.api)
-from .api import ApiError, cka, compare, evaluate, procrustes, prune, pwcca, svcca, train, verify
 
 __version__ = "0.1.0"
 

@@ -247,7 +247,9 @@ def _probe(model: nn.Module, x: torch.Tensor, output: str, normalize: Any, where
     except RtkError:
         raise
     except Exception as exc:
-        raise ApiError(f"{where}: the model failed on an input of shape {list(x.shape)}: {type(exc).__name__}: {exc}")
+        raise ApiError(
+            f"{where}: the model failed on an input of shape {list(x.shape)}: {type(exc).__name__}: {exc}"
+        ) from exc
     if out.ndim != 2:
         raise ApiError(f"{where}: the model must return logits of shape [N, classes], got {list(out.shape)}")
     return int(out.shape[1])
