@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .common import echo_table, friendly_errors, parse_component, progress_bars, registry
+from .evaluate import checkpoint_data
 
 
 def parse_certifier(text: str) -> dict[str, Any]:
@@ -59,8 +60,9 @@ def command(
 
     import rtk
     from rtk.certify import certify_split, summarize
-    from rtk.models import load_checkpoint
-    from rtk.options import validate_options
+    from rtk.data.sources import load_dataset
+    from rtk.models import load_checkpoint, read_spec
+    from rtk.models.sources import refuse_code_from_checkpoint
     from rtk.runtime import resolve_device
 
     if limit < 1 or batch_size < 1:
@@ -74,10 +76,11 @@ def command(
     for i, ref in enumerate(refs):
         ref.resolve(reg, where=f"--certifier[{i}]")
     dev = resolve_device(device)
-    model, recipe, _ = load_checkpoint(checkpoint, reg, device=dev)
-    dname = dataset or recipe.info.name
-    dspec = reg.get("dataset", dname)
-    data = dspec.load(validate_options(dspec.options, {}, where=f"dataset {dname}"))
+    refuse_code_from_checkpoint(read_spec(checkpoint), str(checkpoint))
+    model, recipe, spec = load_checkpoint(checkpoint, reg, device=dev)
+    table = {"name": dataset} if dataset else checkpoint_data(spec, str(checkpoint))
+    dname = table["name"]
+    data = load_dataset(table, reg, where="dataset")
     frames, summaries = [], []
     with progress_bars():
         for ref in refs:

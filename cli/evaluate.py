@@ -54,6 +54,7 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     directory or an experiment file."""
     import rtk
     from rtk.models.checkpoint import read_spec
+    from rtk.models.sources import refuse_code_from_checkpoint
 
     if source.is_dir():
         state_file = source / "state.json"
@@ -115,11 +116,32 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
         ds_decl = {"name": dataset}
     spec = read_spec(ckpt)
     stem = ckpt.with_suffix("") if ckpt.suffix in (".json", ".safetensors") else ckpt
+    if source.suffix != ".toml":
+        refuse_code_from_checkpoint(spec, str(stem))
     if ds_decl.get("name") is None:
-        ds_decl["name"] = spec.get("data", {}).get("name")
+        ds_decl = checkpoint_data(spec, str(stem))
     name = model or "model"
     decl = {"arch": spec["arch"], "checkpoint": str(stem.resolve()), **spec.get("options", {})}
     return name, decl, ds_decl
+
+
+def checkpoint_data(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    """The dataset table to rebuild a bare checkpoint's data: the one it recorded, else its data's
+    name with default options (said on stderr, with the reason)."""
+    from rtk.data.sources import checkpoint_dataset
+
+    recorded = checkpoint_dataset(spec)
+    if recorded is not None:
+        opts = ", ".join(f"{k}={v}" for k, v in recorded.items() if k != "name")
+        click.echo(f"dataset: {recorded['name']}{f' ({opts})' if opts else ''}, as recorded in {where}", err=True)
+        return recorded
+    name = (spec.get("data") or {}).get("name")
+    click.echo(
+        f"dataset: {name} with its default options: {where} records no dataset options (written before "
+        f"checkpoints recorded them, or trained on in-memory data); choose one with --dataset",
+        err=True,
+    )
+    return {"name": name}
 
 
 def _stage_options(kw: dict[str, Any], model: str) -> dict[str, Any]:

@@ -127,6 +127,9 @@ def command(
     two, or overfitting by layer along a sequence (--overfitting)."""
     import rtk
     from rtk.models.checkpoint import read_spec
+    from rtk.models.sources import refuse_code_from_checkpoint
+
+    from .evaluate import checkpoint_data
 
     taken: set[str] = set()
     models: dict[str, dict[str, Any]] = {}
@@ -134,12 +137,13 @@ def command(
     for ref in checkpoints:
         stem, label = _checkpoint_of(ref, run_dir)
         spec = read_spec(stem)
+        refuse_code_from_checkpoint(spec, str(stem))
         name = _model_name(label, taken)
         models[name] = {"arch": spec["arch"], "checkpoint": str(stem.resolve()), **spec.get("options", {})}
         labels[label] = name
     names = list(models)
     first = read_spec(_checkpoint_of(checkpoints[0], run_dir)[0])
-    ds = dataset or first.get("data", {}).get("name")
+    ds_table = {"name": dataset} if dataset else checkpoint_data(first, str(checkpoints[0]))
     adversarial = {}
     for key, value in key_values(attacks, "--attack").items():
         target = key if key == "*" else labels.get(key, key)
@@ -168,7 +172,7 @@ def command(
         stage["models"] = names
         if len(names) >= 2:
             stage["pairs"] = [[names[0], other] for other in names[1:]]
-    experiment = {"name": "similarity", "device": device, "dataset": {"name": ds}, "models": models, "stages": [stage]}
+    experiment = {"name": "similarity", "device": device, "dataset": ds_table, "models": models, "stages": [stage]}
     if out is None:
         out = Path("runs") / f"similarity-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     with progress_bars():

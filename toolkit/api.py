@@ -38,7 +38,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data.core import DataInfo, DatasetBundle, TensorSplit
-from .errors import ConfigError, RtkError
+from .data.sources import as_split, as_tensor, infer_info
+from .errors import ConfigError, DataError, RtkError
 from .options import NoOptions, Options
 from .records import ComponentSpec, DatasetSpec, ModelSpec, Registration
 from .registry import Registry, default_registry
@@ -118,37 +119,6 @@ class PruneResult(Result):
 
 
 # ---------------------------------------------------------------------------- data
-def _as_tensor(v: Any, what: str) -> torch.Tensor:
-    if isinstance(v, torch.Tensor):
-        return v
-    try:
-        import numpy as np
-
-        if isinstance(v, np.ndarray):
-            return torch.from_numpy(v)
-    except ImportError:  # pragma: no cover - numpy ships with torch
-        pass
-    raise ApiError(f"data: {what} must be a tensor or a numpy array, got {type(v).__name__}")
-
-
-def tensor_split(x: Any, y: Any, *, where: str = "data") -> TensorSplit:
-    """An in-memory split from images ``[N, C, H, W]`` in [0, 1] and integer labels ``[N]``."""
-    x, y = _as_tensor(x, "x"), _as_tensor(y, "y")
-    if x.ndim != 4:
-        raise ApiError(f"{where}: x must have shape [N, C, H, W], got {list(x.shape)}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise ApiError(f"{where}: y must have shape [{len(x)}] (one integer label per image), got {list(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
-        raise ApiError(f"{where}: y must hold integer class labels, got dtype {y.dtype}")
-    if len(x) and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise ApiError(
-            f"{where}: images must lie in [0, 1] (attack budgets are measured there), got values in "
-            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]; give unnormalized images and pass "
-            f"normalize=(mean, std) for a model that expects normalized inputs"
-        )
-    return TensorSplit(x, y)
-
-
 @dataclass
 class _Data:
     """Data as the runner needs it: a registered dataset table, or an in-memory bundle."""
@@ -167,23 +137,11 @@ def _split(data: Any, where: str, notes: list[str]) -> tuple[Dataset, int | None
             f"(batch size {data.batch_size}), so the loader's sampler and collate function are not used"
         )
         return _split(data.dataset, where, notes)[0], data.batch_size
-    if isinstance(data, TensorSplit):
-        return data, None
-    if isinstance(data, Dataset):
+    if isinstance(data, (Dataset, tuple, list)):
         try:
-            n = len(data)  # type: ignore[arg-type]
-        except TypeError:
-            raise ApiError(f"{where}: the dataset has no length; rtk needs a map-style Dataset") from None
-        if n == 0:
-            raise ApiError(f"{where}: the dataset is empty")
-        item = data[0]
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
-            raise ApiError(f"{where}: dataset items must be (image tensor [C, H, W], label) pairs, got {type(item)}")
-        if item[0].ndim != 3:
-            raise ApiError(f"{where}: dataset images must have shape [C, H, W], got {list(item[0].shape)}")
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return tensor_split(data[0], data[1], where=where), None
+            return as_split(data, where), None
+        except DataError as exc:
+            raise ApiError(str(exc)) from None
     raise ApiError(
         f"{where}: got {type(data).__name__}; allowed: an (x, y) pair of tensors, a Dataset, a DataLoader, "
         f"a registered dataset name or a table {{'name': ..., options}}"
@@ -214,19 +172,6 @@ def _first_item(split: Dataset) -> torch.Tensor:
     if isinstance(split, TensorSplit):
         return split.x[:1]
     return split[0][0].unsqueeze(0)
-
-
-def _labels(split: Dataset) -> torch.Tensor | None:
-    return split.y if isinstance(split, TensorSplit) else None
-
-
-def _info(split: Dataset, classes: int) -> DataInfo:
-    x = _first_item(split)
-    c, h, w = (int(s) for s in x.shape[1:])
-    y = _labels(split)
-    if y is not None and len(y):
-        classes = max(classes, int(y.max()) + 1)
-    return DataInfo("in-memory", classes, c, h, w, (0.0,) * c, (1.0,) * c)
 
 
 # ---------------------------------------------------------------------------- models
@@ -386,7 +331,8 @@ class _Call:
                     classes,
                     _probe(m, _first_item(self.data.test), self.stage.get("output", "logits"), normalize, name),
                 )
-            bundle = DatasetBundle(_info(self.data.test, classes), self.data.train, self.data.test)
+            info = infer_info(_DATASET, self.data.train, self.data.test, min_classes=classes)
+            bundle = DatasetBundle(info, self.data.train, self.data.test)
             extra.append(Registration(_dataset_spec(bundle), "rtk.api"))
             dataset = {"name": _DATASET}
         extra.append(Registration(_model_spec(self.models, self.wrap), "rtk.api"))
@@ -724,7 +670,10 @@ def compare(
 
 # ---------------------------------------------------------------------------- kernels
 def _features(x: Any, what: str) -> torch.Tensor:
-    t = _as_tensor(x, what)
+    try:
+        t = as_tensor(x, what)
+    except DataError as exc:
+        raise ApiError(str(exc)) from None
     if t.ndim < 2:
         raise ApiError(f"{what}: expected features of shape [N, D] (or [N, ...], flattened), got {list(t.shape)}")
     return t.reshape(t.shape[0], -1)
@@ -782,5 +731,4 @@ __all__ = [
     "svcca",
     "pwcca",
     "procrustes",
-    "tensor_split",
 ]

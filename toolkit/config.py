@@ -43,6 +43,8 @@ class ModelDecl(BaseModel):
     model_config = ConfigDict(extra="forbid")
     arch: str
     checkpoint: str | None = None
+    init: str | None = None  # a plain state dict (.safetensors, or .pt read with weights_only=True)
+    strict: bool = True  # init: every tensor must match
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -128,10 +130,16 @@ def experiment_from_dict(
         problems.append('dataset: required table is missing (for example: [dataset] name = "digits")')
     elif isinstance(ds, str):
         built["dataset"] = {"name": ds}
+        if ":" in ds:  # "python:data.py:load" -> name "python" + source option
+            name, source_id = ds.split(":", 1)
+            built["dataset"] = {"name": name, "options": {"source": source_id}}
     elif isinstance(ds, dict):
         name, rest = _split(ds, "name")
         if name is None:
             problems.append("dataset.name: required key is missing")
+        if isinstance(name, str) and ":" in name:
+            name, source_id = name.split(":", 1)
+            rest = {"source": source_id, **rest}
         built["dataset"] = {"name": name or "", "options": rest}
     else:
         problems.append(f"dataset: expected a table or a name, got {type(ds).__name__}")
@@ -149,13 +157,14 @@ def experiment_from_dict(
             continue
         arch, rest = _split(decl, "arch")
         ckpt = rest.pop("checkpoint", None)
+        init = {k: rest.pop(k) for k in ("init", "strict") if k in rest}
         if arch is None:
             problems.append(f"models.{mname}.arch: required key is missing")
             continue
         if isinstance(arch, str) and ":" in arch:  # "robustbench:cifar10/Linf/Name" -> arch + source option
             arch, source_id = arch.split(":", 1)
             rest = {"source": source_id, **rest}
-        built["models"][mname] = {"arch": arch, "checkpoint": ckpt, "options": rest}
+        built["models"][mname] = {"arch": arch, "checkpoint": ckpt, **init, "options": rest}
 
     stages = data.get("stages", [])
     if not isinstance(stages, list):

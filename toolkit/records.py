@@ -103,19 +103,32 @@ class DatasetSpec(ComponentSpec):
 
     load: Callable[[Any], Any]
     check: Callable[[Any], Iterable[str]] | None = None
+    #: for a *source* (``name = "python:<file.py>:<callable>"``): the syntax after ``name:``,
+    #: which the experiment file passes as the option ``source``
+    source: str | None = None
     KIND: ClassVar[str] = "dataset"
     HOOK: ClassVar[str] = "rtk_datasets"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **({"source": self.source} if self.source else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec(ComponentSpec):
     """An architecture. ``build(info, options)`` returns an ``nn.Module`` for a dataset
     described by ``info`` (a :class:`rtk.data.DataInfo`). The module takes inputs in
-    [0, 1] and normalizes them itself; it returns logits."""
+    [0, 1] and normalizes them itself; it returns logits. ``check(options)``, when given,
+    returns problems found before any work starts (a missing file, an unknown callable).
+    ``source``: see :class:`DatasetSpec` (``arch = "torchvision:<name>"``)."""
 
     build: Callable[[Any, Any], Any]
+    check: Callable[[Any], Iterable[str]] | None = None
+    source: str | None = None
     KIND: ClassVar[str] = "model"
     HOOK: ClassVar[str] = "rtk_models"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **({"source": self.source} if self.source else {})}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -64,6 +64,8 @@ class PlannedModel:
     options: Any
     raw_options: dict[str, Any]
     checkpoint: Path | None
+    init: Path | None = None
+    strict: bool = True
 
 
 @dataclass
@@ -120,6 +122,15 @@ class Planning:
 
 
 # ---------------------------------------------------------------------------- planning
+def _relative_to_experiment(opts: Any, experiment: Experiment) -> Any:
+    """Options that name files (``relative_to(base)``, e.g. ``python:net.py:Net``) resolved
+    against the experiment file's folder."""
+    rebase = getattr(opts, "relative_to", None)
+    if callable(rebase) and experiment.base_dir:
+        return rebase(Path(experiment.base_dir))
+    return opts
+
+
 def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
     """Resolve every component and validate every option. Raises one ConfigError listing
     every problem found, each naming the file and key path."""
@@ -135,6 +146,7 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
         if isinstance(root, str) and root and not Path(root).expanduser().is_absolute() and experiment.base_dir:
             # a relative data root is relative to the experiment file, not to the working directory
             dataset_opts = dataset_opts.model_copy(update={"root": str(experiment.resolve_path(root))})
+        dataset_opts = _relative_to_experiment(dataset_opts, experiment)
         check = getattr(dataset_spec, "check", None)
         if check is not None:
             problems.extend(f"dataset: {p}" for p in check(dataset_opts) or ())
@@ -156,12 +168,22 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
+        mopts = _relative_to_experiment(mopts, experiment)
+        check = getattr(mspec, "check", None)
+        if check is not None:  # model sources: file, callable, return type (before any work)
+            try:
+                problems.extend(f"{where}: {p}" for p in check(mopts) or ())
+            except RtkError as exc:
+                problems.append(f"{where}: {exc}")
         ckpt = None
         if decl.checkpoint:
             ckpt = experiment.resolve_path(decl.checkpoint)
             if not ckpt.with_suffix(".json").exists() and not Path(str(ckpt) + ".json").exists():
                 problems.append(f"{where}.checkpoint: file not found: {ckpt}.json / .safetensors")
-        models[name] = PlannedModel(name, decl.arch, mspec, mopts, dict(decl.options), ckpt)
+        init = experiment.resolve_path(decl.init) if decl.init else None
+        if init is not None and not init.is_file():
+            problems.append(f"{where}.init: file not found: {init} (a state dict: .safetensors, or .pt/.pth)")
+        models[name] = PlannedModel(name, decl.arch, mspec, mopts, dict(decl.options), ckpt, init, decl.strict)
 
     planning = Planning(registry, set(experiment.models), "", experiment)
     stages: list[PlannedStage] = []
@@ -284,7 +306,12 @@ class StageContext:
         target = self.rundir.checkpoint_path(name, tag)
         if _dist.is_main():
             path = save_checkpoint(
-                target, module, recipe, metadata={"stage": self.stage_id, **(metadata or {})}, tensors=tensors
+                target,
+                module,
+                recipe,
+                metadata={"stage": self.stage_id, **(metadata or {})},
+                tensors=tensors,
+                dataset=self._runner.dataset_record(module),
             )
         else:  # under torchrun only rank 0 writes; every rank calls save_model, so the barrier is met
             path = target
@@ -385,6 +412,21 @@ class _Runner:
             self._data = bundle
         return self._data
 
+    def dataset_record(self, module: nn.Module) -> dict[str, Any]:
+        """What a checkpoint remembers of its data: the dataset's name and options as planned (so
+        ``rtk evaluate CHECKPOINT`` rebuilds the same data), and the normalization the module
+        expects on its inputs when it is wrapped for it."""
+        p = self.plan
+        opts = p.dataset_options
+        options = opts.model_dump(mode="json", exclude_defaults=True) if hasattr(opts, "model_dump") else {}
+        norm = getattr(module, "normalization", None)
+        return {
+            "name": p.dataset_spec.name,
+            "options": options,
+            "normalize": norm.model_dump() if hasattr(norm, "model_dump") else None,
+            "rebuildable": p.dataset_spec.name != "in-memory",
+        }
+
     def save_state(self) -> None:
         self.state["models"] = {
             name: {"checkpoints": {t: str(p) for t, p in e.checkpoints.items()}} for name, e in self.models.items()
@@ -402,6 +444,11 @@ class _Runner:
             else:
                 module = pm.spec.build(self.data.info, pm.options).to(self.device)
                 recipe = ModelRecipe(pm.arch, pm.options.model_dump(), self.data.info)
+                if pm.init is not None:  # a plain state dict; the key-by-key report is a table of the run
+                    from .models.sources import apply_init
+
+                    report = apply_init(module, pm.init, strict=pm.strict, where=f"models.{name}.init")
+                    self.rundir.write_table("init", name, report)
             self.models[name] = ModelEntry(name, module, recipe, ckpts)
         # models produced by completed stages (pruned variants, ...)
         for name, info in saved.items():

@@ -58,10 +58,13 @@ def save_checkpoint(
     *,
     metadata: dict[str, Any] | None = None,
     tensors: dict[str, torch.Tensor] | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``path.safetensors`` and ``path.json`` atomically; return the stem path.
 
     ``tensors`` adds extra named tensors (for example pruning masks) under ``extra/``.
+    ``dataset`` (optional JSON key ``dataset``): the data the model was trained on, ``{"name",
+    "options", "normalize", "rebuildable"}``, so a bare checkpoint is evaluated on that data.
     """
     from safetensors.torch import save_file
 
@@ -83,6 +86,8 @@ def save_checkpoint(
         "metadata": metadata or {},
         "shapes": {k: list(v.shape) for k, v in state.items()},
     }
+    if dataset is not None:
+        spec["dataset"] = dataset
     tmp_st = st_path.with_name(st_path.name + ".tmp")
     tmp_js = js_path.with_name(js_path.name + ".tmp")
     save_file(state, str(tmp_st), metadata={"format": FORMAT})

@@ -1,0 +1,318 @@
+"""Model and dataset *sources*: what the user already has, without writing a plugin.
+
+Models (``[models.NAME] arch = "<source>:<what>"``; other keys are keyword options):
+
+- ``python:<file.py>:<callable>``: a callable in a file, relative to the experiment file
+- ``module:<package.module>:<callable>``: a callable of an importable module
+- ``torchvision:<name>``: a torchvision classification builder, no weights, first convolution
+  adapted to the data's channels
+- ``timm:<name>``: a timm model (optional extra ``rtk[timm]``)
+
+Datasets (``[dataset] name = "<source>:<what>"`` or ``name = "tensors"``):
+
+- ``python:<file.py>:<callable>`` / ``module:<package.module>:<callable>`` returning a Dataset,
+  a ``(train, test)`` pair, or a ``{train, test}`` table
+- ``tensors``: ``.npz`` / ``.safetensors`` files holding ``x`` and ``y``
+- ``torchvision:<ClassName>``: any torchvision dataset class, through the ``download`` switch
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+import rtk
+from rtk.data import DataOptions
+from rtk.data.sources import (
+    load_torchvision_dataset,
+    read_tensors_file,
+    split_off,
+    to_bundle,
+    torchvision_problems,
+)
+from rtk.models.sources import (
+    SourceError,
+    build_timm,
+    build_torchvision,
+    call_builder,
+    check_call,
+    check_timm,
+    load_callable,
+    needs_info,
+    require_trusted,
+    split_source,
+    torchvision_builder,
+    trust,
+)
+
+OPTIONS_HELP = "every other key is passed to the callable as a keyword argument"
+
+
+def _rebase(source: str, base: Path) -> str:
+    """``net.py:Net`` relative to the experiment's folder -> an absolute path."""
+    where, attr = split_source(source, "python")
+    path = Path(where).expanduser()
+    return f"{path if path.is_absolute() else (base / path).resolve()}:{attr}"
+
+
+class _CodeOptions(rtk.Options):
+    """Options of a user-code source: ``source`` plus the callable's own keyword options."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str = Field(description="'<file.py>:<callable>' or '<package.module>:<callable>'")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PythonModelOptions(_CodeOptions):
+    source: str = Field(
+        description="'<file.py>:<callable>', the file relative to the experiment file; written "
+        f'arch = "python:<file.py>:<callable>"; {OPTIONS_HELP}'
+    )
+
+    def relative_to(self, base: Path) -> PythonModelOptions:
+        return self.model_copy(update={"source": _rebase(self.source, base)})
+
+
+class ModuleModelOptions(_CodeOptions):
+    source: str = Field(
+        description=f"'<package.module>:<callable>'; written arch = \"module:<package.module>:<callable>\"; {OPTIONS_HELP}"
+    )
+
+
+class LibraryModelOptions(rtk.Options):
+    model_config = ConfigDict(extra="allow")
+    source: str = Field(description="the library's model name; every other key is passed to its builder")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _code_check(kind: str):
+    def check(o: _CodeOptions) -> list[str]:
+        try:
+            fn = load_callable(kind, o.source)
+        except SourceError as exc:
+            return exc.problems
+        problems = check_call(fn, o.kwargs, f"{kind}:{o.source}")
+        if problems:
+            return problems
+        trust(kind, o.source)  # the experiment names it: it may run
+        if not needs_info(fn, o.kwargs):  # nothing to fill from the data: call it now, before any work
+            try:
+                call_builder(fn, o.kwargs, None, f"{kind}:{o.source}")
+            except SourceError as exc:
+                return exc.problems
+        return []
+
+    return check
+
+
+def _code_build(kind: str):
+    def build(info, o: _CodeOptions):
+        require_trusted(kind, o.source)
+        return call_builder(load_callable(kind, o.source), o.kwargs, info, f"{kind}:{o.source}")
+
+    return build
+
+
+def _torchvision_check(o: LibraryModelOptions) -> list[str]:
+    try:
+        fn = torchvision_builder(o.source)
+    except SourceError as exc:
+        return exc.problems
+    return check_call(fn, {"weights": None, "num_classes": 1, **o.kwargs}, f"torchvision:{o.source}")
+
+
+def _timm_check(o: LibraryModelOptions) -> list[str]:
+    try:
+        return check_timm(o.source)
+    except SourceError as exc:
+        return exc.problems
+
+
+@rtk.hookimpl
+def rtk_models():
+    yield rtk.ModelSpec(
+        name="python",
+        summary="source: a callable in your own Python file (relative to the experiment file) returning an nn.Module",
+        options=PythonModelOptions,
+        build=_code_build("python"),
+        check=_code_check("python"),
+        source="<file.py>:<callable>",
+    )
+    yield rtk.ModelSpec(
+        name="module",
+        summary="source: a callable of an importable module returning an nn.Module",
+        options=ModuleModelOptions,
+        build=_code_build("module"),
+        check=_code_check("module"),
+        source="<package.module>:<callable>",
+    )
+    yield rtk.ModelSpec(
+        name="torchvision",
+        summary="source: any torchvision classification builder (no weights; classes and input channels adapted)",
+        options=LibraryModelOptions,
+        build=lambda info, o: build_torchvision(o.source, o.kwargs, info),
+        check=_torchvision_check,
+        source="<name>",
+    )
+    yield rtk.ModelSpec(
+        name="timm",
+        summary="source: any timm model, no pretrained weights (optional extra rtk[timm])",
+        options=LibraryModelOptions,
+        build=lambda info, o: build_timm(o.source, o.kwargs, info),
+        check=_timm_check,
+        source="<name>",
+    )
+
+
+# ---------------------------------------------------------------------------- datasets
+class _CodeDataOptions(DataOptions):
+    model_config = ConfigDict(extra="allow")
+    source: str = Field(description="'<file.py>:<callable>' or '<package.module>:<callable>'")
+    num_classes: int | None = Field(None, ge=1, description="number of classes (default: the largest label + 1)")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PythonDataOptions(_CodeDataOptions):
+    source: str = Field(
+        description="'<file.py>:<callable>', the file relative to the experiment file; written "
+        f'name = "python:<file.py>:<callable>"; {OPTIONS_HELP}'
+    )
+
+    def relative_to(self, base: Path) -> PythonDataOptions:
+        return self.model_copy(update={"source": _rebase(self.source, base)})
+
+
+class ModuleDataOptions(_CodeDataOptions):
+    source: str = Field(
+        description=f"'<package.module>:<callable>'; written name = \"module:<package.module>:<callable>\"; {OPTIONS_HELP}"
+    )
+
+
+def _data_check(kind: str):
+    def check(o: _CodeDataOptions) -> list[str]:
+        try:
+            fn = load_callable(kind, o.source)
+        except SourceError as exc:
+            return exc.problems
+        problems = check_call(fn, o.kwargs, f"{kind}:{o.source}")
+        if not problems:
+            trust(kind, o.source)
+        return problems
+
+    return check
+
+
+def _data_load(kind: str):
+    def load(o: _CodeDataOptions):
+        require_trusted(kind, o.source)
+        fn = load_callable(kind, o.source)
+        try:
+            obj = fn(**o.kwargs)
+        except rtk.RtkError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{kind}:{o.source} raised {type(exc).__name__}: {exc}") from exc
+        name = o.source.rpartition(":")[2]
+        return to_bundle(obj, name, num_classes=o.num_classes, where=f"{kind}:{o.source}")
+
+    return load
+
+
+class TensorsOptions(DataOptions):
+    train: str = Field(description="a .npz or .safetensors file holding x [N, C, H, W] in [0, 1] (or uint8) and y [N]")
+    test: str | None = Field(None, description="the test split's file (default: hold out test_fraction of train)")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="share held out for testing when no test file is given")
+    num_classes: int | None = Field(None, ge=1, description="number of classes (default: the largest label + 1)")
+    name: str = Field("tensors", description="dataset name shown in reports")
+
+    def relative_to(self, base: Path) -> TensorsOptions:
+        def rebase(p: str | None) -> str | None:
+            if p is None or Path(p).expanduser().is_absolute():
+                return p
+            return str((base / p).resolve())
+
+        return self.model_copy(update={"train": rebase(self.train), "test": rebase(self.test)})
+
+
+def _tensors(o: TensorsOptions):
+    train = read_tensors_file(o.train, where="dataset.train")
+    if o.test is not None:
+        test = read_tensors_file(o.test, where="dataset.test")
+    else:
+        train, test = split_off(train, o.test_fraction, o.seed)
+    return to_bundle((train, test), o.name, num_classes=o.num_classes, where="tensors")
+
+
+def _tensors_check(o: TensorsOptions) -> list[str]:
+    problems = []
+    for key in ("train", "test"):
+        p = getattr(o, key)
+        if p is not None and not Path(p).is_file():
+            problems.append(f"{key}: file {p} not found")
+        elif p is not None and Path(p).suffix not in (".npz", ".safetensors"):
+            problems.append(f"{key}: {p}: allowed suffixes .npz, .safetensors")
+    return problems
+
+
+class TorchvisionDataOptions(DataOptions):
+    model_config = ConfigDict(extra="allow")
+    source: str = Field(description='the torchvision.datasets class, e.g. "MNIST"; written name = "torchvision:MNIST"')
+    root: str | None = Field(None, description="folder of the files (default: $RTK_DATA/<class name>)")
+    download: bool = Field(False, description="download the files through torchvision when missing (needs network)")
+
+
+def _torchvision_data(o: TorchvisionDataOptions):
+    from rtk.data import data_home
+
+    root = o.root or str(data_home() / o.source)
+    return load_torchvision_dataset(o.source, root, download=o.download, kwargs=dict(o.model_extra or {}))
+
+
+def _torchvision_data_check(o: TorchvisionDataOptions) -> list[str]:
+    return torchvision_problems(o.source, dict(o.model_extra or {}))
+
+
+@rtk.hookimpl
+def rtk_datasets():
+    yield rtk.DatasetSpec(
+        name="python",
+        summary="source: a callable in your own Python file returning a Dataset or a (train, test) pair",
+        options=PythonDataOptions,
+        load=_data_load("python"),
+        check=_data_check("python"),
+        source="<file.py>:<callable>",
+    )
+    yield rtk.DatasetSpec(
+        name="module",
+        summary="source: a callable of an importable module returning a Dataset or a (train, test) pair",
+        options=ModuleDataOptions,
+        load=_data_load("module"),
+        check=_data_check("module"),
+        source="<package.module>:<callable>",
+    )
+    yield rtk.DatasetSpec(
+        name="tensors",
+        summary="source: .npz / .safetensors files of x and y (images in [0, 1] or uint8, integer labels)",
+        options=TensorsOptions,
+        load=_tensors,
+        check=_tensors_check,
+    )
+    yield rtk.DatasetSpec(
+        name="torchvision",
+        summary="source: any torchvision dataset class by name (download switch as for the built-in sets)",
+        options=TorchvisionDataOptions,
+        load=_torchvision_data,
+        check=_torchvision_data_check,
+        source="<ClassName>",
+    )
