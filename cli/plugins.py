@@ -63,7 +63,9 @@ def command(kind: str | None, run_check: bool, as_json: bool, names: tuple[str, 
             current = r.spec.KIND
             click.echo(f"\n{current}s:")
         dist = f"{r.distribution} {r.version}" if r.distribution else "(not installed)"
-        click.echo(f"  {r.spec.name:<22} {r.spec.summary}  [{r.plugin}; {dist}]")
+        source = getattr(r.spec, "source", None)  # a source is written name:<what>
+        label = f"{r.spec.name}:{source}" if source else r.spec.name
+        click.echo(f"  {label:<22} {r.spec.summary}  [{r.plugin}; {dist}]")
     for f in failures:
         dist = f" ({f.distribution})" if f.distribution else ""
         fix = f" Fix: {f.fix}" if f.fix else ""

@@ -31,13 +31,21 @@ _TOP = [
     ("seed", "integer", "0", "one seed for the whole run; stage i uses seed + i"),
     ("device", "string", "auto", "auto, cpu, cuda, cuda:N, mps"),
     ("amp", "boolean", "false", "mixed precision on CUDA"),
-    ("dataset", "table", "(required)", "`name` of a registered dataset; every other key is one of its options"),
+    (
+        "dataset",
+        "table",
+        "(required)",
+        "`name` of a registered dataset or a source (`python:<file.py>:<callable>`, `module:...`, "
+        "`torchvision:<ClassName>`); every other key is one of its options",
+    ),
     (
         "models.NAME",
         "table",
         "",
-        "`arch` of a registered model, optional `checkpoint` (path without suffix to "
-        "NAME.safetensors + NAME.json); every other key is an option of the architecture. "
+        "`arch` of a registered model or a source (`python:<file.py>:<callable>`, `module:...`, "
+        "`torchvision:<name>`, `timm:<name>`), optional `checkpoint` (path without suffix to "
+        "NAME.safetensors + NAME.json), optional `init` (a plain state dict, .safetensors or .pt) "
+        "with `strict` (default true); every other key is an option of the architecture. "
         '`arch = "robustbench:cifar10/Linf/NAME"` is short for `arch = "robustbench"`, '
         '`source = "cifar10/Linf/NAME"`',
     ),
@@ -130,7 +138,16 @@ def experiment_reference(registry: Any) -> str:
             continue
         out += [f"## {title}", ""]
         for r in regs:
-            out += [f"### `{r.spec.name}`", "", f"{r.spec.summary} (plugin `{r.plugin}`)", ""]
+            source = getattr(r.spec, "source", None)
+            title_ = f"{r.spec.name}:{source}" if source else r.spec.name
+            out += [f"### `{title_}`", "", f"{r.spec.summary} (plugin `{r.plugin}`)", ""]
+            if source:
+                out += [f"A source: written `{r.spec.name}:{source}`; the part after `{r.spec.name}:` is `source`.", ""]
+            if r.spec.options.model_config.get("extra") == "allow":
+                out += [
+                    "Keys beyond this table are passed on as keyword arguments and checked against its signature.",
+                    "",
+                ]
             if kind != "command":
                 out += [options_table(r.spec.options)]
     return "\n".join(out).rstrip() + "\n"

@@ -201,7 +201,12 @@ def split_off(split: TensorSplit, fraction: float, seed: int) -> tuple[TensorSpl
 
 # ---------------------------------------------------------------------------- torchvision
 def torchvision_dataset_class(name: str) -> Any:
-    import torchvision.datasets as tvd
+    try:
+        import torchvision.datasets as tvd
+    except ImportError:
+        raise DataError(
+            'torchvision is not installed; "torchvision:<ClassName>" datasets need it: pip install "rtk[vision]"'
+        ) from None
 
     names = sorted(n for n in dir(tvd) if not n.startswith("_") and inspect.isclass(getattr(tvd, n)))
     cls = getattr(tvd, name, None)

@@ -246,14 +246,24 @@ def _adapt_first_conv(net: nn.Module, channels: int) -> None:
             return
 
 
+def _torchvision() -> Any:
+    try:
+        import torchvision
+    except ImportError:
+        raise SourceError(
+            'torchvision is not installed; "torchvision:<name>" sources need it: pip install "rtk[vision]"'
+        ) from None
+    return torchvision
+
+
 def torchvision_names() -> list[str]:
-    import torchvision
+    torchvision = _torchvision()
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def torchvision_builder(name: str) -> Callable[..., nn.Module]:
-    import torchvision
+    torchvision = _torchvision()
 
     names = torchvision_names()
     if name not in names:
