@@ -52,7 +52,10 @@ OPTIONS_HELP = "every other key is passed to the callable as a keyword argument"
 
 def _rebase(source: str, base: Path) -> str:
     """``net.py:Net`` relative to the experiment's folder -> an absolute path."""
-    where, attr = split_source(source, "python")
+    try:
+        where, attr = split_source(source, "python")
+    except SourceError:
+        return source  # the source's check reports the malformed value
     path = Path(where).expanduser()
     return f"{path if path.is_absolute() else (base / path).resolve()}:{attr}"
 
