@@ -104,6 +104,12 @@ def test_normalized_input_model(net, data):
     adapted = rtk.evaluate(Expects(), (xt, yt), attacks=[PGD], eps=0.1, checks=False, normalize=(mean, std))
     assert _clean(adapted) == _clean(plain)
     assert float(adapted.worst_case["accuracy"].iloc[0]) == pytest.approx(float(plain.worst_case["accuracy"].iloc[0]))
+    # the stages without these options get the model behind a traceable Normalize
+    v_plain = rtk.verify(net, (xt, yt), certifiers=["ibp"], eps=[0.01], limit=30).verified
+    v_norm = rtk.verify(Expects(), (xt, yt), certifiers=["ibp"], eps=[0.01], limit=30, normalize=(mean, std)).verified
+    assert v_norm["verified_accuracy"].tolist() == pytest.approx(v_plain["verified_accuracy"].tolist())
+    trained = rtk.train(Expects(), (xt, yt), trainer="standard", epochs=1, normalize=(mean, std), eval_every=0)
+    assert isinstance(trained.model, Expects), "the result is the caller's kind of module, unwrapped"
 
 
 def test_tuple_output_model_needs_output(net, data):
@@ -121,6 +127,8 @@ def test_tuple_output_model_needs_output(net, data):
         rtk.evaluate(Pair(), (xt, yt), attacks=[PGD], eps=0.1, checks=False)
     res = rtk.evaluate(Pair(), (xt, yt), attacks=[PGD], eps=0.1, checks=False, output="first")
     assert _clean(res) == _clean(rtk.evaluate(net, (xt, yt), attacks=[PGD], eps=0.1, checks=False))
+    cmp = rtk.compare(Pair(), (xt, yt), limit=30, output="first", analyses=["heatmap"])
+    assert "model.inner.conv" in set(cmp.heatmaps["layer_a"])
 
 
 def test_train_mode_model_is_evaluated_in_eval_mode_and_said(net, data):

@@ -370,6 +370,7 @@ def test_bare_checkpoint_is_evaluated_on_the_data_it_was_trained_on(tmp_path):
     ckpt = tmp_path / "train" / "checkpoints" / "m" / "last"
     model, _, spec = rtk.models.load_checkpoint(ckpt, reg)
     assert spec["dataset"]["options"] == {"noise": 0.05}
+    assert spec["dataset"]["normalize"]["mean"] == pytest.approx(list(spec["data"]["mean"]))  # mlp's Normalize
 
     def clean(noise):
         bundle = reg.get("dataset", "noisy-digits").load(NoisyOptions(noise=noise))

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,7 +314,13 @@ class _Call:
     seed: int = 0
     device: Any = None
     out: str | os.PathLike | None = None
-    wrap: Any = None
+    output: str = "logits"
+    normalize: Any = None
+    adapt: bool = True  # wrap the module for output/normalize (stages without those options)
+
+    @property
+    def wrap(self) -> Any:
+        return _adapter(self.output, self.normalize) if self.adapt else None
 
     def run(self) -> tuple[Any, Registry, Path]:
         from .config import experiment_from_dict
@@ -325,12 +332,8 @@ class _Call:
         else:
             assert self.data.train is not None and self.data.test is not None
             classes = 0
-            normalize = self.stage.get("normalize")
             for name, m in self.models.items():
-                classes = max(
-                    classes,
-                    _probe(m, _first_item(self.data.test), self.stage.get("output", "logits"), normalize, name),
-                )
+                classes = max(classes, _probe(m, _first_item(self.data.test), self.output, self.normalize, name))
             info = infer_info(_DATASET, self.data.train, self.data.test, min_classes=classes)
             bundle = DatasetBundle(info, self.data.train, self.data.test)
             extra.append(Registration(_dataset_spec(bundle), "rtk.api"))
@@ -424,20 +427,37 @@ def _read_models(path: Path, registry: Registry, names: Iterable[str], wrapped: 
         if current is None:
             continue
         module, _, _ = load_checkpoint(current, registry)
-        if wrapped and hasattr(module, "model"):
-            module = module.model
-        out[name] = module
+        out[name] = _unwrap(module) if wrapped else module
     return out
 
 
 def _adapter(output: str, normalize: Any) -> Any:
-    """A wrapper making a model map [0, 1] inputs to logits, for stages without these options."""
+    """A wrapper making a model take [0, 1] inputs and return logits, for the stages that have
+    no ``output``/``normalize`` options: ``Normalize`` in front (bound propagation traces it),
+    and an output selection when the model returns a tuple or a dict."""
     if output == "logits" and normalize is None:
         return None
     from .evaluation.adapters import ModelView
+    from .models.layers import Normalize
 
     norm = _normalization(normalize)
-    return lambda module: ModelView(module, output, norm)
+
+    def wrap(module: nn.Module) -> nn.Module:
+        inner = module if output == "logits" else ModelView(module, output)
+        if norm is None:
+            return inner
+        return nn.Sequential(OrderedDict(norm=Normalize(norm.mean, norm.std), model=inner))
+
+    return wrap
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The user's module inside :func:`_adapter`'s wrapper."""
+    from .evaluation.adapters import ModelView
+
+    if isinstance(module, nn.Sequential) and hasattr(module, "norm") and hasattr(module, "model"):
+        module = module.model
+    return module.model if isinstance(module, ModelView) else module
 
 
 def _start(verb: str, data: Any, test_data: Any = None) -> tuple[Registry, _Data]:
@@ -494,7 +514,21 @@ def evaluate(
     if normalize is not None:
         stage["normalize"] = _normalization(normalize).model_dump()
     notes = _mode_note(model, "model", "evaluated")
-    call = _Call("evaluate", d, {"model": model}, stage, extra, registry, notes, seed, device, out)
+    call = _Call(
+        "evaluate",
+        d,
+        {"model": model},
+        stage,
+        extra,
+        registry,
+        notes,
+        seed,
+        device,
+        out,
+        output,
+        normalize,
+        adapt=False,
+    )
     res, _ = _finish(call, EvaluateResult)
     return res
 
@@ -527,8 +561,7 @@ def train(
     stage = {"model": "model", "trainer": ref, "epochs": epochs, **loop_options}
     if d.batch_size and "batch_size" not in loop_options:
         stage["batch_size"] = d.batch_size
-    wrap = _adapter(output, normalize)
-    call = _Call("train", d, {"model": model}, stage, extra, registry, [], seed, device, out, wrap)
+    call = _Call("train", d, {"model": model}, stage, extra, registry, [], seed, device, out, output, normalize)
     res, models = _finish(call, TrainResult, take_models=["model"])
     res.model = models.get("model")
     return res
@@ -571,8 +604,7 @@ def prune(
     for key in ("attacks", "certifiers"):
         if key in stage:
             stage[key] = _components(stage[key], key[:-1], extra, registry, key)
-    wrap = _adapter(output, normalize)
-    call = _Call("prune", d, {"model": model}, stage, extra, registry, [], seed, device, out, wrap)
+    call = _Call("prune", d, {"model": model}, stage, extra, registry, [], seed, device, out, output, normalize)
     res, models = _finish(call, PruneResult, take_models=())
     res.models = {k: v for k, v in models.items() if k != "model"}
     return res
@@ -610,8 +642,7 @@ def verify(
     if batch_size or d.batch_size:
         stage["batch_size"] = batch_size or d.batch_size
     notes = _mode_note(model, "model", "certified")
-    call = _Call("verify", d, {"model": model}, stage, extra, registry, notes, seed, device, out)
-    call.wrap = _adapter(output, normalize)
+    call = _Call("verify", d, {"model": model}, stage, extra, registry, notes, seed, device, out, output, normalize)
     res, _ = _finish(call, Result)
     return res
 
@@ -626,6 +657,8 @@ def compare(
     *,
     limit: int | None = 1000,
     analyses: Sequence[str] | None = None,
+    normalize: Any = None,
+    output: str = "logits",
     device: Any = None,
     seed: int = 0,
     out: str | os.PathLike | None = None,
@@ -638,7 +671,9 @@ def compare(
     patterns (fnmatch or ``"re:..."``; ``"default"``: every Conv, BN, ReLU, pooling and Linear
     layer), one list for both models or ``{"a": [...], "b": [...]}``. ``inputs`` is
     ``"benign"``, ``"adversarial"`` (PGD at its defaults) or an attack (name, table or record)
-    whose adversarial examples feed both models. Tables: ``result.heatmap`` and the analyses'.
+    whose adversarial examples feed both models. Tables: ``result.heatmaps`` and the analyses'.
+    With ``normalize`` or ``output`` the models are wrapped, and their layer names gain the
+    prefix ``model.`` (default patterns still match).
     """
     _check_model(model_a, "model_a")
     models = {"a": model_a}
@@ -663,7 +698,7 @@ def compare(
     elif inputs != "benign":
         stage["adversarial"] = {"*": _component(inputs, "attack", extra, registry, "inputs")}
     notes = [n for k, m in models.items() for n in _mode_note(m, f"model_{k}", "took features of")]
-    call = _Call("compare", d, models, stage, extra, registry, notes, seed, device, out)
+    call = _Call("compare", d, models, stage, extra, registry, notes, seed, device, out, output, normalize)
     res, _ = _finish(call, Result)
     return res
 

@@ -414,16 +414,21 @@ class _Runner:
 
     def dataset_record(self, module: nn.Module) -> dict[str, Any]:
         """What a checkpoint remembers of its data: the dataset's name and options as planned (so
-        ``rtk evaluate CHECKPOINT`` rebuilds the same data), and the normalization the module
-        expects on its inputs when it is wrapped for it."""
+        ``rtk evaluate CHECKPOINT`` rebuilds the same data), and the per-channel normalization
+        the module applies to its [0, 1] inputs (its first layer, when that is a Normalize)."""
+        from .models.layers import Normalize
+
         p = self.plan
         opts = p.dataset_options
         options = opts.model_dump(mode="json", exclude_defaults=True) if hasattr(opts, "model_dump") else {}
-        norm = getattr(module, "normalization", None)
+        first = next(iter(module.children()), None)
+        normalize = None
+        if isinstance(first, Normalize):
+            normalize = {"mean": first.mean.flatten().tolist(), "std": first.std.flatten().tolist()}
         return {
             "name": p.dataset_spec.name,
             "options": options,
-            "normalize": norm.model_dump() if hasattr(norm, "model_dump") else None,
+            "normalize": normalize,
             "rebuildable": p.dataset_spec.name != "in-memory",
         }
 
