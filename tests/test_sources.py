@@ -3,6 +3,7 @@ tensors, init = state dict), and checkpoints that remember their data."""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -384,9 +385,11 @@ def test_bare_checkpoint_is_evaluated_on_the_data_it_was_trained_on(tmp_path):
     assert got == pytest.approx(clean(0.05))
     out = _cli(pm, "certify", ckpt, "-c", "ibp", "--eps", "0.01", "--limit", "20")
     assert out.exit_code == 0 and "on noisy-digits" in out.output and "as recorded in" in out.output
+    out = _cli(pm, "similarity", ckpt, "--limit", "16", "--out", tmp_path / "sim")
+    assert out.exit_code == 0, out.output
+    assert "noisy-digits (noise=0.05), as recorded in" in out.output
+    assert json.loads((tmp_path / "sim" / "config.json").read_text())["dataset"]["options"]["noise"] == 0.05
     # a checkpoint written before datasets were recorded: said, with the reason
-    import json
-
     js = ckpt.with_suffix(".json")
     old = json.loads(js.read_text())
     del old["dataset"]

@@ -12,6 +12,11 @@ Loaders (each returns a :class:`DatasetBundle` with images in [0, 1]):
 
 :func:`data_home` is where datasets are looked for and downloaded by default
 (``$RTK_DATA`` or ``~/.cache/rtk/datasets``).
+
+Your own data (:mod:`rtk.data.sources`): :func:`tensor_split` (tensors or arrays),
+:func:`to_bundle` (what a user's loader returns), :func:`read_tensors_file` (``.npz`` /
+``.safetensors`` of ``x`` and ``y``), :func:`infer_info`, and :func:`load_dataset` (a
+dataset table ``{"name": ..., **options}`` loaded as the runner does).
 """
 
 from .cifar import cifar10_source, cifar100_source, load_cifar10, load_cifar100, read_cifar_batch
@@ -29,6 +34,7 @@ from .idx import (
 )
 from .imagefolder import ImageFolderSplit, check_image_folder, load_image_folder
 from .safe_pickle import RestrictedUnpickler, safe_load
+from .sources import infer_info, load_dataset, read_tensors_file, tensor_split, to_bundle
 from .svhn import load_svhn, read_svhn_mat, svhn_source
 
 __all__ = [
@@ -64,4 +70,9 @@ __all__ = [
     "cifar10_source",
     "cifar100_source",
     "svhn_source",
+    "infer_info",
+    "load_dataset",
+    "read_tensors_file",
+    "tensor_split",
+    "to_bundle",
 ]

@@ -4,7 +4,8 @@ Architectures (each takes a :class:`rtk.data.DataInfo`, normalizes its [0, 1] in
 itself with a first ``norm`` layer, and returns logits): :func:`mlp`, :func:`cnn_small`,
 :func:`cnn_large` (small verifiable CNNs), :func:`vgg16`, :func:`resnet18`,
 :func:`resnet_small`, :func:`wide_resnet`. :func:`block_outputs` lists the output module
-of every residual block.
+of every residual block. :mod:`rtk.models.sources`: user code, torchvision and timm builders,
+and :func:`apply_init` (a plain state dict with a key-by-key report).
 """
 
 from .blocks import BasicBlock, WideBlock, block_outputs
@@ -12,6 +13,7 @@ from .checkpoint import ModelRecipe, load_checkpoint, load_state_strict, read_sp
 from .layers import Normalize
 from .resnet import cifar_resnet, resnet18, resnet_small
 from .small import cnn_large, cnn_small, mlp
+from .sources import apply_init, read_state_dict
 from .vgg import vgg, vgg16
 from .wrn import wide_resnet
 
@@ -34,4 +36,6 @@ __all__ = [
     "resnet18",
     "resnet_small",
     "wide_resnet",
+    "apply_init",
+    "read_state_dict",
 ]
