@@ -130,17 +130,13 @@ def checkpoint_data(spec: dict[str, Any], where: str) -> dict[str, Any]:
     name with default options (said on stderr, with the reason)."""
     from rtk.data.sources import checkpoint_dataset
 
-    recorded = checkpoint_dataset(spec)
+    recorded, why = checkpoint_dataset(spec)
     if recorded is not None:
         opts = ", ".join(f"{k}={v}" for k, v in recorded.items() if k != "name")
         click.echo(f"dataset: {recorded['name']}{f' ({opts})' if opts else ''}, as recorded in {where}", err=True)
         return recorded
     name = (spec.get("data") or {}).get("name")
-    click.echo(
-        f"dataset: {name} with its default options: {where} records no dataset options (written before "
-        f"checkpoints recorded them, or trained on in-memory data); choose one with --dataset",
-        err=True,
-    )
+    click.echo(f"dataset: {name} with its default options, since {where}: {why}; choose one with --dataset", err=True)
     return {"name": name}
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from pydantic import Field
+from torch import nn
 
 import rtk
 from rtk.cli.main import cli
@@ -406,3 +407,36 @@ def test_sources_are_listed_and_documented(pm):
     assert "torchvision:<ClassName>" in out.output and "tensors" in out.output
     ref = _cli(pm, "reference").output
     assert "### `python:<file.py>:<callable>`" in ref and "### `tensors`" in ref
+
+
+def test_checkpoints_never_run_code_or_claim_data_they_cannot_rebuild(tmp_path, registry, pm, digits, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a dict experiment's paths are relative to the working directory
+    _write(
+        tmp_path / "data.py",
+        """
+        from rtk.data import load_digits
+
+        def load():
+            d = load_digits()
+            return (d.train.x[:100], d.train.y[:100]), (d.test.x[:30], d.test.y[:30])
+        """,
+    )
+    rtk.run(
+        {
+            "name": "code-data",
+            "dataset": "python:data.py:load",
+            "models": {"m": {"arch": "mlp", "hidden": [8]}},
+            "stages": [{"kind": "train", "model": "m", "epochs": 1, "eval_every": 0}],
+        },
+        registry=registry,
+        out=tmp_path / "run",
+    )
+    out = _cli(pm, "evaluate", tmp_path / "run" / "checkpoints" / "m" / "last", "-a", "fgsm", "--no-checks")
+    assert "does not run on the word of a checkpoint" in out.output and out.exit_code != 0
+    x, y = digits.test.x[:30], digits.test.y[:30]
+    res = rtk.train(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (x, y), trainer="standard", epochs=1, out=tmp_path / "py"
+    )
+    assert res.path == tmp_path / "py" and (tmp_path / "py" / "report.md").exists()
+    out = _cli(pm, "evaluate", tmp_path / "py" / "checkpoints" / "model" / "last")
+    assert out.exit_code != 0 and "written by rtk.train / rtk.prune for a module handed over from Python" in out.output

@@ -292,13 +292,21 @@ def load_dataset(table: Mapping[str, Any], registry: Any = None, *, where: str =
     return apply_limits(bundle, opts) if hasattr(opts, "limit_train") else bundle
 
 
-def checkpoint_dataset(spec: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The dataset a checkpoint's model was trained on, as a dataset table ``{"name": ..., **options}``
-    (``None`` for checkpoints written before datasets were recorded, or of in-memory data)."""
+def checkpoint_dataset(spec: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The dataset a checkpoint's model was trained on, as a dataset table ``{"name": ...,
+    **options}``, or ``None`` and the reason it cannot be rebuilt from the checkpoint alone."""
     ds = spec.get("dataset")
-    if not isinstance(ds, Mapping) or not ds.get("name") or not ds.get("rebuildable", True):
-        return None
-    return {"name": ds["name"], **dict(ds.get("options") or {})}
+    if not isinstance(ds, Mapping) or not ds.get("name"):
+        return None, "it records no dataset options (written before checkpoints recorded them)"
+    if not ds.get("rebuildable", True):
+        return None, "it was trained on in-memory data handed to rtk from Python"
+    if ds["name"] in ("python", "module"):
+        source = (ds.get("options") or {}).get("source", "?")
+        return None, (
+            f"its dataset is built by user code ({ds['name']}:{source}), which rtk does not run on the word of a "
+            f"checkpoint; evaluate through the experiment file that names it"
+        )
+    return {"name": ds["name"], **dict(ds.get("options") or {})}, ""
 
 
 __all__ = [

@@ -69,10 +69,10 @@ def require_trusted(kind: str, source: str) -> None:
     """Refuse to run code that no planned experiment named (for example one named only in a checkpoint)."""
     if f"{kind}:{source}" not in _TRUSTED:
         raise CheckpointError(
-            f"model {kind}:{source} is built by user code that no experiment of this session declares; rtk does not "
-            f"run code named inside a checkpoint or run directory. Declare it in an experiment file "
-            f'([models.NAME] arch = "{kind}:{source}", checkpoint = "...") and evaluate that file '
-            f"(rtk evaluate EXPERIMENT.toml --model NAME)"
+            f"{kind}:{source} is user code that no experiment of this session declares; rtk does not run code "
+            f"named inside a checkpoint or run directory. Declare it in an experiment file "
+            f'(arch = "{kind}:{source}" with checkpoint = "...", or [dataset] name = "{kind}:{source}") and '
+            f"give that file (rtk evaluate EXPERIMENT.toml --model NAME)"
         )
 
 
@@ -84,6 +84,13 @@ def refuse_code_from_checkpoint(spec: dict[str, Any], where: str) -> None:
     """For commands that rebuild a model from a checkpoint's JSON alone: refuse an architecture
     that is user code, since the JSON (data) must not decide what code runs."""
     arch = spec.get("arch")
+    if arch == "in-memory":
+        raise CheckpointError(
+            f"{where}: written by rtk.train / rtk.prune for a module handed over from Python, which rtk cannot "
+            f"rebuild by itself; load the weights into your module (the .safetensors holds its state dict; "
+            f"keys under extra/ are not weights), or declare the architecture as a source "
+            f'(arch = "python:net.py:Net") with init = "<the .safetensors>"'
+        )
     if arch in CODE_KINDS:
         source = (spec.get("options") or {}).get("source", "?")
         raise CheckpointError(
