@@ -455,8 +455,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
     """The user's module inside :func:`_adapter`'s wrapper."""
     from .evaluation.adapters import ModelView
 
-    if isinstance(module, nn.Sequential) and hasattr(module, "norm") and hasattr(module, "model"):
-        module = module.model
+    inner = getattr(module, "model", None)
+    if isinstance(module, nn.Sequential) and hasattr(module, "norm") and isinstance(inner, nn.Module):
+        module = inner
     return module.model if isinstance(module, ModelView) else module
 
 

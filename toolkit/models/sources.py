@@ -38,7 +38,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -237,15 +237,15 @@ def _adapt_first_conv(net: nn.Module, channels: int) -> None:
         if isinstance(mod, nn.Conv2d):
             if mod.in_channels == channels:
                 return
+            pair = tuple[int, int]
             new = nn.Conv2d(
                 channels,
                 mod.out_channels,
-                mod.kernel_size,
-                mod.stride,
-                mod.padding,
-                mod.dilation,
-                1,
-                mod.bias is not None,
+                cast(pair, mod.kernel_size),
+                stride=cast(pair, mod.stride),
+                padding=cast(pair, mod.padding),
+                dilation=cast(pair, mod.dilation),
+                bias=mod.bias is not None,
             )
             parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
             setattr(parent, name.rpartition(".")[2], new)
