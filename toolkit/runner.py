@@ -424,7 +424,8 @@ class _Runner:
         first = next(iter(module.children()), None)
         normalize = None
         if isinstance(first, Normalize):
-            normalize = {"mean": first.mean.flatten().tolist(), "std": first.std.flatten().tolist()}
+            mean, std = torch.as_tensor(first.mean), torch.as_tensor(first.std)
+            normalize = {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
         return {
             "name": p.dataset_spec.name,
             "options": options,
