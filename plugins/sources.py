@@ -24,40 +24,27 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 import rtk
-from rtk.data import DataOptions
-from rtk.data.sources import (
+from rtk.data import (
+    DataOptions,
+    check_code_dataset,
+    data_home,
+    load_code_dataset,
+    load_tensor_files,
     load_torchvision_dataset,
-    read_tensors_file,
-    split_off,
-    to_bundle,
+    tensor_file_problems,
     torchvision_problems,
 )
-from rtk.models.sources import (
-    SourceError,
+from rtk.models import (
+    build_code_model,
     build_timm,
     build_torchvision,
-    call_builder,
-    check_call,
+    check_code_model,
     check_timm,
-    load_callable,
-    needs_info,
-    require_trusted,
-    split_source,
-    torchvision_builder,
-    trust,
+    check_torchvision_model,
+    rebase_source,
 )
 
 OPTIONS_HELP = "every other key is passed to the callable as a keyword argument"
-
-
-def _rebase(source: str, base: Path) -> str:
-    """``net.py:Net`` relative to the experiment's folder -> an absolute path."""
-    try:
-        where, attr = split_source(source, "python")
-    except SourceError:
-        return source  # the source's check reports the malformed value
-    path = Path(where).expanduser()
-    return f"{path if path.is_absolute() else (base / path).resolve()}:{attr}"
 
 
 class _CodeOptions(rtk.Options):
@@ -78,7 +65,7 @@ class PythonModelOptions(_CodeOptions):
     )
 
     def relative_to(self, base: Path) -> PythonModelOptions:
-        return self.model_copy(update={"source": _rebase(self.source, base)})
+        return self.model_copy(update={"source": rebase_source(self.source, base)})
 
 
 class ModuleModelOptions(_CodeOptions):
@@ -97,46 +84,11 @@ class LibraryModelOptions(rtk.Options):
 
 
 def _code_check(kind: str):
-    def check(o: _CodeOptions) -> list[str]:
-        try:
-            fn = load_callable(kind, o.source)
-        except SourceError as exc:
-            return exc.problems
-        problems = check_call(fn, o.kwargs, f"{kind}:{o.source}")
-        if problems:
-            return problems
-        trust(kind, o.source)  # the experiment names it: it may run
-        if not needs_info(fn, o.kwargs):  # nothing to fill from the data: call it now, before any work
-            try:
-                call_builder(fn, o.kwargs, None, f"{kind}:{o.source}")
-            except SourceError as exc:
-                return exc.problems
-        return []
-
-    return check
+    return lambda o: check_code_model(kind, o.source, o.kwargs)
 
 
 def _code_build(kind: str):
-    def build(info, o: _CodeOptions):
-        require_trusted(kind, o.source)
-        return call_builder(load_callable(kind, o.source), o.kwargs, info, f"{kind}:{o.source}")
-
-    return build
-
-
-def _torchvision_check(o: LibraryModelOptions) -> list[str]:
-    try:
-        fn = torchvision_builder(o.source)
-    except SourceError as exc:
-        return exc.problems
-    return check_call(fn, {"weights": None, "num_classes": 1, **o.kwargs}, f"torchvision:{o.source}")
-
-
-def _timm_check(o: LibraryModelOptions) -> list[str]:
-    try:
-        return check_timm(o.source)
-    except SourceError as exc:
-        return exc.problems
+    return lambda info, o: build_code_model(kind, o.source, o.kwargs, info)
 
 
 @rtk.hookimpl
@@ -162,7 +114,7 @@ def rtk_models():
         summary="source: any torchvision classification builder (no weights; classes and input channels adapted)",
         options=LibraryModelOptions,
         build=lambda info, o: build_torchvision(o.source, o.kwargs, info),
-        check=_torchvision_check,
+        check=lambda o: check_torchvision_model(o.source, o.kwargs),
         source="<name>",
     )
     yield rtk.ModelSpec(
@@ -170,7 +122,7 @@ def rtk_models():
         summary="source: any timm model, no pretrained weights (optional extra rtk[timm])",
         options=LibraryModelOptions,
         build=lambda info, o: build_timm(o.source, o.kwargs, info),
-        check=_timm_check,
+        check=lambda o: check_timm(o.source),
         source="<name>",
     )
 
@@ -193,7 +145,7 @@ class PythonDataOptions(_CodeDataOptions):
     )
 
     def relative_to(self, base: Path) -> PythonDataOptions:
-        return self.model_copy(update={"source": _rebase(self.source, base)})
+        return self.model_copy(update={"source": rebase_source(self.source, base)})
 
 
 class ModuleDataOptions(_CodeDataOptions):
@@ -203,33 +155,11 @@ class ModuleDataOptions(_CodeDataOptions):
 
 
 def _data_check(kind: str):
-    def check(o: _CodeDataOptions) -> list[str]:
-        try:
-            fn = load_callable(kind, o.source)
-        except SourceError as exc:
-            return exc.problems
-        problems = check_call(fn, o.kwargs, f"{kind}:{o.source}")
-        if not problems:
-            trust(kind, o.source)
-        return problems
-
-    return check
+    return lambda o: check_code_dataset(kind, o.source, o.kwargs)
 
 
 def _data_load(kind: str):
-    def load(o: _CodeDataOptions):
-        require_trusted(kind, o.source)
-        fn = load_callable(kind, o.source)
-        try:
-            obj = fn(**o.kwargs)
-        except rtk.RtkError:
-            raise
-        except Exception as exc:
-            raise SourceError(f"{kind}:{o.source} raised {type(exc).__name__}: {exc}") from exc
-        name = o.source.rpartition(":")[2]
-        return to_bundle(obj, name, num_classes=o.num_classes, where=f"{kind}:{o.source}")
-
-    return load
+    return lambda o: load_code_dataset(kind, o.source, o.kwargs, num_classes=o.num_classes)
 
 
 class TensorsOptions(DataOptions):
@@ -249,23 +179,13 @@ class TensorsOptions(DataOptions):
 
 
 def _tensors(o: TensorsOptions):
-    train = read_tensors_file(o.train, where="dataset.train")
-    if o.test is not None:
-        test = read_tensors_file(o.test, where="dataset.test")
-    else:
-        train, test = split_off(train, o.test_fraction, o.seed)
-    return to_bundle((train, test), o.name, num_classes=o.num_classes, where="tensors")
+    return load_tensor_files(
+        o.train, o.test, test_fraction=o.test_fraction, seed=o.seed, num_classes=o.num_classes, name=o.name
+    )
 
 
 def _tensors_check(o: TensorsOptions) -> list[str]:
-    problems = []
-    for key in ("train", "test"):
-        p = getattr(o, key)
-        if p is not None and not Path(p).is_file():
-            problems.append(f"{key}: file {p} not found")
-        elif p is not None and Path(p).suffix not in (".npz", ".safetensors"):
-            problems.append(f"{key}: {p}: allowed suffixes .npz, .safetensors")
-    return problems
+    return tensor_file_problems(train=o.train, test=o.test)
 
 
 class TorchvisionDataOptions(DataOptions):
@@ -276,8 +196,6 @@ class TorchvisionDataOptions(DataOptions):
 
 
 def _torchvision_data(o: TorchvisionDataOptions):
-    from rtk.data import data_home
-
     root = o.root or str(data_home() / o.source)
     return load_torchvision_dataset(o.source, root, download=o.download, kwargs=dict(o.model_extra or {}))
 

@@ -712,7 +712,7 @@ def _features(x: Any, what: str) -> torch.Tensor:
         raise ApiError(str(exc)) from None
     if t.ndim < 2:
         raise ApiError(f"{what}: expected features of shape [N, D] (or [N, ...], flattened), got {list(t.shape)}")
-    return t.reshape(t.shape[0], -1)
+    return t.detach().reshape(t.shape[0], -1)
 
 
 def cka(x: Any, y: Any, kernel: str = "linear", debiased: bool = False, *, sigma: float = 0.8) -> float:

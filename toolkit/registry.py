@@ -96,6 +96,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rtk.plugins.models",
     "rtk.plugins.pruners",
     "rtk.plugins.similarity",
+    "rtk.plugins.sources",
     "rtk.plugins.trainers",
     "rtk.plugins.zoo",
 )

@@ -34,7 +34,19 @@ from .idx import (
 )
 from .imagefolder import ImageFolderSplit, check_image_folder, load_image_folder
 from .safe_pickle import RestrictedUnpickler, safe_load
-from .sources import infer_info, load_dataset, read_tensors_file, tensor_split, to_bundle
+from .sources import (
+    check_code_dataset,
+    infer_info,
+    load_code_dataset,
+    load_dataset,
+    load_tensor_files,
+    load_torchvision_dataset,
+    read_tensors_file,
+    tensor_file_problems,
+    tensor_split,
+    to_bundle,
+    torchvision_problems,
+)
 from .svhn import load_svhn, read_svhn_mat, svhn_source
 
 __all__ = [
@@ -70,9 +82,15 @@ __all__ = [
     "cifar10_source",
     "cifar100_source",
     "svhn_source",
+    "check_code_dataset",
     "infer_info",
+    "load_code_dataset",
     "load_dataset",
+    "load_tensor_files",
+    "load_torchvision_dataset",
     "read_tensors_file",
+    "tensor_file_problems",
     "tensor_split",
     "to_bundle",
+    "torchvision_problems",
 ]

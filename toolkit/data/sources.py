@@ -199,6 +199,72 @@ def split_off(split: TensorSplit, fraction: float, seed: int) -> tuple[TensorSpl
     return split.subset(order[k:].sort().values), split.subset(order[:k].sort().values)
 
 
+def load_tensor_files(
+    train: str | Path,
+    test: str | Path | None = None,
+    *,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    num_classes: int | None = None,
+    name: str = "tensors",
+) -> DatasetBundle:
+    """A bundle from ``.npz`` / ``.safetensors`` files of ``x`` and ``y``; without a test file,
+    ``test_fraction`` of the training file is held out (a fixed draw under ``seed``)."""
+    train_split = read_tensors_file(train, where="dataset.train")
+    if test is not None:
+        test_split = read_tensors_file(test, where="dataset.test")
+    else:
+        train_split, test_split = split_off(train_split, test_fraction, seed)
+    return to_bundle((train_split, test_split), name, num_classes=num_classes, where=name)
+
+
+def tensor_file_problems(**files: str | None) -> list[str]:
+    """Plan-time problems of tensor files given by key (missing, wrong suffix)."""
+    problems = []
+    for key, p in files.items():
+        if p is None:
+            continue
+        if not Path(p).is_file():
+            problems.append(f"{key}: file {p} not found")
+        elif Path(p).suffix not in (".npz", ".safetensors"):
+            problems.append(f"{key}: {p}: allowed suffixes .npz, .safetensors")
+    return problems
+
+
+# ---------------------------------------------------------------------------- user code
+def check_code_dataset(kind: str, source: str, kwargs: dict[str, Any]) -> list[str]:
+    """Plan-time problems of a ``python:`` / ``module:`` dataset (file, callable, options); a
+    source without problems is trusted (an experiment names it)."""
+    from ..models.sources import SourceError, check_call, load_callable, trust
+
+    try:
+        fn = load_callable(kind, source)
+    except SourceError as exc:
+        return exc.problems
+    problems = check_call(fn, kwargs, f"{kind}:{source}")
+    if not problems:
+        trust(kind, source)
+    return problems
+
+
+def load_code_dataset(
+    kind: str, source: str, kwargs: dict[str, Any], *, num_classes: int | None = None
+) -> DatasetBundle:
+    """The bundle a trusted ``python:`` / ``module:`` dataset callable returns (see :func:`to_bundle`)."""
+    from ..errors import RtkError
+    from ..models.sources import SourceError, load_callable, require_trusted
+
+    require_trusted(kind, source)
+    fn = load_callable(kind, source)
+    try:
+        obj = fn(**kwargs)
+    except RtkError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{kind}:{source} raised {type(exc).__name__}: {exc}") from exc
+    return to_bundle(obj, source.rpartition(":")[2], num_classes=num_classes, where=f"{kind}:{source}")
+
+
 # ---------------------------------------------------------------------------- torchvision
 def torchvision_dataset_class(name: str) -> Any:
     try:
@@ -311,6 +377,10 @@ def checkpoint_dataset(spec: Mapping[str, Any]) -> tuple[dict[str, Any] | None, 
 
 __all__ = [
     "as_tensor",
+    "check_code_dataset",
+    "load_code_dataset",
+    "load_tensor_files",
+    "tensor_file_problems",
     "as_split",
     "checkpoint_dataset",
     "infer_info",

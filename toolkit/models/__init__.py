@@ -13,7 +13,18 @@ from .checkpoint import ModelRecipe, load_checkpoint, load_state_strict, read_sp
 from .layers import Normalize
 from .resnet import cifar_resnet, resnet18, resnet_small
 from .small import cnn_large, cnn_small, mlp
-from .sources import apply_init, read_state_dict
+from .sources import (
+    SourceError,
+    apply_init,
+    build_code_model,
+    build_timm,
+    build_torchvision,
+    check_code_model,
+    check_timm,
+    check_torchvision_model,
+    read_state_dict,
+    rebase_source,
+)
 from .vgg import vgg, vgg16
 from .wrn import wide_resnet
 
@@ -36,6 +47,14 @@ __all__ = [
     "resnet18",
     "resnet_small",
     "wide_resnet",
+    "SourceError",
     "apply_init",
+    "build_code_model",
+    "build_timm",
+    "build_torchvision",
+    "check_code_model",
+    "check_timm",
+    "check_torchvision_model",
     "read_state_dict",
+    "rebase_source",
 ]

@@ -223,6 +223,44 @@ def call_builder(fn: Callable[..., Any], kwargs: dict[str, Any], info: DataInfo 
     return module
 
 
+def rebase_source(source: str, base: Path) -> str:
+    """``net.py:Net`` with the file relative to ``base`` (an experiment's folder) -> an absolute
+    path; a malformed source is returned as is (its check reports it)."""
+    try:
+        where, attr = split_source(source, "python")
+    except SourceError:
+        return source
+    path = Path(where).expanduser()
+    return f"{path if path.is_absolute() else (base / path).resolve()}:{attr}"
+
+
+def check_code_model(kind: str, source: str, kwargs: dict[str, Any]) -> list[str]:
+    """Plan-time problems of a ``python:`` / ``module:`` model: file, callable, options, and the
+    return type when nothing needs filling from the data. A source without problems is trusted
+    (an experiment names it)."""
+    what = f"{kind}:{source}"
+    try:
+        fn = load_callable(kind, source)
+    except SourceError as exc:
+        return exc.problems
+    problems = check_call(fn, kwargs, what)
+    if problems:
+        return problems
+    trust(kind, source)
+    if not needs_info(fn, kwargs):  # nothing to fill from the data: call it now, before any work
+        try:
+            call_builder(fn, kwargs, None, what)
+        except SourceError as exc:
+            return exc.problems
+    return []
+
+
+def build_code_model(kind: str, source: str, kwargs: dict[str, Any], info: DataInfo) -> nn.Module:
+    """The module a trusted ``python:`` / ``module:`` source builds for ``info``."""
+    require_trusted(kind, source)
+    return call_builder(load_callable(kind, source), kwargs, info, f"{kind}:{source}")
+
+
 # ---------------------------------------------------------------------------- libraries
 def _normalized(info: DataInfo, net: nn.Module) -> nn.Module:
     """A library model behind rtk's Normalize, so it takes [0, 1] inputs like rtk's own models."""
@@ -283,6 +321,15 @@ def torchvision_builder(name: str) -> Callable[..., nn.Module]:
     return torchvision.models.get_model_builder(name)
 
 
+def check_torchvision_model(name: str, kwargs: dict[str, Any]) -> list[str]:
+    """Plan-time problems of a ``torchvision:`` model: the builder and its options."""
+    try:
+        fn = torchvision_builder(name)
+    except SourceError as exc:
+        return exc.problems
+    return check_call(fn, {"weights": None, "num_classes": 1, **kwargs}, f"torchvision:{name}")
+
+
 def build_torchvision(name: str, kwargs: dict[str, Any], info: DataInfo) -> nn.Module:
     """A torchvision classifier without pretrained weights, for ``info``'s classes and channels."""
     fn = torchvision_builder(name)
@@ -304,7 +351,11 @@ def _timm() -> Any:
 
 
 def check_timm(name: str) -> list[str]:
-    timm = _timm()
+    """Plan-time problems of a ``timm:`` model (timm missing, unknown name)."""
+    try:
+        timm = _timm()
+    except SourceError as exc:
+        return exc.problems
     names = timm.list_models()
     if name not in names:
         from ..errors import suggest
@@ -417,7 +468,12 @@ def apply_init(model: nn.Module, path: str | Path, *, strict: bool = True, where
 
 
 __all__ = [
+    "CODE_KINDS",
     "INFO_PARAMS",
+    "build_code_model",
+    "check_code_model",
+    "check_torchvision_model",
+    "rebase_source",
     "SourceError",
     "apply_init",
     "build_timm",
