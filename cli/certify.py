@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from .common import echo_table, friendly_errors, parse_component, progress_bars, registry
-from .evaluate import checkpoint_data
+from .common import checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
 
 
 def parse_certifier(text: str) -> dict[str, Any]:

@@ -107,3 +107,18 @@ def echo_table(df, *, floatfmt: str = "{:.4f}") -> None:
         click.echo("(empty)")
         return
     click.echo(df.to_string(index=False, float_format=lambda v: floatfmt.format(v)))
+
+
+def checkpoint_data(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    """The dataset table to rebuild a bare checkpoint's data: the one it recorded, else its data's
+    name with default options (said on stderr, with the reason)."""
+    from rtk.data.sources import checkpoint_dataset
+
+    recorded, why = checkpoint_dataset(spec)
+    if recorded is not None:
+        opts = ", ".join(f"{k}={v}" for k, v in recorded.items() if k != "name")
+        click.echo(f"dataset: {recorded['name']}{f' ({opts})' if opts else ''}, as recorded in {where}", err=True)
+        return recorded
+    name = (spec.get("data") or {}).get("name")
+    click.echo(f"dataset: {name} with its default options, since {where}: {why}; choose one with --dataset", err=True)
+    return {"name": name}

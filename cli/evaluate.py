@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .common import echo_table, friendly_errors, parse_component, progress_bars, registry
+from .common import checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
 
 
 def parse_attack(text: str) -> dict[str, Any] | str:
@@ -123,21 +123,6 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     name = model or "model"
     decl = {"arch": spec["arch"], "checkpoint": str(stem.resolve()), **spec.get("options", {})}
     return name, decl, ds_decl
-
-
-def checkpoint_data(spec: dict[str, Any], where: str) -> dict[str, Any]:
-    """The dataset table to rebuild a bare checkpoint's data: the one it recorded, else its data's
-    name with default options (said on stderr, with the reason)."""
-    from rtk.data.sources import checkpoint_dataset
-
-    recorded, why = checkpoint_dataset(spec)
-    if recorded is not None:
-        opts = ", ".join(f"{k}={v}" for k, v in recorded.items() if k != "name")
-        click.echo(f"dataset: {recorded['name']}{f' ({opts})' if opts else ''}, as recorded in {where}", err=True)
-        return recorded
-    name = (spec.get("data") or {}).get("name")
-    click.echo(f"dataset: {name} with its default options, since {where}: {why}; choose one with --dataset", err=True)
-    return {"name": name}
 
 
 def _stage_options(kw: dict[str, Any], model: str) -> dict[str, Any]:

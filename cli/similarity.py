@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import echo_table, friendly_errors, key_values, progress_bars, registry
+from .common import checkpoint_data, echo_table, friendly_errors, key_values, progress_bars, registry
 
 
 def _model_name(text: str, taken: set[str]) -> str:
@@ -128,8 +128,6 @@ def command(
     import rtk
     from rtk.models.checkpoint import read_spec
     from rtk.models.sources import refuse_code_from_checkpoint
-
-    from .evaluate import checkpoint_data
 
     taken: set[str] = set()
     models: dict[str, dict[str, Any]] = {}
