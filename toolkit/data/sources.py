@@ -235,16 +235,9 @@ def tensor_file_problems(**files: str | None) -> list[str]:
 def check_code_dataset(kind: str, source: str, kwargs: dict[str, Any]) -> list[str]:
     """Plan-time problems of a ``python:`` / ``module:`` dataset (file, callable, options); a
     source without problems is trusted (an experiment names it)."""
-    from ..models.sources import SourceError, check_call, load_callable, trust
+    from ..models.sources import check_code_source
 
-    try:
-        fn = load_callable(kind, source)
-    except SourceError as exc:
-        return exc.problems
-    problems = check_call(fn, kwargs, f"{kind}:{source}")
-    if not problems:
-        trust(kind, source)
-    return problems
+    return check_code_source(kind, source, kwargs, builds_module=False)
 
 
 def load_code_dataset(

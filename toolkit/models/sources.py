@@ -234,10 +234,10 @@ def rebase_source(source: str, base: Path) -> str:
     return f"{path if path.is_absolute() else (base / path).resolve()}:{attr}"
 
 
-def check_code_model(kind: str, source: str, kwargs: dict[str, Any]) -> list[str]:
-    """Plan-time problems of a ``python:`` / ``module:`` model: file, callable, options, and the
-    return type when nothing needs filling from the data. A source without problems is trusted
-    (an experiment names it)."""
+def check_code_source(kind: str, source: str, kwargs: dict[str, Any], *, builds_module: bool = True) -> list[str]:
+    """Plan-time problems of a ``python:`` / ``module:`` source: file, callable, options, and (for
+    a model, when nothing needs filling from the data) that it returns an ``nn.Module``. A source
+    without problems is trusted (an experiment names it)."""
     what = f"{kind}:{source}"
     try:
         fn = load_callable(kind, source)
@@ -247,12 +247,17 @@ def check_code_model(kind: str, source: str, kwargs: dict[str, Any]) -> list[str
     if problems:
         return problems
     trust(kind, source)
-    if not needs_info(fn, kwargs):  # nothing to fill from the data: call it now, before any work
+    if builds_module and not needs_info(fn, kwargs):  # nothing to fill from the data: call it now
         try:
             call_builder(fn, kwargs, None, what)
         except SourceError as exc:
             return exc.problems
     return []
+
+
+def check_code_model(kind: str, source: str, kwargs: dict[str, Any]) -> list[str]:
+    """Plan-time problems of a ``python:`` / ``module:`` model (see :func:`check_code_source`)."""
+    return check_code_source(kind, source, kwargs)
 
 
 def build_code_model(kind: str, source: str, kwargs: dict[str, Any], info: DataInfo) -> nn.Module:
@@ -472,6 +477,7 @@ __all__ = [
     "INFO_PARAMS",
     "build_code_model",
     "check_code_model",
+    "check_code_source",
     "check_torchvision_model",
     "rebase_source",
     "SourceError",
