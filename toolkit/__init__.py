@@ -10,6 +10,8 @@ Public API (what built-in and third-party plugins may use):
 - ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
 - one call per task (:mod:`rtk.api`): ``evaluate``, ``train``, ``prune``, ``verify``,
   ``compare``; kernels ``cka``, ``svcca``, ``pwcca``, ``procrustes``.
+- lifecycle records (what the lifecycle hooks receive, :mod:`rtk.lifecycle`): ``RunInfo``,
+  ``StageInfo``, ``EpochMetrics``, ``RunOutcome``, ``ReportSection``; loggers: ``LoggerSpec``.
 - submodules: ``rtk.data``, ``rtk.models``, ``rtk.training``, ``rtk.evaluation``,
   ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``, ``rtk.distributed``.
 """
@@ -29,6 +31,7 @@ from .errors import (
     UnknownComponentError,
 )
 from .hookspecs import hookimpl, hookspec
+from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
 from .options import Eps, NoOptions, Options, validate_options
 from .records import (
     AttackSpec,
@@ -36,6 +39,7 @@ from .records import (
     CommandSpec,
     ComponentSpec,
     DatasetSpec,
+    LoggerSpec,
     ModelSpec,
     PrunerSpec,
     SimilaritySpec,
@@ -56,6 +60,12 @@ __all__ = [
     "CommandSpec",
     "ComponentSpec",
     "DatasetSpec",
+    "LoggerSpec",
+    "EpochMetrics",
+    "ReportSection",
+    "RunInfo",
+    "RunOutcome",
+    "StageInfo",
     "ModelSpec",
     "PrunerSpec",
     "SimilaritySpec",

@@ -54,6 +54,12 @@ class DatasetDecl(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class LoggerDecl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class StageDecl(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str
@@ -73,6 +79,7 @@ class Experiment(BaseModel):
     dataset: DatasetDecl
     models: dict[str, ModelDecl] = Field(default_factory=dict)
     stages: list[StageDecl] = Field(default_factory=list)
+    loggers: list[LoggerDecl] = Field(default_factory=list)
     source: str | None = None
     base_dir: str | None = None
 
@@ -113,17 +120,18 @@ def experiment_from_dict(
     if not isinstance(data, dict):
         raise ConfigError("an experiment must be a table of keys", source=source)
     problems: list[str] = []
-    top = {k: v for k, v in data.items() if k not in ("dataset", "models", "stages")}
+    top = {k: v for k, v in data.items() if k not in ("dataset", "models", "stages", "loggers")}
     allowed_top = {"name", "description", "seed", "device", "amp"}
     for key in top:
         if key not in allowed_top:
             from .errors import suggest
 
             problems.append(
-                f"{key}: unknown key{suggest(key, allowed_top | {'dataset', 'models', 'stages'})}; "
-                f"allowed top-level keys: {', '.join(sorted(allowed_top | {'dataset', 'models', 'stages'}))}"
+                f"{key}: unknown key{suggest(key, allowed_top | {'dataset', 'models', 'stages', 'loggers'})}; "
+                f"allowed top-level keys: {', '.join(sorted(allowed_top | {'dataset', 'models', 'stages', 'loggers'}))}"
             )
     built: dict[str, Any] = {k: v for k, v in top.items() if k in allowed_top}
+    built["loggers"] = logger_decls(data.get("loggers", []), problems)
 
     ds = data.get("dataset")
     if ds is None:
@@ -213,6 +221,23 @@ def experiment_from_dict(
         raise ConfigError([p.lstrip(".") for p in problems], source=source)
     assert exp is not None
     return exp
+
+
+def logger_decls(value: Any, problems: list[str], where: str = "loggers") -> list[dict[str, Any]]:
+    """``loggers = ["tensorboard"]`` or ``[[loggers]] name = "mlflow"`` (other keys are the
+    logger's options) -> declarations; problems are appended naming the key path."""
+    if not isinstance(value, list):
+        problems.append(f'{where}: expected a list of logger names or tables (loggers = ["tensorboard"])')
+        return []
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            out.append({"name": item, "options": {}})
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            out.append({"name": item["name"], "options": {k: v for k, v in item.items() if k != "name"}})
+        else:
+            problems.append(f"{where}[{i}]: expected a logger name or a table with 'name', got {item!r}")
+    return out
 
 
 def load_experiment(path: str | os.PathLike, registry: Any = None) -> Experiment:

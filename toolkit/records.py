@@ -156,6 +156,25 @@ class CommandSpec(ComponentSpec):
     HOOK: ClassVar[str] = "rtk_commands"
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoggerSpec(ComponentSpec):
+    """An experiment tracker, chosen per experiment (``loggers = ["tensorboard"]``) or per run
+    (``rtk run --logger NAME``).
+
+    ``build(options, run)`` is called once per run (``run`` is a :class:`rtk.lifecycle.RunInfo`)
+    and returns an object implementing any of the lifecycle hooks (``rtk_run_start``,
+    ``rtk_epoch_metrics``, ``rtk_stage_finish``, ``rtk_run_finish``, ...) as plain methods.
+    ``requires`` names the modules it imports; when one is missing, planning fails with
+    ``install`` as the hint (for example ``pip install 'rtk[wandb]'``).
+    """
+
+    build: Callable[[Any, Any], Any]
+    requires: tuple[str, ...] = ()
+    install: str = ""
+    KIND: ClassVar[str] = "logger"
+    HOOK: ClassVar[str] = "rtk_loggers"
+
+
 #: Every kind of component, keyed by its name in messages and in ``rtk plugins``: the one
 #: table of kinds (each record class carries its kind, hook and title).
 KINDS: dict[str, type[ComponentSpec]] = {
@@ -170,6 +189,7 @@ KINDS: dict[str, type[ComponentSpec]] = {
         CertifierSpec,
         StageSpec,
         CommandSpec,
+        LoggerSpec,
     )
 }
 
@@ -203,6 +223,7 @@ __all__ = [
     "ModelSpec",
     "StageSpec",
     "CommandSpec",
+    "LoggerSpec",
     "KINDS",
     "Registration",
     "field",

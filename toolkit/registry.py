@@ -359,6 +359,8 @@ class Registry:
 
     def __init__(self, registrations: Iterable[Registration] = ()) -> None:
         self._by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+        #: the manager the records came from; the runner calls its lifecycle hooks
+        self.plugin_manager: pluggy.PluginManager | None = None
         for reg in registrations:
             self.add(reg)
 
@@ -390,6 +392,7 @@ class Registry:
         order = [name for name, _ in pm.list_name_plugin()]
         order += [name for name in impls if name not in order]
         reg = cls()
+        reg.plugin_manager = pm
         for plugin in order:
             dist, version = dists.get(plugin, (None, None))
             found, problem = _collect(plugin, impls.get(plugin, []))

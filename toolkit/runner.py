@@ -24,11 +24,13 @@ from . import distributed as _dist
 from .config import Experiment, experiment_from_dict, load_experiment
 from .data.core import DataInfo, DatasetBundle, apply_limits
 from .errors import ConfigError, RtkError, StageError, UnknownComponentError
+from .lifecycle import Lifecycle, RunInfo, RunOutcome, StageEpochs, StageInfo, epoch_listener, plugin_problem
 from .models.checkpoint import ModelRecipe, load_checkpoint, read_spec, save_checkpoint
 from .options import validate_options
 from .records import StageSpec
 from .refs import ModelRef, resolve_refs
 from .registry import Registry, default_registry
+from .report import write_report
 from .rundir import RunDir, environment_record
 from .runtime import resolve_device, seed_everything
 
@@ -69,6 +71,14 @@ class PlannedModel:
 
 
 @dataclass
+class PlannedLogger:
+    name: str
+    spec: Any
+    options: Any
+    plugin: str
+
+
+@dataclass
 class Plan:
     experiment: Experiment
     registry: Registry
@@ -76,6 +86,7 @@ class Plan:
     dataset_options: Any
     models: dict[str, PlannedModel]
     stages: list[PlannedStage]
+    loggers: list[PlannedLogger] = field(default_factory=list)
 
     def describe(self) -> str:
         e = self.experiment
@@ -88,6 +99,8 @@ class Plan:
             lines.append(f"  model {m.name}: {m.arch} {_fmt_opts(m.options)}{ck}")
         for s in self.stages:
             lines.append(f"  stage {s.id}: {s.kind} {_fmt_opts(s.options)}")
+        for lg in self.loggers:
+            lines.append(f"  logger {lg.name} {_fmt_opts(lg.options)}")
         return "\n".join(lines)
 
 
@@ -208,12 +221,40 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
                 problems.append(f"{where}: {exc}")
         stages.append(PlannedStage(i, decl.id, decl.kind, sspec, sopts))
 
+    loggers = _plan_loggers(experiment, registry, problems)
     if not experiment.stages:
         problems.append("stages: the experiment has no stages; add at least one [[stages]] table")
     if problems:
         raise ConfigError(problems, source=src)
     assert dataset_spec is not None
-    return Plan(experiment, registry, dataset_spec, dataset_opts, models, stages)
+    return Plan(experiment, registry, dataset_spec, dataset_opts, models, stages, loggers)
+
+
+def _plan_loggers(experiment: Experiment, registry: Registry, problems: list[str]) -> list[PlannedLogger]:
+    """Resolve ``loggers``: known names, valid options, the modules each needs installed."""
+    import importlib.util
+
+    planned: list[PlannedLogger] = []
+    for i, decl in enumerate(getattr(experiment, "loggers", None) or []):
+        where = f"loggers[{i}]"
+        try:
+            reg = registry.registration("logger", decl.name)
+        except UnknownComponentError as exc:
+            problems.append(f"{where}.name: {exc}")
+            continue
+        spec = reg.spec
+        missing = [m for m in getattr(spec, "requires", ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            hint = f"; install it with {spec.install}" if getattr(spec, "install", "") else ""
+            problems.append(f"{where}: logger {decl.name!r} needs {', '.join(missing)}, which is not installed{hint}")
+            continue
+        try:
+            opts = validate_options(spec.options, decl.options, where)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        planned.append(PlannedLogger(decl.name, spec, opts, reg.plugin))
+    return planned
 
 
 # ---------------------------------------------------------------------------- context
@@ -400,6 +441,16 @@ class _Runner:
         self.tables: dict[str, pd.DataFrame] = {}
         self.results: dict[str, StageResult] = {}
         self.state: dict[str, Any] = rundir.read_json("state.json", default=None) or {"stages": {}, "models": {}}
+        exp = plan_.experiment
+        self.info = RunInfo(
+            rundir.path,
+            exp.name,
+            dict(exp.model_dump(mode="json")),
+            dict(getattr(exp, "tags", None) or {}),
+            resuming,
+        )
+        # lifecycle hooks (installed plugins, then this run's loggers); under torchrun rank 0 only
+        self.lifecycle = Lifecycle(plan_.registry.plugin_manager if _dist.is_main() else None)
 
     @property
     def data(self) -> DatasetBundle:
@@ -465,9 +516,69 @@ class _Runner:
                 module, recipe, _ = load_checkpoint(ckpts["current"], self.plan.registry, device=self.device)
                 self.models[name] = ModelEntry(name, module, recipe, ckpts)
 
+    def stage_info(self, stage: PlannedStage) -> StageInfo:
+        """A stage as the lifecycle hooks and the report see it, from state.json and results."""
+        st = self.state["stages"].get(stage.id, {})
+        res = self.results.get(stage.id)
+        status = st.get("status", "not run")
+        if res is None or status != "completed":
+            return StageInfo(
+                stage.id, stage.kind, stage.index, status, seconds=st.get("seconds"), error=st.get("error")
+            )
+        return StageInfo(
+            stage.id,
+            stage.kind,
+            stage.index,
+            status,
+            dict(res.tables),
+            dict(res.figures),
+            res.summary,
+            dict(res.metrics),
+            st.get("seconds"),
+        )
+
+    def write_report(self, failed: str | None = None, *, final: bool = False) -> Path:
+        """Rewrite report.md; the final one also holds the plugins' report sections."""
+        stages = [self.stage_info(s) for s in self.plan.stages]
+        sections = self.lifecycle.report_sections(self.info, stages) if final else []
+        return write_report(
+            self.rundir, self.plan.experiment, stages, device=self.device, failed=failed, sections=sections
+        )
+
+    def _start_loggers(self) -> None:
+        """Build this run's loggers and add them to the lifecycle observers; a logger that
+        fails to start is a warning naming it (an error under RTK_STRICT_PLUGINS=1)."""
+        if not _dist.is_main():
+            return
+        for lg in self.plan.loggers:
+            try:
+                obj = lg.spec.build(lg.options, self.info)
+            except Exception as exc:
+                plugin_problem(
+                    f"logger {lg.name!r} (plugin {lg.plugin!r}) failed to start: {type(exc).__name__}: {exc}", exc
+                )
+                continue
+            self.lifecycle.add_observer(f"{lg.plugin}:{lg.name}", obj)
+
+    def _finish(self, failed: str | None = None, error: str | None = None) -> Path:
+        """The final report, then ``rtk_run_finish``."""
+        report = self.write_report(failed, final=True)
+        outcome = RunOutcome(
+            "failed" if failed else "completed",
+            report,
+            dict(self.tables),
+            tuple(self.stage_info(s) for s in self.plan.stages),
+            failed,
+            error,
+        )
+        self.lifecycle.call("rtk_run_finish", run=self.info, outcome=outcome)
+        return report
+
     def run(self) -> RunResult:
         exp = self.plan.experiment
         seed_everything(exp.seed)
+        self._start_loggers()
+        self.lifecycle.call("rtk_run_start", run=self.info)
         self.build_models()
         total = len(self.plan.stages)
         for index, stage in enumerate(self.plan.stages, 1):
@@ -485,18 +596,21 @@ class _Runner:
                 )
                 continue
             self._run_stage(stage, f"{index}/{total}")
-        report = write_report(self)
+        report = self._finish()
         return RunResult(self.rundir.path, dict(self.tables), dict(self.results), report)
 
     def _run_stage(self, stage: PlannedStage, position: str = "") -> None:
         ctx = StageContext(self, stage)
+        self.lifecycle.call("rtk_stage_start", run=self.info, stage=StageInfo(stage.id, stage.kind, stage.index))
         seed_everything(ctx.seed)
         self.state["stages"][stage.id] = {"status": "running", "kind": stage.kind}
         self.save_state()
         t0 = time.perf_counter()
         log.info("stage %s %s (%s) started", position, stage.id, stage.kind)
+        listener = StageEpochs(self.lifecycle, self.info, StageInfo(stage.id, stage.kind, stage.index))
         try:
-            result = stage.spec.run(ctx, stage.options)
+            with epoch_listener(listener if _dist.is_main() else None):
+                result = stage.spec.run(ctx, stage.options)
             if result is None:
                 result = StageResult()
             if not isinstance(result, StageResult):
@@ -510,7 +624,8 @@ class _Runner:
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             self.save_state()
-            write_report(self, failed=stage.id)
+            self.lifecycle.call("rtk_stage_finish", run=self.info, stage=self.stage_info(stage))
+            self._finish(failed=stage.id, error=self.state["stages"][stage.id]["error"])
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise StageError(stage.id, exc) from exc
@@ -528,8 +643,9 @@ class _Runner:
             "metrics": _jsonable(result.metrics),
         }
         self.save_state()
-        write_report(self)
+        self.write_report()
         log.info("stage %s %s completed in %.1f s", position, stage.id, seconds)
+        self.lifecycle.call("rtk_stage_finish", run=self.info, stage=self.stage_info(stage))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -544,62 +660,6 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
                 v = str(v)
         out[k] = v
     return out
-
-
-def write_report(r: _Runner, failed: str | None = None) -> Path:
-    exp = r.plan.experiment
-    lines = [f"# Report: {exp.name}", ""]
-    if exp.description:
-        lines += [exp.description, ""]
-    env = r.rundir.read_json("environment.json", {}) or {}
-    lines += [
-        f"- dataset: `{exp.dataset.name}`; seed {exp.seed}; device `{env.get('device', r.device)}`",
-        f"- rtk {env.get('rtk')}, torch {env.get('torch')}; git commit `{env.get('git_commit')}`",
-        "",
-    ]
-    for stage in r.plan.stages:
-        st = r.state["stages"].get(stage.id, {})
-        status = st.get("status", "not run")
-        secs = f", {st['seconds']:.1f} s" if "seconds" in st else ""
-        lines += [f"## Stage `{stage.id}` ({stage.kind}): {status}{secs}", ""]
-        if status == "failed":
-            lines += ["```", st.get("error", ""), "```", ""]
-            continue
-        res = r.results.get(stage.id)
-        if res is None:
-            continue
-        if res.summary:
-            lines += [res.summary.strip(), ""]
-        for tname, df in res.tables.items():
-            lines += [f"**{tname}** (`tables/{stage.id}/{tname}.csv`)", ""]
-            shown = df.head(40)
-            lines += [_markdown_table(shown), ""]
-            if len(df) > len(shown):
-                lines += [f"... {len(df) - len(shown)} more rows in the CSV.", ""]
-        for fname, fpath in res.figures.items():
-            rel = os.path.relpath(fpath, r.rundir.path)
-            lines += [f"![{fname}]({rel})", ""]
-    if failed:
-        lines += [
-            f"**The run stopped: stage `{failed}` failed.** Results of earlier stages are kept; "
-            f"fix the problem and continue with `rtk run --resume {r.rundir.path}`.",
-            "",
-        ]
-    return r.rundir.write_text("report.md", "\n".join(lines))
-
-
-def _markdown_table(df: pd.DataFrame) -> str:
-    cols = [str(c) for c in df.columns]
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v).replace("|", "\\|")
-
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for rec in df.itertuples(index=False):
-        rows.append("| " + " | ".join(cell(v) for v in rec) + " |")
-    return "\n".join(rows)
 
 
 def execute(

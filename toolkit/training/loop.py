@@ -41,6 +41,7 @@ from torch import nn
 from .. import distributed as _dist
 from ..data.core import DatasetBundle, batches, subset
 from ..errors import ConfigError, TrainingDivergedError
+from ..lifecycle import report_epoch
 from ..runtime import amp_context
 from ..runtime import progress as _progress
 from .attacks import default_alpha, max_eps, perturb
@@ -697,6 +698,7 @@ class _TrainingRun:
                     row.get("test_clean_acc", float("nan")),
                     row.get("test_robust_acc"),
                 )
+                report_epoch(epoch, self.history[-1])  # the lifecycle hook rtk_epoch_metrics, inside a run
                 if self.on_epoch is not None:
                     self.on_epoch(epoch, row)
                 if stop:
