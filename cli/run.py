@@ -31,6 +31,13 @@ from .common import echo_table, friendly_errors, progress_bars, registry, state
     show_default=True,
     help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md.",
 )
+@click.option(
+    "--logger",
+    "loggers",
+    multiple=True,
+    metavar="NAME",
+    help="Add a logger (tracker) to this run, e.g. tensorboard, mlflow, wandb; repeatable. See docs/tracking.md.",
+)
 @friendly_errors
 def command(
     experiment: Path | None,
@@ -41,6 +48,7 @@ def command(
     seed: int | None,
     runs_root: Path,
     nproc: int = 1,
+    loggers: tuple[str, ...] = (),
 ) -> None:
     """Run an EXPERIMENT file (TOML). With no file, run the built-in quickstart."""
     if nproc > 1:
@@ -69,6 +77,11 @@ def command(
         updates["device"] = device
     if seed is not None:
         updates["seed"] = seed
+    if loggers:  # added to the experiment's own; one already declared keeps its options
+        declared = {lg.name for lg in exp.loggers}
+        updates["loggers"] = [lg.model_dump() for lg in exp.loggers] + [
+            {"name": n, "options": {}} for n in dict.fromkeys(loggers) if n not in declared
+        ]
     if updates:
         exp = rtk.Experiment.model_validate({**exp.model_dump(), **updates})
     planned = rtk.plan(exp, registry())

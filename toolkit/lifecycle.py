@@ -69,7 +69,7 @@ class _FreezeMappings:
 class RunInfo(_FreezeMappings):
     """The run a lifecycle hook is called for.
 
-    ``path`` is the run directory; ``config`` the resolved experiment as written to
+    ``path`` is the run directory (absolute); ``config`` the resolved experiment as written to
     ``config.json``; ``tags`` the experiment's ``tags`` (a study's point keys); ``resumed``
     whether this call continues an earlier run directory (``--resume``).
     """

@@ -443,7 +443,7 @@ class _Runner:
         self.state: dict[str, Any] = rundir.read_json("state.json", default=None) or {"stages": {}, "models": {}}
         exp = plan_.experiment
         self.info = RunInfo(
-            rundir.path,
+            rundir.path.resolve(),
             exp.name,
             dict(exp.model_dump(mode="json")),
             dict(getattr(exp, "tags", None) or {}),

@@ -1,0 +1,194 @@
+"""Loggers: what TensorBoard, MLflow and W&B (offline) recorded, read back with each tool's
+own reader and compared to the run's tables; choosing loggers; plan-time errors."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import rtk
+from rtk.errors import ConfigError
+
+EXP = {
+    "name": "tracked",
+    "seed": 2,
+    "dataset": {"name": "digits", "limit_train": 200, "limit_test": 100},
+    "models": {"net": {"arch": "mlp", "hidden": [16]}},
+    "stages": [
+        {"kind": "train", "model": "net", "epochs": 2, "lr": 0.1, "batch_size": 64},
+        {"kind": "evaluate", "models": ["net"], "attacks": [{"name": "fgsm", "eps": "8/255"}]},
+    ],
+}
+TAGS = {"models.net.width": 16, "seed": 2}
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory, registry):
+    """One run with all three loggers (W&B forced offline), tagged like a study point."""
+    pytest.importorskip("mlflow", reason="the dev extra installs mlflow-skinny")
+    pytest.importorskip("wandb", reason="the dev extra installs wandb")
+    root = tmp_path_factory.mktemp("tracked")
+    exp = rtk.experiment_from_dict(
+        {**EXP, "loggers": ["tensorboard", "mlflow", {"name": "wandb", "mode": "offline"}]}, base_dir=root
+    )
+    exp = exp.model_copy(update={"tags": TAGS})  # what a study sets on each point (Experiment.tags)
+    return rtk.run(exp, registry=registry, out=root / "runs" / "point")
+
+
+def test_tensorboard_events_hold_epochs_tables_and_report(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    ea = EventAccumulator(str(tracked.path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
+    ea.Reload()
+    history = tracked.table("01-train/history")
+    for col in ("train_loss", "train_acc", "test_clean_acc", "lr"):
+        events = ea.Scalars(f"01-train/{col}")
+        assert [e.step for e in events] == history["epoch"].tolist()
+        assert [e.value for e in events] == pytest.approx(history[col].tolist(), rel=1e-6)
+    assert "01-train/train_robust_acc" not in ea.Tags()["scalars"]  # NaN columns are not logged
+    metrics = tracked.stages["02-evaluate"].metrics
+    assert ea.Scalars("02-evaluate/metrics/net.clean_accuracy")[0].value == pytest.approx(metrics["net.clean_accuracy"])
+
+    def text(tag: str) -> str:
+        return tensor_util.make_ndarray(ea.Tensors(f"{tag}/text_summary")[-1].tensor_proto).item().decode()
+
+    assert text("report.md") == tracked.report.read_text()
+    table = text("tables/02-evaluate/accuracy")
+    acc = tracked.table("02-evaluate/accuracy")
+    assert table.count("\n") == len(acc) + 1 and all(c in table.splitlines()[0] for c in acc.columns)
+    config = json.loads(text("config").strip("`\njson"))
+    assert config["stages"][0]["options"]["epochs"] == 2
+    assert "`models.net.width` = `16`" in text("tags")
+    assert ea.Tags()["images"] == ["figures/01-train/robust-overfitting"]
+
+
+def test_mlflow_run_holds_params_tags_metrics_and_tables(tracked):
+    from mlflow import MlflowClient
+
+    client = MlflowClient((tracked.path.parent / "mlruns").as_uri())
+    exp = client.get_experiment_by_name("tracked")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "point"
+    assert run.data.tags["models.net.width"] == "16" and run.data.tags["rtk.run_dir"] == str(tracked.path.resolve())
+    assert run.data.params["seed"] == "2" and run.data.params["dataset.options.limit_train"] == "200"
+    history = tracked.table("01-train/history")
+    for col in ("train_loss", "test_clean_acc"):
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"01-train/{col}"))
+        assert [s for s, _ in got] == history["epoch"].tolist()
+        assert [v for _, v in got] == pytest.approx(history[col].tolist())
+    for key in tracked.tables:
+        local = client.download_artifacts(run.info.run_id, f"tables/{key}.csv")
+        pd.testing.assert_frame_equal(pd.read_csv(local), pd.read_csv(tracked.path / "tables" / f"{key}.csv"))
+    report = client.download_artifacts(run.info.run_id, "report.md")
+    assert Path(report).read_text() == tracked.report.read_text()
+    figures = [a.path for a in client.list_artifacts(run.info.run_id, "figures/01-train")]
+    assert figures == ["figures/01-train/robust-overfitting.png"]
+
+
+def _wandb_records(path: Path):
+    """The records of a W&B offline ``.wandb`` file (a LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, buf = path.read_bytes(), 7, 32768, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            yield rec
+
+
+def test_wandb_offline_files_hold_config_history_and_tables(tracked):
+    (run_dir,) = (tracked.path / "wandb").glob("offline-run-*")
+    records = list(_wandb_records(next(run_dir.glob("run-*.wandb"))))
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["seed"] == 2 and config["tags"] == {"models.net.width": 16, "seed": 2}
+    assert sorted(run.tags) == ["models.net.width=16", "seed=2"]
+    rows = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
+    epochs = [r for r in rows if "01-train/train_loss" in r]
+    history = tracked.table("01-train/history")
+    assert [r["01-train/epoch"] for r in epochs] == history["epoch"].tolist()
+    assert [r["01-train/train_loss"] for r in epochs] == pytest.approx(history["train_loss"].tolist())
+    assert next(r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit") == 0
+    files = run_dir / "files"
+    for key, df in tracked.tables.items():
+        (table_file,) = (files / "media" / "table" / "tables").glob(f"{key}_*.table.json")
+        logged = json.loads(table_file.read_text())
+        got = pd.DataFrame(logged["data"], columns=logged["columns"])
+        pd.testing.assert_frame_equal(got, df.reset_index(drop=True), check_dtype=False)
+    assert (files / "report.md").read_text() == tracked.report.read_text()
+
+
+def test_unknown_logger_and_bad_options_fail_at_plan_time(registry, tmp_path):
+    exp = rtk.experiment_from_dict({**EXP, "loggers": ["tensorbord", {"name": "tensorboard", "dirr": "x"}]})
+    with pytest.raises(ConfigError) as err:
+        rtk.plan(exp, registry)
+    text = str(err.value)
+    assert "loggers[0].name: unknown logger 'tensorbord'; did you mean 'tensorboard'" in text
+    assert "loggers[1]" in text and "dirr" in text
+    with pytest.raises(ConfigError, match="loggers.0.*expected a logger name"):
+        rtk.experiment_from_dict({**EXP, "loggers": [3]})
+    with pytest.raises(ConfigError, match="leaves|relative"):
+        rtk.plan(rtk.experiment_from_dict({**EXP, "loggers": [{"name": "tensorboard", "dir": "../out"}]}), registry)
+
+
+class NeedsMissing:
+    @rtk.hookimpl
+    def rtk_loggers(self):
+        yield rtk.LoggerSpec(
+            name="neptune-ish",
+            summary="needs a module that is not installed",
+            build=lambda opts, run: object(),
+            requires=("rtk_no_such_module",),
+            install="pip install rtk-no-such-module",
+        )
+
+
+def test_a_logger_whose_extra_is_missing_fails_at_plan_time_with_the_install_hint():
+    pm = rtk.plugin_manager(entry_points=False, extra=[("needs", NeedsMissing())])
+    reg = rtk.Registry.from_plugin_manager(pm)
+    with pytest.raises(ConfigError) as err:
+        rtk.plan(rtk.experiment_from_dict({**EXP, "loggers": ["neptune-ish"]}), reg)
+    assert (
+        "loggers[0]: logger 'neptune-ish' needs rtk_no_such_module, which is not installed; "
+        "install it with pip install rtk-no-such-module"
+    ) in str(err.value)
+
+
+def test_cli_logger_flag_adds_a_logger_to_the_run(tmp_path, registry):
+    from rtk.cli.main import cli
+
+    pm = rtk.plugin_manager(entry_points=False)
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        'name = "cli"\n[dataset]\nname = "digits"\nlimit_train = 150\nlimit_test = 60\n'
+        '[models.net]\narch = "mlp"\nhidden = [8]\n[[stages]]\nkind = "train"\nmodel = "net"\nepochs = 1\n'
+    )
+    runner = CliRunner()
+    res = runner.invoke(cli, obj=pm, args=["run", str(exp), "--dry-run", "--logger", "tensorboard"])
+    assert res.exit_code == 0, res.output
+    assert "logger tensorboard" in res.output
+    res = runner.invoke(cli, obj=pm, args=["run", str(exp), "--logger", "tensorbord", "--dry-run"])
+    assert res.exit_code != 0 and "did you mean 'tensorboard'" in res.output
+    res = runner.invoke(cli, obj=pm, args=["run", str(exp), "--out", str(tmp_path / "run"), "--logger", "tensorboard"])
+    assert res.exit_code == 0, res.output
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
