@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def test_hooks_are_called_in_order_with_the_run_records(tmp_path):
         "run_finish",
     ]
     run = rec.calls[0][1]
-    assert run.path == result.path and run.name == "life" and not run.resumed
+    assert run.path == result.path.resolve() and run.name == "life" and not run.resumed
     assert run.config["seed"] == 1 and run.config["stages"][0]["kind"] == "train"
     # the epochs handed to the hook are the history table's numbers
     history = result.table("01-train/history")
@@ -180,3 +181,22 @@ def test_training_rounds_within_one_stage_are_numbered():
     assert seen[0][2] == {"loss": 0.5}
     with pytest.raises(TypeError):
         EpochMetrics(1, {"a": 1.0}).values["a"] = 2.0  # type: ignore[index]
+
+
+def test_the_tracking_guide_examples_work(tmp_path):
+    """docs/tracking.md: the report-section plugin and the logger example, run as written."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tracking.md").read_text()
+    ns: dict = {}
+    for body in re.findall(r"```python\n(.*?)```", text, re.S):
+        if "class SlowestStage" in body or "class JsonLinesLogger" in body:
+            exec(compile(body, "docs/tracking.md", "exec"), ns)  # noqa: S102 - our own docs
+    module = type("DocsPlugin", (), {"rtk_loggers": staticmethod(ns["rtk_loggers"])})()
+    reg = registry_with(("slowest", ns["SlowestStage"]()), ("jsonl", module))
+    result = rtk.run(EXP | {"stages": EXP["stages"][:1], "loggers": ["jsonl"]}, registry=reg, out=tmp_path / "run")
+    assert "## Slowest stage\n\n`01-train` took" in result.report.read_text()
+    lines = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+    history = result.table("history")
+    assert [r["epoch"] for r in lines] == history["epoch"].tolist()
+    assert [r["train_loss"] for r in lines] == pytest.approx(history["train_loss"].tolist())

@@ -22,6 +22,7 @@ _KIND_TITLES = [
     ("pruner", "Pruners"),
     ("similarity", "Similarity metrics"),
     ("certifier", "Certifiers"),
+    ("logger", "Loggers (`loggers = [...]` at the top level, or `rtk run --logger NAME`)"),
     ("command", "Extra CLI commands"),
 ]
 
@@ -54,6 +55,13 @@ _TOP = [
         "array of tables",
         "(required)",
         "`kind` of a registered stage, optional `id` (default `NN-kind`); every other key is an option of the stage",
+    ),
+    (
+        "loggers",
+        "array of names or tables",
+        "[]",
+        'trackers of the run: `loggers = ["tensorboard"]`, or `[[loggers]]` tables with `name` and the '
+        "logger's options; see docs/tracking.md",
     ),
 ]
 
