@@ -141,9 +141,10 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 class MLflowLogger:
     """One MLflow run per rtk run, through :class:`mlflow.MlflowClient` (no global state):
-    the config as params, tags as tags, epochs and headline metrics as metrics, tables as CSV
-    artifacts ``tables/<stage>/<table>.csv``, figures and ``report.md`` as artifacts; the run
-    ends FINISHED or FAILED."""
+        the config as params, tags as tags (``rtk.run_dir`` too: ``--resume`` continues the same
+    MLflow run), epochs and headline metrics as metrics, tables as CSV
+        artifacts ``tables/<stage>/<table>.csv``, figures and ``report.md`` as artifacts; the run
+        ends FINISHED or FAILED."""
 
     def __init__(self, options: MLflowOptions, run: RunInfo) -> None:
         from mlflow import MlflowClient
@@ -160,12 +161,27 @@ class MLflowLogger:
         exp_id = found.experiment_id if found is not None else self.client.create_experiment(name)
         tags = {str(k): str(v) for k, v in run.tags.items()}
         tags["rtk.run_dir"] = str(run.path)
-        self.run_id = self.client.create_run(exp_id, run_name=options.run_name or run.path.name, tags=tags).info.run_id
+        earlier = self._earlier_run(exp_id, run) if run.resumed else None
+        self.continued = earlier is not None
+        if earlier is not None:  # --resume continues the MLflow run of this run directory
+            self.run_id = earlier
+            self.client.update_run(earlier, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(
+                exp_id, run_name=options.run_name or run.path.name, tags=tags
+            ).info.run_id
         log.info("mlflow: run %s in experiment %r at %s", self.run_id, name, uri)
+
+    def _earlier_run(self, exp_id: str, run: RunInfo) -> str | None:
+        quoted = str(run.path).replace("'", "\\'")
+        found = self.client.search_runs([exp_id], filter_string=f"tags.`rtk.run_dir` = '{quoted}'", max_results=1)
+        return found[0].info.run_id if found else None
 
     def rtk_run_start(self, run: RunInfo) -> None:
         from mlflow.entities import Param
 
+        if self.continued:  # params were logged by the first start, and MLflow params are immutable
+            return
         params = [
             Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)) for k, v in _flat(run.config).items()
         ]

@@ -91,6 +91,42 @@ def test_mlflow_run_holds_params_tags_metrics_and_tables(tracked):
     assert figures == ["figures/01-train/robust-overfitting.png"]
 
 
+class FailOnce:
+    """A stage that fails on its first run and succeeds when resumed."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    @rtk.hookimpl
+    def rtk_stages(self):
+        def run(ctx, opts):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("interrupted")
+            return rtk.StageResult(tables={"done": pd.DataFrame({"ok": [1]})})
+
+        yield rtk.StageSpec(name="flaky", summary="fails once", run=run)
+
+
+def test_mlflow_resume_continues_the_same_run(tmp_path):
+    pytest.importorskip("mlflow", reason="the dev extra installs mlflow-skinny")
+    from mlflow import MlflowClient
+
+    reg = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False, extra=[("flaky", FailOnce())]))
+    exp = {**EXP, "stages": [EXP["stages"][0], {"kind": "flaky"}], "loggers": ["mlflow"]}
+    with pytest.raises(rtk.StageError):
+        rtk.run(exp, registry=reg, out=tmp_path / "run")
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    exp_id = client.get_experiment_by_name("tracked").experiment_id
+    (first,) = client.search_runs([exp_id])
+    assert first.info.status == "FAILED"
+    rtk.run(exp, registry=reg, resume=tmp_path / "run")
+    (again,) = client.search_runs([exp_id])
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
+    assert client.get_metric_history(again.info.run_id, "01-train/train_loss")  # from the first start
+    assert client.list_artifacts(again.info.run_id, "tables/02-flaky")[0].path == "tables/02-flaky/done.csv"
+
+
 def _wandb_records(path: Path):
     """The records of a W&B offline ``.wandb`` file (a LevelDB-style log of protobuf records)."""
     from wandb.proto import wandb_internal_pb2 as pb
