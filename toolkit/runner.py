@@ -27,7 +27,7 @@ from .errors import ConfigError, RtkError, StageError, UnknownComponentError
 from .lifecycle import Lifecycle, RunInfo, RunOutcome, StageEpochs, StageInfo, epoch_listener, plugin_problem
 from .models.checkpoint import ModelRecipe, load_checkpoint, read_spec, save_checkpoint
 from .options import validate_options
-from .records import StageSpec
+from .records import Registration, StageSpec
 from .refs import ModelRef, resolve_refs
 from .registry import Registry, default_registry
 from .report import write_report
@@ -171,16 +171,10 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
     models: dict[str, PlannedModel] = {}
     for name, decl in experiment.models.items():
         where = f"models.{name}"
-        try:
-            mspec = registry.get("model", decl.arch)
-        except UnknownComponentError as exc:
-            problems.append(f"{where}.arch: {exc}")
+        found = _resolve(registry, "model", decl.arch, decl.options, f"{where}.arch", where, problems)
+        if found is None:
             continue
-        try:
-            mopts = validate_options(mspec.options, decl.options, where)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
+        mspec, mopts = found[0].spec, found[1]
         mopts = _relative_to_experiment(mopts, experiment)
         check = getattr(mspec, "check", None)
         if check is not None:  # model sources: file, callable, return type (before any work)
@@ -202,16 +196,10 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
     stages: list[PlannedStage] = []
     for i, decl in enumerate(experiment.stages):
         where = f"stages[{i}]"
-        try:
-            sspec = registry.get("stage", decl.kind)
-        except UnknownComponentError as exc:
-            problems.append(f"{where}.kind: {exc}")
+        found = _resolve(registry, "stage", decl.kind, decl.options, f"{where}.kind", where, problems)
+        if found is None:
             continue
-        try:
-            sopts = validate_options(sspec.options, decl.options, where)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
+        sspec, sopts = found[0].spec, found[1]
         problems.extend(resolve_refs(sopts, registry, where))
         if sspec.check is not None:
             planning.where = where
@@ -237,24 +225,35 @@ def _plan_loggers(experiment: Experiment, registry: Registry, problems: list[str
     planned: list[PlannedLogger] = []
     for i, decl in enumerate(getattr(experiment, "loggers", None) or []):
         where = f"loggers[{i}]"
-        try:
-            reg = registry.registration("logger", decl.name)
-        except UnknownComponentError as exc:
-            problems.append(f"{where}.name: {exc}")
+        found = _resolve(registry, "logger", decl.name, decl.options, f"{where}.name", where, problems)
+        if found is None:
             continue
+        reg, opts = found
         spec = reg.spec
         missing = [m for m in getattr(spec, "requires", ()) if importlib.util.find_spec(m) is None]
         if missing:
             hint = f"; install it with {spec.install}" if getattr(spec, "install", "") else ""
             problems.append(f"{where}: logger {decl.name!r} needs {', '.join(missing)}, which is not installed{hint}")
             continue
-        try:
-            opts = validate_options(spec.options, decl.options, where)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
         planned.append(PlannedLogger(decl.name, spec, opts, reg.plugin))
     return planned
+
+
+def _resolve(
+    registry: Registry, kind: str, name: str, options: dict[str, Any], name_key: str, where: str, problems: list[str]
+) -> tuple[Registration, Any] | None:
+    """A component's registration and validated options, or None with the problems appended
+    (an unknown name at ``name_key``, bad options under ``where``)."""
+    try:
+        reg = registry.registration(kind, name)
+    except UnknownComponentError as exc:
+        problems.append(f"{name_key}: {exc}")
+        return None
+    try:
+        return reg, validate_options(reg.spec.options, options, where)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
 
 
 # ---------------------------------------------------------------------------- context
