@@ -312,7 +312,7 @@ def rtk_loggers():
         options=MLflowOptions,
         build=MLflowLogger,
         requires=("mlflow",),
-        install="pip install 'rtk[mlflow]'",
+        install="pip install mlflow-skinny (in its own pip call: see docs/tracking.md)",
     )
     yield rtk.LoggerSpec(
         name="wandb",

@@ -27,6 +27,15 @@ echo "[setup] installing rtk ($spec)" >&2
 "${PIP[@]}" -e "$spec" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import rtk" || { echo "[setup] rtk failed to install" >&2; exit 1; }
 
+# MLflow (for the mlflow logger and its tests) in a pip call of its own: torchattacks 3.5.1
+# pins requests~=2.25.1 (it never imports requests) and every mlflow-skinny >= 2.16 needs
+# databricks-sdk, which needs requests>=2.28.1, so one resolve is impossible (measured: pip's
+# ResolutionImpossible after 1m48s). Alone, pip upgrades requests and warns about that pin.
+if [[ ",$EXTRAS," == *",dev,"* ]]; then
+  "${PIP[@]}" "mlflow-skinny>=2.16" 2>&1 | grep -v -e "^WARNING: Location" -e "torchattacks 3.5.1 requires requests" \
+    -e "dependency resolver does not currently" || true
+fi
+
 # Real data that exists offline: Debian's Fashion-MNIST (needs root). Without it the
 # quickstart still works on scikit-learn's digits.
 FM=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

@@ -172,6 +172,9 @@ class Lifecycle:
         caller = getattr(getattr(self._pm, "hook", None), hook, None)
         if caller is not None:  # pluggy's call order: last registered first
             for impl in reversed(caller.get_hookimpls()):
+                if impl.hookwrapper or getattr(impl, "wrapper", False):
+                    log.warning("plugin %r: %s as a hook wrapper is not supported; ignored", impl.plugin_name, hook)
+                    continue
                 impls.append(_Impl(impl.plugin_name, impl.function, tuple(impl.argnames)))
         for name, obj in self._observers:
             fn = getattr(obj, hook, None)
@@ -179,9 +182,6 @@ class Lifecycle:
                 impls.append(_Impl(name, fn, tuple(inspect.signature(fn).parameters)))
         self._cache[hook] = impls
         return impls
-
-    def __bool__(self) -> bool:
-        return any(self._impls(h) for h in LIFECYCLE_HOOKS)
 
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call ``hook`` on every implementation; returns the results of those that
@@ -214,7 +214,8 @@ class Lifecycle:
             ok, out = self._call_one(impl, hook, {"run": run, "stages": stages})
             if not ok or out is None:
                 continue
-            for item in [out] if isinstance(out, ReportSection) else list(out):
+            items = [out] if isinstance(out, ReportSection | str) or not hasattr(out, "__iter__") else list(out)
+            for item in items:
                 if isinstance(item, ReportSection):
                     sections.append(item)
                 else:
