@@ -260,6 +260,7 @@ class WandbLogger:
             if mode == "offline":
                 log.info("wandb: no API key or no connection; logging offline under %s/wandb", run.path)
         self.wandb = wandb
+        self._steps: set[str] = set()  # prefixes whose numbers are plotted against their epoch
         self.run = wandb.init(
             project=options.project or run.name,
             entity=options.entity,
@@ -275,7 +276,9 @@ class WandbLogger:
     def rtk_epoch_metrics(self, stage: StageInfo, epoch: int, metrics: EpochMetrics) -> None:
         prefix = metric_key(stage, metrics, "")
         step = f"{prefix}epoch"
-        self.run.define_metric(f"{prefix}*", step_metric=step)
+        if prefix not in self._steps:
+            self.run.define_metric(f"{prefix}*", step_metric=step)
+            self._steps.add(prefix)
         self.run.log({step: epoch, **{metric_key(stage, metrics, c): v for c, v in metrics.values.items()}})
 
     def rtk_stage_finish(self, stage: StageInfo) -> None:

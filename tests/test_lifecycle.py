@@ -200,3 +200,17 @@ def test_the_tracking_guide_examples_work(tmp_path):
     history = result.table("history")
     assert [r["epoch"] for r in lines] == history["epoch"].tolist()
     assert [r["train_loss"] for r in lines] == pytest.approx(history["train_loss"].tolist())
+
+
+def test_every_lifecycle_hook_is_specified_and_documented():
+    import inspect as _inspect
+
+    from rtk import hookspecs
+    from rtk.lifecycle import LIFECYCLE_HOOKS
+
+    specified = {n for n, f in _inspect.getmembers(hookspecs, _inspect.isfunction) if n.startswith("rtk_")}
+    assert specified == set(hookspecs.HOOK_KINDS) | set(LIFECYCLE_HOOKS)
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for page in ("tracking.md", "writing-a-plugin.md"):
+        text = (docs / page).read_text()
+        assert not [h for h in LIFECYCLE_HOOKS if f"`{h}" not in text], page

@@ -228,3 +228,24 @@ def test_cli_logger_flag_adds_a_logger_to_the_run(tmp_path, registry):
     res = runner.invoke(cli, obj=pm, args=["run", str(exp), "--out", str(tmp_path / "run"), "--logger", "tensorboard"])
     assert res.exit_code == 0, res.output
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_wandb_auto_mode_is_offline_without_a_key_or_a_server(monkeypatch, tmp_path):
+    import socket
+
+    from rtk.plugins.loggers import _wandb_reachable
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert not _wandb_reachable()
+    with socket.socket() as s:  # a port that answers nothing once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    assert not _wandb_reachable(timeout=0.5)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{s.getsockname()[1]}")
+        assert _wandb_reachable(timeout=0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -71,7 +72,7 @@ def render_report(
     return "\n".join(lines)
 
 
-def write_report(rundir: RunDir, experiment: Experiment, stages: Sequence[StageInfo], **kwargs: Any):
+def write_report(rundir: RunDir, experiment: Experiment, stages: Sequence[StageInfo], **kwargs: Any) -> Path:
     """Write ``report.md`` (see :func:`render_report` for the arguments); returns its path."""
     return rundir.write_text("report.md", render_report(rundir, experiment, stages, **kwargs))
 
