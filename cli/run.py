@@ -72,7 +72,7 @@ def command(
         exp = rtk.load_experiment(quickstart_path())
         if is_main():
             click.echo(f"No experiment given: running the built-in quickstart ({quickstart_path().name}).", err=True)
-    updates = {}
+    updates: dict[str, object] = {}
     if device:
         updates["device"] = device
     if seed is not None:

@@ -254,9 +254,13 @@ class WandbLogger:
     def __init__(self, options: WandbOptions, run: RunInfo) -> None:
         import wandb
 
-        mode = options.mode
-        if mode == "auto":
-            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_reachable() else "offline")
+        mode: Literal["online", "offline"] | None
+        if options.mode != "auto":
+            mode = options.mode
+        elif os.environ.get("WANDB_MODE"):
+            mode = None  # wandb reads $WANDB_MODE itself
+        else:
+            mode = "online" if _wandb_reachable() else "offline"
             if mode == "offline":
                 log.info("wandb: no API key or no connection; logging offline under %s/wandb", run.path)
         self.wandb = wandb

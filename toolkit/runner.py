@@ -232,7 +232,8 @@ def _plan_loggers(experiment: Experiment, registry: Registry, problems: list[str
         spec = reg.spec
         missing = [m for m in getattr(spec, "requires", ()) if importlib.util.find_spec(m) is None]
         if missing:
-            hint = f"; install it with {spec.install}" if getattr(spec, "install", "") else ""
+            install = getattr(spec, "install", "")
+            hint = f"; install it with {install}" if install else ""
             problems.append(f"{where}: logger {decl.name!r} needs {', '.join(missing)}, which is not installed{hint}")
             continue
         planned.append(PlannedLogger(decl.name, spec, opts, reg.plugin))
