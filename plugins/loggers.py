@@ -122,10 +122,19 @@ class MLflowOptions(rtk.Options):
     tracking_uri: str | None = Field(
         None,
         description="where runs are tracked; default $MLFLOW_TRACKING_URI, else a local file store "
-        "<runs-root>/mlruns beside the run directory (no server needed)",
+        "mlruns beside the run directory, or in the study directory for a study's points (no server needed)",
     )
     experiment: str | None = Field(None, description="MLflow experiment name; default the rtk experiment's name")
     run_name: str | None = Field(None, description="MLflow run name; default the run directory's name")
+
+
+def _runs_root(run: RunInfo) -> Path:
+    """Where runs side by side live: the study directory for a study's point
+    (``<study>/points/<point>``), else the run directory's parent (``runs/``)."""
+    parent = run.path.parent
+    if parent.name == "points" and (parent.parent / "study.json").exists():
+        return parent.parent
+    return parent
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -149,7 +158,7 @@ class MLflowLogger:
     def __init__(self, options: MLflowOptions, run: RunInfo) -> None:
         from mlflow import MlflowClient
 
-        uri = options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (run.path.parent / "mlruns").as_uri()
+        uri = options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (_runs_root(run) / "mlruns").as_uri()
         if urlparse(uri).scheme in ("", "file"):
             # MLflow 3 keeps its file store in maintenance mode behind this switch; a local
             # store that needs no database or server is the point of this default
@@ -157,8 +166,7 @@ class MLflowLogger:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         name = options.experiment or run.name
-        found = self.client.get_experiment_by_name(name)
-        exp_id = found.experiment_id if found is not None else self.client.create_experiment(name)
+        exp_id = self._experiment_id(name)
         tags = {str(k): str(v) for k, v in run.tags.items()}
         tags["rtk.run_dir"] = str(run.path)
         earlier = self._earlier_run(exp_id, run) if run.resumed else None
@@ -171,6 +179,21 @@ class MLflowLogger:
                 exp_id, run_name=options.run_name or run.path.name, tags=tags
             ).info.run_id
         log.info("mlflow: run %s in experiment %r at %s", self.run_id, name, uri)
+
+    def _experiment_id(self, name: str) -> str:
+        """The MLflow experiment's id, created if needed (study points may race to create it)."""
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def _earlier_run(self, exp_id: str, run: RunInfo) -> str | None:
         quoted = str(run.path).replace("'", "\\'")

@@ -249,3 +249,14 @@ def test_wandb_auto_mode_is_offline_without_a_key_or_a_server(monkeypatch, tmp_p
         s.listen()
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{s.getsockname()[1]}")
         assert _wandb_reachable(timeout=0.5)
+
+
+def test_mlflow_default_store_is_shared_by_a_studys_points(tmp_path):
+    from rtk.plugins.loggers import _runs_root
+
+    study = tmp_path / "study"
+    (study / "points" / "p0").mkdir(parents=True)
+    assert _runs_root(rtk.RunInfo(study / "points" / "p0", "x", {})) == study / "points"  # no study.json
+    (study / "study.json").write_text("{}")
+    assert _runs_root(rtk.RunInfo(study / "points" / "p0", "x", {})) == study
+    assert _runs_root(rtk.RunInfo(tmp_path / "runs" / "r1", "x", {})) == tmp_path / "runs"
