@@ -31,8 +31,8 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator
 
 import rtk
-from rtk.lifecycle import EpochMetrics, RunInfo, RunOutcome, StageInfo, finite_numbers
-from rtk.report import markdown_table
+from rtk import EpochMetrics, RunInfo, RunOutcome, StageInfo, markdown_table
+from rtk.lifecycle import finite_numbers
 
 log = logging.getLogger(__name__)
 

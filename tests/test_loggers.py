@@ -260,3 +260,36 @@ def test_mlflow_default_store_is_shared_by_a_studys_points(tmp_path):
     (study / "study.json").write_text("{}")
     assert _runs_root(rtk.RunInfo(study / "points" / "p0", "x", {})) == study
     assert _runs_root(rtk.RunInfo(tmp_path / "runs" / "r1", "x", {})) == tmp_path / "runs"
+
+
+class Misspelled:
+    def __init__(self, options, run):
+        pass
+
+    def rtk_run_finsh(self, outcome):  # never called: not a lifecycle hook
+        pass
+
+
+class MisspelledPlugin:
+    @rtk.hookimpl
+    def rtk_loggers(self):
+        yield rtk.LoggerSpec(name="typo", summary="a logger with a misspelled hook method", build=Misspelled)
+
+
+def test_a_logger_method_that_is_not_a_hook_fails_its_contract_and_warns_at_run_time(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import rtk.testing
+
+    monkeypatch.delenv("RTK_STRICT_PLUGINS", raising=False)
+    reg = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False, extra=[("typo", MisspelledPlugin())]))
+    result = rtk.testing.check(reg.registration("logger", "typo"))
+    assert not result.passed and any("rtk_run_finsh" in p for p in result.problems)
+    assert rtk.testing.check(reg.registration("logger", "tensorboard")).passed
+    exp = {**EXP, "stages": EXP["stages"][:1], "loggers": ["typo"]}
+    with caplog.at_level(logging.WARNING, logger="rtk.lifecycle"):
+        rtk.run(exp, registry=reg, out=tmp_path / "run")
+    assert any(
+        "'rtk_run_finsh'" in r.getMessage() and "did you mean 'rtk_run_finish'" in r.getMessage()
+        for r in caplog.records
+    )

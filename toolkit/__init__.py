@@ -11,7 +11,8 @@ Public API (what built-in and third-party plugins may use):
 - one call per task (:mod:`rtk.api`): ``evaluate``, ``train``, ``prune``, ``verify``,
   ``compare``; kernels ``cka``, ``svcca``, ``pwcca``, ``procrustes``.
 - lifecycle records (what the lifecycle hooks receive, :mod:`rtk.lifecycle`): ``RunInfo``,
-  ``StageInfo``, ``EpochMetrics``, ``RunOutcome``, ``ReportSection``; loggers: ``LoggerSpec``.
+  ``StageInfo``, ``EpochMetrics``, ``RunOutcome``, ``ReportSection``; loggers: ``LoggerSpec``;
+  ``markdown_table(df)`` (how report.md renders a table, for report sections).
 - submodules: ``rtk.data``, ``rtk.models``, ``rtk.training``, ``rtk.evaluation``,
   ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``, ``rtk.distributed``.
 """
@@ -48,6 +49,7 @@ from .records import (
 )
 from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
 from .registry import Registry, default_registry, plugin_manager
+from .report import markdown_table
 from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
 
 __version__ = "0.1.0"
@@ -66,6 +68,7 @@ __all__ = [
     "RunInfo",
     "RunOutcome",
     "StageInfo",
+    "markdown_table",
     "ModelSpec",
     "PrunerSpec",
     "SimilaritySpec",

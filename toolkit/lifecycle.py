@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import PluginError
+from .errors import PluginError, suggest
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,12 @@ class Lifecycle:
         self._cache: dict[str, list[_Impl]] = {}
 
     def add_observer(self, name: str, obj: object) -> None:
+        """Add a per-run observer; a method named like a hook that rtk does not have
+        (``rtk_run_finsh``) is a problem naming it, since it would never be called."""
+        for bad in unknown_hook_methods(obj):
+            plugin_problem(
+                f"{name!r} has a method {bad!r}, which is not a lifecycle hook{suggest(bad, LIFECYCLE_HOOKS)}"
+            )
         self._observers.append((name, obj))
         self._cache.clear()
 
@@ -170,8 +176,11 @@ class Lifecycle:
             return self._cache[hook]
         impls: list[_Impl] = []
         caller = getattr(getattr(self._pm, "hook", None), hook, None)
+        skipped = {f.name for f in getattr(self._pm, "failures", ())}  # the registry skipped them as a whole
         if caller is not None:  # pluggy's call order: last registered first
             for impl in reversed(caller.get_hookimpls()):
+                if impl.plugin_name in skipped:
+                    continue
                 if impl.hookwrapper or getattr(impl, "wrapper", False):
                     log.warning("plugin %r: %s as a hook wrapper is not supported; ignored", impl.plugin_name, hook)
                     continue
@@ -223,6 +232,23 @@ class Lifecycle:
                         f"plugin {impl.plugin!r}: {hook} must yield ReportSection records, got {type(item).__name__}"
                     )
         return sections
+
+
+def unknown_hook_methods(obj: object) -> list[str]:
+    """Methods of ``obj`` named ``rtk_*`` that are not lifecycle hooks (misspellings)."""
+    return sorted(
+        n for n in dir(obj) if n.startswith("rtk_") and n not in LIFECYCLE_HOOKS and callable(getattr(obj, n))
+    )
+
+
+def call_hook(obj: object, hook: str, **kwargs: Any) -> Any:
+    """Call ``obj``'s method ``hook`` (if it has one) with the arguments it accepts; errors
+    propagate (the runner's calls go through :class:`Lifecycle`, which isolates them)."""
+    fn = getattr(obj, hook, None)
+    if not callable(fn):
+        return None
+    names = inspect.signature(fn).parameters
+    return fn(**{k: v for k, v in kwargs.items() if k in names})
 
 
 def plugin_problem(msg: str, exc: BaseException | None = None) -> None:
@@ -306,5 +332,7 @@ __all__ = [
     "epoch_listener",
     "finite_numbers",
     "plugin_problem",
+    "call_hook",
+    "unknown_hook_methods",
     "report_epoch",
 ]

@@ -93,6 +93,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rtk.plugins.certifiers",
     "rtk.plugins.datasets",
     "rtk.plugins.evaluation",
+    "rtk.plugins.loggers",
     "rtk.plugins.models",
     "rtk.plugins.pruners",
     "rtk.plugins.similarity",
@@ -447,6 +448,8 @@ class Registry:
     def get(self, kind: Literal["stage"], name: str) -> records.StageSpec: ...
     @overload
     def get(self, kind: Literal["command"], name: str) -> records.CommandSpec: ...
+    @overload
+    def get(self, kind: Literal["logger"], name: str) -> records.LoggerSpec: ...
     @overload
     def get(self, kind: str, name: str) -> ComponentSpec: ...
     def get(self, kind: str, name: str) -> ComponentSpec:

@@ -174,7 +174,7 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
         found = _resolve(registry, "model", decl.arch, decl.options, f"{where}.arch", where, problems)
         if found is None:
             continue
-        mspec, mopts = found[0].spec, found[1]
+        mspec, mopts = registry.get("model", decl.arch), found[1]  # the typed record
         mopts = _relative_to_experiment(mopts, experiment)
         check = getattr(mspec, "check", None)
         if check is not None:  # model sources: file, callable, return type (before any work)
@@ -199,7 +199,7 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
         found = _resolve(registry, "stage", decl.kind, decl.options, f"{where}.kind", where, problems)
         if found is None:
             continue
-        sspec, sopts = found[0].spec, found[1]
+        sspec, sopts = registry.get("stage", decl.kind), found[1]  # the typed record
         problems.extend(resolve_refs(sopts, registry, where))
         if sspec.check is not None:
             planning.where = where

@@ -40,10 +40,12 @@ or one test per component::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -440,6 +442,64 @@ def _check_command(spec: Any, opts: Any, result: ContractResult) -> None:
     _expect(res.exit_code == 0, result, f"`{spec.name} --help` exited with {res.exit_code}: {res.output[-300:]}")
 
 
+def _check_logger(spec: Any, opts: Any, result: ContractResult) -> None:
+    """Build the logger for a run in a scratch directory (trackers' offline switches set), check
+    that its ``rtk_*`` methods are lifecycle hooks, and feed it one run: start, two epochs, a
+    completed stage with a table, the finish."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .lifecycle import LIFECYCLE_HOOKS, EpochMetrics, RunInfo, RunOutcome, StageInfo, call_hook
+    from .lifecycle import unknown_hook_methods as unknown
+
+    missing = [m for m in getattr(spec, "requires", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _NotExercised(f"needs {', '.join(missing)}, which is not installed ({spec.install or 'see its docs'})")
+    with tempfile.TemporaryDirectory() as tmp, _environ(WANDB_MODE="offline", MLFLOW_TRACKING_URI=None):
+        root = Path(tmp) / "run"
+        (root / "tables").mkdir(parents=True)
+        run = RunInfo(root, "contract", {"name": "contract", "seed": 0}, {"point": 1})
+        obj = spec.build(opts, run)
+        _expect(not unknown(obj), result, f"methods that are not lifecycle hooks: {', '.join(unknown(obj))}")
+        if not _expect(any(callable(getattr(obj, h, None)) for h in LIFECYCLE_HOOKS), result, "implements no hook"):
+            return
+        stage = StageInfo("01-train", "train", 0)
+        call_hook(obj, "rtk_run_start", run=run)
+        call_hook(obj, "rtk_stage_start", run=run, stage=stage)
+        for epoch in (1, 2):
+            metrics = EpochMetrics(epoch, {"train_loss": 1.0 / epoch})
+            call_hook(obj, "rtk_epoch_metrics", run=run, stage=stage, epoch=epoch, metrics=metrics)
+        table = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5]})
+        done = StageInfo("01-train", "train", 0, "completed", {"history": table}, metrics={"loss": 0.5}, seconds=0.1)
+        call_hook(obj, "rtk_stage_finish", run=run, stage=done)
+        report = root / "report.md"
+        report.write_text("# Report: contract\n")
+        outcome = RunOutcome("completed", report, {"01-train/history": table}, (done,))
+        call_hook(obj, "rtk_run_finish", run=run, outcome=outcome)
+
+
+@contextlib.contextmanager
+def _environ(**values: str | None) -> Iterator[None]:
+    """Set (a value) or unset (None) environment variables for a block."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 _CHECKS: dict[str, Callable[[Any, Any, ContractResult], None]] = {
     "dataset": _check_dataset,
     "model": _check_model,
@@ -450,6 +510,7 @@ _CHECKS: dict[str, Callable[[Any, Any, ContractResult], None]] = {
     "certifier": _check_certifier,
     "stage": _check_stage,
     "command": _check_command,
+    "logger": _check_logger,
 }
 
 
