@@ -277,11 +277,18 @@ class WandbLogger:
     def __init__(self, options: WandbOptions, run: RunInfo) -> None:
         import wandb
 
-        mode: Literal["online", "offline"] | None
+        # $WANDB_MODE is read here and passed explicitly: wandb caches its settings once per
+        # process, so a later change of the variable would otherwise be lost
+        mode: Literal["online", "offline", "disabled"]
+        env = os.environ.get("WANDB_MODE", "").strip().lower()
         if options.mode != "auto":
             mode = options.mode
-        elif os.environ.get("WANDB_MODE"):
-            mode = None  # wandb reads $WANDB_MODE itself
+        elif env in ("offline", "dryrun"):
+            mode = "offline"
+        elif env in ("online", "run"):
+            mode = "online"
+        elif env == "disabled":
+            mode = "disabled"
         else:
             mode = "online" if _wandb_reachable() else "offline"
             if mode == "offline":
