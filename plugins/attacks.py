@@ -399,6 +399,7 @@ def rtk_attacks():
         options=PGDOptions,
         build=_builder(_pgd, rtk_restarts=True),
         norm="Linf",
+        effort="steps",
     )
     yield A(
         name="pgd-l2",
@@ -406,6 +407,7 @@ def rtk_attacks():
         options=PGDL2Options,
         build=_builder(_pgd, rtk_restarts=True),
         norm="L2",
+        effort="steps",
     )
     yield A(
         name="apgd-ce",
@@ -413,6 +415,7 @@ def rtk_attacks():
         options=APGDOptions,
         build=_builder(_apgd_ce),
         norm="Linf",
+        effort="steps",
     )
     yield A(
         name="apgd-dlr",
@@ -420,6 +423,7 @@ def rtk_attacks():
         options=APGDDLROptions,
         build=_builder(_apgd_dlr),
         norm="Linf",
+        effort="steps",
     )
     yield A(
         name="apgd-t",
@@ -427,6 +431,7 @@ def rtk_attacks():
         options=APGDTOptions,
         build=_builder(_apgd_dlr),
         norm="Linf",
+        effort="steps",
     )
     yield A(
         name="fab",
@@ -434,6 +439,7 @@ def rtk_attacks():
         options=FABOptions,
         build=_builder(_fab),
         norm="Linf",
+        effort="steps",
     )
     yield A(
         name="square",
@@ -441,6 +447,8 @@ def rtk_attacks():
         options=SquareOptions,
         build=_builder(_square),
         norm="Linf",
+        black_box=True,
+        effort="queries",
     )
     yield A(
         name="cw-l2",
@@ -448,6 +456,7 @@ def rtk_attacks():
         options=CWOptions,
         build=_builder(_cw),
         norm="none",
+        effort="steps",
     )
     yield A(
         name="deepfool",
@@ -455,6 +464,7 @@ def rtk_attacks():
         options=DeepFoolOptions,
         build=_builder(_deepfool),
         norm="none",
+        effort="steps",
     )
     yield A(
         name="autoattack",
@@ -462,4 +472,5 @@ def rtk_attacks():
         options=AutoAttackOptions,
         build=_builder(_autoattack),
         norm="Linf",
+        effort="steps",
     )

@@ -25,8 +25,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-#: min_seconds: enough that no check is skipped for time on a busy machine (the skip is tested on its own)
-SETTINGS = CheckSettings(examples=60, square_queries=100, min_seconds=300)
+#: budget 2: no check is skipped for work on these tiny evaluations (the skip is tested on its own)
+SETTINGS = CheckSettings(examples=60, black_box_queries=100, budget=2.0)
 N = 150
 
 
@@ -44,7 +44,7 @@ def run(model, digits, units=None, split=None, **kw):
             model,
             split if split is not None else digits.test,
             units,
-            indices=range(N),
+            indices=kw.pop("indices", range(N)),
             checks=kw.pop("checks", SETTINGS),
             **kw,
         )
@@ -227,8 +227,79 @@ def test_masking_checks_respect_their_budget(healthy, digits):
     res = run(healthy, digits, checks=tight)
     sizes = {c.name: c.n for c in res.checks}
     assert sizes["more_steps"] <= 5 and sizes["unbounded_eps"] == 5 and sizes["black_box"] <= 5
+    assert sizes["outputs_are_logits"] == 5 and sizes["deterministic"] == 5
     assert res.work["checks"] > 0 and res.checks_overhead == res.work["checks"] / res.work["evaluation"]
     assert run(healthy, digits, checks=False).checks == []
-    no_time = SETTINGS.model_copy(update={"budget": 0.0, "min_seconds": 0.0})
-    skipped = {c.name: c for c in run(healthy, digits, checks=no_time).checks if c.passed is None}
-    assert set(skipped) == {"more_steps"} and "time budget" in skipped["more_steps"].detail
+    # the budget is a share of the evaluation's work (above the floor of min_examples)
+    share = CheckSettings(budget=0.3, min_examples=1, black_box_queries=100)
+    res = run(healthy, digits, checks=share, indices=None)
+    assert 0 < res.checks_overhead <= share.budget + 1e-9, res.work
+    assert {c.name: c.n for c in res.checks}["unbounded_eps"] > 1
+    skipped = {c.name: c for c in run(healthy, digits, checks=tight).checks if c.passed is None}
+    assert set(skipped) == {"more_steps"} and "work budget" in skipped["more_steps"].detail
+
+
+def test_same_seed_same_checks(healthy, digits, monkeypatch):
+    """The checks' budget is work, not time: one seed gives one checks table, whatever the load, here a
+    clock on which every reading is 1000 s after the last (issue 15, item 8)."""
+    import itertools
+    import types
+
+    from rtk.evaluation import engine
+
+    suite = make_units([attack("pgd", steps=5, eps="16/255"), attack("fgsm")])
+    settings = CheckSettings(examples=40, black_box_queries=30)
+    a = run(healthy, digits, units=suite, checks=settings, seed=3).checks_table
+    ticks = itertools.count()
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: 1000.0 * next(ticks)))
+    b = run(healthy, digits, units=suite, checks=settings, seed=3).checks_table
+    assert a.equals(b), (a, b)
+    assert set(a.status) <= {"pass", "fail", "skipped"} and (a.status == "pass").sum() >= 10
+
+
+class NaNOut(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x) * float("nan")
+
+
+def test_nan_outputs_fail_outputs_are_logits(healthy, digits):
+    """An all-NaN model is not a model that returns logits (issue 15, item 9)."""
+    res = run(NaNOut(healthy), digits, units=make_units([attack("fgsm")]))
+    check = {c.name: c for c in res.checks}["outputs_are_logits"]
+    assert check.passed is False and "NaN" in check.detail
+
+
+def test_a_third_party_attack_takes_part_through_its_record(healthy, digits):
+    """The engine knows attacks by their record's capabilities, not by name: a black-box attack
+    registered under another name counts as the suite's black-box attack, and a white-box one
+    whose effort option is not called `steps` is doubled by more_steps."""
+    square = REGISTRY.get("attack", "square")
+    pgd = REGISTRY.get("attack", "pgd")
+
+    class Iters(rtk.Options):
+        eps: float = 16 / 255
+        iters: int = 3
+
+    def build_pgd(model, o):
+        inner = pgd.build(model, rtk.validate_options(pgd.options, {"eps": o.eps, "steps": o.iters}, "pgd"))
+        return inner
+
+    mine = rtk.AttackSpec(name="my-pgd", summary="pgd, iters", options=Iters, build=build_pgd, effort="iters")
+    search = rtk.AttackSpec(
+        name="my-search", summary="square", options=square.options, build=square.build, black_box=True, effort="queries"
+    )
+    units = make_units(
+        [
+            (mine, rtk.validate_options(Iters, {}, "my-pgd"), "my-pgd"),
+            (search, rtk.validate_options(square.options, {"eps": 16 / 255, "queries": 50}, "my-search"), "my-search"),
+        ]
+    )
+    res = run(healthy, digits, units=units)
+    detail = {c.name: c.detail for c in res.checks}
+    status = statuses(res)
+    assert status["black_box"] != "skipped" and "my-search in the suite" in detail["black_box"], detail
+    assert status["more_steps"] != "skipped" and "iters = 6" in detail["more_steps"], detail

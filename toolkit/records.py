@@ -43,10 +43,18 @@ class AttackSpec(ComponentSpec):
     batch in [0, 1] on the model's device and ``x_adv`` has the same shape, in [0, 1].
     ``norm`` is the threat model the options' ``eps`` is measured in: "Linf", "L2", "L1",
     "L0", or "none" for attacks without a fixed budget (CW, DeepFool).
+
+    Capabilities the evaluation's sanity checks use, so that any attack takes part on equal terms:
+    ``black_box`` (it queries only the model's outputs, never its gradients: the ``black_box``
+    check compares it with the white-box attacks, and runs one when the suite has none) and
+    ``effort`` (the name of an integer option that scales the attack's work, such as ``steps``
+    or ``queries``: the ``more_steps`` check doubles it; ``None`` when there is no such option).
     """
 
     build: Callable[[Any, Any], Callable[[Any, Any], Any]]
     norm: str = "Linf"
+    black_box: bool = False
+    effort: str | None = None
     KIND: ClassVar[str] = "attack"
     HOOK: ClassVar[str] = "rtk_attacks"
 

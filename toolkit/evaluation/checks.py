@@ -12,12 +12,13 @@ correctness of the adversarial examples
 gradient masking (on a small subset of the examples)
     ``zero_gradients``, ``more_steps``, ``unbounded_eps``, ``random_noise``, ``black_box``
 
-The gradient-masking checks run on a subset sized so that they spend about ``budget`` of
-the evaluation's own work (examples x forward/backward passes, counted by
-:class:`~rtk.evaluation.adapters.ModelView`), on at least ``min_examples`` examples. Re-running
-the suite's attack with twice the steps (``more_steps``) is the one check whose cost grows
-with the suite's; it is skipped, saying so, when its estimated time does not fit in what is
-left of ``budget`` of the evaluation's time (at least ``min_seconds``).
+The checks' cost is counted in work, not time: examples x forward/backward passes, counted
+by :class:`~rtk.evaluation.adapters.ModelView`. They run on the first examples of the
+evaluation, as many (at most ``examples``, at least ``min_examples``) as fit in ``budget`` of
+the evaluation's own work. Re-running the suite's attack with twice its effort
+(``more_steps``) is the one check whose cost grows with the suite's; it is skipped, saying
+so, when its work does not fit in what is left of the budget. Everything is decided by
+counts and seeds, so one seed gives the same checks, whatever the machine's load.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from torch import nn
 
 from ..errors import RtkError
@@ -48,16 +49,13 @@ class CheckSettings(Options):
     """Thresholds and sizes of the sanity checks."""
 
     examples: int = Field(100, ge=1, description="largest subset the per-example checks use")
-    min_examples: int = Field(
-        8, ge=1, description="smallest subset of the gradient-masking checks, whatever the budget"
-    )
+    min_examples: int = Field(8, ge=1, description="smallest subset of the checks, whatever the budget")
     budget: float = Field(
-        0.08,
+        0.1,
         ge=0,
-        description="share of the evaluation's work (subset size) and time the checks may "
-        "use; more_steps is skipped, saying so, when it would not fit",
+        description="share of the evaluation's work (examples x passes) the checks may use; it sizes their "
+        "subset, and more_steps is skipped, saying so, when it would not fit",
     )
-    min_seconds: float = Field(1.0, ge=0, description="seconds the checks may always use, however short the evaluation")
     tolerance: float = Field(
         0.05,
         ge=0,
@@ -72,8 +70,12 @@ class CheckSettings(Options):
     )
     unbounded_steps: int = Field(25, ge=1, description="steps of the unbounded-eps PGD")
     noise_draws: int = Field(8, ge=1, description="random-noise draws per example")
-    square_queries: int = Field(
-        250, ge=1, description="queries of the black-box Square attack (when the suite has none)"
+    black_box_queries: int = Field(
+        250,
+        ge=1,
+        validation_alias=AliasChoices("black_box_queries", "square_queries"),
+        description="effort (queries) of the black-box attack the black_box check runs when the suite has none "
+        "(alias: square_queries)",
     )
     rtol: float = Field(1e-4, gt=0, description="tolerance of output comparisons, relative to the largest logit")
     bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
@@ -100,8 +102,9 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     ),
     "outputs_are_logits": (
         "reproducibility",
-        "the model returns logits, not probabilities",
-        "remove the final softmax (attacks on probabilities see vanishing gradients)",
+        "the model returns finite logits, not probabilities",
+        "remove the final softmax (attacks on probabilities see vanishing gradients); NaN or infinite outputs "
+        "come from broken weights or an overflow: no accuracy computed from them means anything",
     ),
     "deterministic": (
         "reproducibility",
@@ -137,7 +140,7 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     ),
     "more_steps": (
         "gradient_masking",
-        "doubling the attack's steps does not lower accuracy beyond the tolerance",
+        "doubling the attack's effort (steps, queries) does not lower accuracy beyond the tolerance",
         "the attack has not converged: raise steps (and restarts) until accuracy stops falling",
     ),
     "unbounded_eps": (
@@ -152,7 +155,7 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     ),
     "black_box": (
         "gradient_masking",
-        "the black-box Square attack breaks no example the white-box attacks missed",
+        "a black-box attack (Square) breaks no example the white-box attacks missed",
         "the white-box attacks are weaker than a black-box search: too few steps, or masked gradients; "
         "strengthen them and add square to the suite (autoattack includes it)",
     ),
@@ -252,6 +255,17 @@ def check_inputs(lo: float, hi: float, n: int) -> CheckResult:
 
 def check_logits(out: torch.Tensor) -> CheckResult:
     out = out.detach().float()
+    bad = ~torch.isfinite(out).all(1)
+    if bad.any():
+        share = float(bad.float().mean())
+        return CheckResult(
+            "outputs_are_logits",
+            False,
+            share,
+            "every output finite",
+            len(out),
+            f"{int(bad.sum())}/{len(out)} output rows hold NaN or infinite values",
+        )
     nonneg = (out >= -1e-6).all(1)
     sums1 = (out.sum(1) - 1).abs() <= 1e-3
     probs = nonneg & sums1
@@ -435,9 +449,10 @@ def valid_broken(
     return wrong & ok
 
 
-def first_with_steps(units: Sequence[AttackUnit], norm: str, eps: float) -> AttackUnit | None:
+def first_with_effort(units: Sequence[AttackUnit], norm: str, eps: float) -> AttackUnit | None:
+    """The first unit at (norm, eps) whose record names an effort option (steps, queries)."""
     for u in units:
-        if u.budgeted and u.norm == norm and abs(u.eps - eps) < 1e-12 and isinstance(u.option("steps"), int):
+        if u.budgeted and u.norm == norm and abs(u.eps - eps) < 1e-12 and u.effort is not None:
             return u
     return None
 
@@ -458,7 +473,7 @@ __all__ = [
     "check_robust_le_clean",
     "check_state_unchanged",
     "check_zero_gradients",
-    "first_with_steps",
+    "first_with_effort",
     "guarded",
     "input_gradients",
     "margin_loss",

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ from .records import (
     model_fingerprint,
 )
 from .summary import Outcomes, accuracy_table, headline_threat, outcomes, per_example_table, worst_case_table
-from .units import AttackUnit, EpsList, delta_norms, fmt_eps, within
+from .units import AttackUnit, EpsList, attack_eps, attack_norm, delta_norms, fmt_eps, within
 from .units import threats as find_threats
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,6 @@ def evaluate(
     # records in memory only live for this call: no need to hash the weights
     fp = model_fingerprint(model) if (store.root is not None or store.extra) else "in-memory"
     ctx = _CheckContext(settings, view, device, order, split) if settings else None
-    if ctx is not None:
-        ctx.before(model)
 
     t_main = time.perf_counter()
     try:
@@ -329,7 +327,7 @@ def evaluate(
     if ctx is not None:
         t0 = time.perf_counter()
         result.checks = ctx.after(model, snapshot, result, store, seed)
-        seconds["checks"] = ctx.seconds + (time.perf_counter() - t0) - ctx.after_counted
+        seconds["checks"] = time.perf_counter() - t0
         work["checks"] = ctx.work
     if was_training:
         log.info("model %s was in training mode; evaluated in eval mode and left in eval mode", name)
@@ -458,7 +456,11 @@ def _run(
 
 # ---------------------------------------------------------------------------- the checks
 class _CheckContext:
-    """Runs the sanity checks around one evaluation and collects their results."""
+    """Runs the sanity checks after one evaluation and collects their results.
+
+    Their cost is counted in work (examples x passes through the model view) and sized from
+    the evaluation's own counted work, never from a clock, so one seed gives one result.
+    """
 
     def __init__(
         self, settings: C.CheckSettings, view: ModelView, device: torch.device, order: torch.Tensor, split: Any
@@ -466,16 +468,13 @@ class _CheckContext:
         self.s = settings
         self.view = view
         self.device = device
-        self.subset = order[: settings.examples]
+        self.subset = order[: settings.examples]  # the examples whose adversarial inputs are kept for re-scoring
         x, y = load_batch(split, self.subset)
         self.x, self.y = x.to(device), y.to(device)
         self.lo, self.hi, self.seen = float("inf"), float("-inf"), 0
         self.observe_inputs(self.x)
         self.training_after: set[str] = set()
-        self.pre: dict[str, C.CheckResult] = {}
         self.work = 0
-        self.seconds = 0.0  # time spent in checks so far
-        self.after_counted = 0.0  # the part of it spent after the evaluation
         self.num_classes = 0
 
     # observation during the loop ----------------------------------------------------
@@ -489,22 +488,46 @@ class _CheckContext:
             if m.training:
                 self.training_after.add(n or "(root)")
 
-    def _counted(self, fn, after: bool = False):
-        w0, was, t0 = self.view.work, self.view.counting, time.perf_counter()
+    def _counted(self, name: str, fn: Callable[[], C.CheckResult]) -> C.CheckResult:
+        w0, was = self.view.work, self.view.counting
         self.view.counting = True
         try:
-            return fn()
+            return C.guarded(name, fn)
         finally:
             self.work += self.view.work - w0
             self.view.counting = was
-            dt = time.perf_counter() - t0
-            self.seconds += dt
-            if after:
-                self.after_counted += dt
 
-    # before the evaluation ----------------------------------------------------------
-    def before(self, model: nn.Module) -> None:
-        v, x, y, s = self.view, self.x, self.y, self.s
+    # sizing ---------------------------------------------------------------------------
+    def _plan(self, r: EvaluationResult) -> _CheckPlan:
+        """How many examples the checks use, and the work they may spend (deterministic)."""
+        s, o = self.s, r.outcomes
+        norm, eps = r.headline
+        budgeted = norm != "none" and eps is not None
+        star = C.first_with_effort(r.units, norm, eps) if budgeted else None
+        st = r.unit_stats.get(star.key, {}) if star is not None else {}
+        star_per_ex = st.get("work", 0) / max(st.get("attacked", 1), 1)
+        suite_bb = [
+            u
+            for u in o.units
+            if u.unit.black_box and u.unit.budgeted and u.unit.norm == norm and abs(u.unit.eps - eps) < 1e-12
+        ]
+        # per example: logits 1, deterministic 2, batch independence 2, zero gradients 3, re-scoring 1 per
+        # unit, noise draws, the unbounded PGD (3 per step + 1), doubling the effort, a black-box attack
+        base = 8 + len(r.units) + s.noise_draws + 3 * s.unbounded_steps + 1
+        if budgeted and not suite_bb:
+            base += s.black_box_queries + 1
+        per_ex = base + 2 * star_per_ex
+        allowed = s.budget * r.work.get("evaluation", 0)
+        n = int(min(s.examples, len(self.subset), max(s.min_examples, math.floor(allowed / per_ex))))
+        return _CheckPlan(n, max(allowed, n * base), star, st, suite_bb)
+
+    # the checks -----------------------------------------------------------------------
+    def after(
+        self, model: nn.Module, snapshot: dict[str, torch.Tensor], r: EvaluationResult, store: RecordStore, seed: int
+    ) -> list[C.CheckResult]:
+        plan = self._plan(r)
+        v, s = self.view, self.s
+        x, y = self.x[: plan.n], self.y[: plan.n]
 
         def logits() -> C.CheckResult:
             with torch.no_grad():
@@ -512,29 +535,20 @@ class _CheckContext:
             self.num_classes = int(out.shape[1])
             return C.check_logits(out)
 
-        self.pre["outputs_are_logits"] = self._counted(lambda: C.guarded("outputs_are_logits", logits))
-        self.pre["deterministic"] = self._counted(
-            lambda: C.guarded("deterministic", lambda: C.check_deterministic(v, x, s.rtol))
-        )
-        self.pre["batch_independent"] = self._counted(
-            lambda: C.guarded("batch_independent", lambda: C.check_batch_independent(v, x, s.rtol))
-        )
-        self.pre["zero_gradients"] = self._counted(
-            lambda: C.guarded("zero_gradients", lambda: C.check_zero_gradients(v, x, y, s.zero_grad_max))
-        )
-
-    # after the evaluation -----------------------------------------------------------
-    def after(
-        self, model: nn.Module, snapshot: dict[str, torch.Tensor], r: EvaluationResult, store: RecordStore, seed: int
-    ) -> list[C.CheckResult]:
         o = r.outcomes
+        pre = {
+            "outputs_are_logits": self._counted("outputs_are_logits", logits),
+            "deterministic": self._counted("deterministic", lambda: C.check_deterministic(v, x, s.rtol)),
+            "batch_independent": self._counted("batch_independent", lambda: C.check_batch_independent(v, x, s.rtol)),
+            "zero_gradients": self._counted("zero_gradients", lambda: C.check_zero_gradients(v, x, y, s.zero_grad_max)),
+        }
         results = [
             C.check_eval_mode(self.view, sorted(self.training_after)),
             C.check_state_unchanged(model, snapshot),
             C.check_inputs(self.lo, self.hi, self.seen),
-            self.pre["outputs_are_logits"],
-            self.pre["deterministic"],
-            self.pre["batch_independent"],
+            pre["outputs_are_logits"],
+            pre["deterministic"],
+            pre["batch_independent"],
             self._bounds(o, r.tol),
             C.check_robust_le_clean(
                 [
@@ -543,10 +557,10 @@ class _CheckContext:
                 ],
                 len(o.indices),
             ),
-            self._counted(lambda: C.guarded("rescore_reproduces", lambda: self._rescore(o, r, store)), after=True),
-            self.pre["zero_gradients"],
+            self._counted("rescore_reproduces", lambda: self._rescore(o, r, store, plan.n)),
+            pre["zero_gradients"],
         ]
-        results += self._masking(r, seed)
+        results += self._masking(r, seed, plan)
         return results
 
     def _bounds(self, o: Outcomes, tol: float) -> C.CheckResult:
@@ -570,7 +584,7 @@ class _CheckContext:
             bad[label] = {"count": int((inv != 0).sum()), "reasons": reasons, "excess": excess}
         return C.check_bounds(bad, int(sum(u.attacked.sum() for u in o.units)))
 
-    def _rescore(self, o: Outcomes, r: EvaluationResult, store: RecordStore) -> C.CheckResult:
+    def _rescore(self, o: Outcomes, r: EvaluationResult, store: RecordStore, n: int) -> C.CheckResult:
         pos = {int(i): p for p, i in enumerate(o.indices)}
         total = flips = soft = 0
         for u in o.units:
@@ -578,7 +592,7 @@ class _CheckContext:
             if saved is None:
                 continue
             index, x_adv = saved
-            keep = [k for k, i in enumerate(index.tolist()) if i in pos][: self.s.examples]
+            keep = [k for k, i in enumerate(index.tolist()) if i in pos][:n]
             if not keep:
                 continue
             index, x_adv = index[keep], x_adv[keep].to(self.device)
@@ -608,82 +622,52 @@ class _CheckContext:
             + (f" ({soft} more flip at a near-tie, not counted)" if soft else ""),
         )
 
-    def _masking(self, r: EvaluationResult, seed: int) -> list[C.CheckResult]:
+    def _masking(self, r: EvaluationResult, seed: int, plan: _CheckPlan) -> list[C.CheckResult]:
         o, s, v = r.outcomes, self.s, self.view
         norm, eps = r.headline
         names = ["more_steps", "unbounded_eps", "random_noise", "black_box"]
-        n_sub = len(self.subset)
-        cc = o.clean_correct[:n_sub]
+        cc = o.clean_correct[: len(self.subset)]
         S = np.nonzero(cc)[0]
         if len(S) == 0:
             return [C.CheckResult(k, None, detail="no correctly classified example in the check subset") for k in names]
         x, y = self.x, self.y
         tol = r.tol
         budgeted = norm != "none" and eps is not None
-        u_star = C.first_with_steps(r.units, norm, eps) if budgeted else None
-        square_units = (
-            [
-                u
-                for u in o.units
-                if u.unit.name == "square" and u.unit.budgeted and u.unit.norm == norm and abs(u.unit.eps - eps) < 1e-12
-            ]
-            if budgeted
-            else []
-        )
-        # subset size: the heavy checks' work per example against the evaluation's own work (deterministic)
-        per_ex = 4 + 3 * s.unbounded_steps + 1
-        st_star = r.unit_stats.get(u_star.key, {}) if u_star is not None else {}
-        if u_star is not None:
-            per_ex += 2 * st_star.get("work", 32) / max(st_star.get("attacked", 1), 1)
-        if budgeted and not square_units and norm in ("Linf", "L2"):
-            per_ex += s.square_queries
-        n = int(min(len(S), max(s.min_examples, math.floor(s.budget * r.work.get("evaluation", 0) / per_ex))))
-        Sn = S[:n]
+        u_star, st_star = plan.star, plan.star_stats
+        Sn = S[: plan.n]
         Pn = torch.as_tensor(Sn, device=self.device)
-        # time: re-running the suite's attack with twice the steps (the one check whose cost scales with the
-        # suite's) is skipped, saying so, when it would not fit in what is left of the budget
-        main_s = r.seconds.get("recorded", 0.0)
-        budget_s = max(s.budget * main_s, s.min_seconds)
-
-        def over_budget(name_: str, est: float) -> C.CheckResult | None:
-            if self.seconds + est <= budget_s:
-                return None
-            return C.CheckResult(
-                name_,
-                None,
-                detail=(
-                    f"skipped to stay within the checks' time budget: it would take about {est:.3g} s, "
-                    f"{max(budget_s - self.seconds, 0):.3g} s of the {budget_s:.3g} s budget ({s.budget:.0%} of the "
-                    f"evaluation's {main_s:.3g} s) are left; raise check_settings.budget to run it"
-                ),
-            )
-
-        out: list[C.CheckResult] = []
         if self.num_classes == 0:
             with torch.no_grad():
                 self.num_classes = int(v(x[:1]).shape[1])
 
-        # more steps
         def more_steps() -> C.CheckResult:
             if not budgeted:
                 return C.CheckResult("more_steps", None, detail="no attack with a budget in the suite")
             if u_star is None:
                 return C.CheckResult(
-                    "more_steps", None, detail=f"no attack at {norm} {fmt_eps(eps)} has a steps option"
+                    "more_steps",
+                    None,
+                    detail=f"no attack at {norm} {fmt_eps(eps)} names an effort option (steps, queries) in its record",
                 )
             uo = next(u for u in o.units if u.unit.key == u_star.key)
             P = Sn[uo.attacked[Sn]]
             if len(P) == 0:
                 return C.CheckResult("more_steps", None, detail=f"{u_star.label} attacked no example of the subset")
-            calls = max(st_star.get("chunks", 1), 1)
-            est = (
-                2 * st_star.get("seconds", 0.0) / calls * max(len(P) / max(st_star.get("attacked", 1) / calls, 1), 0.5)
-            )
-            skip = over_budget("more_steps", est)
-            if skip is not None:
-                return skip
-            steps = int(u_star.option("steps"))
-            twice = u_star.with_options(steps=2 * steps)
+            est = math.ceil(2 * st_star.get("work", 0) / max(st_star.get("attacked", 1), 1) * len(P))
+            if self.work + est > plan.work:
+                return C.CheckResult(
+                    "more_steps",
+                    None,
+                    detail=(
+                        f"skipped to stay within the checks' work budget: it would take about {est} example-passes, "
+                        f"{max(int(plan.work) - self.work, 0)} of the {int(plan.work)} allowed ({s.budget:.0%} of the "
+                        f"evaluation's {r.work.get('evaluation', 0)}) are left; raise check_settings.budget to run it"
+                    ),
+                )
+            effort = u_star.effort
+            assert effort is not None
+            k = int(u_star.option(effort))
+            twice = u_star.with_options(**{effort: 2 * k})
             Pt = torch.as_tensor(P, device=self.device)
             xa = twice.build(v)(x[Pt], y[Pt])
             broken2 = C.valid_broken(v, x[Pt], xa, y[Pt], norm, eps, tol).cpu().numpy()
@@ -697,12 +681,13 @@ class _CheckContext:
                 drop / len(P),
                 f"accuracy drop <= {lim}/{len(P)}",
                 len(P),
-                f"{u_star.label}: {steps} steps leave {robust1}/{len(P)} robust, {2 * steps} steps "
-                f"leave {robust2}/{len(P)}",
+                f"{u_star.label}: {effort} = {k} leaves {robust1}/{len(P)} robust, {effort} = {2 * k} "
+                f"leaves {robust2}/{len(P)}",
             )
 
         def unbounded() -> C.CheckResult:
-            xa = unbounded_pgd_seeded(v, x[Pn], y[Pn], s.unbounded_steps, seed, self.device)
+            with seeded(seed, self.device):
+                xa = C.unbounded_pgd(v, x[Pn], y[Pn], s.unbounded_steps)
             with torch.no_grad():
                 correct = int((v(xa).argmax(1) == y[Pn]).sum())
             chance = 1.0 / max(self.num_classes, 1)
@@ -720,17 +705,16 @@ class _CheckContext:
         def noise() -> C.CheckResult:
             if not budgeted:
                 return C.CheckResult("random_noise", None, detail="no attack with a budget in the suite")
-            St = torch.as_tensor(S, device=self.device)
-            nb = C.noise_broken(v, x[St], y[St], norm, eps, s.noise_draws, seed).cpu().numpy()
-            ab = o.broken_at(norm, eps, tol)[S]
+            nb = C.noise_broken(v, x[Pn], y[Pn], norm, eps, s.noise_draws, seed).cpu().numpy()
+            ab = o.broken_at(norm, eps, tol)[Sn]
             beats = int((nb & ~ab).sum())
-            lim = C.allowed(len(S), s.tolerance)
+            lim = C.allowed(len(Sn), s.tolerance)
             return C.CheckResult(
                 "random_noise",
                 beats <= lim,
-                beats / len(S),
-                f"<= {lim}/{len(S)} examples",
-                len(S),
+                beats / len(Sn),
+                f"<= {lim}/{len(Sn)} examples",
+                len(Sn),
                 f"random noise ({s.noise_draws} draws at {norm} {fmt_eps(eps)}) breaks {beats} "
                 f"example(s) the attacks did not",
             )
@@ -738,27 +722,31 @@ class _CheckContext:
         def black_box() -> C.CheckResult:
             if not budgeted:
                 return C.CheckResult("black_box", None, detail="no attack with a budget in the suite")
-            white = o.broken_at(norm, eps, tol, exclude=("square",))
-            if square_units:
-                sq = np.zeros(len(o.indices), dtype=bool)
-                for u in square_units:
-                    sq |= u.evidence(norm, eps, tol)
-                P = S
-                extra = int((sq[P] & ~white[P]).sum())
-                how = "square in the suite"
-            elif norm not in ("Linf", "L2"):
-                return C.CheckResult("black_box", None, detail=f"Square supports Linf and L2, not {norm}")
-            elif not any(u.unit.name != "square" for u in o.units):
+            white_box = [u for u in o.units if not u.unit.black_box]
+            if not white_box:
                 return C.CheckResult("black_box", None, detail="no white-box attack to compare with")
+            white = o.broken_at(norm, eps, tol, exclude=tuple(u.unit.key for u in o.units if u.unit.black_box))
+            if plan.suite_black_box:
+                bb = np.zeros(len(o.indices), dtype=bool)
+                for u in plan.suite_black_box:
+                    bb |= u.evidence(norm, eps, tol)
+                P = S
+                extra = int((bb[P] & ~white[P]).sum())
+                how = ", ".join(sorted({u.unit.label for u in plan.suite_black_box})) + " in the suite"
             else:
+                ref = reference_black_box(norm, eps, s.black_box_queries, seed)
+                if ref is None:
+                    return C.CheckResult(
+                        "black_box", None, detail=f"no registered black-box attack supports {norm} at this budget"
+                    )
                 P = Sn
                 todo = P[~white[P]]
                 extra = 0
                 if len(todo):
                     Tt = torch.as_tensor(todo, device=self.device)
-                    xa = run_square(v, x[Tt], y[Tt], norm, eps, s.square_queries, seed, self.device)
+                    xa = ref.build(v)(x[Tt], y[Tt])
                     extra = int(C.valid_broken(v, x[Tt], xa, y[Tt], norm, eps, tol).sum())
-                how = f"Square with {s.square_queries} queries"
+                how = f"{ref.label} with {ref.effort} = {s.black_box_queries}"
             lim = C.allowed(len(P), s.tolerance)
             return C.CheckResult(
                 "black_box",
@@ -775,34 +763,44 @@ class _CheckContext:
             ("unbounded_eps", unbounded),
             ("black_box", black_box),
             ("more_steps", more_steps),
-        ):  # cheapest first
-            done[name_] = self._counted(lambda fn=fn, name_=name_: C.guarded(name_, fn), after=True)
-        return out + [done[k] for k in names]
+        ):  # cheapest first; more_steps takes what is left of the budget
+            done[name_] = self._counted(name_, fn)
+        return [done[k] for k in names]
 
 
-def unbounded_pgd_seeded(
-    view: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, device: torch.device
-) -> torch.Tensor:
-    with seeded(seed, device):
-        return C.unbounded_pgd(view, x, y, steps)
+@dataclass(frozen=True)
+class _CheckPlan:
+    n: int  # examples the checks use
+    work: float  # work they may spend (at least what n examples of the fixed checks take)
+    star: AttackUnit | None  # the unit more_steps doubles
+    star_stats: dict[str, float]
+    suite_black_box: list[Any]  # UnitOutcome of the suite's black-box units at the headline threat
 
 
-def run_square(
-    view: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    norm: str,
-    eps: float,
-    queries: int,
-    seed: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """torchattacks' Square (the black-box reference of the ``black_box`` check)."""
-    import torchattacks
+def reference_black_box(norm: str, eps: float, effort: int, seed: int) -> AttackUnit | None:
+    """The black-box attack the ``black_box`` check runs when the suite has none: the first
+    registered attack whose record says ``black_box`` and names an ``effort`` option, and
+    whose options accept ``norm`` and ``eps`` (at ``effort`` and ``seed``)."""
+    from ..options import validate_options
+    from ..registry import default_registry
 
-    atk = torchattacks.Square(view, norm=norm, eps=eps, n_queries=queries, n_restarts=1, seed=seed)
-    with seeded(seed, device):
-        return atk(x, y)
+    for spec in default_registry().specs("attack"):
+        if not getattr(spec, "black_box", False) or getattr(spec, "effort", None) is None:
+            continue
+        fields = spec.options.model_fields
+        data: dict[str, Any] = {"eps": eps, spec.effort: effort}
+        if "norm" in fields:
+            data["norm"] = norm
+        if "seed" in fields:
+            data["seed"] = seed
+        try:
+            opts = validate_options(spec.options, data, where=f"attack {spec.name}")
+        except RtkError:
+            continue
+        unit = AttackUnit(spec.name, spec.name, attack_norm(spec, opts), attack_eps(opts, norm), spec, opts)
+        if unit.norm == norm and unit.eps is not None and abs(unit.eps - eps) < 1e-12:
+            return unit
+    return None
 
 
-__all__ = ["EvaluationResult", "eval_indices", "evaluate", "load_batch", "run_square", "shard_indices"]
+__all__ = ["EvaluationResult", "eval_indices", "evaluate", "load_batch", "reference_black_box", "shard_indices"]

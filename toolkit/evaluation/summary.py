@@ -71,9 +71,10 @@ class Outcomes:
     def broken_at(
         self, norm: str, eps: float | None, tol: float, upto: int | None = None, exclude: Sequence[str] = ()
     ) -> np.ndarray:
+        """Broken at (norm, eps) by any unit (the first ``upto``), except the units whose keys are in ``exclude``."""
         out = np.zeros(len(self.indices), dtype=bool)
         for u in self.units[: upto if upto is not None else len(self.units)]:
-            if u.unit.name in exclude:
+            if u.unit.key in exclude:
                 continue
             out |= u.evidence(norm, eps, tol)
         return out

@@ -88,6 +88,17 @@ class AttackUnit:
     def display(self) -> str:
         return self.label
 
+    @property
+    def black_box(self) -> bool:
+        """The attack queries only the model's outputs (its record says so)."""
+        return bool(getattr(self.spec, "black_box", False))
+
+    @property
+    def effort(self) -> str | None:
+        """The integer option that scales the attack's work (its record names it), if it has one here."""
+        name = getattr(self.spec, "effort", None)
+        return name if name is not None and isinstance(self.option(name), int) else None
+
     def build(self, model: nn.Module) -> AttackFn:
         if self.fn is not None:
             return self.fn
