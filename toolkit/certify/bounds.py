@@ -76,9 +76,14 @@ def backward_bound(graph: BoundGraph, target: int, A: torch.Tensor, bounds: list
     ``bounds`` must hold bounds for every node the relaxation needs (ReLU inputs).
     """
     B, S = A.shape[:2]
-    pending: dict[int, torch.Tensor] = {target: A}
-    const = torch.zeros(B, S, dtype=A.dtype, device=A.device)
-    for idx in range(target, -1, -1):
+    return _back_substitute(graph, {target: A}, torch.zeros(B, S, dtype=A.dtype, device=A.device), target, bounds, p)
+
+
+def _back_substitute(
+    graph: BoundGraph, pending: dict[int, torch.Tensor], const: torch.Tensor, start: int, bounds: list[Bound], p: Pass
+) -> torch.Tensor:
+    """The backward pass from the linear functions ``pending`` (node -> A) of nodes ``<= start``."""
+    for idx in range(start, -1, -1):
         a = pending.pop(idx, None)
         if a is None:
             continue
@@ -93,37 +98,88 @@ def backward_bound(graph: BoundGraph, target: int, A: torch.Tensor, bounds: list
     return const  # the target does not depend on the input
 
 
+#: Largest table (neurons x inputs, summed over the node's inputs) of a node's first backward step that
+#: :func:`_refine` computes once for all examples instead of once per example and row.
+TABLE_LIMIT = 1 << 24
+#: Elements of one chunk of CROWN rows (batch x rows x largest layer): about 256 MB in float32.
+CHUNK_ELEMENTS = 1 << 26
+
+
+def _first_step(graph: BoundGraph, idx: int, bounds: list[Bound], p: Pass, dtype: torch.dtype, device: torch.device):
+    """The target node's own backward step for every one of its neurons at once (an identity
+    specification with batch size 1), when the node is affine and the table is small: row ``j``
+    of each table is the linear function of that input that equals neuron ``j``."""
+    node = graph.nodes[idx]
+    numel = node.numel
+    if node.op.kind not in ("linear", "diag", "reshape", "add"):
+        return None
+    if numel * sum(graph.nodes[i].numel for i in node.inputs) > TABLE_LIMIT:
+        return None
+    eye = torch.eye(numel, dtype=dtype, device=device).reshape(1, numel, *node.shape)
+    a_ins, c = node.op.backward(p, eye, *(bounds[i] for i in node.inputs))
+    if any(a.shape[0] != 1 for a in a_ins) or (c is not None and c.shape[0] != 1):
+        return None  # the step depends on the example (a dropout mask in training mode)
+    return [a[0] for a in a_ins], (c[0] if c is not None else None)
+
+
 def _refine(
     graph: BoundGraph, idx: int, current: Bound, bounds: list[Bound], p: Pass, spec_chunk: int, intersect: bool
 ) -> Bound:
+    """CROWN bounds of node ``idx``'s neurons.
+
+    Each example bounds only its own neurons that are unstable under the interval bounds
+    (all of them without ``intersect``), packed into rows of its own, so examples do not pay
+    for each other's unstable neurons and results do not depend on how examples are batched.
+    The first backward step (the node's own affine map) is computed once for all neurons and
+    gathered per example when its table is small.
+    """
     lo, hi = current
     B = lo.shape[0]
     lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
-    if intersect:
-        # only neurons unstable under the interval bounds need the tighter bound; the rows
-        # are the union over the batch, but each example keeps the CROWN bound only where
-        # it is unstable itself, so results do not depend on how examples are batched
-        unstable = (lo_f < 0) & (hi_f > 0)
-        rows = unstable.any(0).nonzero().flatten()
-    else:
-        rows = torch.arange(lo_f.shape[1], device=lo.device)
-    shape = graph.nodes[idx].shape
     numel = lo_f.shape[1]
-    if rows.numel() == 0:
+    todo = (lo_f < 0) & (hi_f > 0) if intersect else torch.ones_like(lo_f, dtype=torch.bool)
+    counts = todo.sum(1)
+    R = int(counts.max()) if B else 0
+    if R == 0:
         return current
-    for chunk in rows.split(spec_chunk):
-        k = len(chunk)
-        A = torch.zeros(B, 2 * k, numel, dtype=lo.dtype, device=lo.device)
-        ar = torch.arange(k, device=lo.device)
-        A[:, ar, chunk] = 1.0
-        A[:, ar + k, chunk] = -1.0
-        res = backward_bound(graph, idx, A.reshape(B, 2 * k, *shape), bounds, p)
+    # per example, the neurons to bound first (a stable sort keeps them in index order), padded with others
+    order = torch.argsort((~todo).to(torch.int8), dim=1, stable=True)[:, :R]
+    valid = torch.arange(R, device=lo.device)[None, :] < counts[:, None]
+    node = graph.nodes[idx]
+    table = _first_step(graph, idx, bounds, p, lo.dtype, lo.device)
+    widest = max(n.numel for n in graph.nodes[: idx + 1])
+    k_max = max(1, min(spec_chunk, CHUNK_ELEMENTS // max(1, B * 2 * widest)))
+    ar = torch.arange(B, device=lo.device)[:, None]
+    for start in range(0, R, k_max):
+        rows = order[:, start : start + k_max]  # (B, k)
+        k = rows.shape[1]
+        if table is not None:
+            a_ins, c = table
+            pending: dict[int, torch.Tensor] = {}
+            for i, t in zip(node.inputs, a_ins):
+                g = t[rows]  # (B, k, *shape_i)
+                pending[i] = pending[i] + torch.cat([g, -g], 1) if i in pending else torch.cat([g, -g], 1)
+            if c is not None:
+                cg = c[rows]
+                const = torch.cat([cg, -cg], 1)
+            else:
+                const = torch.zeros(B, 2 * k, dtype=lo.dtype, device=lo.device)
+            res = _back_substitute(graph, pending, const, idx - 1, bounds, p)
+        else:
+            A = torch.zeros(B, 2 * k, numel, dtype=lo.dtype, device=lo.device)
+            rk = torch.arange(k, device=lo.device)[None, :]
+            A[ar, rk, rows] = 1.0
+            A[ar, rk + k, rows] = -1.0
+            res = backward_bound(graph, idx, A.reshape(B, 2 * k, *node.shape), bounds, p)
         new_lo, new_hi = res[:, :k], -res[:, k:]
+        old_lo, old_hi = lo_f.gather(1, rows), hi_f.gather(1, rows)
+        keep = ~valid[:, start : start + k]
         if intersect:
-            keep = ~unstable[:, chunk]
-            new_lo = torch.where(keep, lo_f[:, chunk], torch.maximum(new_lo, lo_f[:, chunk]))
-            new_hi = torch.where(keep, hi_f[:, chunk], torch.minimum(new_hi, hi_f[:, chunk]))
-        lo_f[:, chunk], hi_f[:, chunk] = new_lo, new_hi
+            new_lo, new_hi = torch.maximum(new_lo, old_lo), torch.minimum(new_hi, old_hi)
+        new_lo = torch.where(keep, old_lo, new_lo)
+        new_hi = torch.where(keep, old_hi, new_hi)
+        lo_f = lo_f.scatter(1, rows, new_lo)
+        hi_f = hi_f.scatter(1, rows, new_hi)
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
 
 

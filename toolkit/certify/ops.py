@@ -413,8 +413,12 @@ class ReLUOp(Op):
     def backward(self, p, A, b):
         low_slope, up_slope, up_bias = self.relaxation(*b)
         neg = A.clamp(max=0)
-        a_in = torch.addcmul(A * low_slope.unsqueeze(1), neg, (up_slope - low_slope).unsqueeze(1))
         const = torch.einsum("bsn,bn->bs", neg.flatten(2), up_bias.flatten(1))
+        a_in = A * low_slope.unsqueeze(1)
+        if a_in.requires_grad or neg.requires_grad:
+            a_in = torch.addcmul(a_in, neg, (up_slope - low_slope).unsqueeze(1))
+        else:  # in place: one temporary of A's size fewer (A is the largest tensor of the pass)
+            a_in.addcmul_(neg, (up_slope - low_slope).unsqueeze(1))
         return [a_in], const
 
 
