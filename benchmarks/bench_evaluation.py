@@ -12,6 +12,12 @@ The two sides run interleaved (A B B A ...), repeated; medians are reported. Tim
 shared machine are noisy: compare ratios, not seconds. Single-threaded by default (set
 --threads), which is also the fastest for these small models.
 
+``rows(quick)`` gives the rows of docs/performance.md (the benchmark driver collects them):
+PGD-10 on a CIFAR-size ResNet-20 (batch 128) against a bare channels_last loop and against
+torchattacks called directly, and an evaluation with sanity checks against one without, on
+128 and 640 images. These use CPU time of the process (one thread), which another process's
+load on a shared machine barely moves, interleaved, medians of paired ratios.
+
     python benchmarks/bench_evaluation.py            # about 5-10 minutes on 2 cores
     python benchmarks/bench_evaluation.py --quick    # a smoke run
 """
@@ -167,6 +173,138 @@ def bench_checks(reg, data, label: str, attacks: list, args) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- rows for docs/performance.md
+def _resnet20_batch(n: int):
+    """ResNet-20 on CIFAR-size inputs (3x32x32, random weights) and labels equal to its own
+    predictions, so every example is clean-correct and attacked by every side."""
+    from rtk.data.core import DataInfo
+    from rtk.models.resnet import resnet_small
+
+    info = DataInfo("cifar-sized", 10, 3, 32, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    torch.manual_seed(0)
+    model = resnet_small(info, blocks=3, width=16).eval()
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, TensorSplit(x, y)
+
+
+def bare_pgd(model: nn.Module, split: TensorSplit, batch_size: int, eps: float, steps: int) -> float:
+    """The bare loop: channels_last inputs, frozen weights, a clean forward, ``steps`` PGD
+    steps (step eps/4, uniform start) and a forward on the adversarial batch."""
+    alpha = eps / 4
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    robust = 0
+    try:
+        for start in range(0, len(split), batch_size):
+            x = split.x[start : start + batch_size].contiguous(memory_format=torch.channels_last)
+            y = split.y[start : start + batch_size]
+            with torch.inference_mode():
+                clean = model(x).argmax(1) == y
+            xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+            for _ in range(steps):
+                xa.requires_grad_(True)
+                (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
+                xa = torch.minimum(torch.maximum(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+            with torch.inference_mode():
+                robust += int((clean & (model(xa).argmax(1) == y)).sum())
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    return robust / len(split)
+
+
+def cpu_interleaved(fns: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+    """CPU seconds of the process per call, interleaved (A B C, C B A, ...)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for k in names if r % 2 == 0 else names[::-1]:
+            t0 = time.process_time()
+            fns[k]()
+            times[k].append(time.process_time() - t0)
+    return times
+
+
+def _row(workload: str, t: dict[str, list[float]], mine: str, peer: str, peer_label: str, goal: str, note: str) -> dict:
+    ratio = statistics.median(a / b for a, b in zip(t[mine], t[peer]))
+    return {
+        "workload": workload,
+        "rtk_s": statistics.median(t[mine]),
+        "peer": peer_label,
+        "peer_s": statistics.median(t[peer]),
+        "ratio": ratio,
+        "bound_ratio": None,
+        "goal": goal,
+        "note": note,
+    }
+
+
+def rows(quick: bool) -> list[dict]:
+    """Rows of docs/performance.md: the attack path and the sanity checks' cost."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reg = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
+        spec = reg.get("attack", "pgd")
+        eps, steps, batch = 8 / 255, 10, 128
+        opts = rtk.validate_options(spec.options, {"eps": eps, "steps": steps}, "pgd")
+        units = make_units([(spec, opts, "pgd")])
+        repeats = 3 if quick else 7
+        model, split = _resnet20_batch(128 if quick else 256)
+
+        def rtk_eval():
+            evaluate(model, split, units, batch_size=batch, checks=False, save_adversarial="none")
+
+        fns = {
+            "rtk": rtk_eval,
+            "bare": lambda: bare_pgd(model, split, batch, eps, steps),
+            "direct": lambda: direct_pgd(model, split, batch, eps, steps),
+        }
+        for f in fns.values():
+            f()  # warm-up
+        t = cpu_interleaved(fns, repeats)
+        work = f"PGD-10 evaluation, ResNet-20 on {len(split)} CIFAR-size images, batch {batch}"
+        out = [
+            _row(work, t, "rtk", "bare", "bare loop (channels_last)", "<= 1.02", "CPU time, 1 thread"),
+            _row(work, t, "rtk", "direct", "torchattacks.PGD called directly", "< 1", "CPU time, 1 thread"),
+        ]
+        for n in (128, 640):
+            if quick and n > 128:
+                n = 256
+            m, sp = _resnet20_batch(n)
+            res: dict[bool, object] = {}
+
+            def run(checks: bool, m=m, sp=sp, res=res):
+                def f():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", SanityCheckWarning)
+                        res[checks] = evaluate(m, sp, units, batch_size=batch, checks=checks, seed=0)
+
+                return f
+
+            t = cpu_interleaved({"on": run(True), "off": run(False)}, 2 if quick else 3)
+            r = res[True]
+            skipped = [c.name for c in r.checks if c.passed is None]
+            out.append(
+                _row(
+                    f"evaluation with sanity checks vs without, PGD-10, ResNet-20, {n} images",
+                    t,
+                    "on",
+                    "off",
+                    "the same evaluation without checks",
+                    "<= 1.2 (a one-minute evaluation)",
+                    f"work ratio {1 + r.checks_overhead:.3f}; {len(r.checks) - len(skipped)} of {len(r.checks)} "
+                    f"checks ran" + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+                )
+            )
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a short smoke run")
@@ -179,7 +317,12 @@ def main() -> None:
     p.add_argument("--pgd-examples", type=int, default=1797)
     p.add_argument("--check-examples", type=int, default=450)
     p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--rows", action="store_true", help="print the rows of docs/performance.md and stop")
     args = p.parse_args()
+    if args.rows:
+        for row in rows(args.quick):
+            print(row)
+        return
     if args.quick:
         args.repeats, args.check_repeats, args.pgd_examples, args.check_examples = 2, 1, 512, 150
     torch.set_num_threads(args.threads)

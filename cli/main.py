@@ -60,15 +60,36 @@ def _builtin_command_modules() -> list[str]:
     )
 
 
+def _third_party_plugins() -> bool:
+    """Whether any plugin is installed through the entry-point group ``rtk`` (and not switched off)."""
+    if os.environ.get("RTK_NO_ENTRY_POINTS", "") in ("1", "true", "yes"):
+        return False
+    from importlib.metadata import entry_points
+
+    return bool(entry_points(group="rtk"))
+
+
 class RtkGroup(click.Group):
     """Adds built-in verbs (modules of rtk.cli) and plugin commands lazily."""
 
     def _builtins(self) -> dict[str, str]:
         return {m.replace("_", "-"): m for m in _builtin_command_modules()}
 
-    def _plugin_commands(self, ctx: click.Context) -> dict[str, Any]:
+    def _plugin_commands(self, ctx: click.Context, *, listing: bool = False) -> dict[str, Any]:
+        """Commands that plugins add. For a listing (``rtk --help``) without a plugin manager given,
+        only the installed third-party plugins are loaded: built-in verbs are the modules of
+        rtk.cli, the built-in plugins add none (a test holds this), and importing them would
+        import torch just to print help."""
+        state = _state(ctx)
         try:
-            reg = _state(ctx).registry
+            if listing and state._pm is None and state._registry is None:
+                if not _third_party_plugins():
+                    return {}
+                from rtk.registry import Registry, plugin_manager
+
+                reg = Registry.from_plugin_manager(plugin_manager(builtins=False))
+            else:
+                reg = state.registry
         except Exception as exc:  # a broken plugin must never break --help
             logging.getLogger("rtk.cli").warning("plugins unavailable: %s", exc)
             return {}
@@ -76,7 +97,7 @@ class RtkGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(super().list_commands(ctx)) | set(self._builtins())
-        names |= set(self._plugin_commands(ctx))
+        names |= set(self._plugin_commands(ctx, listing=True))
         return sorted(names)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
