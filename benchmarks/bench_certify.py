@@ -14,6 +14,10 @@ Peak memory is the growth of the process's peak resident set during one measurem
 
     python benchmarks/bench_certify.py                # about 10-20 minutes on 2 idle cores
     python benchmarks/bench_certify.py --quick        # cnn-small only, a few minutes
+
+``rows(quick)`` gives the rows of docs/performance.md: CROWN against IBP on cnn-large and
+against a PGD-20 evaluation on cnn-small, per digits example (8x8, random weights), in CPU
+time of the process (one thread), interleaved.
 """
 
 from __future__ import annotations
@@ -76,12 +80,86 @@ def measure(fn, device: torch.device) -> tuple[float, float | None]:
     return secs, peak
 
 
+def rows(quick: bool) -> list[dict]:
+    """Rows of docs/performance.md: CROWN's cost per example against IBP's and PGD-20's."""
+    from rtk.data.digits import load_digits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = load_digits()
+        reg = rtk.default_registry()
+        pgd_spec = reg.get("attack", "pgd")
+        pgd_opts = validate_options(pgd_spec.options, {"eps": EPS, "steps": 20}, "pgd")
+        out = []
+        for name, build, n_crown, peer in (
+            ("cnn-large", cnn_large, 8 if quick else 32, "IBP"),
+            ("cnn-small", cnn_small, 32 if quick else 128, "PGD-20"),
+        ):
+            torch.manual_seed(0)
+            model = build(data.info).eval()
+            x, y = data.test.x[:n_crown], data.test.y[:n_crown]
+            attack = pgd_spec.build(model, pgd_opts)
+            ibp = BoundCertifier("ibp", eps=EPS, batch_size=n_crown)
+            crown = BoundCertifier("crown", eps=EPS, batch_size=n_crown)
+
+            def pgd_eval(model=model, attack=attack, x=x, y=y):
+                xa = attack(x, y)
+                with torch.no_grad():
+                    model(x).argmax(1), model(xa).argmax(1)
+
+            fns = {
+                "CROWN": lambda crown=crown, model=model, x=x, y=y: crown.certify(model, x, y),
+                "IBP": lambda ibp=ibp, model=model, x=x, y=y: ibp.certify(model, x, y),
+                "PGD-20": pgd_eval,
+            }
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            peaks: dict[str, list[float]] = {k: [] for k in fns}
+            for f in fns.values():
+                f()
+            for r in range(1 if quick else 3):
+                for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+                    _reset_peak()
+                    base = _status("VmRSS")
+                    t0 = time.process_time()
+                    fns[k]()
+                    times[k].append(time.process_time() - t0)
+                    hwm = _status("VmHWM")
+                    if base is not None and hwm is not None:
+                        peaks[k].append(hwm - base)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            mem = {k: (f"{statistics.median(v):.0f} MB" if v else "n/a") for k, v in peaks.items()}
+            out.append(
+                {
+                    "workload": f"CROWN certification, {name} (random weights), {n_crown} digits, eps 2/255",
+                    "rtk_s": med["CROWN"],
+                    "peer": f"rtk {peer} on the same batch",
+                    "peer_s": med[peer],
+                    "ratio": med["CROWN"] / med[peer],
+                    "bound_ratio": None,
+                    "goal": "as low as soundness allows (was 570x IBP on cnn-large)"
+                    if peer == "IBP"
+                    else "honest figure (docs claimed 22x)",
+                    "note": f"CROWN {n_crown / med['CROWN']:.1f} examples/s, peak +{mem['CROWN']}; "
+                    f"{peer} {n_crown / med[peer]:.0f} examples/s; CPU time, 1 thread",
+                }
+            )
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="cnn-small only")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--rows", action="store_true", help="print the rows of docs/performance.md and stop")
     args = ap.parse_args()
+    if args.rows:
+        for row in rows(args.quick):
+            print(row)
+        return
     device = resolve_device(args.device)
     reg = rtk.default_registry()
     pgd_spec = reg.get("attack", "pgd")
