@@ -69,6 +69,30 @@ def _third_party_plugins() -> bool:
     return bool(entry_points(group="rtk"))
 
 
+def _builtin_help(module: str) -> str:
+    """The help text of built-in verb ``module`` (``short_help`` or ``help`` given to its click
+    decorator, else the docstring of its ``command`` function), read from the source."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"rtk.cli.{module}")
+    if spec is None or spec.origin is None:
+        return ""
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "command":
+            for dec in node.decorator_list:
+                func = dec.func if isinstance(dec, ast.Call) else None
+                if not (isinstance(func, ast.Attribute) and func.attr in ("command", "group")):
+                    continue  # an option's help= is not the command's
+                for kw in dec.keywords:
+                    if kw.arg in ("short_help", "help") and isinstance(kw.value, ast.Constant):
+                        return str(kw.value.value)
+            return ast.get_docstring(node) or ""
+    return ""
+
+
 class RtkGroup(click.Group):
     """Adds built-in verbs (modules of rtk.cli) and plugin commands lazily."""
 
@@ -99,6 +123,26 @@ class RtkGroup(click.Group):
         names = set(super().list_commands(ctx)) | set(self._builtins())
         names |= set(self._plugin_commands(ctx, listing=True))
         return sorted(names)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``rtk --help``. Built-in verbs are described from their modules'
+        source (the docstring of ``command``), without importing them: some build their options
+        from the toolkit's models at import time, which would import torch just to print help."""
+        builtins = self._builtins()
+        entries: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            if name in builtins and super().get_command(ctx, name) is None:
+                entries.append((name, click.Command(name, help=_builtin_help(builtins[name]))))
+                continue
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                entries.append((name, cmd))
+        if not entries:
+            return
+        limit = formatter.width - 6 - max(len(n) for n, _ in entries)
+        rows = [(n, c.get_short_help_str(limit)) for n, c in entries]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         cmd = super().get_command(ctx, name)

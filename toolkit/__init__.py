@@ -19,38 +19,108 @@ Public API (what built-in and third-party plugins may use):
 
 from __future__ import annotations
 
-# one call per task on your own model and data (rtk.api)
-from .api import ApiError, cka, compare, evaluate, procrustes, prune, pwcca, svcca, train, verify
-from .config import Experiment, experiment_from_dict, load_experiment
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    PluginError,
-    RtkError,
-    StageError,
-    UnknownComponentError,
-)
-from .hookspecs import hookimpl, hookspec
-from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
-from .options import Eps, NoOptions, Options, validate_options
-from .records import (
-    AttackSpec,
-    CertifierSpec,
-    CommandSpec,
-    ComponentSpec,
-    DatasetSpec,
-    LoggerSpec,
-    ModelSpec,
-    PrunerSpec,
-    SimilaritySpec,
-    StageSpec,
-    TrainerSpec,
-)
-from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
-from .registry import Registry, default_registry, plugin_manager
-from .report import markdown_table
-from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # one call per task on your own model and data (rtk.api)
+    from .api import ApiError, cka, compare, evaluate, procrustes, prune, pwcca, svcca, train, verify
+    from .config import Experiment, experiment_from_dict, load_experiment
+    from .errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        PluginError,
+        RtkError,
+        StageError,
+        UnknownComponentError,
+    )
+    from .hookspecs import hookimpl, hookspec
+    from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
+    from .options import Eps, NoOptions, Options, validate_options
+    from .records import (
+        AttackSpec,
+        CertifierSpec,
+        CommandSpec,
+        ComponentSpec,
+        DatasetSpec,
+        LoggerSpec,
+        ModelSpec,
+        PrunerSpec,
+        SimilaritySpec,
+        StageSpec,
+        TrainerSpec,
+    )
+    from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
+    from .registry import Registry, default_registry, plugin_manager
+    from .report import markdown_table
+    from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
+
+#: Public name -> the submodule that defines it. Importing ``rtk`` imports none of them (so
+#: ``rtk --help`` starts without torch, pandas or pydantic); each is imported on first use.
+_LAZY = {
+    "ApiError": "api",
+    "cka": "api",
+    "compare": "api",
+    "evaluate": "api",
+    "procrustes": "api",
+    "prune": "api",
+    "pwcca": "api",
+    "svcca": "api",
+    "train": "api",
+    "verify": "api",
+    "Experiment": "config",
+    "experiment_from_dict": "config",
+    "load_experiment": "config",
+    "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "PluginError": "errors",
+    "RtkError": "errors",
+    "StageError": "errors",
+    "UnknownComponentError": "errors",
+    "hookimpl": "hookspecs",
+    "hookspec": "hookspecs",
+    "EpochMetrics": "lifecycle",
+    "ReportSection": "lifecycle",
+    "RunInfo": "lifecycle",
+    "RunOutcome": "lifecycle",
+    "StageInfo": "lifecycle",
+    "Eps": "options",
+    "NoOptions": "options",
+    "Options": "options",
+    "validate_options": "options",
+    "AttackSpec": "records",
+    "CertifierSpec": "records",
+    "CommandSpec": "records",
+    "ComponentSpec": "records",
+    "DatasetSpec": "records",
+    "LoggerSpec": "records",
+    "ModelSpec": "records",
+    "PrunerSpec": "records",
+    "SimilaritySpec": "records",
+    "StageSpec": "records",
+    "TrainerSpec": "records",
+    "AttackRef": "refs",
+    "CertifierRef": "refs",
+    "ComponentRef": "refs",
+    "ModelRef": "refs",
+    "PrunerRef": "refs",
+    "SimilarityRef": "refs",
+    "TrainerRef": "refs",
+    "Registry": "registry",
+    "default_registry": "registry",
+    "plugin_manager": "registry",
+    "markdown_table": "report",
+    "Plan": "runner",
+    "Planning": "runner",
+    "RunResult": "runner",
+    "StageContext": "runner",
+    "StageResult": "runner",
+    "execute": "runner",
+    "plan": "runner",
+    "run": "runner",
+}
 
 __version__ = "0.1.0"
 
@@ -117,3 +187,22 @@ __all__ = [
     "pwcca",
     "procrustes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if not name.startswith("__"):
+        try:  # subpackages: rtk.evaluation, rtk.models, ... reached as attributes
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
