@@ -83,8 +83,11 @@ def _builtin_help(module: str) -> str:
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == "command":
             for dec in node.decorator_list:
-                func = dec.func if isinstance(dec, ast.Call) else None
-                if not (isinstance(func, ast.Attribute) and func.attr in ("command", "group")):
+                if not (
+                    isinstance(dec, ast.Call)
+                    and isinstance(dec.func, ast.Attribute)
+                    and dec.func.attr in ("command", "group")
+                ):
                     continue  # an option's help= is not the command's
                 for kw in dec.keywords:
                     if kw.arg in ("short_help", "help") and isinstance(kw.value, ast.Constant):

@@ -785,10 +785,11 @@ def reference_black_box(norm: str, eps: float, effort: int, seed: int) -> Attack
     from ..registry import default_registry
 
     for spec in default_registry().specs("attack"):
-        if not getattr(spec, "black_box", False) or getattr(spec, "effort", None) is None:
+        name = getattr(spec, "effort", None)
+        if not getattr(spec, "black_box", False) or name is None:
             continue
         fields = spec.options.model_fields
-        data: dict[str, Any] = {"eps": eps, spec.effort: effort}
+        data: dict[str, Any] = {"eps": eps, name: effort}
         if "norm" in fields:
             data["norm"] = norm
         if "seed" in fields:
