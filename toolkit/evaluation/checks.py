@@ -71,7 +71,7 @@ class CheckSettings(Options):
     unbounded_steps: int = Field(25, ge=1, description="steps of the unbounded-eps PGD")
     noise_draws: int = Field(8, ge=1, description="random-noise draws per example")
     black_box_queries: int = Field(
-        250,
+        100,
         ge=1,
         validation_alias=AliasChoices("black_box_queries", "square_queries"),
         description="effort (queries) of the black-box attack the black_box check runs when the suite has none "
