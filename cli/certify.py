@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
+from .common import SEED, checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
 
 
 def parse_certifier(text: str) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def parse_certifier(text: str) -> dict[str, Any]:
 )
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Examples handed to a certifier at once.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test subset.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the test subset.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per example and eps (CSV).")
 @friendly_errors
 def command(
@@ -61,6 +61,7 @@ def command(
     from rtk.certify import certify_split, summarize
     from rtk.data.sources import load_dataset
     from rtk.models import load_checkpoint, read_spec
+    from rtk.models.checkpoint import check_data_matches
     from rtk.models.sources import refuse_code_from_checkpoint
     from rtk.runtime import resolve_device
 
@@ -80,6 +81,7 @@ def command(
     table = {"name": dataset} if dataset else checkpoint_data(spec, str(checkpoint))
     dname = table["name"]
     data = load_dataset(table, reg, where="dataset")
+    check_data_matches(recipe.info, data.info, f"checkpoint {checkpoint}")
     frames, summaries = [], []
     with progress_bars():
         for ref in refs:

@@ -12,6 +12,9 @@ import click
 
 from .main import State, _state
 
+#: The type of every ``--seed`` flag: 0 to rtk.config.MAX_SEED (a test keeps the two equal).
+SEED = click.IntRange(0, 2**62)
+
 
 def parse_value(text: str) -> Any:
     """A TOML value (``6``, ``0.5``, ``true``, ``[1, 2]``, ``"x"``), else the text itself

@@ -8,14 +8,13 @@ the run directory, per-example records, report and ``--resume`` behave as in ``r
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .common import checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
+from .common import SEED, checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
 
 
 def parse_attack(text: str) -> dict[str, Any] | str:
@@ -53,20 +52,26 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     """``(model name, model declaration, dataset declaration)`` for a checkpoint, a run
     directory or an experiment file."""
     import rtk
-    from rtk.models.checkpoint import read_spec
+    from rtk.models.checkpoint import checkpoint_declaration, read_spec
     from rtk.models.sources import refuse_code_from_checkpoint
 
     if source.is_dir():
-        state_file = source / "state.json"
-        if not state_file.exists():
+        from rtk.rundir import RunDir
+        from rtk.runner import saved_checkpoints
+
+        rundir = RunDir(source)
+        rundir.check_links()
+        state = rundir.read_json("state.json")
+        if not isinstance(state, dict):
             raise rtk.ConfigError(
                 f"{source} is a directory but not a run directory (no state.json); give a checkpoint "
                 f"(NAME of NAME.safetensors + NAME.json), a run directory or an experiment file"
             )
-        state = json.loads(state_file.read_text())
-        cfg = json.loads((source / "config.json").read_text()) if (source / "config.json").exists() else {}
-        declared = cfg.get("models", {})
-        models = {**{m: {} for m in declared}, **state.get("models", {})}
+        cfg = rundir.read_json("config.json", {})
+        cfg = cfg if isinstance(cfg, dict) else {}
+        declared = cfg.get("models") if isinstance(cfg.get("models"), dict) else {}
+        saved = state.get("models") if isinstance(state.get("models"), dict) else {}
+        models = {**{m: {} for m in declared}, **saved}
         if model is None:
             if len(models) != 1:
                 raise rtk.ConfigError(
@@ -75,22 +80,22 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
             model = next(iter(models))
         if model not in models:
             raise rtk.ConfigError(f"{source} has no model {model!r}; models: {', '.join(sorted(models)) or '(none)'}")
-        ckpts = dict(models[model].get("checkpoints", {}))
-        if "current" not in ckpts and declared.get(model, {}).get("checkpoint"):
+        ckpts: dict[str, Path] = saved_checkpoints(rundir, model, models[model]) if model in saved else {}
+        decl_ckpt = (declared.get(model) or {}).get("checkpoint") if isinstance(declared.get(model), dict) else None
+        if "current" not in ckpts and isinstance(decl_ckpt, str):
             # a model the run loaded from a checkpoint and never changed
-            base = Path(cfg.get("base_dir") or source)
-            path = Path(declared[model]["checkpoint"])
-            ckpts["current"] = str(path if path.is_absolute() else base / path)
+            base = Path(cfg["base_dir"]) if isinstance(cfg.get("base_dir"), str) else source
+            path = Path(decl_ckpt)
+            ckpts["current"] = path if path.is_absolute() else base / path
         if tag not in ckpts:
             raise rtk.ConfigError(
                 f"model {model!r} of {source} has no checkpoint tagged {tag!r}; "
                 f"tags: {', '.join(sorted(ckpts)) or '(none)'}"
             )
         ckpt = Path(ckpts[tag])
-        if not ckpt.is_absolute() and (source / ckpt).with_suffix(".json").exists():
-            ckpt = source / ckpt
-        ds = cfg.get("dataset") or {}
-        ds_decl = {"name": dataset or ds.get("name"), **(ds.get("options", {}) if not dataset else {})}
+        ds = cfg.get("dataset") if isinstance(cfg.get("dataset"), dict) else {}
+        ds_opts = ds.get("options") if isinstance(ds.get("options"), dict) else {}
+        ds_decl = {"name": dataset or ds.get("name"), **(ds_opts if not dataset else {})}
     elif source.suffix == ".toml":
         exp = rtk.load_experiment(source)
         if model is None:
@@ -121,7 +126,7 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     if ds_decl.get("name") is None:
         ds_decl = checkpoint_data(spec, str(stem))
     name = model or "model"
-    decl = {"arch": spec["arch"], "checkpoint": str(stem.resolve()), **spec.get("options", {})}
+    decl = checkpoint_declaration(stem, spec)
     return name, decl, ds_decl
 
 
@@ -196,7 +201,7 @@ def _echo_checks(df) -> None:
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Merge records of another run or shard (its artifacts/evaluate directory; repeatable).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/evaluate-<time>)."

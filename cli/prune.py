@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .common import echo_table, friendly_errors, key_values, parse_component, parse_value, progress_bars, registry
+from .common import SEED, echo_table, friendly_errors, key_values, parse_component, parse_value, progress_bars, registry
 
 
 def _numbers(text: str | None, flag: str) -> list[float] | None:
@@ -121,7 +121,7 @@ def command() -> None:
 @click.option("--eval-limit", type=int, help="Evaluate on this many test examples [default: 1000].")
 @click.option("--export", type=click.Choice(["masked", "dense"]), help="Save pruned models with masks or dense.")
 @click.option("--no-timing", is_flag=True, help="Skip inference-time measurements of structured pruning.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>)."
@@ -184,8 +184,9 @@ def run_command(**kw: Any) -> None:
 def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
     model: dict[str, Any] = {"arch": kw["arch"], **key_values(kw["model_option"], "--model-option")}
     if kw["checkpoint"] is not None:
-        spec = _read_spec(kw["checkpoint"])
-        model = {"arch": spec["arch"], "checkpoint": str(Path(kw["checkpoint"]).resolve()), **spec.get("options", {})}
+        from rtk.models.checkpoint import checkpoint_declaration
+
+        model = checkpoint_declaration(kw["checkpoint"])
     stage: dict[str, Any] = {
         "kind": "prune",
         "id": "prune",
@@ -237,12 +238,6 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         "models": {kw["name"]: model},
         "stages": [stage],
     }
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    from rtk.models import read_spec
-
-    return read_spec(path)
 
 
 @command.command("export")

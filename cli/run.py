@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import echo_table, friendly_errors, progress_bars, registry, state
+from .common import SEED, echo_table, friendly_errors, progress_bars, registry, state
 
 
 @click.command("run")
@@ -20,9 +20,14 @@ from .common import echo_table, friendly_errors, progress_bars, registry, state
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Continue a run directory, skipping completed stages.",
 )
+@click.option(
+    "--allow-unsafe-pickle",
+    is_flag=True,
+    help="With --resume: accept a run directory whose experiment turns on unsafe loading (only for files you trust).",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing.")
 @click.option("--device", help="Override the experiment's device: auto, cpu, cuda, cuda:N.")
-@click.option("--seed", type=int, help="Override the experiment's seed.")
+@click.option("--seed", type=SEED, help="Override the experiment's seed.")
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--nproc",
@@ -43,6 +48,7 @@ def command(
     experiment: Path | None,
     out: Path | None,
     resume: Path | None,
+    allow_unsafe_pickle: bool,
     dry_run: bool,
     device: str | None,
     seed: int | None,
@@ -63,7 +69,7 @@ def command(
     if resume is not None and experiment is not None:
         raise click.UsageError("give either an EXPERIMENT file or --resume DIR, not both")
     if resume is not None:
-        exp = resumed_experiment(resume)
+        exp = resumed_experiment(resume, allow_unsafe_pickle=allow_unsafe_pickle)
     elif experiment is not None:
         exp = rtk.load_experiment(experiment)
     else:
@@ -83,7 +89,9 @@ def command(
             {"name": n, "options": {}} for n in dict.fromkeys(loggers) if n not in declared
         ]
     if updates:
-        exp = rtk.Experiment.model_validate({**exp.model_dump(), **updates})
+        from rtk.config import with_overrides
+
+        exp = with_overrides(exp, updates)
     planned = rtk.plan(exp, registry())
     if dry_run:
         if not is_main():

@@ -126,7 +126,7 @@ def command(
     heatmaps and block-structure scores of each, the similarity of corresponding layers of
     two, or overfitting by layer along a sequence (--overfitting)."""
     import rtk
-    from rtk.models.checkpoint import read_spec
+    from rtk.models.checkpoint import checkpoint_declaration, read_spec
     from rtk.models.sources import refuse_code_from_checkpoint
 
     taken: set[str] = set()
@@ -137,7 +137,7 @@ def command(
         spec = read_spec(stem)
         refuse_code_from_checkpoint(spec, str(stem))
         name = _model_name(label, taken)
-        models[name] = {"arch": spec["arch"], "checkpoint": str(stem.resolve()), **spec.get("options", {})}
+        models[name] = checkpoint_declaration(stem, spec)
         labels[label] = name
     names = list(models)
     first = read_spec(_checkpoint_of(checkpoints[0], run_dir)[0])

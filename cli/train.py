@@ -15,7 +15,7 @@ from typing import Any, get_args, get_origin
 import click
 from click.core import ParameterSource
 
-from .common import echo_table, friendly_errors, key_values, progress_bars, registry
+from .common import SEED, echo_table, friendly_errors, key_values, progress_bars, registry
 
 _LOOP_SKIP = ("amp",)  # handled by the explicit --amp/--no-amp below
 
@@ -98,7 +98,7 @@ def _cli_message(text: str, model: str) -> str:
 @click.option("--eps", help="The trainer's eps, e.g. 8/255 (same as -o eps=...).")
 @click.option("--params", help="Comma-separated glob patterns of parameter names to train (others frozen).")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>)."

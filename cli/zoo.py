@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import echo_table, friendly_errors, key_values, parse_component, progress_bars, registry
+from .common import SEED, echo_table, friendly_errors, key_values, parse_component, progress_bars, registry
 
 
 @click.group("zoo")
@@ -128,7 +128,7 @@ def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
 @click.option("--cka/--no-cka", default=True, show_default=True, help="CKA between the layers of zoo models and yours.")
 @click.option("--cka-limit", type=click.IntRange(min=8), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/zoo-compare-<time>)."
 )

@@ -18,8 +18,10 @@ from rtk.evaluation import (
     SanityCheckError,
     eval_indices,
     evaluate,
+    headline_threat,
     make_units,
     plot_curves,
+    threats,
 )
 
 
@@ -71,7 +73,8 @@ def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
                     f"remove one (the eps list runs every bounded attack at each eps)"
                 )
     try:
-        make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+        units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+        headline_threat(units, threats(units, opts.eps), opts.headline_eps)
     except rtk.RtkError as exc:
         problems += [f"{planning.where}.{p}" for p in getattr(exc, "problems", [str(exc)])]
     return problems

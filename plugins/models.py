@@ -9,7 +9,17 @@ import rtk.models
 
 
 class MLPOptions(rtk.Options):
-    hidden: list[int] = Field(default_factory=lambda: [256, 128], description="hidden layer widths")
+    hidden: list[int] = Field(
+        default_factory=lambda: [256, 128], max_length=64, description="hidden layer widths (each 1 to 2**20)"
+    )
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths_ok(cls, value: list[int]) -> list[int]:
+        bad = [w for w in value if not 1 <= w <= 1 << 20]
+        if bad:
+            raise ValueError(f"a layer width must be between 1 and 2**20, got {bad[0]}")
+        return value
 
 
 class SmallCNNOptions(rtk.Options):

@@ -61,12 +61,18 @@ def _check_sha(value):
 
 
 class RobustBenchOptions(rtk.Options):
+    # "rebuild": the value a field takes when the model is rebuilt from an rtk checkpoint (its
+    # weights come from the checkpoint; the zoo file, its folder and unpickling play no part)
     source: str = Field(description=SOURCE_HELP)
-    model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
-    allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
-    sha256: str | list[str] | None = Field(None, description=SHA_HELP)
-    download: bool = Field(False, description=DOWNLOAD_HELP)
-    pretrained: bool = Field(True, description="load the weights; false builds the architecture with random weights")
+    model_dir: str | None = Field(None, description=MODEL_DIR_HELP, json_schema_extra={"rebuild": None})
+    allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP, json_schema_extra={"rebuild": False})
+    sha256: str | list[str] | None = Field(None, description=SHA_HELP, json_schema_extra={"rebuild": None})
+    download: bool = Field(False, description=DOWNLOAD_HELP, json_schema_extra={"rebuild": False})
+    pretrained: bool = Field(
+        True,
+        description="load the weights; false builds the architecture with random weights",
+        json_schema_extra={"rebuild": False},
+    )
 
     @field_validator("source")
     @classmethod
@@ -122,7 +128,7 @@ class ZooStageOptions(AttackSuiteOptions):
 
 
 def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
-    from rtk.evaluation import make_units
+    from rtk.evaluation import headline_threat, make_units, threats
 
     problems = []
     for i, m in enumerate(opts.models):
@@ -143,7 +149,8 @@ def _check_stage(opts: ZooStageOptions, planning: rtk.Planning) -> list[str]:
         return problems  # unresolved attack names were reported already
     refs = [(r.spec, r.opts, r.describe()) for r in opts.attacks]
     try:
-        make_units(refs, opts.eps)
+        units = make_units(refs, opts.eps)
+        headline_threat(units, threats(units, opts.eps), opts.headline_eps)
     except rtk.RtkError as exc:
         problems += [f"{planning.where}.{p}" for p in getattr(exc, "problems", [str(exc)])]
     return problems

@@ -224,7 +224,7 @@ def test_run_under_two_ranks_equals_one_process(workers, tmp_path, one_thread):
     assert list(hist.epoch) == [1, 2] and hist.train_loss.iloc[1] < hist.train_loss.iloc[0]
 
     # the same evaluation and CKA of the trained checkpoint in one process
-    ckpt = state["models"]["net"]["checkpoints"]["current"]
+    ckpt = str(out / state["models"]["net"]["checkpoints"]["current"])  # stored relative to the run directory
     one = rtk.run(_experiment(out_checkpoint=ckpt), out=tmp_path / "run1")
     two_pe = pd.read_csv(out / "tables" / "eval" / "per_example.csv")
     one_pe = one.table("eval/per_example").reset_index(drop=True)

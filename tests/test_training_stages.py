@@ -77,6 +77,13 @@ def test_train_then_fine_tune_from_best(tmp_path, registry):
     assert res.stages["pre"].figures["robust-overfitting"].exists()
     assert "Best epoch" in res.stages["pre"].summary and res.stages["pre"].metrics["best_epoch"] in (1, 2, 3)
     # fine-tuning started from net@best and trained only fc1/head with the lower default LR
+    # (state.json stores checkpoint paths relative to the run directory)
+    state = {
+        "models": {
+            m: {"checkpoints": {t: tmp_path / "run" / p for t, p in v["checkpoints"].items()}}
+            for m, v in state["models"].items()
+        }
+    }
     start = read_tensors(state["models"]["net-ft"]["checkpoints"]["start"])
     best = read_tensors(state["models"]["net"]["checkpoints"]["best"])
     best_ft = read_tensors(state["models"]["net-ft"]["checkpoints"]["best"])

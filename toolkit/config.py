@@ -35,8 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .options import format_validation_error
+from .trust import name_problem
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+#: Experiment files larger than this are refused (a TOML experiment is a few kB).
+MAX_EXPERIMENT_BYTES = 4 * 2**20
+#: The largest seed (stages add their index to it; torch takes 64-bit seeds).
+MAX_SEED = 2**62
 
 
 class ModelDecl(BaseModel):
@@ -66,6 +70,14 @@ class StageDecl(BaseModel):
     id: str
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("id")
+    @classmethod
+    def _id_ok(cls, v: str) -> str:
+        problem = name_problem(v)
+        if problem:  # the id names the stage's folders (tables/<id>/, figures/<id>/)
+            raise ValueError(problem)
+        return v
+
 
 class Experiment(BaseModel):
     """A whole experiment, structurally valid (component options are checked in planning)."""
@@ -73,7 +85,7 @@ class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "experiment"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "auto"
     amp: bool = False
     dataset: DatasetDecl
@@ -86,14 +98,15 @@ class Experiment(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
-        if not _NAME.match(v):
-            raise ValueError("use letters, digits, '-', '_' or '.', starting with a letter or digit")
+        problem = name_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("device")
     @classmethod
     def _device_ok(cls, v: str) -> str:
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", v):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
             raise ValueError("allowed: auto, cpu, cuda, cuda:N, mps")
         return v
 
@@ -158,8 +171,8 @@ def experiment_from_dict(
         models = {}
     built["models"] = {}
     for mname, decl in models.items():
-        if not _NAME.match(mname) or "@" in mname:
-            problems.append(f"models.{mname}: invalid model name; use letters, digits, '-', '_' or '.'")
+        if name_problem(mname):
+            problems.append(f"models.{mname!r}: {name_problem(mname)}")
         if not isinstance(decl, dict):
             problems.append(f"models.{mname}: expected a table with at least 'arch'")
             continue
@@ -189,7 +202,13 @@ def experiment_from_dict(
         if kind is None:
             problems.append(f"stages[{i}].kind: required key is missing")
             continue
-        sid = str(sid) if sid is not None else f"{i + 1:02d}-{kind}"
+        if sid is not None and not isinstance(sid, str):
+            problems.append(f"stages[{i}].id: expected a string, got {type(sid).__name__} {sid!r}")
+            sid = None
+        if not isinstance(kind, str):
+            problems.append(f"stages[{i}].kind: expected the name of a stage kind, got {type(kind).__name__}")
+            continue
+        sid = sid if sid is not None else f"{i + 1:02d}-{kind}"
         if sid in seen_ids:
             problems.append(f"stages[{i}].id: duplicate stage id {sid!r}")
         seen_ids.add(sid)
@@ -245,8 +264,33 @@ def load_experiment(path: str | os.PathLike, registry: Any = None) -> Experiment
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"file not found: {p}", source=str(p))
+    if not p.is_file():
+        raise ConfigError(f"not a file: {p}", source=str(p))
     try:
-        data = tomllib.loads(p.read_text())
+        if p.stat().st_size > MAX_EXPERIMENT_BYTES:
+            raise ConfigError(f"the file is larger than {MAX_EXPERIMENT_BYTES} bytes; not an experiment", source=str(p))
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", source=str(p)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.start}); an experiment is a TOML text file in UTF-8", source=str(p)
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
+    except RecursionError:
+        raise ConfigError("not a usable TOML file: nested too deeply", source=str(p)) from None
     return experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve(), registry=registry)
+
+
+def with_overrides(exp: Experiment, updates: dict[str, Any], *, where: str = "command line") -> Experiment:
+    """``exp`` with top-level keys replaced (``--seed``, ``--device``); bad values are a
+    :class:`ConfigError` naming the key as given on ``where``."""
+    try:
+        return Experiment.model_validate({**exp.model_dump(), **updates})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where, Experiment)) from None

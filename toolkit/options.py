@@ -6,10 +6,11 @@ never a silent default.
 
 from __future__ import annotations
 
+import typing
 from fractions import Fraction
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from .errors import ConfigError, suggest
 
@@ -18,6 +19,20 @@ class Options(BaseModel):
     """Base class of every options model (component options, stage options)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads `epochs = true` as 1; a boolean where a number is expected is an error
+        if isinstance(data, dict) and any(isinstance(v, bool) for v in data.values()):
+            fields = cls.model_fields
+            data = {
+                k: (
+                    str(v).lower() if isinstance(v, bool) and k in fields and _numbers_only(fields[k].annotation) else v
+                )
+                for k, v in data.items()
+            }
+        return data
 
 
 class NoOptions(Options):
@@ -43,7 +58,7 @@ Eps = Fraction_
 def format_validation_error(err: ValidationError, where: str, model: type[BaseModel] | None = None) -> list[str]:
     """Turn a pydantic error into one line per problem: ``where.key.path: message``."""
     lines = []
-    for e in err.errors():
+    for e in _one_branch_per_union(err.errors()):
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"]).replace(".[", "[")
         path = f"{where}.{loc}" if loc else where
         path = path.replace(".[", "[")
@@ -54,10 +69,41 @@ def format_validation_error(err: ValidationError, where: str, model: type[BaseMo
             msg = f"unknown key{suggest(key, allowed)}; allowed keys: {', '.join(allowed) or '(none)'}"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in e and e["type"] not in ("missing",):
+        elif "input" in e and e["type"] not in ("missing",) and repr(e["input"]) not in msg:
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{path}: {msg}")
     return lines
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "tuple"})
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic names the member of a union it tried in the error location (``list[float]``,
+    ``function-before[...]``, ``str``); those are not keys of the file."""
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)
+
+
+def _one_branch_per_union(errors: list[Any]) -> list[Any]:
+    """Errors with pydantic's union tags removed from the locations; of a union whose every
+    member failed, only the member that got furthest into the value (the longest location) is
+    reported, since the others failed on the shape alone (``eps: not a dictionary``)."""
+    best: dict[tuple, int] = {}
+    tagged = []
+    for e in errors:
+        loc = tuple(e["loc"])
+        i = next((k for k, p in enumerate(loc) if _is_union_tag(p)), None)
+        tagged.append((e, loc, i))
+        if i is not None:
+            best[loc[:i]] = max(best.get(loc[:i], 0), len(loc) - i)
+    out = []
+    for e, loc, i in tagged:
+        if i is not None:
+            if len(loc) - i < best[loc[:i]]:
+                continue
+            e = {**e, "loc": tuple(p for p in loc if not _is_union_tag(p))}
+        out.append(e)
+    return out
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -83,6 +129,20 @@ def _first_model(ann: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def _numbers_only(ann: Any) -> bool:
+    """True when ``ann`` accepts numbers (int/float, optionally None) and no boolean."""
+    if ann in (int, float):
+        return True
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        return _numbers_only(typing.get_args(ann)[0])
+    args = typing.get_args(ann)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        kinds = [a for a in args if a is not type(None)]
+        return bool(kinds) and all(_numbers_only(a) for a in kinds)
+    return False
 
 
 def validate_options(model: type[BaseModel], data: dict[str, Any] | None, where: str, source: str | None = None) -> Any:

@@ -16,6 +16,7 @@ Layout::
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import platform
@@ -27,29 +28,30 @@ from typing import Any
 import pandas as pd
 
 from . import distributed as _dist
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from .errors import RtkError
+from .trust import UnsafePathError, atomic_write, check_name, inside
 
 
 class RunDir:
     """A run directory. Under torchrun only rank 0 writes: on other ranks ``write_json``,
-    ``write_text`` and ``write_table`` return the path without writing."""
+    ``write_text`` and ``write_table`` return the path without writing.
+
+    A run directory may come from someone else (``--resume``, ``rtk evaluate DIR``): every
+    name that becomes a path follows :func:`rtk.trust.check_name`, every path is resolved and
+    refused when it leaves the directory (a planted symlink or ``..``), and every write goes
+    through a temporary file created exclusively (:func:`rtk.trust.atomic_write`).
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
     @classmethod
     def create(cls, name: str, out: str | os.PathLike | None = None, root: str | os.PathLike = "runs") -> RunDir:
+        from .errors import ConfigError
+
         if out is not None:
             path = Path(out)
-            if path.exists() and any(path.iterdir()):
-                from .errors import ConfigError
-
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
                 raise ConfigError(
                     f"--out {path} already exists and is not empty; choose a new directory or use --resume {path}"
                 )
@@ -60,73 +62,127 @@ class RunDir:
             while path.exists():
                 path = Path(root) / f"{name}-{stamp}-{i}"
                 i += 1
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the run directory {path}: {exc.strerror or exc}; choose a writable place (--out)"
+            ) from None
         return cls(path)
+
+    def resolve(self, rel: str | os.PathLike, what: str = "path") -> Path:
+        """``rel`` (relative to the run directory) resolved; refused when it leaves the run directory."""
+        return inside(self.path, rel, f"{what} in the run directory {self.path}")
+
+    def _target(self, rel: str | os.PathLike) -> Path:
+        p = self.path / rel
+        self.resolve(Path(rel).parent, "folder")
+        if p.is_symlink():
+            raise UnsafePathError(f"{p} is a symlink; rtk does not write through symlinks in a run directory")
+        return p
 
     # files ---------------------------------------------------------------------
     def write_json(self, rel: str, data: Any) -> Path:
         p = self.path / rel
         if not _dist.is_main():
             return p
-        _atomic_write(p, json.dumps(data, indent=2, sort_keys=True, default=str))
+        atomic_write(p, json.dumps(data, indent=2, sort_keys=True, default=str), root=self.path)
         return p
 
     def read_json(self, rel: str, default: Any = None) -> Any:
-        p = self.path / rel
-        if not p.exists():
+        if not (self.path / rel).exists():
             return default
-        return json.loads(p.read_text())
+        p = self.resolve(rel, "file")
+        try:
+            return json.loads(p.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise RtkError(f"{p} is not valid JSON ({exc}); the run directory is damaged") from None
+        except OSError as exc:
+            raise RtkError(f"cannot read {p}: {exc.strerror or exc}") from None
 
     def write_text(self, rel: str, text: str) -> Path:
         p = self.path / rel
         if not _dist.is_main():
             return p
-        _atomic_write(p, text)
+        atomic_write(p, text, root=self.path)
         return p
 
     def table_path(self, stage_id: str, table: str) -> Path:
+        check_name(stage_id, "stage id")
+        check_name(table, f"stage {stage_id}: table name")
         return self.path / "tables" / stage_id / f"{table}.csv"
 
     def write_table(self, stage_id: str, table: str, df: pd.DataFrame) -> Path:
         csv = self.table_path(stage_id, table)
         if not _dist.is_main():
             return csv
-        csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = csv.with_name(csv.name + ".tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, csv)
+        atomic_write(csv, df.to_csv(index=False), root=self.path)
         try:
-            pq = csv.with_suffix(".parquet")
-            tmpq = pq.with_name(pq.name + ".tmp")
-            df.to_parquet(tmpq, index=False)
-            os.replace(tmpq, pq)
+            buf = io.BytesIO()
+            df.to_parquet(buf, index=False)
         except (ImportError, ValueError, TypeError):  # parquet needs pyarrow and plain column types
-            pass
+            return csv
+        atomic_write(csv.with_suffix(".parquet"), buf.getvalue(), root=self.path)
         return csv
 
     def read_tables(self, stage_id: str) -> dict[str, pd.DataFrame]:
+        check_name(stage_id, "stage id")
         d = self.path / "tables" / stage_id
         out: dict[str, pd.DataFrame] = {}
         if d.exists():
+            self.resolve(d.relative_to(self.path), "folder")
             for csv in sorted(d.glob("*.csv")):
                 pq = csv.with_suffix(".parquet")
-                out[csv.stem] = pd.read_parquet(pq) if pq.exists() else pd.read_csv(csv)
+                src = self.resolve((pq if pq.exists() else csv).relative_to(self.path), "table")
+                try:
+                    out[csv.stem] = pd.read_parquet(src) if src.suffix == ".parquet" else pd.read_csv(src)
+                except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many kinds on a damaged file
+                    raise RtkError(f"table {src} cannot be read ({type(exc).__name__}: {exc}); it is damaged") from None
         return out
 
     def figure_path(self, stage_id: str, name: str) -> Path:
+        check_name(stage_id, "stage id")
+        check_name(name, f"stage {stage_id}: figure name")
         p = self.path / "figures" / stage_id / (name if name.endswith(".png") else f"{name}.png")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+        self._mkdir(p.parent)
+        return self._target(p.relative_to(self.path))
 
     def checkpoint_path(self, model: str, tag: str) -> Path:
+        check_name(model, "model name")
+        check_name(tag, f"model {model}: checkpoint tag")
         p = self.path / "checkpoints" / model / tag
-        p.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir(p.parent)
         return p
 
     def stage_dir(self, stage_id: str) -> Path:
+        check_name(stage_id, "stage id")
         p = self.path / "artifacts" / stage_id
-        p.mkdir(parents=True, exist_ok=True)
+        self._mkdir(p)
         return p
+
+    def check_links(self) -> None:
+        """Refuse a run directory holding a symlink that leads outside it (a file rtk would
+        later read or write through it: a checkpoint, a records folder, a training state)."""
+        root = self.path.resolve()
+        for dirpath, dirnames, filenames in os.walk(self.path, followlinks=False):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                if p.is_symlink():
+                    target = p.resolve()
+                    if target != root and root not in target.parents:
+                        raise UnsafePathError(
+                            f"{p} is a symlink to {target}, outside the run directory {root}; rtk does not read or "
+                            "write through links that leave a run directory. Remove the link (or copy the file in)"
+                        )
+
+    def _mkdir(self, p: Path) -> None:
+        rel = p.relative_to(self.path)
+        self.resolve(rel, "folder")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RtkError(f"cannot create {p}: {exc.strerror or exc}") from None
+        self.resolve(rel, "folder")
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:

@@ -18,21 +18,23 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from . import distributed as _dist
 from .config import Experiment, experiment_from_dict, load_experiment
 from .data.core import DataInfo, DatasetBundle, apply_limits
-from .errors import ConfigError, RtkError, StageError, UnknownComponentError
+from .errors import CheckpointError, ConfigError, RtkError, StageError, UnknownComponentError
 from .lifecycle import Lifecycle, RunInfo, RunOutcome, StageEpochs, StageInfo, epoch_listener, plugin_problem
-from .models.checkpoint import ModelRecipe, load_checkpoint, read_spec, save_checkpoint
-from .options import validate_options
+from .models.checkpoint import ModelRecipe, check_data_matches, load_checkpoint, read_spec, save_checkpoint
+from .options import format_validation_error, validate_options
 from .records import Registration, StageSpec
 from .refs import ModelRef, resolve_refs
 from .registry import Registry, default_registry
 from .report import write_report
 from .rundir import RunDir, environment_record
 from .runtime import resolve_device, seed_everything
+from .trust import check_name, name_problem, untrusted_settings
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
             ckpt = experiment.resolve_path(decl.checkpoint)
             if not ckpt.with_suffix(".json").exists() and not Path(str(ckpt) + ".json").exists():
                 problems.append(f"{where}.checkpoint: file not found: {ckpt}.json / .safetensors")
+            else:
+                problems += _checkpoint_arch_problems(ckpt, decl.arch, where)
         init = experiment.resolve_path(decl.init) if decl.init else None
         if init is not None and not init.is_file():
             problems.append(f"{where}.init: file not found: {init} (a state dict: .safetensors, or .pt/.pth)")
@@ -203,10 +207,15 @@ def plan(experiment: Experiment, registry: Registry | None = None) -> Plan:
         problems.extend(resolve_refs(sopts, registry, where))
         if sspec.check is not None:
             planning.where = where
+            known = set(planning.models)
             try:
                 problems.extend(sspec.check(sopts, planning) or ())
             except RtkError as exc:
                 problems.append(f"{where}: {exc}")
+            for created in sorted(set(planning.models) - known, key=str):  # names of models the stage creates
+                problem = name_problem(created)
+                if problem:
+                    problems.append(f"{where}: the stage would create a model named {created!r}: {problem}")
         stages.append(PlannedStage(i, decl.id, decl.kind, sspec, sopts))
 
     loggers = _plan_loggers(experiment, registry, problems)
@@ -255,6 +264,83 @@ def _resolve(
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None
+
+
+def _checkpoint_arch_problems(ckpt: Path, arch: str, where: str) -> list[str]:
+    """The checkpoint's own architecture must be the declared one (else the plan would lie)."""
+    try:
+        spec = read_spec(ckpt)
+    except RtkError as exc:
+        return [f"{where}.checkpoint: {exc}"]
+    if spec.get("arch") != arch:
+        return [
+            f"{where}: arch = {arch!r} is declared but the checkpoint {ckpt} holds a {spec.get('arch')!r} model; "
+            f"declare arch = {spec.get('arch')!r} or point checkpoint at a {arch!r} checkpoint"
+        ]
+    return []
+
+
+#: The fields of a stage's record in state.json and their types.
+_STAGE_FIELDS: dict[str, Any] = {
+    "status": str,
+    "kind": str,
+    "seconds": (int, float),
+    "figures": dict,
+    "summary": str,
+    "metrics": dict,
+    "error": str,
+    "traceback": str,
+}
+
+
+def check_state(state: Any, where: str | os.PathLike) -> dict[str, Any]:
+    """``state`` (a parsed state.json) if it has the shape rtk writes, else a clear :class:`RtkError`."""
+    problems = []
+    if not isinstance(state, dict):
+        problems.append(f"expected an object, got {type(state).__name__}")
+    else:
+        stages = state.setdefault("stages", {})
+        if not isinstance(stages, dict) or not isinstance(state.setdefault("models", {}), dict):
+            problems.append("'stages' and 'models' must be objects")
+        else:
+            for sid, rec in stages.items():
+                if not isinstance(rec, dict):
+                    problems.append(f"stages.{sid}: expected an object")
+                    continue
+                for key, kind in _STAGE_FIELDS.items():
+                    if key in rec and (not isinstance(rec[key], kind) or isinstance(rec[key], bool)):
+                        problems.append(f"stages.{sid}.{key}: expected {getattr(kind, '__name__', 'a number')}")
+    if problems:
+        raise RtkError(
+            f"{where}: not a state record rtk wrote ({'; '.join(problems[:5])}); the run directory is damaged. "
+            "Start a new run with --out NEWDIR"
+        )
+    return state
+
+
+def saved_checkpoints(rundir: RunDir, name: str, info: Any) -> dict[str, Path]:
+    """The checkpoints a run directory's state.json records for model ``name`` (``info`` is its
+    entry), each checked to lie inside the run directory: paths are relative to it, so a copied
+    run directory uses its own files, and a symlink or path that leaves it is refused."""
+    check_name(name, "state.json: model name")
+    raw = info.get("checkpoints", {}) if isinstance(info, dict) else None
+    if not isinstance(raw, dict):
+        raise RtkError(f"{rundir.path}/state.json: models.{name}.checkpoints is not an object")
+    out = {}
+    for tag, rel in raw.items():
+        check_name(tag, f"state.json: models.{name}.checkpoints tag")
+        if not isinstance(rel, str):
+            raise RtkError(f"{rundir.path}/state.json: models.{name}.checkpoints.{tag} is not a path")
+        rel_path = Path(rel)
+        if rel_path.is_absolute() or (rel_path.parts and rel_path.parts[0] != "checkpoints"):
+            parts = rel_path.parts  # written by an older rtk: relative to the working directory of that run
+            if "checkpoints" in parts:
+                rel_path = Path(*parts[len(parts) - 1 - parts[::-1].index("checkpoints") :])
+        stem = rundir.resolve(rel_path, f"state.json: checkpoint {name}@{tag}")
+        for suffix in (".json", ".safetensors"):
+            rundir.resolve(stem.with_name(stem.name + suffix), f"state.json: checkpoint {name}@{tag}")
+        out[tag] = rundir.path / rel_path
+    return out
 
 
 # ---------------------------------------------------------------------------- context
@@ -440,7 +526,9 @@ class _Runner:
         self.models: dict[str, ModelEntry] = {}
         self.tables: dict[str, pd.DataFrame] = {}
         self.results: dict[str, StageResult] = {}
-        self.state: dict[str, Any] = rundir.read_json("state.json", default=None) or {"stages": {}, "models": {}}
+        self.state: dict[str, Any] = check_state(
+            rundir.read_json("state.json", default=None) or {"stages": {}, "models": {}}, rundir.path / "state.json"
+        )
         exp = plan_.experiment
         self.info = RunInfo(
             rundir.path.resolve(),
@@ -486,18 +574,45 @@ class _Runner:
 
     def save_state(self) -> None:
         self.state["models"] = {
-            name: {"checkpoints": {t: str(p) for t, p in e.checkpoints.items()}} for name, e in self.models.items()
+            name: {"checkpoints": {t: self._relative(p) for t, p in e.checkpoints.items()}}
+            for name, e in self.models.items()
         }
         self.rundir.write_json("state.json", self.state)
 
+    def _relative(self, p: Path) -> str:
+        """A path inside the run directory as stored in state.json: relative to the run directory."""
+        try:
+            return Path(os.path.relpath(Path(p).resolve(), self.rundir.path.resolve())).as_posix()
+        except ValueError:  # another drive on Windows
+            return str(p)
+
+    def _saved_checkpoints(self, name: str, info: Any) -> dict[str, Path]:
+        return saved_checkpoints(self.rundir, name, info)
+
+    def _saved_figures(self, rec: dict[str, Any]) -> dict[str, Path]:
+        out = {}
+        for k, v in (rec.get("figures") or {}).items():
+            try:
+                out[k] = self.rundir.resolve(str(v), "state.json: figure")
+            except RtkError as exc:
+                log.warning("figure %s of the run directory is not shown: %s", k, exc)
+        return out
+
+    def _load(self, path: Path, where: str) -> tuple[nn.Module, ModelRecipe]:
+        module, recipe, _ = load_checkpoint(path, self.plan.registry, device=self.device)
+        check_data_matches(recipe.info, self.data.info, f"{where} (checkpoint {path})")
+        return module, recipe
+
     def build_models(self) -> None:
         saved = self.state.get("models", {})
+        if not isinstance(saved, dict):
+            raise RtkError(f"{self.rundir.path}/state.json: 'models' is not an object; the run directory is damaged")
         for name, pm in self.plan.models.items():
-            ckpts = {t: Path(p) for t, p in saved.get(name, {}).get("checkpoints", {}).items()}
+            ckpts = self._saved_checkpoints(name, saved[name]) if name in saved else {}
             if "current" in ckpts:
-                module, recipe, _ = load_checkpoint(ckpts["current"], self.plan.registry, device=self.device)
+                module, recipe = self._load(ckpts["current"], f"models.{name}")
             elif pm.checkpoint is not None:
-                module, recipe, _ = load_checkpoint(pm.checkpoint, self.plan.registry, device=self.device)
+                module, recipe = self._load(pm.checkpoint, f"models.{name}")
             else:
                 module = pm.spec.build(self.data.info, pm.options).to(self.device)
                 recipe = ModelRecipe(pm.arch, pm.options.model_dump(), self.data.info)
@@ -506,14 +621,18 @@ class _Runner:
 
                     report = apply_init(module, pm.init, strict=pm.strict, where=f"models.{name}.init")
                     self.rundir.write_table("init", name, report)
+            if recipe.arch != pm.arch:
+                raise CheckpointError(
+                    f"models.{name}: arch = {pm.arch!r} is declared but its checkpoint holds a {recipe.arch!r} model"
+                )
             self.models[name] = ModelEntry(name, module, recipe, ckpts)
         # models produced by completed stages (pruned variants, ...)
         for name, info in saved.items():
             if name in self.models:
                 continue
-            ckpts = {t: Path(p) for t, p in info.get("checkpoints", {}).items()}
+            ckpts = self._saved_checkpoints(name, info)
             if "current" in ckpts:
-                module, recipe, _ = load_checkpoint(ckpts["current"], self.plan.registry, device=self.device)
+                module, recipe = self._load(ckpts["current"], f"model {name}")
                 self.models[name] = ModelEntry(name, module, recipe, ckpts)
 
     def stage_info(self, stage: PlannedStage) -> StageInfo:
@@ -590,7 +709,7 @@ class _Runner:
                 rec = self.state["stages"][stage.id]
                 self.results[stage.id] = StageResult(
                     tables={k.split("/", 1)[1]: v for k, v in self.tables.items() if k.startswith(stage.id + "/")},
-                    figures={k: Path(v) for k, v in rec.get("figures", {}).items()},
+                    figures=self._saved_figures(rec),
                     summary=rec.get("summary", ""),
                     metrics=rec.get("metrics", {}),
                 )
@@ -638,7 +757,7 @@ class _Runner:
             "status": "completed",
             "kind": stage.kind,
             "seconds": round(seconds, 3),
-            "figures": {k: str(v) for k, v in result.figures.items()},
+            "figures": {k: self._relative(v) for k, v in result.figures.items()},
             "summary": result.summary,
             "metrics": _jsonable(result.metrics),
         }
@@ -686,13 +805,19 @@ def _execute(
     device = resolve_device(exp.device)  # "auto" on CUDA picks cuda:<LOCAL_RANK>
     if resume is not None:
         rundir = RunDir(resume)
-        if not (rundir.path / "state.json").exists():
-            raise ConfigError(f"--resume {rundir.path}: not a run directory (no state.json)")
+        rundir.check_links()
+        if not any((rundir.path / f).is_file() for f in ("state.json", "config.json", "experiment.toml")):
+            raise ConfigError(
+                f"--resume {rundir.path}: not a run directory (no state.json, config.json or experiment.toml); "
+                "start a new run with --out pointing at a new or empty directory"
+            )
     else:
         create = _dist.main_process_only(broadcast=True)(
             lambda: str(RunDir.create(exp.name, out=out, root=runs_root).path)
         )
         rundir = RunDir(create())
+        if _dist.is_main():  # from now on the directory is resumable, even if the first stage never starts
+            rundir.write_json("state.json", {"stages": {}, "models": {}})
     if _dist.is_main():
         if exp.source and Path(exp.source).exists() and resume is None:
             rundir.write_text("experiment.toml", Path(exp.source).read_text())
@@ -734,20 +859,48 @@ def run(
     return execute(plan(exp, registry), out=out, resume=resume, runs_root=runs_root)
 
 
-def resumed_experiment(rundir: str | os.PathLike) -> Experiment:
-    """The experiment of an earlier run directory (for ``rtk run --resume DIR``)."""
+def resumed_experiment(rundir: str | os.PathLike, *, allow_unsafe_pickle: bool = False) -> Experiment:
+    """The experiment of an earlier run directory (for ``rtk run --resume DIR``).
+
+    A run directory is not trusted: when its experiment turns on unsafe loading
+    (``allow_unsafe_pickle = true``) it is refused unless the user allows it here
+    (``rtk run --resume DIR --allow-unsafe-pickle``).
+    """
+    import tomllib
+
     rd = RunDir(rundir)
     toml = rd.path / "experiment.toml"
-    if toml.exists():
+    if toml.is_file():
+        rd.resolve("experiment.toml", "experiment.toml")
         exp = load_experiment(toml)
         cfg = rd.read_json("config.json", {}) or {}
-        if cfg.get("base_dir"):
+        if isinstance(cfg, dict) and isinstance(cfg.get("base_dir"), str):
             exp = exp.model_copy(update={"base_dir": cfg["base_dir"]})
-        return exp
-    cfg = rd.read_json("config.json")
-    if cfg is None:
-        raise ConfigError(f"--resume {rd.path}: not a run directory (no config.json)")
-    return Experiment.model_validate(cfg)
+        raw: Any = tomllib.loads(toml.read_text())
+    else:
+        raw = rd.read_json("config.json")
+        if raw is None:
+            raise ConfigError(
+                f"--resume {rd.path}: not a run directory (no experiment.toml or config.json); start a new run "
+                "with --out pointing at a new or empty directory"
+            )
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--resume {rd.path}: config.json is not an object; the run directory is damaged")
+        try:
+            exp = Experiment.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(
+                format_validation_error(err, "", Experiment), source=str(rd.path / "config.json")
+            ) from None
+    unsafe = untrusted_settings(raw)
+    if unsafe and not allow_unsafe_pickle:
+        raise ConfigError(
+            f"--resume {rd.path}: the run directory's experiment turns on unsafe loading at "
+            f"{', '.join(unsafe)}; rtk does not unpickle on the word of a run directory. Read its experiment.toml; "
+            "if you trust every file it loads, pass --allow-unsafe-pickle",
+            source=str(toml if toml.is_file() else rd.path / "config.json"),
+        )
+    return exp
 
 
 __all__ = [
@@ -761,4 +914,6 @@ __all__ = [
     "run",
     "resumed_experiment",
     "read_spec",
+    "saved_checkpoints",
+    "check_state",
 ]

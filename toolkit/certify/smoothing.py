@@ -10,6 +10,7 @@ probability at level ``alpha`` gives, when ``p_A > 1/2``, the certified L2 radiu
 
 from __future__ import annotations
 
+import hashlib
 import math
 from statistics import NormalDist
 
@@ -73,6 +74,27 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     return float(beta.ppf(alpha, k, n - k + 1))
 
 
+#: Noise copies drawn from one generator; copy ``j`` of an example is row ``j % CHUNK`` of chunk ``j // CHUNK``.
+CHUNK = 64
+
+
+def _mix(key: int, counter: int) -> int:
+    """A 63-bit seed from a key and a counter (sha256, so nearby counters give unrelated seeds)."""
+    digest = hashlib.sha256(f"{key}:{counter}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _noise(key: int, start: int, count: int, x: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise of copies ``start .. start + count - 1`` of example ``x``."""
+    parts = []
+    for k in range(start // CHUNK, (start + count - 1) // CHUNK + 1):
+        gen = torch.Generator(device=x.device).manual_seed(_mix(key, k))
+        chunk = torch.randn((CHUNK, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+        lo, hi = max(start, k * CHUNK) - k * CHUNK, min(start + count, (k + 1) * CHUNK) - k * CHUNK
+        parts.append(chunk[lo:hi])
+    return torch.cat(parts)
+
+
 class SmoothingCertifier:
     """Certified L2 radius of the Gaussian-smoothed classifier, per example (Cohen et al.).
 
@@ -100,24 +122,32 @@ class SmoothingCertifier:
         self.sigma, self.n0, self.n, self.alpha = float(sigma), int(n0), int(n), float(alpha)
         self.batch_size, self.seed, self.name = int(batch_size), int(seed), name
 
-    def counts(self, model: nn.Module, x: torch.Tensor, num: int, gen: torch.Generator) -> torch.Tensor:
-        """How often ``model`` predicts each class on ``num`` noisy copies of one example ``x``."""
+    def counts(self, model: nn.Module, x: torch.Tensor, num: int, key: int) -> torch.Tensor:
+        """How often ``model`` predicts each class on ``num`` noisy copies of one example ``x``.
+
+        Copy ``j``'s noise depends only on ``key`` and ``j`` (counter-based: chunk ``j // CHUNK``
+        has its own generator), never on ``batch_size`` or on the other examples of a call."""
         preds = []
-        left = num
-        while left > 0:
-            b = min(self.batch_size, left)
-            noise = torch.randn((b, *x.shape), generator=gen, device=x.device, dtype=x.dtype) * self.sigma
+        start = 0
+        while start < num:
+            b = min(self.batch_size, num - start)
+            noise = _noise(key, start, b, x) * self.sigma
             preds.append(model(x.unsqueeze(0) + noise).argmax(1))
-            left -= b
+            start += b
         return torch.bincount(torch.cat(preds)).cpu() if preds else torch.zeros(1, dtype=torch.long)
 
-    def certify_one(
-        self, model: nn.Module, x: torch.Tensor, gen: torch.Generator
-    ) -> tuple[int, float, bool, int, float]:
+    def example_key(self, x: torch.Tensor) -> int:
+        """The noise key of one example: its seed mixed with the example's own values."""
+        h = hashlib.sha256(str(self.seed).encode())
+        h.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return int.from_bytes(h.digest()[:8], "little") >> 1
+
+    def certify_one(self, model: nn.Module, x: torch.Tensor) -> tuple[int, float, bool, int, float]:
         """``(prediction, radius, abstain, n_A, p_A)`` for one example."""
-        c0 = self.counts(model, x, self.n0, gen)
+        key = self.example_key(x)
+        c0 = self.counts(model, x, self.n0, _mix(key, 0))
         top = int(c0.argmax())
-        c = self.counts(model, x, self.n, gen)
+        c = self.counts(model, x, self.n, _mix(key, 1))
         n_a = int(c[top]) if top < len(c) else 0
         p_a = clopper_pearson_lower(n_a, self.n, self.alpha)
         if p_a <= 0.5:
@@ -128,11 +158,10 @@ class SmoothingCertifier:
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None = None
     ) -> list[CertificationResult]:
         eps = 0.0 if eps is None else float(eps)
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
         results = []
         with eval_mode(model), torch.no_grad():
             for xi, yi in zip(x, y.tolist()):
-                pred, radius, abstain, _, _ = self.certify_one(model, xi, gen)
+                pred, radius, abstain, _, _ = self.certify_one(model, xi)
                 correct = not abstain and pred == yi
                 results.append(
                     CertificationResult(

@@ -97,6 +97,13 @@ def subset(split: Dataset, limit: int | None, seed: int) -> Dataset:
 
 
 def apply_limits(bundle: DatasetBundle, opts: DataOptions) -> DatasetBundle:
+    for key, split in (("limit_train", bundle.train), ("limit_test", bundle.test)):
+        limit = getattr(opts, key)
+        if limit is not None and limit > len(split):  # type: ignore[arg-type]
+            raise DataError(
+                f"dataset.{key} = {limit}, but the {bundle.info.name!r} {key[6:]} split has only "
+                f"{len(split)} examples; lower {key} to at most {len(split)} or remove it"  # type: ignore[arg-type]
+            )
     train = subset(bundle.train, opts.limit_train, opts.seed)
     test = subset(bundle.test, opts.limit_test, opts.seed + 1)
     for split_name, split in (("train", train), ("test", test)):

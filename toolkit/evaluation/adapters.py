@@ -200,6 +200,12 @@ class ModelView(nn.Module):
         if meter.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.mean is not None:
+            if x.ndim != 4 or self.mean.shape[1] not in (1, x.shape[1]):
+                raise ConfigError(
+                    f"normalize: mean and std give {self.mean.shape[1]} channel(s) but the inputs have shape "
+                    f"{list(x.shape)} ({x.shape[1] if x.ndim > 1 else '?'} channel(s)); give one value per channel "
+                    "of the data, or a single value"
+                )
             x = (x - self.mean) / self.std
         if meter.probe:
             out = self._probe(x)

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from ..errors import DataError
+from ..trust import atomic_write, inside
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,11 @@ class RecordStore:
             assert self.root is not None
             d = self.root / "records"
             d.mkdir(parents=True, exist_ok=True)
+            inside(self.root, d, "records folder")  # a planted symlink must not lead the records elsewhere
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self._part = d / f"part-{socket.gethostname()}-{os.getpid()}-{stamp}-{time.monotonic_ns() % 10**6}.jsonl"
-            self._fh = open(self._part, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+            self._fh = os.fdopen(os.open(self._part, flags, 0o644), "a", encoding="utf-8")
         return self._fh
 
     def append(self, chunk: dict[str, Any]) -> None:
@@ -233,7 +236,7 @@ class RecordStore:
 
     def save_adversarial(self, model: str, unit: str, index: torch.Tensor, x_adv: torch.Tensor) -> None:
         """Save adversarial examples (float32, exactly as scored) with their dataset indices."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if index.numel() == 0:
             return
@@ -243,15 +246,12 @@ class RecordStore:
             )
             return
         d = self.adversarial_dir(model, unit)
-        d.mkdir(parents=True, exist_ok=True)
         first, last = int(index.min()), int(index.max())
         path = d / f"{first:08d}-{last:08d}-{len(index)}.safetensors"
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            {"index": index.detach().cpu().long().contiguous(), "x_adv": x_adv.detach().cpu().float().contiguous()},
-            str(tmp),
+        blob = save(
+            {"index": index.detach().cpu().long().contiguous(), "x_adv": x_adv.detach().cpu().float().contiguous()}
         )
-        os.replace(tmp, path)
+        atomic_write(path, blob, root=self.root)
 
     def load_adversarial(self, model: str, unit: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """All saved adversarial examples of one model and unit: ``(index, x_adv)``."""

@@ -19,6 +19,7 @@ Two accuracies per attack:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import RtkError
+from ..errors import ConfigError, RtkError
 from .records import CLEAN
 from .units import AttackUnit, fmt_eps
 
@@ -267,7 +268,14 @@ def headline_threat(
         return threats[0] if threats else ("none", None)
     first = bounded[0]
     if headline_eps is not None:
-        return first.norm, float(headline_eps)
+        ran = sorted({float(u.eps) for u in bounded if u.norm == first.norm})
+        hit = [e for e in ran if math.isclose(e, float(headline_eps), rel_tol=1e-9, abs_tol=1e-12)]
+        if not hit:
+            raise ConfigError(
+                f"headline_eps: {fmt_eps(float(headline_eps))} is not an eps at which a {first.norm} attack runs "
+                f"(they run at {', '.join(fmt_eps(e) for e in ran)}); choose one of those, or add it to eps"
+            )
+        return first.norm, hit[0]
     same = [u.eps for u in bounded if u.label == first.label and u.norm == first.norm]
     return first.norm, float(max(same))
 

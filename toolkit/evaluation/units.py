@@ -139,7 +139,12 @@ def eps_by_norm(eps: EpsList, norms: Sequence[str]) -> dict[str, list[float]]:
         bad = [k for k in eps if k not in NORMS]
         if bad:
             raise ConfigError(f"eps: unknown norm {bad[0]!r}; allowed: {', '.join(NORMS)}")
+        empty = [k for k, v in eps.items() if not v]
+        if empty:
+            raise ConfigError(f"eps.{empty[0]}: the list is empty; give at least one eps, or remove the norm")
         return {k: sorted({_eps_value(e) for e in v}) for k, v in eps.items()}
+    if not eps:
+        raise ConfigError("eps: the list is empty; give at least one eps, or remove eps to use each attack's own")
     bounded = sorted({n for n in norms if n != "none"})
     if len(bounded) > 1:
         raise ConfigError(
@@ -188,13 +193,11 @@ def function_units(attacks: Sequence[tuple[str, AttackFn]]) -> list[AttackUnit]:
 
 
 def threats(units: Sequence[AttackUnit], eps: EpsList = None) -> list[tuple[str, float | None]]:
-    """The threat models (norm, eps) the worst case is reported for: every eps of the
-    ``eps`` setting, plus every bounded unit's own budget; ``("none", None)`` when no
-    attack is bounded."""
-    found: set[tuple[str, float]] = set()
-    for norm, values in eps_by_norm(eps, [u.norm for u in units]).items():
-        found |= {(norm, float(e)) for e in values}
-    found |= {(u.norm, float(u.eps)) for u in units if u.budgeted}
+    """The threat models (norm, eps) the worst case is reported for: the budget of every
+    bounded unit, that is every eps at which an attack ran (an eps of the ``eps`` setting that
+    no attack of its norm ran at has no row); ``("none", None)`` when no attack is bounded."""
+    eps_by_norm(eps, [u.norm for u in units])  # the setting is checked even where it adds nothing
+    found = {(u.norm, float(u.eps)) for u in units if u.budgeted}
     if not found:
         return [("none", None)]
     return sorted(found, key=lambda t: (NORMS.index(t[0]), t[1]))

@@ -3,13 +3,21 @@
 A checkpoint ``NAME`` is two files, ``NAME.safetensors`` and ``NAME.json``. The JSON holds
 the recipe (architecture name, its options, the data info) so the model can be rebuilt
 through the registry, plus free-form ``extra`` metadata (epoch, metrics, masks, ...).
+
+A checkpoint is untrusted input (``docs/security.md``): its JSON is checked against a schema
+(:func:`validate_spec`: types, bounded sizes, no option that only the user may set), the
+``sha256`` of ``NAME.safetensors`` stored in the JSON is verified before any tensor is read,
+and options marked ``rebuild`` in a model's options (for example the zoo model's
+``pretrained`` or ``model_dir``) take their rebuild value, never the JSON's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +26,18 @@ from torch import nn
 
 from ..data.core import DataInfo
 from ..errors import CheckpointError
+from ..trust import atomic_write, untrusted_settings
 
 FORMAT = "rtk-checkpoint/1"
+
+#: Bounds of the checkpoint JSON (schema): file size, nesting, tensors, dimensions.
+MAX_SPEC_BYTES = 32 * 2**20
+MAX_SPEC_DEPTH = 32
+MAX_TENSORS = 100_000
+MAX_DIMS = 8
+MAX_DIM = 2**31
+MAX_TRANSFORMS = 1_000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -40,8 +58,22 @@ class ModelRecipe:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelRecipe:
-        return cls(d["arch"], dict(d.get("options", {})), DataInfo.from_dict(d["data"]), dict(d.get("extra", {})))
+    def from_dict(cls, d: dict[str, Any], *, where: str = "checkpoint spec") -> ModelRecipe:
+        data = d.get("data")
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"{where}: no 'data' object (the dataset the model was built for: name, num_classes, channels, "
+                "height, width, mean, std); rtk cannot rebuild the model without it. Re-save the model with rtk"
+            )
+        try:
+            names = {f.name for f in fields(DataInfo)}
+            info = DataInfo.from_dict({k: v for k, v in data.items() if k in names})
+        except (TypeError, KeyError, ValueError) as exc:
+            raise CheckpointError(
+                f"{where}: 'data' is not a valid data description ({exc}); expected the keys name, num_classes, "
+                "channels, height, width, mean, std and optionally class_names"
+            ) from None
+        return cls(d["arch"], dict(d.get("options", {})), info, dict(d.get("extra", {})))
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -65,11 +97,12 @@ def save_checkpoint(
     ``tensors`` adds extra named tensors (for example pruning masks) under ``extra/``.
     ``dataset`` (optional JSON key ``dataset``): the data the model was trained on, ``{"name",
     "options", "normalize", "rebuildable"}``, so a bare checkpoint is evaluated on that data.
+    The JSON records the sha256 of the safetensors file; options only the user may set
+    (``allow_unsafe_pickle``) are stored as false, so the checkpoint never asks for them.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     st_path, js_path = _paths(path)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for k, v in (tensors or {}).items():
         state[f"extra/{k}"] = v.detach().cpu().contiguous()
@@ -80,21 +113,27 @@ def save_checkpoint(
         if ptr in seen and ptr != -1:
             state[k] = v.clone()
         seen[ptr] = k
+    blob = save(state, metadata={"format": FORMAT})
+    recipe_dict = recipe.to_dict()
+    recipe_dict["options"] = _without_unsafe(recipe_dict["options"])
     spec = {
         "format": FORMAT,
-        **recipe.to_dict(),
+        **recipe_dict,
         "metadata": metadata or {},
         "shapes": {k: list(v.shape) for k, v in state.items()},
+        "sha256": hashlib.sha256(blob).hexdigest(),
     }
     if dataset is not None:
         spec["dataset"] = dataset
-    tmp_st = st_path.with_name(st_path.name + ".tmp")
-    tmp_js = js_path.with_name(js_path.name + ".tmp")
-    save_file(state, str(tmp_st), metadata={"format": FORMAT})
-    tmp_js.write_text(json.dumps(spec, indent=2, sort_keys=True))
-    os.replace(tmp_st, st_path)
-    os.replace(tmp_js, js_path)
+    atomic_write(st_path, blob)
+    atomic_write(js_path, json.dumps(spec, indent=2, sort_keys=True, default=str))
     return st_path.with_suffix("")
+
+
+def _without_unsafe(options: dict[str, Any]) -> dict[str, Any]:
+    from ..trust import UNSAFE_KEYS
+
+    return {k: (False if k in UNSAFE_KEYS else v) for k, v in options.items()}
 
 
 #: Post-build transforms that ``load_checkpoint`` replays before loading the weights, keyed by
@@ -133,30 +172,194 @@ def apply_load_transforms(model: nn.Module, spec: dict[str, Any], extra: dict[st
     return model
 
 
+def _depth(doc: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, counting stops above ``limit``."""
+    stack = [(doc, 1)]
+    deepest = 0
+    while stack:
+        cur, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(cur, dict):
+            stack.extend((v, d + 1) for v in cur.values())
+        elif isinstance(cur, list):
+            stack.extend((v, d + 1) for v in cur)
+    return deepest
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_spec(spec: Any, where: str = "checkpoint spec") -> list[str]:
+    """Problems of a checkpoint JSON against its schema (empty when it is valid).
+
+    ``format``, ``arch`` (a name), ``options``/``extra``/``metadata`` (objects), ``data``
+    (an optional object: the data description), ``shapes`` (tensor name -> at most 8
+    dimensions, each below 2**31), ``sha256`` (64 hex digits), ``extra.transforms`` (a list of
+    objects with a string ``kind``); nesting at most 32 levels; no option only the user may
+    set (``allow_unsafe_pickle``).
+    """
+    if not isinstance(spec, dict):
+        return [f"{where}: expected a JSON object, got a {type(spec).__name__}"]
+    problems = []
+    if spec.get("format") != FORMAT:
+        problems.append(f"{where}: unknown checkpoint format {spec.get('format')!r}, expected {FORMAT!r}")
+    if _depth(spec, MAX_SPEC_DEPTH) > MAX_SPEC_DEPTH:
+        problems.append(f"{where}: nested more than {MAX_SPEC_DEPTH} levels deep")
+        return problems
+    arch = spec.get("arch")
+    if not isinstance(arch, str) or not arch or len(arch) > 128:
+        problems.append(f"{where}.arch: expected the name of a registered model, got {arch!r}")
+    for key in ("options", "extra", "metadata", "dataset"):
+        if key in spec and not isinstance(spec[key], dict):
+            problems.append(f"{where}.{key}: expected an object, got {type(spec[key]).__name__}")
+    data = spec.get("data")
+    if data is not None:
+        if not isinstance(data, dict):
+            problems.append(f"{where}.data: expected an object, got {type(data).__name__}")
+        else:
+            problems += _data_problems(data, f"{where}.data")
+    shapes = spec.get("shapes", {})
+    if not isinstance(shapes, dict) or len(shapes) > MAX_TENSORS:
+        problems.append(f"{where}.shapes: expected an object of at most {MAX_TENSORS} tensor shapes")
+    else:
+        for name, shape in shapes.items():
+            if not (
+                isinstance(shape, list)
+                and len(shape) <= MAX_DIMS
+                and all(_is_int(d) and 0 <= d < MAX_DIM for d in shape)
+            ):
+                problems.append(
+                    f"{where}.shapes.{name}: expected a list of at most {MAX_DIMS} sizes in [0, 2**31), got {shape!r}"
+                )
+                break
+    sha = spec.get("sha256")
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        problems.append(
+            f"{where}.sha256: missing or not 64 hex digits (the checksum of the .safetensors file every rtk "
+            "checkpoint records); re-save the model with this rtk"
+        )
+    transforms = (spec.get("extra") or {}).get("transforms", []) if isinstance(spec.get("extra"), dict) else []
+    if not isinstance(transforms, list) or len(transforms) > MAX_TRANSFORMS:
+        problems.append(f"{where}.extra.transforms: expected a list of at most {MAX_TRANSFORMS} objects")
+    else:
+        for i, t in enumerate(transforms):
+            if not isinstance(t, dict) or not isinstance(t.get("kind"), str):
+                problems.append(f"{where}.extra.transforms[{i}]: expected an object with a string 'kind'")
+    for key in untrusted_settings(spec.get("options", {}) if isinstance(spec.get("options"), dict) else {}):
+        problems.append(
+            f"{where}.options.{key}: a checkpoint may not turn on unsafe loading; only your own experiment file or "
+            "command-line flag can (see docs/security.md)"
+        )
+    return problems
+
+
+_DATA_INTS = {"num_classes": 1_000_000, "channels": 4096, "height": 1 << 16, "width": 1 << 16}
+
+
+def _data_problems(data: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    for key, top in _DATA_INTS.items():
+        if key in data and not (_is_int(data[key]) and 1 <= data[key] <= top):
+            problems.append(f"{where}.{key}: expected an integer in [1, {top}], got {data[key]!r}")
+    for key in ("mean", "std"):
+        v = data.get(key)
+        if v is not None and not (
+            isinstance(v, list)
+            and len(v) <= 4096
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
+            problems.append(f"{where}.{key}: expected a list of numbers, got {v!r}")
+    if "name" in data and not isinstance(data["name"], str):
+        problems.append(f"{where}.name: expected a string, got {data['name']!r}")
+    return problems
+
+
 def read_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's JSON, checked against the schema (:func:`validate_spec`)."""
     st_path, js_path = _paths(path)
-    if not js_path.exists():
+    if not js_path.is_file():
         raise CheckpointError(f"checkpoint spec {js_path} not found (a checkpoint is NAME.safetensors + NAME.json)")
     try:
-        spec = json.loads(js_path.read_text())
-    except json.JSONDecodeError as exc:
+        size = js_path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise CheckpointError(f"{js_path}: {size} bytes; a checkpoint spec has at most {MAX_SPEC_BYTES}")
+        spec = json.loads(js_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"checkpoint spec {js_path} is not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint spec {js_path} is not valid JSON: {exc}") from None
-    if spec.get("format") != FORMAT:
-        raise CheckpointError(f"{js_path}: unknown checkpoint format {spec.get('format')!r}, expected {FORMAT!r}")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint spec {js_path}: {exc.strerror or exc}") from None
+    problems = validate_spec(spec, str(js_path))
+    if problems:
+        raise CheckpointError("invalid checkpoint: " + "; ".join(problems[:10]))
     return spec
 
 
-def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | os.PathLike, spec: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, after checking the file's sha256 against its JSON."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     st_path, _ = _paths(path)
-    if not st_path.exists():
+    spec = spec if spec is not None else read_spec(path)
+    if not st_path.is_file():
         raise CheckpointError(f"checkpoint weights {st_path} not found")
     try:
-        return load_file(str(st_path))
+        blob = st_path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {st_path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != spec.get("sha256"):
+        raise CheckpointError(
+            f"{st_path}: the weights do not match the checksum in its JSON (sha256 {digest}, recorded "
+            f"{spec.get('sha256')}); the file was changed or damaged after it was saved. Use an intact copy"
+        )
+    try:
+        tensors = load(blob)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{st_path} is not a valid safetensors file: {exc}") from None
+    shapes = spec.get("shapes")
+    if shapes is not None and {k: list(v.shape) for k, v in tensors.items()} != shapes:
+        raise CheckpointError(f"{st_path}: its tensors do not match the shapes its JSON records")
+    return tensors
+
+
+def rebuild_options(options_model: Any, options: Any) -> Any:
+    """``options`` with every field marked ``json_schema_extra={"rebuild": value}`` set to that
+    value: what a model takes when it is rebuilt from a checkpoint (its weights come from the
+    checkpoint, so for example a zoo model does not read its own weight file)."""
+    fields = getattr(options_model, "model_fields", {})
+    update = {}
+    for name, f in fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if "rebuild" in extra:
+            update[name] = extra["rebuild"]
+    return options.model_copy(update=update) if update else options
+
+
+def check_data_matches(info: DataInfo, data: DataInfo, where: str) -> None:
+    """Raise :class:`CheckpointError` when a model built for ``info`` cannot take ``data``."""
+    got = (data.channels, data.height, data.width, data.num_classes)
+    want = (info.channels, info.height, info.width, info.num_classes)
+    if got != want:
+        raise CheckpointError(
+            f"{where} was built for {info.name!r} ({want[0]}x{want[1]}x{want[2]} images, {want[3]} classes); the "
+            f"experiment's dataset {data.name!r} has {got[0]}x{got[1]}x{got[2]} images and {got[3]} classes. Use "
+            "a checkpoint trained on this dataset, or the dataset the checkpoint was trained on"
+        )
+
+
+def checkpoint_declaration(path: str | os.PathLike, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The experiment declaration of the model in checkpoint ``path`` (``[models.NAME]``): its
+    options, then its ``arch`` and the checkpoint's absolute stem (options cannot override those)."""
+    spec = spec if spec is not None else read_spec(path)
+    stem = _paths(path)[0].with_suffix("")
+    options = {k: v for k, v in (spec.get("options") or {}).items() if k not in ("arch", "checkpoint")}
+    return {**options, "arch": spec["arch"], "checkpoint": str(stem.resolve())}
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
@@ -192,17 +395,27 @@ def load_checkpoint(
 
     registry = registry if registry is not None else default_registry()
     spec = read_spec(path)
-    recipe = ModelRecipe.from_dict(spec)
+    where = str(_paths(path)[1])
+    recipe = ModelRecipe.from_dict(spec, where=where)
     mspec = registry.get("model", recipe.arch)
-    opts = validate_options(mspec.options, recipe.options, where=f"{path}: options")
-    model = mspec.build(recipe.info, opts)
-    tensors = read_tensors(path)
+    opts = validate_options(mspec.options, recipe.options, where=f"{where}: options")
+    opts = rebuild_options(mspec.options, opts)
+    tensors = read_tensors(path, spec)
     extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
     state = {k: v for k, v in tensors.items() if not k.startswith("extra/")}
-    model = apply_load_transforms(model, spec, extra)
-    hook = getattr(model, "rtk_prepare_load", None)
-    if callable(hook):  # e.g. a pruned model re-applies masks or shapes before loading
-        hook(spec, extra)
+    try:
+        model = mspec.build(recipe.info, opts)
+        model = apply_load_transforms(model, spec, extra)
+        hook = getattr(model, "rtk_prepare_load", None)
+        if callable(hook):  # e.g. a pruned model re-applies masks or shapes before loading
+            hook(spec, extra)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{where}: the model {recipe.arch!r} cannot be rebuilt from this checkpoint's recipe "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     load_state_strict(model, state, where=str(_paths(path)[0]))
     spec["extra_tensors"] = extra
     return model.to(device), recipe, spec

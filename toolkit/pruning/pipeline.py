@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..data.core import DatasetBundle, batches
+from ..errors import ConfigError
 from .base import PruneJob, Pruner, ScoreTraining, compression_label, make_loop_config, ratio_from_compression
 from .masks import dense_export
 from .measure import activation_bytes, inference_times, model_bytes, remaining_params, size_report
@@ -178,6 +179,14 @@ def compress(
     selected = select_layers(model, selection, example)
     for m in methods:  # every check before any work
         m.pruner.validate(model, selected.names, example)
+    mods = dict(model.named_modules())
+    n_selected = sum(mods[n].weight.numel() for n in selected.names)
+    for target in targets:
+        if n_selected * (1.0 - target.ratio) < 1.0:
+            raise ConfigError(
+                f"compression {target.compression:g} keeps fewer than one of the {n_selected} weights of the "
+                f"selected layers of {model_name!r}; allowed: compression up to {n_selected} for this model"
+            )
 
     if schedule.pretrain_epochs > 0:
         log.info("pre-training %s for %d epochs", model_name, schedule.pretrain_epochs)

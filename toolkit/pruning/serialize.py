@@ -16,6 +16,7 @@ Reloading gives the same module classes, shapes and outputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -43,6 +44,16 @@ SHAPE_ATTRS = (
     "embedding_dim",
     "num_embeddings",
 )
+
+
+#: The most elements a resized tensor may have (2**30: 4 GiB of float32).
+MAX_ELEMENTS = 2**30
+
+
+def _size_ok(v: Any) -> bool:
+    if isinstance(v, list):
+        return len(v) <= 8 and all(_size_ok(x) for x in v)
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
 
 
 # ----------------------------------------------------------------------------- structured shapes
@@ -83,8 +94,20 @@ def apply_shapes(model: nn.Module, entry: dict[str, Any], extra: dict[str, torch
                 f"pruning.shapes: module {name!r} is a {type(m).__name__}, the checkpoint recorded a {rec.get('type')}"
             )
         for a, v in rec.get("attrs", {}).items():
+            if a not in SHAPE_ATTRS or not hasattr(m, a) or not _size_ok(v):
+                raise CheckpointError(
+                    f"pruning.shapes: module {name!r} attribute {a!r} = {v!r} is not allowed; only "
+                    f"{', '.join(SHAPE_ATTRS)} that the module has, as sizes in [0, 2**31)"
+                )
             setattr(m, a, tuple(v) if isinstance(v, list) else v)
         for k, shape in rec.get("tensors", {}).items():
+            if not (isinstance(shape, list) and len(shape) <= 8 and all(_size_ok(d) for d in shape)):
+                raise CheckpointError(f"pruning.shapes: module {name!r} tensor {k!r}: invalid shape {shape!r}")
+            if math.prod(shape) > MAX_ELEMENTS:
+                raise CheckpointError(
+                    f"pruning.shapes: module {name!r} tensor {k!r} of shape {shape} has more than {MAX_ELEMENTS} "
+                    "elements; refused"
+                )
             if k in m._parameters and m._parameters[k] is not None:
                 old = m._parameters[k]
                 m._parameters[k] = nn.Parameter(

@@ -611,11 +611,9 @@ class _TrainingRun:
     def _write_history(self) -> None:
         if self.out is None or not _dist.is_main():
             return
-        path = self.out / "history.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        self.frame().to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        from ..trust import atomic_write
+
+        atomic_write(self.out / "history.csv", self.frame().to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
         cols = [

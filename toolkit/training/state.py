@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..trust import atomic_write
 
 FORMAT = "rtk-train-state/1"
 LATEST = "LATEST"
@@ -165,9 +166,7 @@ def write_state(
     if final.exists():  # the same epoch re-run after an interruption: LATEST still names an older state
         shutil.rmtree(final)
     os.replace(tmp, final)
-    latest_tmp = root / f".{LATEST}.tmp-{os.getpid()}"
-    latest_tmp.write_text(name)
-    os.replace(latest_tmp, root / LATEST)
+    atomic_write(root / LATEST, name)
     old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch-") and p.name != name)
     for p in old[: max(len(old) - (keep - 1), 0)]:
         shutil.rmtree(p, ignore_errors=True)
