@@ -22,7 +22,6 @@ The plain similarity kernels work on feature tensors ``[N, D]``: :func:`cka`, :f
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -416,14 +415,17 @@ def _finish(call: _Call, cls: type[Result], take_models: Iterable[str] | None = 
 
 def _read_models(path: Path, registry: Registry, names: Iterable[str], wrapped: bool) -> dict[str, nn.Module]:
     from .models.checkpoint import load_checkpoint
+    from .rundir import RunDir
+    from .runner import saved_checkpoints
 
-    state = json.loads((path / "state.json").read_text())
+    rundir = RunDir(path)
+    state = rundir.read_json("state.json", {}) or {}
     wanted = list(names)
     out: dict[str, nn.Module] = {}
     for name, info in state.get("models", {}).items():
         if wanted and name not in wanted:
             continue
-        current = info.get("checkpoints", {}).get("current")
+        current = saved_checkpoints(rundir, name, info).get("current")  # paths are relative to the run directory
         if current is None:
             continue
         module, _, _ = load_checkpoint(current, registry)
