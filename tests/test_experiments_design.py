@@ -36,9 +36,10 @@ def _dry_run(name: str, env: dict[str, str] | None = None) -> str:
 
 def test_the_design_files_are_there():
     assert DESIGN == [
-        "paper1-design-capacity.toml",
+        "paper1-design-depth.toml",
         "paper1-design-fraction.toml",
         "paper1-design-overfitting.toml",
+        "paper1-design-width.toml",
         "paper2-design-high-compression.toml",
         "paper2-design-retention.toml",
     ]
@@ -49,18 +50,17 @@ def test_design_studies_plan_with_three_seeds(name):
     table = tomllib.loads((EXPERIMENTS / name).read_text())
     assert table["sweep"]["seed"] == [0, 1, 2], "every configuration of the design has three fixed seeds"
     out = _dry_run(name)
-    points = {"capacity": 15, "fraction": 9}.get(name.split("-")[2].removesuffix(".toml"), 3)
+    points = {"depth": 9, "width": 9, "fraction": 9}.get(name.split("-")[2].removesuffix(".toml"), 3)
     assert f"all {points} points are valid" in out
 
 
-def test_capacity_ladders_and_paper1_protocol():
-    t = tomllib.loads((EXPERIMENTS / "paper1-design-capacity.toml").read_text())
+@pytest.mark.parametrize("name,key,ladder", [("depth", "blocks", [1, 2, 4]), ("width", "width", [8, 16, 32])])
+def test_capacity_ladders_and_paper1_protocol(name, key, ladder):
+    t = tomllib.loads((EXPERIMENTS / f"paper1-design-{name}.toml").read_text())
     (zipped,) = t["sweep"]["zip"]
-    shapes = list(zip(zipped["models.std.blocks"], zipped["models.std.width"], strict=True))
-    assert shapes == [(1, 16), (2, 16), (4, 16), (2, 8), (2, 32)]
-    for m in ("pgd", "trades"):  # the three models of a point always share their shape
-        assert zipped[f"models.{m}.blocks"] == zipped["models.std.blocks"]
-        assert zipped[f"models.{m}.width"] == zipped["models.std.width"]
+    for m in ("std", "pgd", "trades"):  # the three models of a point always share their shape
+        assert zipped[f"models.{m}.{key}"] == ladder
+        assert (t["models"][m]["blocks"], t["models"][m]["width"]) == (2, 16)  # the point both ladders share
     stages = {s["id"]: s for s in t["stages"]}
     assert stages["train-pgd"]["trainer"]["steps"] == 7 and stages["train-trades"]["trainer"]["steps"] == 7
     assert stages["evaluate"]["attacks"][0] == {"name": "pgd", "eps": 0.1, "steps": 20}
@@ -71,7 +71,7 @@ def test_capacity_ladders_and_paper1_protocol():
 def test_fraction_points_keep_the_optimizer_steps():
     t = tomllib.loads((EXPERIMENTS / "paper1-design-fraction.toml").read_text())
     (zipped,) = t["sweep"]["zip"]
-    for key, full in (("train-std", 30), ("train-pgd", 40), ("train-trades", 40)):
+    for key, full in (("train-std", 20), ("train-pgd", 30), ("train-trades", 30)):
         for frac, epochs in zip(zipped["dataset.train_fraction"], zipped[f"stages.{key}.epochs"], strict=True):
             assert frac * epochs == full
 
