@@ -144,6 +144,48 @@ def measure(configs, *, batch, steps, warmup, repeats, pgd_steps, eps, only=None
     return pd.DataFrame(rows)
 
 
+#: FLOPs of one training image under each objective, in units of one forward + backward pass
+#: (F): an attack step is a forward pass and a backward pass to the input only, about 2/3 F.
+ATTACK_STEP = 2 / 3
+COST = {"standard": 1.0, "pgd-at-10": 1 + 10 * ATTACK_STEP, "trades-10": 1 + 1 / 3 + 10 * ATTACK_STEP + 1 / 3}
+
+
+def paper_scale_estimate(tflops: float, registry: rtk.Registry | None = None) -> pd.DataFrame:
+    """GPU hours of experiments/paper1-cifar10-wrn.toml and paper2-cifar10-hydra.toml at a
+    sustained ``tflops`` (an assumption, not a measurement), from counted FLOPs per image and
+    the epochs of those files (CIFAR-10: 50,000 training images). Evaluation and CKA cost less
+    than 2% of the training and are left out."""
+    registry = registry or rtk.default_registry()
+    n = 50_000
+    rows = []
+
+    def add(experiment: str, what: str, cfg: Config, image_passes: float) -> None:
+        f = flops_per_image(build(cfg, registry), cfg, batch=2)
+        total = image_passes * f
+        rows.append(
+            {
+                "experiment": experiment,
+                "part": what,
+                "gflop_fwd_bwd_per_image": f / 1e9,
+                "total_pflop": total / 1e15,
+                "gpu_hours": total / (tflops * 1e12) / 3600,
+            }
+        )
+
+    for k in range(1, 11):
+        passes = n * 100 * (COST["standard"] + 2 * COST["pgd-at-10"])  # std, L-inf and L2 PGD-AT, 100 epochs
+        add(
+            "paper1-cifar10-wrn",
+            f"WRN-28-{k}: 3 models x 100 epochs",
+            Config("wrn", {"depth": 28, "width": k}, 32, 3),
+            passes,
+        )
+    epochs = 100 + 3 * 20 + 6 * 100  # pre-train; HYDRA scores at 3 ratios; fine-tune 2 methods x 3 ratios
+    for name, cfg in (("VGG-16", GPU_CONFIGS[3]), ("WRN-28-4", GPU_CONFIGS[1])):
+        add("paper2-cifar10-hydra", f"{name}: {epochs} TRADES epochs", cfg, n * epochs * COST["trades-10"])
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few configurations, fewer steps")
@@ -160,8 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, nargs="*", default=[1, 2, 4])
     ap.add_argument("--widths", type=int, nargs="*", default=[8, 16, 32])
     ap.add_argument("--out", help="write the table as CSV here")
+    ap.add_argument(
+        "--estimate-gpu",
+        type=float,
+        metavar="TFLOPS",
+        help="print the GPU hours of the paper-scale files at this sustained rate (an assumption) and exit",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.estimate_gpu:
+        est = paper_scale_estimate(args.estimate_gpu)
+        print(est.to_string(index=False))
+        for exp, part in est.groupby("experiment"):
+            print(f"{exp}: {part['gpu_hours'].sum():.1f} GPU hours at {args.estimate_gpu:g} TFLOP/s sustained")
+        if args.out:
+            est.to_csv(args.out, index=False)
+        return 0
     configs = GPU_CONFIGS if args.gpu_configs else (QUICK_CONFIGS if args.quick else CPU_CONFIGS)
     if args.sizes:
         configs = [
