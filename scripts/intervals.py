@@ -13,17 +13,23 @@
   distinguishable at this scale". With fewer than two values there is no interval, and the
   verdict is "not distinguishable at this scale".
 
+:func:`effect_rows` applies them to a long table (one row per seed) group by group, and
+:func:`study_points` lists the completed points of a study directory.
+
 Student-t quantiles are computed here (numerical integration of the density and bisection,
-about 1e-9 accurate), so the report scripts need nothing beyond the standard library and numpy.
+about 1e-9 accurate), so the report scripts need nothing beyond the standard library, numpy and pandas.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
@@ -157,6 +163,41 @@ def verdict(interval: Interval, expected: int = 1) -> str:
     if not interval.excludes_zero():
         return UNCLEAR
     return REPRODUCED if (interval.mean > 0) == (expected > 0) else CONTRADICTED
+
+
+def effect_rows(
+    df: pd.DataFrame, by: Sequence[str], effect: str, *, expected: int = 1, paired_with: str | None = None
+) -> pd.DataFrame:
+    """One row per group of ``by``: the mean of column ``effect`` over its rows (one per seed)
+    with its 95% interval and verdict; with ``paired_with``, the paired interval of
+    ``effect - paired_with`` instead (both measured on the same seed, one row per seed)."""
+    rows = []
+    for key, part in df.groupby(list(by), sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        a = part[effect].to_numpy(dtype=float)
+        iv = paired_interval(a, part[paired_with].to_numpy(dtype=float)) if paired_with else t_interval(a)
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "mean": iv.mean,
+                "low": iv.low,
+                "high": iv.high,
+                "n": iv.n,
+                "verdict": verdict(iv, expected),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def study_points(study_dir: Path) -> list[tuple[dict, Path]]:
+    """The completed points of a study directory (as ``rtk run`` writes it for a file with a
+    ``[sweep]`` table): ``(swept values, run directory)``, in the study's order."""
+    record = json.loads((Path(study_dir) / "study.json").read_text())
+    out = []
+    for entry in record.get("points", []):
+        if entry.get("state") == "completed":
+            out.append((dict(entry.get("values", {})), Path(study_dir) / entry.get("dir", f"points/{entry['id']}")))
+    return out
 
 
 def format_interval(iv: Interval, digits: int = 3) -> str:
