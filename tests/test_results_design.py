@@ -81,3 +81,49 @@ def test_design_verdicts_from_a_synthetic_study(tmp_path):
     assert keys["design_heatmaps"] == "![design_heatmap_std.png] ![design_heatmap_pgd.png]"
     assert "Not run yet" in keys["design_overfitting"]  # that study is absent
     assert "reproduced" in keys["design_results"]
+
+
+def test_paper2_design_intervals_from_synthetic_studies(tmp_path):
+    import results_paper2 as rp2
+
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(1)
+    for name, make in (("retention", "retention"), ("high-compression", "high")):
+        study = runs / f"paper2-design-{name}"
+        points = []
+        for seed in (0, 1, 2):
+            pid = f"p{seed:03d}"
+            run = study / "points" / pid
+            run.mkdir(parents=True)
+            (run / "state.json").write_text(json.dumps({"stages": {"x": {"status": "completed"}}}))
+            if make == "retention":
+                for stage, col in (
+                    ("prune-std", "clean_frac"),
+                    ("prune-adv", "robust_frac"),
+                    ("prune-ver", "verified_frac"),
+                ):
+                    rows = [{"method": "dense", "target": "1x", col: 1.0}]
+                    rows += [{"method": "lwm", "target": "10x", col: 0.99 + rng.normal(0, 0.002)}]
+                    rows += [{"method": "hydra", "target": "10x", col: 0.90 + rng.normal(0, 0.05)}]
+                    _write(run, f"{stage}/compression", pd.DataFrame(rows))
+            else:
+                rows = []
+                for target, gap in (("100x", 0.05), ("1000x", 0.0)):
+                    base = 0.5 + rng.normal(0, 0.05)  # a seed effect shared by both methods
+                    rows += [
+                        {"method": "lwm", "target": target, "robust_acc": base},
+                        {"method": "hydra", "target": target, "robust_acc": base + gap + rng.normal(0, 0.003)},
+                    ]
+                _write(run, "01-prune/compression", pd.DataFrame(rows))
+            points.append({"id": pid, "values": {"seed": seed}, "dir": f"points/{pid}", "state": "completed"})
+        (study / "study.json").write_text(json.dumps({"points": points}))
+    out = tmp_path / "out"
+    values = rp2.design_values(runs, out)
+    ret = pd.read_csv(out / "paper2" / "design-retention.csv").set_index(["objective", "method"])
+    assert ret.loc[("PGD-AT", "LWM"), "verdict"] == "reproduced"  # 0.99 > 0.925, tight
+    assert ret.loc[("IBP", "LWM"), "paper"] == 0.85 and (ret["n"] == 3).all()
+    hv = pd.read_csv(out / "paper2" / "design-hydra-vs-lwm.csv").set_index("target")
+    assert hv.loc["100x", "verdict"] == "reproduced"  # a 5-point gap paired by seed
+    assert abs(hv.loc["100x", "mean"] - 0.05) < 0.01
+    assert hv.loc["1000x", "verdict"] == "not distinguishable at this scale"
+    assert "reproduced" in values["design_retention"] and "HYDRA - LWM" in values["design_hydra_vs_lwm"]
