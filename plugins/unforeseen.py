@@ -1,6 +1,6 @@
 """The unforeseen attacks of Kang et al. (2019), JPEG, Gabor and Snow, as attack plugins.
 
-The algorithms live in :mod:`rtk.evaluation.unforeseen`; each attack has its own threat model
+The algorithms live in ``rtk.evaluation`` (``jpeg_attack``, ``gabor_attack``, ``snow_attack``); each attack has its own threat model
 (not an Lp ball in pixel space), so they register with ``norm = "none"``: the evaluation reports
 them per attack, never inside an Lp worst case. The defaults are paper 1's evaluation settings
 (``inspire-group/robust_representation_similarity``, ``configs/configs_cifar.yml``, 10 steps),
@@ -16,8 +16,7 @@ import torch
 from pydantic import Field
 
 import rtk
-from rtk.evaluation import OUTPUT_PATTERN, Normalization, model_view
-from rtk.evaluation import unforeseen as uf
+from rtk.evaluation import OUTPUT_PATTERN, Normalization, gabor_attack, jpeg_attack, model_view, snow_attack
 
 
 class _Common(rtk.Options):
@@ -74,7 +73,7 @@ def _builder(run: Callable[..., Any], keys: tuple[str, ...]) -> Callable[[torch.
 
 
 def _snow(view, x, y, *, discolor: float, **kw):
-    return uf.snow_attack(view, x, y, discolor_amount=discolor, **kw)
+    return snow_attack(view, x, y, discolor_amount=discolor, **kw)
 
 
 @rtk.hookimpl
@@ -84,14 +83,14 @@ def rtk_attacks():
         name="jpeg",
         summary="JPEG attack: perturbs the quantized DCT coefficients, Linf or L2 (Kang et al. 2019)",
         options=JPEGOptions,
-        build=_builder(uf.jpeg_attack, ("eps", "step_size", "norm", "quality", "random_start")),
+        build=_builder(jpeg_attack, ("eps", "step_size", "norm", "quality", "random_start")),
         norm="none",
     )
     yield A(
         name="gabor",
         summary="Gabor attack: optimised Gabor noise, L-inf bounded in pixels (Kang et al. 2019)",
         options=GaborOptions,
-        build=_builder(uf.gabor_attack, ("eps", "step_size", "kernel_size", "density")),
+        build=_builder(gabor_attack, ("eps", "step_size", "kernel_size", "density")),
         norm="none",
     )
     yield A(

@@ -97,6 +97,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rtk.plugins.pruners",
     "rtk.plugins.similarity",
     "rtk.plugins.trainers",
+    "rtk.plugins.unforeseen",
     "rtk.plugins.zoo",
 )
 
