@@ -103,8 +103,12 @@ class SimilarityStageOptions(rtk.Options):
         description="model (or '*') -> attack: that model's features are taken on adversarial "
         "inputs from the attack; other models see benign inputs",
     )
-    analyses: list[Literal["heatmap", "block-structure", "diagonal", "overfitting", "specialization"]] = Field(
-        default_factory=lambda: list(ANALYSES), description="analyses to run (each where its inputs are given)"
+    analyses: list[
+        Literal["heatmap", "block-structure", "diagonal", "overfitting", "specialization", "cross-class"]
+    ] = Field(
+        default_factory=lambda: list(ANALYSES),
+        description="analyses to run (each where its inputs are given); 'cross-class' (paper 1's specialization: "
+        "CKA between the feature sets of two classes) only when listed",
     )
     split: Literal["test", "train"] = "test"
     limit: int | None = Field(1000, ge=4, description="use a fixed subset of this many examples")

@@ -493,6 +493,186 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
 
     if "overfitting" in loaded:
         keys.update(overfitting_keys(loaded["overfitting"], "of", dest, save, copy_fig))
+    keys.update(design_keys(runs, dest, copy_fig))
+    return keys
+
+
+# ----------------------------------------------------------------------------- the design (issue 18)
+DESIGN_STUDIES = ("depth", "width", "fraction")
+DESIGN_NOT_RUN = (
+    "Not run yet: no study directory `{runs}/paper1-design-{{depth,width,fraction,overfitting}}` was found. "
+    "Run the four studies as above, then `python scripts/results_paper1.py`."
+)
+
+
+def design_config(values: dict) -> str:
+    """A study point's configuration without its seed: ``blocks 2, width 16, data 1``."""
+    blocks = values.get("models.std.blocks", 2)
+    width = values.get("models.std.width", 16)
+    frac = values.get("dataset.train_fraction", 1.0)
+    return f"blocks {blocks}, width {width}, data {frac:g}"
+
+
+def design_measures(run: dict) -> dict[str, float]:
+    """The per-seed measures behind the paper-1 verdicts, from one point's run directory."""
+    out: dict[str, float] = {}
+    bt = block_table(run)
+    ben = bt[bt["inputs"] == "benign"].set_index("model") if not bt.empty else pd.DataFrame()
+    cc = run["tables"].get("similarity-benign/cross_class")
+    sp = run["tables"].get("similarity-benign/specialization")
+    for m in ("std", "pgd", "trades"):
+        if m in ben.index:
+            out[f"block/{m}"] = float(ben.loc[m, "score"])
+            out[f"far/{m}"] = float(ben.loc[m, "far_cka"])
+        for name, table, col in (("xspec", cc, "cross_class_specialization"), ("spec", sp, "specialization")):
+            if table is not None and (table["model"] == m).any():
+                out[f"{name}/{m}"] = thirds(table[table["model"] == m].sort_values("depth")[col])[1]
+    dt = diagonal_table(run)
+    for pair in ("std vs pgd", "std vs trades"):
+        part = dt[(dt["pair"] == pair) & (dt["inputs"] == "benign")] if not dt.empty else dt
+        if len(part):
+            out[f"early_minus_late/{pair}"] = float(part["first third"].iloc[0] - part["last third"].iloc[0])
+    acc = run["tables"].get("evaluate/accuracy")
+    if acc is not None:
+        for (model, attack), part in acc.groupby(["model", "attack"], sort=False):
+            out[f"acc/{model}/{attack}"] = float(part["accuracy"].iloc[0])
+    return out
+
+
+def overfitting_measures(run: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    acc = accuracy_table(run)
+    if not acc.empty:
+        by = acc.set_index("model")["PGD"]
+        if {"robust@best", "robust@last"} <= set(by.index):
+            out["acc_best_minus_last"] = float(by["robust@best"] - by["robust@last"])
+    _, of = overfitting_tables(run)
+    for inputs in ("benign", "adversarial"):
+        part = of[(of["inputs"] == inputs) & (of["checkpoint"] == "robust@best")] if not of.empty else of
+        if len(part):
+            out[f"cka_early_minus_late/{inputs}"] = float(part["first third"].iloc[0] - part["last third"].iloc[0])
+    return out
+
+
+#: (finding, measure, the column compared, the column it is paired with or None, predicted sign)
+DESIGN_EFFECTS = [
+    ("precondition of 1: standard block structure", "block score of the standard model", "block/std", None, 1),
+    ("1. block structure disappears", "block score: standard - PGD-AT", "block/std", "block/pgd", 1),
+    ("1. block structure disappears", "block score: standard - TRADES", "block/std", "block/trades", 1),
+    ("1. distant layers stay similar", "far-layer CKA: PGD-AT - standard", "far/pgd", "far/std", 1),
+    (
+        "2. less specialized (paper 1's reading)",
+        "cross-class specialization, last third: standard - PGD-AT",
+        "xspec/std",
+        "xspec/pgd",
+        1,
+    ),
+    ("2. less specialized (rtk's reading)", "specialization, last third: standard - PGD-AT", "spec/std", "spec/pgd", 1),
+    (
+        "4. alike early, diverge late",
+        "standard vs PGD-AT CKA: first third - last third",
+        "early_minus_late/std vs pgd",
+        None,
+        1,
+    ),
+]
+
+
+def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
+    """Keys ``design_results``, ``design_headline``, ``design_heatmaps`` and ``design_overfitting``:
+    intervals and verdicts over seeds from the study directories of the paper-1 design."""
+    from intervals import effect_rows, format_interval, study_points, t_interval  # scripts/intervals.py
+
+    rows = []
+    for study in DESIGN_STUDIES:
+        path = runs / f"paper1-design-{study}"
+        if not (path / "study.json").exists():
+            continue
+        for values, run_dir in study_points(path):
+            if (run_dir / "state.json").exists():
+                run = read_run(run_dir)
+                rows.append(
+                    {
+                        "study": study,
+                        "config": design_config(values),
+                        "seed": values.get("seed", 0),
+                        "run": run,
+                        **design_measures(run),
+                    }
+                )
+    keys = {"design_results": DESIGN_NOT_RUN.format(runs=runs), "design_headline": "", "design_heatmaps": ""}
+    keys["design_overfitting"] = f"Not run yet (no `{runs}/paper1-design-overfitting`)."
+    if rows:
+        data = pd.DataFrame(rows)
+        tables = []
+        for finding, measure, col, other, sign in DESIGN_EFFECTS:
+            if col not in data or (other is not None and other not in data):
+                continue
+            part = data.dropna(subset=[col] + ([other] if other else []))
+            eff = effect_rows(part, ["study", "config"], col, expected=sign, paired_with=other)
+            eff.insert(0, "measure", measure)
+            eff.insert(0, "finding", finding)
+            tables.append(eff)
+        effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        effects.to_csv(dest / "design_effects.csv", index=False)
+        keys["design_results"] = md(effects, "{:.3f}") if not effects.empty else "no measures found in the runs"
+        # headline point: the largest mean standard block score whose interval excludes 0, else the widest
+        pre = effects[effects["finding"].str.startswith("precondition")] if not effects.empty else effects
+        ok = pre[pre["low"] > 0] if len(pre) else pre
+        if len(ok):
+            head = ok.sort_values("mean", ascending=False).iloc[0]
+            point, why = (head["study"], head["config"]), "the largest standard block score whose interval excludes 0"
+        else:
+            point, why = (
+                ("width", "blocks 2, width 32, data 1"),
+                "no point has standard block structure: the widest point",
+            )
+        at = effects[(effects["study"] == point[0]) & (effects["config"] == point[1])]
+        keys["design_headline"] = f"Headline point: {point[1]} ({point[0]} study; {why}).\n\n" + md(
+            at.drop(columns=["study", "config"]), "{:.3f}"
+        )
+        first = data[(data["study"] == point[0]) & (data["config"] == point[1])].sort_values("seed")
+        if len(first):
+            run = first.iloc[0]["run"]
+            keys["design_heatmaps"] = " ".join(
+                copy_fig(run, "similarity-benign", f"heatmap_{m}", f"design_heatmap_{m}.png") for m in ("std", "pgd")
+            )
+        acc_cols = sorted(c for c in data.columns if c.startswith("acc/"))
+        if acc_cols:
+            acc_rows = []
+            for (study, config), part in data.groupby(["study", "config"], sort=False):
+                for c in acc_cols:
+                    vals = part[c].dropna()
+                    if len(vals):
+                        _, model, attack = c.split("/", 2)
+                        acc_rows.append(
+                            {
+                                "study": study,
+                                "config": config,
+                                "model": model,
+                                "attack": attack,
+                                "accuracy": format_interval(t_interval(vals)),
+                            }
+                        )
+            pd.DataFrame(acc_rows).to_csv(dest / "design_accuracy.csv", index=False)
+    path = runs / "paper1-design-overfitting"
+    if (path / "study.json").exists():
+        of_rows = [{"seed": v.get("seed", 0), **overfitting_measures(read_run(d))} for v, d in study_points(path)]
+        of = pd.DataFrame(of_rows)
+        parts = []
+        for col, measure in (
+            ("acc_best_minus_last", "PGD-20 accuracy: best - last checkpoint (robust overfitting)"),
+            ("cka_early_minus_late/benign", "best vs last CKA: first third - last third (benign)"),
+            ("cka_early_minus_late/adversarial", "best vs last CKA: first third - last third (adversarial)"),
+        ):
+            if col in of:
+                eff = effect_rows(of.assign(all="all").dropna(subset=[col]), ["all"], col)
+                eff.insert(0, "measure", measure)
+                parts.append(eff.drop(columns="all"))
+        if parts:
+            table = pd.concat(parts, ignore_index=True)
+            table.to_csv(dest / "design_overfitting.csv", index=False)
+            keys["design_overfitting"] = md(table, "{:.3f}")
     return keys
 
 

@@ -366,6 +366,78 @@ def hydra_counts(tables: dict[str, pd.DataFrame]) -> dict[str, str]:
     return out
 
 
+# ----------------------------------------------------------------------------- the design (issue 18)
+#: objective stage -> (its headline fraction, Sehwag et al. 2019's mean retention at 10x on CIFAR-10)
+RETENTION = {
+    "prune-std": ("clean_frac", 0.93),
+    "prune-adv": ("robust_frac", 0.925),
+    "prune-ver": ("verified_frac", 0.85),
+}
+OBJECTIVE_NAMES = {"prune-std": "standard", "prune-adv": "PGD-AT", "prune-ver": "IBP"}
+
+
+def design_values(runs: Path, out: Path) -> dict[str, str]:
+    """``design_retention`` and ``design_hydra_vs_lwm``: intervals over seeds and verdicts from
+    the study directories ``paper2-design-retention`` and ``paper2-design-high-compression``."""
+    from intervals import effect_rows, study_points  # scripts/intervals.py
+
+    values = {
+        "design_retention": "Not run yet (no `runs/paper2-design-retention`).",
+        "design_hydra_vs_lwm": "Not run yet (no `runs/paper2-design-high-compression`).",
+    }
+    figdir = out / "paper2"
+    figdir.mkdir(parents=True, exist_ok=True)
+    study = runs / "paper2-design-retention"
+    if (study / "study.json").exists():
+        rows = []
+        for point, path in study_points(study):
+            run = read_run(path)
+            for stage, (col, paper) in RETENTION.items():
+                table = run["tables"].get(f"{stage}/compression")
+                if table is None or col not in table:
+                    continue
+                for _, r in table[(table["target"] == "10x") & (table["method"] != "dense")].iterrows():
+                    rows.append(
+                        {
+                            "objective": OBJECTIVE_NAMES[stage],
+                            "measure": col.replace("_frac", " / dense"),
+                            "method": METHOD_NAMES.get(r["method"], r["method"]),
+                            "paper": paper,
+                            "seed": point.get("seed", 0),
+                            "fraction": float(r[col]),
+                            "minus_paper": float(r[col]) - paper,
+                        }
+                    )
+        if rows:
+            data = pd.DataFrame(rows)
+            eff = effect_rows(data, ["objective", "measure", "method", "paper"], "minus_paper")
+            means = data.groupby(["objective", "measure", "method"], sort=False)["fraction"].mean().to_numpy()
+            eff.insert(4, "fraction (mean)", means)
+            eff.to_csv(figdir / "design-retention.csv", index=False)
+            values["design_retention"] = md_table(eff.round(3))
+    study = runs / "paper2-design-high-compression"
+    if (study / "study.json").exists():
+        rows = []
+        for point, path in study_points(study):
+            run = read_run(path)
+            key = next((k for k in run["tables"] if k.endswith("/compression")), None)
+            if key is None:
+                continue
+            t = run["tables"][key]
+            for target, part in t[t["method"].isin(["lwm", "hydra"])].groupby("target", sort=False):
+                acc = part.set_index("method")["robust_acc"]
+                if {"lwm", "hydra"} <= set(acc.index):
+                    rows.append(
+                        {"target": target, "seed": point.get("seed", 0), "hydra": acc["hydra"], "lwm": acc["lwm"]}
+                    )
+        if rows:
+            eff = effect_rows(pd.DataFrame(rows), ["target"], "hydra", paired_with="lwm")
+            eff.insert(1, "measure", "robust accuracy: HYDRA - LWM (paired by seed)")
+            eff.to_csv(figdir / "design-hydra-vs-lwm.csv", index=False)
+            values["design_hydra_vs_lwm"] = md_table(eff.round(3))
+    return values
+
+
 class _Strict(dict):
     def __missing__(self, key: str) -> str:
         raise KeyError(f"template key {{{key}}} has no value (run with --keys to list them)")
@@ -379,7 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", action="store_true", help="print the template keys and their values, write nothing else")
     args = ap.parse_args(argv)
     logs = args.logs or args.runs / "logs"
-    values = {**collect(args.runs, logs, args.out), **collect(args.runs, logs, args.out, "-digits")}
+    values = {
+        **collect(args.runs, logs, args.out),
+        **collect(args.runs, logs, args.out, "-digits"),
+        **design_values(args.runs, args.out),
+    }
     if args.keys:
         for k, v in sorted(values.items()):
             print(f"{k} = {v if chr(10) not in v else '<table>'}")

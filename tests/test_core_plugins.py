@@ -61,7 +61,7 @@ def test_duplicate_component_names_both_plugins(monkeypatch):
 
 
 def test_disable_plugins_blocks_by_name(monkeypatch):
-    monkeypatch.setenv("RTK_DISABLE_PLUGINS", "rtk.attacks, extra")
+    monkeypatch.setenv("RTK_DISABLE_PLUGINS", "rtk.attacks, rtk.unforeseen, extra")
     pm = rtk.plugin_manager(entry_points=False, extra=[("extra", _attack_plugin("noop"))])
     reg = rtk.Registry.from_plugin_manager(pm)
     assert reg.names("attack") == []

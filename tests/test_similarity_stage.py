@@ -157,7 +157,7 @@ def test_similarity_stage_full_and_streamed(tmp_path):
             "models": ["a"],
             "pairs": [["a", "b"]],
             "metric": {"name": "minibatch-cka", "batch_size": 50},
-            "analyses": ["heatmap", "diagonal", "block-structure"],
+            "analyses": ["heatmap", "diagonal", "block-structure", "cross-class"],
             "limit": 100,
             "adversarial": {"b": {"name": "pgd", "eps": "0.1", "steps": 2}},
         },
@@ -186,7 +186,10 @@ def test_similarity_stage_full_and_streamed(tmp_path):
     assert ov.value.round(6).eq(1.0).all()  # epoch-1 is the last epoch: the same weights
     assert set(full.figures) >= {"heatmap a", "heatmap a vs b", "diagonal", "overfitting", "specialization"}
     assert all(p.exists() and p.stat().st_size > 1000 for p in full.figures.values())
-    assert "specialization" not in mb.tables
+    assert "specialization" not in mb.tables and "cross_class" not in full.tables  # only where listed
+    cc = mb.tables["cross_class"]
+    assert cc.layer.tolist() == layers and cc.cross_class_similarity.between(-1, 1).all()
+    assert len(mb.tables["cross_class_pairs"]) == len(layers) * 45 and "cross_class" in mb.figures
     d = mb.tables["diagonal"]
     assert len(d) == 5 and d.value.between(-1, 1).all()
     assert (mb.tables["heatmaps"].inputs_b.str.startswith("adversarial")).any()

@@ -99,6 +99,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "rtk.plugins.similarity",
     "rtk.plugins.sources",
     "rtk.plugins.trainers",
+    "rtk.plugins.unforeseen",
     "rtk.plugins.zoo",
 )
 

@@ -9,7 +9,7 @@ large ones (image folders) are ordinary ``torch.utils.data.Dataset`` objects.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -79,6 +79,15 @@ class DataOptions(Options):
 
     limit_train: int | None = Field(None, ge=1, description="use a fixed random subset of this many training examples")
     limit_test: int | None = Field(None, ge=1, description="use a fixed random subset of this many test examples")
+    train_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="keep this share of every class of the training split (a fixed draw; after limit_train)",
+    )
+    resolution: int | None = Field(
+        None, ge=4, le=1024, description="resize every image to resolution x resolution (area averaging when shrinking)"
+    )
     seed: int = Field(0, description="seed of the subset draws")
 
 
@@ -96,6 +105,47 @@ def subset(split: Dataset, limit: int | None, seed: int) -> Dataset:
     return torch.utils.data.Subset(split, idx.tolist())
 
 
+def class_fraction(split: Dataset, fraction: float | None, seed: int) -> Dataset:
+    """A fixed random draw of ``fraction`` of every class (at least one example per class present)."""
+    if fraction is None or fraction >= 1:
+        return split
+    if not 0 < fraction < 1:
+        raise DataError(f"train_fraction must be in (0, 1], got {fraction}")
+    labels = (
+        split.y if isinstance(split, TensorSplit) else torch.as_tensor([int(split[i][1]) for i in range(len(split))])
+    )  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        k = max(1, round(fraction * len(idx)))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    chosen = torch.cat(keep).sort().values
+    if isinstance(split, TensorSplit):
+        return split.subset(chosen)
+    return torch.utils.data.Subset(split, chosen.tolist())
+
+
+def resize_split(split: Dataset, size: int, name: str) -> TensorSplit:
+    """An in-memory split with its images resized to ``size`` x ``size`` (area averaging when
+    shrinking, bilinear with antialiasing when growing), values kept in [0, 1]."""
+    if not isinstance(split, TensorSplit):
+        raise DataError(
+            f"dataset {name!r}: resolution works on in-memory datasets only; resize image folders with their own "
+            "image_size/resize options"
+        )
+    x = split.x
+    if x.shape[-2:] == (size, size):
+        return split
+    if size <= min(x.shape[-2:]):
+        out = torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    else:
+        out = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return TensorSplit(out.clamp(0, 1), split.y)
+
+
 def apply_limits(bundle: DatasetBundle, opts: DataOptions) -> DatasetBundle:
     for key, split in (("limit_train", bundle.train), ("limit_test", bundle.test)):
         limit = getattr(opts, key)
@@ -105,11 +155,17 @@ def apply_limits(bundle: DatasetBundle, opts: DataOptions) -> DatasetBundle:
                 f"{len(split)} examples; lower {key} to at most {len(split)} or remove it"  # type: ignore[arg-type]
             )
     train = subset(bundle.train, opts.limit_train, opts.seed)
+    train = class_fraction(train, getattr(opts, "train_fraction", None), opts.seed + 2)
     test = subset(bundle.test, opts.limit_test, opts.seed + 1)
+    info = bundle.info
+    size = getattr(opts, "resolution", None)
+    if size is not None:
+        train, test = resize_split(train, size, info.name), resize_split(test, size, info.name)
+        info = replace(info, height=size, width=size)
     for split_name, split in (("train", train), ("test", test)):
         if len(split) == 0:  # type: ignore[arg-type]
             raise DataError(f"dataset {bundle.info.name!r}: the {split_name} split is empty")
-    return DatasetBundle(bundle.info, train, test)
+    return DatasetBundle(info, train, test)
 
 
 def batches(

@@ -7,6 +7,8 @@
 - :func:`model_view`, :func:`seeded`, :func:`with_restarts`, :func:`ensemble`: helpers
   for attack plugins (logits-only model view, seeding without touching the global RNG).
 - :func:`robust_accuracy`: the minimal dict-returning interface.
+- :func:`jpeg_attack`, :func:`gabor_attack`, :func:`snow_attack` (``rtk.evaluation.unforeseen``):
+  Kang et al.'s unforeseen attacks, each in its own threat model.
 """
 
 from .adapters import (
@@ -27,6 +29,7 @@ from .engine import EvaluationResult, eval_indices, evaluate, load_batch, shard_
 from .records import RecordStore, merge_records, model_fingerprint
 from .request import AttackSuiteOptions, Norm
 from .summary import headline_threat, plot_curves, threat_label
+from .unforeseen import UnforeseenResult, gabor_attack, jpeg_attack, snow_attack
 from .units import (
     NORMS,
     AttackUnit,
@@ -41,6 +44,10 @@ from .units import (
 )
 
 __all__ = [
+    "UnforeseenResult",
+    "gabor_attack",
+    "jpeg_attack",
+    "snow_attack",
     "OUTPUT_PATTERN",
     "AttackFn",
     "ModelOutputError",

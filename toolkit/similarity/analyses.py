@@ -32,6 +32,21 @@ first turned into similarities), a threshold ``t`` and a minimum size ``m``:
 examples of different classes at that layer (0: the layer does not tell classes apart).
 ``class_alignment`` is the metric between the layer and the one-hot labels (how much of
 the layer's example-by-example similarity structure is class identity).
+
+**Cross-class specialization (paper 1's reading).** :func:`cross_class_specialization`
+follows Cianfarani et al.'s description: a layer is specialized when its representations of
+different classes are *dissimilar under the similarity metric itself*. For classes a != b it
+takes the first ``m`` test examples of each (``m`` = the smallest class count, or
+``per_class``), pairs them by order, and computes the metric (CKA) between the two feature
+matrices ``X_a`` and ``X_b``; ``cross_class_similarity`` is the mean over class pairs and
+``cross_class_specialization = 1 - cross_class_similarity``. The paper's public code
+(``inspire-group/robust_representation_similarity``) holds only the CKA machinery, not this
+analysis, so the definition here is taken from the paper's text. It differs from rtk's own
+``specialization`` above in three ways: it compares the *geometry* of two classes' example sets
+(CKA is invariant to rotations and isotropic scaling, so two classes whose representations are
+rotated copies of each other count as identical), not the cosine similarity of individual
+examples; it needs no centring over the whole batch; and its value depends on ``m`` and on the
+arbitrary pairing by order, while rtk's uses every pair of examples.
 """
 
 from __future__ import annotations
@@ -381,6 +396,64 @@ def specialization(
     return pd.DataFrame(rows), pd.DataFrame(pair_rows)
 
 
+def cross_class_specialization(
+    metric: Any,
+    feats: Mapping[str, Tensor],
+    labels: Tensor,
+    *,
+    model: str = "model",
+    num_classes: int | None = None,
+    per_class: int | None = None,
+    metric_name: str = "",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per layer: ``cross_class_similarity`` (mean metric between the feature sets of two
+    different classes) and ``cross_class_specialization`` (1 minus it), see the module doc; and
+    the class-pair values in long form."""
+    labels = labels.reshape(-1).long().cpu()
+    c = int(num_classes or int(labels.max()) + 1)
+    members = [torch.nonzero(labels == k).flatten() for k in range(c)]
+    present = [k for k in range(c) if len(members[k]) > 0]
+    if len(present) < 2:
+        raise SimilarityError(f"{model}: cross-class specialization needs two classes, got {len(present)}")
+    m = min(len(members[k]) for k in present)
+    if per_class is not None:
+        m = min(m, per_class)
+    if m < 4:
+        raise SimilarityError(
+            f"{model}: cross-class specialization needs 4 examples of every class, the rarest has {m}"
+        )
+    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1 :]]
+    rows, pair_rows = [], []
+    names = list(feats)
+    for depth, name in enumerate(names):
+        x = feats[name].reshape(feats[name].shape[0], -1)
+        sets = {k: x[members[k][:m].to(x.device)] for k in present}
+        vals = pair_values(
+            metric,
+            [sets[a] for a, _ in pairs],
+            [sets[b] for _, b in pairs],
+            [f"{model}:{name} {a}-{b}" for a, b in pairs],
+        )
+        if not getattr(metric, "higher_is_similar", True):
+            vals = as_similarity(torch.tensor(vals, dtype=torch.float64), metric).tolist()
+        mean = float(np.mean(vals))
+        rows.append(
+            {
+                "model": model,
+                "layer": name,
+                "depth": depth,
+                "relative_depth": depth / max(len(names) - 1, 1),
+                "cross_class_similarity": mean,
+                "cross_class_specialization": 1.0 - mean,
+                "per_class": m,
+                "metric": metric_name or repr(metric),
+            }
+        )
+        for (a, b), v in zip(pairs, vals):
+            pair_rows.append({"model": model, "layer": name, "class_a": a, "class_b": b, "similarity": float(v)})
+    return pd.DataFrame(rows), pd.DataFrame(pair_rows)
+
+
 # ----------------------------------------------------------------------------- figures
 def plot_heatmap(
     h: Heatmap, path: str | Path, *, title: str = "", vmin: float | None = 0.0, vmax: float | None = 1.0
@@ -463,6 +536,7 @@ __all__ = [
     "overfitting_by_layer",
     "class_similarity",
     "specialization",
+    "cross_class_specialization",
     "plot_heatmap",
     "plot_lines",
 ]

@@ -25,6 +25,7 @@ from .analyses import (
     Heatmap,
     block_structure,
     common_layers,
+    cross_class_specialization,
     diagonal,
     heatmap,
     overfitting_by_layer,
@@ -107,7 +108,7 @@ def run_similarity(
     within = [m for m in job.models] if want & {"heatmap", "block-structure"} else []
     pairs = list(job.pairs) if want & {"heatmap", "diagonal"} else []
     overfit = list(job.checkpoints) if "overfitting" in want and job.checkpoints else []
-    spec_models = list(job.models) if "specialization" in want else []
+    spec_models = list(job.models) if want & {"specialization", "cross-class"} else []
 
     feats: dict[str, dict[str, Tensor]] = {}
     labels: Tensor | None = None
@@ -267,7 +268,32 @@ def run_similarity(
             )
 
     # specialization ------------------------------------------------------------
-    if spec_models:
+    if spec_models and "cross-class" in want:
+        assert labels is not None
+        ncls = int(getattr(getattr(data, "info", None), "num_classes", 0) or int(labels.max()) + 1)
+        xdfs, xpairs = [], []
+        for m in spec_models:
+            xdf, xp = cross_class_specialization(
+                metric, feats[m], labels, model=m, num_classes=ncls, metric_name=job.metric_name
+            )
+            xdf.insert(1, "inputs", labels_in[m])
+            xdfs.append(xdf)
+            xpairs.append(xp)
+            metrics[f"cross_class_specialization_last/{m}"] = float(xdf["cross_class_specialization"].iloc[-1])
+        tables["cross_class"] = pd.concat(xdfs, ignore_index=True)
+        tables["cross_class_pairs"] = pd.concat(xpairs, ignore_index=True)
+        p = fig("cross_class")
+        if p is not None:
+            figures["cross_class"] = plot_lines(
+                tables["cross_class"],
+                p,
+                x="relative_depth",
+                y="cross_class_specialization",
+                hue="model",
+                ylabel="1 - mean CKA between classes",
+                title="cross-class specialization by layer (paper 1)",
+            )
+    if spec_models and "specialization" in want:
         assert labels is not None
         sdfs, cdfs = [], []
         ncls = int(getattr(getattr(data, "info", None), "num_classes", 0) or int(labels.max()) + 1)

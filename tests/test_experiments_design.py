@@ -1,0 +1,111 @@
+"""The designed studies (issue 18) and the paper-scale GPU files validate with ``rtk run
+--dry-run``: every point of every sweep resolves against the registry before any work. CIFAR-10
+is not on this machine; its files are written in the same format by the test (as in
+tests/test_data_loaders.py), so only their presence is faked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomllib
+from click.testing import CliRunner
+from test_data_loaders import make_cifar10
+
+import rtk
+from rtk.cli.main import cli
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+DESIGN = sorted(p.name for p in EXPERIMENTS.glob("paper*-design-*.toml"))
+GPU = ["paper1-cifar10-wrn.toml", "paper2-cifar10-hydra.toml"]
+
+
+@pytest.fixture(scope="module")
+def cifar_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("rtk-data")
+    make_cifar10(home / "cifar10")
+    return home
+
+
+def _dry_run(name: str, env: dict[str, str] | None = None) -> str:
+    pm = rtk.plugin_manager(entry_points=False)
+    res = CliRunner().invoke(cli, ["run", str(EXPERIMENTS / name), "--dry-run"], obj=pm, env=env)
+    assert res.exit_code == 0, f"{name}: {res.output}"
+    return res.output
+
+
+def test_the_design_files_are_there():
+    assert DESIGN == [
+        "paper1-design-depth.toml",
+        "paper1-design-fraction.toml",
+        "paper1-design-overfitting.toml",
+        "paper1-design-width.toml",
+        "paper2-design-high-compression.toml",
+        "paper2-design-retention.toml",
+    ]
+
+
+@pytest.mark.parametrize("name", DESIGN)
+def test_design_studies_plan_with_three_seeds(name):
+    table = tomllib.loads((EXPERIMENTS / name).read_text())
+    assert table["sweep"]["seed"] == [0, 1, 2], "every configuration of the design has three fixed seeds"
+    out = _dry_run(name)
+    points = {"depth": 9, "width": 9, "fraction": 9}.get(name.split("-")[2].removesuffix(".toml"), 3)
+    assert f"all {points} points are valid" in out
+
+
+@pytest.mark.parametrize("name,key,ladder", [("depth", "blocks", [1, 2, 4]), ("width", "width", [8, 16, 32])])
+def test_capacity_ladders_and_paper1_protocol(name, key, ladder):
+    t = tomllib.loads((EXPERIMENTS / f"paper1-design-{name}.toml").read_text())
+    (zipped,) = t["sweep"]["zip"]
+    for m in ("std", "pgd", "trades"):  # the three models of a point always share their shape
+        assert zipped[f"models.{m}.{key}"] == ladder
+        assert (t["models"][m]["blocks"], t["models"][m]["width"]) == (2, 16)  # the point both ladders share
+    stages = {s["id"]: s for s in t["stages"]}
+    assert stages["train-pgd"]["trainer"]["steps"] == 7 and stages["train-trades"]["trainer"]["steps"] == 7
+    assert stages["evaluate"]["attacks"][0] == {"name": "pgd", "eps": 0.1, "steps": 20}
+    assert {a["name"] for a in stages["evaluate"]["attacks"]} == {"pgd", "jpeg", "gabor", "snow"}
+    assert "cross-class" in stages["similarity-benign"]["analyses"]
+
+
+def test_fraction_points_keep_the_optimizer_steps():
+    t = tomllib.loads((EXPERIMENTS / "paper1-design-fraction.toml").read_text())
+    (zipped,) = t["sweep"]["zip"]
+    for key, full in (("train-std", 20), ("train-pgd", 30), ("train-trades", 30)):
+        for frac, epochs in zip(zipped["dataset.train_fraction"], zipped[f"stages.{key}.epochs"], strict=True):
+            assert frac * epochs == full
+
+
+@pytest.mark.parametrize("name", GPU)
+def test_paper_scale_files_plan(name, cifar_home):
+    out = _dry_run(name, env={"RTK_DATA": str(cifar_home)})
+    assert "valid" in out
+    t = tomllib.loads((EXPERIMENTS / name).read_text())
+    if name.startswith("paper1"):
+        (zipped,) = t["sweep"]["zip"]
+        assert zipped["models.std.width"] == list(range(1, 11))
+        trainers = {s["id"]: s.get("trainer") for s in t["stages"] if s["kind"] == "train"}
+        assert trainers["train-linf"] == {
+            "name": "pgd-at",
+            "norm": "Linf",
+            "eps": "8/255",
+            "alpha": "2/255",
+            "steps": 10,
+        }
+        assert trainers["train-l2"]["eps"] == 1.0 and trainers["train-l2"]["steps"] == 10
+        sims = [s for s in t["stages"] if s["kind"] == "similarity"]
+        assert all(s["metric"] == {"name": "minibatch-cka", "batch_size": 1024} for s in sims)
+    else:
+        prunes = [s for s in t["stages"] if s["kind"] == "prune"]
+        assert {t["models"][s["model"]]["arch"] for s in prunes} == {"vgg16", "wrn"}
+        for s in prunes:
+            assert s["compression"] == [10, 20, 100] and s["trainer"]["name"] == "trades"
+            assert set(s["pruners"]) == {"lwm", "hydra"}
+
+
+def test_missing_cifar_is_named_by_the_dry_run(tmp_path):
+    pm = rtk.plugin_manager(entry_points=False)
+    res = CliRunner().invoke(
+        cli, ["run", str(EXPERIMENTS / GPU[1]), "--dry-run"], obj=pm, env={"RTK_DATA": str(tmp_path)}
+    )
+    assert res.exit_code != 0 and "cifar10" in res.output and "files not found" in res.output
