@@ -720,17 +720,28 @@ def run(
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     runs_root: str | os.PathLike = "runs",
+    overrides: dict[str, Any] | None = None,
 ) -> RunResult:
     """Validate and run an experiment given as a TOML path, a dict, or an Experiment.
 
-    Returns a :class:`RunResult` with every table as a pandas DataFrame.
+    ``overrides`` maps key paths to values (``{"stages.train.epochs": 30}``), applied to
+    the file or dict before validation (see :mod:`rtk.study.overrides`). Returns a
+    :class:`RunResult` with every table as a pandas DataFrame.
     """
     if isinstance(experiment, Experiment):
+        if overrides:
+            raise ConfigError("overrides apply to an experiment file or dict, not to a validated Experiment")
         exp = experiment
     elif isinstance(experiment, dict):
+        if overrides:
+            from .study.overrides import apply_overrides
+
+            experiment = apply_overrides(experiment, overrides, source="<dict>")
         exp = experiment_from_dict(experiment, source="<dict>", base_dir=Path.cwd())
+        if overrides:
+            exp = exp.model_copy(update={"overrides": dict(overrides)})
     else:
-        exp = load_experiment(experiment)
+        exp = load_experiment(experiment, overrides=overrides)
     return execute(plan(exp, registry), out=out, resume=resume, runs_root=runs_root)
 
 
@@ -738,12 +749,13 @@ def resumed_experiment(rundir: str | os.PathLike) -> Experiment:
     """The experiment of an earlier run directory (for ``rtk run --resume DIR``)."""
     rd = RunDir(rundir)
     toml = rd.path / "experiment.toml"
-    if toml.exists():
-        exp = load_experiment(toml)
+    if toml.exists():  # the file as given, with the overrides and tags the run had (a study point's)
+        from .study.sweep import experiment_from_file
+
         cfg = rd.read_json("config.json", {}) or {}
-        if cfg.get("base_dir"):
-            exp = exp.model_copy(update={"base_dir": cfg["base_dir"]})
-        return exp
+        return experiment_from_file(
+            toml, overrides=cfg.get("overrides") or None, tags=cfg.get("tags") or None, base_dir=cfg.get("base_dir")
+        )
     cfg = rd.read_json("config.json")
     if cfg is None:
         raise ConfigError(f"--resume {rd.path}: not a run directory (no config.json)")
