@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
 from collections.abc import Mapping
 from typing import Any
+
+import tomllib
 
 from ..errors import ConfigError, suggest
 
