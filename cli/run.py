@@ -185,7 +185,10 @@ def _study(
 ) -> None:
     """``rtk run`` on a file with a [sweep] table, or ``--resume STUDY_DIR``."""
     import rtk.study as st
+    from rtk.distributed import launched_by_torchrun
 
+    if launched_by_torchrun():
+        raise click.UsageError("a study runs each point under torchrun with --nproc N; do not launch the study itself")
     if device:
         overrides["device"] = device
     if seed is not None:

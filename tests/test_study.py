@@ -305,3 +305,26 @@ def test_slurm_through_submitit_local_and_a_torchrun_point(tmp_path):
     assert sorted(hist["models.net.width"]) == [1, 2]
     assert (tmp_path / "study" / "figures" / "models.net.width.png").exists()
     assert "slurm (local" in json.loads((tmp_path / "study" / "study.json").read_text())["executor"]
+
+
+def test_paper1_width_sweep_is_the_width_files_recipe():
+    """experiments/paper1-width.toml: one study over width 2/4/8/16 whose width-16 point is
+    paper1-wide.toml's experiment (models renamed std/pgd/trades)."""
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    on_digits = {"dataset.name": "digits"}  # the check of Fashion-MNIST's files is not the point here
+    study = load_study(root / "paper1-width.toml", overrides=on_digits)
+    assert [p.experiment.models["pgd"].options["width"] for p in study.points] == [2, 4, 8, 16]
+    wide = rtk.load_experiment(root / "paper1-wide.toml", overrides=on_digits)
+    rename = {"std-w16": "std", "pgd-w16": "pgd", "trades-w16": "trades"}
+
+    def renamed(text: str) -> str:
+        for old, new in rename.items():
+            text = text.replace(old, new)
+        return text
+
+    point = study.points[-1].experiment
+    assert [(s.id, s.kind) for s in point.stages] == [(renamed(s.id), s.kind) for s in wide.stages]
+    assert [json.dumps(s.options, sort_keys=True) for s in point.stages] == [
+        renamed(json.dumps(s.options, sort_keys=True)) for s in wide.stages
+    ]
+    assert {n: m.options for n, m in point.models.items()} == {rename[n]: m.options for n, m in wide.models.items()}

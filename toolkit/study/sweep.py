@@ -147,11 +147,18 @@ def sweep_axes(sweep: Any) -> list[dict[str, list[Any]]]:
 
 
 def _point_id(index: int, values: dict[str, Any]) -> str:
-    parts = []
+    """``p003-width=4-seed=1``: the last part of each key path (longer where two keys with
+    different values share it); keys that vary together with one value appear once."""
+    named: list[tuple[str, str]] = []
     for k, v in values.items():
-        short = parse_key_path(k)[-1]
-        parts.append(f"{short}={_show(v)}")
-    slug = re.sub(r"[^A-Za-z0-9_.=\-]+", "_", "-".join(parts)).strip("_")[:60]
+        parts = parse_key_path(k)
+        item = (parts[-1], _show(v))
+        clash = [n for n, val in named if n == item[0] and val != item[1]]
+        if clash:
+            item = (".".join(parts[-2:]), item[1])
+        if item not in named:
+            named.append(item)
+    slug = re.sub(r"[^A-Za-z0-9_.=\-]+", "_", "-".join(f"{n}={v}" for n, v in named)).strip("_")[:60]
     return f"p{index:03d}" + (f"-{slug}" if slug else "")
 
 

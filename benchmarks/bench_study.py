@@ -1,0 +1,120 @@
+"""The overhead of a study: a 4-point digits sweep against its four runs alone.
+
+The sweep is two widths of ``cnn-small`` x two trainers (standard, PGD-AT), each point a
+``train`` stage and an ``evaluate`` stage on the 8x8 digits. Three configurations, each
+timed as a whole command (wall clock, process start-up included):
+
+- ``alone``: the four points as four ``rtk run FILE --set ...`` commands one after another
+  (the baseline: what a researcher did before studies);
+- ``jobs1``: ``rtk run SWEEP.toml`` (the local executor, one point at a time);
+- ``jobs2``: ``rtk run SWEEP.toml --jobs 2`` (two points at once, one thread each).
+
+The configurations run interleaved, round after round, so they share the machine's noise;
+the printed numbers are the medians over rounds and the ratios to ``alone``. The load
+average is printed too: on a shared machine only the ratios mean much.
+
+    python benchmarks/bench_study.py [--rounds 2] [--epochs 2] [--train 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXPERIMENT = """
+name = "bench-study"
+seed = 0
+
+[dataset]
+name = "digits"
+limit_train = {train}
+limit_test = 200
+
+[models.net]
+arch = "cnn-small"
+
+[[stages]]
+id = "train"
+kind = "train"
+model = "net"
+trainer = "standard"
+epochs = {epochs}
+lr = 0.05
+eval_size = 0
+
+[[stages]]
+id = "evaluate"
+kind = "evaluate"
+models = ["net"]
+attacks = [{{ name = "pgd", steps = 5 }}]
+eps = [0.1]
+limit = 200
+checks = false
+"""
+WIDTHS = [1, 2]
+TRAINERS = ['"standard"', '{ name = "pgd-at", eps = 0.1, steps = 3 }']
+
+
+def rtk(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rtk.cli.main", "-q", *args]
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train", type=int, default=600)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rtk-bench-study-"))
+    base = EXPERIMENT.format(train=args.train, epochs=args.epochs)
+    single = work / "single.toml"
+    single.write_text(base)
+    sweep = work / "sweep.toml"
+    trainers = ", ".join(TRAINERS)
+    sweep.write_text(base + f'\n[sweep]\n"models.net.width" = {WIDTHS}\n"stages.train.trainer" = [{trainers}]\n')
+    times: dict[str, list[float]] = {"alone": [], "jobs1": [], "jobs2": []}
+    for r in range(args.rounds):
+        alone = 0.0
+        for i, (w, t) in enumerate(itertools.product(WIDTHS, TRAINERS)):
+            alone += timed(
+                rtk(
+                    "run",
+                    str(single),
+                    "--set",
+                    f"models.net.width={w}",
+                    "--set",
+                    f"stages.train.trainer={t}",
+                    "--out",
+                    str(work / f"alone-{r}-{i}"),
+                )  # fmt: skip
+            )
+        times["alone"].append(alone)
+        times["jobs1"].append(timed(rtk("run", str(sweep), "--out", str(work / f"jobs1-{r}"))))
+        times["jobs2"].append(timed(rtk("run", str(sweep), "--jobs", "2", "--out", str(work / f"jobs2-{r}"))))
+        print(
+            f"round {r + 1}: alone {alone:.1f} s, jobs1 {times['jobs1'][-1]:.1f} s, jobs2 {times['jobs2'][-1]:.1f} s; "
+            f"load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\nmedian over {args.rounds} rounds (cores: {os.cpu_count()}):")
+    for k, v in med.items():
+        print(f"  {k:6s} {v:7.1f} s   ratio to alone {v / med['alone']:.2f}")
+    print(f"(files in {work})")
+
+
+if __name__ == "__main__":
+    main()
