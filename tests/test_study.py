@@ -280,8 +280,13 @@ def test_killing_the_study_keeps_finished_points_and_resume_finishes(tmp_path):
     first_dir = out / first["dir"]
     mtime = (first_dir / "state.json").stat().st_mtime_ns
     study = resume_study(out)
-    result = run_study(study, executor=LocalExecutor(), resume=out)
+    events = []
+    result = run_study(study, executor=LocalExecutor(), resume=out, progress=events.append)
     assert result.failed == []
+    assert [(e.event, e.point) for e in events] == [
+        (ev, p["id"]) for p in rec["points"][1:] for ev in ("started", "completed")
+    ]
+    assert (events[-1].done, events[-1].running, events[-1].failed, events[-1].total) == (3, 0, 0, 3)
     assert (first_dir / "state.json").stat().st_mtime_ns == mtime, "the finished point was kept as it was"
     acc = result.table("evaluate/accuracy")
     assert sorted(set(acc["seed"])) == [0, 1, 2] and (acc.groupby("point").size() == 3).all()

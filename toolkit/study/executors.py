@@ -360,8 +360,6 @@ class SlurmExecutor(Executor):
         }
         if self.partition and self.cluster == "slurm":
             params["slurm_partition"] = self.partition
-        if self.cluster == "slurm":
-            params["slurm_array_parallelism"] = self.jobs if self.jobs > 1 else len(tasks)
         ex.update_parameters(**params)
         if self.cluster == "debug":  # runs each job in this process when its result is asked for
             for task in tasks:
