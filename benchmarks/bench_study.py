@@ -10,8 +10,11 @@ timed as a whole command (wall clock, process start-up included):
 - ``jobs2``: ``rtk run SWEEP.toml --jobs 2`` (two points at once, one thread each).
 
 The configurations run interleaved, round after round, so they share the machine's noise;
-the printed numbers are the medians over rounds and the ratios to ``alone``. The load
-average is printed too: on a shared machine only the ratios mean much.
+the printed numbers are the medians over rounds and the ratios to ``alone``. Beside the wall
+time, the seconds the stages themselves took (summed from each run's ``state.json``) are
+printed, and their difference, the time outside the stages (process start-up, imports,
+planning, the study's own bookkeeping). The load average is printed too: on a shared
+machine only the ratios mean much.
 
     python benchmarks/bench_study.py [--rounds 2] [--epochs 2] [--train 600]
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
 import subprocess
@@ -72,6 +76,14 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def stage_seconds(run_dirs: list[Path]) -> float:
+    total = 0.0
+    for d in run_dirs:
+        state = json.loads((d / "state.json").read_text())
+        total += sum(st.get("seconds", 0.0) for st in state["stages"].values())
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
@@ -86,9 +98,12 @@ def main() -> None:
     trainers = ", ".join(TRAINERS)
     sweep.write_text(base + f'\n[sweep]\n"models.net.width" = {WIDTHS}\n"stages.train.trainer" = [{trainers}]\n')
     times: dict[str, list[float]] = {"alone": [], "jobs1": [], "jobs2": []}
+    stages: dict[str, list[float]] = {"alone": [], "jobs1": [], "jobs2": []}
     for r in range(args.rounds):
         alone = 0.0
+        dirs = []
         for i, (w, t) in enumerate(itertools.product(WIDTHS, TRAINERS)):
+            dirs.append(work / f"alone-{r}-{i}")
             alone += timed(
                 rtk(
                     "run",
@@ -98,21 +113,27 @@ def main() -> None:
                     "--set",
                     f"stages.train.trainer={t}",
                     "--out",
-                    str(work / f"alone-{r}-{i}"),
+                    str(dirs[-1]),
                 )  # fmt: skip
             )
         times["alone"].append(alone)
-        times["jobs1"].append(timed(rtk("run", str(sweep), "--out", str(work / f"jobs1-{r}"))))
-        times["jobs2"].append(timed(rtk("run", str(sweep), "--jobs", "2", "--out", str(work / f"jobs2-{r}"))))
+        stages["alone"].append(stage_seconds(dirs))
+        for name, extra in (("jobs1", []), ("jobs2", ["--jobs", "2"])):
+            out = work / f"{name}-{r}"
+            times[name].append(timed(rtk("run", str(sweep), *extra, "--out", str(out))))
+            stages[name].append(stage_seconds(sorted((out / "points").iterdir())))
         print(
-            f"round {r + 1}: alone {alone:.1f} s, jobs1 {times['jobs1'][-1]:.1f} s, jobs2 {times['jobs2'][-1]:.1f} s; "
-            f"load {os.getloadavg()[0]:.1f}",
+            f"round {r + 1}: "
+            + ", ".join(f"{k} {times[k][-1]:.1f} s (stages {stages[k][-1]:.1f} s)" for k in times)
+            + f"; load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\nmedian over {args.rounds} rounds (cores: {os.cpu_count()}):")
+    print("  config   wall s  ratio  stages s  outside stages s")
     for k, v in med.items():
-        print(f"  {k:6s} {v:7.1f} s   ratio to alone {v / med['alone']:.2f}")
+        st = statistics.median(stages[k])
+        print(f"  {k:6s} {v:8.1f} {v / med['alone']:6.2f} {st:9.1f} {v - st:17.1f}")
     print(f"(files in {work})")
 
 

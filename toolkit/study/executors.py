@@ -106,7 +106,7 @@ def run_point_process(task: PointTask) -> PointOutcome:
         shutil.rmtree(point_dir)  # started but nothing recorded: start afresh
     logs = study / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(task.threads), "MKL_NUM_THREADS": str(task.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(task.threads)}  # torch sizes its intra-op pool from it
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # never inherit a process group
         env.pop(var, None)
     t0 = time.perf_counter()
