@@ -1,8 +1,9 @@
 """The overhead of a study: a 4-point digits sweep against its four runs alone.
 
-The sweep is two widths of ``cnn-small`` x two trainers (standard, PGD-AT), each point a
-``train`` stage and an ``evaluate`` stage on the 8x8 digits. Three configurations, each
-timed as a whole command (wall clock, process start-up included):
+The sweep is the tutorial's (docs/tutorials/studies.md): two widths of ``cnn-small`` x two
+trainers (standard, PGD-AT), each point a ``train`` stage and an ``evaluate`` stage on the
+8x8 digits; ``--epochs`` and ``--train`` override its epochs and training-set size. Three
+configurations, each timed as a whole command (wall clock, process start-up included):
 
 - ``alone``: the four points as four ``rtk run FILE --set ...`` commands one after another
   (the baseline: what a researcher did before studies);
@@ -16,7 +17,7 @@ printed, and their difference, the time outside the stages (process start-up, im
 planning, the study's own bookkeeping). The load average is printed too: on a shared
 machine only the ratios mean much.
 
-    python benchmarks/bench_study.py [--rounds 2] [--epochs 2] [--train 600]
+    python benchmarks/bench_study.py [--rounds 2] [--epochs 2] [--train 400]
 """
 
 from __future__ import annotations
@@ -32,38 +33,17 @@ import tempfile
 import time
 from pathlib import Path
 
-EXPERIMENT = """
-name = "bench-study"
-seed = 0
-
-[dataset]
-name = "digits"
-limit_train = {train}
-limit_test = 200
-
-[models.net]
-arch = "cnn-small"
-
-[[stages]]
-id = "train"
-kind = "train"
-model = "net"
-trainer = "standard"
-epochs = {epochs}
-lr = 0.05
-eval_size = 0
-
-[[stages]]
-id = "evaluate"
-kind = "evaluate"
-models = ["net"]
-attacks = [{{ name = "pgd", steps = 5 }}]
-eps = [0.1]
-limit = 200
-checks = false
-"""
+TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "studies.md"
 WIDTHS = [1, 2]
-TRAINERS = ['"standard"', '{ name = "pgd-at", eps = 0.1, steps = 3 }']
+TRAINERS = ['"standard"', '{ name = "pgd-at", eps = 0.1, steps = 2 }']
+
+
+def tutorial_sweep() -> str:
+    """The 2x2 study of docs/tutorials/studies.md (widths 1, 2 x standard, PGD-AT)."""
+    text = TUTORIAL.read_text()
+    start = text.index("<!-- file: width-by-trainer.toml -->")
+    body = text[text.index("```toml\n", start) + len("```toml\n") :]
+    return body[: body.index("```")]
 
 
 def rtk(*args: str) -> list[str]:
@@ -88,15 +68,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--train", type=int, default=600)
+    ap.add_argument("--train", type=int, default=400)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rtk-bench-study-"))
-    base = EXPERIMENT.format(train=args.train, epochs=args.epochs)
-    single = work / "single.toml"
-    single.write_text(base)
+    sweep_text = tutorial_sweep()
     sweep = work / "sweep.toml"
-    trainers = ", ".join(TRAINERS)
-    sweep.write_text(base + f'\n[sweep]\n"models.net.width" = {WIDTHS}\n"stages.train.trainer" = [{trainers}]\n')
+    sweep.write_text(sweep_text)
+    single = work / "single.toml"
+    single.write_text(sweep_text[: sweep_text.index("[sweep]")])
+    common = ["--set", f"stages.train.epochs={args.epochs}", "--set", f"dataset.limit_train={args.train}"]
     times: dict[str, list[float]] = {"alone": [], "jobs1": [], "jobs2": []}
     stages: dict[str, list[float]] = {"alone": [], "jobs1": [], "jobs2": []}
     for r in range(args.rounds):
@@ -120,7 +100,7 @@ def main() -> None:
         stages["alone"].append(stage_seconds(dirs))
         for name, extra in (("jobs1", []), ("jobs2", ["--jobs", "2"])):
             out = work / f"{name}-{r}"
-            times[name].append(timed(rtk("run", str(sweep), *extra, "--out", str(out))))
+            times[name].append(timed(rtk("run", str(sweep), *common, *extra, "--out", str(out))))
             stages[name].append(stage_seconds(sorted((out / "points").iterdir())))
         print(
             f"round {r + 1}: "

@@ -420,14 +420,20 @@ class RunResult:
     def table(self, key: str) -> pd.DataFrame:
         """A table by ``"<stage-id>/<table>"`` or by its bare name when that is unique; a bare
         name two stages write is an :class:`RtkError` listing the stage-qualified names."""
-        if key in self.tables:
-            return self.tables[key]
-        hits = [k for k in self.tables if k.split("/", 1)[1] == key]
-        if len(hits) == 1:
-            return self.tables[hits[0]]
-        if hits:
-            raise RtkError(f"table {key!r} is written by {len(hits)} stages; name one of: {', '.join(hits)}")
-        raise KeyError(f"no table {key!r}; tables: {', '.join(self.tables)}")
+        return table_by_key(self.tables, key)
+
+
+def table_by_key(tables: dict[str, pd.DataFrame], key: str) -> pd.DataFrame:
+    """``tables[key]`` for ``"<stage-id>/<table>"``, or the one table whose bare name is ``key``
+    (:class:`RtkError` when several stages write it, listing their stage-qualified names)."""
+    if key in tables:
+        return tables[key]
+    hits = [k for k in tables if k.split("/", 1)[1] == key]
+    if len(hits) == 1:
+        return tables[hits[0]]
+    if hits:
+        raise RtkError(f"table {key!r} is written by {len(hits)} stages; name one of: {', '.join(hits)}")
+    raise KeyError(f"no table {key!r}; tables: {', '.join(tables)}")
 
 
 class _Runner:

@@ -73,12 +73,9 @@ class StudyResult:
 
     def table(self, key: str) -> pd.DataFrame:
         """A gathered table by ``"<stage-id>/<table>"`` or its bare name when that is unique."""
-        if key in self.tables:
-            return self.tables[key]
-        hits = [k for k in self.tables if k.split("/", 1)[1] == key]
-        if len(hits) == 1:
-            return self.tables[hits[0]]
-        raise KeyError(f"no table {key!r}; tables: {', '.join(self.tables)}")
+        from ..runner import table_by_key
+
+        return table_by_key(self.tables, key)
 
 
 def is_study_dir(path: str | os.PathLike) -> bool:
