@@ -100,7 +100,10 @@ def command(
     if resume is not None and experiment is not None:
         raise click.UsageError("give either an EXPERIMENT file or --resume DIR, not both")
     overrides = dict(parse_assignment(s) for s in sets)
-    if (resume is not None and is_study_dir(resume)) or (experiment is not None and has_sweep(experiment)):
+    sweeping = any(k.split(".", 1)[0].strip("\"' ") == "sweep" for k in overrides)
+    if (resume is not None and is_study_dir(resume)) or (
+        experiment is not None and (sweeping or has_sweep(experiment))
+    ):
         _study(experiment, resume, overrides, dry_run, device, seed, out, runs_root, nproc,
                dict(executor=executor, jobs=jobs, address=address, partition=partition, time_min=time_min,
                     gpus=gpus_per_point, cluster=slurm_cluster))  # fmt: skip

@@ -128,6 +128,8 @@ def test_cli_set_errors_name_the_key_path(tmp_path):
     assert res.exit_code != 0 and "no stage 'trian'" in res.output
     res = invoke("run", str(exp), "--set", "models.net.width=3", "--set", "stages.train.epochs=2", "--dry-run")
     assert res.exit_code == 0 and "width=3" in res.output and "epochs=2" in res.output
+    res = invoke("run", str(exp), "--set", "sweep.seed=[1, 2]", "--dry-run")  # a sweep from the command line
+    assert res.exit_code == 0 and "all 2 points are valid" in res.output
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -243,6 +245,9 @@ def test_study_local_jobs_2_one_failed_point_and_resume(tmp_path):
     assert pd.read_parquet(out / "tables" / "evaluate" / "accuracy.parquet").shape == acc.shape
     report = (out / "report.md").read_text()
     assert "1 completed, 1 failed" in report and "rtk run --resume" in report
+    point_dir = out / states[0.05]["dir"]  # `rtk run --resume POINT_DIR` rebuilds the point's experiment
+    again = rtk.runner.resumed_experiment(point_dir)
+    assert again.stages[0].options["lr"] == 0.05 and again.tags == {"stages.train.lr": 0.05}
     ok_log = out / "logs" / f"{states[0.05]['id']}.log"
     size = ok_log.stat().st_size
     res = CliRunner().invoke(cli, ["run", "--resume", str(out)])
