@@ -266,16 +266,17 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
             if self.address:
                 kwargs["address"] = self.address
-            else:
+            else:  # a small local instance: points pass only their outcome through the object store
                 kwargs["num_cpus"] = self.num_cpus or available_cpus()
+                kwargs["object_store_memory"] = 200 * 1024**2
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"--executor ray: could not start or join Ray: {exc}") from None
             started_here = True
+        refs: dict[Any, PointTask] = {}
         try:
             remote = ray.remote(num_cpus=self.threads() * self.nproc, num_gpus=self.gpus, max_retries=0)(_ray_point)
-            refs: dict[Any, PointTask] = {}
             for task in tasks:
                 on_start(task)
                 refs[remote.remote(task)] = task
@@ -289,7 +290,7 @@ class RayExecutor(Executor):
                         outcome = PointOutcome(task.point_id, -1, 0.0, f"Ray task failed: {exc}")
                     on_done(task, outcome)
         except BaseException:
-            for ref in list(locals().get("refs", {})):
+            for ref in refs:
                 ray.cancel(ref, force=True)
             raise
         finally:
