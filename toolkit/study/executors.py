@@ -56,13 +56,14 @@ class PointOutcome:
         return self.returncode == 0
 
 
-def available_cpus() -> int:
-    """The cores this process may use (its CPU affinity), capped by ``OMP_NUM_THREADS`` when set."""
+def available_cpus(*, omp_cap: bool = True) -> int:
+    """The cores this process may use (its CPU affinity), capped by ``OMP_NUM_THREADS`` when
+    set (unless ``omp_cap`` is false)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
-    cap = os.environ.get("OMP_NUM_THREADS", "")
+    cap = os.environ.get("OMP_NUM_THREADS", "") if omp_cap else ""
     if cap.isdigit() and int(cap) > 0:
         n = min(n, int(cap)) if n else int(cap)
     return max(1, n)
@@ -267,7 +268,7 @@ class RayExecutor(Executor):
             if self.address:
                 kwargs["address"] = self.address
             else:  # a small local instance: points pass only their outcome through the object store
-                kwargs["num_cpus"] = self.num_cpus or available_cpus()
+                kwargs["num_cpus"] = self.num_cpus or available_cpus(omp_cap=False)
                 kwargs["object_store_memory"] = 200 * 1024**2
             try:
                 ray.init(**kwargs)
@@ -298,7 +299,7 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def describe(self) -> str:
-        where = self.address or f"local Ray, {self.num_cpus or available_cpus()} CPUs"
+        where = self.address or f"local Ray, {self.num_cpus or available_cpus(omp_cap=False)} CPUs"
         return f"ray ({where}; {self.threads() * self.nproc} CPU(s) per point)"
 
 
