@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import echo_table, friendly_errors, progress_bars, registry, state, study_progress
+from .common import echo_table, friendly_errors, key_values, progress_bars, registry, state, study_progress
 
 
 @click.command("run")
@@ -95,16 +95,16 @@ def command(
     A file with a [sweep] table runs as a study: one run per point, in a study directory
     with the gathered tables and a report (see docs/studies.md).
     """
-    from rtk.study import has_sweep, is_study_dir, parse_assignment
+    from rtk.study import has_sweep, is_study_dir
 
     if resume is not None and experiment is not None:
         raise click.UsageError("give either an EXPERIMENT file or --resume DIR, not both")
-    overrides = dict(parse_assignment(s) for s in sets)
+    overrides = key_values(sets, "--set")
     sweeping = any(k.split(".", 1)[0].strip("\"' ") == "sweep" for k in overrides)
     if (resume is not None and is_study_dir(resume)) or (
         experiment is not None and (sweeping or has_sweep(experiment))
     ):
-        _study(experiment, resume, overrides, dry_run, device, seed, out, runs_root, nproc,
+        _study(experiment, resume, overrides, dry_run, device, seed, out, runs_root, nproc, loggers,
                dict(executor=executor, jobs=jobs, address=address, partition=partition, time_min=time_min,
                     gpus=gpus_per_point, cluster=slurm_cluster))  # fmt: skip
         return
@@ -184,6 +184,7 @@ def _study(
     out: Path | None,
     runs_root: Path,
     nproc: int,
+    loggers: tuple[str, ...],
     executor_options: dict,
 ) -> None:
     """``rtk run`` on a file with a [sweep] table, or ``--resume STUDY_DIR``."""
@@ -196,9 +197,17 @@ def _study(
         overrides["device"] = device
     if seed is not None:
         overrides["seed"] = seed
+    if loggers and experiment is not None:  # every point gets them, beside the file's own
+        from rtk.config import read_toml
+
+        own = read_toml(experiment).get("loggers", [])
+        declared = {lg if isinstance(lg, str) else lg.get("name") for lg in own} if isinstance(own, list) else set()
+        overrides["loggers"] = list(own) + [n for n in dict.fromkeys(loggers) if n not in declared]
     if resume is not None:
-        if overrides:
-            raise click.UsageError("--set, --device and --seed change a new study; a resumed study keeps its own")
+        if overrides or loggers:
+            raise click.UsageError(
+                "--set, --device, --seed and --logger change a new study; a resumed study keeps its own"
+            )
         study = st.resume_study(resume, registry=registry())
     else:
         assert experiment is not None

@@ -24,9 +24,9 @@ from rtk.study import (
     LocalExecutor,
     SlurmExecutor,
     apply_overrides,
+    format_key_path,
     load_study,
     make_executor,
-    parse_assignment,
     parse_key_path,
     resume_study,
     run_study,
@@ -76,16 +76,12 @@ def invoke(*args: str):
 
 
 # ----------------------------------------------------------------------------- overrides
-def test_key_paths_and_values():
+def test_key_paths():
     assert parse_key_path('models."a.b".width') == ("models", "a.b", "width")
-    assert parse_assignment("stages.train.epochs=30") == ("stages.train.epochs", 30)
-    assert parse_assignment("stages.0.trainer={name = 'pgd-at', eps = 0.1}")[1] == {"name": "pgd-at", "eps": 0.1}
-    assert parse_assignment("dataset.name=digits")[1] == "digits"  # a bare word is a string
-    assert parse_assignment("stages.train.trainer.eps=8/255")[1] == "8/255"
-    with pytest.raises(rtk.ConfigError, match="KEY=VALUE"):
-        parse_assignment("stages.train.epochs")
-    with pytest.raises(rtk.ConfigError, match="not a TOML value"):
-        parse_assignment("models.net.width=[1, 2")
+    assert format_key_path(("models", "a.b", "width")) == 'models."a.b".width'
+    assert parse_key_path("stages.01-train.epochs") == ("stages", "01-train", "epochs")
+    with pytest.raises(rtk.ConfigError, match="not a key path"):
+        parse_key_path("models..width")
 
 
 def test_overrides_address_stages_by_id_index_and_kind():
@@ -128,6 +124,9 @@ def test_cli_set_errors_name_the_key_path(tmp_path):
     assert res.exit_code != 0 and "no stage 'trian'" in res.output
     res = invoke("run", str(exp), "--set", "models.net.width=3", "--set", "stages.train.epochs=2", "--dry-run")
     assert res.exit_code == 0 and "width=3" in res.output and "epochs=2" in res.output
+    res = invoke("run", str(exp), "--set", "stages.train.trainer={name = 'pgd-at', steps = 1}",
+                 "--set", "stages.train.trainer.eps=8/255", "--dry-run")  # fmt: skip
+    assert res.exit_code == 0 and "pgd-at" in res.output and "0.0313" in res.output, res.output
     res = invoke("run", str(exp), "--set", "sweep.seed=[1, 2]", "--dry-run")  # a sweep from the command line
     assert res.exit_code == 0 and "all 2 points are valid" in res.output
 

@@ -22,7 +22,7 @@ from .executors import (
     make_executor,
     threads_per_point,
 )
-from .overrides import apply_overrides, parse_assignment, parse_key_path, parse_value
+from .overrides import apply_overrides, format_key_path, parse_key_path
 from .sweep import Study, StudyPoint, experiment_from_file, has_sweep, load_study
 
 __all__ = [
@@ -45,9 +45,8 @@ __all__ = [
     "is_study_dir",
     "load_study",
     "make_executor",
-    "parse_assignment",
+    "format_key_path",
     "parse_key_path",
-    "parse_value",
     "resume_study",
     "run_study",
     "threads_per_point",

@@ -157,6 +157,7 @@ def run_study(
     """
     executor = executor or LocalExecutor()
     executor.check()  # before anything is written
+    record: dict[str, Any]
     if resume is not None:
         rundir = RunDir(resume)
         record = rundir.read_json("study.json")
@@ -355,7 +356,7 @@ def plot_summary(summary: pd.DataFrame, keys: list[str], rd: RunDir) -> dict[str
 def write_study_report(
     rd: RunDir, record: dict[str, Any], tables: dict[str, pd.DataFrame], summary: pd.DataFrame, figures: dict[str, Path]
 ) -> Path:
-    from ..runner import _markdown_table
+    from ..report import markdown_table
 
     pts = record["points"]
     done = sum(p["state"] == "completed" for p in pts)
@@ -376,7 +377,7 @@ def write_study_report(
         link = f"[{p['id']}]({p['dir']}/report.md)" if (rd.path / p["dir"] / "report.md").exists() else p["id"]
         secs = f"{p['seconds']:.1f}" if p.get("seconds") is not None else ""
         rows.append({"point": link, **tag_values(p["values"]), "state": p["state"], "seconds": secs})
-    lines += [_markdown_table(pd.DataFrame(rows)), ""]
+    lines += [markdown_table(pd.DataFrame(rows)), ""]
     failed = [p for p in pts if p["state"] != "completed"]
     if failed:
         lines += ["Points not completed (rerun only these with `rtk run --resume " + str(rd.path) + "`):", ""]
@@ -390,7 +391,7 @@ def write_study_report(
             "Mean and 95% interval (Student t) over the points that differ only in seed.",
             "",
         ]
-        lines += [_markdown_table(summary.head(80)), ""]
+        lines += [markdown_table(summary.head(80)), ""]
         if len(summary) > 80:
             lines += [f"... {len(summary) - 80} more rows in `tables/study/summary.csv`.", ""]
     for key, path in figures.items():

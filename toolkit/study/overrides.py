@@ -11,9 +11,8 @@ parts walk the experiment's table as read from the file:
   (``{name = "pgd-at", eps = ...}``), so ``stages.train.trainer.eps=0.2`` works.
 
 Overrides change the table *before* validation, so a bad value gets the error a file would
-get, naming the key path. Values on the command line are TOML values (``30``, ``0.1``,
-``"pgd-at"``, ``[1, 2]``, ``{name = "pgd", steps = 5}``); a bare word (``digits``, ``8/255``)
-is taken as a string.
+get, naming the key path. (``rtk run --set KEY=VALUE`` reads VALUE with the CLI's one reader
+of command-line values: a TOML value, else the text.)
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from typing import Any
 import tomllib
 
 from ..errors import ConfigError, suggest
-
-_BARE = re.compile(r"^[^\s\"'\[\]{},=#]+$")
 
 
 def parse_key_path(key: str) -> tuple[str, ...]:
@@ -52,30 +49,6 @@ def parse_key_path(key: str) -> tuple[str, ...]:
 def format_key_path(parts: tuple[str, ...] | list[str]) -> str:
     """The inverse of :func:`parse_key_path` (quotes the parts that need it)."""
     return ".".join(p if re.match(r"^[A-Za-z0-9_\-]+$", p) else f'"{p}"' for p in parts)
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as TOML (``30``, ``[1, 2]``, ``"x"``); a bare word is a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        if _BARE.match(text):
-            return text
-        raise ConfigError(
-            f"{text!r}: not a TOML value; quote strings with spaces or brackets, e.g. '\"a b\"'"
-        ) from None
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``"stages.train.epochs=30"`` -> ``("stages.train.epochs", 30)``."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set stages.train.epochs=30")
-    parse_key_path(key)
-    try:
-        return key.strip(), parse_value(value.strip())
-    except ConfigError as exc:
-        raise ConfigError(f"--set {text!r}: {exc.problems[0]}") from None
 
 
 def stage_index(stages: list[Any], ref: str) -> int | None:
