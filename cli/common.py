@@ -104,6 +104,30 @@ def progress_bars(quiet: bool | None = None) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def study_progress(total: int, quiet: bool | None = None) -> Iterator[Callable[[Any], None] | None]:
+    """One bar for a study (points done, running, failed) on a terminal; None (no bar) when
+    quiet or not on a TTY. Yields the callback to hand to ``rtk.study.run_study``."""
+    if quiet is None:
+        quiet = state().quiet
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="points", unit="pt", file=sys.stderr, dynamic_ncols=True)
+
+    def update(p: Any) -> None:
+        bar.n = p.done + p.failed
+        bar.set_postfix(done=p.done, running=p.running, failed=p.failed, refresh=False)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
 def echo_table(df, *, floatfmt: str = "{:.4f}") -> None:
     """Print a DataFrame as aligned text."""
     if df is None or len(df) == 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import SEED, echo_table, friendly_errors, progress_bars, registry, state
+from .common import SEED, echo_table, friendly_errors, key_values, progress_bars, registry, state, study_progress
 
 
 @click.command("run")
@@ -34,7 +34,39 @@ from .common import SEED, echo_table, friendly_errors, progress_bars, registry, 
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md.",
+    help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md. "
+    "In a study, each point runs on N processes.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a key of the file: a dotted key path (stages by id, index or kind) and a TOML value, "
+    "e.g. --set stages.train.epochs=30 --set models.net.width=4. Repeatable.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray", "slurm"]),
+    default="local",
+    show_default=True,
+    help="Where a study's points run (a file with a [sweep] table); see docs/studies.md.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Study points running at once; the cores are split between them.",
+)
+@click.option("--address", help="--executor ray: join the Ray cluster at HOST:PORT (default: start Ray locally).")
+@click.option("--partition", help="--executor slurm: the Slurm partition.")
+@click.option("--time-min", type=click.IntRange(min=1), help="--executor slurm: time limit per point, in minutes.")
+@click.option("--gpus-per-point", type=click.IntRange(min=0), help="--executor ray/slurm: GPUs for each point.")
+@click.option(
+    "--slurm-cluster",
+    type=click.Choice(["slurm", "local", "debug"]),
+    help="--executor slurm: submitit's 'local' or 'debug' executor runs the same jobs on this machine.",
 )
 @click.option(
     "--logger",
@@ -55,8 +87,35 @@ def command(
     runs_root: Path,
     nproc: int = 1,
     loggers: tuple[str, ...] = (),
+    sets: tuple[str, ...] = (),
+    executor: str = "local",
+    jobs: int = 1,
+    address: str | None = None,
+    partition: str | None = None,
+    time_min: int | None = None,
+    gpus_per_point: int | None = None,
+    slurm_cluster: str | None = None,
 ) -> None:
-    """Run an EXPERIMENT file (TOML). With no file, run the built-in quickstart."""
+    """Run an EXPERIMENT file (TOML). With no file, run the built-in quickstart.
+
+    A file with a [sweep] table runs as a study: one run per point, in a study directory
+    with the gathered tables and a report (see docs/studies.md).
+    """
+    from rtk.study import has_sweep, is_study_dir
+
+    if resume is not None and experiment is not None:
+        raise click.UsageError("give either an EXPERIMENT file or --resume DIR, not both")
+    overrides = key_values(sets, "--set")
+    sweeping = any(k.split(".", 1)[0].strip("\"' ") == "sweep" for k in overrides)
+    if (resume is not None and is_study_dir(resume)) or (
+        experiment is not None and (sweeping or has_sweep(experiment))
+    ):
+        _study(experiment, resume, overrides, dry_run, device, seed, out, runs_root, nproc, loggers,
+               dict(executor=executor, jobs=jobs, address=address, partition=partition, time_min=time_min,
+                    gpus=gpus_per_point, cluster=slurm_cluster), allow_unsafe_pickle)  # fmt: skip
+        return
+    if executor != "local" or jobs != 1:
+        raise click.UsageError("--executor and --jobs are for studies (a file with a [sweep] table)")
     if nproc > 1:
         from .launch import relaunch
 
@@ -66,16 +125,16 @@ def command(
     from rtk.distributed import is_main
     from rtk.runner import resumed_experiment
 
-    if resume is not None and experiment is not None:
-        raise click.UsageError("give either an EXPERIMENT file or --resume DIR, not both")
     if resume is not None:
+        if overrides:
+            raise click.UsageError("--set changes a new run; a resumed run keeps its configuration")
         exp = resumed_experiment(resume, allow_unsafe_pickle=allow_unsafe_pickle)
     elif experiment is not None:
-        exp = rtk.load_experiment(experiment)
+        exp = rtk.load_experiment(experiment, overrides=overrides)
     else:
         from rtk.quickstart import quickstart_path
 
-        exp = rtk.load_experiment(quickstart_path())
+        exp = rtk.load_experiment(quickstart_path(), overrides=overrides)
         if is_main():
             click.echo(f"No experiment given: running the built-in quickstart ({quickstart_path().name}).", err=True)
     updates: dict[str, object] = {}
@@ -121,3 +180,68 @@ def command(
             click.echo(f"\n== {key}")
             echo_table(df)
     click.echo(f"\nrun directory: {result.path}\nreport: {result.report}")
+
+
+def _study(
+    experiment: Path | None,
+    resume: Path | None,
+    overrides: dict,
+    dry_run: bool,
+    device: str | None,
+    seed: int | None,
+    out: Path | None,
+    runs_root: Path,
+    nproc: int,
+    loggers: tuple[str, ...],
+    executor_options: dict,
+    allow_unsafe_pickle: bool = False,
+) -> None:
+    """``rtk run`` on a file with a [sweep] table, or ``--resume STUDY_DIR``."""
+    import rtk.study as st
+    from rtk.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise click.UsageError("a study runs each point under torchrun with --nproc N; do not launch the study itself")
+    if device:
+        overrides["device"] = device
+    if seed is not None:
+        overrides["seed"] = seed
+    if loggers and experiment is not None:  # every point gets them, beside the file's own
+        from rtk.config import read_toml
+
+        own = read_toml(experiment).get("loggers", [])
+        declared = {lg if isinstance(lg, str) else lg.get("name") for lg in own} if isinstance(own, list) else set()
+        overrides["loggers"] = list(own) + [n for n in dict.fromkeys(loggers) if n not in declared]
+    if resume is not None:
+        if overrides or loggers:
+            raise click.UsageError(
+                "--set, --device, --seed and --logger change a new study; a resumed study keeps its own"
+            )
+        study = st.resume_study(resume, registry=registry(), allow_unsafe_pickle=allow_unsafe_pickle)
+    else:
+        assert experiment is not None
+        study = st.load_study(experiment, overrides=overrides or None, registry=registry())
+    if dry_run:
+        click.echo(study.describe())
+        click.echo(f"all {len(study.points)} points are valid; nothing was run (--dry-run).")
+        return
+    name = executor_options.pop("executor")
+    executor = st.make_executor(name, nproc=nproc, **executor_options)
+    study_log = logging.getLogger("rtk.study")
+    level = study_log.level
+    if not state().quiet and study_log.getEffectiveLevel() > logging.INFO:
+        study_log.setLevel(logging.INFO)
+    try:
+        with study_progress(len(study.points)) as callback:
+            result = st.run_study(study, executor=executor, out=out, runs_root=runs_root, resume=resume,
+                                  progress=callback)  # fmt: skip
+    finally:
+        study_log.setLevel(level)
+    points = result.tables["study/points"]
+    echo_table(points.drop(columns=["error"]))
+    click.echo(f"\nstudy directory: {result.path}\nreport: {result.report}")
+    if result.failed:
+        raise click.ClickException(
+            f"{len(result.failed)} of {len(result.points)} points did not complete: {', '.join(result.failed)} "
+            f"(see {result.report}); rerun only those with: rtk run --resume {result.path}"
+        )

@@ -14,7 +14,8 @@ Public API (what built-in and third-party plugins may use):
   ``StageInfo``, ``EpochMetrics``, ``RunOutcome``, ``ReportSection``; loggers: ``LoggerSpec``;
   ``markdown_table(df)`` (how report.md renders a table, for report sections).
 - submodules: ``rtk.data``, ``rtk.models``, ``rtk.training``, ``rtk.evaluation``,
-  ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``, ``rtk.distributed``.
+  ``rtk.similarity``, ``rtk.pruning``, ``rtk.certify``, ``rtk.zoo``, ``rtk.distributed``,
+  ``rtk.study`` (overrides, sweeps, executors).
 """
 
 from __future__ import annotations

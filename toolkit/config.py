@@ -92,6 +92,10 @@ class Experiment(BaseModel):
     models: dict[str, ModelDecl] = Field(default_factory=dict)
     stages: list[StageDecl] = Field(default_factory=list)
     loggers: list[LoggerDecl] = Field(default_factory=list)
+    # a study point's swept keys (key path -> value), for trackers; a file may add its own
+    tags: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # the key-path overrides applied to the file (``--set``, a study point's values)
+    overrides: dict[str, Any] = Field(default_factory=dict)
     source: str | None = None
     base_dir: str | None = None
 
@@ -134,9 +138,14 @@ def experiment_from_dict(
         raise ConfigError("an experiment must be a table of keys", source=source)
     problems: list[str] = []
     top = {k: v for k, v in data.items() if k not in ("dataset", "models", "stages", "loggers")}
-    allowed_top = {"name", "description", "seed", "device", "amp"}
+    allowed_top = {"name", "description", "seed", "device", "amp", "tags"}
     for key in top:
-        if key not in allowed_top:
+        if key == "sweep":
+            problems.append(
+                "sweep: this file declares a study (a [sweep] table); run it with `rtk run` or "
+                "rtk.study.run_study(rtk.study.load_study(path)), or pick one point with overrides"
+            )
+        elif key not in allowed_top:
             from .errors import suggest
 
             problems.append(
@@ -259,8 +268,8 @@ def logger_decls(value: Any, problems: list[str], where: str = "loggers") -> lis
     return out
 
 
-def load_experiment(path: str | os.PathLike, registry: Any = None) -> Experiment:
-    """Read and structurally validate an experiment TOML file."""
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """The table of a TOML file, or a ConfigError naming the file."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"file not found: {p}", source=str(p))
@@ -279,12 +288,32 @@ def load_experiment(path: str | os.PathLike, registry: Any = None) -> Experiment
             f"not UTF-8 text (byte {exc.start}); an experiment is a TOML text file in UTF-8", source=str(p)
         ) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
     except RecursionError:
         raise ConfigError("not a usable TOML file: nested too deeply", source=str(p)) from None
-    return experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve(), registry=registry)
+
+
+def load_experiment(
+    path: str | os.PathLike, registry: Any = None, *, overrides: dict[str, Any] | None = None
+) -> Experiment:
+    """Read and structurally validate an experiment TOML file.
+
+    ``overrides`` maps key paths to values (``{"stages.train.epochs": 30}``, see
+    :func:`rtk.study.apply_overrides`); they are applied to the file's table before it is
+    validated, so a bad value gets the same error, naming the key path, as in the file.
+    """
+    p = Path(path)
+    data = read_toml(p)
+    if overrides:
+        from .study.overrides import apply_overrides
+
+        data = apply_overrides(data, overrides, source=str(p))
+    exp = experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve(), registry=registry)
+    if overrides:
+        exp = exp.model_copy(update={"overrides": dict(overrides)})
+    return exp
 
 
 def with_overrides(exp: Experiment, updates: dict[str, Any], *, where: str = "command line") -> Experiment:

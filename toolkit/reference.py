@@ -32,6 +32,14 @@ _TOP = [
     ("seed", "integer", "0", "one seed for the whole run; stage i uses seed + i"),
     ("device", "string", "auto", "auto, cpu, cuda, cuda:N, mps"),
     ("amp", "boolean", "false", "mixed precision on CUDA"),
+    ("tags", "table", "", "key -> string, number or boolean, passed to trackers (a study point adds its swept keys)"),
+    (
+        "sweep",
+        "table",
+        "",
+        "makes the file a study: key path -> list of values (cross product); `[[sweep.zip]]` tables of "
+        "equal-length lists vary together; see docs/studies.md",
+    ),
     (
         "dataset",
         "table",
@@ -131,7 +139,7 @@ def experiment_reference(registry: Any) -> str:
         "| key | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    assert set(Experiment.model_fields) >= {k.split(".")[0] for k, *_ in _TOP}
+    assert set(Experiment.model_fields) | {"sweep"} >= {k.split(".")[0] for k, *_ in _TOP}
     for key, typ, default, meaning in _TOP:
         out.append(f"| `{key}` | {typ} | {default} | {meaning} |")
     out.append("")

@@ -506,14 +506,20 @@ class RunResult:
     def table(self, key: str) -> pd.DataFrame:
         """A table by ``"<stage-id>/<table>"`` or by its bare name when that is unique; a bare
         name two stages write is an :class:`RtkError` listing the stage-qualified names."""
-        if key in self.tables:
-            return self.tables[key]
-        hits = [k for k in self.tables if k.split("/", 1)[1] == key]
-        if len(hits) == 1:
-            return self.tables[hits[0]]
-        if hits:
-            raise RtkError(f"table {key!r} is written by {len(hits)} stages; name one of: {', '.join(hits)}")
-        raise KeyError(f"no table {key!r}; tables: {', '.join(self.tables)}")
+        return table_by_key(self.tables, key)
+
+
+def table_by_key(tables: dict[str, pd.DataFrame], key: str) -> pd.DataFrame:
+    """``tables[key]`` for ``"<stage-id>/<table>"``, or the one table whose bare name is ``key``
+    (:class:`RtkError` when several stages write it, listing their stage-qualified names)."""
+    if key in tables:
+        return tables[key]
+    hits = [k for k in tables if k.split("/", 1)[1] == key]
+    if len(hits) == 1:
+        return tables[hits[0]]
+    if hits:
+        raise RtkError(f"table {key!r} is written by {len(hits)} stages; name one of: {', '.join(hits)}")
+    raise KeyError(f"no table {key!r}; tables: {', '.join(tables)}")
 
 
 class _Runner:
@@ -845,17 +851,28 @@ def run(
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     runs_root: str | os.PathLike = "runs",
+    overrides: dict[str, Any] | None = None,
 ) -> RunResult:
     """Validate and run an experiment given as a TOML path, a dict, or an Experiment.
 
-    Returns a :class:`RunResult` with every table as a pandas DataFrame.
+    ``overrides`` maps key paths to values (``{"stages.train.epochs": 30}``), applied to
+    the file or dict before validation (see :mod:`rtk.study.overrides`). Returns a
+    :class:`RunResult` with every table as a pandas DataFrame.
     """
     if isinstance(experiment, Experiment):
+        if overrides:
+            raise ConfigError("overrides apply to an experiment file or dict, not to a validated Experiment")
         exp = experiment
     elif isinstance(experiment, dict):
+        if overrides:
+            from .study.overrides import apply_overrides
+
+            experiment = apply_overrides(experiment, overrides, source="<dict>")
         exp = experiment_from_dict(experiment, source="<dict>", base_dir=Path.cwd())
+        if overrides:
+            exp = exp.model_copy(update={"overrides": dict(overrides)})
     else:
-        exp = load_experiment(experiment)
+        exp = load_experiment(experiment, overrides=overrides)
     return execute(plan(exp, registry), out=out, resume=resume, runs_root=runs_root)
 
 
@@ -870,13 +887,19 @@ def resumed_experiment(rundir: str | os.PathLike, *, allow_unsafe_pickle: bool =
 
     rd = RunDir(rundir)
     toml = rd.path / "experiment.toml"
-    if toml.is_file():
+    if toml.is_file():  # the file as given, with the overrides and tags the run had (a study point's)
+        from .study.sweep import experiment_from_file
+
         rd.resolve("experiment.toml", "experiment.toml")
-        exp = load_experiment(toml)
         cfg = rd.read_json("config.json", {}) or {}
-        if isinstance(cfg, dict) and isinstance(cfg.get("base_dir"), str):
-            exp = exp.model_copy(update={"base_dir": cfg["base_dir"]})
-        raw: Any = tomllib.loads(toml.read_text())
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"--resume {rd.path}: config.json is not an object; the run directory is damaged")
+        base_dir = cfg.get("base_dir") if isinstance(cfg.get("base_dir"), str) else None
+        overrides = cfg.get("overrides") if isinstance(cfg.get("overrides"), dict) else None
+        tags = cfg.get("tags") if isinstance(cfg.get("tags"), dict) else None
+        exp = experiment_from_file(toml, overrides=overrides or None, tags=tags or None, base_dir=base_dir)
+        # the file and what the run made of it (its overrides, from config.json, are untrusted too)
+        raw: Any = {"file": tomllib.loads(toml.read_text()), "overrides": exp.model_dump()}
     else:
         raw = rd.read_json("config.json")
         if raw is None:
