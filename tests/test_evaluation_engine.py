@@ -254,3 +254,17 @@ def test_plot_is_written_for_several_eps(model, digits, tmp_path):
     assert path is not None and path.stat().st_size > 5000
     single = evaluate(model, digits.test, make_units([attack("fgsm")]), indices=range(50), checks=False)
     assert plot_curves(single.worst_case, single.accuracy, tmp_path / "none.png") is None
+
+
+def test_a_stage_limit_larger_than_the_split_is_said_not_silently_capped(caplog):
+    """Issue 15 item 9: an evaluation limit beyond the data uses all of it and says so."""
+    with caplog.at_level("WARNING", logger=engine_mod.log.name):
+        idx = engine_mod.eval_indices(10, limit=50, seed=0)
+    assert idx.tolist() == list(range(10))
+    assert "limit = 50 is larger than the 10 examples" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=engine_mod.log.name):
+        assert len(engine_mod.eval_indices(10, limit=4, seed=0)) == 4
+    assert caplog.text == ""
+    with pytest.raises(rtk.DataError, match="positive"):
+        engine_mod.eval_indices(10, limit=0)

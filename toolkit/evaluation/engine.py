@@ -145,10 +145,12 @@ def load_batch(split: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def eval_indices(n: int, limit: int | None = None, seed: int = 0) -> torch.Tensor:
     """The dataset indices an evaluation covers: all, or the same fixed random draw of
     ``limit`` examples as :func:`rtk.data.subset` (sorted)."""
+    if limit is not None and limit <= 0:
+        raise DataError(f"limit must be positive, got {limit}")
+    if limit is not None and limit > n:
+        log.warning("limit = %d is larger than the %d examples of the split: all %d are used", limit, n, n)
     if limit is None or limit >= n:
         return torch.arange(n)
-    if limit <= 0:
-        raise DataError(f"limit must be positive, got {limit}")
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[:limit].sort().values
 
