@@ -483,3 +483,14 @@ def test_two_prune_stages_making_the_same_model_name_is_a_plan_error(registry):
     }
     with pytest.raises(_rtk.ConfigError, match=r"stages\[1\]: the pruned model 'm-lwm-10x' would replace"):
         _rtk.plan(_rtk.experiment_from_dict(data, registry=registry), registry)
+
+
+def test_compression_labels_are_valid_model_names():
+    """Issue 15 item 9: compression = [1e9] got an 'invalid name' error for its label (1e+09x)
+    instead of the 'keeps fewer than one weight' error; labels never carry an exponent sign."""
+    from rtk.pruning import compression_label
+    from rtk.trust import name_problem
+
+    assert [compression_label(c) for c in (10, 2.5, 1e9, 1e30)] == ["10x", "2.5x", "1000000000x", "1e30x"]
+    for c in (2, 2.5, 1e9, 1e30, 1e-3):
+        assert name_problem(f"net-{compression_label(c)}") is None

@@ -157,8 +157,11 @@ def keep_count(n: int, ratio: float) -> int:
 
 
 def compression_label(compression: float) -> str:
-    """``10 -> "10x"``, ``2.5 -> "2.5x"``."""
-    return f"{compression:g}x"
+    """``10 -> "10x"``, ``2.5 -> "2.5x"``, ``1e9 -> "1000000000x"`` (no exponent: a label is part of
+    a model name, whose rule allows no ``+``)."""
+    if float(compression).is_integer() and abs(compression) < 1e18:
+        return f"{int(compression)}x"
+    return f"{compression:g}".replace("e+", "e") + "x"
 
 
 __all__ = [
