@@ -38,7 +38,15 @@ class SimilarityError(RtkError):
 
 
 # ----------------------------------------------------------------------------- input checks
-def as_features(x: Tensor, *, what: str = "x", min_examples: int = 2, check_finite: bool = True) -> Tensor:
+# fewer examples than this make the metric a constant whatever the data: two centred
+# representations of 2 examples are always proportional (CKA 1.0, Procrustes distance 0.0)
+MIN_EXAMPLES = 3
+_TOO_FEW = "with 2 examples any two centred representations are proportional, so the value would not depend on the data"
+
+
+def as_features(
+    x: Tensor, *, what: str = "x", min_examples: int = 2, check_finite: bool = True, why: str = ""
+) -> Tensor:
     """Validate and return ``x`` as a 2-D floating tensor ``[n, d]``.
 
     Half precision (float16, bfloat16) and integer inputs become float32; float32 and
@@ -58,7 +66,7 @@ def as_features(x: Tensor, *, what: str = "x", min_examples: int = 2, check_fini
     if d == 0:
         raise SimilarityError(f"{what}: has no features (shape {list(x.shape)})")
     if n < min_examples:
-        raise SimilarityError(f"{what}: needs at least {min_examples} examples, got {n}")
+        raise SimilarityError(f"{what}: needs at least {min_examples} examples, got {n}" + (f" ({why})" if why else ""))
     if not check_finite:
         return x
     # one cheap pass (a pairwise sum in the input's type); NaN and inf propagate into it
@@ -71,8 +79,9 @@ def as_features(x: Tensor, *, what: str = "x", min_examples: int = 2, check_fini
 
 
 def _pair(x: Tensor, y: Tensor, min_examples: int, check_finite: bool = True) -> tuple[Tensor, Tensor]:
-    x = as_features(x, what="x", min_examples=min_examples, check_finite=check_finite)
-    y = as_features(y, what="y", min_examples=min_examples, check_finite=check_finite)
+    why = _TOO_FEW if min_examples == MIN_EXAMPLES else ""
+    x = as_features(x, what="x", min_examples=min_examples, check_finite=check_finite, why=why)
+    y = as_features(y, what="y", min_examples=min_examples, check_finite=check_finite, why=why)
     if x.shape[0] != y.shape[0]:
         raise SimilarityError(f"x and y must hold the same examples: x has {x.shape[0]} rows, y has {y.shape[0]}")
     if x.device != y.device:
@@ -88,14 +97,38 @@ def center(x: Tensor, *, what: str = "x", check: bool = False) -> Tensor:
     across examples (the CKA kernels find that anyway: a representation's HSIC with
     itself is then zero, which they report)."""
     if _on_numpy(x):
-        # torch's float32 column sums are cascaded (about 1e-7 relative at any n, measured;
-        # NumPy's grow with n), and NumPy's subtraction is the faster one here
-        xc = torch.from_numpy(x.numpy() - x.mean(0).numpy())
+        # NumPy only (one thread pool per hot loop: a torch reduction between NumPy's BLAS
+        # calls makes the two pools spin against each other). NumPy's float32 column sums
+        # lose up to about 1e-6 relative at large n, which CKA does not see: a residual mean
+        # changes the centred products only in second order.
+        a = x.numpy()
+        xc = torch.from_numpy(a - a.mean(0))
     else:
         xc = x - x.mean(0, keepdim=True)
     if check and not bool(xc.ne(0).any()):
         raise SimilarityError(f"{what}: every feature is constant across the {x.shape[0]} examples")
     return xc
+
+
+def pow2_scale(x: Tensor) -> float:
+    """A power of two ``s`` such that ``x * s`` has its largest magnitude near 1, or 1.0 when
+    ``x``'s products are safe as they are (largest magnitude within ``2^-30 .. 2^30``).
+
+    Every CKA variant is invariant to scaling a representation, and a power-of-two scaling
+    is exact; it keeps float32 products of features scaled by 1e20 (which overflow) or
+    1e-20 (which underflow to zero) computing the right value."""
+    if _on_numpy(x):
+        a = x.numpy()
+        m = max(float(a.max()), -float(a.min())) if a.size else 0.0
+    else:
+        m = float(x.abs().max()) if x.numel() else 0.0
+    if not (math.isfinite(m) and m > 0.0) or 2.0**-30 <= m <= 2.0**30:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(m)[1])
+
+
+def _rescaled(x: Tensor, scale: float) -> Tensor:
+    return x if scale == 1.0 else x * scale
 
 
 # ----------------------------------------------------------------------------- products
@@ -232,34 +265,29 @@ def _ratio(xy: float, xx: float, yy: float, what: str) -> float:
 
 
 def linear_stats(
-    x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int = 2, diagonals: bool = True
+    x: Tensor, y: Tensor, *, route: str = "auto", min_examples: int = MIN_EXAMPLES, diagonals: bool = True
 ) -> LinearStats:
     """Centre both representations once and compute :class:`LinearStats` by the cheaper
     exact route: feature space when ``d1 + d2 < n``, Gram space otherwise (``route`` may
     force ``"feature"`` or ``"gram"``)."""
     # the finiteness pass over the inputs is folded into the products: a NaN or inf
     # anywhere in x or y makes kk or ll non-finite, and only then are the inputs scanned
-    # to say which and how many
+    # to say which and how many; the same goes for features whose float products overflow
+    # or underflow (scaled by 1e20 or 1e-20): only then are they rescaled and run again
     x, y = _pair(x, y, min_examples=min_examples, check_finite=False)
     n, d1 = x.shape
     if route == "auto":
         route = "feature" if d1 + y.shape[1] < n else "gram"
-    xc, yc = center(x, what="x"), center(y, what="y")
-    if route == "feature":
-        # (one symmetric product of the concatenated features does the same flops, but the
-        # three products measured faster here: a general GEMM and two symmetric ones)
-        kl = float(_sumsq(matmul(xc.T, yc)))
-        kk = float(_sumsq(self_cross(xc)))
-        ll = float(_sumsq(self_cross(yc)))
-    elif route == "gram":
-        gx, gy = gram(xc), gram(yc)
-        kl = float(_dot64(gx, gy))
-        kk, ll = float(_sumsq(gx)), float(_sumsq(gy))
-    else:
+    if route not in ("feature", "gram"):
         raise ValueError(f"route must be 'auto', 'feature' or 'gram', got {route!r}")
-    if not all(math.isfinite(v) for v in (kl, kk, ll)):
+    xc, yc, kl, kk, ll = _linear_products(x, y, route)
+    if not (all(math.isfinite(v) for v in (kl, kk, ll)) and min(kk, ll) >= 1e-30):
         as_features(x, what="x")
         as_features(y, what="y")
+        sx, sy = pow2_scale(x), pow2_scale(y)
+        if sx != 1.0 or sy != 1.0:
+            xc, yc, kl, kk, ll = _linear_products(_rescaled(x, sx), _rescaled(y, sy), route)
+    if not all(math.isfinite(v) for v in (kl, kk, ll)):
         raise SimilarityError(
             f"the products of x and y overflowed (<K,L> = {kl!r}, <K,K> = {kk!r}, "
             f"<L,L> = {ll!r}); rescale the features or pass float64"
@@ -272,10 +300,28 @@ def linear_stats(
     )
 
 
+def _linear_products(x: Tensor, y: Tensor, route: str) -> tuple[Tensor, Tensor, float, float, float]:
+    """Centred features and ``<K,L>, <K,K>, <L,L>`` by the feature or the Gram route."""
+    xc, yc = center(x, what="x"), center(y, what="y")
+    if route == "feature":
+        # (one symmetric product of the concatenated features does the same flops, but the
+        # three products measured faster here: a general GEMM and two symmetric ones)
+        kl = float(_sumsq(matmul(xc.T, yc)))
+        kk = float(_sumsq(self_cross(xc)))
+        ll = float(_sumsq(self_cross(yc)))
+    else:
+        gx, gy = gram(xc), gram(yc)
+        kl = float(_dot64(gx, gy))
+        kk, ll = float(_sumsq(gx)), float(_sumsq(gy))
+    return xc, yc, kl, kk, ll
+
+
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
     """Frobenius inner product: one partial sum per row, the partial sums added in float64."""
     if _on_numpy(a, b):
-        return torch.tensor(float(np.einsum("ij,ij->i", a.numpy(), b.numpy()).sum(dtype=np.float64)))
+        return torch.tensor(
+            float(np.einsum("ij,ij->i", a.numpy(), b.numpy()).sum(dtype=np.float64)), dtype=torch.float64
+        )
     return (a * b).sum(-1).to(torch.float64).sum()
 
 
@@ -287,7 +333,7 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> float:
     >>> x = torch.randn(100, 8); round(linear_cka(x, 2 * x), 6)
     1.0
     """
-    stats = linear_stats(x, y, min_examples=4 if debiased else 2, diagonals=debiased)
+    stats = linear_stats(x, y, min_examples=4 if debiased else MIN_EXAMPLES, diagonals=debiased)
     return cka_from_stats(stats, debiased=debiased)
 
 
@@ -320,12 +366,14 @@ def linear_cka_matrix(
     """
     xs = list(xs)
     names_a = list(names_a) if names_a is not None else [f"x[{i}]" for i in range(len(xs))]
-    feats = [as_features(x, what=f"layer {nm!r}", min_examples=4 if debiased else 2) for x, nm in zip(xs, names_a)]
+    least = 4 if debiased else MIN_EXAMPLES
+    why = "" if debiased else _TOO_FEW
+    feats = [as_features(x, what=f"layer {nm!r}", min_examples=least, why=why) for x, nm in zip(xs, names_a)]
     names = list(names_a)
     if ys is not None:
         ys = list(ys)
         names_b = list(names_b) if names_b is not None else [f"y[{i}]" for i in range(len(ys))]
-        feats += [as_features(y, what=f"layer {nm!r}", min_examples=4 if debiased else 2) for y, nm in zip(ys, names_b)]
+        feats += [as_features(y, what=f"layer {nm!r}", min_examples=least, why=why) for y, nm in zip(ys, names_b)]
         names += names_b
     if not feats:
         raise SimilarityError("no representations given")
@@ -338,7 +386,8 @@ def linear_cka_matrix(
             )
     dev = feats[0].device
     dt = torch.float64 if any(f.dtype == torch.float64 for f in feats) else torch.float32
-    feats = [center(f.to(device=dev, dtype=dt), what=f"layer {nm!r}") for f, nm in zip(feats, names)]
+    feats = [f.to(device=dev, dtype=dt) for f in feats]
+    feats = [center(_rescaled(f, pow2_scale(f)), what=f"layer {nm!r}") for f, nm in zip(feats, names)]
     widths = [f.shape[1] for f in feats]
     if route == "auto":
         route = "feature" if sum(widths) < n else "gram"
@@ -565,31 +614,31 @@ def hsic1_matrix(grams: Tensor | Sequence[Tensor]) -> Tensor:
     type; b >= 4). Returns float64 ``[L, L]``:
 
     ``HSIC_1(K, L) = [tr(K~ L~) + (1^T K~ 1)(1^T L~ 1)/((b-1)(b-2)) - 2/(b-2) 1^T K~ L~ 1] / (b (b-3))``
+
+    Computed with torch only (no NumPy round trip: see :class:`~rtk.similarity.MinibatchCKA`
+    for why), in float64: one ``[L, b^2]`` by ``[b^2, L]`` product gives every ``tr(K~ L~)``.
     """
-    mats = list(grams)
+    return _hsic1(list(grams))[0]
+
+
+def _hsic1(mats: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """:func:`hsic1_matrix` and, per kernel, ``tr(K~ K~) / (b (b - 3))``: the size of the
+    terms whose difference the self-HSIC is (the yardstick for "zero up to rounding")."""
     n_layers, b = len(mats), mats[0].shape[0]
     if b < 4:
         raise SimilarityError(f"the unbiased HSIC estimator needs minibatches of at least 4 examples, got {b}")
-    if _on_numpy(*mats):
-        kt = np.empty((n_layers, b, b))
-        for i, m in enumerate(mats):
-            kt[i] = m.numpy()
-        idx = np.arange(b)
-        kt[:, idx, idx] = 0.0
-        flat = kt.reshape(n_layers, b * b)
-        rows = kt.sum(2)
-        tot = rows.sum(1)
-        h = (flat @ flat.T + np.outer(tot, tot) / ((b - 1) * (b - 2)) - (2.0 / (b - 2)) * (rows @ rows.T)) / (
-            b * (b - 3)
-        )
-        return torch.from_numpy(h)
-    kt = torch.stack([m.to(torch.float64) for m in mats])
+    kt = torch.empty(n_layers, b, b, dtype=torch.float64, device=mats[0].device)
+    for i, m in enumerate(mats):
+        kt[i].copy_(m)
     kt.diagonal(dim1=1, dim2=2).zero_()
-    flat = kt.reshape(n_layers, b * b)
+    flat = kt.view(n_layers, b * b)
     rows = kt.sum(2)  # [L, b]
     tot = rows.sum(1)  # [L]
-    tr = flat @ flat.T
-    return (tr + torch.outer(tot, tot) / ((b - 1) * (b - 2)) - (2.0 / (b - 2)) * (rows @ rows.T)) / (b * (b - 3))
+    h = flat @ flat.T
+    terms = torch.diagonal(h) / (b * (b - 3))
+    h += torch.outer(tot, tot) / ((b - 1) * (b - 2))
+    h -= (2.0 / (b - 2)) * (rows @ rows.T)
+    return h.div_(b * (b - 3)), terms
 
 
 def minibatch_cka(x: Tensor, y: Tensor, *, batch_size: int = 256) -> float:

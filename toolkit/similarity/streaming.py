@@ -26,16 +26,37 @@ from .kernels import (
     Moments,
     SimilarityError,
     Tensor,
+    _hsic1,
     as_features,
-    center,
     cka_from_stats,
     cka_matrix_from_products,
-    gram,
-    hsic1_matrix,
+    pow2_scale,
     procrustes_from_moments,
     pwcca_from_moments,
     svcca_from_moments,
 )
+
+
+def _batch_hsic(feats: list[Tensor], scratch: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """One minibatch's HSIC_1 matrix, its yardsticks and its centred Grams (torch only).
+    Each layer is centred into ``scratch`` when it fits (a fresh multi-megabyte tensor per
+    layer and batch costs page faults that measured as much as the centring itself)."""
+    mats = []
+    for f in feats:
+        mean = f.mean(0, keepdim=True)  # centring is allowed: HSIC_1 is invariant to shifts
+        if (
+            scratch is not None
+            and scratch.dtype == f.dtype
+            and scratch.device == f.device
+            and f.numel() <= scratch.numel()
+        ):
+            c = scratch[: f.numel()].view(f.shape)
+            torch.sub(f, mean, out=c)
+        else:
+            c = f - mean
+        mats.append(c @ c.T)
+    h, terms = _hsic1(mats)
+    return h, terms, mats
 
 
 class MinibatchCKA:
@@ -58,11 +79,18 @@ class MinibatchCKA:
         self.names_a = list(names_a) if names_a is not None else None
         self.names_b = list(names_b) if names_b is not None else None
         self._sum: Tensor | None = None
+        self._terms: Tensor | None = None  # per layer, the summed size of the self-HSIC's terms
+        self._scratch: Tensor | None = None  # reused centring buffer
+        self._rtol = 1e-12  # a self-HSIC below rtol * its terms is zero up to rounding (1e-5 for float32 Grams)
         self._la = self._lb = 0
         self.batches = 0
         self.examples = 0
 
     def update(self, xs: Sequence[Tensor], ys: Sequence[Tensor] | None = None) -> None:
+        """Add one minibatch. Everything here runs in torch (centring, the ``b x b`` Grams,
+        the float64 HSIC products): features arrive batch by batch from a torch forward pass,
+        and handing each batch to NumPy's BLAS made its thread pool and torch's OpenMP pool
+        spin against each other (measured 4x slower on 2 cores)."""
         xs = list(xs)
         feats = xs + (list(ys) if ys is not None else [])
         la, lb = len(xs), (len(ys) if ys is not None else 0)
@@ -70,20 +98,42 @@ class MinibatchCKA:
             self._la, self._lb = la, lb
         elif (la, lb) != (self._la, self._lb):
             raise SimilarityError(f"update got {la} + {lb} layers, earlier batches had {self._la} + {self._lb}")
-        names = (self.names_a or [f"x[{i}]" for i in range(la)]) + (self.names_b or [f"y[{i}]" for i in range(lb)])
-        mats = []
-        b = None
-        for f, nm in zip(feats, names):
-            f = as_features(f, what=f"layer {nm!r}", min_examples=4)
-            if b is None:
-                b = f.shape[0]
-            elif f.shape[0] != b:
+        names = self._names(la, lb)
+        checked = [
+            as_features(f, what=f"layer {nm!r}", min_examples=4, check_finite=False) for f, nm in zip(feats, names)
+        ]
+        b = checked[0].shape[0]
+        for f, nm in zip(checked, names):
+            if f.shape[0] != b:
                 raise SimilarityError(f"layer {nm!r} has {f.shape[0]} examples in this batch, the first layer has {b}")
-            mats.append(gram(center(f)))  # centring is allowed: HSIC_1 is invariant to shifts
-        h = hsic1_matrix(mats)
+        big = max(checked, key=lambda f: f.numel())
+        if self._scratch is None or self._scratch.numel() < big.numel() or self._scratch.dtype != big.dtype:
+            self._scratch = torch.empty(big.numel(), dtype=big.dtype, device=big.device)
+        h, terms, mats = _batch_hsic(checked, self._scratch)
+        if not (bool(torch.isfinite(torch.diagonal(h)).all()) and float(terms.min()) >= 1e-60):
+            # NaN or inf in the input, or float products that overflow or underflow (features
+            # scaled by 1e20 or 1e-20): name the bad input, else redo the batch with every layer
+            # scaled by an exact power of two and undo the scales in float64
+            for f, nm in zip(checked, names):
+                as_features(f, what=f"layer {nm!r}", min_examples=4)
+            scales = torch.tensor([pow2_scale(f) for f in checked], dtype=torch.float64)
+            h, terms, mats = _batch_hsic(
+                [f * float(c) if c != 1.0 else f for f, c in zip(checked, scales)], self._scratch
+            )
+            sq = scales.square().to(h.device)
+            h = h / torch.outer(sq, sq)
+            terms = terms / sq.square()
+            if not bool(torch.isfinite(torch.diagonal(h)).all()):
+                raise SimilarityError("the minibatch Grams overflowed even after rescaling; pass float64 features")
         self._sum = h if self._sum is None else self._sum + h.to(self._sum.device)
+        self._terms = terms if self._terms is None else self._terms + terms.to(self._terms.device)
+        if any(m.dtype != torch.float64 for m in mats):
+            self._rtol = max(self._rtol, 1e-5)
         self.batches += 1
-        self.examples += int(b or 0)
+        self.examples += int(b)
+
+    def _names(self, la: int, lb: int) -> list[str]:
+        return (self.names_a or [f"x[{i}]" for i in range(la)]) + (self.names_b or [f"y[{i}]" for i in range(lb)])
 
     def merge(self, other: MinibatchCKA) -> None:
         """Add another accumulator's batches (for example from another process)."""
@@ -91,8 +141,12 @@ class MinibatchCKA:
             return
         if self._sum is None:
             self._sum, self._la, self._lb = other._sum.clone(), other._la, other._lb
+            self._terms = other._terms.clone() if other._terms is not None else None
         else:
             self._sum = self._sum + other._sum.to(self._sum.device)
+            if self._terms is not None and other._terms is not None:
+                self._terms = self._terms + other._terms.to(self._terms.device)
+        self._rtol = max(self._rtol, other._rtol)
         self.batches += other.batches
         self.examples += other.examples
 
@@ -103,19 +157,29 @@ class MinibatchCKA:
 
         if self._sum is None or not (dist.is_available() and dist.is_initialized()):
             return
+        terms = self._terms if self._terms is not None else torch.zeros(self._la + self._lb, dtype=torch.float64)
         packed = torch.cat(
             [
                 self._sum.reshape(-1),
+                terms.to(self._sum.device),
                 torch.tensor([float(self.batches), float(self.examples)], dtype=torch.float64, device=self._sum.device),
             ]
         )
         dist.all_reduce(packed, group=group)
-        k = self._sum.numel()
+        k, t = self._sum.numel(), terms.numel()
         self._sum = packed[:k].reshape(self._sum.shape)
-        self.batches, self.examples = int(packed[k]), int(packed[k + 1])
+        self._terms = packed[k : k + t]
+        self.batches, self.examples = int(packed[k + t]), int(packed[k + t + 1])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sum": self._sum, "la": self._la, "lb": self._lb, "batches": self.batches, "examples": self.examples}
+        return {
+            "sum": self._sum,
+            "terms": self._terms,
+            "la": self._la,
+            "lb": self._lb,
+            "batches": self.batches,
+            "examples": self.examples,
+        }
 
     def compute(self) -> Tensor:
         if self._sum is None or self.batches == 0:
@@ -124,6 +188,15 @@ class MinibatchCKA:
         selfs = torch.diagonal(mean).clone()
         la = self._la
         names_a = self.names_a or [f"x[{i}]" for i in range(la)]
+        if self._terms is not None:
+            terms = self._terms.to(selfs.device) / self.batches
+            for i, nm in enumerate(self._names(la, self._lb)):
+                if float(selfs[i]) <= self._rtol * float(terms[i]):
+                    raise SimilarityError(
+                        f"layer {nm!r}: mean unbiased HSIC with itself is {float(selfs[i]):.3g}, zero up to rounding "
+                        f"(the terms it is the difference of are {float(terms[i]):.3g}): its features are constant "
+                        "within every minibatch, or too degenerate for the unbiased estimator"
+                    )
         if self._lb == 0:
             return cka_matrix_from_products(
                 mean, selfs, selfs, what="mean unbiased HSIC", names_a=names_a, names_b=names_a
