@@ -346,3 +346,103 @@ def test_cca_refuses_more_dims_than_examples():
     with pytest.raises(K.SimilarityError, match="needs more than"):
         K.pwcca(x, y)  # random data would otherwise get canonical correlations of 1
     assert K.svcca(x, y, dims=4) < 0.9
+
+
+# ----------------------------------------------------------------------------- issue 15 item 10: no made-up values
+@pytest.mark.parametrize(
+    "fn",
+    [
+        K.linear_cka,
+        K.rbf_cka,
+        K.procrustes_distance,
+        lambda x, y: K.linear_cka_matrix([x, y]),
+    ],
+    ids=["linear", "rbf", "procrustes", "linear-matrix"],
+)
+def test_two_examples_are_refused_not_a_constant(fn):
+    """With n = 2 any two centred representations are proportional: CKA would be 1.0 and
+    the Procrustes distance 0.0 for any input."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(2, 5, generator=g), torch.randn(2, 7, generator=g)
+    with pytest.raises(K.SimilarityError, match="at least 3 examples, got 2.*proportional"):
+        fn(x, y)
+    assert fn(torch.randn(3, 5, generator=g), torch.randn(3, 7, generator=g)) is not None
+
+
+@pytest.mark.parametrize("kind", ["constant-per-batch", "one-hot-per-batch"])
+def test_minibatch_self_hsic_zero_in_every_batch_is_an_error(kind):
+    """Features whose unbiased self-HSIC is zero in every minibatch (exactly, or up to
+    rounding) must not give a number (it gave about -1e-11)."""
+    if kind == "constant-per-batch":
+        x = torch.cat([torch.full((50, 4), float(i)) for i in range(4)])
+    else:
+        x = torch.zeros(200, 4)
+        x[::50, 0] = 1.0
+    y = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(K.SimilarityError, match="zero up to rounding"):
+        K.minibatch_cka(x, y, batch_size=50)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+@pytest.mark.parametrize(
+    "name", ["linear", "linear-debiased", "rbf", "rbf-debiased", "minibatch", "svcca", "procrustes"]
+)
+def test_extreme_float32_scales_compute_the_same_value(name, scale, pair):
+    """float32 features scaled by 1e20 overflow and by 1e-20 underflow in float products;
+    every metric is scale invariant, so the value must be that of the unscaled features."""
+    fn, _ = KERNELS[name]
+    x, y = pair
+    xs, ys = (x.double() * scale).float(), (y.double() * scale).float()
+    assert fn(xs, ys) == pytest.approx(fn(x, y), abs=1e-6)
+    mat = K.linear_cka_matrix([xs, ys])
+    assert float(mat[0, 1]) == pytest.approx(K.linear_cka(x, y), abs=1e-6)
+
+
+def test_gram_route_keeps_float64_sums():
+    """float64 features through the Gram route give float64 precision (its Frobenius
+    product was rounded to float32: about 1e-7 off)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 300, generator=g, dtype=torch.float64)
+    y = x[:, :200] + 0.01 * torch.randn(40, 200, generator=g, dtype=torch.float64)
+    ref = ref_linear(x, y)
+    assert K.linear_cka(x, y) == pytest.approx(ref, abs=1e-12)
+    s = K.linear_stats(x, y, route="gram")
+    xc, yc = f64(x) - f64(x).mean(0), f64(y) - f64(y).mean(0)
+    assert s.kl == pytest.approx(float(np.square(xc.T @ yc).sum()), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def wide_pair():
+    """A larger pair (n = 1,500, d about 250) with a non-zero mean."""
+    g = torch.Generator().manual_seed(7)
+    n = 1500
+    z = torch.randn(n, 16, generator=g)
+    x = torch.relu(z @ torch.randn(16, 256, generator=g) + 0.2 * torch.randn(n, 256, generator=g)) + 1.0
+    y = torch.tanh(z @ torch.randn(16, 248, generator=g)) + 0.3 * torch.randn(n, 248, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("name", sorted(KERNELS))
+def test_kernels_within_1e10_of_float64_reference(name, wide_pair):
+    """float64 input: every kernel within 1e-10 of the float64 reference. float32 input is
+    computed with float32 products (float64 sums): within 1e-7 here (measured 3.5e-8 for
+    linear CKA: centring and length-n products round about 1e-7 relative per entry)."""
+    fn, ref = KERNELS[name]
+    x, y = wide_pair
+    if name.startswith("rbf"):  # the reference's n x n x d distance tensor: a subset
+        x, y = x[:500], y[:500]
+    expected = ref(x, y)
+    assert abs(fn(x.double(), y.double()) - expected) <= 1e-10
+    assert abs(fn(x, y) - expected) <= 1e-7
+
+
+def test_heatmap_within_1e10_of_float64_reference(wide_pair):
+    x, y = wide_pair
+    xs = [x, y, x[:, :10] * y[:, :10]]
+    ref = np.array([[ref_linear(a, b) if i < j else 0.0 for j, b in enumerate(xs)] for i, a in enumerate(xs)])
+    ref = ref + ref.T + np.eye(3)
+    for route in ("feature", "gram"):
+        got = K.linear_cka_matrix([t.double() for t in xs], route=route).numpy()
+        assert np.abs(got - ref).max() <= 1e-10, route
+        got = K.linear_cka_matrix(xs, route=route).numpy()
+        assert np.abs(got - ref).max() <= 1e-7, route

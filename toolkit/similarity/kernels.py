@@ -280,7 +280,8 @@ def linear_stats(
         route = "feature" if d1 + y.shape[1] < n else "gram"
     if route not in ("feature", "gram"):
         raise ValueError(f"route must be 'auto', 'feature' or 'gram', got {route!r}")
-    xc, yc, kl, kk, ll = _linear_products(x, y, route)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # handled below
+        xc, yc, kl, kk, ll = _linear_products(x, y, route)
     if not (all(math.isfinite(v) for v in (kl, kk, ll)) and min(kk, ll) >= 1e-30):
         as_features(x, what="x")
         as_features(y, what="y")
@@ -477,7 +478,8 @@ def rbf_gram(x: Tensor, *, sigma: float = 0.8, what: str = "x") -> Tensor:
     for an even count, the mean of the two middle distances)."""
     if not sigma > 0:
         raise SimilarityError(f"rbf bandwidth fraction must be positive, got {sigma}")
-    x = as_features(x, what=what, min_examples=2)
+    x = as_features(x, what=what, min_examples=MIN_EXAMPLES, why=_TOO_FEW)
+    x = _rescaled(x, pow2_scale(x))
     xc = center(x, what=what)
     d2 = sq_distances(xc)
     med = _median_offdiag_distance(d2)
@@ -602,9 +604,77 @@ def kernel_cka(k: Tensor, l: Tensor, *, debiased: bool = False) -> float:
 
 def rbf_cka(x: Tensor, y: Tensor, *, sigma: float = 0.8, debiased: bool = False) -> float:
     """RBF CKA (Kornblith et al. 2019) with bandwidth ``sigma`` times the median distance
-    (computed separately for x and y)."""
-    x, y = _pair(x, y, min_examples=4 if debiased else 2)
-    return kernel_cka(rbf_gram(x, sigma=sigma, what="x"), rbf_gram(y, sigma=sigma, what="y"), debiased=debiased)
+    (computed separately for x and y).
+
+    On the CPU the whole computation stays in NumPy (one thread pool) and in place: per
+    representation one symmetric Gram, turned into squared distances, partitioned once for
+    the median and exponentiated in the same ``n x n`` buffer, in the input's precision;
+    every sum that decides the value (row means, Frobenius products) is taken in float64.
+    Elsewhere torch runs :func:`rbf_gram` and :func:`kernel_cka`."""
+    if not sigma > 0:
+        raise SimilarityError(f"rbf bandwidth fraction must be positive, got {sigma}")
+    x, y = _pair(x, y, min_examples=4 if debiased else MIN_EXAMPLES)
+    x, y = _rescaled(x, pow2_scale(x)), _rescaled(y, pow2_scale(y))
+    if not _on_numpy(x, y):
+        return kernel_cka(rbf_gram(x, sigma=sigma, what="x"), rbf_gram(y, sigma=sigma, what="y"), debiased=debiased)
+    n = x.shape[0]
+    buf = np.empty((2, n, n), dtype=x.numpy().dtype)
+    rows = np.empty((2, n))
+    tots = [0.0, 0.0]
+    for i, (f, what) in enumerate(((x, "x"), (y, "y"))):
+        k = buf[i]
+        _rbf_kernel_into(center(f, what=what).numpy(), k, sigma, what)
+        if debiased:
+            # HSIC_1 is unchanged by adding a constant to every off-diagonal entry: shift
+            # by their mean, so the float64 terms below do not cancel catastrophically
+            np.fill_diagonal(k, 0.0)
+            k -= k.sum(dtype=np.float64) / (n * (n - 1))
+            np.fill_diagonal(k, 0.0)
+            rows[i] = k.sum(1, dtype=np.float64)
+            tots[i] = float(rows[i].sum())
+        else:  # H K H in place, with float64 row means (K is symmetric)
+            m = k.sum(1, dtype=np.float64) / n
+            k -= m[:, None].astype(k.dtype)
+            k -= (m - m.mean()).astype(k.dtype)[None, :]
+    p = _frobenius64(buf)
+    if debiased:
+        p = p + np.outer(tots, tots) / ((n - 1) * (n - 2)) - (2.0 / (n - 2)) * (rows @ rows.T)
+    return _ratio(float(p[0, 1]), float(p[0, 0]), float(p[1, 1]), "debiased HSIC" if debiased else "HSIC")
+
+
+def _frobenius64(buf: np.ndarray, rows: int = 64) -> np.ndarray:
+    """``<buf[i], buf[j]>_F`` for all pairs of the matrices stacked in ``buf`` (``[m, n, n]``),
+    with every product and sum in float64 (row blocks converted as they are read; float32
+    products over long runs measured 2e-8 off in CKA, float64 ones 1e-9)."""
+    m, n = buf.shape[0], buf.shape[1]
+    out = np.zeros((m, m))
+    for r0 in range(0, n, rows):
+        blk = buf[:, r0 : r0 + rows].reshape(m, -1).astype(np.float64)
+        out += blk @ blk.T
+    return out
+
+
+def _rbf_kernel_into(a: np.ndarray, out: np.ndarray, sigma: float, what: str) -> None:
+    """RBF kernel matrix of the centred rows ``a`` written into ``out`` (``[n, n]``)."""
+    n = a.shape[0]
+    np.matmul(a, a.T, out=out)  # symmetric routine (syrk)
+    sq = out.diagonal().copy()
+    out *= -2.0
+    out += sq[:, None]
+    out += sq[None, :]
+    np.maximum(out, 0.0, out=out)
+    np.fill_diagonal(out, 0.0)
+    # one partition finds both middle values; the n zeros of the diagonal sort first
+    m = n * (n - 1)
+    k = n + m // 2
+    part = np.partition(out.reshape(-1), (k - 1, k))
+    lo, hi = float(part[k - 1]), float(part[k])
+    del part
+    med = 0.5 * (math.sqrt(max(lo, 0.0)) + math.sqrt(max(hi, 0.0)))
+    if not med > 0:
+        raise SimilarityError(f"{what}: the median distance between examples is 0 (most examples are identical)")
+    out *= -1.0 / (2.0 * (sigma * med) ** 2)
+    np.exp(out, out=out)
 
 
 # ----------------------------------------------------------------------------- minibatch HSIC
@@ -672,15 +742,32 @@ class Moments:
 def moments(x: Tensor, y: Tensor) -> Moments:
     """Centred cross products of a pair in float64 (the input of every CCA-type metric)."""
     x, y = _pair(x, y, min_examples=2)
-    xc = center(x, what="x").to(torch.float64)
-    yc = center(y, what="y").to(torch.float64)
-    return Moments(x.shape[0], self_cross(xc), self_cross(yc), xc.T @ yc)
+    xc = center(x.to(torch.float64), what="x")
+    yc = center(y.to(torch.float64), what="y")
+    return Moments(x.shape[0], self_cross(xc), self_cross(yc), matmul(xc.T, yc))
+
+
+def _eigh(c: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh``, through NumPy's LAPACK on the CPU (the products before it ran
+    in NumPy's BLAS: one thread pool per computation)."""
+    if _on_numpy(c):
+        vals, vecs = np.linalg.eigh(c.numpy())
+        return torch.from_numpy(vals), torch.from_numpy(vecs)
+    return torch.linalg.eigh(c)
+
+
+def _svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Economy SVD ``a = U S Vh`` (NumPy's LAPACK on the CPU, as :func:`_eigh`)."""
+    if _on_numpy(a):
+        u, sv, vh = np.linalg.svd(a.numpy(), full_matrices=False)
+        return torch.from_numpy(u), torch.from_numpy(sv), torch.from_numpy(vh)
+    return torch.linalg.svd(a, full_matrices=False)
 
 
 def _eig_desc(c: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor]:
     """Eigenvalues (descending, above ``rtol * max``) and eigenvectors of a symmetric PSD matrix."""
     c = 0.5 * (c + c.T)
-    vals, vecs = torch.linalg.eigh(c)
+    vals, vecs = _eigh(c)
     vals, vecs = vals.flip(0), vecs.flip(1)
     top = float(vals[0]) if vals.numel() else 0.0
     if not top > 0:
@@ -714,7 +801,9 @@ class CCAResult:
     dims_y: int
 
 
-def cca(m: Moments, *, variance: float | None = None, dims: int | None = None, rtol: float = 1e-10) -> CCAResult:
+def cca(
+    m: Moments, *, variance: float | None = None, dims: int | None = None, rtol: float = 1e-10, weights: bool = True
+) -> CCAResult:
     """CCA from centred moments. With ``variance`` (a fraction, e.g. 0.99) or ``dims`` each
     representation is first reduced to its top principal directions (SVCCA's SVD step).
 
@@ -731,14 +820,17 @@ def cca(m: Moments, *, variance: float | None = None, dims: int | None = None, r
     lx, vx, ly, vy = lx[:kx], vx[:, :kx], ly[:ky], vy[:, :ky]
     wx = vx / lx.sqrt()
     wy = vy / ly.sqrt()
-    t = wx.T @ m.cxy @ wy
-    a, rho, _ = torch.linalg.svd(t, full_matrices=False)
+    t = matmul(matmul(wx.T, m.cxy), wy)
+    if not weights:  # the correlations alone (SVCCA): singular values only
+        sv = np.linalg.svd(t.numpy(), compute_uv=False) if _on_numpy(t) else torch.linalg.svdvals(t)
+        rho = torch.as_tensor(sv).clamp(0.0, 1.0)
+        return CCAResult(rho, torch.ones_like(rho), kx, ky)
+    a, rho, _ = _svd(t)
     rho = rho.clamp(0.0, 1.0)
     k = rho.numel()
     # <h_i, x_j> for canonical variate h_i = Xc W_x a_i is (Xc^T Xc W_x a_i)_j = (V_x L_x^{1/2} a_i)_j
     contrib = (vx * lx.sqrt()) @ a[:, :k]
-    weights = contrib.abs().sum(0)
-    return CCAResult(rho, weights, kx, ky)
+    return CCAResult(rho, contrib.abs().sum(0), kx, ky)
 
 
 def _svd_basis(x: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -746,7 +838,7 @@ def _svd_basis(x: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor, Tenso
     its numerical rank (singular values above ``sqrt(rtol)`` times the largest, the same
     cut as :func:`cca`'s eigenvalue cut ``rtol``)."""
     xc = center(x.to(torch.float64), what=what)
-    u, sv, vh = torch.linalg.svd(xc, full_matrices=False)
+    u, sv, vh = _svd(xc)
     if not (sv.numel() and float(sv[0]) > 0):
         raise SimilarityError(f"{what}: every feature is constant across examples")
     keep = sv > math.sqrt(rtol) * sv[0]
@@ -766,7 +858,7 @@ def cca_data(
     kx = _dims_for(sx.square(), variance, dims, "x")
     ky = _dims_for(sy.square(), variance, dims, "y")
     _check_cca_dims(kx, ky, x.shape[0])
-    a, rho, _ = torch.linalg.svd(ux[:, :kx].T @ uy[:, :ky], full_matrices=False)
+    a, rho, _ = _svd(matmul(ux[:, :kx].T, uy[:, :ky]))
     k = rho.numel()
     # <h_i, x_j> for canonical variate h_i = Ux a_i is (Vx Sx a_i)_j
     contrib = (vhx[:kx].T * sx[:kx]) @ a[:, :k]
@@ -785,13 +877,22 @@ def _check_cca_dims(kx: int, ky: int, n: int) -> None:
 def svcca(x: Tensor, y: Tensor, *, variance: float | None = 0.99, dims: int | None = None) -> float:
     """SVCCA (Raghu et al. 2017): keep the top principal directions of each representation
     (enough to explain ``variance`` of it, or exactly ``dims``), then the mean canonical
-    correlation."""
-    res = cca_data(x, y, variance=None if dims is not None else variance, dims=dims)
+    correlation.
+
+    With at least twice as many examples as features, from the float64 covariances
+    (``d x d`` products and eigendecompositions: :func:`cca`); otherwise from the SVDs of
+    the data (:func:`cca_data`), which never forms a ``d x d`` matrix."""
+    xf, yf = as_features(x, what="x", check_finite=False), as_features(y, what="y", check_finite=False)
+    opts = {"variance": None if dims is not None else variance, "dims": dims}
+    if xf.shape[0] >= 2 * (xf.shape[1] + yf.shape[1]):
+        res = cca(moments(x, y), weights=False, **opts)
+    else:
+        res = cca_data(x, y, **opts)
     return float(res.rho.mean())
 
 
 def svcca_from_moments(m: Moments, *, variance: float | None = 0.99, dims: int | None = None) -> float:
-    res = cca(m, variance=None if dims is not None else variance, dims=dims)
+    res = cca(m, variance=None if dims is not None else variance, dims=dims, weights=False)
     return float(res.rho.mean())
 
 
@@ -819,7 +920,7 @@ def procrustes_distance(x: Tensor, y: Tensor) -> float:
     ``min_R ||X^ - Y^ R||_F^2 = 2 - 2 ||X^^T Y^||_*`` for centred representations scaled to
     unit Frobenius norm (``R`` orthogonal; the smaller one is zero-padded). 0 for identical
     representations up to rotation and scale, at most 2."""
-    x, y = _pair(x, y, min_examples=2)
+    x, y = _pair(x, y, min_examples=MIN_EXAMPLES)
     ux, sx, _ = _svd_basis(x, "x", 1e-20)
     uy, sy, _ = _svd_basis(y, "y", 1e-20)
     # ||Xc^T Yc||_* = ||Sx Ux^T Uy Sy||_* (the right singular bases are orthogonal)
@@ -828,6 +929,8 @@ def procrustes_distance(x: Tensor, y: Tensor) -> float:
 
 
 def procrustes_from_moments(m: Moments) -> float:
+    if m.n < MIN_EXAMPLES:
+        raise SimilarityError(f"needs at least {MIN_EXAMPLES} examples, got {m.n} ({_TOO_FEW})")
     nx = float(torch.trace(m.cxx))
     ny = float(torch.trace(m.cyy))
     if not (nx > 0 and ny > 0):
