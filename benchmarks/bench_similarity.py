@@ -374,3 +374,296 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ----------------------------------------------------------------------------- the issue's rows (for run_all.py)
+def numpy_rbf_cka(x: np.ndarray, y: np.ndarray, sigma: float = 0.8) -> float:
+    """RBF CKA as the plain NumPy formula of Kornblith et al. (2019) is written: a Gram,
+    squared distances and the kernel as new arrays, the median by ``np.median``, centring
+    by column and row means, one Frobenius product; in the input's precision (float32 here).
+    The bandwidth rule is rtk's (``sigma`` times the median distance over distinct pairs),
+    so both compute the same quantity."""
+
+    def kernel(a: np.ndarray) -> np.ndarray:
+        a = a - a.mean(0)
+        dots = a @ a.T
+        sq = np.diag(dots)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * dots, 0)
+        med = np.median(np.sqrt(d2[np.triu_indices(len(a), 1)]))
+        return np.exp(-d2 / (2 * (sigma * med) ** 2))
+
+    def centred(k: np.ndarray) -> np.ndarray:
+        m = k.mean(0)
+        return k - m[:, None] - m[None, :] + m.mean()
+
+    kc, lc = centred(kernel(x)), centred(kernel(y))
+    return float(np.vdot(kc, lc) / np.sqrt(np.vdot(kc, kc) * np.vdot(lc, lc)))
+
+
+def svcca_google_formula(x: np.ndarray, y: np.ndarray, keep: float = 0.99, epsilon: float = 1e-10) -> float:
+    """SVCCA as google/svcca computes it (Raghu et al. 2017), written here from its
+    description: the SVD of each centred representation keeps the top directions that
+    explain ``keep`` of the variance; CCA of the reduced activations from float64
+    covariances, each regularised by ``epsilon`` and whitened by an inverse square root
+    from an eigendecomposition; SVCCA is the mean of the singular values of the whitened
+    cross-covariance."""
+
+    def reduced(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64)
+        a = a - a.mean(0)
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        k = int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), keep - 1e-12) + 1)
+        return u[:, :k] * s[:k]
+
+    def inv_sqrt(c: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh(c)
+        return (v / np.sqrt(np.maximum(w, epsilon))) @ v.T
+
+    a, b = reduced(x), reduced(y)
+    n = a.shape[0]
+    cxx = a.T @ a / (n - 1) + epsilon * np.eye(a.shape[1])
+    cyy = b.T @ b / (n - 1) + epsilon * np.eye(b.shape[1])
+    cxy = a.T @ b / (n - 1)
+    t = inv_sqrt(cxx) @ cxy @ inv_sqrt(cyy)
+    return float(np.linalg.svd(t, compute_uv=False).clip(0, 1).mean())
+
+
+def numpy_linear_cka64(x: np.ndarray, y: np.ndarray) -> float:
+    """The float64 reference: the feature-space formula on the inputs converted to float64."""
+    return numpy_feature_cka(x.astype(np.float64), y.astype(np.float64))
+
+
+def minibatch_reference64(batches: list[list[torch.Tensor]]) -> np.ndarray:
+    """Minibatch CKA between all layers in float64, written from Nguyen et al. (2021):
+    Song et al.'s unbiased HSIC per batch, averaged, then normalised."""
+    nl = len(batches[0])
+    acc = np.zeros((nl, nl))
+    for batch in batches:
+        ks = []
+        for f in batch:
+            a = f.double().numpy()
+            k = a @ a.T
+            np.fill_diagonal(k, 0.0)
+            ks.append(k)
+        b = ks[0].shape[0]
+        flat = np.stack([k.reshape(-1) for k in ks])
+        rows = np.stack([k.sum(1) for k in ks])
+        tot = rows.sum(1)
+        acc += (flat @ flat.T + np.outer(tot, tot) / ((b - 1) * (b - 2)) - 2 / (b - 2) * rows @ rows.T) / (b * (b - 3))
+    d = np.sqrt(np.diag(acc))
+    return acc / np.outer(d, d)
+
+
+class _Replay(torch.nn.Module):
+    """A 'model' whose layers output stored features: batch ``i`` is the input ``[b, 1]``
+    filled with ``i``. It lets pytorch-cka's ``compute_cka`` (hooks on modules, a loader)
+    run on exactly the features rtk gets."""
+
+    def __init__(self, batches: list[list[torch.Tensor]]) -> None:
+        super().__init__()
+        self.batches = batches
+        self.layers = torch.nn.ModuleList(_Layer(self, i) for i in range(len(batches[0])))
+
+    def forward(self, x: torch.Tensor) -> None:
+        bid = int(x[0, 0])
+        for layer in self.layers:
+            layer(bid)
+
+
+class _Loader:
+    """An iterable of batches with a length (a list would be taken as a list of loaders)."""
+
+    def __init__(self, batches: list[torch.Tensor]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, owner: _Replay, i: int) -> None:
+        super().__init__()
+        self.i = i
+        self._owner = [owner]
+
+    def forward(self, bid: int) -> torch.Tensor:
+        return self._owner[0].batches[bid][self.i]
+
+
+def _related(n: int, widths: list[int], seed: int, noise: float = 0.3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 64, generator=g)
+    return [torch.relu(z @ torch.randn(64, d, generator=g) + noise * torch.randn(n, d, generator=g)) for d in widths]
+
+
+def _row(workload, times, rtk, peer, flops, peak, goal, note):
+    rtk_s = times[rtk]
+    peer_s = times.get(peer) if peer else None
+    return {
+        "workload": workload,
+        "rtk_s": rtk_s,
+        "peer": peer or "none installed",
+        "peer_s": peer_s,
+        "ratio": rtk_s / peer_s if peer_s else None,
+        "bound_ratio": rtk_s / (flops / peak) if flops else None,
+        "goal": goal,
+        "note": note,
+    }
+
+
+def rows(
+    quick: bool, peak: float | None = None, peers: dict[str, object] | None = None, repeats: int = 3
+) -> list[dict]:
+    """The similarity rows of issue 19's table, each workload's sides interleaved. ``peak``:
+    the best fp32 GEMM rate (flop/s) measured in the same run (measured here when None);
+    ``peers``: from :func:`load_peers`. Times are medians; ``ratio`` is rtk's time over the
+    best peer's (below 1: rtk ahead); ``bound_ratio`` rtk's time over the minimal flop
+    count (symmetric products counted once) at ``peak``."""
+    if peak is None:
+        pt, pn = gemm_peak(torch.device("cpu"), 1024 if quick else 4096)
+        peak = max(pt, pn or 0.0)
+    peers = peers if peers is not None else {}
+    out: list[dict] = []
+    out.append(_minibatch_row(quick, peak, peers, repeats))
+    out.append(_rbf_row(quick, peak, repeats))
+    out.append(_linear_row(quick, peak, repeats))
+    out.append(_svcca_row(quick, peak, repeats))
+    out.append(_heatmap_row(quick, peak, peers, repeats))
+    return out
+
+
+def _minibatch_row(quick: bool, peak: float, peers: dict[str, object], repeats: int) -> dict:
+    nb, b, widths = (4, 64, layer_widths(32, 256, 6)) if quick else (20, 256, layer_widths(512, 8192, 12))
+    g = torch.Generator().manual_seed(2)
+    data = [[torch.randn(b, d, generator=g).relu_() for d in widths] for _ in range(nb)]
+
+    def rtk_run():
+        acc = MinibatchCKA()
+        for batch in data:
+            acc.update(batch)
+        return acc.compute().numpy()
+
+    fns: dict[str, Callable[[], object]] = {"rtk MinibatchCKA": rtk_run}
+    if "pytorch-cka" in peers:
+        model = _Replay(data)
+        loader = _Loader([torch.full((b, 1), float(i)) for i in range(nb)])
+        names = [f"layers.{i}" for i in range(len(widths))]
+        compute = peers["pytorch-cka"].compute_cka  # type: ignore[attr-defined]
+        fns["pytorch-cka compute_cka"] = lambda: compute(
+            model, model, loader, layers=names, device="cpu", progress=False
+        )[0].numpy()
+    times, values = interleave(fns, repeats)
+    ref = minibatch_reference64(data)
+    errs = {k: float(np.abs(np.asarray(v, dtype=np.float64) - ref).max()) for k, v in values.items()}
+    flops = nb * b * b * sum(widths)
+    peer = "pytorch-cka compute_cka" if "pytorch-cka compute_cka" in times else None
+    note = f"max error vs float64: rtk {errs['rtk MinibatchCKA']:.1e}" + (f", peer {errs[peer]:.1e}" if peer else "")
+    return _row(
+        f"minibatch unbiased CKA, {len(widths)} layers (d {widths[0]}..{widths[-1]}), {nb} batches of {b}",
+        times,
+        "rtk MinibatchCKA",
+        peer,
+        flops,
+        peak,
+        "ahead of every peer, <= 2x bound",
+        note,
+    )
+
+
+def _rbf_row(quick: bool, peak: float, repeats: int) -> dict:
+    n, d = (400, 64) if quick else (5000, 2048)
+    x, y = _related(n, [d, d], seed=3)
+    xn, yn = x.numpy(), y.numpy()
+    fns: dict[str, Callable[[], object]] = {
+        "rtk rbf_cka": lambda: K.rbf_cka(x, y),
+        "NumPy formula (Kornblith et al.)": lambda: numpy_rbf_cka(xn, yn),
+    }
+    times, values = interleave(fns, repeats)
+    ref = numpy_rbf_cka(xn.astype(np.float64), yn.astype(np.float64))
+    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
+    return _row(
+        f"RBF CKA, n = {n:,}, d = {d:,}",
+        times,
+        "rtk rbf_cka",
+        "NumPy formula (Kornblith et al.)",
+        2 * n * n * d,
+        peak,
+        "ahead at <= 1e-8 error, <= 3x bound",
+        f"error vs float64: rtk {errs['rtk rbf_cka']:.1e}, peer {errs['NumPy formula (Kornblith et al.)']:.1e}",
+    )
+
+
+def _linear_row(quick: bool, peak: float, repeats: int) -> dict:
+    n, d = (3000, 256) if quick else (10000, 2048)
+    x, y = _related(n, [d, d], seed=4)
+    xn, yn = x.numpy(), y.numpy()
+    fns: dict[str, Callable[[], object]] = {
+        "rtk linear_cka": lambda: K.linear_cka(x, y),
+        "NumPy formula": lambda: numpy_feature_cka(xn, yn),
+    }
+    times, values = interleave(fns, repeats)
+    ref = numpy_linear_cka64(xn, yn)
+    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
+    return _row(
+        f"linear CKA, n = {n:,}, d = {d:,}",
+        times,
+        "rtk linear_cka",
+        "NumPy formula",
+        2 * n * d * d + 2 * n * d * d,
+        peak,
+        ">= 1.1x ahead, <= 1.3x bound, error <= 1e-8",
+        f"error vs float64: rtk {errs['rtk linear_cka']:.1e}, peer {errs['NumPy formula']:.1e}",
+    )
+
+
+def _svcca_row(quick: bool, peak: float, repeats: int) -> dict:
+    n, d = (1000, 64) if quick else (5000, 512)
+    x, y = _related(n, [d, d], seed=5, noise=0.5)
+    xn, yn = x.numpy(), y.numpy()
+    fns: dict[str, Callable[[], object]] = {
+        "rtk svcca": lambda: K.svcca(x, y),
+        "google/svcca formula": lambda: svcca_google_formula(xn, yn),
+    }
+    times, values = interleave(fns, repeats)
+    ref = float(K.cca_data(x.double(), y.double(), variance=0.99).rho.mean())
+    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
+    return _row(
+        f"SVCCA, n = {n:,}, d = {d:,}",
+        times,
+        "rtk svcca",
+        "google/svcca formula",
+        4 * n * d * d,
+        peak,
+        "<= 3x bound",
+        f"vs SVD route in float64: rtk {errs['rtk svcca']:.1e}, peer {errs['google/svcca formula']:.1e} "
+        "(its epsilon regularisation)",
+    )
+
+
+def _heatmap_row(quick: bool, peak: float, peers: dict[str, object], repeats: int) -> dict:
+    n, widths = (400, layer_widths(32, 512, 12)) if quick else (5000, layer_widths(512, 8192, 12))
+    feats = _related(n, widths, seed=1)
+    fns: dict[str, Callable[[], object]] = {"rtk linear_cka_matrix": lambda: K.linear_cka_matrix(feats).numpy()}
+    if "pytorch-cka" in peers:
+        fn = peers["pytorch-cka"].cka_from_features  # type: ignore[attr-defined]
+        fns["pytorch-cka cka_from_features"] = lambda: fn(feats, feats).numpy()
+    times, values = interleave(fns, max(1, repeats - 1))
+    picks = [(0, len(widths) // 2), (0, len(widths) - 1), (len(widths) // 2, len(widths) - 1)]
+    ref = {p: numpy_linear_cka64(feats[p[0]].numpy(), feats[p[1]].numpy()) for p in picks}
+    err = max(abs(float(values["rtk linear_cka_matrix"][p]) - r) for p, r in ref.items())  # type: ignore[index]
+    nl = len(widths)
+    flops = n * n * sum(widths) + nl * (nl + 1) // 2 * n * n
+    peer = "pytorch-cka cka_from_features" if "pytorch-cka cka_from_features" in times else None
+    return _row(
+        f"{nl}x{nl} linear CKA heatmap, n = {n:,} (d {widths[0]}..{widths[-1]})",
+        times,
+        "rtk linear_cka_matrix",
+        peer,
+        flops,
+        peak,
+        "keep ahead; <= 1.5x bound",
+        f"rtk max error vs float64 (3 entries): {err:.1e}" + ("; the peer computes unbiased CKA" if peer else ""),
+    )
