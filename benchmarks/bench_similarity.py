@@ -574,7 +574,7 @@ def _minibatch_row(quick: bool, peak: float, peers: dict[str, object], repeats: 
 
 
 def _rbf_row(quick: bool, peak: float, repeats: int) -> dict:
-    n, d = (400, 64) if quick else (5000, 2048)
+    n, d = (300, 48) if quick else (5000, 2048)
     x, y = _related(n, [d, d], seed=3)
     xn, yn = x.numpy(), y.numpy()
     fns: dict[str, Callable[[], object]] = {
@@ -597,7 +597,7 @@ def _rbf_row(quick: bool, peak: float, repeats: int) -> dict:
 
 
 def _linear_row(quick: bool, peak: float, repeats: int) -> dict:
-    n, d = (3000, 256) if quick else (10000, 2048)
+    n, d = (1500, 128) if quick else (10000, 2048)
     x, y = _related(n, [d, d], seed=4)
     xn, yn = x.numpy(), y.numpy()
     fns: dict[str, Callable[[], object]] = {
@@ -620,7 +620,7 @@ def _linear_row(quick: bool, peak: float, repeats: int) -> dict:
 
 
 def _svcca_row(quick: bool, peak: float, repeats: int) -> dict:
-    n, d = (1000, 64) if quick else (5000, 512)
+    n, d = (600, 48) if quick else (5000, 512)
     x, y = _related(n, [d, d], seed=5, noise=0.5)
     xn, yn = x.numpy(), y.numpy()
     fns: dict[str, Callable[[], object]] = {
@@ -644,7 +644,7 @@ def _svcca_row(quick: bool, peak: float, repeats: int) -> dict:
 
 
 def _heatmap_row(quick: bool, peak: float, peers: dict[str, object], repeats: int) -> dict:
-    n, widths = (400, layer_widths(32, 512, 12)) if quick else (5000, layer_widths(512, 8192, 12))
+    n, widths = (200, layer_widths(16, 256, 12)) if quick else (5000, layer_widths(512, 8192, 12))
     feats = _related(n, widths, seed=1)
     fns: dict[str, Callable[[], object]] = {"rtk linear_cka_matrix": lambda: K.linear_cka_matrix(feats).numpy()}
     if "pytorch-cka" in peers:

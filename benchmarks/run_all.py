@@ -78,7 +78,7 @@ def scaling(quick: bool) -> list[dict]:
     from rtk.similarity import kernels as K
 
     if quick:
-        ns, n_fixed, ds, d_fixed = [250, 500, 1000], 500, [32, 64, 128], 64
+        ns, n_fixed, ds, d_fixed = [200, 400, 800], 400, [16, 32, 64], 32
     else:
         ns, n_fixed, ds, d_fixed = [1250, 2500, 5000, 10000], 5000, [256, 512, 1024, 2048], 512
     kernels = {
