@@ -573,74 +573,47 @@ def _minibatch_row(quick: bool, peak: float, peers: dict[str, object], repeats: 
     )
 
 
+def _pair_row(
+    workload: str, sides: dict[str, Callable[[], object]], ref: float, flops: int, peak: float, goal: str, repeats: int
+) -> dict:
+    """A one-pair workload: rtk (the first side) against one peer, errors against ``ref``."""
+    times, values = interleave(sides, repeats)
+    rtk, peer = list(sides)
+    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
+    note = f"error vs float64: rtk {errs[rtk]:.1e}, peer {errs[peer]:.1e}"
+    return _row(workload, times, rtk, peer, flops, peak, goal, note)
+
+
 def _rbf_row(quick: bool, peak: float, repeats: int) -> dict:
     n, d = (300, 48) if quick else (5000, 2048)
     x, y = _related(n, [d, d], seed=3)
     xn, yn = x.numpy(), y.numpy()
-    fns: dict[str, Callable[[], object]] = {
+    sides = {
         "rtk rbf_cka": lambda: K.rbf_cka(x, y),
         "NumPy formula (Kornblith et al.)": lambda: numpy_rbf_cka(xn, yn),
     }
-    times, values = interleave(fns, repeats)
     ref = numpy_rbf_cka(xn.astype(np.float64), yn.astype(np.float64))
-    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
-    return _row(
-        f"RBF CKA, n = {n:,}, d = {d:,}",
-        times,
-        "rtk rbf_cka",
-        "NumPy formula (Kornblith et al.)",
-        2 * n * n * d,
-        peak,
-        "ahead at <= 1e-8 error, <= 3x bound",
-        f"error vs float64: rtk {errs['rtk rbf_cka']:.1e}, peer {errs['NumPy formula (Kornblith et al.)']:.1e}",
-    )
+    goal = "ahead at <= 1e-8 error, <= 3x bound"
+    return _pair_row(f"RBF CKA, n = {n:,}, d = {d:,}", sides, ref, 2 * n * n * d, peak, goal, repeats)
 
 
 def _linear_row(quick: bool, peak: float, repeats: int) -> dict:
     n, d = (1500, 128) if quick else (10000, 2048)
     x, y = _related(n, [d, d], seed=4)
     xn, yn = x.numpy(), y.numpy()
-    fns: dict[str, Callable[[], object]] = {
-        "rtk linear_cka": lambda: K.linear_cka(x, y),
-        "NumPy formula": lambda: numpy_feature_cka(xn, yn),
-    }
-    times, values = interleave(fns, repeats)
-    ref = numpy_linear_cka64(xn, yn)
-    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
-    return _row(
-        f"linear CKA, n = {n:,}, d = {d:,}",
-        times,
-        "rtk linear_cka",
-        "NumPy formula",
-        2 * n * d * d + 2 * n * d * d,
-        peak,
-        ">= 1.1x ahead, <= 1.3x bound, error <= 1e-8",
-        f"error vs float64: rtk {errs['rtk linear_cka']:.1e}, peer {errs['NumPy formula']:.1e}",
-    )
+    sides = {"rtk linear_cka": lambda: K.linear_cka(x, y), "NumPy formula": lambda: numpy_feature_cka(xn, yn)}
+    goal = ">= 1.1x ahead, <= 1.3x bound, error <= 1e-8"
+    flops = 4 * n * d * d
+    return _pair_row(f"linear CKA, n = {n:,}, d = {d:,}", sides, numpy_linear_cka64(xn, yn), flops, peak, goal, repeats)
 
 
 def _svcca_row(quick: bool, peak: float, repeats: int) -> dict:
     n, d = (600, 48) if quick else (5000, 512)
     x, y = _related(n, [d, d], seed=5, noise=0.5)
     xn, yn = x.numpy(), y.numpy()
-    fns: dict[str, Callable[[], object]] = {
-        "rtk svcca": lambda: K.svcca(x, y),
-        "google/svcca formula": lambda: svcca_google_formula(xn, yn),
-    }
-    times, values = interleave(fns, repeats)
-    ref = float(K.cca_data(x.double(), y.double(), variance=0.99).rho.mean())
-    errs = {k: abs(float(v) - ref) for k, v in values.items()}  # type: ignore[arg-type]
-    return _row(
-        f"SVCCA, n = {n:,}, d = {d:,}",
-        times,
-        "rtk svcca",
-        "google/svcca formula",
-        4 * n * d * d,
-        peak,
-        "<= 3x bound",
-        f"vs SVD route in float64: rtk {errs['rtk svcca']:.1e}, peer {errs['google/svcca formula']:.1e} "
-        "(its epsilon regularisation)",
-    )
+    sides = {"rtk svcca": lambda: K.svcca(x, y), "google/svcca formula": lambda: svcca_google_formula(xn, yn)}
+    ref = float(K.cca_data(x.double(), y.double(), variance=0.99).rho.mean())  # the SVD route, float64
+    return _pair_row(f"SVCCA, n = {n:,}, d = {d:,}", sides, ref, 4 * n * d * d, peak, "<= 3x bound", repeats)
 
 
 def _heatmap_row(quick: bool, peak: float, peers: dict[str, object], repeats: int) -> dict:

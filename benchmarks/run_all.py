@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import importlib
 import os
 import platform
 import sys
-import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,43 +37,15 @@ EXTERNAL = ["bench_evaluation", "bench_certify", "bench_startup"]
 KEYS = ("workload", "rtk_s", "peer", "peer_s", "ratio", "bound_ratio", "goal", "note")
 
 
-# ----------------------------------------------------------------------------- peak memory
-def _reset_peak() -> bool:
-    """Reset the process's peak resident size (Linux ``/proc/self/clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def measure(fn: Callable[[], object]) -> tuple[float, float | None]:
-    """Wall time (s) and the peak resident memory above the start (MiB; None where the
-    peak cannot be reset)."""
-    gc.collect()
-    ok = _reset_peak()
-    base = _status_kib("VmRSS") if ok else 0
-    t = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t
-    peak = (_status_kib("VmHWM") - base) / 1024 if ok else None
-    return dt, peak
-
-
 # ----------------------------------------------------------------------------- scaling curves
 def scaling(quick: bool) -> list[dict]:
     """Time and peak memory of linear CKA, RBF CKA and SVCCA as n and d double."""
     import torch
+    from bench_certify import measure  # seconds and peak resident growth (MiB) of one call
 
     from rtk.similarity import kernels as K
 
+    cpu = torch.device("cpu")
     if quick:
         ns, n_fixed, ds, d_fixed = [200, 400, 800], 400, [16, 32, 64], 32
     else:
@@ -99,7 +68,7 @@ def scaling(quick: bool) -> list[dict]:
                     continue
                 if name != "svcca":
                     fn(x[:64], y[:64])  # warm the code paths
-                dt, mem = measure(lambda fn=fn, x=x, y=y: fn(x, y))
+                dt, mem = measure(lambda fn=fn, x=x, y=y: fn(x, y), cpu)
                 input_mib = 2 * n * d * 4 / 2**20
                 out.append(
                     {"kernel": name, "axis": axis, "n": n, "d": d, "s": dt, "peak_mib": mem, "input_mib": input_mib}

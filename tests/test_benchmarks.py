@@ -26,14 +26,14 @@ def test_quick_run_writes_the_table(run_all, tmp_path, monkeypatch):
     # an external bench module that exposes rows() is merged; one without is listed, not dropped
     ext = tmp_path / "ext"
     ext.mkdir()
-    (ext / "bench_certify.py").write_text(
+    (ext / "bench_evaluation.py").write_text(
         "def rows(quick):\n"
-        "    return [dict(workload='CROWN vs IBP', rtk_s=2.0, peer='IBP', peer_s=1.0, ratio=2.0,\n"
+        "    return [dict(workload='PGD-10 evaluation', rtk_s=2.0, peer='bare loop', peer_s=1.0, ratio=2.0,\n"
         "                 bound_ratio=None, goal='g', note='from a module')]\n"
     )
     (ext / "bench_startup.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(ext))
-    for name in ("bench_certify", "bench_startup"):
+    for name in ("bench_evaluation", "bench_startup"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     out = tmp_path / "performance.md"
     res = run_all.main(
@@ -48,7 +48,7 @@ def test_quick_run_writes_the_table(run_all, tmp_path, monkeypatch):
             "--only",
             "similarity",
             "scaling",
-            "bench_certify",
+            "bench_evaluation",
             "bench_startup",
         ]
     )
@@ -62,7 +62,7 @@ def test_quick_run_writes_the_table(run_all, tmp_path, monkeypatch):
         assert set(run_all.KEYS) <= set(r)
     # peers written in benchmarks/ always run: rtk's RBF, linear and SVCCA rows have a ratio
     assert all(r["ratio"] is not None for r in res["rows"] if r["workload"].startswith(("RBF", "linear CKA,", "SVCCA")))
-    assert "| CROWN vs IBP | 2.000 s | IBP | 1.000 s | 2.00x slower |" in page
+    assert "| PGD-10 evaluation | 2.000 s | bare loop | 1.000 s | 2.00x slower |" in page
     assert "`bench_startup`: has no `rows(quick)` yet" in page
     assert {c["kernel"] for c in res["curves"]} == {"linear_cka", "rbf_cka", "svcca"}
     assert "## Scaling" in page and "peak memory" in page
