@@ -839,7 +839,8 @@ def _svd_basis(x: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor, Tenso
     its numerical rank (singular values above ``sqrt(rtol)`` times the largest, the same
     cut as :func:`cca`'s eigenvalue cut ``rtol``)."""
     xc = center(x.to(torch.float64), what=what)
-    u, sv, vh = _svd(xc)
+    # torch's LAPACK (MKL) measured 2-3x faster than NumPy's for these tall SVDs
+    u, sv, vh = torch.linalg.svd(xc, full_matrices=False)
     if not (sv.numel() and float(sv[0]) > 0):
         raise SimilarityError(f"{what}: every feature is constant across examples")
     keep = sv > math.sqrt(rtol) * sv[0]
@@ -880,12 +881,13 @@ def svcca(x: Tensor, y: Tensor, *, variance: float | None = 0.99, dims: int | No
     (enough to explain ``variance`` of it, or exactly ``dims``), then the mean canonical
     correlation.
 
-    With at least twice as many examples as features, from the float64 covariances
-    (``d x d`` products and eigendecompositions: :func:`cca`); otherwise from the SVDs of
-    the data (:func:`cca_data`), which never forms a ``d x d`` matrix."""
+    With at least as many examples as the wider representation has features, from the
+    float64 covariances (``d x d`` products and eigendecompositions: :func:`cca`; at
+    ``n = 5,000``, ``d = 2,048`` the SVD route took minutes); otherwise from the SVDs of the
+    data (:func:`cca_data`), which never forms a ``d x d`` matrix."""
     xf, yf = as_features(x, what="x", check_finite=False), as_features(y, what="y", check_finite=False)
     opts = {"variance": None if dims is not None else variance, "dims": dims}
-    if xf.shape[0] >= 2 * (xf.shape[1] + yf.shape[1]):
+    if xf.shape[0] >= max(xf.shape[1], yf.shape[1]):
         res = cca(moments(x, y), weights=False, **opts)
     else:
         res = cca_data(x, y, **opts)
