@@ -135,7 +135,7 @@ def _error_tail(log_path: Path, code: int) -> str:
         lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         lines = []
-    errs = [ln for ln in lines if "Error" in ln or ln.startswith("rtk:")]
+    errs = [ln for ln in lines if "Error" in ln or "rtk: " in ln]
     tail = errs[-1] if errs else (lines[-1] if lines else "")
     return f"exit status {code}: {tail}".strip() if tail else f"exit status {code}"
 

@@ -50,14 +50,15 @@ def run_point(study_dir: str | Path, point_id: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m rtk.study.worker STUDY_DIR POINT_ID", file=sys.stderr)
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log = logging.getLogger(__name__)
+    if len(args) != 2:
+        log.error("usage: python -m rtk.study.worker STUDY_DIR POINT_ID")
+        return 2
     try:
         run_point(args[0], args[1])
     except RtkError as exc:
-        print(f"rtk: {exc}", file=sys.stderr)
+        log.error("rtk: %s", exc)
         return 1
     return 0
 
