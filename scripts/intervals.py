@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,38 @@ def study_points(study_dir: Path) -> list[tuple[dict, Path]]:
         if entry.get("state") == "completed":
             out.append((dict(entry.get("values", {})), Path(study_dir) / entry.get("dir", f"points/{entry['id']}")))
     return out
+
+
+def study_time_rows(runs: Path, names: Sequence[str]) -> list[dict]:
+    """One row per study directory ``<runs>/<name>`` present: points completed of all, the sum of
+    the points' wall seconds (``study.json``) and, when ``<runs>/<name>.time`` holds the output of
+    ``/usr/bin/time -v`` around the ``rtk run``, the study's wall and CPU (user + system) minutes."""
+    rows = []
+    for name in names:
+        study = Path(runs) / name
+        if not (study / "study.json").exists():
+            continue
+        points = json.loads((study / "study.json").read_text()).get("points", [])
+        row = {
+            "study": f"`experiments/{name}.toml`",
+            "points completed": f"{sum(p.get('state') == 'completed' for p in points)} of {len(points)}",
+            "points (min)": f"{sum(float(p.get('seconds') or 0) for p in points) / 60:.1f}",
+            "wall (min)": "n/a",
+            "CPU (min)": "n/a",
+        }
+        timing = Path(runs) / f"{name}.time"
+        if timing.exists():
+            text = timing.read_text()
+            wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([0-9:.]+)", text)
+            user = re.search(r"User time \(seconds\): ([0-9.]+)", text)
+            system = re.search(r"System time \(seconds\): ([0-9.]+)", text)
+            if wall:
+                secs = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.group(1).split(":"))))
+                row["wall (min)"] = f"{secs / 60:.1f}"
+            if user and system:
+                row["CPU (min)"] = f"{(float(user.group(1)) + float(system.group(1))) / 60:.1f}"
+        rows.append(row)
+    return rows
 
 
 def format_interval(iv: Interval, digits: int = 3) -> str:

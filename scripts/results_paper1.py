@@ -363,7 +363,8 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
                 "stages (min)": run["stage_seconds"] / 60,
             }
         )
-    keys["experiments_table"] = md(pd.DataFrame(timing_rows), "{:.1f}")
+    if timing_rows:  # absent: the table of the last render is kept (scripts/results_keys.py)
+        keys["experiments_table"] = md(pd.DataFrame(timing_rows), "{:.1f}")
     quick_rows = []
     for name in EXPERIMENTS:
         path = runs / f"paper1-{name}-digits"
@@ -378,7 +379,8 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
                     "CPU (min)": t.get("cpu_s", np.nan) / 60,
                 }
             )
-    keys["quick_table"] = md(pd.DataFrame(quick_rows), "{:.1f}")
+    if quick_rows:
+        keys["quick_table"] = md(pd.DataFrame(quick_rows), "{:.1f}")
 
     def copy_fig(run: dict, stage: str, name: str, new: str) -> str:
         src = run["path"] / "figures" / stage / f"{name}.png"
@@ -581,7 +583,13 @@ DESIGN_EFFECTS = [
 def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
     """Keys ``design_results``, ``design_headline``, ``design_heatmaps`` and ``design_overfitting``:
     intervals and verdicts over seeds from the study directories of the paper-1 design."""
-    from intervals import effect_rows, format_interval, study_points, t_interval  # scripts/intervals.py
+    from intervals import (  # scripts/intervals.py
+        effect_rows,
+        format_interval,
+        study_points,
+        study_time_rows,
+        t_interval,
+    )
 
     rows = []
     for study in DESIGN_STUDIES:
@@ -602,6 +610,8 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                 )
     keys = {"design_results": DESIGN_NOT_RUN.format(runs=runs), "design_headline": "", "design_heatmaps": ""}
     keys["design_overfitting"] = f"Not run yet (no `{runs}/paper1-design-overfitting`)."
+    times = study_time_rows(runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, "overfitting")])
+    keys["design_times"] = md(pd.DataFrame(times), "{}") if times else "No study of the design has run yet."
     if rows:
         data = pd.DataFrame(rows)
         tables = []
@@ -696,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suffix", default="", help="run directory suffix, e.g. '-digits' for the quick variants")
     ap.add_argument("--keys", action="store_true", help="list the template keys and exit")
     args = ap.parse_args(argv)
+    from results_keys import brace_pieces, carry_over  # scripts/results_keys.py
+
     keys = build(args.runs, args.out, args.suffix)
     if args.keys:
         for k, v in sorted(keys.items()):
@@ -705,6 +717,11 @@ def main(argv: list[str] | None = None) -> int:
     if not template.exists():
         print(f"no template at {template}; keys: {', '.join(sorted(keys))}", file=sys.stderr)
         return 1
+    keys, carried = carry_over(
+        keys, template.read_text(), brace_pieces, args.out / "paper1" / "keys.json", args.out / "paper1.md"
+    )
+    if carried:
+        print(f"kept from the last render (run directories absent): {', '.join(carried)}", file=sys.stderr)
     text, missing = render(template.read_text(), keys)
     (args.out / "paper1.md").write_text(text)
     if missing:

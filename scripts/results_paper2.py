@@ -296,7 +296,8 @@ def collect(runs: Path, logs: Path, out: Path, suffix: str = "") -> dict[str, st
         values.update({f"{key_prefix}{k}": v for k, v in hydra_counts(prune_tables).items()})
         if "adversarial" in prune_tables and high is not None and not suffix:
             plot_hydra_vs_lwm(prune_tables["adversarial"], high, figdir / "hydra_vs_lwm.png")
-    values[f"{key_prefix}timing_table"] = md_table(pd.DataFrame(timing)) if timing else "(no runs found)"
+    if timing:  # absent: the table of the last render is kept (scripts/results_keys.py)
+        values[f"{key_prefix}timing_table"] = md_table(pd.DataFrame(timing))
     return values
 
 
@@ -379,12 +380,14 @@ OBJECTIVE_NAMES = {"prune-std": "standard", "prune-adv": "PGD-AT", "prune-ver": 
 def design_values(runs: Path, out: Path) -> dict[str, str]:
     """``design_retention`` and ``design_hydra_vs_lwm``: intervals over seeds and verdicts from
     the study directories ``paper2-design-retention`` and ``paper2-design-high-compression``."""
-    from intervals import effect_rows, study_points  # scripts/intervals.py
+    from intervals import effect_rows, study_points, study_time_rows  # scripts/intervals.py
 
     values = {
         "design_retention": "Not run yet (no `runs/paper2-design-retention`).",
         "design_hydra_vs_lwm": "Not run yet (no `runs/paper2-design-high-compression`).",
     }
+    times = study_time_rows(runs, ["paper2-design-retention", "paper2-design-high-compression"])
+    values["design_times"] = md_table(pd.DataFrame(times)) if times else "No study of the design has run yet."
     figdir = out / "paper2"
     figdir.mkdir(parents=True, exist_ok=True)
     study = runs / "paper2-design-retention"
@@ -450,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--keys", action="store_true", help="print the template keys and their values, write nothing else")
     args = ap.parse_args(argv)
+    from results_keys import carry_over, format_pieces  # scripts/results_keys.py
+
     logs = args.logs or args.runs / "logs"
     values = {
         **collect(args.runs, logs, args.out),
@@ -461,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k} = {v if chr(10) not in v else '<table>'}")
         return 0
     template = (args.out / "paper2" / "template.md").read_text()
+    values, carried = carry_over(
+        values, template, format_pieces, args.out / "paper2" / "keys.json", args.out / "paper2.md"
+    )
+    if carried:
+        print(f"kept from the last render (run directories absent): {', '.join(carried)}", file=sys.stderr)
     (args.out / "paper2.md").write_text(template.format_map(_Strict(values)))
     print(f"wrote {args.out / 'paper2.md'}")
     return 0
