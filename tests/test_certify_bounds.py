@@ -221,6 +221,69 @@ def test_dense_and_transposed_convolution_backward_agree(net, monkeypatch):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("intersect", [True, False])
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_directions_give_the_backward_pass_bounds(net, intersect, training, monkeypatch):
+    """CROWN's forward-direction pass (every node an affine function of the input and of the
+    unstable ReLU outputs below it) gives the bounds of the backward pass through the graph, on
+    every node, in whole batches, in sub-batches of one example and in chunks of rows; and its
+    margin bounds are at least IBP's."""
+    import rtk.certify.bounds as bounds_mod
+    from rtk.certify.ops import Pass
+
+    name, model, x = net
+    box = linf_box(x, 0.05)
+    with torch.no_grad():
+        graph = bound_graph(model, x)
+    model.train(training)  # batch norm on the batch statistics of the interval centres
+    try:
+        with torch.no_grad():
+            back = bounds_mod.crown_pass(graph, box, Pass(training=training), intersect=intersect, strategy="backward")
+            fwd = bounds_mod.crown_pass(graph, box, Pass(training=training), intersect=intersect, strategy="forward")
+            monkeypatch.setattr(bounds_mod, "CHUNK_ELEMENTS", 1)  # one example and one row at a time
+            small = bounds_mod.crown_pass(graph, box, Pass(training=training), intersect=intersect, strategy="forward")
+    finally:
+        model.eval()
+    for i, (b, f, s) in enumerate(zip(back, fwd, small)):
+        for j in range(2):
+            assert torch.allclose(f[j], b[j], rtol=1e-5, atol=1e-5), (name, i, float((f[j] - b[j]).abs().max()))
+            assert torch.allclose(s[j], b[j], rtol=1e-5, atol=1e-5), (name, i)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        p = Pass()
+        C = margin_spec(y, graph.output.numel)
+        bounds = bounds_mod.crown_pass(graph, box, p, strategy="forward")
+        low = torch.maximum(
+            bounds_mod.spec_lower_crown(graph, C, bounds, p), bounds_mod.spec_lower_ibp(graph, C, bounds, p)
+        )
+        ibp = bounds_mod.spec_lower_ibp(graph, C, bounds_mod.interval_pass(graph, box, p), p)
+        ref = margin_lower_bounds(model, x, y, 0.05)
+    assert (low >= ibp - TOL).all()
+    off = torch.isfinite(ref)
+    assert torch.allclose(low[off], ref[off], atol=1e-5)
+
+
+def test_crown_strategy_follows_the_cost():
+    """The forward-direction pass is chosen for a small input under wide layers (cnn-large on
+    8x8 digits), the backward pass for a wide input under a few neurons; an unknown strategy is
+    refused."""
+    import rtk.certify.bounds as bounds_mod
+    from rtk.certify.ops import Pass
+    from rtk.data.core import DataInfo
+    from rtk.models.small import cnn_large
+
+    torch.manual_seed(0)
+    narrow = cnn_large(DataInfo("tiny", 10, 1, 8, 8, (0.5,), (0.25,))).eval()
+    wide = nn.Sequential(nn.Flatten(), nn.Linear(400, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    for model, shape, want in ((narrow, (1, 8, 8), True), (wide, (400,), False)):
+        x = torch.rand(3, *shape)
+        with torch.no_grad():
+            chunk = bounds_mod.use_directions(bound_graph(model.eval(), x), linf_box(x, 2 / 255), Pass(), True)
+        assert (chunk > 0) == want, (shape, chunk)
+    with pytest.raises(rtk.RtkError, match="allowed: auto, forward, backward"):
+        bounds_mod.crown_pass(bound_graph(wide, x), linf_box(x, 0.1), Pass(), strategy="sideways")
+
+
 def test_margin_spec_folding_is_tighter_than_logit_intervals():
     torch.manual_seed(0)
     model = _randomize_bn(mlp_net())

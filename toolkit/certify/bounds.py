@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import RtkError
-from .graph import BoundGraph, bound_graph
-from .ops import Bound, Pass
+from .graph import BoundGraph, GraphNode, bound_graph
+from .ops import Bound, ConvOp, Pass, ReLUOp
 
 METHODS = ("ibp", "crown", "crown-ibp")
 
@@ -123,15 +123,26 @@ def _first_step(graph: BoundGraph, idx: int, bounds: list[Bound], p: Pass, dtype
 
 
 def _refine(
-    graph: BoundGraph, idx: int, current: Bound, bounds: list[Bound], p: Pass, spec_chunk: int, intersect: bool
+    graph: BoundGraph,
+    idx: int,
+    current: Bound,
+    bounds: list[Bound],
+    p: Pass,
+    spec_chunk: int,
+    intersect: bool,
+    directions: _Directions | None = None,
 ) -> Bound:
     """CROWN bounds of node ``idx``'s neurons.
 
     Each example bounds only its own neurons that are unstable under the interval bounds
     (all of them without ``intersect``), packed into rows of its own, so examples do not pay
     for each other's unstable neurons and results do not depend on how examples are batched.
-    The first backward step (the node's own affine map) is computed once for all neurons and
-    gathered per example when its table is small.
+
+    With ``directions`` (the forward-direction pass) the node is already an affine function of
+    the input and of the unstable ReLU outputs below it, and each row's backward pass runs over
+    those small matrices only. Without, the first backward step (the node's own affine map) is
+    computed once for all neurons and gathered per example when its table is small, and each row
+    goes backward through every layer below.
     """
     lo, hi = current
     B = lo.shape[0]
@@ -146,31 +157,43 @@ def _refine(
     order = torch.argsort((~todo).to(torch.int8), dim=1, stable=True)[:, :R]
     valid = torch.arange(R, device=lo.device)[None, :] < counts[:, None]
     node = graph.nodes[idx]
-    table = _first_step(graph, idx, bounds, p, lo.dtype, lo.device)
-    widest = max(n.numel for n in graph.nodes[: idx + 1])
-    k_max = max(1, min(spec_chunk, CHUNK_ELEMENTS // max(1, B * 2 * widest)))
-    ar = torch.arange(B, device=lo.device)[:, None]
-    for start in range(0, R, k_max):
-        rows = order[:, start : start + k_max]  # (B, k)
-        k = rows.shape[1]
-        if table is not None:
-            a_ins, c = table
-            pending: dict[int, torch.Tensor] = {}
-            for i, t in zip(node.inputs, a_ins):
-                g = t[rows]  # (B, k, *shape_i)
-                pending[i] = pending[i] + torch.cat([g, -g], 1) if i in pending else torch.cat([g, -g], 1)
-            if c is not None:
-                cg = c[rows]
-                const = torch.cat([cg, -cg], 1)
-            else:
-                const = torch.zeros(B, 2 * k, dtype=lo.dtype, device=lo.device)
-            res = _back_substitute(graph, pending, const, idx - 1, bounds, p)
-        else:
+    if directions is not None:
+        width = directions.nodes[idx].shape[1]
+        k_max = max(1, min(spec_chunk, CHUNK_ELEMENTS // max(1, B * 2 * width)))
+
+        def solve(rows: torch.Tensor) -> torch.Tensor:
+            return directions.bound_rows(idx, rows, bounds[0])
+
+    else:
+        table = _first_step(graph, idx, bounds, p, lo.dtype, lo.device)
+        widest = max(n.numel for n in graph.nodes[: idx + 1])
+        k_max = max(1, min(spec_chunk, CHUNK_ELEMENTS // max(1, B * 2 * widest)))
+        ar = torch.arange(B, device=lo.device)[:, None]
+
+        def solve(rows: torch.Tensor) -> torch.Tensor:
+            k = rows.shape[1]
+            if table is not None:
+                a_ins, c = table
+                pending: dict[int, torch.Tensor] = {}
+                for i, t in zip(node.inputs, a_ins):
+                    g = t[rows]  # (B, k, *shape_i)
+                    pending[i] = pending[i] + torch.cat([g, -g], 1) if i in pending else torch.cat([g, -g], 1)
+                if c is not None:
+                    cg = c[rows]
+                    const = torch.cat([cg, -cg], 1)
+                else:
+                    const = torch.zeros(B, 2 * k, dtype=lo.dtype, device=lo.device)
+                return _back_substitute(graph, pending, const, idx - 1, bounds, p)
             A = torch.zeros(B, 2 * k, numel, dtype=lo.dtype, device=lo.device)
             rk = torch.arange(k, device=lo.device)[None, :]
             A[ar, rk, rows] = 1.0
             A[ar, rk + k, rows] = -1.0
-            res = backward_bound(graph, idx, A.reshape(B, 2 * k, *node.shape), bounds, p)
+            return backward_bound(graph, idx, A.reshape(B, 2 * k, *node.shape), bounds, p)
+
+    for start in range(0, R, k_max):
+        rows = order[:, start : start + k_max]  # (B, k)
+        k = rows.shape[1]
+        res = solve(rows)
         new_lo, new_hi = res[:, :k], -res[:, k:]
         old_lo, old_hi = lo_f.gather(1, rows), hi_f.gather(1, rows)
         keep = ~valid[:, start : start + k]
@@ -183,14 +206,216 @@ def _refine(
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
 
 
-def crown_pass(graph: BoundGraph, box: Bound, p: Pass, *, spec_chunk: int = 256, intersect: bool = True) -> list[Bound]:
-    """Bounds of every node, with CROWN for the pre-activations of every ReLU."""
+# ---------------------------------------------------------------------------- forward directions
+@dataclass
+class _Unstable:
+    """The unstable neurons of one ReLU (per example, padded to the batch's largest count ``U``):
+    the affine function of their pre-activations (``pre`` (B, W, U) over the ``W`` columns that
+    existed below the ReLU) and their relaxation; padding has all zeros, so it adds nothing."""
+
+    pre: torch.Tensor
+    low: torch.Tensor
+    up: torch.Tensor
+    up_bias: torch.Tensor
+
+
+class _Directions:
+    """Every node as an affine function of the input and of the outputs of the unstable ReLUs
+    below it, with the stable ReLUs folded in (their relaxation is exact: slope 0 or 1).
+
+    ``nodes[i]`` is (B, W_i, *shape_i): column 0 the constant, columns 1..n0 the input's
+    coordinates, then one column per unstable neuron of each ReLU met so far (in graph order).
+    A CROWN row ``a . node[L]`` then needs no pass through the layers: its coefficient on
+    each unstable ReLU's outputs is read off these columns, relaxed (upper chord or lower slope,
+    by sign, as :meth:`ReLUOp.backward` does), and substituted by that ReLU's pre-activation
+    columns, from the highest ReLU down; what remains is a function of the input, concretized
+    over the box. This is the same bound as the backward pass through the graph (the same
+    products, associated differently); it pays ``W_i`` columns per layer once instead of
+    ``2 x (unstable neurons of every refined layer above)`` rows per layer.
+    """
+
+    def __init__(self, graph: BoundGraph, box: Bound, p: Pass) -> None:
+        lo = box[0]
+        B, n0 = lo.shape[0], graph.nodes[0].numel
+        self.graph, self.p = graph, p
+        eye = torch.eye(1 + n0, dtype=lo.dtype, device=lo.device)[:, 1:]  # column 0: the constant
+        self.nodes: dict[int, torch.Tensor] = {
+            0: eye.reshape(1, 1 + n0, *graph.nodes[0].shape).expand(B, *((-1,) * lo.dim()))
+        }
+        self.width = 1 + n0
+        self.relus: list[_Unstable] = []
+        last_use = [0] * len(graph.nodes)
+        for n in graph.nodes:
+            for i in n.inputs:
+                last_use[i] = n.index
+        self.last_use = last_use
+
+    def _padded(self, i: int) -> torch.Tensor:
+        T = self.nodes[i]
+        if T.shape[1] == self.width:
+            return T
+        pad = T.new_zeros(T.shape[0], self.width - T.shape[1], *T.shape[2:])
+        return torch.cat([T, pad], 1)
+
+    def add(self, idx: int, bounds: list[Bound]) -> None:
+        """Node ``idx``'s columns from its inputs' (and, for a ReLU, its input's final bounds)."""
+        node = self.graph.nodes[idx]
+        ins = [self._padded(i) for i in node.inputs]
+        if node.op.kind == "relu":
+            (T,) = ins
+            lo, hi = bounds[node.inputs[0]]
+            low, up, up_bias = ReLUOp.relaxation(lo, hi)
+            unstable = ((lo < 0) & (hi > 0)).flatten(1)
+            slope = low.flatten(1).masked_fill(unstable, 0.0)  # stable: exact; unstable: own columns
+            out = T * slope.reshape(slope.shape[0], 1, *T.shape[2:])
+            counts = unstable.sum(1)
+            U = int(counts.max()) if len(counts) else 0
+            if U:
+                B = T.shape[0]
+                order = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :U]
+                valid = (torch.arange(U, device=T.device)[None, :] < counts[:, None]).to(T.dtype)
+                Tf = T.flatten(2)
+                pre = Tf.gather(2, order[:, None, :].expand(B, Tf.shape[1], U)) * valid[:, None, :]
+
+                def pick(t: torch.Tensor) -> torch.Tensor:
+                    return t.flatten(1).gather(1, order) * valid
+
+                self.relus.append(_Unstable(pre, pick(low), pick(up), pick(up_bias)))
+                fresh = T.new_zeros(B, U, Tf.shape[2]).scatter(2, order[:, :, None], valid[:, :, None])
+                out = torch.cat([out, fresh.reshape(B, U, *T.shape[2:])], 1)
+                self.width += U
+        else:
+            out = node.op.push(self.p, *ins)
+            c = node.op.offset(self.p)
+            if c is not None:
+                out = torch.cat([out[:, :1] + c, out[:, 1:]], 1)
+        self.nodes[idx] = out
+        for i in node.inputs:
+            if self.last_use[i] <= idx:
+                self.nodes.pop(i, None)
+
+    def bound_rows(self, idx: int, rows: torch.Tensor, box: Bound) -> torch.Tensor:
+        """Lower bounds (B, 2k) of ``+node[idx][rows]`` then ``-node[idx][rows]`` (rows: (B, k) indices)."""
+        T = self.nodes[idx].flatten(2)
+        B, W = T.shape[:2]
+        g = T.gather(2, rows[:, None, :].expand(B, W, rows.shape[1])).transpose(1, 2)  # (B, k, W)
+        c = torch.cat([g, -g], 1)
+        const = torch.zeros(c.shape[:2], dtype=c.dtype, device=c.device)
+        for r in reversed(self.relus):
+            width, U = r.pre.shape[1], r.pre.shape[2]
+            if width >= c.shape[2]:
+                continue  # created after this node
+            mu = c[:, :, width : width + U]
+            neg = mu.clamp(max=0)
+            const = const + neg.matmul(r.up_bias.unsqueeze(2)).squeeze(2)
+            nu = mu * r.low.unsqueeze(1) + neg * (r.up - r.low).unsqueeze(1)
+            c = torch.baddbmm(c[:, :, :width], nu, r.pre.transpose(1, 2))
+        n0 = self.graph.nodes[0].numel
+        return const + c[:, :, 0] + concretize(c[:, :, 1 : 1 + n0], box)
+
+
+def _macs(node: GraphNode, graph: BoundGraph) -> int:
+    """Multiply-adds of one direction (or one backward row) through ``node``."""
+    op = node.op
+    if isinstance(op, ConvOp):
+        w = op.fixed_weight if op.fixed_weight is not None else op.module.weight
+        return node.numel * int(w[0].numel())
+    if node.op.kind == "linear":
+        return node.numel * sum(graph.nodes[i].numel for i in node.inputs)
+    return node.numel
+
+
+def use_directions(graph: BoundGraph, box: Bound, p: Pass, intersect: bool) -> int:
+    """How many examples one forward-direction pass takes at a time; 0 when the backward pass
+    through the graph is expected to be cheaper (a wide input and few neurons to refine) or one
+    example's columns would not fit in :data:`CHUNK_ELEMENTS`.
+
+    Both costs are estimated from interval bounds (an upper bound on the neurons CROWN leaves
+    unstable): the forward pass pays each layer once per column (constant, input coordinates,
+    unstable ReLU outputs below it); the backward pass pays every layer below a refined node
+    twice per neuron refined.
+    """
+    refined = [i for i, r in enumerate(graph.refine) if r]
+    if not refined:
+        return 0
+    last = refined[-1]
+    ibp = interval_pass(graph, box, p) if intersect else None
+    width = 1 + graph.nodes[0].numel
+    forward = backward = 0
+    below = 0  # macs of one row from the current node down to the input
+    mem = 0
+    for n in graph.nodes[1 : last + 1]:
+        m = _macs(n, graph)
+        if graph.refine[n.index]:
+            if ibp is None:
+                rows = n.numel
+            else:
+                lo, hi = ibp[n.index]
+                rows = int(((lo < 0) & (hi > 0)).flatten(1).sum(1).max())
+            backward += 2 * rows * below
+            forward += 2 * rows * width  # gathering the rows (the relaxations cost about as much again)
+        if n.op.kind == "relu":
+            if ibp is None:
+                width += n.numel
+            else:
+                lo, hi = ibp[n.inputs[0]]
+                width += int(((lo < 0) & (hi > 0)).flatten(1).sum(1).max())
+        forward += width * m
+        below += m
+        mem = max(mem, width * n.numel)
+    if forward >= backward or mem > CHUNK_ELEMENTS:
+        return 0
+    return max(1, CHUNK_ELEMENTS // mem)
+
+
+def crown_pass(
+    graph: BoundGraph,
+    box: Bound,
+    p: Pass,
+    *,
+    spec_chunk: int = 256,
+    intersect: bool = True,
+    strategy: str = "auto",
+) -> list[Bound]:
+    """Bounds of every node, with CROWN for the pre-activations of every ReLU.
+
+    ``strategy``: ``backward`` (every row goes backward through the graph), ``forward`` (the
+    forward-direction pass of :class:`_Directions`, the same bounds) or ``auto`` (the one
+    :func:`use_directions` expects to be cheaper).
+    """
+    if strategy not in ("auto", "forward", "backward"):
+        raise RtkError(f"unknown CROWN strategy {strategy!r}; allowed: auto, forward, backward")
+    B = box[0].shape[0]
+    chunk = 0
+    if strategy != "backward" and B:
+        chunk = use_directions(graph, box, p, intersect)
+        if strategy == "forward":
+            chunk = max(chunk, 1)
+        if p.training and chunk:
+            chunk = B  # batch statistics and dropout masks belong to the whole batch
+    if not chunk:
+        return _crown_pass(graph, box, p, spec_chunk, intersect, False)
+    parts = [
+        _crown_pass(graph, (box[0][s : s + chunk], box[1][s : s + chunk]), p, spec_chunk, intersect, True)
+        for s in range(0, B, chunk)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return [(torch.cat([q[i][0] for q in parts]), torch.cat([q[i][1] for q in parts])) for i in range(len(parts[0]))]
+
+
+def _crown_pass(graph: BoundGraph, box: Bound, p: Pass, spec_chunk: int, intersect: bool, forward: bool) -> list[Bound]:
+    refined = [i for i, r in enumerate(graph.refine) if r]
+    last = refined[-1] if refined else 0
+    dirs = _Directions(graph, box, p) if forward and refined else None
     bounds: list[Bound] = [box]
     for n in graph.nodes[1:]:
         b = n.op.interval(p, *(bounds[i] for i in n.inputs))
         bounds.append(b)
+        if dirs is not None and n.index <= last:
+            dirs.add(n.index, bounds)
         if graph.refine[n.index]:
-            bounds[n.index] = _refine(graph, n.index, b, bounds, p, spec_chunk, intersect)
+            bounds[n.index] = _refine(graph, n.index, b, bounds, p, spec_chunk, intersect, dirs)
     return bounds
 
 

@@ -123,6 +123,16 @@ class Op:
         ``bs`` (for linear ops this is an equality)."""
         raise NotImplementedError
 
+    def push(self, p: Pass, *Ts: torch.Tensor) -> torch.Tensor:
+        """The linear part of an affine op applied to directions ``Ts`` (B, K, *in_shape) of each
+        input: (B, K, *out_shape). With :meth:`offset` it maps an affine function of the input to
+        the op's output (CROWN's forward-direction pass, :mod:`rtk.certify.bounds`)."""
+        raise NotImplementedError
+
+    def offset(self, p: Pass) -> torch.Tensor | None:
+        """The constant an affine op adds (its bias), broadcastable to (B, *out_shape); None for none."""
+        return None
+
 
 class InputOp(Op):
     kind = "input"
@@ -143,6 +153,9 @@ class IdentityOp(Op):
     def backward(self, p, A, b):
         return [A], None
 
+    def push(self, p, T):
+        return T
+
 
 class ReshapeOp(Op):
     kind = "reshape"
@@ -159,6 +172,9 @@ class ReshapeOp(Op):
 
     def backward(self, p, A, b):
         return [A.reshape(A.shape[0], A.shape[1], *self.in_shape)], None
+
+    def push(self, p, T):
+        return T.reshape(T.shape[0], T.shape[1], *self.out_shape)
 
 
 class LinearOp(Op):
@@ -185,6 +201,12 @@ class LinearOp(Op):
     def backward(self, p, A, b):
         w, bias = self._params(p)
         return [A.matmul(w)], (A.matmul(bias) if bias is not None else None)
+
+    def push(self, p, T):
+        return T.matmul(self._params(p)[0].t())
+
+    def offset(self, p):
+        return self._params(p)[1]
 
 
 class ConvOp(Op):
@@ -274,6 +296,20 @@ class ConvOp(Op):
         const = (A.sum((-2, -1)) * bias).sum(-1) if bias is not None else None
         return [a_in], const
 
+    def push(self, p, T):
+        B, K = T.shape[:2]
+        w = self._params(p)[0]
+        # as a matmul only where the dense matrix is barely larger than the convolution's work
+        # (a kernel covering most of a tiny input); conv2d wins elsewhere here
+        dense = self._dense(p, w) if _numel(self.in_shape) <= 2 * w[0].numel() else None
+        if dense is not None:
+            return T.reshape(B, K, -1).matmul(dense.t()).reshape(B, K, *self.out_shape)
+        return self._conv(_rows(T, 3), w, None).reshape(B, K, *self.out_shape)
+
+    def offset(self, p):
+        bias = self._params(p)[1]
+        return bias.reshape(-1, 1, 1) if bias is not None else None
+
 
 class ScaleShiftOp(Op):
     """``x * scale + shift`` with ``scale``/``shift`` broadcastable to one example's shape."""
@@ -309,6 +345,13 @@ class ScaleShiftOp(Op):
         s, t = self.params(p)
         const = _flat_sum(A * t) if t is not None else None
         return [A * s if s is not None else A], const
+
+    def push(self, p, T):
+        s = self.params(p)[0]
+        return T * s if s is not None else T
+
+    def offset(self, p):
+        return self.params(p)[1]
 
 
 class BatchNormOp(ScaleShiftOp):
@@ -440,3 +483,6 @@ class AddOp(Op):
 
     def backward(self, p, A, *bs):
         return [A if s == 1.0 else A * s for s in self.signs], None
+
+    def push(self, p, *Ts):
+        return sum(T if s == 1.0 else T * s for s, T in zip(self.signs, Ts))
