@@ -244,6 +244,7 @@ class _Directions:
         }
         self.width = 1 + n0
         self.relus: list[_Unstable] = []
+        self._by_neuron: tuple[int, torch.Tensor | None] = (-1, None)
         last_use = [0] * len(graph.nodes)
         for n in graph.nodes:
             for i in n.inputs:
@@ -267,11 +268,16 @@ class _Directions:
             low, up, up_bias = ReLUOp.relaxation(lo, hi)
             unstable = ((lo < 0) & (hi > 0)).flatten(1)
             slope = low.flatten(1).masked_fill(unstable, 0.0)  # stable: exact; unstable: own columns
-            out = T * slope.reshape(slope.shape[0], 1, *T.shape[2:])
             counts = unstable.sum(1)
             U = int(counts.max()) if len(counts) else 0
+            B, W = T.shape[:2]
+            grad = torch.is_grad_enabled() and (T.requires_grad or slope.requires_grad)
+            if U and not grad:  # written in place into one tensor with room for the new columns
+                out = T.new_empty(B, W + U, *T.shape[2:])
+                torch.mul(T.flatten(2), slope[:, None, :], out=out[:, :W].flatten(2))
+            else:
+                out = T * slope.reshape(B, 1, *T.shape[2:])
             if U:
-                B = T.shape[0]
                 order = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :U]
                 valid = (torch.arange(U, device=T.device)[None, :] < counts[:, None]).to(T.dtype)
                 Tf = T.flatten(2)
@@ -281,14 +287,21 @@ class _Directions:
                     return t.flatten(1).gather(1, order) * valid
 
                 self.relus.append(_Unstable(pre, pick(low), pick(up), pick(up_bias)))
-                fresh = T.new_zeros(B, U, Tf.shape[2]).scatter(2, order[:, :, None], valid[:, :, None])
-                out = torch.cat([out, fresh.reshape(B, U, *T.shape[2:])], 1)
+                if grad:
+                    fresh = T.new_zeros(B, U, Tf.shape[2]).scatter(2, order[:, :, None], valid[:, :, None])
+                    out = torch.cat([out, fresh.reshape(B, U, *T.shape[2:])], 1)
+                else:
+                    fresh = out.flatten(2)[:, W:]
+                    fresh.zero_()
+                    fresh.scatter_(2, order[:, :, None], valid[:, :, None])
                 self.width += U
         else:
             out = node.op.push(self.p, *ins)
             c = node.op.offset(self.p)
             if c is not None:
-                out = torch.cat([out[:, :1] + c, out[:, 1:]], 1)
+                if any(out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in ins):
+                    out = out.clone()  # the op passed its input through
+                out[:, 0] += c
         self.nodes[idx] = out
         for i in node.inputs:
             if self.last_use[i] <= idx:
@@ -296,10 +309,19 @@ class _Directions:
 
     def bound_rows(self, idx: int, rows: torch.Tensor, box: Bound) -> torch.Tensor:
         """Lower bounds (B, 2k) of ``+node[idx][rows]`` then ``-node[idx][rows]`` (rows: (B, k) indices)."""
-        T = self.nodes[idx].flatten(2)
-        B, W = T.shape[:2]
-        g = T.gather(2, rows[:, None, :].expand(B, W, rows.shape[1])).transpose(1, 2)  # (B, k, W)
-        c = torch.cat([g, -g], 1)
+        if self._by_neuron[0] != idx:  # (B, neurons, W): each row's columns contiguous, for the gathers
+            self._by_neuron = (idx, self.nodes[idx].flatten(2).transpose(1, 2).contiguous())
+        T = self._by_neuron[1]
+        B, W, k = T.shape[0], T.shape[2], rows.shape[1]
+        index = rows[:, :, None].expand(B, k, W)
+        grad = torch.is_grad_enabled() and T.requires_grad
+        if grad:
+            g = T.gather(1, index)
+            c = torch.cat([g, -g], 1)
+        else:
+            c = T.new_empty(B, 2 * k, W)
+            torch.gather(T, 1, index, out=c[:, :k])
+            torch.neg(c[:, :k], out=c[:, k:])
         const = torch.zeros(c.shape[:2], dtype=c.dtype, device=c.device)
         for r in reversed(self.relus):
             width, U = r.pre.shape[1], r.pre.shape[2]
@@ -308,8 +330,11 @@ class _Directions:
             mu = c[:, :, width : width + U]
             neg = mu.clamp(max=0)
             const = const + neg.matmul(r.up_bias.unsqueeze(2)).squeeze(2)
-            nu = mu * r.low.unsqueeze(1) + neg * (r.up - r.low).unsqueeze(1)
-            c = torch.baddbmm(c[:, :, :width], nu, r.pre.transpose(1, 2))
+            nu = torch.addcmul(mu * r.low.unsqueeze(1), neg, (r.up - r.low).unsqueeze(1))
+            if grad:
+                c = torch.baddbmm(c[:, :, :width], nu, r.pre.transpose(1, 2))
+            else:
+                c = c[:, :, :width].baddbmm_(nu, r.pre.transpose(1, 2))
         n0 = self.graph.nodes[0].numel
         return const + c[:, :, 0] + concretize(c[:, :, 1 : 1 + n0], box)
 
