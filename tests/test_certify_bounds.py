@@ -263,6 +263,14 @@ def test_forward_directions_give_the_backward_pass_bounds(net, intersect, traini
         ibp = bounds_mod.spec_lower_ibp(graph, C, bounds_mod.interval_pass(graph, box, p), p)
         ref = margin_lower_bounds(model, x, y, 0.05)
     assert (low >= ibp - TOL).all()
+    if not intersect and not training:  # with gradients (certified training): same bounds, finite gradients
+        model.zero_grad()
+        grad = bounds_mod.crown_pass(graph, box, Pass(), intersect=False, strategy="forward")
+        assert torch.allclose(grad[-1][0], fwd[-1][0]) and torch.allclose(grad[-1][1], fwd[-1][1])
+        (grad[-1][1] - grad[-1][0]).sum().backward()
+        grads = [q.grad for q in model.parameters() if q.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        model.zero_grad()
     off = torch.isfinite(ref)
     assert torch.allclose(low[off], ref[off], atol=1e-5)
 
