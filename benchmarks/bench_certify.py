@@ -137,7 +137,7 @@ def rows(quick: bool) -> list[dict]:
                     "peer_s": med[peer],
                     "ratio": med["CROWN"] / med[peer],
                     "bound_ratio": None,
-                    "goal": "as low as soundness allows (was 570x IBP on cnn-large)"
+                    "goal": "as low as soundness allows (issue 19 found 570x IBP on cnn-large; 613x before the forward-direction route)"
                     if peer == "IBP"
                     else "honest figure (docs claimed 22x)",
                     "note": f"CROWN {n_crown / med['CROWN']:.1f} examples/s, peak +{mem['CROWN']}; "
