@@ -26,10 +26,11 @@ from .kernels import (
     Moments,
     SimilarityError,
     Tensor,
-    _hsic1,
     as_features,
     cka_from_stats,
     cka_matrix_from_products,
+    hsic1_lower,
+    lower_gram_into,
     pow2_scale,
     procrustes_from_moments,
     pwcca_from_moments,
@@ -37,26 +38,31 @@ from .kernels import (
 )
 
 
-def _batch_hsic(feats: list[Tensor], scratch: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One minibatch's HSIC_1 matrix, its yardsticks and its centred Grams (torch only).
-    Each layer is centred into ``scratch`` when it fits (a fresh multi-megabyte tensor per
-    layer and batch costs page faults that measured as much as the centring itself)."""
-    mats = []
-    for f in feats:
-        mean = f.mean(0, keepdim=True)  # centring is allowed: HSIC_1 is invariant to shifts
-        if (
-            scratch is not None
-            and scratch.dtype == f.dtype
-            and scratch.device == f.device
-            and f.numel() <= scratch.numel()
-        ):
+def _batch_hsic(feats: list[Tensor], scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One minibatch's HSIC_1 matrix and its yardsticks (torch only).
+
+    Each layer is shifted by the mean of a strided sample of its rows (about 32: HSIC_1 is
+    exactly invariant to shifting the features, so the shift only has to bring the float
+    products near the centred ones' precision; the full column mean cost a pass over the
+    features), into ``scratch`` when it fits (a fresh multi-megabyte tensor per layer and
+    batch costs page faults that measured as much as the shift itself); the lower triangle
+    of its Gram goes by column-block strips (:func:`~rtk.similarity.kernels.lower_gram_into`)
+    into one stack that :func:`~rtk.similarity.kernels.hsic1_lower` reads in float64. Few
+    torch calls per layer: on a loaded machine each call waits for its threads."""
+    b = feats[0].shape[0]
+    dt = torch.float64 if any(f.dtype == torch.float64 for f in feats) else feats[0].dtype
+    lower = torch.empty(len(feats), b, b, dtype=dt, device=feats[0].device)
+    step = max(1, b // 32)
+    for layer, f in enumerate(feats):
+        f = f.to(dt)
+        shift = f[::step].mean(0, keepdim=True)
+        if scratch is not None and scratch.dtype == dt and scratch.device == f.device and f.numel() <= scratch.numel():
             c = scratch[: f.numel()].view(f.shape)
-            torch.sub(f, mean, out=c)
+            torch.sub(f, shift, out=c)
         else:
-            c = f - mean
-        mats.append(c @ c.T)
-    h, terms = _hsic1(mats)
-    return h, terms, mats
+            c = f - shift
+        lower_gram_into(c, lower[layer])
+    return hsic1_lower(lower)
 
 
 class MinibatchCKA:
@@ -107,9 +113,10 @@ class MinibatchCKA:
             if f.shape[0] != b:
                 raise SimilarityError(f"layer {nm!r} has {f.shape[0]} examples in this batch, the first layer has {b}")
         big = max(checked, key=lambda f: f.numel())
-        if self._scratch is None or self._scratch.numel() < big.numel() or self._scratch.dtype != big.dtype:
-            self._scratch = torch.empty(big.numel(), dtype=big.dtype, device=big.device)
-        h, terms, mats = _batch_hsic(checked, self._scratch)
+        dt = torch.float64 if any(f.dtype == torch.float64 for f in checked) else big.dtype
+        if self._scratch is None or self._scratch.numel() < big.numel() or self._scratch.dtype != dt:
+            self._scratch = torch.empty(big.numel(), dtype=dt, device=big.device)
+        h, terms = _batch_hsic(checked, self._scratch)
         if not (bool(torch.isfinite(torch.diagonal(h)).all()) and float(terms.min()) >= 1e-60):
             # NaN or inf in the input, or float products that overflow or underflow (features
             # scaled by 1e20 or 1e-20): name the bad input, else redo the batch with every layer
@@ -117,9 +124,7 @@ class MinibatchCKA:
             for f, nm in zip(checked, names):
                 as_features(f, what=f"layer {nm!r}", min_examples=4)
             scales = torch.tensor([pow2_scale(f) for f in checked], dtype=torch.float64)
-            h, terms, mats = _batch_hsic(
-                [f * float(c) if c != 1.0 else f for f, c in zip(checked, scales)], self._scratch
-            )
+            h, terms = _batch_hsic([f * float(c) if c != 1.0 else f for f, c in zip(checked, scales)], self._scratch)
             sq = scales.square().to(h.device)
             h = h / torch.outer(sq, sq)
             terms = terms / sq.square()
@@ -127,7 +132,7 @@ class MinibatchCKA:
                 raise SimilarityError("the minibatch Grams overflowed even after rescaling; pass float64 features")
         self._sum = h if self._sum is None else self._sum + h.to(self._sum.device)
         self._terms = terms if self._terms is None else self._terms + terms.to(self._terms.device)
-        if any(m.dtype != torch.float64 for m in mats):
+        if any(f.dtype != torch.float64 for f in checked):
             self._rtol = max(self._rtol, 1e-5)
         self.batches += 1
         self.examples += int(b)
