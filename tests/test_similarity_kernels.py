@@ -265,6 +265,20 @@ def test_minibatch_accumulator_memory_does_not_grow():
     assert torch.equal(other.compute(), m)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_kth_pair_equals_a_full_partition(ties):
+    """The bracketed selection behind RBF CKA's median bandwidth is exact (the sampled path
+    runs above 8 * 65,536 values), with ties and with the k-th value at either end."""
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal(700_000) ** 2).astype(np.float32)
+    if ties:
+        a[:250_000] = 0.0
+        a = np.round(a, 1)
+    for k in (0, 1000, 250_000, 350_000, 699_998):
+        part = np.partition(a, (k, k + 1))
+        assert K.kth_pair(a, k) == (float(part[k]), float(part[k + 1]))
+
+
 @pytest.mark.parametrize("b", [5, 100, 256])
 def test_lower_gram_strips_equal_the_full_product(b):
     g = torch.Generator().manual_seed(9)
