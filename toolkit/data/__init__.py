@@ -10,6 +10,9 @@ Loaders (each returns a :class:`DatasetBundle` with images in [0, 1]):
 - :func:`load_svhn` (``.mat`` files, needs scipy)
 - :func:`load_image_folder` (Imagenette, ImageWoof, any ``train/`` + ``val/`` tree; lazy)
 
+:func:`augment_batch` crops (after padding) and flips a batch of training images on its
+device, from a seeded generator (the training loop's ``augment`` option).
+
 :func:`data_home` is where datasets are looked for and downloaded by default
 (``$RTK_DATA`` or ``~/.cache/rtk/datasets``).
 
@@ -19,6 +22,7 @@ Your own data (:mod:`rtk.data.sources`): :func:`tensor_split` (tensors or arrays
 dataset table ``{"name": ..., **options}`` loaded as the runner does).
 """
 
+from .augment import AUGMENTATIONS, augment_batch, check_crop_padding
 from .cifar import cifar10_source, cifar100_source, load_cifar10, load_cifar100, read_cifar_batch
 from .core import DataInfo, DataOptions, DatasetBundle, TensorSplit, apply_limits, batches, num_examples, subset
 from .digits import load_digits
@@ -50,6 +54,9 @@ from .sources import (
 from .svhn import load_svhn, read_svhn_mat, svhn_source
 
 __all__ = [
+    "AUGMENTATIONS",
+    "augment_batch",
+    "check_crop_padding",
     "DataInfo",
     "DataOptions",
     "DatasetBundle",

@@ -66,6 +66,16 @@ class LoopConfig(Options):
     amp: bool = Field(
         False, description="mixed precision (float16 autocast + gradient scaling) on CUDA; ignored on CPU"
     )
+    augment: list[Literal["crop", "flip"]] = Field(
+        default_factory=list,
+        description="augment every training batch on the device: 'crop' (pad by crop_padding, crop back to the "
+        "image size at a random offset), 'flip' (horizontal flip with probability 1/2); the CIFAR recipe of "
+        "paper 1's code and HYDRA is ['crop', 'flip']; evaluation and similarity inputs are never augmented",
+    )
+    crop_padding: int = Field(4, ge=1, description="crop: pixels of padding on every side (the CIFAR recipe: 4)")
+    crop_padding_mode: Literal["zero", "reflect"] = Field(
+        "zero", description="crop: fill the padding with zeros (torchvision's RandomCrop, the papers' code) or reflect"
+    )
     eval_every: int = Field(
         1,
         ge=0,
@@ -116,6 +126,21 @@ class LoopConfig(Options):
             raise ValueError("momentum and nesterov apply only to optimizer = 'sgd' (Adam has betas)")
         if info.field_name == "nesterov" and v and info.data.get("momentum", 0.9) == 0:
             raise ValueError("nesterov needs momentum > 0")
+        return v
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: list[str]) -> list[str]:
+        twice = sorted({a for a in v if v.count(a) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(repr(a) for a in twice)} listed more than once")
+        return v
+
+    @field_validator("crop_padding", "crop_padding_mode")
+    @classmethod
+    def _crop_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if "crop" not in info.data.get("augment", []):
+            raise ValueError(f"{info.field_name} applies only with 'crop' in augment (augment = ['crop', 'flip'])")
         return v
 
     @field_validator("milestones")
@@ -192,7 +217,12 @@ class LoopConfig(Options):
 
     def trajectory(self) -> dict:
         """The fields that determine the training trajectory (compared on resume)."""
-        return {k: getattr(self, k) for k in TRAJECTORY_FIELDS}
+        out: dict[str, Any] = {k: getattr(self, k) for k in TRAJECTORY_FIELDS}
+        if self.augment:  # only when on, so a state saved before augmentation existed still resumes
+            out["augment"] = list(self.augment)
+            if "crop" in self.augment:
+                out.update(crop_padding=self.crop_padding, crop_padding_mode=self.crop_padding_mode)
+        return out
 
 
 __all__ = ["MONITORABLE", "TRAJECTORY_FIELDS", "LoopConfig"]

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .. import distributed as _dist
+from ..data.augment import augment_batch, check_crop_padding
 from ..data.core import DatasetBundle, batches, subset
 from ..errors import ConfigError, TrainingDivergedError
 from ..lifecycle import report_epoch
@@ -329,6 +330,13 @@ class _TrainingRun:
         else:
             self._n_epoch = n_train
         shape = _input_shape(self.data.train) if n_train else None
+        if cfg.augment and shape is not None:
+            if len(shape) != 3:
+                problems.append(
+                    f"augment = {cfg.augment} needs images [C, H, W]; the training inputs are {list(shape)}"
+                )
+            elif "crop" in cfg.augment:
+                problems += [p for p in [check_crop_padding(cfg.crop_padding, shape[1], shape[2])] if p]
         norm = getattr(obj, "norm", "Linf")
         eps = getattr(obj, "eps", None)
         if eps is not None and shape is not None:
@@ -454,10 +462,30 @@ class _TrainingRun:
 
     # -- one epoch ------------------------------------------------------------
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The only place that iterates the training data (a distributed run shards here)."""
+        """The only place that iterates the training data (a distributed run shards here), and
+        so the only place training batches are augmented (never the evaluation's)."""
         if self.epoch_indices is not None:
-            return batches(self.data.train, self.cfg.batch_size, indices=self.epoch_indices(epoch), device=self.device)
-        return batches(self.data.train, self.cfg.batch_size, shuffle=True, generator=self.generator, device=self.device)
+            it = batches(self.data.train, self.cfg.batch_size, indices=self.epoch_indices(epoch), device=self.device)
+        else:
+            it = batches(
+                self.data.train, self.cfg.batch_size, shuffle=True, generator=self.generator, device=self.device
+            )
+        if not self.cfg.augment:
+            return it
+        cfg = self.cfg
+        return (
+            (
+                augment_batch(
+                    x,
+                    cfg.augment,
+                    padding=cfg.crop_padding,
+                    padding_mode=cfg.crop_padding_mode,
+                    generator=self.generator,
+                ),
+                y,
+            )
+            for x, y in it
+        )
 
     def _hook(self, name: str, *args: Any) -> None:
         for cb in self.callbacks:
