@@ -100,6 +100,13 @@ def _checkpoint_of(ref: str, run: Path | None) -> tuple[Path, str]:
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--limit", type=int, default=1000, show_default=True, help="Number of examples.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option(
+    "--passes",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Minibatch metrics: passes over the examples, each a seeded shuffle; HSIC averaged over all (paper 1: 3).",
+)
 @click.option("--pooling", default="flatten", show_default=True, help="flatten, avg, or avgN.")
 @click.option("--device", default="auto", show_default=True)
 @click.option(
@@ -118,6 +125,7 @@ def command(
     split: str,
     limit: int,
     batch_size: int,
+    passes: int,
     pooling: str,
     device: str,
     out: Path | None,
@@ -155,6 +163,7 @@ def command(
         "split": split,
         "limit": limit,
         "batch_size": batch_size,
+        "passes": passes,
         "pooling": pooling,
     }
     if layers:

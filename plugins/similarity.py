@@ -116,6 +116,13 @@ class SimilarityStageOptions(rtk.Options):
     pooling: str = Field("flatten", description="'flatten', 'avg' (global average over positions) or 'avgN'")
     block_threshold: float = Field(0.8, description="similarity that counts as high for the block-structure score")
     block_min_size: int = Field(3, ge=2, description="fewest layers in a block")
+    passes: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="minibatch metrics: passes over the examples, each a seeded shuffle into minibatches; the "
+        "HSIC estimates of all passes are averaged (paper 1's code: 3); 1 reads them once, in order",
+    )
 
     @field_validator("pairs")
     @classmethod
@@ -157,6 +164,16 @@ def _check(opts: SimilarityStageOptions, planning: rtk.Planning) -> list[str]:
         for k in opts.layers:
             if k != "*":
                 problems += planning.check_model(k, f"layers.{k}")
+    if (
+        opts.passes > 1
+        and opts.metric.resolved
+        and not hasattr(opts.metric.spec.build(opts.metric.opts), "accumulator")
+    ):
+        problems.append(
+            f"{planning.where}.passes: {opts.passes} passes apply only to a minibatch metric (minibatch-cka), "
+            f"whose value depends on how examples fall into minibatches; metric {opts.metric.name!r} uses all "
+            "examples at once: remove passes"
+        )
     if not (opts.models or opts.pairs or opts.checkpoints):
         problems.append(f"{planning.where}: nothing to compare; give models, pairs or checkpoints")
     return problems
@@ -196,6 +213,7 @@ def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult
         split=opts.split,
         block_threshold=opts.block_threshold,
         block_min_size=opts.block_min_size,
+        passes=opts.passes,
     )
     out = run_similarity(
         job,

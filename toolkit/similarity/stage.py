@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ..errors import ConfigError
 from ..runtime import progress
 from .analyses import (
     Heatmap,
@@ -57,6 +58,7 @@ class SimilarityJob:
     split: str = "test"
     block_threshold: float = 0.8
     block_min_size: int = 3
+    passes: int = 1
 
     def refs(self) -> list[str]:
         out: list[str] = []
@@ -105,6 +107,14 @@ def run_similarity(
         inputs.append(ModelInput(ref, model, layers_for(ref), None if atk is None else atk[1]))
     metric = job.metric
     streaming = hasattr(metric, "accumulator")
+    if job.passes < 1:
+        raise ConfigError(f"passes = {job.passes}: allowed 1 or more")
+    if job.passes > 1 and not streaming:
+        raise ConfigError(
+            f"passes = {job.passes}: several passes apply only to a minibatch metric (minibatch-cka), whose value "
+            f"depends on how the examples fall into minibatches; {job.metric_name} uses all examples at once, "
+            "so set passes = 1"
+        )
     within = [m for m in job.models] if want & {"heatmap", "block-structure"} else []
     pairs = list(job.pairs) if want & {"heatmap", "diagonal"} else []
     overfit = list(job.checkpoints) if "overfitting" in want and job.checkpoints else []
@@ -324,7 +334,8 @@ def run_similarity(
     n_ex = int(labels.shape[0]) if labels is not None else 0
     head = (
         f"Representation similarity with `{job.metric_name}` on {n_ex} {job.split} examples "
-        f"({'streamed' if streaming else 'all features at once'}; pooling `{job.pooling}`; "
+        f"({'streamed' if streaming else 'all features at once'}"
+        f"{f', {job.passes} shuffled passes' if job.passes > 1 else ''}; pooling `{job.pooling}`; "
         f"{time.perf_counter() - started:.1f} s)."
     )
     return SimilarityOutput(tables, figures, "\n".join([head, ""] + lines), metrics, heatmaps)
@@ -342,7 +353,9 @@ def _stream(
     spec_models: list[str],
     kw: Mapping[str, Any],
 ) -> tuple[dict[str, Heatmap], dict[str, Heatmap], dict[str, dict[str, Tensor]], Tensor]:
-    """One pass through the data updating one accumulator per heatmap.
+    """One pass through the data (``job.passes`` passes, each a seeded shuffle, when more than
+    one) updating one accumulator per heatmap; every pass adds to the same accumulators, so the
+    HSIC estimates are averaged over the minibatches of all passes, as in paper 1's code.
 
     Under torchrun (and when no analysis needs every feature), each process takes every
     ``world``-th minibatch and the accumulators' HSIC sums are all-reduced before computing,
@@ -353,42 +366,21 @@ def _stream(
     names: dict[str, list[str]] = {}
     kept: dict[str, list[dict[str, Tensor]]] = {m: [] for m in spec_models}
     labels: list[Tensor] = []
-    seen = 0
-    for feats, y in iter_features(inputs, split, batch_size=batch_size, shard=shard, **kw):
-        if not names:
-            names = {mi.name: list(f) for mi, f in zip(inputs, feats)}
-            for m in within:
-                accs[m] = (metric.accumulator(names[m], None), m, None)
-            for a, b in pairs:
-                accs[f"{a} vs {b}"] = (
-                    metric.accumulator([f"{a}:{k}" for k in names[a]], [f"{b}:{k}" for k in names[b]]),
-                    a,
-                    b,
-                )
-            for ck in overfit[1:]:
-                ref = overfit[0]
-                pl = common_layers(names[ref], names[ck])
-                accs[f"overfit:{ck}"] = (
-                    metric.accumulator([f"{ref}:{p}" for p, _ in pl], [f"{ck}:{q}" for _, q in pl]),
-                    ref,
-                    ck,
-                )
-        labels.append(y)
-        seen += int(y.shape[0])
-        for m in spec_models:
-            kept[m].append(feats[idx[m]])
-        if y.shape[0] < 4:
-            log.info("last batch of %d examples left out of the minibatch estimator (needs 4)", y.shape[0])
-            continue
-        for key, (acc, a, b) in accs.items():
-            fa = feats[idx[a]]
-            if key.startswith("overfit:"):
-                pl = common_layers(names[a], names[b])  # type: ignore[index]
-                acc.update([fa[p] for p, _ in pl], [feats[idx[b]][q] for _, q in pl])  # type: ignore[index]
-            elif b is None:
-                acc.update([fa[k] for k in names[a]])
-            else:
-                acc.update([fa[k] for k in names[a]], [feats[idx[b]][k] for k in names[b]])
+    for pass_no, pass_split, pass_kw in _passes(split, job.passes, kw):
+        if job.passes > 1:
+            log.info("minibatch pass %d of %d (a seeded shuffle of the examples)", pass_no + 1, job.passes)
+        for feats, y in iter_features(inputs, pass_split, batch_size=batch_size, shard=shard, **pass_kw):
+            if not names:
+                names = {mi.name: list(f) for mi, f in zip(inputs, feats)}
+                accs = _accumulators(metric, names, within, pairs, overfit)
+            if pass_no == 0:  # labels and the features the specialization analyses keep: every example once
+                labels.append(y)
+                for m in spec_models:
+                    kept[m].append(feats[idx[m]])
+            if y.shape[0] < 4:
+                log.info("last batch of %d examples left out of the minibatch estimator (needs 4)", y.shape[0])
+                continue
+            _update(accs, feats, idx, names)
     if shard is not None:
         for acc, _, _ in accs.values():
             acc.sync()  # sum the HSIC accumulators of every process (same order of accs on every rank)
@@ -416,6 +408,78 @@ def _stream(
     return heatmaps, overfit_mats, feats_out, torch.cat(labels)
 
 
+def _accumulators(
+    metric: Any,
+    names: Mapping[str, list[str]],
+    within: list[str],
+    pairs: list[tuple[str, str]],
+    overfit: list[str],
+) -> dict[str, tuple[Any, str, str | None]]:
+    """One accumulator per heatmap: ``key -> (accumulator, model a, model b or None)``."""
+    accs: dict[str, tuple[Any, str, str | None]] = {}
+    for m in within:
+        accs[m] = (metric.accumulator(names[m], None), m, None)
+    for a, b in pairs:
+        accs[f"{a} vs {b}"] = (
+            metric.accumulator([f"{a}:{k}" for k in names[a]], [f"{b}:{k}" for k in names[b]]),
+            a,
+            b,
+        )
+    for ck in overfit[1:]:
+        ref = overfit[0]
+        pl = common_layers(names[ref], names[ck])
+        accs[f"overfit:{ck}"] = (
+            metric.accumulator([f"{ref}:{p}" for p, _ in pl], [f"{ck}:{q}" for _, q in pl]),
+            ref,
+            ck,
+        )
+    return accs
+
+
+def _update(
+    accs: Mapping[str, tuple[Any, str, str | None]],
+    feats: list[dict[str, Tensor]],
+    idx: Mapping[str, int],
+    names: Mapping[str, list[str]],
+) -> None:
+    """Add one minibatch's features to every accumulator."""
+    for key, (acc, a, b) in accs.items():
+        fa = feats[idx[a]]
+        if key.startswith("overfit:"):
+            pl = common_layers(names[a], names[b])  # type: ignore[index]
+            acc.update([fa[p] for p, _ in pl], [feats[idx[b]][q] for _, q in pl])  # type: ignore[index]
+        elif b is None:
+            acc.update([fa[k] for k in names[a]])
+        else:
+            acc.update([fa[k] for k in names[a]], [feats[idx[b]][k] for k in names[b]])
+
+
+def pass_orders(n: int, passes: int, seed: int) -> list[Tensor]:
+    """The order of the ``n`` examples in each of ``passes`` passes: a shuffle per pass, drawn
+    in turn from one generator seeded ``seed`` (the experiment's seed), so every process and
+    every rerun deals the same minibatches."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g) for _ in range(passes)]
+
+
+def _passes(split: Any, passes: int, kw: Mapping[str, Any]) -> Iterator[tuple[int, Any, dict[str, Any]]]:
+    """``(pass number, split, feature options)`` of each pass. One pass reads the fixed subset in
+    its own order (as before passes existed); several passes each read the same subset in the
+    order of :func:`pass_orders` (paper 1's code shuffles the test set anew for each of its three
+    passes, ``--dataset_passes 3``), and the HSIC estimates of every minibatch of every pass are
+    averaged together."""
+    if passes == 1:
+        yield 0, split, dict(kw)
+        return
+    from ..data.core import TensorSplit, subset
+
+    base = subset(split, kw.get("limit"), kw.get("seed", 0))
+    rest = {**kw, "limit": None}  # the subset is taken once, so every pass reads the same examples
+    for p, order in enumerate(pass_orders(len(base), passes, int(kw.get("seed", 0)))):
+        part = base.subset(order) if isinstance(base, TensorSplit) else torch.utils.data.Subset(base, order.tolist())
+        yield p, part, rest  # one reordered copy at a time
+
+
 def _minibatch_shard(
     metric: Any, split: Any, batch_size: int, spec_models: list[str], kw: Mapping[str, Any]
 ) -> tuple[int, int] | None:
@@ -435,4 +499,4 @@ def _minibatch_shard(
     return rd.rank(), rd.world_size()
 
 
-__all__ = ["SimilarityJob", "SimilarityOutput", "run_similarity"]
+__all__ = ["SimilarityJob", "SimilarityOutput", "pass_orders", "run_similarity"]
