@@ -95,12 +95,15 @@ def test_paper_scale_files_plan(name, cifar_home):
         assert trainers["train-l2"]["eps"] == 1.0 and trainers["train-l2"]["steps"] == 10
         sims = [s for s in t["stages"] if s["kind"] == "similarity"]
         assert all(s["metric"] == {"name": "minibatch-cka", "batch_size": 1024} for s in sims)
+        assert all(s["passes"] == 3 for s in sims)  # paper 1's --dataset_passes 3
+        assert all(s["augment"] == ["crop", "flip"] for s in t["stages"] if s["kind"] == "train")
     else:
         prunes = [s for s in t["stages"] if s["kind"] == "prune"]
         assert {t["models"][s["model"]]["arch"] for s in prunes} == {"vgg16", "wrn"}
         for s in prunes:
             assert s["compression"] == [10, 20, 100] and s["trainer"]["name"] == "trades"
             assert set(s["pruners"]) == {"lwm", "hydra"}
+            assert s["loop"]["augment"] == ["crop", "flip"]  # HYDRA's crops and flips, every phase
 
 
 def test_missing_cifar_is_named_by_the_dry_run(tmp_path):
