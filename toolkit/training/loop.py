@@ -272,7 +272,9 @@ class _TrainingRun:
         if cfg.amp and not self.amp:
             log.warning("amp was requested but the device is %s; training in float32", self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp) if self.amp else None
-        self.generator = torch.Generator().manual_seed(seed)
+        # shuffles the training data and draws the augmentation; under torchrun (epoch_indices)
+        # the sampler shuffles, and each rank draws its own augmentation (rank 0 keeps the seed)
+        self.generator = torch.Generator().manual_seed(seed if epoch_indices is None else _dist.rank_seed(seed))
         self.test_subset = subset(data.test, cfg.eval_size, seed) if cfg.eval_size > 0 else None
         self.train_subset = subset(data.train, cfg.train_eval_size, seed + 1) if cfg.train_eval_size > 0 else None
 
