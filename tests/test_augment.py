@@ -221,3 +221,30 @@ def test_every_trainer_and_the_prune_stage_train_on_augmented_batches(tmp_path, 
     # 200 training examples in batches of 50: 4 steps per epoch; 7 trainers x 1 epoch, then the
     # prune stage's pre-training, HYDRA's score training and the fine-tuning, 1 epoch each
     assert calls == [50] * (4 * len(trainers) + 3 * 4)
+
+
+class _Interrupt(Callback):
+    def after_step(self, state):
+        if state.epoch == 2 and state.batch == 1:
+            raise KeyboardInterrupt
+
+
+def test_an_augmented_run_resumes_exactly_and_refuses_other_augmentation(digits, tmp_path):
+    data = DatasetBundle(digits.info, digits.train.subset(torch.arange(96)), digits.test.subset(torch.arange(40)))
+    cfg = LoopConfig(epochs=3, batch_size=32, augment=["crop", "flip"], crop_padding=2, eval_size=0)
+    full = cnn_small(digits.info)
+    full.load_state_dict(_initial(digits))
+    train_model(full, StandardObjective(), data, cfg, seed=2, state_dir=tmp_path / "full", plot=False)
+    cut = cnn_small(digits.info)
+    cut.load_state_dict(_initial(digits))
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cut, StandardObjective(), data, cfg, seed=2, state_dir=tmp_path / "cut", callbacks=[_Interrupt()])
+    resumed = cnn_small(digits.info)
+    train_model(resumed, StandardObjective(), data, cfg, seed=2, state_dir=tmp_path / "cut", resume=True, plot=False)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    other = cfg.model_copy(update={"crop_padding_mode": "reflect"})
+    with pytest.raises(rtk.ConfigError, match="crop_padding_mode: saved 'zero', now 'reflect'"):
+        train_model(
+            cnn_small(digits.info), StandardObjective(), data, other, seed=2, state_dir=tmp_path / "cut", resume=True
+        )
