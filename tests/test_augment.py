@@ -135,17 +135,22 @@ class _Batches(Callback):
         self.seen.append(state.x.clone())
 
 
-def test_the_loop_augments_training_batches_only_and_reproducibly(digits, monkeypatch):
-    data = DatasetBundle(digits.info, digits.train.subset(torch.arange(96)), digits.test.subset(torch.arange(40)))
-    cfg = LoopConfig(epochs=2, batch_size=32, augment=["crop", "flip"], crop_padding=2, eval_size=16, eval_every=1)
-    calls = []
-    real = loop_module.augment_batch
+@pytest.fixture()
+def calls(monkeypatch):
+    """The batch sizes the training loop hands to augment_batch, call by call."""
+    seen = []
 
     def counting(x, *args, **kwargs):
-        calls.append(x.shape[0])
-        return real(x, *args, **kwargs)
+        seen.append(x.shape[0])
+        return augment_batch(x, *args, **kwargs)
 
     monkeypatch.setattr(loop_module, "augment_batch", counting)
+    return seen
+
+
+def test_the_loop_augments_training_batches_only_and_reproducibly(digits, calls):
+    data = DatasetBundle(digits.info, digits.train.subset(torch.arange(96)), digits.test.subset(torch.arange(40)))
+    cfg = LoopConfig(epochs=2, batch_size=32, augment=["crop", "flip"], crop_padding=2, eval_size=16, eval_every=1)
     rec = _Batches()
     torch.manual_seed(0)
     model = cnn_small(digits.info)
@@ -157,7 +162,7 @@ def test_the_loop_augments_training_batches_only_and_reproducibly(digits, monkey
     expected = []
     for _ in range(2):
         for x, _y in batches(data.train, 32, shuffle=True, generator=g):
-            expected.append(real(x, ["crop", "flip"], padding=2, generator=g))
+            expected.append(augment_batch(x, ["crop", "flip"], padding=2, generator=g))
     assert len(rec.seen) == 6 and all(torch.equal(a, b) for a, b in zip(rec.seen, expected))
     plain = {tuple(x.flatten().tolist()) for x in data.train.x}
     assert sum(tuple(x.flatten().tolist()) in plain for b in rec.seen for x in b) < 96  # most were changed
@@ -177,15 +182,7 @@ def _initial(digits):
     return cnn_small(digits.info).state_dict()
 
 
-def test_every_trainer_and_the_prune_stage_train_on_augmented_batches(tmp_path, monkeypatch):
-    calls = []
-    real = loop_module.augment_batch
-
-    def counting(x, *args, **kwargs):
-        calls.append(x.shape[0])
-        return real(x, *args, **kwargs)
-
-    monkeypatch.setattr(loop_module, "augment_batch", counting)
+def test_every_trainer_and_the_prune_stage_train_on_augmented_batches(tmp_path, calls):
     aug = {"augment": ["crop", "flip"], "crop_padding": 1}
     trainers = [
         "standard",
