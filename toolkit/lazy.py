@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ class LazyFace:
                 self.where[name] = module
         #: every exported name, in the order given (the face's ``__all__``)
         self.names: list[str] = list(self.where)
+        sys.modules[package].__class__ = _FaceModule
 
     @classmethod
     def of_names(cls, package: str, where: Mapping[str, str]) -> LazyFace:
@@ -69,3 +71,20 @@ class LazyFace:
 
     def dir(self) -> list[str]:
         return sorted(set(vars(sys.modules[self.package])) | set(self.where))
+
+
+class _FaceModule(types.ModuleType):
+    """A face module. An export named like a submodule (``rtk.models.vgg``, the function of
+    ``rtk/models/vgg.py``) stays the export, as with an eager ``from .vgg import vgg``: importing
+    the submodule does not bind it over the name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        face = self.__dict__.get("_face")
+        if (
+            isinstance(face, LazyFace)
+            and name in face.where
+            and isinstance(value, types.ModuleType)
+            and value.__name__ == f"{face.package}.{name}"
+        ):
+            return
+        super().__setattr__(name, value)
