@@ -16,11 +16,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import torch
 from pydantic import AliasChoices, Field, create_model, model_validator
 
 import rtk
-from rtk.evaluation import OUTPUT_PATTERN, Normalization, ensemble, model_view, seeded, with_restarts
+from rtk.evaluation import OUTPUT_PATTERN, Normalization
+
+if TYPE_CHECKING:  # torch and the engine are imported when an attack is built, not to list it
+    import torch
 
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 5.0}
 
@@ -202,6 +204,8 @@ class AutoAttackOptions(_EpsByNorm):
 
 # ---------------------------------------------------------------------------- plumbing
 def _num_classes(view: torch.nn.Module, x: torch.Tensor) -> int:
+    import torch
+
     with torch.no_grad():
         return int(view(x[:1]).shape[1])
 
@@ -239,6 +243,8 @@ def _need_classes(name: str, k: int, minimum: int) -> None:
 def _lazy(view: torch.nn.Module, o: Any, make: Callable[[int], Callable], *, restarts: int = 1) -> Callable:
     """An ``attack(x, y)`` that builds its torchattacks object on the first call (when the
     number of classes is known) and runs under ``o.seed`` with frozen parameters."""
+    from rtk.evaluation import seeded, with_restarts
+
     state: dict[str, Callable] = {}
 
     def once(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -256,7 +262,7 @@ def _lazy(view: torch.nn.Module, o: Any, make: Callable[[int], Callable], *, res
 
 # ---------------------------------------------------------------------------- builders
 #: ``make(torchattacks, view, o, k)``: the torchattacks attack on ``view`` for a model with ``k`` classes.
-Make = Callable[[Any, torch.nn.Module, Any, int], Callable]
+Make = Callable[[Any, "torch.nn.Module", Any, int], Callable]
 
 
 def _builder(make: Make, *, rtk_restarts: bool = False) -> Callable:
@@ -266,6 +272,8 @@ def _builder(make: Make, *, rtk_restarts: bool = False) -> Callable:
 
     def build(model: torch.nn.Module, o: Any) -> Callable:
         import torchattacks
+
+        from rtk.evaluation import model_view
 
         view = model_view(model, o.output, o.normalize)
         return _lazy(
@@ -380,6 +388,8 @@ def _autoattack(ta, view, o: AutoAttackOptions, k: int):
     else:
         _need_classes("autoattack", k, 4)
         parts = [apgd("ce"), apgd_t(), fab(), square()]
+    from rtk.evaluation import ensemble
+
     return ensemble(parts, view)
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 from pydantic import Field
 
 import rtk
-from rtk.data import subset
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # ---------------------------------------------------------------------------- certifiers
@@ -129,7 +130,10 @@ def _check(opts: CertifyStageOptions, planning: rtk.Planning):
 
 
 def _run(ctx: rtk.StageContext, opts: CertifyStageOptions) -> rtk.StageResult:
+    import pandas as pd
+
     from rtk.certify import certify_split, radius_curve, summarize
+    from rtk.data import subset
 
     split = subset(ctx.data.test, opts.limit, ctx.experiment.seed)
     verified, curves, radii = [], [], []

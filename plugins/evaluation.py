@@ -6,23 +6,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pandas as pd
 from pydantic import Field
 
 import rtk
-from rtk.evaluation import (
-    OUTPUT_PATTERN,
-    AttackSuiteOptions,
-    Normalization,
-    RecordStore,
-    SanityCheckError,
-    eval_indices,
-    evaluate,
-    headline_threat,
-    make_units,
-    plot_curves,
-    threats,
-)
+from rtk.evaluation import OUTPUT_PATTERN, AttackSuiteOptions, Normalization
 
 
 class EvaluateOptions(AttackSuiteOptions):
@@ -53,6 +40,8 @@ def _refs_ok(opts: EvaluateOptions) -> bool:
 
 
 def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
+    from rtk.evaluation import headline_threat, make_units, threats
+
     problems: list[str] = []
     for i, m in enumerate(opts.models):
         problems += planning.check_model(m, f"models[{i}]")
@@ -86,6 +75,7 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
     gathers every rank's record chunks and appends them to its record store, the only one
     written. The evaluation that follows on rank 0 then finds every result recorded."""
     from rtk import distributed as rd
+    from rtk.evaluation import RecordStore, eval_indices, evaluate, make_units
 
     split = ctx.data.test if opts.split == "test" else ctx.data.train
     indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
@@ -130,6 +120,10 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
 
 
 def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = False) -> rtk.StageResult:
+    import pandas as pd
+
+    from rtk.evaluation import RecordStore, SanityCheckError, eval_indices, evaluate, make_units, plot_curves
+
     if not _gathered and rtk.distributed.is_distributed():
         # every rank attacks its shard; rank 0 merges, checks and builds the tables; all ranks return them
         _shard_records(ctx, opts)

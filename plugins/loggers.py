@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from pydantic import Field, field_validator
 
 import rtk
-from rtk import EpochMetrics, RunInfo, RunOutcome, StageInfo, markdown_table
+from rtk import EpochMetrics, RunInfo, RunOutcome, StageInfo
 from rtk.lifecycle import finite_numbers
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def rtk_stage_finish(self, stage: StageInfo) -> None:
+        from rtk import markdown_table  # pandas, imported when a run reports, not to list the loggers
+
         if stage.status != "completed":
             return
         for name, value in finite_numbers(stage.metrics).items():

@@ -8,15 +8,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 import rtk
-from rtk.similarity import (
-    PWCCA,
-    RBFCKA,
-    SVCCA,
-    LinearCKA,
-    MinibatchCKAMetric,
-    ProcrustesDistance,
-    check_pooling,
-)
 
 ANALYSES = ("heatmap", "block-structure", "diagonal", "overfitting", "specialization")
 
@@ -48,33 +39,33 @@ def rtk_similarity_metrics():
         name="linear-cka",
         summary="linear CKA (Kornblith et al. 2019), biased or debiased",
         options=LinearCKAOptions,
-        build=lambda o: LinearCKA(o.debiased),
+        build=lambda o: rtk.similarity.LinearCKA(o.debiased),
     )
     yield rtk.SimilaritySpec(
         name="rbf-cka",
         summary="RBF-kernel CKA, bandwidth a fraction of the median distance",
         options=RBFCKAOptions,
-        build=lambda o: RBFCKA(o.sigma, o.debiased),
+        build=lambda o: rtk.similarity.RBFCKA(o.sigma, o.debiased),
     )
     yield rtk.SimilaritySpec(
         name="minibatch-cka",
         summary="minibatch linear CKA with unbiased HSIC (Nguyen et al. 2021), streamed",
         options=MinibatchCKAOptions,
-        build=lambda o: MinibatchCKAMetric(o.batch_size),
+        build=lambda o: rtk.similarity.MinibatchCKAMetric(o.batch_size),
     )
     yield rtk.SimilaritySpec(
         name="svcca",
         summary="SVCCA (Raghu et al. 2017): SVD then mean canonical correlation",
         options=SVCCAOptions,
-        build=lambda o: SVCCA(o.variance, o.dims),
+        build=lambda o: rtk.similarity.SVCCA(o.variance, o.dims),
     )
     yield rtk.SimilaritySpec(
-        name="pwcca", summary="projection-weighted CCA (Morcos et al. 2018)", build=lambda o: PWCCA()
+        name="pwcca", summary="projection-weighted CCA (Morcos et al. 2018)", build=lambda o: rtk.similarity.PWCCA()
     )
     yield rtk.SimilaritySpec(
         name="procrustes",
         summary="orthogonal Procrustes distance (0 = same up to rotation/scale)",
-        build=lambda o: ProcrustesDistance(),
+        build=lambda o: rtk.similarity.ProcrustesDistance(),
     )
 
 
@@ -135,6 +126,8 @@ class SimilarityStageOptions(rtk.Options):
     @field_validator("pooling")
     @classmethod
     def _pooling_ok(cls, v: str) -> str:
+        from rtk.similarity import check_pooling
+
         try:
             return check_pooling(v)
         except rtk.ConfigError as exc:  # pydantic reports ValueErrors with the key path

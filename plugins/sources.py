@@ -24,25 +24,7 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 import rtk
-from rtk.data import (
-    DataOptions,
-    check_code_dataset,
-    data_home,
-    load_code_dataset,
-    load_tensor_files,
-    load_torchvision_dataset,
-    tensor_file_problems,
-    torchvision_problems,
-)
-from rtk.models import (
-    build_code_model,
-    build_timm,
-    build_torchvision,
-    check_code_model,
-    check_timm,
-    check_torchvision_model,
-    rebase_source,
-)
+from rtk.data import DataOptions
 
 OPTIONS_HELP = "every other key is passed to the callable as a keyword argument"
 
@@ -65,6 +47,8 @@ class PythonModelOptions(_CodeOptions):
     )
 
     def relative_to(self, base: Path) -> PythonModelOptions:
+        from rtk.models import rebase_source
+
         return self.model_copy(update={"source": rebase_source(self.source, base)})
 
 
@@ -84,11 +68,11 @@ class LibraryModelOptions(rtk.Options):
 
 
 def _code_check(kind: str):
-    return lambda o: check_code_model(kind, o.source, o.kwargs)
+    return lambda o: rtk.models.check_code_model(kind, o.source, o.kwargs)
 
 
 def _code_build(kind: str):
-    return lambda info, o: build_code_model(kind, o.source, o.kwargs, info)
+    return lambda info, o: rtk.models.build_code_model(kind, o.source, o.kwargs, info)
 
 
 @rtk.hookimpl
@@ -113,16 +97,16 @@ def rtk_models():
         name="torchvision",
         summary="source: any torchvision classification builder (no weights; classes and input channels adapted)",
         options=LibraryModelOptions,
-        build=lambda info, o: build_torchvision(o.source, o.kwargs, info),
-        check=lambda o: check_torchvision_model(o.source, o.kwargs),
+        build=lambda info, o: rtk.models.build_torchvision(o.source, o.kwargs, info),
+        check=lambda o: rtk.models.check_torchvision_model(o.source, o.kwargs),
         source="<name>",
     )
     yield rtk.ModelSpec(
         name="timm",
         summary="source: any timm model, no pretrained weights (optional extra rtk[timm])",
         options=LibraryModelOptions,
-        build=lambda info, o: build_timm(o.source, o.kwargs, info),
-        check=lambda o: check_timm(o.source),
+        build=lambda info, o: rtk.models.build_timm(o.source, o.kwargs, info),
+        check=lambda o: rtk.models.check_timm(o.source),
         source="<name>",
     )
 
@@ -145,6 +129,8 @@ class PythonDataOptions(_CodeDataOptions):
     )
 
     def relative_to(self, base: Path) -> PythonDataOptions:
+        from rtk.models import rebase_source
+
         return self.model_copy(update={"source": rebase_source(self.source, base)})
 
 
@@ -155,11 +141,11 @@ class ModuleDataOptions(_CodeDataOptions):
 
 
 def _data_check(kind: str):
-    return lambda o: check_code_dataset(kind, o.source, o.kwargs)
+    return lambda o: rtk.data.check_code_dataset(kind, o.source, o.kwargs)
 
 
 def _data_load(kind: str):
-    return lambda o: load_code_dataset(kind, o.source, o.kwargs, num_classes=o.num_classes)
+    return lambda o: rtk.data.load_code_dataset(kind, o.source, o.kwargs, num_classes=o.num_classes)
 
 
 class TensorsOptions(DataOptions):
@@ -179,12 +165,16 @@ class TensorsOptions(DataOptions):
 
 
 def _tensors(o: TensorsOptions):
+    from rtk.data import load_tensor_files
+
     return load_tensor_files(
         o.train, o.test, test_fraction=o.test_fraction, seed=o.seed, num_classes=o.num_classes, name=o.name
     )
 
 
 def _tensors_check(o: TensorsOptions) -> list[str]:
+    from rtk.data import tensor_file_problems
+
     return tensor_file_problems(train=o.train, test=o.test)
 
 
@@ -196,11 +186,15 @@ class TorchvisionDataOptions(DataOptions):
 
 
 def _torchvision_data(o: TorchvisionDataOptions):
+    from rtk.data import data_home, load_torchvision_dataset
+
     root = o.root or str(data_home() / o.source)
     return load_torchvision_dataset(o.source, root, download=o.download, kwargs=dict(o.model_extra or {}))
 
 
 def _torchvision_data_check(o: TorchvisionDataOptions) -> list[str]:
+    from rtk.data import torchvision_problems
+
     return torchvision_problems(o.source, dict(o.model_extra or {}))
 
 

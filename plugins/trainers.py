@@ -10,18 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 import rtk
-from rtk.models import read_spec
-from rtk.training import (
-    FastATObjective,
-    LoopConfig,
-    MARTObjective,
-    PGDATObjective,
-    StandardObjective,
-    TRADESObjective,
-    has_state,
-    plot_history,
-    train_model,
-)
+from rtk.training import LoopConfig
 
 
 # ---------------------------------------------------------------------------- trainer options
@@ -187,6 +176,9 @@ def _describe(ref: rtk.TrainerRef) -> str:
 
 
 def _train(ctx: rtk.StageContext, opts: TrainStageOptions, name: str, module) -> rtk.StageResult:
+    from rtk.models import read_spec
+    from rtk.training import has_state, plot_history, train_model
+
     objective = opts.trainer.spec.build(opts.trainer.opts)
     cfg = _loop_config(opts, ctx.amp)
     desc = _describe(opts.trainer)
@@ -302,6 +294,8 @@ def _run_train(ctx: rtk.StageContext, opts: TrainStageOptions) -> rtk.StageResul
 
 
 def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.StageResult:
+    from rtk.training import has_state
+
     name = opts.model
     source = opts.source or name
     source_ref = rtk.ModelRef.parse(source)
@@ -327,31 +321,31 @@ def rtk_trainers():
         name="standard",
         summary="cross-entropy on clean inputs",
         options=StandardOptions,
-        build=lambda o: StandardObjective(o.label_smoothing),
+        build=lambda o: rtk.training.StandardObjective(o.label_smoothing),
     )
     yield rtk.TrainerSpec(
         name="pgd-at",
         summary="PGD adversarial training (Madry et al. 2018)",
         options=PGDATOptions,
-        build=lambda o: PGDATObjective(**o.common(), random_start=o.random_start),
+        build=lambda o: rtk.training.PGDATObjective(**o.common(), random_start=o.random_start),
     )
     yield rtk.TrainerSpec(
         name="trades",
         summary="TRADES: clean CE + beta * KL to adversarial (Zhang et al. 2019)",
         options=TRADESOptions,
-        build=lambda o: TRADESObjective(**o.common(), beta=o.beta),
+        build=lambda o: rtk.training.TRADESObjective(**o.common(), beta=o.beta),
     )
     yield rtk.TrainerSpec(
         name="mart",
         summary="MART: misclassification-aware adversarial training (Wang et al. 2020)",
         options=MARTOptions,
-        build=lambda o: MARTObjective(**o.common(), beta=o.beta),
+        build=lambda o: rtk.training.MARTObjective(**o.common(), beta=o.beta),
     )
     yield rtk.TrainerSpec(
         name="fast-at",
         summary="fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)",
         options=FastATOptions,
-        build=lambda o: FastATObjective(**o.common()),
+        build=lambda o: rtk.training.FastATObjective(**o.common()),
     )
 
 

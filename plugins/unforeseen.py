@@ -10,13 +10,15 @@ translated to rtk's parametrisation (see docs/evaluation.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field
 
 import rtk
-from rtk.evaluation import OUTPUT_PATTERN, Normalization, gabor_attack, jpeg_attack, model_view, snow_attack
+from rtk.evaluation import OUTPUT_PATTERN, Normalization
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _Common(rtk.Options):
@@ -57,15 +59,19 @@ class SnowOptions(_Common):
     discolor: float = Field(0.25, ge=0, le=1, description="share of whitening mixed into the image")
 
 
-def _builder(run: Callable[..., Any], keys: tuple[str, ...]) -> Callable[[torch.nn.Module, Any], Callable]:
-    """``build(model, o)``: an ``attack(x, y)`` running ``run(view, x, y, **options)``."""
+def _builder(run: Callable[..., Any] | str, keys: tuple[str, ...]) -> Callable[[torch.nn.Module, Any], Callable]:
+    """``build(model, o)``: an ``attack(x, y)`` running ``run(view, x, y, **options)``; ``run`` is a
+    function or the name of one in ``rtk.evaluation`` (imported when the attack is built)."""
 
     def build(model: torch.nn.Module, o: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        from rtk.evaluation import model_view
+
+        fn = getattr(rtk.evaluation, run) if isinstance(run, str) else run
         view = model_view(model, o.output, o.normalize)
         kwargs = {k: getattr(o, k) for k in keys}
 
         def attack(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return run(view, x, y, seed=o.seed, steps=o.steps, **kwargs).x_adv
+            return fn(view, x, y, seed=o.seed, steps=o.steps, **kwargs).x_adv
 
         return attack
 
@@ -73,6 +79,8 @@ def _builder(run: Callable[..., Any], keys: tuple[str, ...]) -> Callable[[torch.
 
 
 def _snow(view, x, y, *, discolor: float, **kw):
+    from rtk.evaluation import snow_attack
+
     return snow_attack(view, x, y, discolor_amount=discolor, **kw)
 
 
@@ -83,14 +91,14 @@ def rtk_attacks():
         name="jpeg",
         summary="JPEG attack: perturbs the quantized DCT coefficients, Linf or L2 (Kang et al. 2019)",
         options=JPEGOptions,
-        build=_builder(jpeg_attack, ("eps", "step_size", "norm", "quality", "random_start")),
+        build=_builder("jpeg_attack", ("eps", "step_size", "norm", "quality", "random_start")),
         norm="none",
     )
     yield A(
         name="gabor",
         summary="Gabor attack: optimised Gabor noise, L-inf bounded in pixels (Kang et al. 2019)",
         options=GaborOptions,
-        build=_builder(gabor_attack, ("eps", "step_size", "kernel_size", "density")),
+        build=_builder("gabor_attack", ("eps", "step_size", "kernel_size", "density")),
         norm="none",
     )
     yield A(

@@ -20,8 +20,9 @@ Public API (what built-in and third-party plugins may use):
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from .lazy import LazyFace
 
 if TYPE_CHECKING:
     # one call per task on your own model and data (rtk.api)
@@ -190,20 +191,12 @@ __all__ = [
 ]
 
 
+_face = LazyFace.of_names(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    if not name.startswith("__"):
-        try:  # subpackages: rtk.evaluation, rtk.models, ... reached as attributes
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _face.attr(name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return _face.dir()

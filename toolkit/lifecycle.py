@@ -32,11 +32,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .errors import PluginError, suggest
+
+if TYPE_CHECKING:  # only in annotations: the hook specs (and so `rtk plugins`) import no pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 

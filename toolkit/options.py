@@ -18,7 +18,9 @@ from .errors import ConfigError, suggest
 class Options(BaseModel):
     """Base class of every options model (component options, stage options)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    # defer_build: a model's validator is built on its first validation, not when its class is defined;
+    # listing components (`rtk plugins`, `rtk reference`) defines ~90 option models and validates none
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod

@@ -22,82 +22,85 @@ Your own data (:mod:`rtk.data.sources`): :func:`tensor_split` (tensors or arrays
 dataset table ``{"name": ..., **options}`` loaded as the runner does).
 """
 
-from .augment import AUGMENTATIONS, augment_batch, check_crop_padding
-from .cifar import cifar10_source, cifar100_source, load_cifar10, load_cifar100, read_cifar_batch
-from .core import DataInfo, DataOptions, DatasetBundle, TensorSplit, apply_limits, batches, num_examples, subset
-from .digits import load_digits
-from .files import FileSource, data_home, default_root
-from .idx import (
-    fashion_mnist_source,
-    load_fashion_mnist,
-    load_idx_dataset,
-    load_mnist,
-    mnist_source,
-    parse_idx,
-    read_idx,
-)
-from .imagefolder import ImageFolderSplit, check_image_folder, load_image_folder
-from .safe_pickle import RestrictedUnpickler, safe_load
-from .sources import (
-    check_code_dataset,
-    infer_info,
-    load_code_dataset,
-    load_dataset,
-    load_tensor_files,
-    load_torchvision_dataset,
-    read_tensors_file,
-    tensor_file_problems,
-    tensor_split,
-    to_bundle,
-    torchvision_problems,
-)
-from .svhn import load_svhn, read_svhn_mat, svhn_source
+from __future__ import annotations
 
-__all__ = [
-    "AUGMENTATIONS",
-    "augment_batch",
-    "check_crop_padding",
-    "DataInfo",
-    "DataOptions",
-    "DatasetBundle",
-    "TensorSplit",
-    "apply_limits",
-    "batches",
-    "num_examples",
-    "subset",
-    "FileSource",
-    "data_home",
-    "default_root",
-    "load_digits",
-    "load_fashion_mnist",
-    "load_mnist",
-    "load_idx_dataset",
-    "parse_idx",
-    "read_idx",
-    "load_cifar10",
-    "load_cifar100",
-    "read_cifar_batch",
-    "load_svhn",
-    "read_svhn_mat",
-    "ImageFolderSplit",
-    "load_image_folder",
-    "check_image_folder",
-    "RestrictedUnpickler",
-    "safe_load",
-    "fashion_mnist_source",
-    "mnist_source",
-    "cifar10_source",
-    "cifar100_source",
-    "svhn_source",
-    "check_code_dataset",
-    "infer_info",
-    "load_code_dataset",
-    "load_dataset",
-    "load_tensor_files",
-    "load_torchvision_dataset",
-    "read_tensors_file",
-    "tensor_file_problems",
-    "tensor_split",
-    "to_bundle",
-    "torchvision_problems",
-]
+from typing import Any
+
+from ..lazy import LazyFace
+
+#: submodule -> the public names it defines; importing this face imports none of them (each on
+#: first use), so reading option models from it needs no torch (see rtk.lazy)
+_face = LazyFace(
+    __name__,
+    {
+        "cifar": (
+            "cifar10_source",
+            "cifar100_source",
+            "load_cifar10",
+            "load_cifar100",
+            "read_cifar_batch",
+        ),
+        "options": ("DataOptions",),
+        "augment": ("AUGMENTATIONS", "augment_batch", "check_crop_padding"),
+        "core": (
+            "DataInfo",
+            "DatasetBundle",
+            "TensorSplit",
+            "apply_limits",
+            "batches",
+            "num_examples",
+            "subset",
+        ),
+        "digits": ("load_digits",),
+        "files": (
+            "FileSource",
+            "data_home",
+            "default_root",
+        ),
+        "idx": (
+            "fashion_mnist_source",
+            "load_fashion_mnist",
+            "load_idx_dataset",
+            "load_mnist",
+            "mnist_source",
+            "parse_idx",
+            "read_idx",
+        ),
+        "imagefolder": (
+            "ImageFolderSplit",
+            "check_image_folder",
+            "load_image_folder",
+        ),
+        "safe_pickle": (
+            "RestrictedUnpickler",
+            "safe_load",
+        ),
+        "sources": (
+            "check_code_dataset",
+            "infer_info",
+            "load_code_dataset",
+            "load_dataset",
+            "load_tensor_files",
+            "load_torchvision_dataset",
+            "read_tensors_file",
+            "tensor_file_problems",
+            "tensor_split",
+            "to_bundle",
+            "torchvision_problems",
+        ),
+        "svhn": (
+            "load_svhn",
+            "read_svhn_mat",
+            "svhn_source",
+        ),
+    },
+)
+__all__ = _face.names
+
+
+def __getattr__(name: str) -> Any:
+    return _face.attr(name)
+
+
+def __dir__() -> list[str]:
+    return _face.dir()

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..options import Options
+from .options import DataOptions
 
 
 @dataclass(frozen=True)
@@ -72,23 +71,6 @@ class DatasetBundle:
     info: DataInfo
     train: Dataset
     test: Dataset
-
-
-class DataOptions(Options):
-    """Options every dataset accepts: deterministic subsets of each split."""
-
-    limit_train: int | None = Field(None, ge=1, description="use a fixed random subset of this many training examples")
-    limit_test: int | None = Field(None, ge=1, description="use a fixed random subset of this many test examples")
-    train_fraction: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="keep this share of every class of the training split (a fixed draw; after limit_train)",
-    )
-    resolution: int | None = Field(
-        None, ge=4, le=1024, description="resize every image to resolution x resolution (area averaging when shrinking)"
-    )
-    seed: int = Field(0, description="seed of the subset draws")
 
 
 def subset(split: Dataset, limit: int | None, seed: int) -> Dataset:

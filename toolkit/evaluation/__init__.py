@@ -11,80 +11,84 @@
   Kang et al.'s unforeseen attacks, each in its own threat model.
 """
 
-from .adapters import (
-    OUTPUT_PATTERN,
-    AttackFn,
-    ModelOutputError,
-    ModelView,
-    Normalization,
-    ensemble,
-    model_view,
-    seeded,
-    select_output,
-    with_restarts,
-)
-from .basic import robust_accuracy
-from .checks import CHECKS, CheckResult, CheckSettings, SanityCheckError, SanityCheckWarning
-from .engine import EvaluationResult, eval_indices, evaluate, load_batch, shard_indices
-from .records import RecordStore, merge_records, model_fingerprint
-from .request import AttackSuiteOptions, Norm
-from .summary import headline_threat, plot_curves, threat_label
-from .unforeseen import UnforeseenResult, gabor_attack, jpeg_attack, snow_attack
-from .units import (
-    NORMS,
-    AttackUnit,
-    attack_eps,
-    attack_norm,
-    delta_norms,
-    eps_by_norm,
-    fmt_eps,
-    function_units,
-    make_units,
-    threats,
-)
+from __future__ import annotations
 
-__all__ = [
-    "UnforeseenResult",
-    "gabor_attack",
-    "jpeg_attack",
-    "snow_attack",
-    "OUTPUT_PATTERN",
-    "AttackFn",
-    "ModelOutputError",
-    "ModelView",
-    "Normalization",
-    "ensemble",
-    "model_view",
-    "seeded",
-    "select_output",
-    "with_restarts",
-    "robust_accuracy",
-    "CHECKS",
-    "CheckResult",
-    "CheckSettings",
-    "SanityCheckError",
-    "SanityCheckWarning",
-    "EvaluationResult",
-    "eval_indices",
-    "evaluate",
-    "load_batch",
-    "shard_indices",
-    "RecordStore",
-    "merge_records",
-    "model_fingerprint",
-    "AttackSuiteOptions",
-    "Norm",
-    "headline_threat",
-    "plot_curves",
-    "threat_label",
-    "NORMS",
-    "AttackUnit",
-    "attack_eps",
-    "attack_norm",
-    "delta_norms",
-    "eps_by_norm",
-    "fmt_eps",
-    "function_units",
-    "make_units",
-    "threats",
-]
+from typing import Any
+
+from ..lazy import LazyFace
+
+#: submodule -> the public names it defines; importing this face imports none of them (each on
+#: first use), so reading option models from it needs no torch (see rtk.lazy)
+_face = LazyFace(
+    __name__,
+    {
+        "request": (
+            "OUTPUT_PATTERN",
+            "Normalization",
+            "CheckSettings",
+            "AttackSuiteOptions",
+            "Norm",
+        ),
+        "adapters": (
+            "AttackFn",
+            "ModelOutputError",
+            "ModelView",
+            "ensemble",
+            "model_view",
+            "seeded",
+            "select_output",
+            "with_restarts",
+        ),
+        "basic": ("robust_accuracy",),
+        "checks": (
+            "CHECKS",
+            "CheckResult",
+            "SanityCheckError",
+            "SanityCheckWarning",
+        ),
+        "engine": (
+            "EvaluationResult",
+            "eval_indices",
+            "evaluate",
+            "load_batch",
+            "shard_indices",
+        ),
+        "records": (
+            "RecordStore",
+            "merge_records",
+            "model_fingerprint",
+        ),
+        "summary": (
+            "headline_threat",
+            "plot_curves",
+            "threat_label",
+        ),
+        "unforeseen": (
+            "UnforeseenResult",
+            "gabor_attack",
+            "jpeg_attack",
+            "snow_attack",
+        ),
+        "units": (
+            "NORMS",
+            "AttackUnit",
+            "attack_eps",
+            "attack_norm",
+            "delta_norms",
+            "eps_by_norm",
+            "fmt_eps",
+            "function_units",
+            "make_units",
+            "threats",
+        ),
+    },
+)
+__all__ = _face.names
+
+
+def __getattr__(name: str) -> Any:
+    return _face.attr(name)
+
+
+def __dir__() -> list[str]:
+    return _face.dir()

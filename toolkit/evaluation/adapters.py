@@ -29,14 +29,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from ..errors import ConfigError, RtkError
-from ..options import Options
+from .request import OUTPUT_PATTERN, Normalization
 
-#: Allowed values of the ``output`` option.
-OUTPUT_PATTERN = r"^(logits|first|index:\d+|key:.+)$"
 _OUTPUT_RE = re.compile(OUTPUT_PATTERN)
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,21 +45,6 @@ log = logging.getLogger(__name__)
 
 class ModelOutputError(RtkError):
     """The model's output is not what the evaluation was told to expect."""
-
-
-class Normalization(Options):
-    """Per-channel normalization a model expects on its inputs: ``(x - mean) / std``."""
-
-    mean: list[float] = Field(min_length=1, description="per-channel mean")
-    std: list[float] = Field(min_length=1, description="per-channel standard deviation (positive)")
-
-    @model_validator(mode="after")
-    def _same_length(self) -> Normalization:
-        if len(self.mean) != len(self.std):
-            raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
-        return self
 
 
 def _describe(out: Any) -> str:

@@ -29,11 +29,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from pydantic import AliasChoices, Field
 from torch import nn
 
 from ..errors import RtkError
-from ..options import Options
+from .request import CheckSettings
 from .units import AttackUnit, delta_norms, within
 
 
@@ -43,42 +42,6 @@ class SanityCheckWarning(UserWarning):
 
 class SanityCheckError(RtkError):
     """A sanity check failed and the evaluation is strict."""
-
-
-class CheckSettings(Options):
-    """Thresholds and sizes of the sanity checks."""
-
-    examples: int = Field(100, ge=1, description="largest subset the per-example checks use")
-    min_examples: int = Field(8, ge=1, description="smallest subset of the checks, whatever the budget")
-    budget: float = Field(
-        0.1,
-        ge=0,
-        description="share of the evaluation's work (examples x passes) the checks may use; it sizes their "
-        "subset, and more_steps is skipped, saying so, when it would not fit",
-    )
-    tolerance: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="accuracy tolerance of the comparisons (share of the subset; at least one example)",
-    )
-    zero_grad_max: float = Field(
-        0.1, ge=0, le=1, description="largest share of examples whose input gradient is exactly zero"
-    )
-    chance_margin: float = Field(
-        0.1, ge=0, le=1, description="accuracy allowed above chance (1/classes) at unbounded eps"
-    )
-    unbounded_steps: int = Field(25, ge=1, description="steps of the unbounded-eps PGD")
-    noise_draws: int = Field(8, ge=1, description="random-noise draws per example")
-    black_box_queries: int = Field(
-        100,
-        ge=1,
-        validation_alias=AliasChoices("black_box_queries", "square_queries"),
-        description="effort (queries) of the black-box attack the black_box check runs when the suite has none "
-        "(alias: square_queries)",
-    )
-    rtol: float = Field(1e-4, gt=0, description="tolerance of output comparisons, relative to the largest logit")
-    bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
 
 
 #: What each check means and what to do when it fails (also in docs/evaluation.md).

@@ -1,4 +1,7 @@
-"""The typed request of an evaluation job: the attack suite and how to run it.
+"""The typed request of an evaluation job: the attack suite and how to run it, with the option
+models it and the attack plugins share (:class:`Normalization`, :data:`OUTPUT_PATTERN`,
+:class:`CheckSettings`). Like every option model, they import no torch: ``rtk plugins`` and
+``rtk reference`` read them without loading the engine.
 
 Every stage that evaluates models against an attack suite (``evaluate``, ``zoo``) embeds
 these fields by subclassing :class:`AttackSuiteOptions`, so they are declared once, with one
@@ -9,11 +12,65 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, model_validator
 
 from ..options import Eps, Options
 from ..refs import AttackRef
-from .checks import CheckSettings
+
+#: Allowed values of the ``output`` option.
+OUTPUT_PATTERN = r"^(logits|first|index:\d+|key:.+)$"
+
+
+class Normalization(Options):
+    """Per-channel normalization a model expects on its inputs: ``(x - mean) / std``."""
+
+    mean: list[float] = Field(min_length=1, description="per-channel mean")
+    std: list[float] = Field(min_length=1, description="per-channel standard deviation (positive)")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalization:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+class CheckSettings(Options):
+    """Thresholds and sizes of the sanity checks."""
+
+    examples: int = Field(100, ge=1, description="largest subset the per-example checks use")
+    min_examples: int = Field(8, ge=1, description="smallest subset of the checks, whatever the budget")
+    budget: float = Field(
+        0.1,
+        ge=0,
+        description="share of the evaluation's work (examples x passes) the checks may use; it sizes their "
+        "subset, and more_steps is skipped, saying so, when it would not fit",
+    )
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="accuracy tolerance of the comparisons (share of the subset; at least one example)",
+    )
+    zero_grad_max: float = Field(
+        0.1, ge=0, le=1, description="largest share of examples whose input gradient is exactly zero"
+    )
+    chance_margin: float = Field(
+        0.1, ge=0, le=1, description="accuracy allowed above chance (1/classes) at unbounded eps"
+    )
+    unbounded_steps: int = Field(25, ge=1, description="steps of the unbounded-eps PGD")
+    noise_draws: int = Field(8, ge=1, description="random-noise draws per example")
+    black_box_queries: int = Field(
+        100,
+        ge=1,
+        validation_alias=AliasChoices("black_box_queries", "square_queries"),
+        description="effort (queries) of the black-box attack the black_box check runs when the suite has none "
+        "(alias: square_queries)",
+    )
+    rtol: float = Field(1e-4, gt=0, description="tolerance of output comparisons, relative to the largest logit")
+    bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
+
 
 #: A threat model an eps can be given for (the names of :data:`rtk.evaluation.NORMS`).
 Norm = Literal["Linf", "L2", "L1"]

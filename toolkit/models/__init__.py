@@ -8,53 +8,65 @@ of every residual block. :mod:`rtk.models.sources`: user code, torchvision and t
 and :func:`apply_init` (a plain state dict with a key-by-key report).
 """
 
-from .blocks import BasicBlock, WideBlock, block_outputs
-from .checkpoint import ModelRecipe, load_checkpoint, load_state_strict, read_spec, save_checkpoint
-from .layers import Normalize
-from .resnet import cifar_resnet, resnet18, resnet_small
-from .small import cnn_large, cnn_small, mlp
-from .sources import (
-    SourceError,
-    apply_init,
-    build_code_model,
-    build_timm,
-    build_torchvision,
-    check_code_model,
-    check_timm,
-    check_torchvision_model,
-    read_state_dict,
-    rebase_source,
-)
-from .vgg import vgg, vgg16
-from .wrn import wide_resnet
+from __future__ import annotations
 
-__all__ = [
-    "ModelRecipe",
-    "Normalize",
-    "load_checkpoint",
-    "load_state_strict",
-    "read_spec",
-    "save_checkpoint",
-    "BasicBlock",
-    "WideBlock",
-    "block_outputs",
-    "mlp",
-    "cnn_small",
-    "cnn_large",
-    "vgg",
-    "vgg16",
-    "cifar_resnet",
-    "resnet18",
-    "resnet_small",
-    "wide_resnet",
-    "SourceError",
-    "apply_init",
-    "build_code_model",
-    "build_timm",
-    "build_torchvision",
-    "check_code_model",
-    "check_timm",
-    "check_torchvision_model",
-    "read_state_dict",
-    "rebase_source",
-]
+from typing import Any
+
+from ..lazy import LazyFace
+
+#: submodule -> the public names it defines; importing this face imports none of them (each on
+#: first use), so reading option models from it needs no torch (see rtk.lazy)
+_face = LazyFace(
+    __name__,
+    {
+        "blocks": (
+            "BasicBlock",
+            "WideBlock",
+            "block_outputs",
+        ),
+        "checkpoint": (
+            "ModelRecipe",
+            "load_checkpoint",
+            "load_state_strict",
+            "read_spec",
+            "save_checkpoint",
+        ),
+        "layers": ("Normalize",),
+        "resnet": (
+            "cifar_resnet",
+            "resnet18",
+            "resnet_small",
+        ),
+        "small": (
+            "cnn_large",
+            "cnn_small",
+            "mlp",
+        ),
+        "sources": (
+            "SourceError",
+            "apply_init",
+            "build_code_model",
+            "build_timm",
+            "build_torchvision",
+            "check_code_model",
+            "check_timm",
+            "check_torchvision_model",
+            "read_state_dict",
+            "rebase_source",
+        ),
+        "vgg": (
+            "vgg",
+            "vgg16",
+        ),
+        "wrn": ("wide_resnet",),
+    },
+)
+__all__ = _face.names
+
+
+def __getattr__(name: str) -> Any:
+    return _face.attr(name)
+
+
+def __dir__() -> list[str]:
+    return _face.dir()

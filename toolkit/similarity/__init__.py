@@ -14,102 +14,83 @@ the robustness analyses of Cianfarani et al. (2022).
   by layer, specialization, figures.
 """
 
-from .analyses import (
-    Block,
-    BlockStructure,
-    Heatmap,
-    block_structure,
-    class_similarity,
-    common_layers,
-    cross_class_specialization,
-    diagonal,
-    heatmap,
-    overfitting_by_layer,
-    plot_heatmap,
-    plot_lines,
-    specialization,
-)
-from .features import (
-    DEFAULT_TYPES,
-    FeatureHooks,
-    ModelInput,
-    check_pooling,
-    collect_features,
-    iter_features,
-    select_layers,
-    unwrap,
-)
-from .kernels import (
-    SimilarityError,
-    kernel_cka,
-    linear_cka,
-    linear_cka_matrix,
-    minibatch_cka,
-    procrustes_distance,
-    pwcca,
-    rbf_cka,
-    svcca,
-)
-from .metrics import (
-    PWCCA,
-    RBFCKA,
-    SVCCA,
-    LinearCKA,
-    MinibatchCKAMetric,
-    ProcrustesDistance,
-    SimilarityMetric,
-    as_similarity,
-    pair_values,
-    similarity_matrix,
-)
-from .stage import SimilarityJob, run_similarity
-from .streaming import FeatureBuffer, LinearCKAStream, MinibatchCKA, MomentStream
+from __future__ import annotations
 
-__all__ = [
-    "SimilarityError",
-    "linear_cka",
-    "rbf_cka",
-    "kernel_cka",
-    "minibatch_cka",
-    "svcca",
-    "pwcca",
-    "procrustes_distance",
-    "linear_cka_matrix",
-    "MinibatchCKA",
-    "LinearCKAStream",
-    "MomentStream",
-    "FeatureBuffer",
-    "SimilarityMetric",
-    "LinearCKA",
-    "RBFCKA",
-    "MinibatchCKAMetric",
-    "SVCCA",
-    "PWCCA",
-    "ProcrustesDistance",
-    "similarity_matrix",
-    "pair_values",
-    "as_similarity",
-    "DEFAULT_TYPES",
-    "FeatureHooks",
-    "ModelInput",
-    "select_layers",
-    "check_pooling",
-    "unwrap",
-    "iter_features",
-    "collect_features",
-    "Heatmap",
-    "heatmap",
-    "Block",
-    "BlockStructure",
-    "block_structure",
-    "common_layers",
-    "diagonal",
-    "overfitting_by_layer",
-    "class_similarity",
-    "specialization",
-    "cross_class_specialization",
-    "plot_heatmap",
-    "plot_lines",
-    "SimilarityJob",
-    "run_similarity",
-]
+from typing import Any
+
+from ..lazy import LazyFace
+
+#: submodule -> the public names it defines; importing this face imports none of them (each on
+#: first use), so reading option models from it needs no torch (see rtk.lazy)
+_face = LazyFace(
+    __name__,
+    {
+        "analyses": (
+            "Block",
+            "BlockStructure",
+            "Heatmap",
+            "block_structure",
+            "class_similarity",
+            "common_layers",
+            "cross_class_specialization",
+            "diagonal",
+            "heatmap",
+            "overfitting_by_layer",
+            "plot_heatmap",
+            "plot_lines",
+            "specialization",
+        ),
+        "features": (
+            "DEFAULT_TYPES",
+            "FeatureHooks",
+            "ModelInput",
+            "check_pooling",
+            "collect_features",
+            "iter_features",
+            "select_layers",
+            "unwrap",
+        ),
+        "kernels": (
+            "SimilarityError",
+            "kernel_cka",
+            "linear_cka",
+            "linear_cka_matrix",
+            "minibatch_cka",
+            "procrustes_distance",
+            "pwcca",
+            "rbf_cka",
+            "svcca",
+        ),
+        "metrics": (
+            "PWCCA",
+            "RBFCKA",
+            "SVCCA",
+            "LinearCKA",
+            "MinibatchCKAMetric",
+            "ProcrustesDistance",
+            "SimilarityMetric",
+            "as_similarity",
+            "pair_values",
+            "similarity_matrix",
+        ),
+        "stage": (
+            "SimilarityJob",
+            "run_similarity",
+        ),
+        "streaming": (
+            "FeatureBuffer",
+            "LinearCKAStream",
+            "MinibatchCKA",
+            "MomentStream",
+        ),
+    },
+)
+__all__ = _face.names
+
+
+def __getattr__(name: str) -> Any:
+    return _face.attr(name)
+
+
+def __dir__() -> list[str]:
+    return _face.dir()

@@ -8,60 +8,60 @@ Quick use::
     result.history   # one row per epoch: loss, clean/robust train and test accuracy, ...
 """
 
-from .attacks import bn_mode, default_alpha, perturb
-from .config import LoopConfig
-from .loop import (
-    Callback,
-    Checkpointer,
-    LoopState,
-    TrainResult,
-    accuracy,
-    evaluate,
-    fit,
-    has_state,
-    train_model,
-)
-from .objectives import (
-    AdversarialObjective,
-    EpsSchedule,
-    FastATObjective,
-    MARTObjective,
-    Objective,
-    ObjectiveOutput,
-    PGDATObjective,
-    Progress,
-    StandardObjective,
-    TRADESObjective,
-)
-from .plots import plot_history
-from .schedules import lr_factor, make_optimizer, make_scheduler
+from __future__ import annotations
 
-__all__ = [
-    "AdversarialObjective",
-    "Callback",
-    "Checkpointer",
-    "EpsSchedule",
-    "FastATObjective",
-    "LoopConfig",
-    "LoopState",
-    "MARTObjective",
-    "Objective",
-    "ObjectiveOutput",
-    "PGDATObjective",
-    "Progress",
-    "StandardObjective",
-    "TRADESObjective",
-    "TrainResult",
-    "accuracy",
-    "bn_mode",
-    "default_alpha",
-    "evaluate",
-    "fit",
-    "has_state",
-    "lr_factor",
-    "make_optimizer",
-    "make_scheduler",
-    "perturb",
-    "plot_history",
-    "train_model",
-]
+from typing import Any
+
+from ..lazy import LazyFace
+
+#: submodule -> the public names it defines; importing this face imports none of them (each on
+#: first use), so reading option models from it needs no torch (see rtk.lazy)
+_face = LazyFace(
+    __name__,
+    {
+        "attacks": (
+            "bn_mode",
+            "default_alpha",
+            "perturb",
+        ),
+        "config": ("LoopConfig",),
+        "loop": (
+            "Callback",
+            "Checkpointer",
+            "LoopState",
+            "TrainResult",
+            "accuracy",
+            "evaluate",
+            "fit",
+            "has_state",
+            "train_model",
+        ),
+        "objectives": (
+            "AdversarialObjective",
+            "EpsSchedule",
+            "FastATObjective",
+            "MARTObjective",
+            "Objective",
+            "ObjectiveOutput",
+            "PGDATObjective",
+            "Progress",
+            "StandardObjective",
+            "TRADESObjective",
+        ),
+        "plots": ("plot_history",),
+        "schedules": (
+            "lr_factor",
+            "make_optimizer",
+            "make_scheduler",
+        ),
+    },
+)
+__all__ = _face.names
+
+
+def __getattr__(name: str) -> Any:
+    return _face.attr(name)
+
+
+def __dir__() -> list[str]:
+    return _face.dir()
