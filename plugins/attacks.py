@@ -283,15 +283,49 @@ def _builder(make: Make, *, rtk_restarts: bool = False) -> Callable:
     return build
 
 
+#: The built-in attacks' records, in the order ``rtk attacks`` lists them; filled by :func:`_attack`
+#: (stacked decorators run bottom-up: the one nearest ``def`` declares its attack first).
+_SPECS: list[rtk.AttackSpec] = []
+
+
+def _attack(
+    name: str,
+    options: type[rtk.Options],
+    summary: str,
+    *,
+    norm: str = "Linf",
+    effort: str | None = "steps",
+    black_box: bool = False,
+    rtk_restarts: bool = False,
+) -> Callable[[Make], Make]:
+    """Decorator: declares the attack ``name`` whose torchattacks object the decorated ``make`` builds
+    (see :func:`_builder`; ``rtk_restarts`` goes to it); the other arguments are the record's fields."""
+
+    def declare(make: Make) -> Make:
+        build = _builder(make, rtk_restarts=rtk_restarts)
+        spec = rtk.AttackSpec(
+            name=name, summary=summary, options=options, build=build, norm=norm, black_box=black_box, effort=effort
+        )
+        _SPECS.append(spec)
+        return make
+
+    return declare
+
+
 def _target_classes(o: Any, k: int) -> int:
     """torchattacks' ``n_classes`` for the top ``o.n_target_classes`` targets (capped at k-1)."""
     return min(o.n_target_classes, k - 1) + 1
 
 
+@_attack("fgsm", FGSMOptions, "fast gradient sign method, L-inf (Goodfellow et al. 2015)", effort=None)
 def _fgsm(ta, view, o: FGSMOptions, k: int):
     return ta.FGSM(view, eps=o.eps)
 
 
+@_attack("pgd-l2", PGDL2Options, "projected gradient descent, L2 (Madry et al. 2018)", norm="L2", rtk_restarts=True)
+@_attack(
+    "pgd", PGDOptions, "projected gradient descent, L-inf (Madry et al. 2018), via torchattacks", rtk_restarts=True
+)
 def _pgd(ta, view, o: PGDOptions, k: int):
     """PGD, in L2 for :class:`PGDL2Options`."""
     step = o.step_size if o.step_size is not None else o.eps / 4
@@ -299,22 +333,22 @@ def _pgd(ta, view, o: PGDOptions, k: int):
     return attack(view, eps=o.eps, alpha=step, steps=o.steps, random_start=o.random_start)
 
 
+def _threat(o: _EpsByNorm) -> dict[str, Any]:
+    """The keywords every component of AutoAttack in torchattacks takes: the threat model, its budget, the seed."""
+    return {"norm": o.norm, "eps": o.eps, "seed": o.seed}
+
+
 def _apgd_args(o: APGDOptions) -> dict[str, Any]:
-    return {
-        "norm": o.norm,
-        "eps": o.eps,
-        "steps": o.steps,
-        "n_restarts": o.restarts,
-        "seed": o.seed,
-        "eot_iter": o.eot_iter,
-        "rho": o.rho,
-    }
+    return {**_threat(o), "steps": o.steps, "n_restarts": o.restarts, "eot_iter": o.eot_iter, "rho": o.rho}
 
 
+@_attack("apgd-ce", APGDOptions, "auto-PGD on cross-entropy, Linf or L2 (Croce & Hein 2020)")
 def _apgd_ce(ta, view, o: APGDOptions, k: int):
     return ta.APGD(view, loss="ce", **_apgd_args(o))
 
 
+@_attack("apgd-t", APGDTOptions, "targeted auto-PGD on the DLR loss (APGD-T of AutoAttack)")
+@_attack("apgd-dlr", APGDDLROptions, "auto-PGD on the DLR loss, untargeted or targeted (Croce & Hein 2020)")
 def _apgd_dlr(ta, view, o: APGDDLROptions, k: int):
     if o.targeted:
         _need_classes("apgd-t", k, 4)
@@ -323,48 +357,48 @@ def _apgd_dlr(ta, view, o: APGDDLROptions, k: int):
     return ta.APGD(view, loss="dlr", **_apgd_args(o))
 
 
+@_attack("fab", FABOptions, "fast adaptive boundary attack, Linf/L2/L1, untargeted or FAB-T (Croce & Hein 2020)")
 def _fab(ta, view, o: FABOptions, k: int):
     return ta.FAB(
         view,
-        norm=o.norm,
-        eps=o.eps,
         steps=o.steps,
         n_restarts=o.restarts,
         alpha_max=o.alpha_max,
         eta=o.eta,
         beta=o.beta,
-        seed=o.seed,
         multi_targeted=o.targeted,
         n_classes=_target_classes(o, k),
+        **_threat(o),
     )
 
 
+@_attack(
+    "square",
+    SquareOptions,
+    "Square attack: black-box random search, Linf or L2 (Andriushchenko et al. 2020)",
+    black_box=True,
+    effort="queries",
+)
 def _square(ta, view, o: SquareOptions, k: int):
-    return ta.Square(
-        view,
-        norm=o.norm,
-        eps=o.eps,
-        n_queries=o.queries,
-        n_restarts=o.restarts,
-        p_init=o.p_init,
-        loss=o.loss,
-        seed=o.seed,
-    )
+    return ta.Square(view, n_queries=o.queries, n_restarts=o.restarts, p_init=o.p_init, loss=o.loss, **_threat(o))
 
 
+@_attack("cw-l2", CWOptions, "Carlini-Wagner L2 (no fixed budget; perturbation sizes are recorded)", norm="none")
 def _cw(ta, view, o: CWOptions, k: int):
     return ta.CW(view, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr)
 
 
+@_attack("deepfool", DeepFoolOptions, "DeepFool, minimal L2 perturbation (no fixed budget)", norm="none")
 def _deepfool(ta, view, o: DeepFoolOptions, k: int):
     return ta.DeepFool(view, steps=o.steps, overshoot=o.overshoot)
 
 
+@_attack("autoattack", AutoAttackOptions, "AutoAttack: APGD-CE, APGD-T, FAB-T, Square (standard), plus, or rand")
 def _autoattack(ta, view, o: AutoAttackOptions, k: int):
     """AutoAttack (Croce & Hein 2020) composed from torchattacks' components with the
     original settings (100 iterations, 9 target classes, 5000 Square queries); each
     component runs only on the examples the previous ones did not break."""
-    common = {"norm": o.norm, "eps": o.eps, "seed": o.seed}
+    common = _threat(o)
     nt = _target_classes(o, k)
 
     def apgd(loss: str, restarts: int = 1, eot_iter: int = 1):
@@ -395,92 +429,4 @@ def _autoattack(ta, view, o: AutoAttackOptions, k: int):
 
 @rtk.hookimpl
 def rtk_attacks():
-    A = rtk.AttackSpec
-    yield A(
-        name="fgsm",
-        summary="fast gradient sign method, L-inf (Goodfellow et al. 2015)",
-        options=FGSMOptions,
-        build=_builder(_fgsm),
-        norm="Linf",
-    )
-    yield A(
-        name="pgd",
-        summary="projected gradient descent, L-inf (Madry et al. 2018), via torchattacks",
-        options=PGDOptions,
-        build=_builder(_pgd, rtk_restarts=True),
-        norm="Linf",
-        effort="steps",
-    )
-    yield A(
-        name="pgd-l2",
-        summary="projected gradient descent, L2 (Madry et al. 2018)",
-        options=PGDL2Options,
-        build=_builder(_pgd, rtk_restarts=True),
-        norm="L2",
-        effort="steps",
-    )
-    yield A(
-        name="apgd-ce",
-        summary="auto-PGD on cross-entropy, Linf or L2 (Croce & Hein 2020)",
-        options=APGDOptions,
-        build=_builder(_apgd_ce),
-        norm="Linf",
-        effort="steps",
-    )
-    yield A(
-        name="apgd-dlr",
-        summary="auto-PGD on the DLR loss, untargeted or targeted (Croce & Hein 2020)",
-        options=APGDDLROptions,
-        build=_builder(_apgd_dlr),
-        norm="Linf",
-        effort="steps",
-    )
-    yield A(
-        name="apgd-t",
-        summary="targeted auto-PGD on the DLR loss (APGD-T of AutoAttack)",
-        options=APGDTOptions,
-        build=_builder(_apgd_dlr),
-        norm="Linf",
-        effort="steps",
-    )
-    yield A(
-        name="fab",
-        summary="fast adaptive boundary attack, Linf/L2/L1, untargeted or FAB-T (Croce & Hein 2020)",
-        options=FABOptions,
-        build=_builder(_fab),
-        norm="Linf",
-        effort="steps",
-    )
-    yield A(
-        name="square",
-        summary="Square attack: black-box random search, Linf or L2 (Andriushchenko et al. 2020)",
-        options=SquareOptions,
-        build=_builder(_square),
-        norm="Linf",
-        black_box=True,
-        effort="queries",
-    )
-    yield A(
-        name="cw-l2",
-        summary="Carlini-Wagner L2 (no fixed budget; perturbation sizes are recorded)",
-        options=CWOptions,
-        build=_builder(_cw),
-        norm="none",
-        effort="steps",
-    )
-    yield A(
-        name="deepfool",
-        summary="DeepFool, minimal L2 perturbation (no fixed budget)",
-        options=DeepFoolOptions,
-        build=_builder(_deepfool),
-        norm="none",
-        effort="steps",
-    )
-    yield A(
-        name="autoattack",
-        summary="AutoAttack: APGD-CE, APGD-T, FAB-T, Square (standard), plus, or rand",
-        options=AutoAttackOptions,
-        build=_builder(_autoattack),
-        norm="Linf",
-        effort="steps",
-    )
+    yield from _SPECS
