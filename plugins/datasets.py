@@ -7,12 +7,13 @@ before any work starts, that their files are where they are expected.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 import rtk
-from rtk.data import DataOptions
+from rtk.data import DataOptions, DatasetBundle, FileSource
 
 ROOT_HELP = "folder holding the files (default: $RTK_DATA/{name}, with $RTK_DATA defaulting to ~/.cache/rtk/datasets)"
 DOWNLOAD_HELP = "download the files through torchvision when they are missing (needs network access)"
@@ -27,38 +28,40 @@ def _digits(opts: DigitsOptions):
     return rtk.data.load_digits(opts.test_fraction, opts.split_seed)
 
 
-class FashionMNISTOptions(DataOptions):
+class _FileOptions(DataOptions):
+    """Options of a dataset read from files: the folder they lie in and whether torchvision may fetch them."""
+
+    root: str | None = Field(None, description="folder holding the files")
+    download: bool = Field(False, description=DOWNLOAD_HELP)
+
+
+class FashionMNISTOptions(_FileOptions):
     root: str | None = Field(
         None,
         description="folder holding the four IDX .gz files (default: "
         "/usr/share/datasets/fashion-mnist, then $RTK_DATA/fashion-mnist)",
     )
-    download: bool = Field(False, description=DOWNLOAD_HELP)
 
 
-class MNISTOptions(DataOptions):
+class MNISTOptions(_FileOptions):
     root: str | None = Field(None, description=ROOT_HELP.format(name="mnist"))
-    download: bool = Field(False, description=DOWNLOAD_HELP)
 
 
-class CIFAR10Options(DataOptions):
+class CIFAR10Options(_FileOptions):
     root: str | None = Field(
         None, description=ROOT_HELP.format(name="cifar10") + "; the batches may lie in root/cifar-10-batches-py"
     )
-    download: bool = Field(False, description=DOWNLOAD_HELP)
 
 
-class CIFAR100Options(DataOptions):
+class CIFAR100Options(_FileOptions):
     root: str | None = Field(
         None, description=ROOT_HELP.format(name="cifar100") + "; the files may lie in root/cifar-100-python"
     )
-    download: bool = Field(False, description=DOWNLOAD_HELP)
     labels: Literal["fine", "coarse"] = Field("fine", description="100 fine classes or 20 coarse superclasses")
 
 
-class SVHNOptions(DataOptions):
+class SVHNOptions(_FileOptions):
     root: str | None = Field(None, description=ROOT_HELP.format(name="svhn"))
-    download: bool = Field(False, description=DOWNLOAD_HELP)
     extra: bool = Field(False, description="append the 531,131 'extra' images to the training split")
 
 
@@ -92,44 +95,18 @@ class ImageFolderOptions(DataOptions):
         return self
 
 
-def _fashion(o: FashionMNISTOptions):
-    return rtk.data.load_fashion_mnist(o.root, o.download)
-
-
-def _fashion_check(o: FashionMNISTOptions):
-    return rtk.data.fashion_mnist_source(o.root).problems(o.download)
-
-
-def _mnist(o: MNISTOptions):
-    return rtk.data.load_mnist(o.root, o.download)
-
-
-def _mnist_check(o: MNISTOptions):
-    return rtk.data.mnist_source(o.root).problems(o.download)
-
-
-def _cifar10(o: CIFAR10Options):
-    return rtk.data.load_cifar10(o.root, o.download)
-
-
-def _cifar10_check(o: CIFAR10Options):
-    return rtk.data.cifar10_source(o.root).problems(o.download)
-
-
-def _cifar100(o: CIFAR100Options):
-    return rtk.data.load_cifar100(o.root, o.download, o.labels)
-
-
-def _cifar100_check(o: CIFAR100Options):
-    return rtk.data.cifar100_source(o.root).problems(o.download)
-
-
-def _svhn(o: SVHNOptions):
-    return rtk.data.load_svhn(o.root, o.download, o.extra)
-
-
-def _svhn_check(o: SVHNOptions):
-    return rtk.data.svhn_source(o.root, o.extra).problems(o.download)
+def _files(
+    name: str,
+    options: type[_FileOptions],
+    summary: str,
+    load: Callable[[Any], DatasetBundle],
+    source: Callable[[Any], FileSource],
+) -> rtk.DatasetSpec:
+    """The record of a dataset read from files: ``load(o)`` reads them, ``source(o)`` says where they are
+    looked for, so that the check reports missing files (unless ``o.download``) before any work starts."""
+    return rtk.DatasetSpec(
+        name=name, summary=summary, options=options, load=load, check=lambda o: source(o).problems(o.download)
+    )
 
 
 def _imagefolder(o: ImageFolderOptions):
@@ -157,40 +134,40 @@ def rtk_datasets():
         options=DigitsOptions,
         load=_digits,
     )
-    yield rtk.DatasetSpec(
-        name="fashion-mnist",
-        summary="Fashion-MNIST, 70,000 28x28 images, IDX files (Debian: apt-get install dataset-fashion-mnist)",
-        options=FashionMNISTOptions,
-        load=_fashion,
-        check=_fashion_check,
+    yield _files(
+        "fashion-mnist",
+        FashionMNISTOptions,
+        "Fashion-MNIST, 70,000 28x28 images, IDX files (Debian: apt-get install dataset-fashion-mnist)",
+        lambda o: rtk.data.load_fashion_mnist(o.root, o.download),
+        lambda o: rtk.data.fashion_mnist_source(o.root),
     )
-    yield rtk.DatasetSpec(
-        name="mnist",
-        summary="MNIST handwritten digits, 70,000 28x28 images, IDX files",
-        options=MNISTOptions,
-        load=_mnist,
-        check=_mnist_check,
+    yield _files(
+        "mnist",
+        MNISTOptions,
+        "MNIST handwritten digits, 70,000 28x28 images, IDX files",
+        lambda o: rtk.data.load_mnist(o.root, o.download),
+        lambda o: rtk.data.mnist_source(o.root),
     )
-    yield rtk.DatasetSpec(
-        name="cifar10",
-        summary="CIFAR-10, 60,000 32x32 colour images, 10 classes (python batches)",
-        options=CIFAR10Options,
-        load=_cifar10,
-        check=_cifar10_check,
+    yield _files(
+        "cifar10",
+        CIFAR10Options,
+        "CIFAR-10, 60,000 32x32 colour images, 10 classes (python batches)",
+        lambda o: rtk.data.load_cifar10(o.root, o.download),
+        lambda o: rtk.data.cifar10_source(o.root),
     )
-    yield rtk.DatasetSpec(
-        name="cifar100",
-        summary="CIFAR-100, 60,000 32x32 colour images, 100 (or 20) classes",
-        options=CIFAR100Options,
-        load=_cifar100,
-        check=_cifar100_check,
+    yield _files(
+        "cifar100",
+        CIFAR100Options,
+        "CIFAR-100, 60,000 32x32 colour images, 100 (or 20) classes",
+        lambda o: rtk.data.load_cifar100(o.root, o.download, o.labels),
+        lambda o: rtk.data.cifar100_source(o.root),
     )
-    yield rtk.DatasetSpec(
-        name="svhn",
-        summary="SVHN cropped house-number digits, 32x32 colour (.mat files, scipy)",
-        options=SVHNOptions,
-        load=_svhn,
-        check=_svhn_check,
+    yield _files(
+        "svhn",
+        SVHNOptions,
+        "SVHN cropped house-number digits, 32x32 colour (.mat files, scipy)",
+        lambda o: rtk.data.load_svhn(o.root, o.download, o.extra),
+        lambda o: rtk.data.svhn_source(o.root, o.extra),
     )
     yield rtk.DatasetSpec(
         name="imagefolder",
