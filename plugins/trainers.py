@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -14,11 +15,18 @@ from rtk.training import LoopConfig
 
 
 # ---------------------------------------------------------------------------- trainer options
-class StandardOptions(rtk.Options):
+class _ObjectiveOptions(rtk.Options):
+    """Options whose keys are the keyword arguments of the trainer's objective, name for name."""
+
+    def objective_kwargs(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in type(self).model_fields}
+
+
+class StandardOptions(_ObjectiveOptions):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
 
 
-class _AdversarialOptions(rtk.Options):
+class _AdversarialOptions(_ObjectiveOptions):
     norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
     eps: rtk.Eps = Field(8 / 255, gt=0, description="training radius, a float or a fraction such as '8/255'")
     alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
@@ -38,17 +46,6 @@ class _AdversarialOptions(rtk.Options):
                 "(write fractions such as '8/255'); an L2 radius needs norm = 'L2'"
             )
         return v
-
-    def common(self) -> dict[str, Any]:
-        return {
-            "eps": self.eps,
-            "alpha": self.alpha,
-            "steps": self.steps,
-            "norm": self.norm,
-            "attack_bn": self.attack_bn,
-            "eps_warmup": self.eps_warmup,
-            "eps_ramp": self.eps_ramp,
-        }
 
 
 class PGDATOptions(_AdversarialOptions):
@@ -74,8 +71,8 @@ class FastATOptions(_AdversarialOptions):
             raise ValueError("fast-at takes exactly one FGSM step; for multi-step training use the trainer 'pgd-at'")
         return v
 
-    def common(self) -> dict[str, Any]:
-        return {**super().common(), "steps": 1}
+    def objective_kwargs(self) -> dict[str, Any]:
+        return {**super().objective_kwargs(), "steps": 1}
 
 
 # ---------------------------------------------------------------------------- stages
@@ -315,38 +312,25 @@ def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.Sta
     return _train(ctx, opts, name, module)
 
 
+#: The built-in trainers: name, options, objective class in :mod:`rtk.training` (built from the options' keys,
+#: looked up when built so that listing the trainers imports no torch), summary.
+_TRAINERS = (
+    ("standard", StandardOptions, "StandardObjective", "cross-entropy on clean inputs"),
+    ("pgd-at", PGDATOptions, "PGDATObjective", "PGD adversarial training (Madry et al. 2018)"),
+    ("trades", TRADESOptions, "TRADESObjective", "TRADES: clean CE + beta * KL to adversarial (Zhang et al. 2019)"),
+    ("mart", MARTOptions, "MARTObjective", "MART: misclassification-aware adversarial training (Wang et al. 2020)"),
+    ("fast-at", FastATOptions, "FastATObjective", "fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)"),
+)
+
+
+def _objective_builder(objective: str) -> Callable[[_ObjectiveOptions], Any]:
+    return lambda o: getattr(rtk.training, objective)(**o.objective_kwargs())
+
+
 @rtk.hookimpl
 def rtk_trainers():
-    yield rtk.TrainerSpec(
-        name="standard",
-        summary="cross-entropy on clean inputs",
-        options=StandardOptions,
-        build=lambda o: rtk.training.StandardObjective(o.label_smoothing),
-    )
-    yield rtk.TrainerSpec(
-        name="pgd-at",
-        summary="PGD adversarial training (Madry et al. 2018)",
-        options=PGDATOptions,
-        build=lambda o: rtk.training.PGDATObjective(**o.common(), random_start=o.random_start),
-    )
-    yield rtk.TrainerSpec(
-        name="trades",
-        summary="TRADES: clean CE + beta * KL to adversarial (Zhang et al. 2019)",
-        options=TRADESOptions,
-        build=lambda o: rtk.training.TRADESObjective(**o.common(), beta=o.beta),
-    )
-    yield rtk.TrainerSpec(
-        name="mart",
-        summary="MART: misclassification-aware adversarial training (Wang et al. 2020)",
-        options=MARTOptions,
-        build=lambda o: rtk.training.MARTObjective(**o.common(), beta=o.beta),
-    )
-    yield rtk.TrainerSpec(
-        name="fast-at",
-        summary="fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)",
-        options=FastATOptions,
-        build=lambda o: rtk.training.FastATObjective(**o.common()),
-    )
+    for name, options, objective, summary in _TRAINERS:
+        yield rtk.TrainerSpec(name=name, summary=summary, options=options, build=_objective_builder(objective))
 
 
 @rtk.hookimpl
