@@ -18,8 +18,9 @@ Datasets (``[dataset] name = "<source>:<what>"`` or ``name = "tensors"``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import ConfigDict, Field
 
@@ -29,42 +30,67 @@ from rtk.data import DataOptions
 OPTIONS_HELP = "every other key is passed to the callable as a keyword argument"
 
 
-class _CodeOptions(rtk.Options):
-    """Options of a user-code source: ``source`` plus the callable's own keyword options."""
+#: The ``source`` forms of the user-code sources.
+_CODE_FORMS = {"python": "<file.py>:<callable>", "module": "<package.module>:<callable>"}
+
+
+def _source_field(key: str, kind: str) -> Any:
+    """The ``source`` option of the user-code source ``kind``, written ``key = "<kind>:..."``."""
+    form = _CODE_FORMS[kind]
+    where = ", the file relative to the experiment file" if kind == "python" else ""
+    return Field(description=f"'{form}'{where}; written {key} = \"{kind}:{form}\"; {OPTIONS_HELP}")
+
+
+class _Kwargs(rtk.Options):
+    """Options that pass every key they do not declare on, as keyword arguments (``kwargs``)."""
 
     model_config = ConfigDict(extra="allow")
-    source: str = Field(description="'<file.py>:<callable>' or '<package.module>:<callable>'")
 
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
-class PythonModelOptions(_CodeOptions):
-    source: str = Field(
-        description="'<file.py>:<callable>', the file relative to the experiment file; written "
-        f'arch = "python:<file.py>:<callable>"; {OPTIONS_HELP}'
-    )
+class _FileSource(rtk.Options):
+    """A user-code source whose file is named relative to the experiment file."""
 
-    def relative_to(self, base: Path) -> PythonModelOptions:
+    source: str
+
+    def relative_to(self, base: Path) -> Self:
         from rtk.models import rebase_source
 
         return self.model_copy(update={"source": rebase_source(self.source, base)})
 
 
+class _CodeOptions(_Kwargs):
+    """Options of a user-code source: ``source`` plus the callable's own keyword options."""
+
+    source: str = Field(description="'<file.py>:<callable>' or '<package.module>:<callable>'")
+
+
+class PythonModelOptions(_FileSource, _CodeOptions):
+    source: str = _source_field("arch", "python")
+
+
 class ModuleModelOptions(_CodeOptions):
-    source: str = Field(
-        description=f"'<package.module>:<callable>'; written arch = \"module:<package.module>:<callable>\"; {OPTIONS_HELP}"
-    )
+    source: str = _source_field("arch", "module")
 
 
-class LibraryModelOptions(rtk.Options):
-    model_config = ConfigDict(extra="allow")
+class LibraryModelOptions(_Kwargs):
     source: str = Field(description="the library's model name; every other key is passed to its builder")
 
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+
+def _code_sources(
+    record: Callable[..., Any],
+    options: tuple[type[rtk.Options], type[rtk.Options]],
+    summaries: tuple[str, str],
+    **make: Callable[[str], Callable[..., Any]],
+) -> Iterator[Any]:
+    """The records of the ``python`` and ``module`` sources of one kind (models, datasets), in that order;
+    ``make`` gives each of the record's callables, made for the source's name."""
+    for kind, opts, summary in zip(_CODE_FORMS, options, summaries):
+        callables = {key: made(kind) for key, made in make.items()}
+        yield record(name=kind, summary=summary, options=opts, source=_CODE_FORMS[kind], **callables)
 
 
 def _code_check(kind: str):
@@ -77,21 +103,15 @@ def _code_build(kind: str):
 
 @rtk.hookimpl
 def rtk_models():
-    yield rtk.ModelSpec(
-        name="python",
-        summary="source: a callable in your own Python file (relative to the experiment file) returning an nn.Module",
-        options=PythonModelOptions,
-        build=_code_build("python"),
-        check=_code_check("python"),
-        source="<file.py>:<callable>",
-    )
-    yield rtk.ModelSpec(
-        name="module",
-        summary="source: a callable of an importable module returning an nn.Module",
-        options=ModuleModelOptions,
-        build=_code_build("module"),
-        check=_code_check("module"),
-        source="<package.module>:<callable>",
+    yield from _code_sources(
+        rtk.ModelSpec,
+        (PythonModelOptions, ModuleModelOptions),
+        (
+            "source: a callable in your own Python file (relative to the experiment file) returning an nn.Module",
+            "source: a callable of an importable module returning an nn.Module",
+        ),
+        build=_code_build,
+        check=_code_check,
     )
     yield rtk.ModelSpec(
         name="torchvision",
@@ -112,32 +132,17 @@ def rtk_models():
 
 
 # ---------------------------------------------------------------------------- datasets
-class _CodeDataOptions(DataOptions):
-    model_config = ConfigDict(extra="allow")
+class _CodeDataOptions(DataOptions, _Kwargs):
     source: str = Field(description="'<file.py>:<callable>' or '<package.module>:<callable>'")
     num_classes: int | None = Field(None, ge=1, description="number of classes (default: the largest label + 1)")
 
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
-
-class PythonDataOptions(_CodeDataOptions):
-    source: str = Field(
-        description="'<file.py>:<callable>', the file relative to the experiment file; written "
-        f'name = "python:<file.py>:<callable>"; {OPTIONS_HELP}'
-    )
-
-    def relative_to(self, base: Path) -> PythonDataOptions:
-        from rtk.models import rebase_source
-
-        return self.model_copy(update={"source": rebase_source(self.source, base)})
+class PythonDataOptions(_FileSource, _CodeDataOptions):
+    source: str = _source_field("name", "python")
 
 
 class ModuleDataOptions(_CodeDataOptions):
-    source: str = Field(
-        description=f"'<package.module>:<callable>'; written name = \"module:<package.module>:<callable>\"; {OPTIONS_HELP}"
-    )
+    source: str = _source_field("name", "module")
 
 
 def _data_check(kind: str):
@@ -178,8 +183,7 @@ def _tensors_check(o: TensorsOptions) -> list[str]:
     return tensor_file_problems(train=o.train, test=o.test)
 
 
-class TorchvisionDataOptions(DataOptions):
-    model_config = ConfigDict(extra="allow")
+class TorchvisionDataOptions(DataOptions, _Kwargs):
     source: str = Field(description='the torchvision.datasets class, e.g. "MNIST"; written name = "torchvision:MNIST"')
     root: str | None = Field(None, description="folder of the files (default: $RTK_DATA/<class name>)")
     download: bool = Field(False, description="download the files through torchvision when missing (needs network)")
@@ -189,32 +193,26 @@ def _torchvision_data(o: TorchvisionDataOptions):
     from rtk.data import data_home, load_torchvision_dataset
 
     root = o.root or str(data_home() / o.source)
-    return load_torchvision_dataset(o.source, root, download=o.download, kwargs=dict(o.model_extra or {}))
+    return load_torchvision_dataset(o.source, root, download=o.download, kwargs=o.kwargs)
 
 
 def _torchvision_data_check(o: TorchvisionDataOptions) -> list[str]:
     from rtk.data import torchvision_problems
 
-    return torchvision_problems(o.source, dict(o.model_extra or {}))
+    return torchvision_problems(o.source, o.kwargs)
 
 
 @rtk.hookimpl
 def rtk_datasets():
-    yield rtk.DatasetSpec(
-        name="python",
-        summary="source: a callable in your own Python file returning a Dataset or a (train, test) pair",
-        options=PythonDataOptions,
-        load=_data_load("python"),
-        check=_data_check("python"),
-        source="<file.py>:<callable>",
-    )
-    yield rtk.DatasetSpec(
-        name="module",
-        summary="source: a callable of an importable module returning a Dataset or a (train, test) pair",
-        options=ModuleDataOptions,
-        load=_data_load("module"),
-        check=_data_check("module"),
-        source="<package.module>:<callable>",
+    yield from _code_sources(
+        rtk.DatasetSpec,
+        (PythonDataOptions, ModuleDataOptions),
+        (
+            "source: a callable in your own Python file returning a Dataset or a (train, test) pair",
+            "source: a callable of an importable module returning a Dataset or a (train, test) pair",
+        ),
+        load=_data_load,
+        check=_data_check,
     )
     yield rtk.DatasetSpec(
         name="tensors",
