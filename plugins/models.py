@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import Field, field_validator
 
 import rtk
@@ -69,76 +72,30 @@ class ResNetSmallOptions(rtk.Options):
     width: int = Field(16, ge=1, le=1024, description="channels of the first stage (stages: width x 1, 2, 4)")
 
 
-def _mlp(info, o: MLPOptions):
-    from rtk.models import mlp
-
-    return mlp(info, o.hidden)
-
-
-def _cnn_small(info, o: SmallCNNOptions):
-    from rtk.models import cnn_small
-
-    return cnn_small(info, o.width, o.fc)
-
-
-def _cnn_large(info, o: LargeCNNOptions):
-    from rtk.models import cnn_large
-
-    return cnn_large(info, o.width)
-
-
-def _vgg16(info, o: VGG16Options):
-    return rtk.models.vgg16(info, o.fc, o.pool_size, o.width)
+#: The built-in architectures: name, options, builder in :mod:`rtk.models` (its keywords are the options' keys),
+#: summary.
+_MODELS = (
+    ("mlp", MLPOptions, "mlp", "multi-layer perceptron"),
+    ("cnn-small", SmallCNNOptions, "cnn_small", "conv16-conv32-fc100, the small verifiable CNN"),
+    ("cnn-large", LargeCNNOptions, "cnn_large", "conv32x2-conv64x2-fc512x2, the large verifiable CNN"),
+    ("vgg16", VGG16Options, "vgg16", "VGG-16 with BatchNorm, CIFAR style (13 convs, compact classifier)"),
+    ("resnet18", ResNet18Options, "resnet18", "ResNet-18, CIFAR variant (3x3 stem, no max-pool)"),
+    ("wrn", WRNOptions, "wide_resnet", "WideResNet-depth-k (default WRN-28-10), pre-activation, optional dropout"),
+    (
+        "resnet-small",
+        ResNetSmallOptions,
+        "resnet_small",
+        "a small 3-stage ResNet (blocks per stage, base width) for width sweeps on 8x8 to 32x32 inputs",
+    ),
+)
 
 
-def _resnet18(info, o: ResNet18Options):
-    return rtk.models.resnet18(info, o.width)
-
-
-def _wrn(info, o: WRNOptions):
-    return rtk.models.wide_resnet(info, o.depth, o.width, o.dropout)
-
-
-def _resnet_small(info, o: ResNetSmallOptions):
-    return rtk.models.resnet_small(info, o.blocks, o.width)
+def _builder(name: str) -> Callable[[Any, rtk.Options], Any]:
+    """The model's ``build(info, o)``: ``rtk.models.<name>(info, **o.as_kwargs())``."""
+    return lambda info, o: getattr(rtk.models, name)(info, **o.as_kwargs())
 
 
 @rtk.hookimpl
 def rtk_models():
-    yield rtk.ModelSpec(name="mlp", summary="multi-layer perceptron", options=MLPOptions, build=_mlp)
-    yield rtk.ModelSpec(
-        name="cnn-small",
-        summary="conv16-conv32-fc100, the small verifiable CNN",
-        options=SmallCNNOptions,
-        build=_cnn_small,
-    )
-    yield rtk.ModelSpec(
-        name="cnn-large",
-        summary="conv32x2-conv64x2-fc512x2, the large verifiable CNN",
-        options=LargeCNNOptions,
-        build=_cnn_large,
-    )
-    yield rtk.ModelSpec(
-        name="vgg16",
-        summary="VGG-16 with BatchNorm, CIFAR style (13 convs, compact classifier)",
-        options=VGG16Options,
-        build=_vgg16,
-    )
-    yield rtk.ModelSpec(
-        name="resnet18",
-        summary="ResNet-18, CIFAR variant (3x3 stem, no max-pool)",
-        options=ResNet18Options,
-        build=_resnet18,
-    )
-    yield rtk.ModelSpec(
-        name="wrn",
-        summary="WideResNet-depth-k (default WRN-28-10), pre-activation, optional dropout",
-        options=WRNOptions,
-        build=_wrn,
-    )
-    yield rtk.ModelSpec(
-        name="resnet-small",
-        summary="a small 3-stage ResNet (blocks per stage, base width) for width sweeps on 8x8 to 32x32 inputs",
-        options=ResNetSmallOptions,
-        build=_resnet_small,
-    )
+    for name, options, builder, summary in _MODELS:
+        yield rtk.ModelSpec(name=name, summary=summary, options=options, build=_builder(builder))

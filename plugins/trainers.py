@@ -15,18 +15,11 @@ from rtk.training import LoopConfig
 
 
 # ---------------------------------------------------------------------------- trainer options
-class _ObjectiveOptions(rtk.Options):
-    """Options whose keys are the keyword arguments of the trainer's objective, name for name."""
-
-    def objective_kwargs(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in type(self).model_fields}
-
-
-class StandardOptions(_ObjectiveOptions):
+class StandardOptions(rtk.Options):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
 
 
-class _AdversarialOptions(_ObjectiveOptions):
+class _AdversarialOptions(rtk.Options):
     norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
     eps: rtk.Eps = Field(8 / 255, gt=0, description="training radius, a float or a fraction such as '8/255'")
     alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
@@ -71,8 +64,8 @@ class FastATOptions(_AdversarialOptions):
             raise ValueError("fast-at takes exactly one FGSM step; for multi-step training use the trainer 'pgd-at'")
         return v
 
-    def objective_kwargs(self) -> dict[str, Any]:
-        return {**super().objective_kwargs(), "steps": 1}
+    def as_kwargs(self) -> dict[str, Any]:
+        return {**super().as_kwargs(), "steps": 1}
 
 
 # ---------------------------------------------------------------------------- stages
@@ -312,8 +305,8 @@ def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.Sta
     return _train(ctx, opts, name, module)
 
 
-#: The built-in trainers: name, options, objective class in :mod:`rtk.training` (built from the options' keys,
-#: looked up when built so that listing the trainers imports no torch), summary.
+#: The built-in trainers: name, options, objective class in :mod:`rtk.training` (looked up when built, so that
+#: listing the trainers imports no torch), summary.
 _TRAINERS = (
     ("standard", StandardOptions, "StandardObjective", "cross-entropy on clean inputs"),
     ("pgd-at", PGDATOptions, "PGDATObjective", "PGD adversarial training (Madry et al. 2018)"),
@@ -323,8 +316,9 @@ _TRAINERS = (
 )
 
 
-def _objective_builder(objective: str) -> Callable[[_ObjectiveOptions], Any]:
-    return lambda o: getattr(rtk.training, objective)(**o.objective_kwargs())
+def _objective_builder(objective: str) -> Callable[[rtk.Options], Any]:
+    """The trainer's ``build``: the options' keys are the objective's keywords (see ``rtk.Options.as_kwargs``)."""
+    return lambda o: getattr(rtk.training, objective)(**o.as_kwargs())
 
 
 @rtk.hookimpl

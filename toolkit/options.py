@@ -36,6 +36,11 @@ class Options(BaseModel):
             }
         return data
 
+    def as_kwargs(self) -> dict[str, Any]:
+        """Every declared key and its value, for options whose keys are the keyword arguments of the
+        function they configure, name for name (values as validated, not dumped)."""
+        return {key: getattr(self, key) for key in type(self).model_fields}
+
 
 class NoOptions(Options):
     """For components that take no options."""
