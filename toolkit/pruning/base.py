@@ -162,18 +162,3 @@ def compression_label(compression: float) -> str:
     if float(compression).is_integer() and abs(compression) < 1e18:
         return f"{int(compression)}x"
     return f"{compression:g}".replace("e+", "e") + "x"
-
-
-__all__ = [
-    "LOOP_DEFAULTS",
-    "PruneJob",
-    "PruneOutcome",
-    "Pruner",
-    "PruningError",
-    "ScoreTraining",
-    "check_ratio",
-    "compression_label",
-    "keep_count",
-    "make_loop_config",
-    "ratio_from_compression",
-]

@@ -151,16 +151,3 @@ def inference_times(
         for k, m in models.items():
             m.train(states[k])
     return {k: statistics.median(v) for k, v in samples.items()}
-
-
-__all__ = [
-    "SizeReport",
-    "activation_bytes",
-    "inference_times",
-    "layer_sparsity",
-    "layer_weight_counts",
-    "macs",
-    "model_bytes",
-    "remaining_params",
-    "size_report",
-]

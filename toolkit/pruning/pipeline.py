@@ -343,16 +343,3 @@ def plot_accuracy_vs_compression(table: pd.DataFrame, path: str | Path, *, title
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-__all__ = [
-    "CompressionResult",
-    "Evaluator",
-    "Method",
-    "Schedule",
-    "Target",
-    "compress",
-    "example_batch",
-    "plot_accuracy_vs_compression",
-    "pruned_name",
-]

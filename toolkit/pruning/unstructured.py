@@ -187,6 +187,3 @@ class HydraPruner:
                 with torch.no_grad():
                     m.weight.copy_(frozen_before[n])
         return history
-
-
-__all__ = ["HydraPruner", "MagnitudePruner", "RandomPruner", "masks_from_scores"]

@@ -523,20 +523,3 @@ def plot_lines(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-__all__ = [
-    "Heatmap",
-    "heatmap",
-    "Block",
-    "BlockStructure",
-    "block_structure",
-    "common_layers",
-    "diagonal",
-    "overfitting_by_layer",
-    "class_similarity",
-    "specialization",
-    "cross_class_specialization",
-    "plot_heatmap",
-    "plot_lines",
-]

@@ -285,17 +285,3 @@ def as_similarity(values: Tensor, metric: Any) -> Tensor:
         return values
     top = float(getattr(metric, "max_value", 0.0) or float(values.max()) or 1.0)
     return 1.0 - values / top
-
-
-__all__ = [
-    "SimilarityMetric",
-    "LinearCKA",
-    "RBFCKA",
-    "MinibatchCKAMetric",
-    "SVCCA",
-    "PWCCA",
-    "ProcrustesDistance",
-    "similarity_matrix",
-    "pair_values",
-    "as_similarity",
-]

@@ -383,6 +383,3 @@ class FeatureBuffer:
         if not self._xs:
             raise SimilarityError("no batch was given (call update() first)")
         return float(self.metric(torch.cat(self._xs), torch.cat(self._ys)))
-
-
-__all__ = ["MinibatchCKA", "LinearCKAStream", "MomentStream", "FeatureBuffer"]

@@ -259,17 +259,3 @@ class FastATObjective(AdversarialObjective):
         x_adv = self._attack(model, x, y, eps, init="uniform")
         adv_logits = model(x_adv)
         return ObjectiveOutput(F.cross_entropy(adv_logits, y), None, adv_logits)
-
-
-__all__ = [
-    "AdversarialObjective",
-    "EpsSchedule",
-    "FastATObjective",
-    "MARTObjective",
-    "Objective",
-    "ObjectiveOutput",
-    "PGDATObjective",
-    "Progress",
-    "StandardObjective",
-    "TRADESObjective",
-]

@@ -69,6 +69,3 @@ def plot_history(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
-
-
-__all__ = ["plot_history"]
