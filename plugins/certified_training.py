@@ -71,23 +71,25 @@ def _gaussian(o: GaussianNoiseOptions):
     return GaussianNoiseObjective(o.sigma)
 
 
+#: The certified-training trainers: name, options, build, summary.
+_TRAINERS = (
+    (
+        "ibp",
+        IBPTrainOptions,
+        _certified("ibp"),
+        "IBP certified training with eps ramp and kappa schedule (Gowal et al. 2018)",
+    ),
+    (
+        "crown-ibp",
+        CrownIBPTrainOptions,
+        _certified("crown-ibp"),
+        "CROWN-IBP certified training, beta and kappa schedules (Zhang et al. 2020)",
+    ),
+    ("gaussian-noise", GaussianNoiseOptions, _gaussian, "cross-entropy under Gaussian noise, for randomized smoothing"),
+)
+
+
 @rtk.hookimpl
 def rtk_trainers():
-    yield rtk.TrainerSpec(
-        name="ibp",
-        summary="IBP certified training with eps ramp and kappa schedule (Gowal et al. 2018)",
-        options=IBPTrainOptions,
-        build=_certified("ibp"),
-    )
-    yield rtk.TrainerSpec(
-        name="crown-ibp",
-        summary="CROWN-IBP certified training, beta and kappa schedules (Zhang et al. 2020)",
-        options=CrownIBPTrainOptions,
-        build=_certified("crown-ibp"),
-    )
-    yield rtk.TrainerSpec(
-        name="gaussian-noise",
-        summary="cross-entropy under Gaussian noise, for randomized smoothing",
-        options=GaussianNoiseOptions,
-        build=_gaussian,
-    )
+    for name, options, build, summary in _TRAINERS:
+        yield rtk.TrainerSpec(name=name, summary=summary, options=options, build=build)

@@ -75,32 +75,24 @@ def _smoothing(o: SmoothingOptions):
     return SmoothingCertifier(o.sigma, o.n0, o.n, o.alpha, batch_size=o.batch_size, seed=o.seed)
 
 
+#: The built-in certifiers: name, options, build, summary.
+_CERTIFIERS = (
+    ("ibp", IBPOptions, _bound_builder("ibp"), "interval bound propagation, L-inf (Gowal et al. 2018)"),
+    ("crown", CrownOptions, _bound_builder("crown"), "CROWN backward linear relaxation, L-inf (Zhang et al. 2018)"),
+    (
+        "crown-ibp",
+        CrownIBPOptions,
+        _bound_builder("crown-ibp"),
+        "IBP intermediate bounds + CROWN margin bound, L-inf (Zhang et al. 2020)",
+    ),
+    ("smoothing", SmoothingOptions, _smoothing, "randomized smoothing, certified L2 radius (Cohen et al. 2019)"),
+)
+
+
 @rtk.hookimpl
 def rtk_certifiers():
-    yield rtk.CertifierSpec(
-        name="ibp",
-        summary="interval bound propagation, L-inf (Gowal et al. 2018)",
-        options=IBPOptions,
-        build=_bound_builder("ibp"),
-    )
-    yield rtk.CertifierSpec(
-        name="crown",
-        summary="CROWN backward linear relaxation, L-inf (Zhang et al. 2018)",
-        options=CrownOptions,
-        build=_bound_builder("crown"),
-    )
-    yield rtk.CertifierSpec(
-        name="crown-ibp",
-        summary="IBP intermediate bounds + CROWN margin bound, L-inf (Zhang et al. 2020)",
-        options=CrownIBPOptions,
-        build=_bound_builder("crown-ibp"),
-    )
-    yield rtk.CertifierSpec(
-        name="smoothing",
-        summary="randomized smoothing, certified L2 radius (Cohen et al. 2019)",
-        options=SmoothingOptions,
-        build=_smoothing,
-    )
+    for name, options, build, summary in _CERTIFIERS:
+        yield rtk.CertifierSpec(name=name, summary=summary, options=options, build=build)
 
 
 # ---------------------------------------------------------------------------- the stage

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -33,40 +34,36 @@ class SVCCAOptions(rtk.Options):
     dims: int | None = Field(None, ge=1, description="keep exactly this many top directions (overrides variance)")
 
 
+#: The built-in metrics: name, options (their keys are the metric's keywords), metric class in :mod:`rtk.similarity`
+#: (looked up when built, so that listing the metrics imports no torch), summary.
+_METRICS = (
+    ("linear-cka", LinearCKAOptions, "LinearCKA", "linear CKA (Kornblith et al. 2019), biased or debiased"),
+    ("rbf-cka", RBFCKAOptions, "RBFCKA", "RBF-kernel CKA, bandwidth a fraction of the median distance"),
+    (
+        "minibatch-cka",
+        MinibatchCKAOptions,
+        "MinibatchCKAMetric",
+        "minibatch linear CKA with unbiased HSIC (Nguyen et al. 2021), streamed",
+    ),
+    ("svcca", SVCCAOptions, "SVCCA", "SVCCA (Raghu et al. 2017): SVD then mean canonical correlation"),
+    ("pwcca", rtk.NoOptions, "PWCCA", "projection-weighted CCA (Morcos et al. 2018)"),
+    (
+        "procrustes",
+        rtk.NoOptions,
+        "ProcrustesDistance",
+        "orthogonal Procrustes distance (0 = same up to rotation/scale)",
+    ),
+)
+
+
+def _metric_builder(metric: str) -> Callable[[rtk.Options], Any]:
+    return lambda o: getattr(rtk.similarity, metric)(**o.as_kwargs())
+
+
 @rtk.hookimpl
 def rtk_similarity_metrics():
-    yield rtk.SimilaritySpec(
-        name="linear-cka",
-        summary="linear CKA (Kornblith et al. 2019), biased or debiased",
-        options=LinearCKAOptions,
-        build=lambda o: rtk.similarity.LinearCKA(o.debiased),
-    )
-    yield rtk.SimilaritySpec(
-        name="rbf-cka",
-        summary="RBF-kernel CKA, bandwidth a fraction of the median distance",
-        options=RBFCKAOptions,
-        build=lambda o: rtk.similarity.RBFCKA(o.sigma, o.debiased),
-    )
-    yield rtk.SimilaritySpec(
-        name="minibatch-cka",
-        summary="minibatch linear CKA with unbiased HSIC (Nguyen et al. 2021), streamed",
-        options=MinibatchCKAOptions,
-        build=lambda o: rtk.similarity.MinibatchCKAMetric(o.batch_size),
-    )
-    yield rtk.SimilaritySpec(
-        name="svcca",
-        summary="SVCCA (Raghu et al. 2017): SVD then mean canonical correlation",
-        options=SVCCAOptions,
-        build=lambda o: rtk.similarity.SVCCA(o.variance, o.dims),
-    )
-    yield rtk.SimilaritySpec(
-        name="pwcca", summary="projection-weighted CCA (Morcos et al. 2018)", build=lambda o: rtk.similarity.PWCCA()
-    )
-    yield rtk.SimilaritySpec(
-        name="procrustes",
-        summary="orthogonal Procrustes distance (0 = same up to rotation/scale)",
-        build=lambda o: rtk.similarity.ProcrustesDistance(),
-    )
+    for name, options, metric, summary in _METRICS:
+        yield rtk.SimilaritySpec(name=name, summary=summary, options=options, build=_metric_builder(metric))
 
 
 # ----------------------------------------------------------------------------- the stage
