@@ -16,15 +16,6 @@ from rtk.evaluation import ModelOutputError, delta_norms
 _REG = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest (and immune to a busy machine's oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 ATTACKS = _REG.names("attack")
 #: options that keep the expensive defaults short (applied only where the attack has them)
 QUICK = {"steps": 5, "queries": 60, "n_target_classes": 3}

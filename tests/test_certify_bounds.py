@@ -30,15 +30,6 @@ from rtk.models import Normalize
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread (and do not stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomize_bn(model: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(1)
     for m in model.modules():

@@ -32,14 +32,6 @@ EPS = 0.1  # L-inf, on digits' [0, 1] pixel scale
 N_CERT = 150  # test examples certified with CROWN / attacked
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _trainer(registry, name: str, **options):
     spec = registry.get("trainer", name)
     return spec.build(validate_options(spec.options, options, name))

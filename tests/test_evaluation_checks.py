@@ -15,16 +15,6 @@ from torch import nn
 import rtk
 from rtk.evaluation import CHECKS, CheckSettings, SanityCheckError, SanityCheckWarning, evaluate, make_units
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest (and immune to a busy machine's oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 #: budget 2: no check is skipped for work on these tiny evaluations (the skip is tested on its own)
 SETTINGS = CheckSettings(examples=60, black_box_queries=100, budget=2.0)
 N = 150

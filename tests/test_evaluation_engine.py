@@ -26,15 +26,6 @@ from rtk.evaluation import (
 from rtk.evaluation import engine as engine_mod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest (and immune to a busy machine's oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model(digits, tmp_path_factory):
     return cached_digits_cnn(digits, tmp_path_factory)

@@ -17,15 +17,6 @@ from rtk.cli.main import cli
 _REG = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest (and immune to a busy machine's oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def experiment(checkpoint) -> dict:
     return {
         "name": "eval-stage",

@@ -5,17 +5,15 @@ tests/test_data_loaders.py), so only their presence is faked."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import tomllib
 from click.testing import CliRunner
+from experimenthelpers import EXPERIMENTS
 from test_data_loaders import make_cifar10
 
 import rtk
 from rtk.cli.main import cli
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DESIGN = sorted(p.name for p in EXPERIMENTS.glob("paper*-design-*.toml"))
 GPU = ["paper1-cifar10-wrn.toml", "paper2-cifar10-hydra.toml"]
 

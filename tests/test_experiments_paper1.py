@@ -18,44 +18,16 @@ docs/results/paper1.md from the Fashion-MNIST runs, not asserted here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from experimenthelpers import shipped_run
 
 import rtk
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models are tiny: one intra-op thread is as fast, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _run(name: str, tmp_path_factory) -> rtk.RunResult:
-    return rtk.run(EXPERIMENTS / f"paper1-{name}-digits.toml", out=tmp_path_factory.mktemp(name) / "run")
-
-
-@pytest.fixture(scope="module")
-def similarity(tmp_path_factory):
-    return _run("similarity", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    return _run("seeds", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def overfitting(tmp_path_factory):
-    return _run("overfitting", tmp_path_factory)
+similarity = shipped_run("paper1-similarity")
+seeds = shipped_run("paper1-seeds")
+overfitting = shipped_run("paper1-overfitting")
 
 
 def _accuracy(result: rtk.RunResult) -> dict[str, tuple[float, float]]:

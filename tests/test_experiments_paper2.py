@@ -16,52 +16,16 @@ Fashion-MNIST runs, not asserted here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
+from experimenthelpers import EXPERIMENTS, shipped_run
 
 import rtk
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models are tiny: one intra-op thread is as fast, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _run(name: str, tmp_path_factory) -> rtk.RunResult:
-    return rtk.run(EXPERIMENTS / f"paper2-{name}-digits.toml", out=tmp_path_factory.mktemp(name) / "run")
-
-
-@pytest.fixture(scope="module")
-def standard(tmp_path_factory):
-    return _run("standard", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def adversarial(tmp_path_factory):
-    return _run("adversarial", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def verifiable(tmp_path_factory):
-    return _run("verifiable", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def objectives(tmp_path_factory):
-    return _run("objectives", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def high_compression(tmp_path_factory):
-    return _run("high-compression", tmp_path_factory)
+standard = shipped_run("paper2-standard")
+adversarial = shipped_run("paper2-adversarial")
+verifiable = shipped_run("paper2-verifiable")
+objectives = shipped_run("paper2-objectives")
+high_compression = shipped_run("paper2-high-compression")
 
 
 def _rows(result: rtk.RunResult):

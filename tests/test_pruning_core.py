@@ -35,15 +35,6 @@ from rtk.pruning import (
 from rtk.training import StandardObjective
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and least disturbed by other processes) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _build(registry, digits, arch: str, **options):
     spec = registry.get("model", arch)
     opts = rtk.validate_options(spec.options, options, arch)

@@ -5,18 +5,9 @@ pruned models, and ``rtk prune run``."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import rtk
 from rtk.models import load_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_hydra_keeps_most_dense_robust_accuracy_at_10x_and_beats_lwm(in_tmp, registry):

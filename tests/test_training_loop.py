@@ -19,14 +19,6 @@ from rtk.training import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def small(digits):
     return DatasetBundle(digits.info, digits.train.subset(torch.arange(400)), digits.test.subset(torch.arange(100)))

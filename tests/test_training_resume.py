@@ -26,14 +26,6 @@ from rtk.training import state as state_mod
 TIME_COLS = ["train_time_s", "eval_time_s"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Interrupt(Callback):
     """Raise KeyboardInterrupt (as Ctrl-C or a kill would stop the process) mid-epoch."""
 

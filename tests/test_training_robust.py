@@ -15,7 +15,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 import rtk
 from rtk.models import ModelRecipe, read_spec

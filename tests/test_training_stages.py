@@ -12,15 +12,6 @@ import rtk
 from rtk.errors import ConfigError
 from rtk.models.checkpoint import read_tensors
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 BASE = {
     "name": "t",
     "seed": 0,

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 import rtk
 from rtk.errors import ConfigError
