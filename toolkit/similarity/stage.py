@@ -278,57 +278,50 @@ def run_similarity(
             )
 
     # specialization ------------------------------------------------------------
-    if spec_models and "cross-class" in want:
+    def by_class(
+        analyse: Callable[..., Any], column: str, names: tuple[str, str], ylabel: str, title: str
+    ) -> list[pd.DataFrame]:
+        """``analyse`` (specialization or its cross-class form) of every model: its two tables as ``names``,
+        the last layer's ``column`` as a metric, and ``column`` plotted by depth; returns the models' first tables."""
         assert labels is not None
         ncls = int(getattr(getattr(data, "info", None), "num_classes", 0) or int(labels.max()) + 1)
-        xdfs, xpairs = [], []
+        firsts: list[pd.DataFrame] = []
+        seconds: list[pd.DataFrame] = []
         for m in spec_models:
-            xdf, xp = cross_class_specialization(
-                metric, feats[m], labels, model=m, num_classes=ncls, metric_name=job.metric_name
-            )
-            xdf.insert(1, "inputs", labels_in[m])
-            xdfs.append(xdf)
-            xpairs.append(xp)
-            metrics[f"cross_class_specialization_last/{m}"] = float(xdf["cross_class_specialization"].iloc[-1])
-        tables["cross_class"] = pd.concat(xdfs, ignore_index=True)
-        tables["cross_class_pairs"] = pd.concat(xpairs, ignore_index=True)
-        p = fig("cross_class")
+            first, second = analyse(metric, feats[m], labels, model=m, num_classes=ncls, metric_name=job.metric_name)
+            first.insert(1, "inputs", labels_in[m])
+            firsts.append(first)
+            seconds.append(second)
+            metrics[f"{column}_last/{m}"] = float(first[column].iloc[-1])
+        tables[names[0]] = pd.concat(firsts, ignore_index=True)
+        tables[names[1]] = pd.concat(seconds, ignore_index=True)
+        p = fig(names[0])
         if p is not None:
-            figures["cross_class"] = plot_lines(
-                tables["cross_class"],
-                p,
-                x="relative_depth",
-                y="cross_class_specialization",
-                hue="model",
-                ylabel="1 - mean CKA between classes",
-                title="cross-class specialization by layer (paper 1)",
+            figures[names[0]] = plot_lines(
+                tables[names[0]], p, x="relative_depth", y=column, hue="model", ylabel=ylabel, title=title
             )
+        return firsts
+
+    if spec_models and "cross-class" in want:
+        by_class(
+            cross_class_specialization,
+            "cross_class_specialization",
+            ("cross_class", "cross_class_pairs"),
+            "1 - mean CKA between classes",
+            "cross-class specialization by layer (paper 1)",
+        )
     if spec_models and "specialization" in want:
-        assert labels is not None
-        sdfs, cdfs = [], []
-        ncls = int(getattr(getattr(data, "info", None), "num_classes", 0) or int(labels.max()) + 1)
-        for m in spec_models:
-            sdf, cdf = specialization(metric, feats[m], labels, model=m, num_classes=ncls, metric_name=job.metric_name)
-            sdf.insert(1, "inputs", labels_in[m])
-            sdfs.append(sdf)
-            cdfs.append(cdf)
-            metrics[f"specialization_last/{m}"] = float(sdf["specialization"].iloc[-1])
+        sdfs = by_class(
+            specialization,
+            "specialization",
+            ("specialization", "class_similarity"),
+            "within - between class similarity",
+            "specialization by layer",
+        )
+        for m, sdf in zip(spec_models, sdfs):
             lines.append(
                 f"- `{m}` specialization: first layer {sdf['specialization'].iloc[0]:.3f}, "
                 f"last layer {sdf['specialization'].iloc[-1]:.3f}"
-            )
-        tables["specialization"] = pd.concat(sdfs, ignore_index=True)
-        tables["class_similarity"] = pd.concat(cdfs, ignore_index=True)
-        p = fig("specialization")
-        if p is not None:
-            figures["specialization"] = plot_lines(
-                tables["specialization"],
-                p,
-                x="relative_depth",
-                y="specialization",
-                hue="model",
-                ylabel="within - between class similarity",
-                title="specialization by layer",
             )
 
     n_ex = int(labels.shape[0]) if labels is not None else 0
