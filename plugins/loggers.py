@@ -335,29 +335,38 @@ class WandbLogger:
 
 
 # ---------------------------------------------------------------------------- records
+#: The built-in loggers: name, options, logger class, the module it needs, how to install that, summary.
+_LOGGERS = (
+    (
+        "tensorboard",
+        TensorBoardOptions,
+        TensorBoardLogger,
+        "tensorboard",
+        "pip install tensorboard",
+        "TensorBoard event files in the run directory (tensorboard --logdir RUN_DIR)",
+    ),
+    (
+        "mlflow",
+        MLflowOptions,
+        MLflowLogger,
+        "mlflow",
+        "pip install mlflow-skinny (in its own pip call: see docs/tracking.md)",
+        "MLflow tracking (a local file store beside the run directory unless tracking_uri is given)",
+    ),
+    (
+        "wandb",
+        WandbOptions,
+        WandbLogger,
+        "wandb",
+        "pip install 'rtk[wandb]'",
+        "Weights & Biases (offline files under the run directory when there is no key or network)",
+    ),
+)
+
+
 @rtk.hookimpl
 def rtk_loggers():
-    yield rtk.LoggerSpec(
-        name="tensorboard",
-        summary="TensorBoard event files in the run directory (tensorboard --logdir RUN_DIR)",
-        options=TensorBoardOptions,
-        build=TensorBoardLogger,
-        requires=("tensorboard",),
-        install="pip install tensorboard",
-    )
-    yield rtk.LoggerSpec(
-        name="mlflow",
-        summary="MLflow tracking (a local file store beside the run directory unless tracking_uri is given)",
-        options=MLflowOptions,
-        build=MLflowLogger,
-        requires=("mlflow",),
-        install="pip install mlflow-skinny (in its own pip call: see docs/tracking.md)",
-    )
-    yield rtk.LoggerSpec(
-        name="wandb",
-        summary="Weights & Biases (offline files under the run directory when there is no key or network)",
-        options=WandbOptions,
-        build=WandbLogger,
-        requires=("wandb",),
-        install="pip install 'rtk[wandb]'",
-    )
+    for name, options, logger, module, install, summary in _LOGGERS:
+        yield rtk.LoggerSpec(
+            name=name, summary=summary, options=options, build=logger, requires=(module,), install=install
+        )
