@@ -4,7 +4,7 @@ sanity checks of every evaluation. A thin adapter over :mod:`rtk.evaluation`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -69,6 +69,28 @@ def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
     return problems
 
 
+def _work(ctx: rtk.StageContext, opts: EvaluateOptions) -> tuple[Any, Any, list]:
+    """What the stage evaluates: the split, the indices of its examples, the attack units."""
+    split = ctx.data.test if opts.split == "test" else ctx.data.train
+    indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
+    return split, indices, make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+
+
+def _evaluate_settings(ctx: rtk.StageContext, opts: EvaluateOptions) -> dict[str, Any]:
+    """The keywords of ``rtk.evaluation.evaluate`` the stage sets alike on every rank and in one process."""
+    return {
+        "batch_size": opts.batch_size,
+        "device": ctx.device,
+        "eps": opts.eps,
+        "headline_eps": opts.headline_eps,
+        "early_exit": opts.early_exit,
+        "strict": False,
+        "output": opts.output,
+        "normalize": opts.normalize,
+        "seed": ctx.seed,
+    }
+
+
 def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
     """Under torchrun: each rank attacks its batch-aligned shard (so every batch, and every
     seeded random start, is the single-process one), keeping its records in memory; rank 0
@@ -77,9 +99,7 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
     from rtk import distributed as rd
     from rtk.evaluation import RecordStore, eval_indices, evaluate, make_units
 
-    split = ctx.data.test if opts.split == "test" else ctx.data.train
-    indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
-    units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+    split, indices, units = _work(ctx, opts)
     extra = [ctx.experiment.resolve_path(d) for d in opts.records_from]
     mine = indices[rd.shard_indices(len(indices), align=opts.batch_size)]
     for name in opts.models:
@@ -91,19 +111,11 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
                 split,
                 units,
                 indices=mine,
-                batch_size=opts.batch_size,
-                device=ctx.device,
                 store=store,
                 name=name,
-                eps=opts.eps,
-                headline_eps=opts.headline_eps,
-                early_exit=opts.early_exit,
                 checks=False,
-                strict=False,
                 save_adversarial="none",
-                output=opts.output,
-                normalize=opts.normalize,
-                seed=ctx.seed,
+                **_evaluate_settings(ctx, opts),
             )
         parts = rd.gather_object([c for c in store.chunks() if not c.get("adv")])
         if parts is not None:
@@ -128,9 +140,7 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
         # every rank attacks its shard; rank 0 merges, checks and builds the tables; all ranks return them
         _shard_records(ctx, opts)
         return rtk.distributed.main_process_only(broadcast=True)(_run)(ctx, opts, _gathered=True)
-    split = ctx.data.test if opts.split == "test" else ctx.data.train
-    indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
-    units = make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
+    split, indices, units = _work(ctx, opts)
     results = []
     for name in opts.models:
         store = RecordStore(ctx.artifact_dir, extra=[ctx.experiment.resolve_path(d) for d in opts.records_from])
@@ -139,19 +149,11 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
             split,
             units,
             indices=indices,
-            batch_size=opts.batch_size,
-            device=ctx.device,
             store=store,
             name=name,
-            eps=opts.eps,
-            headline_eps=opts.headline_eps,
-            early_exit=opts.early_exit,
             checks=opts.check_settings if opts.checks else False,
-            strict=False,
             save_adversarial=opts.save_adversarial,
-            output=opts.output,
-            normalize=opts.normalize,
-            seed=ctx.seed,
+            **_evaluate_settings(ctx, opts),
         )
         results.append(res)
 
