@@ -15,7 +15,6 @@ every ``{key}`` of the template is replaced by a number or a table computed from
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -27,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from results_common import read_run  # noqa: E402
 
 EXPERIMENTS = ("similarity", "wide", "seeds", "overfitting")
 THREADS = {"wide": 2}  # intra-op threads each experiment ran with (the rest: 1)
@@ -53,21 +53,6 @@ def read_time(log: Path) -> dict[str, float]:
     if "user" in found and "sys" in found:
         out["cpu_s"] = sum(secs(v) for v in found["user"] + found["sys"])
     return out
-
-
-def read_run(path: Path) -> dict:
-    state = json.loads((path / "state.json").read_text())
-    stages = state.get("stages", {})
-    tables: dict[str, pd.DataFrame] = {}
-    for csv in sorted((path / "tables").glob("*/*.csv")):
-        tables[f"{csv.parent.name}/{csv.stem}"] = pd.read_csv(csv)
-    return {
-        "path": path,
-        "stages": stages,
-        "tables": tables,
-        "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
-        "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values()),
-    }
 
 
 def parse_model(name: str) -> dict:

@@ -16,7 +16,6 @@ template is replaced by a number or table computed from the runs (the keys are l
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -27,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from results_common import read_run
 
 PRUNE_EXPERIMENTS = {"standard": "std", "adversarial": "adv", "verifiable": "ver"}
 #: experiment -> (objective, headline column) for the HYDRA vs LWM table
@@ -51,21 +51,6 @@ def read_time(path: Path) -> dict[str, float]:
     for key, val in re.findall(r"(\w+_s)=([0-9.]+)", path.read_text()):
         out[key] = float(val)
     return out
-
-
-def read_run(path: Path) -> dict:
-    state = json.loads((path / "state.json").read_text())
-    stages = state.get("stages", {})
-    tables: dict[str, pd.DataFrame] = {}
-    for csv in sorted((path / "tables").glob("*/*.csv")):
-        tables[f"{csv.parent.name}/{csv.stem}"] = pd.read_csv(csv)
-    return {
-        "path": path,
-        "stages": stages,
-        "tables": tables,
-        "complete": bool(stages) and all(s.get("status") == "completed" for s in stages.values()),
-        "stage_seconds": sum(float(s.get("seconds") or 0) for s in stages.values()),
-    }
 
 
 def prune_table(run: dict) -> pd.DataFrame:
