@@ -12,15 +12,12 @@ settings) so the comparison sees the same arithmetic.
 from __future__ import annotations
 
 import os
-import queue
-import time
-import traceback
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
+from disthelpers import WORLD, Workers
 from torch import nn
 
 import rtk
@@ -29,111 +26,12 @@ import rtk.distributed as rd
 from rtk.cli.launch import launch, torchrun_command
 from rtk.errors import RtkError
 
-WORLD = 2
 DEADLINE_S = 60.0
-
-
-# ---------------------------------------------------------------------------- process harness
-def _pool_worker(rank: int, world: int, port: int, tasks, results) -> None:
-    """One rank: join the gloo group, then run ``fn(rank, *args)`` for each task until None."""
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(1)
-    with rd.session(timeout=60) as info:
-        assert info.distributed and (info.rank, info.world_size, info.backend) == (rank, world, "gloo")
-        while (task := tasks.get()) is not None:
-            fn, args = task
-            try:
-                fn(rank, *args)
-                results.put((rank, None))
-            except BaseException:  # noqa: BLE001 - reported to the test
-                results.put((rank, traceback.format_exc()))
-    results.put((rank, "closed" if not rd.is_initialized() else "session() left the process group alive"))
-
-
-class Workers:
-    """``world`` spawned gloo ranks, started once per module and reused by every test
-    (process start-up dominates these tests); restarted after any failure."""
-
-    def __init__(self, world: int = WORLD) -> None:
-        self.world = world
-        self.procs: list = []
-        self.broken = True
-
-    def _start(self) -> None:
-        ctx = mp.get_context("spawn")
-        self.tasks = [ctx.Queue() for _ in range(self.world)]
-        self.results = ctx.Queue()
-        port = rd.free_port()
-        self.procs = [
-            ctx.Process(target=_pool_worker, args=(r, self.world, port, self.tasks[r], self.results), daemon=True)
-            for r in range(self.world)
-        ]
-        for p in self.procs:
-            p.start()
-        self.broken = False
-
-    def run(self, fn, *args) -> None:
-        """Run ``fn(rank, *args)`` on every rank; fail with the workers' tracebacks."""
-        if self.broken:
-            self.close()
-            self._start()
-        for q in self.tasks:
-            q.put((fn, args))
-        errors = self._collect()
-        if errors:
-            self.broken = True
-            raise AssertionError("distributed workers failed:\n" + "\n".join(errors))
-
-    def _collect(self) -> list[str]:
-        deadline = time.monotonic() + DEADLINE_S
-        errors, done = [], 0
-        while done < self.world:
-            try:
-                rank, err = self.results.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                dead = [r for r, p in enumerate(self.procs) if not p.is_alive()]
-                return errors + [f"no answer within {DEADLINE_S:.0f} s (dead ranks: {dead})"]
-            done += 1
-            if err is not None:
-                errors.append(f"rank {rank}:\n{err}")
-        return errors
-
-    def close(self) -> list[str]:
-        """Stop the workers (terminating any that hang); return their closing reports."""
-        reports = []
-        if self.procs and not self.broken:
-            for q in self.tasks:
-                q.put(None)
-            deadline = time.monotonic() + 20
-            while len(reports) < self.world and time.monotonic() < deadline:
-                try:
-                    reports.append(self.results.get(timeout=max(0.1, deadline - time.monotonic()))[1])
-                except queue.Empty:
-                    break
-        for p in self.procs:
-            p.join(timeout=5 if not self.broken else 0.1)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        self.procs = []
-        self.broken = True
-        return reports
 
 
 @pytest.fixture(scope="module")
 def workers():
-    w = Workers()
+    w = Workers(WORLD, DEADLINE_S)
     yield w
     reports = w.close()
     assert all(r == "closed" for r in reports), reports

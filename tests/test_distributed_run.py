@@ -11,107 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import time
-import traceback
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
+from disthelpers import WORLD, Workers
 
 import rtk
 import rtk.distributed as rd
 
-WORLD = 2
 DEADLINE_S = 90.0
-
-
-# ---------------------------------------------------------------------------- process harness
-def _worker(rank: int, world: int, port: int, tasks, results) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
-    torch.set_num_threads(1)
-    with rd.session(timeout=DEADLINE_S):
-        while (task := tasks.get()) is not None:
-            fn, args = task
-            try:
-                fn(rank, *args)
-                results.put((rank, None))
-            except BaseException:  # noqa: BLE001 - reported to the test
-                results.put((rank, traceback.format_exc()))
-    results.put((rank, "closed" if not rd.is_initialized() else "the process group is still alive"))
-
-
-class Workers:
-    def __init__(self, world: int = WORLD) -> None:
-        ctx = mp.get_context("spawn")
-        self.world = world
-        self.tasks = [ctx.Queue() for _ in range(world)]
-        self.results = ctx.Queue()
-        port = rd.free_port()
-        self.procs = [
-            ctx.Process(target=_worker, args=(r, world, port, self.tasks[r], self.results), daemon=True)
-            for r in range(world)
-        ]
-        for p in self.procs:
-            p.start()
-        self.broken = False
-
-    def run(self, fn, *args) -> None:
-        assert not self.broken, "an earlier task failed; the workers were stopped"
-        for q in self.tasks:
-            q.put((fn, args))
-        deadline = time.monotonic() + DEADLINE_S
-        errors, done = [], 0
-        while done < self.world:
-            try:
-                rank, err = self.results.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                errors.append(f"no answer within {DEADLINE_S:.0f} s")
-                break
-            done += 1
-            if err is not None:
-                errors.append(f"rank {rank}:\n{err}")
-        if errors:
-            self.broken = True
-            self.close()
-            raise AssertionError("distributed workers failed:\n" + "\n".join(errors))
-
-    def close(self) -> list[str]:
-        reports = []
-        if not self.broken:
-            for q in self.tasks:
-                q.put(None)
-            deadline = time.monotonic() + 20
-            while len(reports) < self.world and time.monotonic() < deadline:
-                try:
-                    reports.append(self.results.get(timeout=max(0.1, deadline - time.monotonic()))[1])
-                except queue.Empty:
-                    break
-        for p in self.procs:
-            p.join(timeout=5 if not self.broken else 0.1)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        self.broken = True
-        return reports
 
 
 @pytest.fixture(scope="module")
 def workers():
-    w = Workers()
+    w = Workers(WORLD, DEADLINE_S)
     yield w
     reports = w.close()
     assert reports == ["closed"] * WORLD, reports
