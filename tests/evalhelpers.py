@@ -16,6 +16,19 @@ def attack(name: str, **opts):
     return spec, rtk.validate_options(spec.options, opts, name), name
 
 
+def fit_full_batch(model: nn.Module, digits, steps: int, n_test: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``model`` trained on all of digits' training split at once (Adam, lr 1e-2) for ``steps`` steps,
+    in eval mode, and the first ``n_test`` test examples."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = digits.train.x, digits.train.y
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    return model, digits.test.x[:n_test].clone(), digits.test.y[:n_test].clone()
+
+
 def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
     """cnn-small on digits with Adam, a few seconds; ~96% test accuracy."""
     from rtk.models.small import cnn_small

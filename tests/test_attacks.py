@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from evalhelpers import fit_full_batch
 from torch import nn
 
 import rtk
@@ -33,15 +34,7 @@ def tiny(digits):
     torch.manual_seed(0)
     from rtk.models.small import mlp
 
-    model = mlp(digits.info, hidden=(32,))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = digits.train.x, digits.train.y
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    return model, digits.test.x[:24].clone(), digits.test.y[:24].clone()
+    return fit_full_batch(mlp(digits.info, hidden=(32,)), digits, steps=60, n_test=24)
 
 
 def test_every_attack_the_issue_names_is_registered():

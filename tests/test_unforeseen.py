@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from evalhelpers import fit_full_batch
 from torch import nn
 
 import rtk
@@ -24,15 +25,7 @@ def trained(digits):
     from rtk.models.small import cnn_small
 
     torch.manual_seed(0)
-    model = cnn_small(digits.info, 1, 64)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = digits.train.x, digits.train.y
-    for _ in range(120):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-    return model, digits.test.x[:120].clone(), digits.test.y[:120].clone()
+    return fit_full_batch(cnn_small(digits.info, 1, 64), digits, steps=120, n_test=120)
 
 
 def _acc(model, x, y) -> float:
