@@ -44,30 +44,19 @@ def _how(folder: str, archive: str, target: Path) -> tuple[str, ...]:
     )
 
 
+def _source(name: str, root: str | Path | None, files: Sequence[str], folder: str, archive: str) -> FileSource:
+    """Where CIFAR ``name`` is looked for: ``files`` in ``root`` (default ``$RTK_DATA/<name>``) or in its
+    ``folder`` there, as extracted from ``archive``."""
+    target = Path(root).expanduser() if root is not None else default_root(name)
+    return FileSource(name, (target,), files, _how(folder, archive, target), target, (folder,), download_key=name)
+
+
 def cifar10_source(root: str | Path | None = None) -> FileSource:
-    folder = Path(root).expanduser() if root is not None else default_root("cifar10")
-    return FileSource(
-        "cifar10",
-        (folder,),
-        CIFAR10_FILES,
-        _how(CIFAR10_FOLDER, "cifar-10-python.tar.gz", folder),
-        folder,
-        (CIFAR10_FOLDER,),
-        download_key="cifar10",
-    )
+    return _source("cifar10", root, CIFAR10_FILES, CIFAR10_FOLDER, "cifar-10-python.tar.gz")
 
 
 def cifar100_source(root: str | Path | None = None) -> FileSource:
-    folder = Path(root).expanduser() if root is not None else default_root("cifar100")
-    return FileSource(
-        "cifar100",
-        (folder,),
-        CIFAR100_FILES,
-        _how(CIFAR100_FOLDER, "cifar-100-python.tar.gz", folder),
-        folder,
-        (CIFAR100_FOLDER,),
-        download_key="cifar100",
-    )
+    return _source("cifar100", root, CIFAR100_FILES, CIFAR100_FOLDER, "cifar-100-python.tar.gz")
 
 
 def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
