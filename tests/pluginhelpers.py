@@ -1,5 +1,5 @@
 """Install a plugin module exactly as pip would (a dist-info folder with entry_points.txt on
-sys.path), for tests of entry-point loading."""
+sys.path), for tests of entry-point loading; a small run for plugins that observe one."""
 
 from __future__ import annotations
 
@@ -17,3 +17,18 @@ def install_plugin(site: Path, monkeypatch, *, dist: str, version: str, entry: s
     (info / "entry_points.txt").write_text(f"[rtk]\n{entry} = {module}\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv("RTK_NO_ENTRY_POINTS", raising=False)
+
+
+def observed_experiment(name: str, seed: int) -> dict:
+    """A small experiment for plugins that observe a run (lifecycle hooks, loggers): an MLP trained for
+    two epochs on digits, then evaluated under FGSM."""
+    return {
+        "name": name,
+        "seed": seed,
+        "dataset": {"name": "digits", "limit_train": 200, "limit_test": 100},
+        "models": {"net": {"arch": "mlp", "hidden": [16]}},
+        "stages": [
+            {"kind": "train", "model": "net", "epochs": 2, "lr": 0.1, "batch_size": 64},
+            {"kind": "evaluate", "models": ["net"], "attacks": [{"name": "fgsm", "eps": "8/255"}]},
+        ],
+    }

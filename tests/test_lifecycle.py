@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pluginhelpers import observed_experiment
 
 import rtk
 from rtk.errors import PluginError
 from rtk.rundir import RunDir
 
-EXP = {
-    "name": "life",
-    "seed": 1,
-    "dataset": {"name": "digits", "limit_train": 200, "limit_test": 100},
-    "models": {"net": {"arch": "mlp", "hidden": [16]}},
-    "stages": [
-        {"kind": "train", "model": "net", "epochs": 2, "lr": 0.1, "batch_size": 64},
-        {"kind": "evaluate", "models": ["net"], "attacks": [{"name": "fgsm", "eps": "8/255"}]},
-    ],
-}
+EXP = observed_experiment("life", seed=1)
 
 
 class Recorder:

@@ -10,20 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from pluginhelpers import observed_experiment
 
 import rtk
 from rtk.errors import ConfigError
 
-EXP = {
-    "name": "tracked",
-    "seed": 2,
-    "dataset": {"name": "digits", "limit_train": 200, "limit_test": 100},
-    "models": {"net": {"arch": "mlp", "hidden": [16]}},
-    "stages": [
-        {"kind": "train", "model": "net", "epochs": 2, "lr": 0.1, "batch_size": 64},
-        {"kind": "evaluate", "models": ["net"], "attacks": [{"name": "fgsm", "eps": "8/255"}]},
-    ],
-}
+EXP = observed_experiment("tracked", seed=2)
 TAGS = {"models.net.width": 16, "seed": 2}
 
 
