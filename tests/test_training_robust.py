@@ -20,6 +20,7 @@ import rtk
 from rtk.models import ModelRecipe, read_spec
 from rtk.models.small import cnn_small
 from rtk.training import (
+    HISTORY_COLUMNS,
     FastATObjective,
     LoopConfig,
     MARTObjective,
@@ -93,18 +94,7 @@ def test_history_is_the_robust_overfitting_curve(trained):
     _, res, (_, rob) = trained["pgd-at"]
     h = res.history
     assert list(h.epoch) == list(range(1, 9))
-    for col in (
-        "train_loss",
-        "train_acc",
-        "train_clean_acc",
-        "train_robust_acc",
-        "test_clean_acc",
-        "test_robust_acc",
-        "lr",
-        "eps",
-        "train_time_s",
-        "eval_time_s",
-    ):
+    for col in HISTORY_COLUMNS:
         assert h[col].notna().all(), col
     assert (h.test_robust_acc <= h.test_clean_acc + 0.05).all()  # the subset's robust <= full split's clean (noise)
     assert h.test_robust_acc.iloc[-1] > h.test_robust_acc.iloc[0] + 0.15  # robustness was learnt during training

@@ -24,7 +24,7 @@ _face = LazyFace(
             "default_alpha",
             "perturb",
         ),
-        "config": ("LoopConfig",),
+        "config": ("HISTORY_COLUMNS", "LoopConfig"),
         "loop": (
             "Callback",
             "Checkpointer",

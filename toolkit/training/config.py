@@ -16,6 +16,20 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..options import Eps, Options
 
 #: Columns of the per-epoch history that ``monitor`` may name without a callback adding it.
+#: The columns of a training history (``TrainResult.history``, history.csv), in order.
+HISTORY_COLUMNS = (
+    "epoch",
+    "lr",
+    "eps",
+    "train_loss",
+    "train_acc",
+    "train_clean_acc",
+    "train_robust_acc",
+    "test_clean_acc",
+    "test_robust_acc",
+    "train_time_s",
+    "eval_time_s",
+)
 MONITORABLE = ("test_robust_acc", "test_clean_acc", "train_robust_acc", "train_clean_acc", "train_acc")
 
 #: Fields that change the training trajectory; a resumed run must agree on all of them.
@@ -225,4 +239,4 @@ class LoopConfig(Options):
         return out
 
 
-__all__ = ["MONITORABLE", "TRAJECTORY_FIELDS", "LoopConfig"]
+__all__ = ["HISTORY_COLUMNS", "MONITORABLE", "TRAJECTORY_FIELDS", "LoopConfig"]

@@ -46,7 +46,7 @@ from ..lifecycle import report_epoch
 from ..runtime import amp_context
 from ..runtime import progress as _progress
 from .attacks import default_alpha, max_eps, perturb
-from .config import MONITORABLE, LoopConfig
+from .config import HISTORY_COLUMNS, MONITORABLE, LoopConfig
 from .objectives import EpsSchedule, Objective, ObjectiveOutput, Progress
 from .schedules import make_optimizer, make_scheduler
 from .state import (
@@ -646,19 +646,7 @@ class _TrainingRun:
         atomic_write(self.out / "history.csv", self.frame().to_csv(index=False))
 
     def frame(self) -> pd.DataFrame:
-        cols = [
-            "epoch",
-            "lr",
-            "eps",
-            "train_loss",
-            "train_acc",
-            "train_clean_acc",
-            "train_robust_acc",
-            "test_clean_acc",
-            "test_robust_acc",
-            "train_time_s",
-            "eval_time_s",
-        ]
+        cols = list(HISTORY_COLUMNS)
         df = pd.DataFrame(self.history)
         if df.empty:
             return pd.DataFrame(columns=cols)
