@@ -242,21 +242,20 @@ def check_logits(out: torch.Tensor) -> CheckResult:
     return CheckResult("outputs_are_logits", ok, share, "< 50% rows look like probabilities", len(out), detail)
 
 
-@torch.no_grad()
-def check_deterministic(view: nn.Module, x: torch.Tensor, rtol: float) -> CheckResult:
-    a, b = view(x), view(x)
+def _agree(name: str, a: torch.Tensor, b: torch.Tensor, rtol: float, passes: str) -> CheckResult:
+    """The check ``name``: two ``passes`` over the same inputs gave outputs ``a`` and ``b`` that differ by at most
+    ``rtol`` of the outputs' scale and change no prediction."""
     diff = float((a - b).abs().max())
     tol = rtol * _scale(a)
     flips = int(_hard_flips(a, b, tol).sum())
     ok = diff <= tol and flips == 0
-    return CheckResult(
-        "deterministic",
-        ok,
-        diff,
-        f"max |difference| <= {tol:.3g}",
-        len(x),
-        f"two passes differ by up to {diff:.3g}; {flips} predictions change",
-    )
+    detail = f"{passes} differ by up to {diff:.3g}; {flips} predictions change"
+    return CheckResult(name, ok, diff, f"max |difference| <= {tol:.3g}", len(a), detail)
+
+
+@torch.no_grad()
+def check_deterministic(view: nn.Module, x: torch.Tensor, rtol: float) -> CheckResult:
+    return _agree("deterministic", view(x), view(x), rtol, "two passes")
 
 
 @torch.no_grad()
@@ -264,18 +263,7 @@ def check_batch_independent(view: nn.Module, x: torch.Tensor, rtol: float, limit
     x = x[:limit]
     batched = view(x)
     single = torch.cat([view(x[i : i + 1]) for i in range(len(x))])
-    diff = float((batched - single).abs().max())
-    tol = rtol * _scale(batched)
-    flips = int(_hard_flips(batched, single, tol).sum())
-    ok = diff <= tol and flips == 0
-    return CheckResult(
-        "batch_independent",
-        ok,
-        diff,
-        f"max |difference| <= {tol:.3g}",
-        len(x),
-        f"batch size 1 and {len(x)} differ by up to {diff:.3g}; {flips} predictions change",
-    )
+    return _agree("batch_independent", batched, single, rtol, f"batch size 1 and {len(x)}")
 
 
 # ------------------------------------------------------------------------ correctness
