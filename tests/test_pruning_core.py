@@ -46,6 +46,16 @@ def _x(digits, n: int = 16) -> torch.Tensor:
     return digits.train.x[:n]
 
 
+def _with_lwm(registry, digits, ratio: float):
+    """cnn-small on digits, its example inputs, its prunable layers, and a copy LWM pruned at ``ratio``."""
+    model, _ = _build(registry, digits, "cnn-small")
+    x = _x(digits)
+    sel = select_layers(model, LayerSelection(), x)
+    lwm = copy.deepcopy(model)
+    MagnitudePruner().prune(lwm, ratio, PruneJob(layers=sel.names, example_inputs=x))
+    return model, x, sel, lwm
+
+
 class TinyResidual(nn.Module):
     """conv -> (conv-bn-relu-conv-bn) + identity -> relu -> pool -> linear: one residual add."""
 
@@ -165,11 +175,7 @@ def test_masks_hold_through_training_and_masked_forward_is_exact(registry, digit
 
 # ----------------------------------------------------------------------------- HYDRA
 def test_hydra_starts_from_lwm_trains_scores_only_and_keeps_k_per_layer(registry, digits):
-    model, _ = _build(registry, digits, "cnn-small")
-    x = _x(digits)
-    sel = select_layers(model, LayerSelection(), x)
-    lwm = copy.deepcopy(model)
-    MagnitudePruner().prune(lwm, 0.9, PruneJob(layers=sel.names, example_inputs=x))
+    model, x, sel, lwm = _with_lwm(registry, digits, 0.9)
     weights = {n: dict(model.named_modules())[n].weight.detach().clone() for n in sel.names}
     data = rtk.data.DatasetBundle(
         digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
@@ -196,16 +202,12 @@ def test_hydra_starts_from_lwm_trains_scores_only_and_keeps_k_per_layer(registry
 def test_hydra_and_fine_tuning_under_a_certified_objective(registry, digits):
     """The verifiable pipeline: scores and fine-tuning driven by the IBP bound loss; the
     bound propagation sees the masked weights, so masks hold and scores move."""
-    model, _ = _build(registry, digits, "cnn-small")
-    x = _x(digits)
-    sel = select_layers(model, LayerSelection(), x)
+    model, x, sel, lwm = _with_lwm(registry, digits, 0.8)
     spec = registry.get("trainer", "ibp")
     objective = spec.build(rtk.validate_options(spec.options, {"eps": 0.05, "warmup": 0.0, "ramp": 0.5}, "ibp"))
     data = rtk.data.DatasetBundle(
         digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
     )
-    lwm = copy.deepcopy(model)
-    MagnitudePruner().prune(lwm, 0.8, PruneJob(layers=sel.names, example_inputs=x))
     job = PruneJob(
         layers=sel.names,
         example_inputs=x,
@@ -231,11 +233,7 @@ def test_hydra_and_fine_tuning_under_a_certified_objective(registry, digits):
 
 
 def test_hydra_without_scores_training_is_lwm(registry, digits):
-    model, _ = _build(registry, digits, "cnn-small")
-    x = _x(digits)
-    sel = select_layers(model, LayerSelection(), x)
-    lwm = copy.deepcopy(model)
-    MagnitudePruner().prune(lwm, 0.8, PruneJob(layers=sel.names, example_inputs=x))
+    model, x, sel, lwm = _with_lwm(registry, digits, 0.8)
     job = PruneJob(
         layers=sel.names, example_inputs=x, data=digits, objective=StandardObjective(), scores=ScoreTraining(epochs=0)
     )
