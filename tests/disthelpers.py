@@ -11,6 +11,7 @@ import queue
 import time
 import traceback
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -122,3 +123,18 @@ class Workers:
         self.procs = []
         self.broken = True
         return reports
+
+
+def workers_fixture(deadline_s: float):
+    """A module-scoped ``workers`` fixture: a :class:`Workers` pool for the module's tests; when it closes
+    cleanly, every rank must report that its session destroyed the process group."""
+
+    @pytest.fixture(scope="module")
+    def workers():
+        w = Workers(WORLD, deadline_s)
+        yield w
+        broken = w.broken  # a failed task, or no task at all: nothing to report
+        reports = w.close()
+        assert broken or reports == ["closed"] * WORLD, reports
+
+    return workers

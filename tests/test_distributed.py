@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from disthelpers import WORLD, Workers
+from disthelpers import WORLD, workers_fixture
 from torch import nn
 
 import rtk
@@ -29,12 +29,7 @@ from rtk.errors import RtkError
 DEADLINE_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def workers():
-    w = Workers(WORLD, DEADLINE_S)
-    yield w
-    reports = w.close()
-    assert all(r == "closed" for r in reports), reports
+workers = workers_fixture(DEADLINE_S)
 
 
 # ---------------------------------------------------------------------------- single process: pure logic

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from disthelpers import WORLD, Workers
+from disthelpers import WORLD, workers_fixture
 
 import rtk
 import rtk.distributed as rd
@@ -24,12 +24,7 @@ import rtk.distributed as rd
 DEADLINE_S = 90.0
 
 
-@pytest.fixture(scope="module")
-def workers():
-    w = Workers(WORLD, DEADLINE_S)
-    yield w
-    reports = w.close()
-    assert reports == ["closed"] * WORLD, reports
+workers = workers_fixture(DEADLINE_S)
 
 
 @pytest.fixture
