@@ -244,17 +244,10 @@ def load_code_dataset(
     kind: str, source: str, kwargs: dict[str, Any], *, num_classes: int | None = None
 ) -> DatasetBundle:
     """The bundle a trusted ``python:`` / ``module:`` dataset callable returns (see :func:`to_bundle`)."""
-    from ..errors import RtkError
-    from ..models.sources import SourceError, load_callable, require_trusted
+    from ..models.sources import call_user, load_callable, require_trusted
 
     require_trusted(kind, source)
-    fn = load_callable(kind, source)
-    try:
-        obj = fn(**kwargs)
-    except RtkError:
-        raise
-    except Exception as exc:
-        raise SourceError(f"{kind}:{source} raised {type(exc).__name__}: {exc}") from exc
+    obj = call_user(load_callable(kind, source), kwargs, f"{kind}:{source}")
     return to_bundle(obj, source.rpartition(":")[2], num_classes=num_classes, where=f"{kind}:{source}")
 
 

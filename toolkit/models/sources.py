@@ -203,6 +203,17 @@ def needs_info(fn: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
     return sig is not None and any(n in sig.parameters and n not in kwargs for n in INFO_PARAMS)
 
 
+def call_user(fn: Callable[..., Any], kwargs: dict[str, Any], what: str) -> Any:
+    """``fn(**kwargs)``, user code named ``what``: an rtk error passes through, any other exception
+    becomes a :class:`SourceError` naming ``what``."""
+    try:
+        return fn(**kwargs)
+    except RtkError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+
+
 def call_builder(fn: Callable[..., Any], kwargs: dict[str, Any], info: DataInfo | None, what: str) -> nn.Module:
     """Call ``fn`` with ``kwargs`` and the info parameters it accepts; check it returns a module."""
     call = dict(kwargs)
@@ -212,12 +223,7 @@ def call_builder(fn: Callable[..., Any], kwargs: dict[str, Any], info: DataInfo 
         for name, value in fill.items():
             if name in sig.parameters and name not in call:
                 call[name] = value
-    try:
-        module = fn(**call)
-    except RtkError:
-        raise
-    except Exception as exc:
-        raise SourceError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+    module = call_user(fn, call, what)
     if not isinstance(module, nn.Module):
         raise SourceError(f"{what} returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -476,6 +482,7 @@ __all__ = [
     "CODE_KINDS",
     "INFO_PARAMS",
     "build_code_model",
+    "call_user",
     "check_code_model",
     "check_code_source",
     "check_torchvision_model",
