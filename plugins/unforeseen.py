@@ -84,27 +84,34 @@ def _snow(view, x, y, *, discolor: float, **kw):
     return snow_attack(view, x, y, discolor_amount=discolor, **kw)
 
 
+#: The unforeseen attacks: name, options, attack (see ``_builder``), the options it takes besides seed and steps,
+#: summary.
+_ATTACKS = (
+    (
+        "jpeg",
+        JPEGOptions,
+        "jpeg_attack",
+        ("eps", "step_size", "norm", "quality", "random_start"),
+        "JPEG attack: perturbs the quantized DCT coefficients, Linf or L2 (Kang et al. 2019)",
+    ),
+    (
+        "gabor",
+        GaborOptions,
+        "gabor_attack",
+        ("eps", "step_size", "kernel_size", "density"),
+        "Gabor attack: optimised Gabor noise, L-inf bounded in pixels (Kang et al. 2019)",
+    ),
+    (
+        "snow",
+        SnowOptions,
+        _snow,
+        ("eps", "step_size", "budget", "flake_size", "discolor"),
+        "Snow attack: optimised snowflake intensities under a density budget (Kang et al. 2019)",
+    ),
+)
+
+
 @rtk.hookimpl
 def rtk_attacks():
-    A = rtk.AttackSpec
-    yield A(
-        name="jpeg",
-        summary="JPEG attack: perturbs the quantized DCT coefficients, Linf or L2 (Kang et al. 2019)",
-        options=JPEGOptions,
-        build=_builder("jpeg_attack", ("eps", "step_size", "norm", "quality", "random_start")),
-        norm="none",
-    )
-    yield A(
-        name="gabor",
-        summary="Gabor attack: optimised Gabor noise, L-inf bounded in pixels (Kang et al. 2019)",
-        options=GaborOptions,
-        build=_builder("gabor_attack", ("eps", "step_size", "kernel_size", "density")),
-        norm="none",
-    )
-    yield A(
-        name="snow",
-        summary="Snow attack: optimised snowflake intensities under a density budget (Kang et al. 2019)",
-        options=SnowOptions,
-        build=_builder(_snow, ("eps", "step_size", "budget", "flake_size", "discolor")),
-        norm="none",
-    )
+    for name, options, run, keys, summary in _ATTACKS:
+        yield rtk.AttackSpec(name=name, summary=summary, options=options, build=_builder(run, keys), norm="none")
