@@ -56,6 +56,15 @@ def _with_lwm(registry, digits, ratio: float):
     return model, x, sel, lwm
 
 
+def _hydra_job(digits, x: torch.Tensor, sel, objective) -> PruneJob:
+    """HYDRA's job on the selected layers: two epochs of score training under ``objective`` on 256 digits."""
+    data = rtk.data.DatasetBundle(
+        digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
+    )
+    scores = ScoreTraining(epochs=2, batch_size=64, lr=0.5)
+    return PruneJob(layers=sel.names, example_inputs=x, data=data, objective=objective, scores=scores)
+
+
 class TinyResidual(nn.Module):
     """conv -> (conv-bn-relu-conv-bn) + identity -> relu -> pool -> linear: one residual add."""
 
@@ -177,16 +186,7 @@ def test_masks_hold_through_training_and_masked_forward_is_exact(registry, digit
 def test_hydra_starts_from_lwm_trains_scores_only_and_keeps_k_per_layer(registry, digits):
     model, x, sel, lwm = _with_lwm(registry, digits, 0.9)
     weights = {n: dict(model.named_modules())[n].weight.detach().clone() for n in sel.names}
-    data = rtk.data.DatasetBundle(
-        digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
-    )
-    job = PruneJob(
-        layers=sel.names,
-        example_inputs=x,
-        data=data,
-        objective=StandardObjective(),
-        scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5),
-    )
+    job = _hydra_job(digits, x, sel, StandardObjective())
     out = HydraPruner().prune(model, 0.9, job)
     mods, lmods = dict(model.named_modules()), dict(lwm.named_modules())
     for n in sel.names:
@@ -205,16 +205,7 @@ def test_hydra_and_fine_tuning_under_a_certified_objective(registry, digits):
     model, x, sel, lwm = _with_lwm(registry, digits, 0.8)
     spec = registry.get("trainer", "ibp")
     objective = spec.build(rtk.validate_options(spec.options, {"eps": 0.05, "warmup": 0.0, "ramp": 0.5}, "ibp"))
-    data = rtk.data.DatasetBundle(
-        digits.info, rtk.data.subset(digits.train, 256, 0), rtk.data.subset(digits.test, 64, 0)
-    )
-    job = PruneJob(
-        layers=sel.names,
-        example_inputs=x,
-        data=data,
-        objective=objective,
-        scores=ScoreTraining(epochs=2, batch_size=64, lr=0.5),
-    )
+    job = _hydra_job(digits, x, sel, objective)
     HydraPruner().prune(model, 0.8, job)
     moved = sum(int((m != masks_of(lwm)[n]).sum()) for n, m in masks_of(model).items())
     assert moved > 0, "the bound loss gave the scores no gradient"
@@ -224,7 +215,7 @@ def test_hydra_and_fine_tuning_under_a_certified_objective(registry, digits):
     fit(
         model,
         objective,
-        data,
+        job.data,
         make_loop_config(epochs=1, batch_size=64, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4),
         plot=False,
     )
