@@ -71,6 +71,8 @@ def _check(opts: EvaluateOptions, planning: rtk.Planning) -> list[str]:
 
 def _work(ctx: rtk.StageContext, opts: EvaluateOptions) -> tuple[Any, Any, list]:
     """What the stage evaluates: the split, the indices of its examples, the attack units."""
+    from rtk.evaluation import eval_indices, make_units
+
     split = ctx.data.test if opts.split == "test" else ctx.data.train
     indices = eval_indices(len(split), opts.limit, ctx.experiment.seed)
     return split, indices, make_units([(r.spec, r.opts, r.describe()) for r in opts.attacks], opts.eps)
@@ -97,7 +99,7 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
     gathers every rank's record chunks and appends them to its record store, the only one
     written. The evaluation that follows on rank 0 then finds every result recorded."""
     from rtk import distributed as rd
-    from rtk.evaluation import RecordStore, eval_indices, evaluate, make_units
+    from rtk.evaluation import RecordStore, evaluate
 
     split, indices, units = _work(ctx, opts)
     extra = [ctx.experiment.resolve_path(d) for d in opts.records_from]
@@ -134,7 +136,7 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
 def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = False) -> rtk.StageResult:
     import pandas as pd
 
-    from rtk.evaluation import RecordStore, SanityCheckError, eval_indices, evaluate, make_units, plot_curves
+    from rtk.evaluation import RecordStore, SanityCheckError, evaluate, plot_curves
 
     if not _gathered and rtk.distributed.is_distributed():
         # every rank attacks its shard; rank 0 merges, checks and builds the tables; all ranks return them
