@@ -8,12 +8,15 @@ before any work starts, that their files are where they are expected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 import rtk
-from rtk.data import DataOptions, DatasetBundle, FileSource
+from rtk.data import DataOptions
+
+if TYPE_CHECKING:  # annotations only: listing the datasets imports no torch
+    from rtk.data import DatasetBundle, FileSource
 
 ROOT_HELP = "folder holding the files (default: $RTK_DATA/{name}, with $RTK_DATA defaulting to ~/.cache/rtk/datasets)"
 DOWNLOAD_HELP = "download the files through torchvision when they are missing (needs network access)"
