@@ -56,8 +56,7 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     from rtk.models.sources import refuse_code_from_checkpoint
 
     if source.is_dir():
-        from rtk.rundir import RunDir
-        from rtk.runner import saved_checkpoints
+        from rtk.rundir import RunDir, saved_checkpoints
 
         rundir = RunDir(source)
         rundir.check_links()
@@ -224,7 +223,7 @@ def command(source: Path | None, **kw: Any) -> None:
       rtk evaluate model -a "apgd-ce:norm=L2,eps=0.5" --limit 1000 --early-exit
     """
     import rtk
-    from rtk.runner import resumed_experiment
+    from rtk.execution import resumed_experiment
 
     if kw["resume"] is not None:
         if source is not None:

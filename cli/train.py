@@ -122,7 +122,7 @@ def command(**kw: Any) -> None:
       rtk train --resume runs/pgd
     """
     import rtk
-    from rtk.runner import resumed_experiment
+    from rtk.execution import resumed_experiment
 
     ctx = click.get_current_context()
     resume: Path | None = kw.pop("resume")

@@ -322,8 +322,8 @@ class _Call:
         return _adapter(self.output, self.normalize) if self.adapt else None
 
     def run(self) -> tuple[Any, Registry, Path]:
-        from .config import experiment_from_dict
-        from .runner import execute, plan
+        from .execution import execute
+        from .planning import experiment_from_dict, plan
 
         extra = list(self.extra)
         if self.data.table is not None:
@@ -415,8 +415,7 @@ def _finish(call: _Call, cls: type[Result], take_models: Iterable[str] | None = 
 
 def _read_models(path: Path, registry: Registry, names: Iterable[str], wrapped: bool) -> dict[str, nn.Module]:
     from .models.checkpoint import load_checkpoint
-    from .rundir import RunDir
-    from .runner import saved_checkpoints
+    from .rundir import RunDir, saved_checkpoints
 
     rundir = RunDir(path)
     state = rundir.read_json("state.json", {}) or {}

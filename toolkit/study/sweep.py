@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Experiment, experiment_from_dict, read_toml
+from ..config import Experiment, read_toml
 from ..errors import ConfigError
 from .overrides import apply_overrides, format_key_path, parse_key_path
 
@@ -172,6 +172,8 @@ def experiment_from_file(
 ) -> Experiment:
     """One experiment from a file, leaving out its ``[sweep]`` table, with ``overrides``
     applied and ``tags`` added (a study point, or a run of one rebuilt for ``--resume``)."""
+    from ..planning import experiment_from_dict
+
     p = Path(path)
     data = read_toml(p)
     if overrides:
@@ -197,8 +199,8 @@ def load_study(
     (default: the file's folder). A file without a sweep is a study of one point. Raises one
     :class:`~rtk.ConfigError` listing every problem, each naming the points it concerns.
     """
+    from ..planning import experiment_from_dict, plan
     from ..registry import default_registry
-    from ..runner import plan
 
     p = Path(path)
     data = read_toml(p)
