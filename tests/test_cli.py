@@ -130,3 +130,35 @@ def test_quickstart_plan_is_valid(pm):
     res = invoke(pm, "run", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "quickstart" in res.output
+
+
+@pytest.mark.parametrize(
+    "args,module,plugin,options",
+    [
+        (["evaluate"], "rtk.cli.evaluate", "rtk.plugins.evaluation", "EvaluateOptions"),
+        (["zoo", "compare"], "rtk.cli.zoo", "rtk.plugins.zoo", "ZooStageOptions"),
+    ],
+)
+def test_evaluate_and_zoo_flags_come_from_the_stage_options(args, module, plugin, options):
+    """Each generated flag exists, shows the options' description and (unless the command keeps
+    its own, like zoo's --limit 200) the options' default; a flag not given leaves the default
+    to the options, a flag given reaches them."""
+    import importlib
+
+    from rtk.cli.common import given
+
+    mod = importlib.import_module(module)
+    opts = getattr(importlib.import_module(plugin), options)
+    res = CliRunner().invoke(cli, [*args, "--help"], terminal_width=400)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for name in mod._FLAGS:
+        f = opts.model_fields[name]
+        assert "--" + name.replace("_", "-") in text
+        assert (f.description or "") in text
+        if name != "limit" or args[0] == "evaluate":
+            assert f"[default: {f.default}]" in text or f.default is None
+    kw = {name: None for name in mod._FLAGS}
+    assert given(kw, opts, mod._FLAGS) == {}
+    kw.update(checks=False, batch_size=7)
+    assert given(kw, opts, mod._FLAGS) == {"checks": False, "batch_size": 7}

@@ -98,7 +98,7 @@ class AttackSuiteOptions(Options):
         description="evaluate on a fixed random subset of this many examples (the same subset in every stage "
         "with the same limit)",
     )
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="examples per batch")
     early_exit: bool = Field(
         False,
         description="attacks skip examples an earlier attack already broke (faster; the "
