@@ -382,13 +382,7 @@ def run(
             raise ConfigError("overrides apply to an experiment file or dict, not to a validated Experiment")
         exp = experiment
     elif isinstance(experiment, dict):
-        if overrides:
-            from .study.overrides import apply_overrides
-
-            experiment = apply_overrides(experiment, overrides, source="<dict>")
-        exp = experiment_from_dict(experiment, source="<dict>", base_dir=Path.cwd())
-        if overrides:
-            exp = exp.model_copy(update={"overrides": dict(overrides)})
+        exp = experiment_from_dict(experiment, source="<dict>", base_dir=Path.cwd(), overrides=overrides)
     else:
         exp = load_experiment(experiment, overrides=overrides)
     return execute(plan(exp, registry), out=out, resume=resume, runs_root=runs_root)

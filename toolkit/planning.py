@@ -253,13 +253,38 @@ def _checkpoint_arch_problems(ckpt: Path, arch: str, where: str) -> list[str]:
 
 
 def experiment_from_dict(
-    data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None, registry: Any = None
+    data: dict[str, Any],
+    *,
+    source: str | None = None,
+    base_dir: str | os.PathLike | None = None,
+    registry: Any = None,
+    overrides: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    without_sweep: bool = False,
 ) -> Experiment:
     """Validate the structure of an experiment given as a dict (as parsed from TOML).
+
+    ``overrides`` maps key paths to values (``{"stages.train.epochs": 30}``, see
+    :func:`rtk.study.apply_overrides`); they are applied to the table before it is validated, so
+    a bad value gets the same error, naming the key path, as in the file, and the experiment
+    records them (``overrides``). ``without_sweep`` then leaves out a ``[sweep]`` table (one
+    point of a study) and ``tags`` are added to the file's own. This is the one place overrides
+    are applied: :func:`load_experiment`, :func:`rtk.study.experiment_from_file`, the points of
+    :func:`rtk.study.load_study` and ``rtk.run(dict, overrides=...)`` all come here.
 
     When the structure has problems, the parts that are usable are also planned against
     ``registry`` (default: every installed plugin), so one error lists every problem.
     """
+    if overrides and isinstance(data, dict):
+        from .study.overrides import apply_overrides
+
+        data = apply_overrides(data, overrides, source=source)
+    if isinstance(data, dict) and (without_sweep and "sweep" in data or tags):
+        data = dict(data)
+        if without_sweep:
+            data.pop("sweep", None)
+        if tags:
+            data["tags"] = {**(data.get("tags") or {}), **tags}
     exp, problems = read_structure(data, source=source, base_dir=base_dir)
     if problems:
         if exp is not None and exp.stages:
@@ -271,25 +296,29 @@ def experiment_from_dict(
                 pass
         raise ConfigError(problems, source=source)
     assert exp is not None
-    return exp
+    return exp.model_copy(update={"overrides": dict(overrides)}) if overrides else exp
 
 
 def load_experiment(
-    path: str | os.PathLike, registry: Any = None, *, overrides: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    registry: Any = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    base_dir: str | os.PathLike | None = None,
+    without_sweep: bool = False,
 ) -> Experiment:
-    """Read and structurally validate an experiment TOML file.
-
-    ``overrides`` maps key paths to values (``{"stages.train.epochs": 30}``, see
-    :func:`rtk.study.apply_overrides`); they are applied to the file's table before it is
-    validated, so a bad value gets the same error, naming the key path, as in the file.
-    """
+    """Read and structurally validate an experiment TOML file, with ``overrides`` applied (and,
+    for one point of a study, its ``[sweep]`` left out and ``tags`` added; see
+    :func:`experiment_from_dict`). Relative paths in the file point from ``base_dir``
+    (default: the file's folder)."""
     p = Path(path)
-    data = read_toml(p)
-    if overrides:
-        from .study.overrides import apply_overrides
-
-        data = apply_overrides(data, overrides, source=str(p))
-    exp = experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve(), registry=registry)
-    if overrides:
-        exp = exp.model_copy(update={"overrides": dict(overrides)})
-    return exp
+    return experiment_from_dict(
+        read_toml(p),
+        source=str(p),
+        base_dir=base_dir or p.parent.resolve(),
+        registry=registry,
+        overrides=overrides,
+        tags=tags,
+        without_sweep=without_sweep,
+    )
