@@ -5,7 +5,8 @@ Public API (what built-in and third-party plugins may use):
 - ``hookimpl``: mark plugin hook implementations.
 - records: ``AttackSpec``, ``TrainerSpec``, ``PrunerSpec``, ``SimilaritySpec``,
   ``CertifierSpec``, ``DatasetSpec``, ``ModelSpec``, ``StageSpec``, ``CommandSpec``.
-- ``Options`` (base of every options model), ``Eps`` (a float written as "8/255").
+- ``Options`` (base of every options model), ``Eps`` (a float written as "8/255"), ``TrainingSpan``
+  (a ``Span`` of training: epochs, or a share of the run written "10%").
 - ``plugin_manager()``, ``Registry``, ``default_registry()``.
 - ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
 - one call per task (:mod:`rtk.api`): ``evaluate``, ``train``, ``prune``, ``verify``,
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from .execution import execute, run
     from .hookspecs import hookimpl, hookspec
     from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
-    from .options import Eps, NoOptions, Options, validate_options
+    from .options import Eps, NoOptions, Options, Span, TrainingSpan, validate_options
     from .planning import Plan, Planning, experiment_from_dict, load_experiment, plan
     from .records import (
         AttackSpec,
@@ -93,6 +94,8 @@ _LAZY = {
     "RunOutcome": "lifecycle",
     "StageInfo": "lifecycle",
     "Eps": "options",
+    "Span": "options",
+    "TrainingSpan": "options",
     "NoOptions": "options",
     "Options": "options",
     "validate_options": "options",
@@ -158,6 +161,8 @@ __all__ = [
     "SimilarityRef",
     "TrainerRef",
     "Eps",
+    "Span",
+    "TrainingSpan",
     "NoOptions",
     "Options",
     "validate_options",
