@@ -34,13 +34,15 @@ def parse_attack(text: str) -> dict[str, Any] | str:
 
 def parse_eps(items: tuple[str, ...]) -> list[str] | dict[str, list[str]] | None:
     """``2/255,8/255`` (one list) or ``Linf:2/255,8/255`` / ``L2:0.5,1`` (per norm, repeatable)."""
+    from rtk import NORMS
+
     if not items:
         return None
     per_norm: dict[str, list[str]] = {}
     plain: list[str] = []
     for item in items:
         norm, sep, rest = item.partition(":")
-        if sep and norm in ("Linf", "L2", "L1"):
+        if sep and norm in NORMS:
             per_norm.setdefault(norm, []).extend(v.strip() for v in rest.split(",") if v.strip())
         else:
             plain.extend(v.strip() for v in item.split(",") if v.strip())

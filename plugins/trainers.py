@@ -19,7 +19,7 @@ class StandardOptions(rtk.Options):
 
 
 class _AdversarialOptions(rtk.Options):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
+    norm: rtk.NormLinfL2 = Field("Linf", description="threat model")
     eps: rtk.Eps = Field(8 / 255, gt=0, description="training radius, a float or a fraction such as '8/255'")
     alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
     steps: int = Field(10, ge=1, le=1000, description="attack steps")

@@ -42,7 +42,18 @@ if TYPE_CHECKING:
     from .execution import execute, run
     from .hookspecs import hookimpl, hookspec
     from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
-    from .options import Eps, NoOptions, Options, Span, TrainingSpan, validate_options
+    from .options import (
+        NORMS,
+        Eps,
+        NoOptions,
+        Norm,
+        NormLinfL2,
+        Options,
+        Span,
+        TrainingSpan,
+        check_norm,
+        validate_options,
+    )
     from .planning import Plan, Planning, experiment_from_dict, load_experiment, plan
     from .records import (
         AttackSpec,
@@ -95,6 +106,10 @@ _LAZY = {
     "StageInfo": "lifecycle",
     "Eps": "options",
     "Span": "options",
+    "NORMS": "options",
+    "Norm": "options",
+    "NormLinfL2": "options",
+    "check_norm": "options",
     "TrainingSpan": "options",
     "NoOptions": "options",
     "Options": "options",
@@ -163,6 +178,10 @@ __all__ = [
     "Eps",
     "Span",
     "TrainingSpan",
+    "NORMS",
+    "Norm",
+    "NormLinfL2",
+    "check_norm",
     "NoOptions",
     "Options",
     "validate_options",

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data.core import DataInfo, DatasetBundle, TensorSplit
 from .data.sources import as_split, as_tensor, infer_info
 from .errors import ConfigError, DataError, RtkError
-from .options import NoOptions, Options
+from .options import NORMS, NoOptions, Options
 from .records import ComponentSpec, DatasetSpec, ModelSpec, Registration
 from .registry import Registry, default_registry
 
@@ -505,8 +505,8 @@ def evaluate(
         "output": output,
         **options,
     }
-    if norm not in ("Linf", "L2", "L1"):
-        raise ApiError(f"norm: {norm!r} is not allowed; allowed: Linf, L2, L1")
+    if norm not in NORMS:
+        raise ApiError(f"norm: {norm!r} is not allowed; allowed: {', '.join(NORMS)}")
     if eps is not None:
         stage["eps"] = {norm: list(eps) if isinstance(eps, (list, tuple)) else [eps]}
     if limit is not None:

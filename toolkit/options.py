@@ -9,7 +9,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, model_validator
 
@@ -51,6 +51,25 @@ def parse_fraction(value: Any) -> Any:
         except (ValueError, ZeroDivisionError):
             raise ValueError(f"expected a number or a fraction such as '8/255', got {value!r}") from None
     return value
+
+
+#: The threat models (norms) an eps is measured in, in rtk's order: the one spelling of a norm in
+#: options, records, tables and flags. :data:`Norm` is any of them; :data:`NormLinfL2` the two
+#: that rtk's own PGD-style attacks and trainers implement.
+NORMS = ("Linf", "L2", "L1")
+Norm = Literal["Linf", "L2", "L1"]
+NormLinfL2 = Literal["Linf", "L2"]
+
+
+def check_norm(value: Any, where: str = "norm", allowed: tuple[str, ...] = NORMS) -> str:
+    """``value`` if it names one of ``allowed`` (spelled as in :data:`NORMS`), else a
+    :class:`~rtk.ConfigError` naming ``where`` and what is allowed."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    hint = ""
+    if isinstance(value, str) and value.lower() in {a.lower() for a in allowed}:
+        hint = f" (norms are spelled {', '.join(allowed)})"
+    raise ConfigError(f"{where}: {value!r} is not a norm here{hint}; allowed: {', '.join(allowed)}")
 
 
 #: A float that may be written as a fraction ("8/255") in experiment files.

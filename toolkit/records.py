@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .errors import RtkError
-from .options import NoOptions, Options
+from .options import NoOptions, Norm, Options
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +57,7 @@ class AttackSpec(ComponentSpec):
     """
 
     build: Callable[[Any, Any], Callable[[Any, Any], Any]]
-    norm: str = "Linf"
+    norm: Norm | Literal["L0", "none"] = "Linf"
     black_box: bool = False
     effort: str | None = None
     KIND: ClassVar[str] = "attack"

@@ -10,11 +10,9 @@ default and one description each; a stage may narrow a default (``batch_size``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import AliasChoices, Field, model_validator
 
-from ..options import Eps, Options
+from ..options import Eps, Norm, Options
 from ..refs import AttackRef
 
 #: Allowed values of the ``output`` option.
@@ -71,9 +69,6 @@ class CheckSettings(Options):
     rtol: float = Field(1e-4, gt=0, description="tolerance of output comparisons, relative to the largest logit")
     bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
 
-
-#: A threat model an eps can be given for (the names of :data:`rtk.evaluation.NORMS`).
-Norm = Literal["Linf", "L2", "L1"]
 
 
 class AttackSuiteOptions(Options):
