@@ -162,3 +162,27 @@ def test_evaluate_and_zoo_flags_come_from_the_stage_options(args, module, plugin
     assert given(kw, opts, mod._FLAGS) == {}
     kw.update(checks=False, batch_size=7)
     assert given(kw, opts, mod._FLAGS) == {"checks": False, "batch_size": 7}
+
+
+def test_prune_and_similarity_settings_are_declared_once():
+    """The pruning and similarity requests own their defaults: the engine's records take them,
+    the stages' options embed them, and the CLI's flags show them."""
+    from rtk.pruning import Schedule, ScoreTraining
+    from rtk.similarity import SimilarityJob
+
+    schedule = rtk.PruneRequest().schedule()
+    assert schedule == Schedule() and schedule.scores == ScoreTraining()
+    job, request = SimilarityJob(metric=None, metric_name="m"), rtk.SimilarityRequest()
+    for key in ("analyses", "split", "limit", "batch_size", "pooling", "block_threshold", "block_min_size"):
+        assert getattr(job, key) == getattr(request, key), key
+    reg = rtk.default_registry()
+    assert issubclass(reg.get("stage", "prune").options, rtk.PruneRequest)
+    assert issubclass(reg.get("stage", "similarity").options, rtk.SimilarityRequest)
+    for args, model, fields in (
+        (["prune", "run"], rtk.PruneRequest, ("pretrain_epochs", "score_epochs", "finetune_lr", "layers")),
+        (["similarity"], rtk.SimilarityRequest, ("split", "limit", "batch_size", "pooling")),
+    ):
+        res = CliRunner().invoke(cli, [*args, "--help"], terminal_width=400)
+        text = " ".join(res.output.split())
+        for name in fields:
+            assert f"--{name.replace('_', '-')}" in text and model.model_fields[name].description in text, name

@@ -7,6 +7,7 @@ Public API (what built-in and third-party plugins may use):
   ``CertifierSpec``, ``DatasetSpec``, ``ModelSpec``, ``StageSpec``, ``CommandSpec``.
 - ``Options`` (base of every options model), ``Eps`` (a float written as "8/255"), ``TrainingSpan``
   (a ``Span`` of training: epochs, or a share of the run written "10%").
+- the typed requests of the pruning and similarity jobs: ``PruneRequest``, ``SimilarityRequest``.
 - ``plugin_manager()``, ``Registry``, ``default_registry()``.
 - ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
 - one call per task (:mod:`rtk.api`): ``evaluate``, ``train``, ``prune``, ``verify``,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     )
     from .execution import execute, run
     from .hookspecs import hookimpl, hookspec
+    from .jobs import PruneRequest, SimilarityRequest
     from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
     from .options import (
         NORMS,
@@ -106,6 +108,8 @@ _LAZY = {
     "StageInfo": "lifecycle",
     "Eps": "options",
     "Span": "options",
+    "PruneRequest": "jobs",
+    "SimilarityRequest": "jobs",
     "NORMS": "options",
     "Norm": "options",
     "NormLinfL2": "options",
@@ -178,6 +182,8 @@ __all__ = [
     "Eps",
     "Span",
     "TrainingSpan",
+    "PruneRequest",
+    "SimilarityRequest",
     "NORMS",
     "Norm",
     "NormLinfL2",

@@ -70,7 +70,6 @@ class CheckSettings(Options):
     bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
 
 
-
 class AttackSuiteOptions(Options):
     """The attack suite of an evaluation and how it runs (embedded in stage options)."""
 
