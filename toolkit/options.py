@@ -121,6 +121,18 @@ class Span:
         return cls(number, share)
 
 
+def run_epochs(progress: float) -> float:
+    """The length in epochs of the run ``progress`` (an :class:`rtk.training.Progress`) is a
+    position in; a TypeError for a bare fraction, which does not know it."""
+    total = getattr(progress, "epochs", None)
+    if total is None:
+        raise TypeError(
+            "an eps warm-up or ramp in epochs needs an rtk.training.Progress (the training loop passes one; "
+            "by hand use Progress.at_epoch(epoch, epochs))"
+        )
+    return float(total)
+
+
 def _dump_span(span: Span) -> float | str:
     return str(span) if span.share else span.value
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..options import Span
+from ..options import Span, run_epochs
 from ..training.objectives import ObjectiveOutput
 from .bounds import interval_pass, linf_box, margin_spec, spec_lower_crown, spec_lower_ibp
 from .graph import bound_graph, check_graph
@@ -45,13 +45,7 @@ class Ramp:
             return float(value)
         if value.share:
             return value.value
-        total = getattr(progress, "epochs", None)
-        if total is None:
-            raise TypeError(
-                "an eps warm-up or ramp in epochs needs an rtk.training.Progress (the training loop passes "
-                "one; by hand use Progress.at_epoch(epoch, epochs))"
-            )
-        return value.fraction(total)
+        return value.fraction(run_epochs(progress))
 
     def __call__(self, progress: float) -> float:
         warmup, ramp = self._share(self.warmup, progress), self._share(self.ramp, progress)

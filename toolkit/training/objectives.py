@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import unwrap
-from ..options import Span
+from ..options import Span, run_epochs
 from .attacks import Init, Norm, bn_mode, ce_sum, default_alpha, perturb
 
 
@@ -102,13 +102,7 @@ class EpsSchedule:
     def __call__(self, progress: float) -> float:
         if self.constant:
             return self.eps
-        epoch = getattr(progress, "epoch", None)
-        if epoch is None:
-            raise TypeError(
-                "an eps warm-up or ramp is measured in epochs: pass an rtk.training.Progress "
-                "(the training loop does; by hand use Progress.at_epoch(epoch, epochs))"
-            )
-        total = progress.epochs  # type: ignore[attr-defined]
+        total, epoch = run_epochs(progress), progress.epoch  # type: ignore[attr-defined]
         warmup, ramp = Span.parse(self.warmup).epochs(total), Span.parse(self.ramp).epochs(total)
         if epoch < warmup:
             return 0.0
