@@ -149,3 +149,89 @@ def checkpoint_data(spec: dict[str, Any], where: str) -> dict[str, Any]:
     name = (spec.get("data") or {}).get("name")
     click.echo(f"dataset: {name} with its default options, since {where}: {why}; choose one with --dataset", err=True)
     return {"name": name}
+
+
+# ---------------------------------------------------------------------------- flags from a typed request
+def _is_list(ann: Any) -> bool:
+    from typing import get_args, get_origin
+
+    return get_origin(ann) is list or any(get_origin(a) is list for a in get_args(ann))
+
+
+def _choices(ann: Any) -> tuple[str, ...]:
+    from typing import Literal, get_args, get_origin
+
+    for a in (ann, *get_args(ann)):
+        if get_origin(a) is Literal:
+            return tuple(str(c) for c in get_args(a))
+    return ()
+
+
+def _number_type(ann: Any) -> Any:
+    """``click.INT`` / ``click.FLOAT`` for an ``int`` / ``float`` field (optional or not), else None
+    (the text goes to the request's validator: ``8/255``, a choice, ...)."""
+    from typing import get_args
+
+    kinds = {a for a in (ann, *get_args(ann)) if a is not type(None)}
+    if kinds == {int}:
+        return click.INT
+    if kinds == {float}:
+        return click.FLOAT
+    return None
+
+
+def request_flags(
+    model: Any,
+    fields: Iterable[str] | None = None,
+    *,
+    skip: Iterable[str] = (),
+    flags: dict[str, str] | None = None,
+    prefix: str = "",
+    defaults: dict[str, Any] | None = None,
+) -> Callable[[Callable], Callable]:
+    """A decorator adding one flag per field of the typed request ``model`` (a pydantic model):
+    ``--eval-size 500``, ``--restore-best/--no-restore-best``, ``--milestones 1,2``. The help is
+    the field's description, its choices and its default; a flag not given is None, so the
+    request's own default applies (:func:`given` picks the given ones). ``fields`` picks and
+    orders the fields (default: all, less ``skip``); ``flags`` renames a flag (``{"enabled":
+    "cka"}``); ``prefix`` is put before each parameter name (for a nested request); ``defaults``
+    are the command's own defaults where it deliberately differs from the request."""
+    names = list(fields) if fields is not None else [n for n in model.model_fields if n not in set(skip)]
+    renamed, own = flags or {}, defaults or {}
+
+    def decorate(fn: Callable) -> Callable:
+        for name in reversed(names):
+            f = model.model_fields[name]
+            flag = "--" + renamed.get(name, name).replace("_", "-")
+            dest = prefix + name
+            default = own.get(name, f.default)
+            help_ = f.description or ""
+            if _choices(f.annotation):
+                help_ += f"; one of: {', '.join(_choices(f.annotation))}"
+            if default is not None and not _is_list(f.annotation):
+                help_ += f" [default: {default}]"
+            value = own.get(name)
+            if f.annotation is bool:
+                no = "--no-" + renamed.get(name, name).replace("_", "-")
+                fn = click.option(f"{flag}/{no}", dest, default=value, help=help_)(fn)
+            elif _is_list(f.annotation):
+                fn = click.option(flag, dest, default=value, metavar="A,B,...", help=help_ + " (comma-separated)")(fn)
+            else:
+                kind = _number_type(f.annotation)
+                fn = click.option(flag, dest, type=kind, default=value, metavar="VALUE", help=help_)(fn)
+        return fn
+
+    return decorate
+
+
+def given(kw: dict[str, Any], model: Any, fields: Iterable[str] | None = None, *, prefix: str = "") -> dict[str, Any]:
+    """The fields of ``model`` given on the command line (by :func:`request_flags`' flags), as the
+    request takes them: lists split at commas."""
+    out: dict[str, Any] = {}
+    for name in fields if fields is not None else model.model_fields:
+        value = kw.get(prefix + name)
+        if value is None:
+            continue
+        f = model.model_fields[name]
+        out[name] = [v.strip() for v in value.split(",") if v.strip()] if _is_list(f.annotation) else value
+    return out

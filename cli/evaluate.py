@@ -14,7 +14,17 @@ from typing import Any
 
 import click
 
-from .common import SEED, checkpoint_data, echo_table, friendly_errors, parse_component, progress_bars, registry
+from .common import (
+    SEED,
+    checkpoint_data,
+    echo_table,
+    friendly_errors,
+    given,
+    parse_component,
+    progress_bars,
+    registry,
+    request_flags,
+)
 
 
 def parse_attack(text: str) -> dict[str, Any] | str:
@@ -24,13 +34,15 @@ def parse_attack(text: str) -> dict[str, Any] | str:
 
 def parse_eps(items: tuple[str, ...]) -> list[str] | dict[str, list[str]] | None:
     """``2/255,8/255`` (one list) or ``Linf:2/255,8/255`` / ``L2:0.5,1`` (per norm, repeatable)."""
+    from rtk import NORMS
+
     if not items:
         return None
     per_norm: dict[str, list[str]] = {}
     plain: list[str] = []
     for item in items:
         norm, sep, rest = item.partition(":")
-        if sep and norm in ("Linf", "L2", "L1"):
+        if sep and norm in NORMS:
             per_norm.setdefault(norm, []).extend(v.strip() for v in rest.split(",") if v.strip())
         else:
             plain.extend(v.strip() for v in item.split(",") if v.strip())
@@ -56,8 +68,7 @@ def resolve_source(source: Path, model: str | None, tag: str, dataset: str | Non
     from rtk.models.sources import refuse_code_from_checkpoint
 
     if source.is_dir():
-        from rtk.rundir import RunDir
-        from rtk.runner import saved_checkpoints
+        from rtk.rundir import RunDir, saved_checkpoints
 
         rundir = RunDir(source)
         rundir.check_links()
@@ -137,14 +148,9 @@ def _stage_options(kw: dict[str, Any], model: str) -> dict[str, Any]:
     eps = parse_eps(kw["eps"])
     if eps is not None:
         st["eps"] = eps
-    for key in ("headline_eps", "limit", "batch_size", "split", "save_adversarial", "output"):
-        if kw.get(key) is not None:
-            st[key] = kw[key]
-    for key in ("early_exit", "strict", "per_example"):
-        if kw.get(key):
-            st[key] = True
-    if kw.get("no_checks"):
-        st["checks"] = False
+    from rtk.plugins.evaluation import EvaluateOptions
+
+    st.update(given(kw, EvaluateOptions, _FLAGS))
     if kw.get("records_from"):
         st["records_from"] = [str(p) for p in kw["records_from"]]
     mean, std = _floats(kw.get("mean"), "--mean"), _floats(kw.get("std"), "--std")
@@ -153,6 +159,28 @@ def _stage_options(kw: dict[str, Any], model: str) -> dict[str, Any]:
     if mean is not None:
         st["normalize"] = {"mean": mean, "std": std}
     return st
+
+
+#: The fields of the evaluate stage's options (the attack-suite request and the stage's own) that are
+#: flags, generated from the options: their names, defaults and help come from there.
+_FLAGS = (
+    "headline_eps",
+    "limit",
+    "batch_size",
+    "split",
+    "early_exit",
+    "strict",
+    "checks",
+    "output",
+    "save_adversarial",
+    "per_example",
+)
+
+
+def _request_options(fn):
+    from rtk.plugins.evaluation import EvaluateOptions
+
+    return request_flags(EvaluateOptions, _FLAGS)(fn)
 
 
 def _echo_checks(df) -> None:
@@ -181,20 +209,9 @@ def _echo_checks(df) -> None:
     metavar="LIST",
     help="Run every bounded attack at each eps: 2/255,4/255,8/255 or per norm Linf:... / L2:... (repeatable).",
 )
-@click.option("--headline-eps", help="eps of the headline worst case.")
-@click.option("--limit", type=int, help="Evaluate on a fixed random subset of this many examples.")
-@click.option("--batch-size", type=int, help="Batch size [default: 256].")
-@click.option("--split", type=click.Choice(["test", "train"]), help="Split to evaluate [default: test].")
-@click.option("--early-exit", is_flag=True, help="Attacks skip examples an earlier attack already broke.")
-@click.option("--strict", is_flag=True, help="A failed sanity check is an error (non-zero exit).")
-@click.option("--no-checks", is_flag=True, help="Skip the sanity checks.")
-@click.option("--output", help="What the model returns: logits, first, index:N, key:NAME.")
+@_request_options
 @click.option("--mean", help="Per-channel mean the model expects on its inputs (with --std).")
 @click.option("--std", help="Per-channel std the model expects on its inputs (with --mean).")
-@click.option(
-    "--save-adversarial", type=click.Choice(["none", "checks", "all"]), help="Which adversarial examples to save."
-)
-@click.option("--per-example", is_flag=True, help="Also add the per-example table to the run's tables.")
 @click.option(
     "--records-from",
     multiple=True,
@@ -224,7 +241,7 @@ def command(source: Path | None, **kw: Any) -> None:
       rtk evaluate model -a "apgd-ce:norm=L2,eps=0.5" --limit 1000 --early-exit
     """
     import rtk
-    from rtk.runner import resumed_experiment
+    from rtk.execution import resumed_experiment
 
     if kw["resume"] is not None:
         if source is not None:

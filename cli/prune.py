@@ -16,7 +16,18 @@ from typing import Any
 
 import click
 
-from .common import SEED, echo_table, friendly_errors, key_values, parse_component, parse_value, progress_bars, registry
+from .common import (
+    SEED,
+    echo_table,
+    friendly_errors,
+    given,
+    key_values,
+    parse_component,
+    parse_value,
+    progress_bars,
+    registry,
+    request_flags,
+)
 
 
 def _numbers(text: str | None, flag: str) -> list[float] | None:
@@ -41,6 +52,27 @@ def _cli_message(text: str) -> str:
     ):
         text = text.replace(key, flag)
     return text.replace("stages[0]", "options").replace("models.model.", "model option ")
+
+
+#: The fields of the pruning request (rtk.PruneRequest) that are flags of ``rtk prune run``,
+#: generated from it: their names, defaults and help come from there.
+_FLAGS = (
+    "pretrain_epochs",
+    "score_epochs",
+    "finetune_epochs",
+    "batch_size",
+    "lr",
+    "score_lr",
+    "finetune_lr",
+    "layers",
+    "exclude",
+)
+
+
+def _request_options(fn):
+    import rtk
+
+    return request_flags(rtk.PruneRequest, _FLAGS)(fn)
 
 
 @click.group("prune")
@@ -86,13 +118,7 @@ def command() -> None:
     metavar="KEY=VALUE",
     help="A trainer option (repeatable), e.g. -o eps=8/255.",
 )
-@click.option("--pretrain-epochs", type=int, default=0, show_default=True, help="Pre-train the dense model first.")
-@click.option("--score-epochs", type=int, help="Epochs of HYDRA score training [default: 20].")
-@click.option("--finetune-epochs", type=int, help="Epochs of fine-tuning after pruning [default: 10].")
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float, help="Learning rate of pre-training.")
-@click.option("--score-lr", type=float)
-@click.option("--finetune-lr", type=float)
+@_request_options
 @click.option(
     "-l",
     "--loop-option",
@@ -100,8 +126,6 @@ def command() -> None:
     metavar="KEY=VALUE",
     help="A training-loop option for every phase (repeatable), e.g. -l schedule=cosine.",
 )
-@click.option("--layers", help="Comma-separated name patterns of the layers to prune [default: *].")
-@click.option("--exclude", help="Comma-separated name patterns of layers kept dense.")
 @click.option("--prune-first", is_flag=True, help="Also prune the first layer (kept dense by default).")
 @click.option("--prune-last", is_flag=True, help="Also prune the classifier (kept dense by default).")
 @click.option(
@@ -182,6 +206,8 @@ def run_command(**kw: Any) -> None:
 
 
 def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
+    import rtk
+
     model: dict[str, Any] = {"arch": kw["arch"], **key_values(kw["model_option"], "--model-option")}
     if kw["checkpoint"] is not None:
         from rtk.models.checkpoint import checkpoint_declaration
@@ -192,7 +218,7 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         "id": "prune",
         "model": kw["name"],
         "trainer": {"name": kw["trainer"], **key_values(kw["trainer_option"], "--trainer-option")},
-        "pretrain_epochs": kw["pretrain_epochs"],
+        **given(kw, rtk.PruneRequest, _FLAGS),
     }
     if kw["pruners"]:
         stage["pruners"] = [parse_component(p, "--pruner") for p in kw["pruners"]]
@@ -206,23 +232,11 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         stage["compression"] = compression
     if ratios is not None:
         stage["ratios"] = ratios
-    for key in (
-        "score_epochs",
-        "finetune_epochs",
-        "batch_size",
-        "lr",
-        "score_lr",
-        "finetune_lr",
-        "eval_limit",
-        "export",
-    ):
+    for key in ("eval_limit", "export"):
         if kw[key] is not None:
             stage[key] = kw[key]
     if kw["loop_option"]:
         stage["loop"] = key_values(kw["loop_option"], "--loop-option")
-    for key in ("layers", "exclude"):
-        if kw[key]:
-            stage[key] = [p.strip() for p in kw[key].split(",") if p.strip()]
     if kw["prune_first"]:
         stage["keep_first"] = False
     if kw["prune_last"]:

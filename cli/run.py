@@ -123,7 +123,7 @@ def command(
         return
     import rtk
     from rtk.distributed import is_main
-    from rtk.runner import resumed_experiment
+    from rtk.execution import resumed_experiment
 
     if resume is not None:
         if overrides:
@@ -160,7 +160,7 @@ def command(
         return
     # one line per stage start and end on stderr, also when the output goes to a log file
     # (progress bars show only on a terminal); -q silences them
-    runner_log = logging.getLogger("rtk.runner")
+    runner_log = logging.getLogger("rtk.execution")
     level = runner_log.level
     if is_main() and not state().quiet and runner_log.getEffectiveLevel() > logging.INFO:
         runner_log.setLevel(logging.INFO)

@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
-from .common import checkpoint_data, echo_table, friendly_errors, key_values, progress_bars, registry
+from .common import (
+    checkpoint_data,
+    echo_table,
+    friendly_errors,
+    given,
+    key_values,
+    progress_bars,
+    registry,
+    request_flags,
+)
 
 
 def _model_name(text: str, taken: set[str]) -> str:
@@ -52,6 +61,16 @@ def _checkpoint_of(ref: str, run: Path | None) -> tuple[Path, str]:
             + (f"; tags of {base!r}: {', '.join(avail)}" if avail else "")
         )
     return stem, ref
+
+
+#: The fields of the similarity request (rtk.SimilarityRequest) that are flags, generated from it.
+_FLAGS = ("split", "limit", "batch_size", "passes", "pooling")
+
+
+def _request_options(fn):
+    import rtk
+
+    return request_flags(rtk.SimilarityRequest, _FLAGS)(fn)
 
 
 @click.command("similarity")
@@ -97,17 +116,7 @@ def _checkpoint_of(ref: str, run: Path | None) -> tuple[Path, str]:
     "layer by layer.",
 )
 @click.option("--dataset", help="Dataset to read features on (default: the one the first checkpoint was trained on).")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--limit", type=int, default=1000, show_default=True, help="Number of examples.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option(
-    "--passes",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Minibatch metrics: passes over the examples, each a seeded shuffle; HSIC averaged over all (paper 1: 3).",
-)
-@click.option("--pooling", default="flatten", show_default=True, help="flatten, avg, or avgN.")
+@_request_options
 @click.option("--device", default="auto", show_default=True)
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default runs/similarity-<time>)."
@@ -122,13 +131,9 @@ def command(
     attacks: tuple[str, ...],
     overfitting: bool,
     dataset: str | None,
-    split: str,
-    limit: int,
-    batch_size: int,
-    passes: int,
-    pooling: str,
     device: str,
     out: Path | None,
+    **kw: Any,
 ) -> None:
     """Compare CHECKPOINTS (NAME.safetensors + NAME.json, or models of --run) layer by layer:
     heatmaps and block-structure scores of each, the similarity of corresponding layers of
@@ -160,11 +165,7 @@ def command(
         "kind": "similarity",
         "id": "similarity",
         "metric": {"name": metric, **key_values(metric_options, "--metric-option")},
-        "split": split,
-        "limit": limit,
-        "batch_size": batch_size,
-        "passes": passes,
-        "pooling": pooling,
+        **given(kw, rtk.SimilarityRequest, _FLAGS),
     }
     if layers:
         stage["layers"] = list(layers)

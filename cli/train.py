@@ -10,58 +10,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from .common import SEED, echo_table, friendly_errors, key_values, progress_bars, registry
+from .common import SEED, echo_table, friendly_errors, given, key_values, progress_bars, registry, request_flags
 
 _LOOP_SKIP = ("amp",)  # handled by the explicit --amp/--no-amp below
 
 
-def _loop_fields() -> dict[str, Any]:
+def _loop_options(fn):
+    """One flag per LoopConfig field: ``--eval-size 500``, ``--restore-best/--no-restore-best``."""
     from rtk.training import LoopConfig
 
-    return {k: f for k, f in LoopConfig.model_fields.items() if k not in _LOOP_SKIP}
-
-
-def _is_bool(ann: Any) -> bool:
-    return ann is bool
-
-
-def _is_list(ann: Any) -> bool:
-    if get_origin(ann) is list:
-        return True
-    return any(get_origin(a) is list for a in get_args(ann))
-
-
-def _choices(ann: Any) -> tuple[str, ...]:
-    from typing import Literal
-
-    for a in (ann, *get_args(ann)):
-        if get_origin(a) is Literal:
-            return tuple(str(c) for c in get_args(a))
-    return ()
-
-
-def _add_loop_options(fn):
-    """One flag per LoopConfig field: ``--eval-size 500``, ``--restore-best/--no-restore-best``."""
-    for name, f in reversed(list(_loop_fields().items())):
-        flag = "--" + name.replace("_", "-")
-        default = f.default
-        help_ = f.description or ""
-        if _choices(f.annotation):
-            help_ += f"; one of: {', '.join(_choices(f.annotation))}"
-        if default is not None and not _is_list(f.annotation):
-            help_ += f" [default: {default}]"
-        if _is_bool(f.annotation):
-            fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=None, help=help_)(fn)
-        elif _is_list(f.annotation):
-            fn = click.option(flag, name, default=None, metavar="A,B,...", help=help_ + " (comma-separated)")(fn)
-        else:
-            fn = click.option(flag, name, default=None, metavar="VALUE", help=help_)(fn)
-    return fn
+    return request_flags(LoopConfig, skip=_LOOP_SKIP)(fn)
 
 
 def _cli_message(text: str, model: str) -> str:
@@ -110,7 +73,7 @@ def _cli_message(text: str, model: str) -> str:
 )
 @click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
-@_add_loop_options
+@_loop_options
 @friendly_errors
 def command(**kw: Any) -> None:
     """Train a model with a registered trainer and print its per-epoch history.
@@ -122,7 +85,7 @@ def command(**kw: Any) -> None:
       rtk train --resume runs/pgd
     """
     import rtk
-    from rtk.runner import resumed_experiment
+    from rtk.execution import resumed_experiment
 
     ctx = click.get_current_context()
     resume: Path | None = kw.pop("resume")
@@ -174,11 +137,9 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
         stage["params"] = [p.strip() for p in kw["params"].split(",") if p.strip()]
     if kw["amp"] is not None:
         stage["amp"] = kw["amp"]
-    for key, f in _loop_fields().items():
-        value = kw.get(key)
-        if value is None:
-            continue
-        stage[key] = [v.strip() for v in value.split(",") if v.strip()] if _is_list(f.annotation) else value
+    from rtk.training import LoopConfig
+
+    stage.update(given(kw, LoopConfig, [k for k in LoopConfig.model_fields if k not in _LOOP_SKIP]))
     label = re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"train-{kw['arch']}-{kw['trainer']}").strip("-")
     return {
         "name": label,

@@ -8,7 +8,17 @@ from typing import Any
 
 import click
 
-from .common import SEED, echo_table, friendly_errors, key_values, parse_component, progress_bars, registry
+from .common import (
+    SEED,
+    echo_table,
+    friendly_errors,
+    given,
+    key_values,
+    parse_component,
+    progress_bars,
+    registry,
+    request_flags,
+)
 
 
 @click.group("zoo")
@@ -87,6 +97,19 @@ def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
     return name, {"arch": spec_json["arch"], **spec_json.get("options", {}), "checkpoint": str(ckpt.resolve())}
 
 
+#: The zoo stage's options that are flags of ``rtk zoo compare``, generated from the options (the
+#: attack-suite request and the stage's own); ``--limit`` keeps a quick default of its own.
+_FLAGS = ("limit", "batch_size", "model_dir", "allow_unsafe_pickle", "download", "checks")
+_CKA_FLAGS = ("enabled", "limit")
+
+
+def _request_options(fn):
+    from rtk.plugins.zoo import CKAOptions, ZooStageOptions
+
+    fn = request_flags(CKAOptions, _CKA_FLAGS, flags={"enabled": "cka", "limit": "cka_limit"}, prefix="cka_")(fn)
+    return request_flags(ZooStageOptions, _FLAGS, defaults={"limit": 200})(fn)
+
+
 @command.command("compare")
 @click.option(
     "--zoo", "zoo_ids", multiple=True, metavar="ID", help="A zoo entry <dataset>/<threat>/<name> (repeatable)."
@@ -109,24 +132,7 @@ def _user_model(spec: str) -> tuple[str, dict[str, Any]]:
     metavar="NAME[:K=V,...]",
     help="An attack of the suite, e.g. pgd:eps=8/255,steps=10 (repeatable; default autoattack).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="Test examples (the same for every model).",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), help="Where zoo weights live.")
-@click.option(
-    "--allow-unsafe-pickle", is_flag=True, help="Allow zoo checkpoints that need full unpickling (trusted files only)."
-)
-@click.option(
-    "--download", is_flag=True, help="Fetch missing zoo weights with robustbench's downloader (needs network)."
-)
-@click.option("--checks/--no-checks", default=True, show_default=True, help="Run the evaluation's sanity checks.")
-@click.option("--cka/--no-cka", default=True, show_default=True, help="CKA between the layers of zoo models and yours.")
-@click.option("--cka-limit", type=click.IntRange(min=8), default=256, show_default=True)
+@_request_options
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
@@ -140,21 +146,15 @@ def compare_command(
     dataset: str | None,
     data_opts: tuple[str, ...],
     attacks: tuple[str, ...],
-    limit: int,
-    batch_size: int,
-    model_dir: Path | None,
-    allow_unsafe_pickle: bool,
-    download: bool,
-    checks: bool,
-    cka: bool,
-    cka_limit: int,
     device: str,
     seed: int,
     out: Path | None,
     runs_root: Path,
+    **kw: Any,
 ) -> None:
     """Evaluate zoo models and your models on the same test subset with the same attacks, in one table."""
     import rtk
+    from rtk.plugins.zoo import CKAOptions, ZooStageOptions
     from rtk.zoo import ZooId
 
     if not zoo_ids and not models:
@@ -169,15 +169,9 @@ def compare_command(
         "id": "zoo",
         "models": list(declared),
         "zoo": list(zoo_ids),
-        "limit": limit,
-        "batch_size": batch_size,
-        "allow_unsafe_pickle": allow_unsafe_pickle,
-        "download": download,
-        "checks": checks,
-        "cka": {"enabled": cka, "limit": cka_limit},
+        **given(kw, ZooStageOptions, _FLAGS),
+        "cka": given(kw, CKAOptions, _CKA_FLAGS, prefix="cka_"),
     }
-    if model_dir is not None:
-        stage["model_dir"] = str(model_dir)
     if attacks:
         stage["attacks"] = [parse_component(a, "--attack") for a in attacks]
     experiment = {

@@ -93,7 +93,7 @@ class _EpsByNorm(rtk.Options):
     """A threat model (``norm``) and a budget ``eps`` in it: fills ``eps`` with the norm's default
     (8/255 Linf, 0.5 L2, 5 L1) and bounds Linf eps by 1."""
 
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model: Linf or L2")
+    norm: rtk.NormLinfL2 = Field("Linf", description="threat model: Linf or L2")
     eps: rtk.Eps | None = Field(None, ge=0, description="budget in the norm (default 8/255 for Linf, 0.5 for L2)")
     if TYPE_CHECKING:  # added to every attack's options by ``_common_keys_last``
         seed: int
@@ -157,7 +157,7 @@ class APGDTOptions(APGDDLROptions):
 
 @_common_keys_last()
 class FABOptions(_EpsByNorm):
-    norm: Literal["Linf", "L2", "L1"] = Field("Linf", description="threat model: Linf, L2 or L1")
+    norm: rtk.Norm = Field("Linf", description="threat model: Linf, L2 or L1")
     eps: rtk.Eps | None = Field(None, ge=0, description="budget (default 8/255 Linf, 0.5 L2, 5 L1)")
     steps: int = Field(100, ge=1, description="iterations")
     restarts: int = _n_restarts()

@@ -88,7 +88,10 @@ def _channel(o: ChannelOptions):
 
 
 # ----------------------------------------------------------------------------- the prune stage
-class PruneStageOptions(rtk.Options):
+class PruneStageOptions(rtk.PruneRequest):
+    """The prune stage: the job's request (:class:`rtk.PruneRequest`: schedule, layers) and what it
+    prunes, with which methods and objective, to which targets, and how it evaluates."""
+
     model: str = Field(description="the dense model to compress (declared under [models] or made by an earlier stage)")
     pruners: list[rtk.PrunerRef] = Field(
         default_factory=lambda: [rtk.PrunerRef(name="hydra"), rtk.PrunerRef(name="lwm")],
@@ -108,28 +111,6 @@ class PruneStageOptions(rtk.Options):
         default_factory=lambda: rtk.TrainerRef(name="standard"),
         description="the objective of pre-training, score training and fine-tuning",
     )
-    pretrain_epochs: int = Field(0, ge=0, description="pre-train the dense model first (0: it is already trained)")
-    score_epochs: int = Field(20, ge=0, description="epochs of score training (HYDRA)")
-    finetune_epochs: int = Field(10, ge=0, description="epochs of fine-tuning after pruning")
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.1, gt=0, description="learning rate of pre-training")
-    score_lr: float = Field(0.1, gt=0, description="learning rate of score training")
-    finetune_lr: float = Field(0.01, gt=0, description="learning rate of fine-tuning")
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    score_weight_decay: float = Field(1e-4, ge=0)
-    loop: dict[str, Any] = Field(
-        default_factory=dict, description="further training-loop options for every phase (schedule, grad_clip, ...)"
-    )
-    layers: list[str] = Field(
-        default_factory=lambda: ["*"],
-        min_length=1,
-        description="name patterns (fnmatch) of the Conv/Linear layers to prune",
-    )
-    exclude: list[str] = Field(default_factory=list, description="name patterns of layers kept dense")
-    keep_first: bool = Field(True, description="keep the first layer dense")
-    keep_last: bool = Field(True, description="keep the classifier dense")
     attacks: list[rtk.AttackRef] = Field(
         default_factory=lambda: [rtk.AttackRef(name="pgd")],
         description="attack suite of the empirical robust accuracy (worst case)",
@@ -244,8 +225,6 @@ def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
     from rtk.pruning import (
         Evaluator,
         LayerSelection,
-        Schedule,
-        ScoreTraining,
         compress,
         dense_export,
         plot_accuracy_vs_compression,
@@ -257,26 +236,7 @@ def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
     entry = ctx.entry(base)
     dense_before = copy.deepcopy(model).cpu()
     objective = opts.trainer.spec.build(opts.trainer.opts)
-    schedule = Schedule(
-        pretrain_epochs=opts.pretrain_epochs,
-        finetune_epochs=opts.finetune_epochs,
-        batch_size=opts.batch_size,
-        lr=opts.lr,
-        finetune_lr=opts.finetune_lr,
-        optimizer=opts.optimizer,
-        momentum=opts.momentum,
-        weight_decay=opts.weight_decay,
-        loop_options=dict(opts.loop),
-        scores=ScoreTraining(
-            epochs=opts.score_epochs,
-            batch_size=opts.batch_size,
-            lr=opts.score_lr,
-            optimizer=opts.optimizer,
-            momentum=opts.momentum,
-            weight_decay=opts.score_weight_decay,
-            loop_options=dict(opts.loop),
-        ),
-    )
+    schedule = opts.schedule()
     split = subset(ctx.data.test, opts.eval_limit, ctx.experiment.seed)
     evaluator = Evaluator(
         split,

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
 import rtk
 
-ANALYSES = ("heatmap", "block-structure", "diagonal", "overfitting", "specialization")
+#: The analyses a similarity stage runs by default (the request's default).
+ANALYSES = tuple(rtk.SimilarityRequest().analyses)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -67,7 +68,10 @@ def rtk_similarity_metrics():
 
 
 # ----------------------------------------------------------------------------- the stage
-class SimilarityStageOptions(rtk.Options):
+class SimilarityStageOptions(rtk.SimilarityRequest):
+    """The similarity stage: what it compares, with which metric, on which layers and inputs; how
+    (analyses, examples, pooling, blocks) is the job's request, :class:`rtk.SimilarityRequest`."""
+
     models: list[str] = Field(
         default_factory=list,
         description="models (or model@tag) analysed on their own: heatmap, block structure, specialization",
@@ -91,26 +95,6 @@ class SimilarityStageOptions(rtk.Options):
         description="model (or '*') -> attack: that model's features are taken on adversarial "
         "inputs from the attack; other models see benign inputs",
     )
-    analyses: list[
-        Literal["heatmap", "block-structure", "diagonal", "overfitting", "specialization", "cross-class"]
-    ] = Field(
-        default_factory=lambda: list(ANALYSES),
-        description="analyses to run (each where its inputs are given); 'cross-class' (paper 1's specialization: "
-        "CKA between the feature sets of two classes) only when listed",
-    )
-    split: Literal["test", "train"] = "test"
-    limit: int | None = Field(1000, ge=4, description="use a fixed subset of this many examples")
-    batch_size: int = Field(256, ge=4)
-    pooling: str = Field("flatten", description="'flatten', 'avg' (global average over positions) or 'avgN'")
-    block_threshold: float = Field(0.8, description="similarity that counts as high for the block-structure score")
-    block_min_size: int = Field(3, ge=2, description="fewest layers in a block")
-    passes: int = Field(
-        1,
-        ge=1,
-        le=100,
-        description="minibatch metrics: passes over the examples, each a seeded shuffle into minibatches; the "
-        "HSIC estimates of all passes are averaged (paper 1's code: 3); 1 reads them once, in order",
-    )
 
     @field_validator("pairs")
     @classmethod
@@ -119,16 +103,6 @@ class SimilarityStageOptions(rtk.Options):
             if len(p) != 2:
                 raise ValueError(f"pairs[{i}] must name exactly two models, got {p}")
         return v
-
-    @field_validator("pooling")
-    @classmethod
-    def _pooling_ok(cls, v: str) -> str:
-        from rtk.similarity import check_pooling
-
-        try:
-            return check_pooling(v)
-        except rtk.ConfigError as exc:  # pydantic reports ValueErrors with the key path
-            raise ValueError(str(exc).split("pooling: ", 1)[-1]) from None
 
     @field_validator("checkpoints")
     @classmethod

@@ -20,15 +20,20 @@ class StandardOptions(rtk.Options):
 
 
 class _AdversarialOptions(rtk.Options):
-    norm: Literal["Linf", "L2"] = Field("Linf", description="threat model")
+    norm: rtk.NormLinfL2 = Field("Linf", description="threat model")
     eps: rtk.Eps = Field(8 / 255, gt=0, description="training radius, a float or a fraction such as '8/255'")
     alpha: rtk.Eps | None = Field(None, gt=0, description="step size at the full radius (default per trainer)")
     steps: int = Field(10, ge=1, le=1000, description="attack steps")
     attack_bn: Literal["eval", "train"] = Field(
         "eval", description="model mode during the attack: eval (BN running stats, not updated) or train"
     )
-    eps_warmup: float = Field(0.0, ge=0, description="epochs of clean training (eps 0) before the ramp")
-    eps_ramp: float = Field(0.0, ge=0, description="epochs over which eps rises linearly to its target")
+    eps_warmup: rtk.TrainingSpan = Field(
+        rtk.Span(0.0), description="clean training (eps 0) before the ramp: epochs (3), or a share of the run ('10%')"
+    )
+    eps_ramp: rtk.TrainingSpan = Field(
+        rtk.Span(0.0),
+        description="eps rises linearly to its target over this: epochs (5), or a share of the run ('40%')",
+    )
 
     @field_validator("eps")
     @classmethod
@@ -110,7 +115,7 @@ def _trainer_problems(opts: TrainStageOptions, where: str) -> list[str]:
     if not opts.trainer.resolved:  # the reference did not resolve; that problem is reported already
         return []
     topts = opts.trainer.opts
-    end = getattr(topts, "eps_warmup", 0.0) + getattr(topts, "eps_ramp", 0.0)
+    end = sum(rtk.Span.parse(getattr(topts, k, 0.0)).epochs(opts.epochs) for k in ("eps_warmup", "eps_ramp"))
     if end > opts.epochs:
         return [
             (

@@ -123,7 +123,7 @@ class ZooStageOptions(AttackSuiteOptions):
     model_dir: str | None = Field(None, description=MODEL_DIR_HELP)
     allow_unsafe_pickle: bool = Field(False, description=UNSAFE_HELP)
     download: bool = Field(False, description=DOWNLOAD_HELP)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="examples per batch")
     cka: CKAOptions = Field(default_factory=CKAOptions)
 
 

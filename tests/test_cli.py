@@ -130,3 +130,59 @@ def test_quickstart_plan_is_valid(pm):
     res = invoke(pm, "run", "--dry-run")
     assert res.exit_code == 0, res.output
     assert "quickstart" in res.output
+
+
+@pytest.mark.parametrize(
+    "args,module,plugin,options",
+    [
+        (["evaluate"], "rtk.cli.evaluate", "rtk.plugins.evaluation", "EvaluateOptions"),
+        (["zoo", "compare"], "rtk.cli.zoo", "rtk.plugins.zoo", "ZooStageOptions"),
+    ],
+)
+def test_evaluate_and_zoo_flags_come_from_the_stage_options(args, module, plugin, options):
+    """Each generated flag exists, shows the options' description and (unless the command keeps
+    its own, like zoo's --limit 200) the options' default; a flag not given leaves the default
+    to the options, a flag given reaches them."""
+    import importlib
+
+    from rtk.cli.common import given
+
+    mod = importlib.import_module(module)
+    opts = getattr(importlib.import_module(plugin), options)
+    res = CliRunner().invoke(cli, [*args, "--help"], terminal_width=400)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for name in mod._FLAGS:
+        f = opts.model_fields[name]
+        assert "--" + name.replace("_", "-") in text
+        assert (f.description or "") in text
+        if name != "limit" or args[0] == "evaluate":
+            assert f"[default: {f.default}]" in text or f.default is None
+    kw = {name: None for name in mod._FLAGS}
+    assert given(kw, opts, mod._FLAGS) == {}
+    kw.update(checks=False, batch_size=7)
+    assert given(kw, opts, mod._FLAGS) == {"checks": False, "batch_size": 7}
+
+
+def test_prune_and_similarity_settings_are_declared_once():
+    """The pruning and similarity requests own their defaults: the engine's records take them,
+    the stages' options embed them, and the CLI's flags show them."""
+    from rtk.pruning import Schedule, ScoreTraining
+    from rtk.similarity import SimilarityJob
+
+    schedule = rtk.PruneRequest().schedule()
+    assert schedule == Schedule() and schedule.scores == ScoreTraining()
+    job, request = SimilarityJob(metric=None, metric_name="m"), rtk.SimilarityRequest()
+    for key in ("analyses", "split", "limit", "batch_size", "pooling", "block_threshold", "block_min_size"):
+        assert getattr(job, key) == getattr(request, key), key
+    reg = rtk.default_registry()
+    assert issubclass(reg.get("stage", "prune").options, rtk.PruneRequest)
+    assert issubclass(reg.get("stage", "similarity").options, rtk.SimilarityRequest)
+    for args, model, fields in (
+        (["prune", "run"], rtk.PruneRequest, ("pretrain_epochs", "score_epochs", "finetune_lr", "layers")),
+        (["similarity"], rtk.SimilarityRequest, ("split", "limit", "batch_size", "pooling")),
+    ):
+        res = CliRunner().invoke(cli, [*args, "--help"], terminal_width=400)
+        text = " ".join(res.output.split())
+        for name in fields:
+            assert f"--{name.replace('_', '-')}" in text and model.model_fields[name].description in text, name

@@ -86,7 +86,7 @@ def _experiment(out_checkpoint: str | None = None) -> dict:
 def _run_experiment(rank: int, out: str, log_dir: str) -> None:
     """Every rank runs the same experiment into one --out; rank 1 records any file it
     replaces inside the run directory (every rtk write is an atomic replace)."""
-    from rtk.config import experiment_from_dict
+    from rtk import experiment_from_dict
 
     written: list[str] = []
     real_replace = os.replace

@@ -199,3 +199,16 @@ def test_records_from_another_run_are_merged_not_recomputed(run_dir, checkpoint,
     exp["stages"][0]["records_from"] = [str(tmp_path / "nowhere")]
     with pytest.raises(rtk.ConfigError, match="records_from.0.: .*nowhere is not a directory"):
         rtk.plan(rtk.experiment_from_dict(exp, source="<t>"), _REG)
+
+
+def test_norms_have_one_spelling_and_one_reader():
+    """rtk.NORMS spells every norm (the evaluation's, the CLI's --eps NORM:..., rtk.evaluate's
+    norm); rtk.check_norm is the one reader, naming where and what is allowed."""
+    from typing import get_args
+
+    assert rtk.check_norm("L2") == "L2" and get_args(rtk.Norm) == rtk.NORMS == rtk.evaluation.NORMS
+    with pytest.raises(rtk.ConfigError, match="stages\\[0\\].eps: 'linf' is not a norm here .*spelled Linf, L2, L1"):
+        rtk.check_norm("linf", "stages[0].eps")
+    with pytest.raises(rtk.ConfigError, match="allowed: Linf, L2$"):
+        rtk.check_norm("L1", "norm", allowed=get_args(rtk.NormLinfL2))
+    assert parse_eps(("L1:1,2", "Linf:8/255")) == {"L1": ["1", "2"], "Linf": ["8/255"]}

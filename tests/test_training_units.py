@@ -106,6 +106,36 @@ def test_eps_ramp_in_epochs():
     assert float(p) == 0.25 and p.epoch == 2.5 and p.epochs == 10
 
 
+def test_eps_warmup_and_ramp_take_one_unit_in_every_trainer(caplog):
+    """A number is epochs and a percentage a share of the run, for the PGD trainers and the
+    certified ones alike; IBP's old fraction keys give the same schedule, with a deprecation line."""
+    reg = rtk.default_registry()
+    pgd, ibp = reg.get("trainer", "pgd-at"), reg.get("trainer", "ibp")
+
+    def build(spec, **opts):
+        return spec.build(rtk.validate_options(spec.options, opts, "trainer"))
+
+    at = lambda obj, e: obj.eps_at(Progress.at_epoch(e, 10, steps_per_epoch=100))  # noqa: E731
+    share = build(pgd, eps=0.2, eps_ramp="40%")  # 4 of 10 epochs
+    assert at(share, 0) == 0 and at(share, 2) == pytest.approx(0.1) and at(share, 4) == pytest.approx(0.2)
+    epochs = build(ibp, eps=0.2, eps_warmup=1, eps_ramp=2)  # epochs in a certified trainer
+    assert at(epochs, 1) == 0 and at(epochs, 2) == pytest.approx(0.1) and at(epochs, 3) == pytest.approx(0.2)
+    with caplog.at_level("WARNING"):
+        old = build(ibp, eps=0.2, warmup=0.1, ramp=0.3)
+    assert "deprecated" in caplog.text and "eps_ramp = '30%'" in caplog.text
+    new = build(ibp, eps=0.2, eps_warmup="10%", eps_ramp="30%")
+    for e in (0, 1, 1.5, 2.5, 4, 9):
+        assert at(old, e) == pytest.approx(at(new, e))
+    assert at(build(ibp, eps=0.2), 3) == pytest.approx(0.1)  # defaults unchanged: 10% warm-up, 40% ramp
+    for bad, needle in (
+        ({"ramp": 0.3, "eps_ramp": "30%"}, "not both"),
+        ({"eps_ramp": "150%"}, "out of range"),
+        ({"eps_warmup": "soon"}, "a number of epochs"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            build(ibp, **bad)
+
+
 def test_lr_schedules_per_step():
     spe = 10
     pw = LoopConfig(epochs=10, lr=0.1, schedule="piecewise", milestones=[5, 8])

@@ -5,7 +5,9 @@ Public API (what built-in and third-party plugins may use):
 - ``hookimpl``: mark plugin hook implementations.
 - records: ``AttackSpec``, ``TrainerSpec``, ``PrunerSpec``, ``SimilaritySpec``,
   ``CertifierSpec``, ``DatasetSpec``, ``ModelSpec``, ``StageSpec``, ``CommandSpec``.
-- ``Options`` (base of every options model), ``Eps`` (a float written as "8/255").
+- ``Options`` (base of every options model), ``Eps`` (a float written as "8/255"), ``TrainingSpan``
+  (a ``Span`` of training: epochs, or a share of the run written "10%").
+- the typed requests of the pruning and similarity jobs: ``PruneRequest``, ``SimilarityRequest``.
 - ``plugin_manager()``, ``Registry``, ``default_registry()``.
 - ``load_experiment()``, ``plan()``, ``run()``, ``StageContext``, ``StageResult``.
 - one call per task (:mod:`rtk.api`): ``evaluate``, ``train``, ``prune``, ``verify``,
@@ -27,7 +29,8 @@ from .lazy import LazyFace
 if TYPE_CHECKING:
     # one call per task on your own model and data (rtk.api)
     from .api import ApiError, cka, compare, evaluate, procrustes, prune, pwcca, svcca, train, verify
-    from .config import Experiment, experiment_from_dict, load_experiment
+    from .config import Experiment
+    from .context import StageContext
     from .errors import (
         CheckpointError,
         ConfigError,
@@ -37,9 +40,23 @@ if TYPE_CHECKING:
         StageError,
         UnknownComponentError,
     )
+    from .execution import execute, run
     from .hookspecs import hookimpl, hookspec
+    from .jobs import PruneRequest, SimilarityRequest
     from .lifecycle import EpochMetrics, ReportSection, RunInfo, RunOutcome, StageInfo
-    from .options import Eps, NoOptions, Options, validate_options
+    from .options import (
+        NORMS,
+        Eps,
+        NoOptions,
+        Norm,
+        NormLinfL2,
+        Options,
+        Span,
+        TrainingSpan,
+        check_norm,
+        validate_options,
+    )
+    from .planning import Plan, Planning, experiment_from_dict, load_experiment, plan
     from .records import (
         AttackSpec,
         CertifierSpec,
@@ -49,14 +66,15 @@ if TYPE_CHECKING:
         LoggerSpec,
         ModelSpec,
         PrunerSpec,
+        RunResult,
         SimilaritySpec,
+        StageResult,
         StageSpec,
         TrainerSpec,
     )
     from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
     from .registry import Registry, default_registry, plugin_manager
     from .report import markdown_table
-    from .runner import Plan, Planning, RunResult, StageContext, StageResult, execute, plan, run
 
 #: Public name -> the submodule that defines it. Importing ``rtk`` imports none of them (so
 #: ``rtk --help`` starts without torch, pandas or pydantic); each is imported on first use.
@@ -72,8 +90,8 @@ _LAZY = {
     "train": "api",
     "verify": "api",
     "Experiment": "config",
-    "experiment_from_dict": "config",
-    "load_experiment": "config",
+    "experiment_from_dict": "planning",
+    "load_experiment": "planning",
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
@@ -89,6 +107,14 @@ _LAZY = {
     "RunOutcome": "lifecycle",
     "StageInfo": "lifecycle",
     "Eps": "options",
+    "Span": "options",
+    "PruneRequest": "jobs",
+    "SimilarityRequest": "jobs",
+    "NORMS": "options",
+    "Norm": "options",
+    "NormLinfL2": "options",
+    "check_norm": "options",
+    "TrainingSpan": "options",
     "NoOptions": "options",
     "Options": "options",
     "validate_options": "options",
@@ -114,14 +140,14 @@ _LAZY = {
     "default_registry": "registry",
     "plugin_manager": "registry",
     "markdown_table": "report",
-    "Plan": "runner",
-    "Planning": "runner",
-    "RunResult": "runner",
-    "StageContext": "runner",
-    "StageResult": "runner",
-    "execute": "runner",
-    "plan": "runner",
-    "run": "runner",
+    "Plan": "planning",
+    "Planning": "planning",
+    "RunResult": "records",
+    "StageContext": "context",
+    "StageResult": "records",
+    "execute": "execution",
+    "plan": "planning",
+    "run": "execution",
 }
 
 __version__ = "0.1.0"
@@ -154,6 +180,14 @@ __all__ = [
     "SimilarityRef",
     "TrainerRef",
     "Eps",
+    "Span",
+    "TrainingSpan",
+    "PruneRequest",
+    "SimilarityRequest",
+    "NORMS",
+    "Norm",
+    "NormLinfL2",
+    "check_norm",
     "NoOptions",
     "Options",
     "validate_options",

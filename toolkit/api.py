@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data.core import DataInfo, DatasetBundle, TensorSplit
 from .data.sources import as_split, as_tensor, infer_info
 from .errors import ConfigError, DataError, RtkError
-from .options import NoOptions, Options
+from .options import NORMS, NoOptions, Options
 from .records import ComponentSpec, DatasetSpec, ModelSpec, Registration
 from .registry import Registry, default_registry
 
@@ -322,8 +322,8 @@ class _Call:
         return _adapter(self.output, self.normalize) if self.adapt else None
 
     def run(self) -> tuple[Any, Registry, Path]:
-        from .config import experiment_from_dict
-        from .runner import execute, plan
+        from .execution import execute
+        from .planning import experiment_from_dict, plan
 
         extra = list(self.extra)
         if self.data.table is not None:
@@ -415,8 +415,7 @@ def _finish(call: _Call, cls: type[Result], take_models: Iterable[str] | None = 
 
 def _read_models(path: Path, registry: Registry, names: Iterable[str], wrapped: bool) -> dict[str, nn.Module]:
     from .models.checkpoint import load_checkpoint
-    from .rundir import RunDir
-    from .runner import saved_checkpoints
+    from .rundir import RunDir, saved_checkpoints
 
     rundir = RunDir(path)
     state = rundir.read_json("state.json", {}) or {}
@@ -506,8 +505,8 @@ def evaluate(
         "output": output,
         **options,
     }
-    if norm not in ("Linf", "L2", "L1"):
-        raise ApiError(f"norm: {norm!r} is not allowed; allowed: Linf, L2, L1")
+    if norm not in NORMS:
+        raise ApiError(f"norm: {norm!r} is not allowed; allowed: {', '.join(NORMS)}")
     if eps is not None:
         stage["eps"] = {norm: list(eps) if isinstance(eps, (list, tuple)) else [eps]}
     if limit is not None:

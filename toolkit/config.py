@@ -20,7 +20,9 @@ An experiment names a dataset, one or more models, and an ordered list of stages
     trainer = "standard"       # a component: a name, or a table {name = ..., options...}
 
 Structure is checked here; component names and options are checked by
-:func:`rtk.runner.plan` against the registry. Every problem names the file and key path.
+:func:`rtk.plan` against the registry, and :func:`rtk.experiment_from_dict` /
+:func:`rtk.load_experiment` (:mod:`rtk.planning`) report the problems of both at once. This
+module never imports the planner. Every problem names the file and key path.
 """
 
 from __future__ import annotations
@@ -126,14 +128,13 @@ def _split(table: dict[str, Any], head: str) -> tuple[Any, dict[str, Any]]:
     return table.get(head), rest
 
 
-def experiment_from_dict(
-    data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None, registry: Any = None
-) -> Experiment:
-    """Validate the structure of an experiment given as a dict (as parsed from TOML).
-
-    When the structure has problems, the parts that are usable are also planned against
-    ``registry`` (default: every installed plugin), so one error lists every problem.
-    """
+def read_structure(
+    data: dict[str, Any], *, source: str | None = None, base_dir: str | os.PathLike | None = None
+) -> tuple[Experiment | None, list[str]]:
+    """The structure of an experiment given as a dict (as parsed from TOML): the validated
+    :class:`Experiment` and no problems, or the problems (each naming its key path) and what
+    of the experiment is usable (dataset, models, stages; ``None`` when nothing is), so the
+    planner can report the problems of those parts too (:func:`rtk.experiment_from_dict`)."""
     if not isinstance(data, dict):
         raise ConfigError("an experiment must be a table of keys", source=source)
     problems: list[str] = []
@@ -230,25 +231,13 @@ def experiment_from_dict(
     except ValidationError as err:
         problems.extend(format_validation_error(err, "", Experiment))
         exp = None
-    if problems:
-        if exp is None:  # salvage what can be planned, to report every problem at once
-            salvage = {k: v for k, v in built.items() if k in ("dataset", "models", "stages", "source", "base_dir")}
-            try:
-                exp = Experiment.model_validate(salvage)
-            except ValidationError:
-                exp = None
-        if exp is not None and exp.stages:
-            from .runner import plan
-
-            try:
-                plan(exp, registry)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-            except Exception:  # noqa: BLE001 - the structural problems are the ones to report
-                pass
-        raise ConfigError([p.lstrip(".") for p in problems], source=source)
-    assert exp is not None
-    return exp
+    if problems and exp is None:  # salvage what can be planned, to report every problem at once
+        salvage = {k: v for k, v in built.items() if k in ("dataset", "models", "stages", "source", "base_dir")}
+        try:
+            exp = Experiment.model_validate(salvage)
+        except ValidationError:
+            exp = None
+    return exp, [p.lstrip(".") for p in problems]
 
 
 def logger_decls(value: Any, problems: list[str], where: str = "loggers") -> list[dict[str, Any]]:
@@ -293,27 +282,6 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", source=str(p)) from None
     except RecursionError:
         raise ConfigError("not a usable TOML file: nested too deeply", source=str(p)) from None
-
-
-def load_experiment(
-    path: str | os.PathLike, registry: Any = None, *, overrides: dict[str, Any] | None = None
-) -> Experiment:
-    """Read and structurally validate an experiment TOML file.
-
-    ``overrides`` maps key paths to values (``{"stages.train.epochs": 30}``, see
-    :func:`rtk.study.apply_overrides`); they are applied to the file's table before it is
-    validated, so a bad value gets the same error, naming the key path, as in the file.
-    """
-    p = Path(path)
-    data = read_toml(p)
-    if overrides:
-        from .study.overrides import apply_overrides
-
-        data = apply_overrides(data, overrides, source=str(p))
-    exp = experiment_from_dict(data, source=str(p), base_dir=p.parent.resolve(), registry=registry)
-    if overrides:
-        exp = exp.model_copy(update={"overrides": dict(overrides)})
-    return exp
 
 
 def with_overrides(exp: Experiment, updates: dict[str, Any], *, where: str = "command line") -> Experiment:

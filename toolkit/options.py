@@ -7,10 +7,11 @@ never a silent default.
 from __future__ import annotations
 
 import typing
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, model_validator
 
 from .errors import ConfigError, suggest
 
@@ -57,9 +58,92 @@ def parse_fraction(value: Any) -> Any:
     return value
 
 
+#: The threat models (norms) an eps is measured in, in rtk's order: the one spelling of a norm in
+#: options, records, tables and flags. :data:`Norm` is any of them; :data:`NormLinfL2` the two
+#: that rtk's own PGD-style attacks and trainers implement.
+NORMS = ("Linf", "L2", "L1")
+Norm = Literal["Linf", "L2", "L1"]
+NormLinfL2 = Literal["Linf", "L2"]
+
+
+def check_norm(value: Any, where: str = "norm", allowed: tuple[str, ...] = NORMS) -> str:
+    """``value`` if it names one of ``allowed`` (spelled as in :data:`NORMS`), else a
+    :class:`~rtk.ConfigError` naming ``where`` and what is allowed."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    hint = ""
+    if isinstance(value, str) and value.lower() in {a.lower() for a in allowed}:
+        hint = f" (norms are spelled {', '.join(allowed)})"
+    raise ConfigError(f"{where}: {value!r} is not a norm here{hint}; allowed: {', '.join(allowed)}")
+
+
 #: A float that may be written as a fraction ("8/255") in experiment files.
 Fraction_ = Annotated[float, BeforeValidator(parse_fraction)]
 Eps = Fraction_
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of a training run, in one of two units: epochs (``Span(3)``) or a share of the
+    whole run (``Span(0.1, share=True)``). In an experiment file a number is epochs (``3``,
+    ``0.5``) and a percentage is a share (``"10%"``); the eps warm-up and ramp of every trainer
+    take it (:data:`TrainingSpan`)."""
+
+    value: float
+    share: bool = False
+
+    def epochs(self, total: float) -> float:
+        """The span in epochs, in a run of ``total`` epochs."""
+        return self.value * total if self.share else self.value
+
+    def fraction(self, total: float) -> float:
+        """The span as a share of a run of ``total`` epochs."""
+        if self.share:
+            return self.value
+        return self.value / total if total > 0 else (0.0 if self.value <= 0 else 1.0)
+
+    def __str__(self) -> str:
+        return f"{self.value * 100:g}%" if self.share else f"{self.value:g}"
+
+    @classmethod
+    def parse(cls, value: Any) -> Span:
+        """``3`` / ``0.5`` / ``"3"`` (epochs) or ``"10%"`` (a share of the run) -> a Span; else ValueError."""
+        if isinstance(value, Span):
+            return value
+        allowed = "allowed: a number of epochs (3, 0.5) or a share of the run as a percentage ('10%')"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a span of training, got {value!r}; {allowed}")
+        text = value.strip() if isinstance(value, str) else value
+        share = isinstance(text, str) and text.endswith("%")
+        try:
+            number = float(text[:-1] if share else text)  # type: ignore[index]
+        except ValueError:
+            raise ValueError(f"expected a span of training, got {value!r}; {allowed}") from None
+        if share:
+            number /= 100
+        if not number >= 0 or (share and number > 1) or number == float("inf"):
+            raise ValueError(f"{value!r} is out of range; {allowed}, at least 0 (a share at most '100%')")
+        return cls(number, share)
+
+
+def run_epochs(progress: float) -> float:
+    """The length in epochs of the run ``progress`` (an :class:`rtk.training.Progress`) is a
+    position in; a TypeError for a bare fraction, which does not know it."""
+    total = getattr(progress, "epochs", None)
+    if total is None:
+        raise TypeError(
+            "an eps warm-up or ramp in epochs needs an rtk.training.Progress (the training loop passes one; "
+            "by hand use Progress.at_epoch(epoch, epochs))"
+        )
+    return float(total)
+
+
+def _dump_span(span: Span) -> float | str:
+    return str(span) if span.share else span.value
+
+
+#: An options field holding a :class:`Span`: epochs (a number) or a share of the run ("10%").
+TrainingSpan = Annotated[Span, BeforeValidator(Span.parse), PlainSerializer(_dump_span)]
 
 
 def format_validation_error(err: ValidationError, where: str, model: type[BaseModel] | None = None) -> list[str]:

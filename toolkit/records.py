@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from .options import NoOptions, Options
+from .errors import RtkError
+from .options import NoOptions, Norm, Options
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +57,7 @@ class AttackSpec(ComponentSpec):
     """
 
     build: Callable[[Any, Any], Callable[[Any, Any], Any]]
-    norm: str = "Linf"
+    norm: Norm | Literal["L0", "none"] = "Linf"
     black_box: bool = False
     effort: str | None = None
     KIND: ClassVar[str] = "attack"
@@ -143,10 +148,10 @@ class ModelSpec(ComponentSpec):
 class StageSpec(ComponentSpec):
     """A kind of stage of ``rtk run`` (train, evaluate, prune, ...).
 
-    ``run(ctx, options)`` does the work with a :class:`rtk.runner.StageContext` and returns
-    a :class:`rtk.runner.StageResult`. ``check(options, planning)``, when given, returns
+    ``run(ctx, options)`` does the work with a :class:`rtk.StageContext` and returns
+    a :class:`rtk.StageResult`. ``check(options, planning)``, when given, returns
     problems found before any work starts (unknown model names, ...); ``planning`` is a
-    :class:`rtk.runner.Planning`.
+    :class:`rtk.Planning`.
     """
 
     run: Callable[[Any, Any], Any]
@@ -220,6 +225,47 @@ class Registration:
         }
 
 
+# ---------------------------------------------------------------------------- results
+# What a stage's ``run`` returns, and what a run hands back.
+@dataclass
+class StageResult:
+    """What a stage hands back: tables (one row per model x attack x eps, ...), figures
+    already written (name -> path), a markdown paragraph for the report, headline metrics."""
+
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+    summary: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """The outcome of ``rtk.run``: the run directory, every table, each stage's result."""
+
+    path: Path
+    tables: dict[str, pd.DataFrame]
+    stages: dict[str, StageResult]
+    report: Path
+
+    def table(self, key: str) -> pd.DataFrame:
+        """A table by ``"<stage-id>/<table>"`` or by its bare name when that is unique; a bare
+        name two stages write is an :class:`RtkError` listing the stage-qualified names."""
+        return table_by_key(self.tables, key)
+
+
+def table_by_key(tables: dict[str, pd.DataFrame], key: str) -> pd.DataFrame:
+    """``tables[key]`` for ``"<stage-id>/<table>"``, or the one table whose bare name is ``key``
+    (:class:`RtkError` when several stages write it, listing their stage-qualified names)."""
+    if key in tables:
+        return tables[key]
+    hits = [k for k in tables if k.split("/", 1)[1] == key]
+    if len(hits) == 1:
+        return tables[hits[0]]
+    if hits:
+        raise RtkError(f"table {key!r} is written by {len(hits)} stages; name one of: {', '.join(hits)}")
+    raise KeyError(f"no table {key!r}; tables: {', '.join(tables)}")
+
+
 __all__ = [
     "ComponentSpec",
     "AttackSpec",
@@ -234,5 +280,8 @@ __all__ = [
     "LoggerSpec",
     "KINDS",
     "Registration",
+    "StageResult",
+    "RunResult",
+    "table_by_key",
     "field",
 ]

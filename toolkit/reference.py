@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from .config import Experiment
+from .options import Span
 
 _KIND_TITLES = [
     ("dataset", "Datasets (`[dataset] name = ...`)"),
@@ -88,6 +89,8 @@ def _type_name(ann: Any) -> str:
         ("Annotated[float, BeforeValidator(func=<function parse_fraction at", "fraction"),
     ):
         text = text.replace(a, b)
+    if ann is Span:
+        return 'epochs (a number) or a share of the run ("10%")'
     if "fraction" in text:
         text = 'float or fraction ("8/255")' + (" | none" if "None" in str(ann) else "")
     return text

@@ -226,3 +226,67 @@ def environment_record(*, seed: int, device: str, registry: Any = None, source: 
         "plugins": plugins,
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+# ---------------------------------------------------------------------------- state.json
+#: The fields of a stage's record in state.json and their types.
+_STAGE_FIELDS: dict[str, Any] = {
+    "status": str,
+    "kind": str,
+    "seconds": (int, float),
+    "figures": dict,
+    "summary": str,
+    "metrics": dict,
+    "error": str,
+    "traceback": str,
+}
+
+
+def check_state(state: Any, where: str | os.PathLike) -> dict[str, Any]:
+    """``state`` (a parsed state.json) if it has the shape rtk writes, else a clear :class:`RtkError`."""
+    problems = []
+    if not isinstance(state, dict):
+        problems.append(f"expected an object, got {type(state).__name__}")
+    else:
+        stages = state.setdefault("stages", {})
+        if not isinstance(stages, dict) or not isinstance(state.setdefault("models", {}), dict):
+            problems.append("'stages' and 'models' must be objects")
+        else:
+            for sid, rec in stages.items():
+                if not isinstance(rec, dict):
+                    problems.append(f"stages.{sid}: expected an object")
+                    continue
+                for key, kind in _STAGE_FIELDS.items():
+                    if key in rec and (not isinstance(rec[key], kind) or isinstance(rec[key], bool)):
+                        problems.append(f"stages.{sid}.{key}: expected {getattr(kind, '__name__', 'a number')}")
+    if problems:
+        raise RtkError(
+            f"{where}: not a state record rtk wrote ({'; '.join(problems[:5])}); the run directory is damaged. "
+            "Start a new run with --out NEWDIR"
+        )
+    return state
+
+
+def saved_checkpoints(rundir: RunDir, name: str, info: Any) -> dict[str, Path]:
+    """The checkpoints a run directory's state.json records for model ``name`` (``info`` is its
+    entry), each checked to lie inside the run directory: paths are relative to it, so a copied
+    run directory uses its own files, and a symlink or path that leaves it is refused."""
+    check_name(name, "state.json: model name")
+    raw = info.get("checkpoints", {}) if isinstance(info, dict) else None
+    if not isinstance(raw, dict):
+        raise RtkError(f"{rundir.path}/state.json: models.{name}.checkpoints is not an object")
+    out = {}
+    for tag, rel in raw.items():
+        check_name(tag, f"state.json: models.{name}.checkpoints tag")
+        if not isinstance(rel, str):
+            raise RtkError(f"{rundir.path}/state.json: models.{name}.checkpoints.{tag} is not a path")
+        rel_path = Path(rel)
+        if rel_path.is_absolute() or (rel_path.parts and rel_path.parts[0] != "checkpoints"):
+            parts = rel_path.parts  # written by an older rtk: relative to the working directory of that run
+            if "checkpoints" in parts:
+                rel_path = Path(*parts[len(parts) - 1 - parts[::-1].index("checkpoints") :])
+        stem = rundir.resolve(rel_path, f"state.json: checkpoint {name}@{tag}")
+        for suffix in (".json", ".safetensors"):
+            rundir.resolve(stem.with_name(stem.name + suffix), f"state.json: checkpoint {name}@{tag}")
+        out[tag] = rundir.path / rel_path
+    return out

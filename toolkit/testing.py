@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .options import validate_options
+from .options import NORMS, validate_options
 from .records import KINDS, Registration
 from .registry import Registry, default_registry, record_problem
 
@@ -348,7 +348,7 @@ def _check_attack(spec: Any, opts: Any, result: ContractResult) -> None:
     _expect(torch.equal(x, x0), result, "the attack changed its input x in place")
     _expect(float(xa.min()) >= -1e-6 and float(xa.max()) <= 1 + 1e-6, result, "x_adv is not in [0, 1]")
     eps = getattr(opts, "eps", None)
-    if spec.norm in ("Linf", "L2", "L1") and isinstance(eps, (int, float)):
+    if spec.norm in NORMS and isinstance(eps, (int, float)):
         d = _dist(xa.detach() - x0, spec.norm)
         _expect(d <= eps * (1 + 1e-4) + 1e-6, result, f"x_adv is {d:.4g} from x in {spec.norm}, beyond eps = {eps:.4g}")
     _expect(not model.training, result, "the attack left the model in train mode (restore the mode it found)")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import Span, run_epochs
 from ..training.objectives import ObjectiveOutput
 from .bounds import interval_pass, linf_box, margin_spec, spec_lower_crown, spec_lower_ibp
 from .graph import bound_graph, check_graph
@@ -32,18 +33,28 @@ from .ops import Pass
 
 @dataclass(frozen=True)
 class Ramp:
-    """0 before ``warmup``, linear from 0 to 1 over ``ramp``, then 1 (fractions of training)."""
+    """0 before ``warmup``, linear from 0 to 1 over ``ramp``, then 1. A number is a fraction of
+    training; a :class:`rtk.Span` may also be in epochs (then ``progress`` must be an
+    :class:`rtk.training.Progress`, which knows the run's length)."""
 
-    warmup: float = 0.1
-    ramp: float = 0.4
+    warmup: float | Span = 0.1
+    ramp: float | Span = 0.4
+
+    def _share(self, value: float | Span, progress: float) -> float:
+        if not isinstance(value, Span):
+            return float(value)
+        if value.share:
+            return value.value
+        return value.fraction(run_epochs(progress))
 
     def __call__(self, progress: float) -> float:
-        t = float(progress) - self.warmup
+        warmup, ramp = self._share(self.warmup, progress), self._share(self.ramp, progress)
+        t = float(progress) - warmup
         if t < 0:
             return 0.0
-        if self.ramp <= 0:
+        if ramp <= 0:
             return 1.0
-        return min(1.0, t / self.ramp)
+        return min(1.0, t / ramp)
 
 
 @dataclass

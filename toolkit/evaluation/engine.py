@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data.core import TensorSplit
 from ..errors import DataError, RtkError
+from ..options import NORMS
 from ..runtime import progress
 from . import checks as C
 from .adapters import ModelView, Normalization, model_view, seeded
@@ -197,7 +198,7 @@ class _Evidence:
 
     def __init__(self, n: int, units: Sequence[AttackUnit]) -> None:
         self.broken = {u.key: torch.zeros(n, dtype=torch.bool) for u in units}
-        self.norm = {u.key: {k: torch.full((n,), float("inf")) for k in ("Linf", "L2", "L1")} for u in units}
+        self.norm = {u.key: {k: torch.full((n,), float("inf")) for k in NORMS} for u in units}
 
     def load(self, o_records: pd.DataFrame, units: Sequence[AttackUnit], clean_correct: torch.Tensor) -> None:
         for u in units:
@@ -212,12 +213,12 @@ class _Evidence:
                 & clean_correct[idx]
             )
             self.broken[u.key][idx] = br
-            for k, c in (("Linf", "linf"), ("L2", "l2"), ("L1", "l1")):
+            for k, c in ((n, n.lower()) for n in NORMS):
                 self.norm[u.key][k][idx] = torch.tensor(np.nan_to_num(r[c].to_numpy(), nan=np.inf), dtype=torch.float32)
 
     def update(self, unit: AttackUnit, idx: torch.Tensor, broken: torch.Tensor, norms: dict[str, torch.Tensor]) -> None:
         self.broken[unit.key][idx] = broken.cpu()
-        for k in ("Linf", "L2", "L1"):
+        for k in NORMS:
             self.norm[unit.key][k][idx] = norms[k].float().cpu()
 
     def already_broken(
@@ -272,7 +273,7 @@ def evaluate(
     threats_ = find_threats(units, eps)
     headline = headline_threat(units, threats_, headline_eps)
     if headline[0] != "none" and headline not in threats_:
-        threats_ = sorted([*threats_, headline], key=lambda t: (("Linf", "L2", "L1").index(t[0]), t[1]))
+        threats_ = sorted([*threats_, headline], key=lambda t: (NORMS.index(t[0]), t[1]))
 
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings else None
     was_training = model.training

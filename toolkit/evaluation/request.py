@@ -10,11 +10,9 @@ default and one description each; a stage may narrow a default (``batch_size``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import AliasChoices, Field, model_validator
 
-from ..options import Eps, Options
+from ..options import Eps, Norm, Options
 from ..refs import AttackRef
 
 #: Allowed values of the ``output`` option.
@@ -72,10 +70,6 @@ class CheckSettings(Options):
     bounds_tol: float = Field(1e-5, ge=0, description="slack of ||delta|| <= eps (absolute, and relative to eps)")
 
 
-#: A threat model an eps can be given for (the names of :data:`rtk.evaluation.NORMS`).
-Norm = Literal["Linf", "L2", "L1"]
-
-
 class AttackSuiteOptions(Options):
     """The attack suite of an evaluation and how it runs (embedded in stage options)."""
 
@@ -98,7 +92,7 @@ class AttackSuiteOptions(Options):
         description="evaluate on a fixed random subset of this many examples (the same subset in every stage "
         "with the same limit)",
     )
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="examples per batch")
     early_exit: bool = Field(
         False,
         description="attacks skip examples an earlier attack already broke (faster; the "

@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, RtkError
+from ..options import NORMS
 from .records import CLEAN
 from .units import AttackUnit, fmt_eps
 
-_NORM_COL = {"Linf": "linf", "L2": "l2", "L1": "l1", "none": "l2"}
+_NORM_COL = {**{n: n.lower() for n in NORMS}, "none": "l2"}
 
 
 def threat_label(norm: str, eps: float | None) -> str:
@@ -291,7 +292,7 @@ def plot_curves(curves: pd.DataFrame, accuracy: pd.DataFrame, path: str | Path, 
     import matplotlib.pyplot as plt
 
     curves = curves[curves["norm"] != "none"]
-    norms = [n for n in ("Linf", "L2", "L1") if curves.loc[curves.norm == n, "eps"].nunique() >= 2]
+    norms = [n for n in NORMS if curves.loc[curves.norm == n, "eps"].nunique() >= 2]
     if not norms:
         return None
     if "model" not in curves:

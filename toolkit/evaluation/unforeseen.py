@@ -39,12 +39,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import RtkError
+from ..options import NormLinfL2, check_norm
 
 # ----------------------------------------------------------------------------- common loop
 #: JPEG's standard quantization tables (ITU-T T.81, Annex K), quality 50.
@@ -250,8 +252,7 @@ def jpeg_attack(
     """JPEG attack: ``x' = clip(decode(encode(x) + nu))`` with ``||nu||_norm <= eps`` (in
     quantization steps); ``params`` are ``nu`` (N, C, H/8, W/8, 8, 8)."""
     _check_images(x, y, "jpeg")
-    if norm not in ("Linf", "L2"):
-        raise RtkError(f"attack jpeg: norm must be Linf or L2, got {norm!r}")
+    check_norm(norm, "attack jpeg: norm", allowed=get_args(NormLinfL2))
     codec = JPEGCodec(x.shape[1], x.shape[2], x.shape[3], quality, device=x.device)
     with torch.no_grad():
         q = codec.encode(x.float())

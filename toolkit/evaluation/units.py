@@ -19,11 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..options import parse_fraction, validate_options
+from ..options import NORMS, parse_fraction, validate_options
 from .adapters import AttackFn
-
-#: Threat models an attack can be bounded in. "none": no fixed budget (CW, DeepFool).
-NORMS = ("Linf", "L2", "L1")
 
 
 def attack_norm(spec: Any, opts: Any) -> str:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, RtkError
+from ..jobs import PruneRequest, default
 
 
 class PruningError(RtkError):
@@ -34,12 +35,12 @@ class ScoreTraining:
     """How data-driven pruners train their scores (HYDRA): the same loop as training.
     ``loop_options`` are further :class:`rtk.training.LoopConfig` fields (schedule, ...)."""
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    epochs: int = default(PruneRequest, "score_epochs")
+    batch_size: int = default(PruneRequest, "batch_size")
+    lr: float = default(PruneRequest, "score_lr")
+    optimizer: str = default(PruneRequest, "optimizer")
+    momentum: float = default(PruneRequest, "momentum")
+    weight_decay: float = default(PruneRequest, "score_weight_decay")
     loop_options: dict[str, Any] = field(default_factory=dict)
 
     def loop(self) -> Any:

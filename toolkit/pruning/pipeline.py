@@ -26,6 +26,7 @@ from torch import nn
 
 from ..data.core import DatasetBundle, batches
 from ..errors import ConfigError
+from ..jobs import PruneRequest, default
 from .base import PruneJob, Pruner, ScoreTraining, compression_label, make_loop_config, ratio_from_compression
 from .masks import dense_export
 from .measure import activation_bytes, inference_times, model_bytes, remaining_params, size_report
@@ -78,14 +79,14 @@ class Schedule:
     """Epochs and learning rates of the three phases; ``loop_options`` are further
     :class:`rtk.training.LoopConfig` fields shared by every phase (schedule, grad_clip, ...)."""
 
-    pretrain_epochs: int = 0
-    finetune_epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    finetune_lr: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    pretrain_epochs: int = default(PruneRequest, "pretrain_epochs")
+    finetune_epochs: int = default(PruneRequest, "finetune_epochs")
+    batch_size: int = default(PruneRequest, "batch_size")
+    lr: float = default(PruneRequest, "lr")
+    finetune_lr: float = default(PruneRequest, "finetune_lr")
+    optimizer: str = default(PruneRequest, "optimizer")
+    momentum: float = default(PruneRequest, "momentum")
+    weight_decay: float = default(PruneRequest, "weight_decay")
     scores: ScoreTraining = field(default_factory=ScoreTraining)
     loop_options: dict[str, Any] = field(default_factory=dict)
 

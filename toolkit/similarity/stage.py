@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from ..errors import ConfigError
+from ..jobs import ANALYSES, SimilarityRequest, default
 from ..runtime import progress
 from .analyses import (
     Heatmap,
@@ -42,23 +43,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SimilarityJob:
-    """What to compare and how. Model references are names or ``name@tag``."""
+    """What to compare and how (the settings and their defaults are :class:`rtk.SimilarityRequest`'s).
+    Model references are names or ``name@tag``."""
 
     metric: Any
     metric_name: str
     models: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
-    analyses: list[str] = field(
-        default_factory=lambda: ["heatmap", "block-structure", "diagonal", "overfitting", "specialization"]
-    )
-    limit: int | None = 1000
-    batch_size: int = 256
-    pooling: str = "flatten"
-    split: str = "test"
-    block_threshold: float = 0.8
-    block_min_size: int = 3
-    passes: int = 1
+    analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
+    limit: int | None = default(SimilarityRequest, "limit")
+    batch_size: int = default(SimilarityRequest, "batch_size")
+    pooling: str = default(SimilarityRequest, "pooling")
+    split: str = default(SimilarityRequest, "split")
+    block_threshold: float = default(SimilarityRequest, "block_threshold")
+    block_min_size: int = default(SimilarityRequest, "block_min_size")
+    passes: int = default(SimilarityRequest, "passes")
 
     def refs(self) -> list[str]:
         out: list[str] = []

@@ -73,7 +73,7 @@ class StudyResult:
 
     def table(self, key: str) -> pd.DataFrame:
         """A gathered table by ``"<stage-id>/<table>"`` or its bare name when that is unique."""
-        from ..runner import table_by_key
+        from ..records import table_by_key
 
         return table_by_key(self.tables, key)
 

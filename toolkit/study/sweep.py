@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Experiment, experiment_from_dict, read_toml
+from ..config import Experiment, read_toml
 from ..errors import ConfigError
 from .overrides import apply_overrides, format_key_path, parse_key_path
 
@@ -171,16 +171,11 @@ def experiment_from_file(
     registry: Any = None,
 ) -> Experiment:
     """One experiment from a file, leaving out its ``[sweep]`` table, with ``overrides``
-    applied and ``tags`` added (a study point, or a run of one rebuilt for ``--resume``)."""
-    p = Path(path)
-    data = read_toml(p)
-    if overrides:
-        data = apply_overrides(data, overrides, source=str(p))
-    data.pop("sweep", None)
-    if tags:
-        data["tags"] = {**(data.get("tags") or {}), **tags}
-    exp = experiment_from_dict(data, source=str(p), base_dir=base_dir or p.parent.resolve(), registry=registry)
-    return exp.model_copy(update={"overrides": dict(overrides)}) if overrides else exp
+    applied and ``tags`` added (a study point, or a run of one rebuilt for ``--resume``):
+    :func:`rtk.load_experiment` with ``without_sweep=True``."""
+    from ..planning import load_experiment
+
+    return load_experiment(path, registry, overrides=overrides, tags=tags, base_dir=base_dir, without_sweep=True)
 
 
 def load_study(
@@ -197,14 +192,13 @@ def load_study(
     (default: the file's folder). A file without a sweep is a study of one point. Raises one
     :class:`~rtk.ConfigError` listing every problem, each naming the points it concerns.
     """
+    from ..planning import experiment_from_dict, plan
     from ..registry import default_registry
-    from ..runner import plan
 
     p = Path(path)
-    data = read_toml(p)
+    original = read_toml(p)
     src = str(p)
-    if overrides:
-        data = apply_overrides(data, overrides, source=src)
+    data = apply_overrides(original, overrides, source=src) if overrides else dict(original)
     sweep = data.pop("sweep", None)
     try:
         axes = sweep_axes(sweep) if sweep is not None else []
@@ -228,11 +222,15 @@ def load_study(
             values.update(dict(zip(axis.keys(), chosen)))
         pid = _point_id(index, values)
         try:
-            raw = apply_overrides(data, values, source=src)
-            if values or "tags" in raw:
-                raw["tags"] = {**(raw.get("tags") or {}), **tag_values(values)}
-            exp = experiment_from_dict(raw, source=src, base_dir=base_dir, registry=registry)
-            exp = exp.model_copy(update={"overrides": {**(overrides or {}), **values}})
+            exp = experiment_from_dict(
+                original,
+                source=src,
+                base_dir=base_dir,
+                registry=registry,
+                overrides={**(overrides or {}), **values},
+                tags=tag_values(values),
+                without_sweep=True,
+            )
             plan(exp, registry)
         except ConfigError as exc:
             for problem in exc.problems:

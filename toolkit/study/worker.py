@@ -39,7 +39,8 @@ def point_experiment(study_dir: str | Path, point_id: str) -> Experiment:
 
 def run_point(study_dir: str | Path, point_id: str) -> Path:
     """Run (or resume) one point in this process; returns its run directory."""
-    from ..runner import execute, plan
+    from ..execution import execute
+    from ..planning import plan
 
     exp = point_experiment(study_dir, point_id)
     point_dir = Path(study_dir) / "points" / point_id

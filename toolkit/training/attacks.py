@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Norm = Literal["Linf", "L2"]
+from ..options import NormLinfL2
+
+Norm = NormLinfL2  # the norms rtk's PGD implements (rtk.NORMS spells every norm)
 Init = Literal["uniform", "normal", "zero"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ..options import Eps, Options
+from ..options import Eps, NormLinfL2, Options
 
 #: Columns of the per-epoch history that ``monitor`` may name without a callback adding it.
 #: The columns of a training history (``TrainResult.history``, history.csv), in order.
@@ -113,9 +113,7 @@ class LoopConfig(Options):
     eval_alpha: Eps | None = Field(
         None, gt=0, description="step of the evaluation PGD (default 2.5 * eval_eps / eval_steps)"
     )
-    eval_norm: Literal["Linf", "L2"] | None = Field(
-        None, description="norm of the evaluation PGD (default: the trainer's)"
-    )
+    eval_norm: NormLinfL2 | None = Field(None, description="norm of the evaluation PGD (default: the trainer's)")
     eval_batch_size: int = Field(256, ge=1, description="batch size for evaluation")
     checkpoint_every: int = Field(
         0, ge=0, description="also keep a checkpoint tagged epoch-N every this many epochs (0: off)"

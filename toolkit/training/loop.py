@@ -349,9 +349,9 @@ class _TrainingRun:
                     f"[0, 1]: allowed 0 < eps <= {limit:g}"
                 )
         schedule = getattr(obj, "schedule", None)
-        if isinstance(schedule, EpsSchedule) and schedule.end > cfg.epochs:
+        if isinstance(schedule, EpsSchedule) and schedule.end(cfg.epochs) > cfg.epochs:
             problems.append(
-                f"the eps warm-up + ramp ends at epoch {schedule.end:g}, after training ends "
+                f"the eps warm-up + ramp ends at epoch {schedule.end(cfg.epochs):g}, after training ends "
                 f"({cfg.epochs} epochs): shorten eps_warmup/eps_ramp or train longer"
             )
         self.eval_norm = cfg.eval_norm or norm

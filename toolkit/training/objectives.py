@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import unwrap
+from ..options import Span, run_epochs
 from .attacks import Init, Norm, bn_mode, ce_sum, default_alpha, perturb
 
 
@@ -82,35 +83,31 @@ class Progress(float):
 
 @dataclass(frozen=True)
 class EpsSchedule:
-    """The training radius over time: 0 for ``warmup`` epochs, then a linear ramp over
-    ``ramp`` epochs up to ``eps``, then ``eps``. Without warm-up and ramp it is constant."""
+    """The training radius over time: 0 during the ``warmup``, then a linear ramp over ``ramp``
+    up to ``eps``, then ``eps``. Each is a :class:`rtk.Span` (epochs, or a share of the run) or
+    a number of epochs. Without warm-up and ramp it is constant."""
 
     eps: float
-    warmup: float = 0.0
-    ramp: float = 0.0
+    warmup: float | Span = 0.0
+    ramp: float | Span = 0.0
 
     @property
     def constant(self) -> bool:
-        return self.warmup <= 0 and self.ramp <= 0
+        return Span.parse(self.warmup).value <= 0 and Span.parse(self.ramp).value <= 0
 
-    @property
-    def end(self) -> float:
-        """The epoch at which the target radius is reached."""
-        return self.warmup + self.ramp
+    def end(self, epochs: float) -> float:
+        """The epoch at which the target radius is reached, in a run of ``epochs`` epochs."""
+        return Span.parse(self.warmup).epochs(epochs) + Span.parse(self.ramp).epochs(epochs)
 
     def __call__(self, progress: float) -> float:
         if self.constant:
             return self.eps
-        epoch = getattr(progress, "epoch", None)
-        if epoch is None:
-            raise TypeError(
-                "an eps warm-up or ramp is measured in epochs: pass an rtk.training.Progress "
-                "(the training loop does; by hand use Progress.at_epoch(epoch, epochs))"
-            )
-        if epoch < self.warmup:
+        total, epoch = run_epochs(progress), progress.epoch  # type: ignore[attr-defined]
+        warmup, ramp = Span.parse(self.warmup).epochs(total), Span.parse(self.ramp).epochs(total)
+        if epoch < warmup:
             return 0.0
-        if self.ramp > 0:
-            return self.eps * min(1.0, (epoch - self.warmup) / self.ramp)
+        if ramp > 0:
+            return self.eps * min(1.0, (epoch - warmup) / ramp)
         return self.eps
 
 
@@ -141,8 +138,8 @@ class AdversarialObjective:
     alpha: float | None = None
     norm: Norm = "Linf"
     attack_bn: Literal["eval", "train"] = "eval"
-    eps_warmup: float = 0.0
-    eps_ramp: float = 0.0
+    eps_warmup: float | Span = 0.0
+    eps_ramp: float | Span = 0.0
 
     @property
     def schedule(self) -> EpsSchedule:
