@@ -9,7 +9,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from traininghelpers import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 import rtk
 import rtk.training.loop as loop_module
