@@ -486,6 +486,9 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- the design (issue 18)
 DESIGN_STUDIES = ("depth", "width", "fraction")
+#: the robust-overfitting studies -> their template key (and CSV table name): the first design, and
+#: a second one written after the first's precondition failed, before its own runs
+OVERFITTING_STUDIES = {"overfitting": "design_overfitting", "overfitting-hard": "design_overfitting_hard"}
 DESIGN_NOT_RUN = (
     "Not run yet: no study directory `{runs}/paper1-design-{{depth,width,fraction,overfitting}}` was found. "
     "Run the four studies as above, then `python scripts/results_paper1.py`."
@@ -594,8 +597,9 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                     }
                 )
     keys = {"design_results": DESIGN_NOT_RUN.format(runs=runs), "design_headline": "", "design_heatmaps": ""}
-    keys["design_overfitting"] = f"Not run yet (no `{runs}/paper1-design-overfitting`)."
-    times = study_time_rows(runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, "overfitting")])
+    for study, key in OVERFITTING_STUDIES.items():
+        keys[key] = f"Not run yet (no `{runs}/paper1-design-{study}`)."
+    times = study_time_rows(runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)])
     keys["design_times"] = md(pd.DataFrame(times), "{}") if times else "No study of the design has run yet."
     if rows:
         data = pd.DataFrame(rows)
@@ -650,8 +654,10 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                             }
                         )
             pd.DataFrame(acc_rows).to_csv(dest / "design_accuracy.csv", index=False)
-    path = runs / "paper1-design-overfitting"
-    if (path / "study.json").exists():
+    for study, key in OVERFITTING_STUDIES.items():
+        path = runs / f"paper1-design-{study}"
+        if not (path / "study.json").exists():
+            continue
         of_rows = [{"seed": v.get("seed", 0), **overfitting_measures(read_run(d))} for v, d in study_points(path)]
         of = pd.DataFrame(of_rows)
         parts = []
@@ -666,8 +672,8 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                 parts.append(eff.drop(columns="all"))
         if parts:
             table = pd.concat(parts, ignore_index=True)
-            table.to_csv(dest / "design_overfitting.csv", index=False)
-            keys["design_overfitting"] = md(table, "{:.3f}")
+            table.to_csv(dest / f"{key}.csv", index=False)
+            keys[key] = md(table, "{:.3f}")
     return keys
 
 
