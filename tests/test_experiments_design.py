@@ -36,6 +36,7 @@ def test_the_design_files_are_there():
     assert DESIGN == [
         "paper1-design-depth.toml",
         "paper1-design-fraction.toml",
+        "paper1-design-overfitting-hard.toml",
         "paper1-design-overfitting.toml",
         "paper1-design-width.toml",
         "paper2-design-high-compression.toml",
@@ -64,6 +65,28 @@ def test_capacity_ladders_and_paper1_protocol(name, key, ladder):
     assert stages["evaluate"]["attacks"][0] == {"name": "pgd", "eps": 0.1, "steps": 20}
     assert {a["name"] for a in stages["evaluate"]["attacks"]} == {"pgd", "jpeg", "gabor", "snow"}
     assert "cross-class" in stages["similarity-benign"]["analyses"]
+
+
+def test_overfitting_design_2_changes_only_eps_and_data():
+    """Design 2 of finding 3 is design 1 with a harder task: eps 0.2 (everywhere) and a quarter of the data."""
+    first = tomllib.loads((EXPERIMENTS / "paper1-design-overfitting.toml").read_text())
+    second = tomllib.loads((EXPERIMENTS / "paper1-design-overfitting-hard.toml").read_text())
+
+    def harder(value, key=""):
+        if isinstance(value, dict):
+            return {k: harder(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [harder(v, key) for v in value]
+        if key in ("eps", "eval_eps") and value == 0.1:
+            return 0.2
+        if key == "train_fraction":
+            return 0.25
+        return value
+
+    expected = harder(first)
+    for key in ("name", "description"):
+        expected.pop(key), second.pop(key)
+    assert second == expected
 
 
 def test_fraction_points_keep_the_optimizer_steps():
