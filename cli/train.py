@@ -154,22 +154,10 @@ def _experiment(kw: dict[str, Any]) -> dict[str, Any]:
 def _report(result) -> None:
     stage = result.stages.get("train") or next(iter(result.stages.values()))
     history = result.table("history")
-    cols = [
-        c
-        for c in (
-            "epoch",
-            "lr",
-            "eps",
-            "train_loss",
-            "train_acc",
-            "train_clean_acc",
-            "train_robust_acc",
-            "test_clean_acc",
-            "test_robust_acc",
-            "train_time_s",
-        )
-        if c in history and history[c].notna().any()
-    ]
+    from rtk.training import HISTORY_COLUMNS
+
+    shown = [c for c in HISTORY_COLUMNS if c != "eval_time_s"]  # the evaluation's time: in the log, not the table
+    cols = [c for c in shown if c in history and history[c].notna().any()]
     echo_table(history[cols])
     if stage.summary:
         click.echo("\n" + stage.summary)

@@ -15,7 +15,6 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from ..options import Eps, NormLinfL2, Options
 
-#: Columns of the per-epoch history that ``monitor`` may name without a callback adding it.
 #: The columns of a training history (``TrainResult.history``, history.csv), in order.
 HISTORY_COLUMNS = (
     "epoch",
@@ -30,6 +29,7 @@ HISTORY_COLUMNS = (
     "train_time_s",
     "eval_time_s",
 )
+#: Columns of the per-epoch history that ``monitor`` may name without a callback adding it.
 MONITORABLE = ("test_robust_acc", "test_clean_acc", "train_robust_acc", "train_clean_acc", "train_acc")
 
 #: Fields that change the training trajectory; a resumed run must agree on all of them.
