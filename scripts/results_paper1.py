@@ -274,6 +274,22 @@ def plot_history(hist: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def mean_history_figure(runs: list[tuple[int, dict]], path: Path) -> str:
+    """The per-epoch accuracies of a robust-overfitting study, averaged over its seeds (a markdown
+    image), or "" when no run has a history."""
+    hists = [
+        h.assign(seed=seed)
+        for seed, run in runs
+        if (h := run["tables"].get("train-robust/history")) is not None and "test_robust_acc" in h
+    ]
+    if not hists:
+        return ""
+    cols = ["train_clean_acc", "train_robust_acc", "test_clean_acc", "test_robust_acc"]
+    hist = pd.concat(hists).groupby("epoch", as_index=False)[[c for c in cols if c in hists[0]]].mean()
+    plot_history(hist[hist["test_robust_acc"].notna()], path)
+    return f"![accuracy by epoch, mean over {len(hists)} seeds](paper1/{path.name})"
+
+
 def overfitting_keys(of: dict, pre: str, dest: Path, save, copy_fig) -> dict[str, str]:
     """Template keys of one overfitting run, prefixed ``pre`` (``of``, ``ofl``)."""
     keys: dict[str, str] = {}
@@ -488,7 +504,11 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
 DESIGN_STUDIES = ("depth", "width", "fraction")
 #: the robust-overfitting studies -> their template key (and CSV table name): the first design, and
 #: a second one written after the first's precondition failed, before its own runs
-OVERFITTING_STUDIES = {"overfitting": "design_overfitting", "overfitting-hard": "design_overfitting_hard"}
+OVERFITTING_STUDIES = {
+    "overfitting": "design_overfitting",
+    "overfitting-hard": "design_overfitting_hard",
+    "overfitting-fmnist": "design_overfitting_fmnist",
+}
 DESIGN_NOT_RUN = (
     "Not run yet: no study directory `{runs}/paper1-design-{{depth,width,fraction,overfitting}}` was found. "
     "Run the four studies as above, then `python scripts/results_paper1.py`."
@@ -599,6 +619,7 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
     keys = {"design_results": DESIGN_NOT_RUN.format(runs=runs), "design_headline": "", "design_heatmaps": ""}
     for study, key in OVERFITTING_STUDIES.items():
         keys[key] = f"Not run yet (no `{runs}/paper1-design-{study}`)."
+        keys[f"{key}_figure"] = ""
     times = study_time_rows(runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)])
     keys["design_times"] = md(pd.DataFrame(times), "{}") if times else "No study of the design has run yet."
     if rows:
@@ -658,8 +679,9 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
         path = runs / f"paper1-design-{study}"
         if not (path / "study.json").exists():
             continue
-        of_rows = [{"seed": v.get("seed", 0), **overfitting_measures(read_run(d))} for v, d in study_points(path)]
-        of = pd.DataFrame(of_rows)
+        of_runs = [(v.get("seed", 0), read_run(d)) for v, d in study_points(path) if (d / "state.json").exists()]
+        of = pd.DataFrame([{"seed": seed, **overfitting_measures(run)} for seed, run in of_runs])
+        keys[f"{key}_figure"] = mean_history_figure(of_runs, dest / f"{key}_history.png")
         parts = []
         for col, measure in (
             ("acc_best_minus_last", "PGD-20 accuracy: best - last checkpoint (robust overfitting)"),
