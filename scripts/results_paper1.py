@@ -15,6 +15,7 @@ every ``{key}`` of the template is replaced by a number or a table computed from
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -501,7 +502,7 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- the design (issue 18)
-DESIGN_STUDIES = ("depth", "width", "fraction")
+DESIGN_STUDIES = ("depth", "width", "fraction", "blocks")
 #: the robust-overfitting studies -> their template key (and CSV table name): the first design, and
 #: a second one written after the first's precondition failed, before its own runs
 OVERFITTING_STUDIES = {
@@ -515,12 +516,21 @@ DESIGN_NOT_RUN = (
 )
 
 
-def design_config(values: dict) -> str:
-    """A study point's configuration without its seed: ``blocks 2, width 16, data 1``."""
-    blocks = values.get("models.std.blocks", 2)
-    width = values.get("models.std.width", 16)
-    frac = values.get("dataset.train_fraction", 1.0)
-    return f"blocks {blocks}, width {width}, data {frac:g}"
+def design_config(run_dir: Path) -> str:
+    """A study point's configuration without its seed, from its resolved experiment
+    (``config.json``): ``blocks 2, width 16, data 1``, with the dataset named when it is not digits
+    (``blocks 2, width 64, data 0.0167, fashion-mnist 14x14``)."""
+    config = json.loads((run_dir / "config.json").read_text())
+    shape = config["models"]["std"]["options"]
+    data = config["dataset"]
+    opts = data.get("options") or {}
+    text = (
+        f"blocks {shape.get('blocks', 2)}, width {shape.get('width', 16)}, data {opts.get('train_fraction') or 1.0:.3g}"
+    )
+    if data["name"] != "digits":
+        size = opts.get("resolution")
+        text += f", {data['name']}" + (f" {size}x{size}" if size else "")
+    return text
 
 
 def design_measures(run: dict) -> dict[str, float]:
@@ -610,7 +620,7 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                 rows.append(
                     {
                         "study": study,
-                        "config": design_config(values),
+                        "config": design_config(run_dir),
                         "seed": values.get("seed", 0),
                         "run": run,
                         **design_measures(run),
