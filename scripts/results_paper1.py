@@ -533,6 +533,35 @@ def design_config(run_dir: Path) -> str:
     return text
 
 
+#: the standard-only pilot that chose the shape of the ``blocks`` study
+BLOCK_PILOT = "paper1-block-pilot"
+
+
+def block_pilot_table(runs: Path, dest: Path) -> str:
+    """The pilot's shapes with their standard models' block-structure scores (all layers and
+    block outputs) and final accuracies, as markdown (also ``block_pilot.csv``)."""
+    from intervals import study_points  # scripts/intervals.py
+
+    path = runs / BLOCK_PILOT
+    if not (path / "study.json").exists():
+        return f"Not run yet (no `{path}`)."
+    rows = []
+    for _, run_dir in study_points(path):
+        run = read_run(run_dir)
+        row: dict[str, object] = {"shape": design_config(run_dir)}
+        for stage, label in (("similarity-all", "score, all layers"), ("similarity-blocks", "score, block outputs")):
+            bt = run["tables"].get(f"{stage}/block_structure")
+            row[label] = float(bt["score"].iloc[0]) if bt is not None else float("nan")
+        hist = run["tables"].get("train-std/history")
+        if hist is not None:
+            last = hist.iloc[-1]
+            row["train accuracy"], row["test accuracy"] = float(last["train_clean_acc"]), float(last["test_clean_acc"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(dest / "block_pilot.csv", index=False)
+    return md(table, "{:.3f}")
+
+
 def design_measures(run: dict) -> dict[str, float]:
     """The per-seed measures behind the paper-1 verdicts, from one point's run directory."""
     out: dict[str, float] = {}
@@ -630,7 +659,10 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
     for study, key in OVERFITTING_STUDIES.items():
         keys[key] = f"Not run yet (no `{runs}/paper1-design-{study}`)."
         keys[f"{key}_figure"] = ""
-    times = study_time_rows(runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)])
+    keys["block_pilot"] = block_pilot_table(runs, dest)
+    times = study_time_rows(
+        runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)] + [BLOCK_PILOT]
+    )
     keys["design_times"] = md(pd.DataFrame(times), "{}") if times else "No study of the design has run yet."
     if rows:
         data = pd.DataFrame(rows)
