@@ -34,8 +34,10 @@ def _dry_run(name: str, env: dict[str, str] | None = None) -> str:
 
 def test_the_design_files_are_there():
     assert DESIGN == [
+        "paper1-design-blocks.toml",
         "paper1-design-depth.toml",
         "paper1-design-fraction.toml",
+        "paper1-design-overfitting-fmnist.toml",
         "paper1-design-overfitting-hard.toml",
         "paper1-design-overfitting.toml",
         "paper1-design-width.toml",
@@ -87,6 +89,35 @@ def test_overfitting_design_2_changes_only_eps_and_data():
     for key in ("name", "description"):
         expected.pop(key), second.pop(key)
     assert second == expected
+
+
+def test_overfitting_design_3_keeps_the_recipe_on_fashion_mnist():
+    """Design 3 of finding 3: design 1's training recipe (Rice et al.'s 200 epochs and decays, PGD-7
+    at eps 0.1, checkpoints every 25 epochs) on 2,000 Fashion-MNIST images at 14x14."""
+    first = tomllib.loads((EXPERIMENTS / "paper1-design-overfitting.toml").read_text())
+    third = tomllib.loads((EXPERIMENTS / "paper1-design-overfitting-fmnist.toml").read_text())
+    assert third["dataset"]["name"] == "fashion-mnist" and third["dataset"]["resolution"] == 14
+    assert round(6000 * third["dataset"]["train_fraction"]) == 200  # 200 of each class's 6,000
+    assert third["models"] == first["models"]
+    recipe = ("trainer", "epochs", "lr", "batch_size", "schedule", "milestones", "weight_decay", "checkpoint_every")
+    train1, train3 = first["stages"][0], third["stages"][0]
+    assert {k: train3[k] for k in recipe} == {k: train1[k] for k in recipe}
+    assert [s["id"] for s in third["stages"]] == [s["id"] for s in first["stages"]]
+    assert third["stages"][1]["attacks"] == first["stages"][1]["attacks"]  # PGD-20 at eps 0.1
+
+
+def test_block_design_uses_a_pilot_shape_for_both_models():
+    """The block design's standard and PGD-AT models share one shape, and that shape is one the
+    standard-only pilot trained (the pilot chose it; no robust model was part of the choice)."""
+    pilot = tomllib.loads((EXPERIMENTS / "paper1-block-pilot.toml").read_text())
+    design = tomllib.loads((EXPERIMENTS / "paper1-design-blocks.toml").read_text())
+    (zipped,) = pilot["sweep"]["zip"]
+    shapes = set(zip(zipped["models.std.blocks"], zipped["models.std.width"], strict=True))
+    assert set(pilot["models"]) == {"std"} and all(s.get("trainer", "standard") == "standard" for s in pilot["stages"])
+    std, pgd = design["models"]["std"], design["models"]["pgd"]
+    assert (std["blocks"], std["width"]) == (pgd["blocks"], pgd["width"]) and (std["blocks"], std["width"]) in shapes
+    assert design["dataset"] == pilot["dataset"] | {"limit_test": 500}
+    assert "all 3 points are valid" in _dry_run("paper1-block-pilot.toml")
 
 
 def test_fraction_points_keep_the_optimizer_steps():
