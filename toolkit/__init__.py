@@ -22,7 +22,7 @@ Public API (what built-in and third-party plugins may use):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .lazy import LazyFace
 
@@ -226,11 +226,5 @@ __all__ = [
 
 
 _face = LazyFace.of_names(__name__, _LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    return _face.attr(name)
-
-
-def __dir__() -> list[str]:
-    return _face.dir()
+__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
+__dir__ = _face.dir

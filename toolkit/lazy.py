@@ -11,14 +11,8 @@ A face::
 
     _face = LazyFace(__name__, {"request": ("AttackSuiteOptions", "Norm"), "engine": ("evaluate",)})
     __all__ = _face.names
-
-
-    def __getattr__(name: str) -> Any:
-        return _face.attr(name)
-
-
-    def __dir__() -> list[str]:
-        return _face.dir()
+    __getattr__ = _face.attr  # PEP 562; type checkers read a module's __getattr__ this way too
+    __dir__ = _face.dir
 """
 
 from __future__ import annotations

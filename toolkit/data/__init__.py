@@ -24,8 +24,6 @@ dataset table ``{"name": ..., **options}`` loaded as the runner does).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..lazy import LazyFace
 
 #: submodule -> the public names it defines; importing this face imports none of them (each on
@@ -96,11 +94,5 @@ _face = LazyFace(
     },
 )
 __all__ = _face.names
-
-
-def __getattr__(name: str) -> Any:
-    return _face.attr(name)
-
-
-def __dir__() -> list[str]:
-    return _face.dir()
+__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
+__dir__ = _face.dir

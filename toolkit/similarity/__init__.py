@@ -16,8 +16,6 @@ the robustness analyses of Cianfarani et al. (2022).
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..lazy import LazyFace
 
 #: submodule -> the public names it defines; importing this face imports none of them (each on
@@ -86,11 +84,5 @@ _face = LazyFace(
     },
 )
 __all__ = _face.names
-
-
-def __getattr__(name: str) -> Any:
-    return _face.attr(name)
-
-
-def __dir__() -> list[str]:
-    return _face.dir()
+__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
+__dir__ = _face.dir
