@@ -6,6 +6,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,29 @@ from .main import State, _state
 
 #: The type of every ``--seed`` flag: 0 to rtk.config.MAX_SEED (a test keeps the two equal).
 SEED = click.IntRange(0, 2**62)
+
+
+def run_directory_options(*, out: str, resume: str, skips: str) -> Callable[[Callable], Callable]:
+    """The flags of a verb that runs one stage into a run directory (evaluate, train), in this order:
+    --seed, --device, --out (help naming its default directory ``out``), --resume (help ``resume``),
+    --runs-root and --dry-run (help naming what it ``skips``)."""
+    options = [
+        click.option("--seed", type=SEED, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), help=f"Run directory (default {out})."),
+        click.option("--resume", type=click.Path(file_okay=False, exists=True, path_type=Path), help=resume),
+        click.option(
+            "--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+        ),
+        click.option("--dry-run", is_flag=True, help=f"Validate and print the plan; {skips} nothing."),
+    ]
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def parse_value(text: str) -> Any:

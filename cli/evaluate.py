@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from .common import (
-    SEED,
     checkpoint_data,
     echo_table,
     friendly_errors,
@@ -24,6 +23,7 @@ from .common import (
     progress_bars,
     registry,
     request_flags,
+    run_directory_options,
 )
 
 
@@ -218,18 +218,11 @@ def _echo_checks(df) -> None:
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Merge records of another run or shard (its artifacts/evaluate directory; repeatable).",
 )
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/evaluate-<time>)."
+@run_directory_options(
+    out="runs/evaluate-<time>",
+    resume="Continue an interrupted evaluation (its run directory); finished examples are not recomputed.",
+    skips="evaluate",
 )
-@click.option(
-    "--resume",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Continue an interrupted evaluation (its run directory); finished examples are not recomputed.",
-)
-@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Validate and print the plan; evaluate nothing.")
 @friendly_errors
 def command(source: Path | None, **kw: Any) -> None:
     """Evaluate SOURCE (a checkpoint, a run directory or an experiment file) under an attack suite.

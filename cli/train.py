@@ -15,7 +15,16 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .common import SEED, echo_table, friendly_errors, given, key_values, progress_bars, registry, request_flags
+from .common import (
+    echo_table,
+    friendly_errors,
+    given,
+    key_values,
+    progress_bars,
+    registry,
+    request_flags,
+    run_directory_options,
+)
 
 _LOOP_SKIP = ("amp",)  # handled by the explicit --amp/--no-amp below
 
@@ -61,18 +70,11 @@ def _cli_message(text: str, model: str) -> str:
 @click.option("--eps", help="The trainer's eps, e.g. 8/255 (same as -o eps=...).")
 @click.option("--params", help="Comma-separated glob patterns of parameter names to train (others frozen).")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/<name>-<time>)."
+@run_directory_options(
+    out="runs/<name>-<time>",
+    resume="Continue an interrupted run directory from its last completed epoch (takes its options from there).",
+    skips="train",
 )
-@click.option(
-    "--resume",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Continue an interrupted run directory from its last completed epoch (takes its options from there).",
-)
-@click.option("--runs-root", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Validate and print the plan; train nothing.")
 @_loop_options
 @friendly_errors
 def command(**kw: Any) -> None:
