@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -362,22 +363,55 @@ def checkpoint_declaration(path: str | os.PathLike, spec: dict[str, Any] | None 
     return {**options, "arch": spec["arch"], "checkpoint": str(stem.resolve())}
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
-    """Load ``state`` into ``model``; on any mismatch say exactly which keys and shapes differ."""
-    own = model.state_dict()
+#: a shared key whose shapes differ: (key, its shape in the checkpoint, its shape in the model)
+ShapeMismatch = tuple[str, list[int], list[int]]
+
+
+def state_mismatch(
+    own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[ShapeMismatch]]:
+    """How the state dict ``state`` differs from a model's own ``own``: the model's keys it lacks
+    and its keys the model lacks (both sorted), and each shared key whose shapes differ (in the
+    model's order)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [
         (k, list(state[k].shape), list(own[k].shape)) for k in own if k in state and state[k].shape != own[k].shape
     ]
+    return missing, unexpected, wrong
+
+
+def mismatch_clauses(
+    missing: list[str],
+    unexpected: list[str],
+    wrong: list[ShapeMismatch],
+    *,
+    target: str,
+    listed: Callable[[list[str]], str],
+    most: int,
+) -> list[str]:
+    """The clauses of an error about a state dict that does not fit ``target`` (``"model"``,
+    ``"architecture"``): the keys ``listed`` that the checkpoint lacks and that ``target`` lacks,
+    then up to ``most`` keys whose shapes differ."""
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint: {listed(missing)}")
+    if unexpected:
+        parts.append(f"not in the {target}: {listed(unexpected)}")
+    for k, got, want in wrong[:most]:
+        parts.append(f"{k}: checkpoint has shape {got}, {target} expects {want}")
+    return parts
+
+
+def _first_ten(keys: list[str]) -> str:
+    return f"{', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
+    """Load ``state`` into ``model``; on any mismatch say exactly which keys and shapes differ."""
+    missing, unexpected, wrong = state_mismatch(model.state_dict(), state)
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing from the checkpoint: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            parts.append(f"not in the model: {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
-        for k, got, want in wrong[:10]:
-            parts.append(f"{k}: checkpoint has shape {got}, model expects {want}")
+        parts = mismatch_clauses(missing, unexpected, wrong, target="model", listed=_first_ten, most=10)
         raise CheckpointError(f"{where} does not match the architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
 

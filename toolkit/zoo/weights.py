@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.checkpoint import mismatch_clauses, state_mismatch
 from .pinned import PINNED_SHA256
 
 log = logging.getLogger(__name__)
@@ -366,22 +367,10 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], *, where: s
     own = model.state_dict()
     own_keys = set(own)
     best_label, best = max(key_candidates(state), key=lambda c: len(own_keys & set(c[1])))
-    missing = sorted(own_keys - set(best))
-    unexpected = sorted(set(best) - own_keys)
-    wrong = [
-        (k, list(best[k].shape), list(own[k].shape))
-        for k in sorted(own_keys & set(best))
-        if best[k].shape != own[k].shape
-    ]
+    missing, unexpected, wrong = state_mismatch(own, best)
     bad_missing = [k for k in missing if not _tolerated_missing(model, k)]
     if bad_missing or wrong:
-        parts = []
-        if bad_missing:
-            parts.append(f"missing from the checkpoint: {_some(bad_missing)}")
-        if unexpected:
-            parts.append(f"not in the architecture: {_some(unexpected)}")
-        for k, got, want in wrong[:8]:
-            parts.append(f"{k}: checkpoint has shape {got}, architecture expects {want}")
+        parts = mismatch_clauses(bad_missing, unexpected, sorted(wrong), target="architecture", listed=_some, most=8)
         raise CheckpointError(f"{where} does not match the architecture (keys taken {best_label}): " + "; ".join(parts))
     result = model.load_state_dict(best, strict=False)
     still_missing = [k for k in result.missing_keys if not _tolerated_missing(model, k)]
