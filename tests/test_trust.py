@@ -17,7 +17,7 @@ import rtk
 from rtk.cli.main import cli
 from rtk.errors import CheckpointError, ConfigError, DataError, RtkError
 from rtk.models import load_checkpoint
-from rtk.trust import UnsafePathError, atomic_write, check_name, inside
+from rtk.trust import UnsafePathError, atomic_write, check_name, inside, slug
 
 
 @pytest.fixture()
@@ -127,6 +127,10 @@ def test_2_name_rule_and_inside():
             check_name(bad, "n")
     with pytest.raises(UnsafePathError):
         inside("/tmp/a", "../b")
+    # file names made from text (sweep point ids, figure names) keep only the rule's characters
+    assert slug("/lr: 0.1 (x)") == "lr_0.1_x" and check_name(slug("/lr: 0.1 (x)"), "n")
+    assert slug("width=4-seed=1", keep="=") == "width=4-seed=1" and slug("width=4") == "width_4"
+    assert slug("///") == ""
 
 
 # ------------------------------------------------------------------ 3: planted symlinks

@@ -25,8 +25,10 @@ from typing import Any
 
 from .errors import RtkError
 
+#: The characters of a name (a regular-expression character class's body).
+NAME_CHARS = r"A-Za-z0-9_.\-"
 #: The name rule: a letter or digit first, then letters, digits, '-', '_' or '.'; no "..".
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][{NAME_CHARS}]*")
 MAX_NAME_LENGTH = 128
 NAME_RULE = (
     f"use 1 to {MAX_NAME_LENGTH} letters, digits, '-', '_' or '.', starting with a letter or digit, without '..'"
@@ -53,6 +55,12 @@ def name_problem(value: Any) -> str | None:
     if len(value) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(value) or ".." in value:
         return f"invalid name {value!r}; {NAME_RULE}"
     return None
+
+
+def slug(text: str, *, keep: str = "") -> str:
+    """``text`` as a file name: each run of characters that a name does not allow (nor ``keep``)
+    becomes one '_', and '_' at either end is dropped (the result may be empty)."""
+    return re.sub(f"[^{NAME_CHARS}{re.escape(keep)}]+", "_", text).strip("_")
 
 
 def check_name(value: Any, what: str) -> str:
@@ -133,6 +141,7 @@ def untrusted_settings(doc: Any) -> list[str]:
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "NAME_CHARS",
     "NAME_PATTERN",
     "NAME_RULE",
     "UNSAFE_KEYS",

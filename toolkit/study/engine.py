@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..rundir import RunDir
+from ..trust import slug
 from .executors import Executor, LocalExecutor, PointOutcome, PointTask
 from .sweep import Study, load_study, tag_values
 
@@ -315,10 +315,6 @@ def summarize(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_") or "key"
-
-
 def plot_summary(summary: pd.DataFrame, keys: list[str], rd: RunDir) -> dict[str, Path]:
     """One figure per swept key (other than seed) with two or more values: a panel per
     headline measure that varies across points, its mean against the key's values, a 95%
@@ -364,7 +360,7 @@ def plot_summary(summary: pd.DataFrame, keys: list[str], rd: RunDir) -> dict[str
         for ax in list(axes.flat)[len(shown) :]:
             ax.axis("off")
         fig.tight_layout()
-        path = rd.path / "figures" / f"{_slug(key)}.png"
+        path = rd.path / "figures" / f"{slug(key) or 'key'}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=90)
         plt.close(fig)

@@ -21,13 +21,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import Experiment, read_toml
 from ..errors import ConfigError
+from ..trust import slug
 from .overrides import apply_overrides, format_key_path, parse_key_path
 
 
@@ -158,8 +158,8 @@ def _point_id(index: int, values: dict[str, Any]) -> str:
             item = (".".join(parts[-2:]), item[1])
         if item not in named:
             named.append(item)
-    slug = re.sub(r"[^A-Za-z0-9_.=\-]+", "_", "-".join(f"{n}={v}" for n, v in named)).strip("_")[:60]
-    return f"p{index:03d}" + (f"-{slug}" if slug else "")
+    named_values = slug("-".join(f"{n}={v}" for n, v in named), keep="=")[:60]
+    return f"p{index:03d}" + (f"-{named_values}" if named_values else "")
 
 
 def experiment_from_file(
