@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.core import batches
+from ..training.attacks import default_alpha
 from .base import PruneJob, PruneOutcome, PruningError, check_ratio
 from .masks import is_masked, is_scored
 from .select import execution_order, prunable_layers, resolve_names
@@ -136,16 +137,11 @@ def pgd_linf(
     steps: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """A plain L-inf PGD with a random start (inputs in [0, 1]), for robust importance."""
-    noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
-    x_adv = (x + eps * noise).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = x_adv.detach() + alpha * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
+    """A plain L-inf PGD with a random start (inputs in [0, 1]), for robust importance: the
+    training attack :func:`rtk.training.perturb` on the mean cross-entropy."""
+    from ..training.attacks import perturb
+
+    return perturb(model, x, y, eps=eps, alpha=alpha, steps=steps, loss_fn=F.cross_entropy, generator=generator)
 
 
 def accumulate_gradients(
@@ -174,7 +170,7 @@ def accumulate_gradients(
     model.zero_grad(set_to_none=True)
     gen = torch.Generator().manual_seed(job.seed)
     seen = 0
-    step = alpha if alpha is not None else 2.5 * eps / max(steps, 1)
+    step = alpha if alpha is not None else default_alpha(eps, steps)
     for i, (x, y) in enumerate(batches(job.data.train, batch_size, shuffle=True, generator=gen, device=device)):
         if i >= batches_:
             break

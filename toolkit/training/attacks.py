@@ -58,19 +58,24 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
 def random_init(
     x: torch.Tensor, eps: float, norm: Norm, init: Init, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """A starting perturbation: uniform in the eps-ball, a tiny Gaussian, or zero."""
+    """A starting perturbation: uniform in the eps-ball, a tiny Gaussian, or zero. The draws come
+    from ``generator`` on its own device (a CPU generator may seed an attack on the GPU)."""
     if init == "zero" or eps <= 0:
         return torch.zeros_like(x)
+
+    def draw(sample: Callable[..., torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+        where = generator.device if generator is not None else x.device
+        return sample(shape, generator=generator, device=where, dtype=x.dtype).to(x.device)
+
     if init == "normal":
-        return NORMAL_INIT_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return NORMAL_INIT_STD * draw(torch.randn, x.shape)
     if norm == "Linf":
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (2 * u - 1) * eps
+        return (2 * draw(torch.rand, x.shape) - 1) * eps
     # uniform in the L2 ball: a random direction, radius eps * U^(1/d)
     d = x[0].numel()
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = draw(torch.randn, x.shape)
     direction = direction / _flat_norm(direction)
-    r = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype).pow(1.0 / d)
+    r = draw(torch.rand, (x.shape[0],)).pow(1.0 / d)
     return direction * (eps * r).view(-1, *([1] * (x.dim() - 1)))
 
 
