@@ -17,6 +17,18 @@ from .main import State, _state
 SEED = click.IntRange(0, 2**62)
 
 
+def key_value_option(*decls: str, **attrs: Any) -> Callable[[Callable], Callable]:
+    """A repeatable ``KEY=VALUE`` flag: an option (``-o steps=7``, read with :func:`key_values`)
+    or a key path (``--set stages.train.epochs=30``)."""
+    return click.option(*decls, multiple=True, metavar="KEY=VALUE", **attrs)
+
+
+def component_option(*decls: str, **attrs: Any) -> Callable[[Callable], Callable]:
+    """A repeatable component flag, ``NAME[:K=V,...]`` (``--attack pgd:eps=8/255``), read with
+    :func:`parse_component`."""
+    return click.option(*decls, multiple=True, metavar="NAME[:K=V,...]", **attrs)
+
+
 def run_directory_options(*, out: str, resume: str, skips: str) -> Callable[[Callable], Callable]:
     """The flags of a verb that runs one stage into a run directory (evaluate, train), in this order:
     --seed, --device, --out (help naming its default directory ``out``), --resume (help ``resume``),
@@ -38,6 +50,26 @@ def run_directory_options(*, out: str, resume: str, skips: str) -> Callable[[Cal
         return fn
 
     return decorate
+
+
+def execute_or_describe(
+    planned: Any, *, dry_run: bool, failed: Callable[[Exception], str], skipped: str = "nothing was run", **run: Any
+) -> Any:
+    """What a one-stage verb (evaluate, train, prune run) does with its plan: with --dry-run, print
+    it and that ``skipped``, and return None; else execute it (``rtk.execute(planned, **run)``)
+    under progress bars and return its result, a failed stage becoming a ClickException that
+    says ``failed(error)``."""
+    import rtk
+
+    if dry_run:
+        click.echo(planned.describe())
+        click.echo(f"plan is valid; {skipped} (--dry-run).")
+        return None
+    with progress_bars():
+        try:
+            return rtk.execute(planned, **run)
+        except rtk.StageError as exc:
+            raise click.ClickException(failed(exc)) from None
 
 
 def parse_value(text: str) -> Any:

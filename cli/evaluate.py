@@ -17,10 +17,10 @@ import click
 from .common import (
     checkpoint_data,
     echo_table,
+    execute_or_describe,
     friendly_errors,
     given,
     parse_component,
-    progress_bars,
     registry,
     request_flags,
     run_directory_options,
@@ -191,6 +191,11 @@ def _echo_checks(df) -> None:
             click.echo(f"        {'':<10} {'':<22} -> {row.advice}")
 
 
+def _failed(exc: Exception) -> str:
+    hint = "" if "strict" in str(exc) else "\nFinished examples are kept; continue with --resume DIR."
+    return f"{exc}{hint}"
+
+
 @click.command("evaluate")
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--model", help="Which model of a run directory or experiment file (needed when it has several).")
@@ -255,16 +260,17 @@ def command(source: Path | None, **kw: Any) -> None:
         }
         exp = rtk.experiment_from_dict(data, source="<rtk evaluate>", base_dir=Path.cwd())
     planned = rtk.plan(exp, registry())
-    if kw["dry_run"]:
-        click.echo(planned.describe())
-        click.echo("plan is valid; nothing was evaluated (--dry-run).")
+    result = execute_or_describe(
+        planned,
+        dry_run=kw["dry_run"],
+        skipped="nothing was evaluated",
+        failed=_failed,
+        out=kw["out"],
+        resume=kw["resume"],
+        runs_root=kw["runs_root"],
+    )
+    if result is None:
         return
-    with progress_bars():
-        try:
-            result = rtk.execute(planned, out=kw["out"], resume=kw["resume"], runs_root=kw["runs_root"])
-        except rtk.StageError as exc:
-            hint = "" if "strict" in str(exc) else "\nFinished examples are kept; continue with --resume DIR."
-            raise click.ClickException(f"{exc}{hint}") from None
     stage = next(iter(result.stages.values()))
     acc = stage.tables["accuracy"]
     n = int(acc["n"].iloc[0]) if len(acc) else 0

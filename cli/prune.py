@@ -18,13 +18,15 @@ import click
 
 from .common import (
     SEED,
+    component_option,
     echo_table,
+    execute_or_describe,
     friendly_errors,
     given,
+    key_value_option,
     key_values,
     parse_component,
     parse_value,
-    progress_bars,
     registry,
     request_flags,
 )
@@ -82,11 +84,11 @@ def command() -> None:
 
 @command.command("run")
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset.")
-@click.option("-d", "--data-option", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
+@key_value_option("-d", "--data-option", help="A dataset option (repeatable).")
 @click.option(
     "--arch", default="cnn-small", show_default=True, help="A registered architecture (ignored with --checkpoint)."
 )
-@click.option("-m", "--model-option", multiple=True, metavar="KEY=VALUE", help="An architecture option (repeatable).")
+@key_value_option("-m", "--model-option", help="An architecture option (repeatable).")
 @click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -95,11 +97,9 @@ def command() -> None:
 @click.option(
     "--name", default="model", show_default=True, help="Name of the dense model; pruned ones are NAME-METHOD-Kx."
 )
-@click.option(
+@component_option(
     "--pruner",
     "pruners",
-    multiple=True,
-    metavar="NAME[:K=V,...]",
     help="A pruner (repeatable), e.g. --pruner hydra --pruner lwm --pruner channel:importance=lamp. "
     "[default: hydra, lwm]",
 )
@@ -111,35 +111,27 @@ def command() -> None:
     show_default=True,
     help="The objective of every phase: standard, pgd-at, trades, ...",
 )
-@click.option(
+@key_value_option(
     "-o",
     "--trainer-option",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="A trainer option (repeatable), e.g. -o eps=8/255.",
 )
 @_request_options
-@click.option(
+@key_value_option(
     "-l",
     "--loop-option",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="A training-loop option for every phase (repeatable), e.g. -l schedule=cosine.",
 )
 @click.option("--prune-first", is_flag=True, help="Also prune the first layer (kept dense by default).")
 @click.option("--prune-last", is_flag=True, help="Also prune the classifier (kept dense by default).")
-@click.option(
+@component_option(
     "--attack",
     "attacks",
-    multiple=True,
-    metavar="NAME[:K=V,...]",
     help="An attack of the evaluation suite (repeatable), e.g. --attack pgd:eps=0.1,steps=20 [default: pgd].",
 )
-@click.option(
+@component_option(
     "--certifier",
     "certifiers",
-    multiple=True,
-    metavar="NAME[:K=V,...]",
     help="A certifier for verified accuracy (repeatable), e.g. --certifier ibp:eps=0.1.",
 )
 @click.option("--eval-limit", type=int, help="Evaluate on this many test examples [default: 1000].")
@@ -169,15 +161,15 @@ def run_command(**kw: Any) -> None:
         planned = rtk.plan(rtk.experiment_from_dict(exp, source="<rtk prune>", base_dir=Path.cwd()), registry())
     except rtk.ConfigError as exc:
         raise click.ClickException(_cli_message(str(exc))) from None
-    if kw["dry_run"]:
-        click.echo(planned.describe())
-        click.echo("plan is valid; nothing was run (--dry-run).")
+    result = execute_or_describe(
+        planned,
+        dry_run=kw["dry_run"],
+        failed=lambda exc: _cli_message(str(exc)),
+        out=kw["out"],
+        runs_root=kw["runs_root"],
+    )
+    if result is None:
         return
-    with progress_bars():
-        try:
-            result = rtk.execute(planned, out=kw["out"], runs_root=kw["runs_root"])
-        except rtk.StageError as exc:
-            raise click.ClickException(_cli_message(str(exc))) from None
     stage = result.stages["prune"]
     table = result.table("compression")
     cols = [

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from .common import SEED, echo_table, friendly_errors, key_values, progress_bars, registry, state, study_progress
+from .common import (
+    SEED,
+    echo_table,
+    friendly_errors,
+    key_value_option,
+    key_values,
+    progress_bars,
+    registry,
+    state,
+    study_progress,
+)
 
 
 @click.command("run")
@@ -37,11 +47,9 @@ from .common import SEED, echo_table, friendly_errors, key_values, progress_bars
     help="Run on N local processes through torchrun (gloo on CPU, nccl on GPU); see docs/scaling.md. "
     "In a study, each point runs on N processes.",
 )
-@click.option(
+@key_value_option(
     "--set",
     "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="Override a key of the file: a dotted key path (stages by id, index or kind) and a TOML value, "
     "e.g. --set stages.train.epochs=30 --set models.net.width=4. Repeatable.",
 )

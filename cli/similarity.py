@@ -14,6 +14,7 @@ from .common import (
     echo_table,
     friendly_errors,
     given,
+    key_value_option,
     key_values,
     progress_bars,
     registry,
@@ -88,12 +89,10 @@ def _request_options(fn):
     show_default=True,
     help="A registered similarity metric (rtk plugins --kind similarity).",
 )
-@click.option(
+@key_value_option(
     "-o",
     "--metric-option",
     "metric_options",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="An option of the metric, e.g. -o debiased=true (repeatable).",
 )
 @click.option(

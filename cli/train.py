@@ -17,10 +17,11 @@ from click.core import ParameterSource
 
 from .common import (
     echo_table,
+    execute_or_describe,
     friendly_errors,
     given,
+    key_value_option,
     key_values,
-    progress_bars,
     registry,
     request_flags,
     run_directory_options,
@@ -48,11 +49,11 @@ def _cli_message(text: str, model: str) -> str:
 
 @click.command("train")
 @click.option("--dataset", default="digits", show_default=True, help="A registered dataset.")
-@click.option("-d", "--data-option", multiple=True, metavar="KEY=VALUE", help="A dataset option (repeatable).")
+@key_value_option("-d", "--data-option", help="A dataset option (repeatable).")
 @click.option("--limit-train", type=int, help="Train on a fixed subset of this many examples.")
 @click.option("--limit-test", type=int, help="Evaluate on a fixed subset of this many test examples.")
 @click.option("--arch", default="cnn-small", show_default=True, help="A registered architecture.")
-@click.option("-m", "--model-option", multiple=True, metavar="KEY=VALUE", help="An architecture option (repeatable).")
+@key_value_option("-m", "--model-option", help="An architecture option (repeatable).")
 @click.option("--name", default="net", show_default=True, help="Name of the model in the run directory.")
 @click.option(
     "--init",
@@ -60,11 +61,9 @@ def _cli_message(text: str, model: str) -> str:
     help="Start from this checkpoint (NAME of NAME.safetensors + NAME.json), e.g. to fine-tune.",
 )
 @click.option("--trainer", default="standard", show_default=True, help="standard, pgd-at, trades, mart, fast-at, ...")
-@click.option(
+@key_value_option(
     "-o",
     "--trainer-option",
-    multiple=True,
-    metavar="KEY=VALUE",
     help="A trainer option (repeatable), e.g. -o steps=7 -o beta=6.",
 )
 @click.option("--eps", help="The trainer's eps, e.g. 8/255 (same as -o eps=...).")
@@ -105,21 +104,19 @@ def command(**kw: Any) -> None:
             planned = rtk.plan(rtk.experiment_from_dict(exp, source="<rtk train>", base_dir=Path.cwd()), registry())
         except rtk.ConfigError as exc:
             raise click.ClickException(_cli_message(str(exc), kw["name"])) from None
-    if dry_run:
-        click.echo(planned.describe())
-        click.echo("plan is valid; nothing was run (--dry-run).")
-        return
-    with progress_bars():
-        try:
-            result = rtk.execute(
-                planned, out=kw.get("out") if resume is None else None, resume=resume, runs_root=runs_root
-            )
-        except rtk.StageError as exc:
-            raise click.ClickException(
-                f"{exc}\nCheckpoints of the last good epoch are kept; continue with "
-                f"rtk train --resume <run directory> after fixing the cause."
-            ) from None
-    _report(result)
+    result = execute_or_describe(
+        planned,
+        dry_run=dry_run,
+        failed=lambda exc: (
+            f"{exc}\nCheckpoints of the last good epoch are kept; continue with "
+            "rtk train --resume <run directory> after fixing the cause."
+        ),
+        out=kw.get("out") if resume is None else None,
+        resume=resume,
+        runs_root=runs_root,
+    )
+    if result is not None:
+        _report(result)
 
 
 def _experiment(kw: dict[str, Any]) -> dict[str, Any]:

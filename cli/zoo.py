@@ -10,9 +10,11 @@ import click
 
 from .common import (
     SEED,
+    component_option,
     echo_table,
     friendly_errors,
     given,
+    key_value_option,
     key_values,
     parse_component,
     progress_bars,
@@ -122,14 +124,10 @@ def _request_options(fn):
     help="One of your models: an rtk checkpoint (NAME.safetensors + NAME.json) (repeatable).",
 )
 @click.option("--dataset", help="A registered dataset (default: the zoo entries' dataset, e.g. cifar10).")
-@click.option(
-    "--data", "data_opts", multiple=True, metavar="KEY=VALUE", help="A dataset option, e.g. root=/data/cifar10."
-)
-@click.option(
+@key_value_option("--data", "data_opts", help="A dataset option, e.g. root=/data/cifar10.")
+@component_option(
     "--attack",
     "attacks",
-    multiple=True,
-    metavar="NAME[:K=V,...]",
     help="An attack of the suite, e.g. pgd:eps=8/255,steps=10 (repeatable; default autoattack).",
 )
 @_request_options
