@@ -177,26 +177,39 @@ class ReshapeOp(Op):
         return T.reshape(T.shape[0], T.shape[1], *self.out_shape)
 
 
-class LinearOp(Op):
-    kind = "linear"
+class _AffineOp(Op):
+    """A layer ``affine(x, weight, bias)`` (linear or convolution): its parameters in the pass's
+    dtype, its forward pass and its interval bound (centre through the layer, radius through
+    ``|weight|``)."""
 
-    def __init__(self, module: nn.Linear) -> None:
-        self.module = module
+    kind = "linear"
+    module: nn.Module | None
 
     def _params(self, p: Pass):
         w = _weight(self.module).to(p.dtype)
         b = _bias(self.module)
         return w, (b.to(p.dtype) if b is not None else None)
 
+    def _affine(self, x, w, b):
+        raise NotImplementedError
+
     def forward(self, p, x):
         w, b = self._params(p)
-        return F.linear(x, w, b)
+        return self._affine(x, w, b)
 
     def interval(self, p, b):
         w, bias = self._params(p)
         mid, rad = _mid_rad(b)
-        c, r = F.linear(mid, w, bias), F.linear(rad, w.abs())
+        c, r = self._affine(mid, w, bias), self._affine(rad, w.abs(), None)
         return c - r, c + r
+
+
+class LinearOp(_AffineOp):
+    def __init__(self, module: nn.Linear) -> None:
+        self.module = module
+
+    def _affine(self, x, w, b):
+        return F.linear(x, w, b)
 
     def backward(self, p, A, b):
         w, bias = self._params(p)
@@ -209,9 +222,7 @@ class LinearOp(Op):
         return self._params(p)[1]
 
 
-class ConvOp(Op):
-    kind = "linear"
-
+class ConvOp(_AffineOp):
     def __init__(
         self,
         module: nn.Conv2d | None,
@@ -243,22 +254,10 @@ class ConvOp(Op):
     def _params(self, p: Pass):
         if self.fixed_weight is not None:
             return self.fixed_weight.to(p.dtype), None
-        w = _weight(self.module).to(p.dtype)
-        b = _bias(self.module)
-        return w, (b.to(p.dtype) if b is not None else None)
+        return super()._params(p)
 
-    def _conv(self, x, w, b):
+    def _affine(self, x, w, b):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, p, x):
-        w, b = self._params(p)
-        return self._conv(x, w, b)
-
-    def interval(self, p, b):
-        w, bias = self._params(p)
-        mid, rad = _mid_rad(b)
-        c, r = self._conv(mid, w, bias), self._conv(rad, w.abs(), None)
-        return c - r, c + r
 
     def _dense(self, p: Pass, w: torch.Tensor) -> torch.Tensor | None:
         """The convolution as an (out, in) matrix when that is small and not much more work:
@@ -270,7 +269,7 @@ class ConvOp(Op):
         key = ("dense", id(self))
         if key not in p.cache:
             eye = torch.eye(n_in, dtype=w.dtype, device=w.device).reshape(n_in, *self.in_shape)
-            p.cache[key] = self._conv(eye, w, None).reshape(n_in, n_out).t()
+            p.cache[key] = self._affine(eye, w, None).reshape(n_in, n_out).t()
         return p.cache[key]
 
     def backward(self, p, A, b):
@@ -304,7 +303,7 @@ class ConvOp(Op):
         dense = self._dense(p, w) if _numel(self.in_shape) <= 2 * w[0].numel() else None
         if dense is not None:
             return T.reshape(B, K, -1).matmul(dense.t()).reshape(B, K, *self.out_shape)
-        return self._conv(_rows(T, 3), w, None).reshape(B, K, *self.out_shape)
+        return self._affine(_rows(T, 3), w, None).reshape(B, K, *self.out_shape)
 
     def offset(self, p):
         bias = self._params(p)[1]
