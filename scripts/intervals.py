@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results_common import read_time
 
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
@@ -218,17 +218,11 @@ def study_time_rows(runs: Path, names: Sequence[str]) -> list[dict]:
             "wall (min)": "n/a",
             "CPU (min)": "n/a",
         }
-        timing = Path(runs) / f"{name}.time"
-        if timing.exists():
-            text = timing.read_text()
-            wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([0-9:.]+)", text)
-            user = re.search(r"User time \(seconds\): ([0-9.]+)", text)
-            system = re.search(r"System time \(seconds\): ([0-9.]+)", text)
-            if wall:
-                secs = sum(float(x) * 60**i for i, x in enumerate(reversed(wall.group(1).split(":"))))
-                row["wall (min)"] = f"{secs / 60:.1f}"
-            if user and system:
-                row["CPU (min)"] = f"{(float(user.group(1)) + float(system.group(1))) / 60:.1f}"
+        timing = read_time(Path(runs) / f"{name}.time")
+        if "wall_s" in timing:
+            row["wall (min)"] = f"{timing['wall_s'] / 60:.1f}"
+        if "cpu_s" in timing:
+            row["CPU (min)"] = f"{timing['cpu_s'] / 60:.1f}"
         rows.append(row)
     return rows
 

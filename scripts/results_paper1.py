@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from results_common import read_run  # noqa: E402
+from results_common import read_run, read_time  # noqa: E402
 
 EXPERIMENTS = ("similarity", "wide", "seeds", "overfitting")
 THREADS = {"wide": 2}  # intra-op threads each experiment ran with (the rest: 1)
@@ -36,26 +36,6 @@ _MODEL = re.compile(r"^(std|pgd|trades)-(?:w(\d+))?-?(s\d+)?$")
 
 
 # ----------------------------------------------------------------------------- reading runs
-def read_time(log: Path) -> dict[str, float]:
-    """``wall_s``, ``cpu_s`` from the ``real``/``user``/``sys`` lines bash's ``time`` prints."""
-    if not log.exists():
-        return {}
-    found: dict[str, list[str]] = {}
-    for key, val in re.findall(r"^(real|user|sys)\s+(\d+m[0-9.]+s)", log.read_text(), flags=re.M):
-        found.setdefault(key, []).append(val)  # a resumed run appends a second block: add them up
-
-    def secs(v: str) -> float:
-        m, s = re.match(r"(\d+)m([0-9.]+)s", v).groups()  # type: ignore[union-attr]
-        return 60 * int(m) + float(s)
-
-    out = {}
-    if "real" in found:
-        out["wall_s"] = sum(secs(v) for v in found["real"])
-    if "user" in found and "sys" in found:
-        out["cpu_s"] = sum(secs(v) for v in found["user"] + found["sys"])
-    return out
-
-
 def parse_model(name: str) -> dict:
     """``pgd-w16`` -> method PGD-AT, width 16, seed s0; ``std-s1`` -> standard, seed s1."""
     base = name.split("@")[0]

@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from results_common import read_run
+from results_common import read_run, read_time
 
 PRUNE_EXPERIMENTS = {"standard": "std", "adversarial": "adv", "verifiable": "ver"}
 #: experiment -> (objective, headline column) for the HYDRA vs LWM table
@@ -43,16 +43,6 @@ METHOD_NAMES = {"lwm": "LWM", "hydra": "HYDRA", "channel-l2": "channel (L2)"}
 
 
 # ----------------------------------------------------------------------------- reading runs
-def read_time(path: Path) -> dict[str, float]:
-    """``wall_s``, ``user_s``, ``sys_s`` from a ``/usr/bin/time -f`` file (empty when absent)."""
-    if not path.exists():
-        return {}
-    out = {}
-    for key, val in re.findall(r"(\w+_s)=([0-9.]+)", path.read_text()):
-        out[key] = float(val)
-    return out
-
-
 def prune_table(run: dict) -> pd.DataFrame:
     key = next(k for k in run["tables"] if k.endswith("-prune/compression"))
     return run["tables"][key]
@@ -226,7 +216,7 @@ def collect(runs: Path, logs: Path, out: Path, suffix: str = "") -> dict[str, st
                 "command": f"`OMP_NUM_THREADS=1 rtk run experiments/{name}.toml --out runs/{name}`",
                 "status": "completed" if run["complete"] else "INCOMPLETE",
                 "wall (min)": f"{t['wall_s'] / 60:.1f}" if "wall_s" in t else f"{run['stage_seconds'] / 60:.1f}",
-                "CPU (min)": f"{(t['user_s'] + t['sys_s']) / 60:.1f}" if "user_s" in t else "n/a",
+                "CPU (min)": f"{t['cpu_s'] / 60:.1f}" if "cpu_s" in t else "n/a",
             }
         )
         if exp == "objectives":
