@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchcommon import parse_or_print_rows
 
 import rtk
 from rtk.certify import BoundCertifier
@@ -154,11 +155,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="cnn-small only")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--rows", action="store_true", help="print the rows of docs/performance.md and stop")
-    args = ap.parse_args()
-    if args.rows:
-        for row in rows(args.quick):
-            print(row)
+    args = parse_or_print_rows(ap, rows)
+    if args is None:
         return
     device = resolve_device(args.device)
     reg = rtk.default_registry()

@@ -31,6 +31,7 @@ import time
 import warnings
 
 import torch
+from benchcommon import fit_minibatches, parse_or_print_rows
 from torch import nn
 
 import rtk
@@ -42,15 +43,7 @@ from rtk.models.small import cnn_large, cnn_small
 
 def train(model: nn.Module, data, epochs: int) -> nn.Module:
     torch.manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    x, y = data.train.x, data.train.y
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_minibatches(model, data, epochs)
 
 
 def direct_pgd(model: nn.Module, split: TensorSplit, batch_size: int, eps: float, steps: int) -> float:
@@ -317,11 +310,8 @@ def main() -> None:
     p.add_argument("--pgd-examples", type=int, default=1797)
     p.add_argument("--check-examples", type=int, default=450)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--rows", action="store_true", help="print the rows of docs/performance.md and stop")
-    args = p.parse_args()
-    if args.rows:
-        for row in rows(args.quick):
-            print(row)
+    args = parse_or_print_rows(p, rows)
+    if args is None:
         return
     if args.quick:
         args.repeats, args.check_repeats, args.pgd_examples, args.check_examples = 2, 1, 512, 150

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
 import rtk
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchcommon import fit_minibatches  # noqa: E402  (benchmarks/benchcommon.py, also the benchmarks')
 
 REGISTRY = rtk.Registry.from_plugin_manager(rtk.plugin_manager(entry_points=False))
 
@@ -35,17 +41,7 @@ def train_digits_cnn(digits, epochs: int = 6) -> nn.Module:
 
     torch.manual_seed(0)
     model = cnn_small(digits.info)
-    if epochs == 0:
-        return model.eval()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    x, y = digits.train.x, digits.train.y
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=g).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return fit_minibatches(model, digits, epochs)
 
 
 def cached_digits_cnn(digits, tmp_path_factory) -> nn.Module:
