@@ -127,15 +127,28 @@ def _pm():
     return rtk.plugin_manager(entry_points=False)
 
 
+def _resume(w):
+    return ["run", "--resume", w["run"]]
+
+
+def _evaluate_dir(w):
+    return ["evaluate", w["run"], "--limit", "4"]
+
+
+def _after(setup, command):
+    """A case that first plants something with ``setup(w)``, then runs ``command(w)``."""
+    return lambda w: (setup(w), command(w))[1]
+
+
 # (kind, entry point, setup(w) -> CLI arguments)
 CASES = {
     "pickle/certify-ckpt": lambda w: ["certify", w["ckpt"], "--limit", "4"],
     "pickle/evaluate-ckpt": lambda w: ["evaluate", w["ckpt"], "--limit", "4", "--out", w["run"].parent / "ev"],
     "pickle/prune-info-ckpt": lambda w: ["prune", "info", w["ckpt"]],
-    "pickle/certify-ckpt-zoo-folder-without-unsafe": lambda w: (
-        edit_spec(w["ckpt"], options=hostile_zoo_spec(w["zoo"], unsafe=False)),
-        ["certify", w["ckpt"], "--limit", "4"],
-    )[1],
+    "pickle/certify-ckpt-zoo-folder-without-unsafe": _after(
+        lambda w: edit_spec(w["ckpt"], options=hostile_zoo_spec(w["zoo"], unsafe=False)),
+        lambda w: ["certify", w["ckpt"], "--limit", "4"],
+    ),
     "pickle/experiment-checkpoint-declared-mlp": lambda w: ["run", _experiment_with_checkpoint(w, "mlp"), "--dry-run"],
     "pickle/experiment-checkpoint-declared-zoo": lambda w: [
         "run",
@@ -143,30 +156,21 @@ CASES = {
         "--out",
         w["root"] / "r2",
     ],
-    "pickle/resume-state-json": lambda w: (_hostile_ckpt_in_run(w), ["run", "--resume", w["run"]])[1],
-    "pickle/evaluate-run-dir": lambda w: (_hostile_ckpt_in_run(w), ["evaluate", w["run"], "--limit", "4"])[1],
-    "pickle/resume-experiment-toml": lambda w: (_unsafe_experiment_in_run(w), ["run", "--resume", w["run"]])[1],
-    "traversal/resume-dotdot": lambda w: (_state_points_to(w, "../outside/ck"), ["run", "--resume", w["run"]])[1],
-    "traversal/resume-absolute": lambda w: (_state_points_to(w, "/etc/passwd"), ["run", "--resume", w["run"]])[1],
-    "traversal/evaluate-dir-dotdot": lambda w: (
-        _state_points_to(w, "../outside/ck"),
-        ["evaluate", w["run"], "--limit", "4"],
-    )[1],
-    "symlink/resume-checkpoint-outside": lambda w: (_symlink_ckpt_outside(w), ["run", "--resume", w["run"]])[1],
-    "symlink/evaluate-dir-checkpoint-outside": lambda w: (
-        _symlink_ckpt_outside(w),
-        ["evaluate", w["run"], "--limit", "4"],
-    )[1],
-    "symlink/resume-planted-tmp-and-report": lambda w: (_plant_tmp_links(w), ["run", "--resume", w["run"]])[1],
-    "symlink/resume-records-folder-outside": lambda w: (_records_outside(w), ["run", "--resume", w["run"]])[1],
-    "symlink/evaluate-dir-records-folder-outside": lambda w: (
-        _records_outside(w),
-        ["evaluate", w["run"], "--limit", "4"],
-    )[1],
-    "tamper/resume": lambda w: (_tamper(w), ["run", "--resume", w["run"]])[1],
-    "tamper/evaluate-dir": lambda w: (_tamper(w), ["evaluate", w["run"], "--limit", "4"])[1],
-    "tamper/certify": lambda w: (_tamper(w), ["certify", w["run"] / "checkpoints" / "m" / "last", "--limit", "4"])[1],
-    "tamper/prune-info": lambda w: (_tamper(w), ["prune", "info", w["run"] / "checkpoints" / "m" / "last"])[1],
+    "pickle/resume-state-json": _after(_hostile_ckpt_in_run, _resume),
+    "pickle/evaluate-run-dir": _after(_hostile_ckpt_in_run, _evaluate_dir),
+    "pickle/resume-experiment-toml": _after(_unsafe_experiment_in_run, _resume),
+    "traversal/resume-dotdot": _after(lambda w: _state_points_to(w, "../outside/ck"), _resume),
+    "traversal/resume-absolute": _after(lambda w: _state_points_to(w, "/etc/passwd"), _resume),
+    "traversal/evaluate-dir-dotdot": _after(lambda w: _state_points_to(w, "../outside/ck"), _evaluate_dir),
+    "symlink/resume-checkpoint-outside": _after(_symlink_ckpt_outside, _resume),
+    "symlink/evaluate-dir-checkpoint-outside": _after(_symlink_ckpt_outside, _evaluate_dir),
+    "symlink/resume-planted-tmp-and-report": _after(_plant_tmp_links, _resume),
+    "symlink/resume-records-folder-outside": _after(_records_outside, _resume),
+    "symlink/evaluate-dir-records-folder-outside": _after(_records_outside, _evaluate_dir),
+    "tamper/resume": _after(_tamper, _resume),
+    "tamper/evaluate-dir": _after(_tamper, _evaluate_dir),
+    "tamper/certify": _after(_tamper, lambda w: ["certify", w["run"] / "checkpoints" / "m" / "last", "--limit", "4"]),
+    "tamper/prune-info": _after(_tamper, lambda w: ["prune", "info", w["run"] / "checkpoints" / "m" / "last"]),
 }
 
 
