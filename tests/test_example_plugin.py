@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from click.testing import CliRunner
+from pluginhelpers import install_distribution
 
 import rtk
 from rtk.cli.main import cli
@@ -22,16 +24,9 @@ EXAMPLE = ROOT / "docs" / "plugins" / "rtk-example"
 def example_installed(tmp_path, monkeypatch):
     site = tmp_path / "site"
     shutil.copytree(EXAMPLE / "src" / "rtk_example", site / "rtk_example")
-    info = site / "rtk_example-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rtk-example\nVersion: 0.1.0\n")
-    # the entry point exactly as declared in the example's pyproject.toml
-    import tomllib
-
+    # the entry points exactly as declared in the example's pyproject.toml
     eps = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["entry-points"]["rtk"]
-    (info / "entry_points.txt").write_text("[rtk]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv("RTK_NO_ENTRY_POINTS", raising=False)
+    install_distribution(site, monkeypatch, dist="rtk-example", version="0.1.0", entry_points=eps)
     monkeypatch.setenv("RTK_STRICT_PLUGINS", "1")
     yield site
     sys.modules.pop("rtk_example", None)
