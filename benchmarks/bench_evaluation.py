@@ -29,9 +29,10 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
-from benchcommon import fit_minibatches, parse_or_print_rows
+from benchcommon import bare_pgd, fit_minibatches, parse_or_print_rows, resnet20, self_labelled
 from torch import nn
 
 import rtk
@@ -63,15 +64,18 @@ def direct_pgd(model: nn.Module, split: TensorSplit, batch_size: int, eps: float
     return robust / len(split)
 
 
-def interleaved(fns: dict[str, callable], repeats: int) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, callable], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
+    """Seconds per call by ``clock`` (wall by default; ``time.process_time``: CPU seconds of the process),
+    interleaved (A B C, C B A, ...)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
-        order = names if r % 2 == 0 else names[::-1]
-        for k in order:
-            t0 = time.perf_counter()
+        for k in names if r % 2 == 0 else names[::-1]:
+            t0 = clock()
             fns[k]()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return times
 
 
@@ -167,58 +171,11 @@ def bench_checks(reg, data, label: str, attacks: list, args) -> None:
 
 
 # ---------------------------------------------------------------------------- rows for docs/performance.md
-def _resnet20_batch(n: int):
-    """ResNet-20 on CIFAR-size inputs (3x32x32, random weights) and labels equal to its own
-    predictions, so every example is clean-correct and attacked by every side."""
-    from rtk.data.core import DataInfo
-    from rtk.models.resnet import resnet_small
-
-    info = DataInfo("cifar-sized", 10, 3, 32, 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
-    torch.manual_seed(0)
-    model = resnet_small(info, blocks=3, width=16).eval()
-    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, TensorSplit(x, y)
-
-
-def bare_pgd(model: nn.Module, split: TensorSplit, batch_size: int, eps: float, steps: int) -> float:
-    """The bare loop: channels_last inputs, frozen weights, a clean forward, ``steps`` PGD
-    steps (step eps/4, uniform start) and a forward on the adversarial batch."""
-    alpha = eps / 4
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    robust = 0
-    try:
-        for start in range(0, len(split), batch_size):
-            x = split.x[start : start + batch_size].contiguous(memory_format=torch.channels_last)
-            y = split.y[start : start + batch_size]
-            with torch.inference_mode():
-                clean = model(x).argmax(1) == y
-            xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-            for _ in range(steps):
-                xa.requires_grad_(True)
-                (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(xa), y), xa)
-                xa = torch.minimum(torch.maximum(xa.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
-            with torch.inference_mode():
-                robust += int((clean & (model(xa).argmax(1) == y)).sum())
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-    return robust / len(split)
-
-
-def cpu_interleaved(fns: dict[str, callable], repeats: int) -> dict[str, list[float]]:
-    """CPU seconds of the process per call, interleaved (A B C, C B A, ...)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for k in names if r % 2 == 0 else names[::-1]:
-            t0 = time.process_time()
-            fns[k]()
-            times[k].append(time.process_time() - t0)
-    return times
+def _resnet20_batch(n: int) -> tuple[nn.Module, TensorSplit]:
+    """ResNet-20 in eval mode and ``n`` CIFAR-size images it classifies as labelled."""
+    _, model = resnet20()
+    model.eval()
+    return model, self_labelled(model, n, 32)
 
 
 def _row(workload: str, t: dict[str, list[float]], mine: str, peer: str, peer_label: str, goal: str, note: str) -> dict:
@@ -258,7 +215,7 @@ def rows(quick: bool) -> list[dict]:
         }
         for f in fns.values():
             f()  # warm-up
-        t = cpu_interleaved(fns, repeats)
+        t = interleaved(fns, repeats, time.process_time)
         work = f"PGD-10 evaluation, ResNet-20 on {len(split)} CIFAR-size images, batch {batch}"
         out = [
             _row(work, t, "rtk", "bare", "bare loop (channels_last)", "<= 1.02", "CPU time, 1 thread"),
@@ -278,7 +235,7 @@ def rows(quick: bool) -> list[dict]:
 
                 return f
 
-            t = cpu_interleaved({"on": run(True), "off": run(False)}, 2 if quick else 3)
+            t = interleaved({"on": run(True), "off": run(False)}, 2 if quick else 3, time.process_time)
             r = res[True]
             skipped = [c.name for c in r.checks if c.passed is None]
             out.append(

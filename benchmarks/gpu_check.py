@@ -107,13 +107,10 @@ MODEL = {"side": 32, "blocks": 3, "width": 16, "steps": 10}
 
 
 def _resnet20(device: torch.device):
-    from rtk.data.core import DataInfo
-    from rtk.models.resnet import resnet_small
+    from benchcommon import resnet20  # benchmarks/benchcommon.py
 
-    side = MODEL["side"]
-    info = DataInfo("cifar-sized", 10, 3, side, side, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
-    torch.manual_seed(0)
-    return info, resnet_small(info, blocks=MODEL["blocks"], width=MODEL["width"]).to(device)
+    info, model = resnet20(MODEL["side"], blocks=MODEL["blocks"], width=MODEL["width"])
+    return info, model.to(device)
 
 
 def training(device: torch.device, n: int) -> dict[str, Any]:
@@ -151,44 +148,22 @@ def training(device: torch.device, n: int) -> dict[str, Any]:
 
 
 def evaluation(device: torch.device, n: int, timed) -> dict[str, Any]:
+    from benchcommon import bare_pgd, self_labelled
+
     import rtk
-    from rtk.data import TensorSplit
     from rtk.evaluation import evaluate, make_units
 
     _, model = _resnet20(device)
     model.eval()
-    x = torch.rand(n, 3, MODEL["side"], MODEL["side"], generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x.to(device)).argmax(1).cpu()
-    split = TensorSplit(x, y)
+    split = self_labelled(model, n, MODEL["side"], device)
     spec = rtk.default_registry().get("attack", "pgd")
     units = make_units([(spec, rtk.validate_options(spec.options, {"steps": MODEL["steps"]}, "pgd"), "pgd")])
     eps = 8 / 255
 
-    def bare():
-        for p in model.parameters():
-            p.requires_grad_(False)
-        try:
-            for s in range(0, n, 128):
-                xb = x[s : s + 128].to(device).contiguous(memory_format=torch.channels_last)
-                yb = y[s : s + 128].to(device)
-                with torch.inference_mode():
-                    model(xb).argmax(1)
-                xa = (xb + torch.empty_like(xb).uniform_(-eps, eps)).clamp(0, 1)
-                for _ in range(MODEL["steps"]):
-                    xa.requires_grad_(True)
-                    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xa), yb), xa)
-                    xa = torch.minimum(torch.maximum(xa.detach() + eps / 4 * g.sign(), xb - eps), xb + eps).clamp(0, 1)
-                with torch.inference_mode():
-                    model(xa).argmax(1)
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(True)
-
     rtk_s = timed(
         lambda: evaluate(model, split, units, batch_size=128, device=device, checks=False, save_adversarial="none"), 3
     )
-    bare_s = timed(bare, 3)
+    bare_s = timed(lambda: bare_pgd(model, split, 128, eps, MODEL["steps"], device), 3)
     return {
         "workload": f"PGD-{MODEL['steps']} evaluation, {n} images, batch 128, ResNet {MODEL}",
         "rtk_s": rtk_s,
