@@ -513,3 +513,42 @@ def test_heatmap_within_1e10_of_float64_reference(wide_pair):
         assert np.abs(got - ref).max() <= 1e-10, route
         got = K.linear_cka_matrix(xs, route=route).numpy()
         assert np.abs(got - ref).max() <= 1e-7, route
+
+
+# ----------------------------------------------------------------------------- side-by-side BLAS routes
+def _related_pair(n, d1, d2, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 32, generator=g)
+    x = torch.relu(z @ torch.randn(32, d1, generator=g) + 0.3 * torch.randn(n, d1, generator=g)) + 1.0
+    y = torch.relu(z @ torch.randn(32, d2, generator=g) + 0.5 * torch.randn(n, d2, generator=g))
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize(
+    "shape", [(1500, 128, 128), (2000, 700, 300), (900, 40, 500), (300, 3, 7)], ids=["narrow", "wide", "uneven", "tiny"]
+)
+def test_linear_side_by_side_route_within_1e8(monkeypatch, workers, shape):
+    """The feature route as single-threaded BLAS calls side by side (taken when NumPy's BLAS
+    has 2 or more threads; the tests run with one, so it is forced here) against float64."""
+    monkeypatch.setattr(K, "blas_workers", lambda: workers)
+    x, y = _related_pair(*shape, seed=sum(shape))
+    for debiased in (False, True):
+        s = K.linear_stats(x, y, route="feature", min_examples=4)
+        assert K.cka_from_stats(s, debiased=debiased) == pytest.approx(ref_linear(x, y, debiased), abs=1e-8)
+    xh, yh = x.half(), y.half()  # half precision is computed in float32
+    assert abs(K.linear_cka(xh, yh) - ref_linear(xh, yh)) < 1e-8
+
+
+def test_run_side_by_side_keeps_order_and_restores_blas_threads(monkeypatch):
+    monkeypatch.setattr(K, "blas_workers", lambda: 2)
+    before = K._blas_controller()
+    threads = [lib.num_threads for lib in before.lib_controllers] if before is not None else None
+    assert K.run_side_by_side([lambda i=i: i * i for i in range(7)]) == [i * i for i in range(7)]
+    with pytest.raises(ZeroDivisionError):
+        K.run_side_by_side([lambda: 1, lambda: 1 / 0])
+    if before is not None:
+        from threadpoolctl import ThreadpoolController
+
+        after = ThreadpoolController().select(user_api="blas")
+        assert [lib.num_threads for lib in after.lib_controllers] == threads
