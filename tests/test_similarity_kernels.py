@@ -552,3 +552,52 @@ def test_run_side_by_side_keeps_order_and_restores_blas_threads(monkeypatch):
 
         after = ThreadpoolController().select(user_api="blas")
         assert [lib.num_threads for lib in after.lib_controllers] == threads
+
+
+@pytest.fixture
+def two_blas_workers(monkeypatch):
+    monkeypatch.setattr(K, "blas_workers", lambda: 2)
+    monkeypatch.setattr(S, "blas_workers", lambda: 2)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 30.0], ids=["folded-centring", "centred-copy"])
+def test_heatmap_tiles_within_1e8(two_blas_workers, debiased, offset):
+    """The CPU Gram route by tiles side by side (several tiles: small memory), centring folded
+    into the tiles or, for a layer with a large mean, done beforehand; n < d for two layers."""
+    g = torch.Generator().manual_seed(12)
+    n = 400
+    z = torch.randn(n, 16, generator=g)
+    xs = [
+        torch.relu(z @ torch.randn(16, d, generator=g) + 0.3 * torch.randn(n, d, generator=g)) for d in (50, 450, 700)
+    ]
+    xs[1] = xs[1] + offset
+    got = K.linear_cka_matrix(xs, debiased=debiased, route="gram", memory=1 << 18).numpy()
+    ref = np.array([[ref_linear(a, b, debiased) for b in xs] for a in xs])
+    assert np.abs(got - ref).max() < 1e-8
+    got64 = K.linear_cka_matrix([x.double() for x in xs], debiased=debiased, route="gram", memory=1 << 18).numpy()
+    assert np.abs(got64 - ref).max() < 1e-10
+    xh = [x.half() for x in xs]
+    half = K.linear_cka_matrix(xh, debiased=debiased, route="gram", memory=1 << 18).numpy()
+    assert np.abs(half - np.array([[ref_linear(a, b, debiased) for b in xh] for a in xh])).max() < 1e-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_minibatch_side_by_side_within_1e8(two_blas_workers, dtype):
+    """MinibatchCKA's NumPy route (single-threaded BLAS calls side by side) against Song et
+    al.'s estimator in float64 on exactly centred features, with a large mean on one layer."""
+    g = torch.Generator().manual_seed(13)
+    batches = []
+    for _ in range(3):
+        z = torch.randn(256, 8, generator=g)
+        batch = [torch.relu(z @ torch.randn(8, 300, generator=g)), z @ torch.randn(8, 40, generator=g) + 30.0, z[:, :3]]
+        batches.append([f.to(dtype) for f in batch])
+    acc = S.MinibatchCKA()
+    for batch in batches:
+        acc.update(batch)
+    hs = np.zeros((3, 3))
+    for batch in batches:
+        grams = [(f64(f) - f64(f).mean(0)) @ (f64(f) - f64(f).mean(0)).T for f in batch]
+        hs += np.array([[ref_hsic_unbiased(k, l) for l in grams] for k in grams])
+    want = hs / np.sqrt(np.outer(np.diag(hs), np.diag(hs)))
+    assert np.abs(acc.compute().numpy() - want).max() < (1e-8 if dtype == torch.float32 else 1e-12)
