@@ -601,3 +601,21 @@ def test_minibatch_side_by_side_within_1e8(two_blas_workers, dtype):
         hs += np.array([[ref_hsic_unbiased(k, l) for l in grams] for k in grams])
     want = hs / np.sqrt(np.outer(np.diag(hs), np.diag(hs)))
     assert np.abs(acc.compute().numpy() - want).max() < (1e-8 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("name", ["linear", "linear-debiased", "rbf", "rbf-debiased", "minibatch"])
+def test_side_by_side_kernels_within_1e8_of_float64_reference(two_blas_workers, name, wide_pair):
+    fn, ref = KERNELS[name]
+    x, y = wide_pair
+    x, y = x[:500], y[:500]
+    assert abs(fn(x, y) - ref(x, y)) <= 1e-8
+    assert abs(fn(x.double(), y.double()) - ref(x, y)) <= 1e-10
+
+
+def test_kth_pair_over_several_chunks():
+    """More than 2^20 values: the bracket's counting pass runs chunk by chunk."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal(2_300_000).astype(np.float32) ** 2
+    for k in (5, 1_150_000, 2_299_998):
+        part = np.partition(a, (k, k + 1))
+        assert K.kth_pair(a, k) == (float(part[k]), float(part[k + 1]))

@@ -793,7 +793,8 @@ def rbf_cka(x: Tensor, y: Tensor, *, sigma: float = 0.8, debiased: bool = False)
     buf = np.empty((2, n, n), dtype=x.numpy().dtype)
     rows = np.empty((2, n))
     tots = [0.0, 0.0]
-    for i, (f, what) in enumerate(((x, "x"), (y, "y"))):
+
+    def kernel(i: int, f: Tensor, what: str) -> None:
         k = buf[i]
         _rbf_kernel_into(center(f, what=what).numpy(), k, sigma, what)
         if debiased:
@@ -808,22 +809,35 @@ def rbf_cka(x: Tensor, y: Tensor, *, sigma: float = 0.8, debiased: bool = False)
             m = k.sum(1, dtype=np.float64) / n
             k -= m[:, None].astype(k.dtype)
             k -= (m - m.mean()).astype(k.dtype)[None, :]
+
+    # the two kernels side by side, each on one thread (NumPy's elementwise passes are
+    # single-threaded, and its symmetric product splits poorly between threads)
+    run_side_by_side([lambda: kernel(0, x, "x"), lambda: kernel(1, y, "y")])
     p = _frobenius64(buf)
     if debiased:
         p = p + np.outer(tots, tots) / ((n - 1) * (n - 2)) - (2.0 / (n - 2)) * (rows @ rows.T)
     return _ratio(float(p[0, 1]), float(p[0, 0]), float(p[1, 1]), "debiased HSIC" if debiased else "HSIC")
 
 
-def _frobenius64(buf: np.ndarray, rows: int = 64) -> np.ndarray:
-    """``<buf[i], buf[j]>_F`` for all pairs of the matrices stacked in ``buf`` (``[m, n, n]``),
-    with every product and sum in float64 (row blocks converted as they are read; float32
-    products over long runs measured 2e-8 off in CKA, float64 ones 1e-9)."""
+def _frobenius64(buf: np.ndarray, rows: int = 128) -> np.ndarray:
+    """``<buf[i], buf[j]>_F`` for all pairs of the symmetric matrices stacked in ``buf``
+    (``[m, n, n]``) from their lower triangles (each row block's part left of the diagonal
+    counted twice, its diagonal block once: half the work), with every product and sum in
+    float64 (blocks converted as they are read; float32 products over long runs measured
+    2e-8 off in CKA, float64 ones 1e-9); the row blocks are tasks for
+    :func:`run_side_by_side`."""
     m, n = buf.shape[0], buf.shape[1]
-    out = np.zeros((m, m))
-    for r0 in range(0, n, rows):
-        blk = buf[:, r0 : r0 + rows].reshape(m, -1).astype(np.float64)
-        out += blk @ blk.T
-    return out
+
+    def part(r0: int) -> np.ndarray:
+        r1 = min(n, r0 + rows)
+        diag = buf[:, r0:r1, r0:r1].astype(np.float64).reshape(m, -1)
+        out = diag @ diag.T
+        if r0:
+            left = buf[:, r0:r1, :r0].astype(np.float64).reshape(m, -1)
+            out += 2.0 * (left @ left.T)
+        return out
+
+    return np.sum(run_side_by_side([lambda r0=r0: part(r0) for r0 in range(0, n, rows)[::-1]]), axis=0)
 
 
 def kth_pair(flat: np.ndarray, k: int, sample: int = 1 << 16) -> tuple[float, float]:
@@ -845,9 +859,15 @@ def kth_pair(flat: np.ndarray, k: int, sample: int = 1 << 16) -> tuple[float, fl
     width = 6.0 * math.sqrt(q * (1 - q) / sub.shape[0]) + 2.0 / sub.shape[0]
     lo = sub[max(0, int((q - width) * sub.shape[0]))]
     hi = sub[min(sub.shape[0] - 1, int((q + width) * sub.shape[0]) + 1)]
-    below = np.less(flat, lo)
-    n_below = int(np.count_nonzero(below))
-    inside = flat[np.logical_and(~below, flat <= hi)]
+    # by chunks of 2^20 values: their masks stay small and reused (fresh 25 MB masks cost
+    # seconds of page faults on a loaded machine)
+    n_below, parts = 0, []
+    for c0 in range(0, size, 1 << 20):
+        chunk = flat[c0 : c0 + (1 << 20)]
+        below = chunk < lo
+        n_below += int(np.count_nonzero(below))
+        parts.append(chunk[~below & (chunk <= hi)])
+    inside = np.concatenate(parts)
     j = k - n_below
     if 0 <= j and j + 1 < inside.shape[0]:
         part = np.partition(inside, (j, j + 1))
