@@ -1029,6 +1029,10 @@ class Moments:
 def moments(x: Tensor, y: Tensor) -> Moments:
     """Centred cross products of a pair in float64 (the input of every CCA-type metric)."""
     x, y = _pair(x, y, min_examples=2)
+    if _on_numpy(x, y):  # side by side on single-threaded BLAS (see run_side_by_side)
+        xc, yc = run_side_by_side([lambda: center(x.to(torch.float64)), lambda: center(y.to(torch.float64))])
+        cxy, cxx, cyy = run_side_by_side([lambda: matmul(xc.T, yc), lambda: self_cross(xc), lambda: self_cross(yc)])
+        return Moments(x.shape[0], cxx, cyy, cxy)
     xc = center(x.to(torch.float64), what="x")
     yc = center(y.to(torch.float64), what="y")
     return Moments(x.shape[0], self_cross(xc), self_cross(yc), matmul(xc.T, yc))
@@ -1099,8 +1103,8 @@ def cca(
     the kept dimensions are too many for the examples (``kx + ky > n - 1``: canonical
     correlations of 1 would then be guaranteed, whatever the data).
     """
-    lx, vx = _eig_desc(m.cxx, "x", rtol)
-    ly, vy = _eig_desc(m.cyy, "y", rtol)
+    # the two eigendecompositions side by side, each on one thread (on the CPU)
+    (lx, vx), (ly, vy) = run_side_by_side([lambda: _eig_desc(m.cxx, "x", rtol), lambda: _eig_desc(m.cyy, "y", rtol)])
     kx = _dims_for(lx, variance, dims, "x")
     ky = _dims_for(ly, variance, dims, "y")
     _check_cca_dims(kx, ky, m.n)
