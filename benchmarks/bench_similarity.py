@@ -617,7 +617,7 @@ def _linear_row(quick: bool, peak: float, repeats: int) -> dict:
     sides = {"rtk linear_cka": lambda: K.linear_cka(x, y), "NumPy formula": lambda: numpy_feature_cka(xn, yn)}
     goal = ">= 1.1x ahead, <= 1.3x bound, error <= 1e-8"
     flops = 4 * n * d * d
-    bound = "4 n d^2 (X^T Y: 2 n d^2; X^T X, Y^T Y: n d^2 each)"
+    bound = "4 n d^2 (X^T Y: 2 n d^2; X^T X, Y^T Y: n d^2 each, symmetric products counted once)"
     ref = numpy_linear_cka64(xn, yn)
     return _pair_row(f"linear CKA, n = {n:,}, d = {d:,}", sides, ref, flops, peak, goal, repeats, bound)
 
@@ -628,7 +628,10 @@ def _svcca_row(quick: bool, peak: float, repeats: int) -> dict:
     xn, yn = x.numpy(), y.numpy()
     sides = {"rtk svcca": lambda: K.svcca(x, y), "google/svcca formula": lambda: svcca_google_formula(xn, yn)}
     ref = float(K.cca_data(x.double(), y.double(), variance=0.99).rho.mean())  # the SVD route, float64
-    bound = "4 n d^2 (the covariances; the d x d eigendecompositions not counted), at the fp32 peak"
+    bound = (
+        "4 n d^2 (the covariances, symmetric ones counted once; the d x d eigendecompositions not counted), "
+        "at the fp32 peak"
+    )
     return _pair_row(f"SVCCA, n = {n:,}, d = {d:,}", sides, ref, 4 * n * d * d, peak, "<= 3x bound", repeats, bound)
 
 

@@ -619,3 +619,20 @@ def test_kth_pair_over_several_chunks():
     for k in (5, 1_150_000, 2_299_998):
         part = np.partition(a, (k, k + 1))
         assert K.kth_pair(a, k) == (float(part[k]), float(part[k + 1]))
+
+
+def _squares_side_by_side(k):
+    return K.run_side_by_side([lambda i=i: i * i for i in range(k)])
+
+
+def test_run_side_by_side_nested_and_after_fork(two_blas_workers):
+    """A task's own tasks run in its thread (no deadlock on a full pool), and a forked child
+    (a DataLoader worker, say) gets a pool of its own: the parent's threads do not exist there."""
+    assert K.run_side_by_side([lambda: _squares_side_by_side(3), lambda: _squares_side_by_side(2)]) == [
+        [0, 1, 4],
+        [0, 1],
+    ]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_squares_side_by_side, (4,)).get(timeout=60) == [0, 1, 4, 9]

@@ -21,6 +21,8 @@ Heatmaps compute one summary per layer, never one per pair (:func:`linear_cka_ma
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -244,14 +246,16 @@ def run_side_by_side(tasks: Sequence[Callable[[], T]]) -> list[T]:
     single-threaded meanwhile; the results in order. Put the largest tasks first. With
     one task, or when BLAS has one thread, they run one after the other as they are."""
     workers = min(blas_workers(), len(tasks))
-    if workers < 2:
+    if workers < 2 or threading.current_thread().name.startswith("rtk-blas"):  # a task's own tasks run in it
         return [t() for t in tasks]
     ctl = _blas_controller()
     pool = _BLAS.get("pool")
-    if pool is None or pool._max_workers < workers:  # type: ignore[attr-defined]
+    # a new pool after fork (the parent's threads do not exist in the child) or to grow
+    if pool is None or _BLAS.get("pid") != os.getpid() or pool._max_workers < workers:  # type: ignore[attr-defined]
         from concurrent.futures import ThreadPoolExecutor
 
         pool = _BLAS["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rtk-blas")
+        _BLAS["pid"] = os.getpid()
     with ctl.limit(limits=1):  # type: ignore[attr-defined]
         futures = [pool.submit(t) for t in tasks]  # type: ignore[attr-defined]
         for f in futures:  # every task ends before the limit is lifted
