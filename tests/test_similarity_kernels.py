@@ -636,3 +636,28 @@ def test_run_side_by_side_nested_and_after_fork(two_blas_workers):
 
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_squares_side_by_side, (4,)).get(timeout=60) == [0, 1, 4, 9]
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_torch_gram_routes_match_the_numpy_tiles_on_the_cpu(debiased, monkeypatch):
+    """The stored and strip Gram routes run where NumPy cannot (GPUs); on the CPU NumPy tiles
+    replace them. Turning the NumPy check off here runs the torch routes, so CI checks that both
+    agree to 1e-8 without a GPU."""
+    g = torch.Generator().manual_seed(7)
+    feats = [torch.randn(90, d, generator=g, dtype=torch.float64) + 0.3 for d in (40, 70, 130)]
+    tiles = rtk.similarity.linear_cka_matrix(feats, route="gram", debiased=debiased)
+    monkeypatch.setattr(K, "_on_numpy", lambda *ts: False)
+    stored = rtk.similarity.linear_cka_matrix(feats, route="gram", debiased=debiased)
+    strips = rtk.similarity.linear_cka_matrix(feats, route="gram", debiased=debiased, gram_memory=1, memory=1 << 12)
+    for other in (stored, strips):
+        assert torch.allclose(other, tiles, atol=1e-8, rtol=0)
+
+
+def test_features_that_require_grad_are_compared_detached():
+    """Activations captured with autograd on (a model in training) give the same similarity."""
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(64, 30, generator=g), torch.randn(64, 50, generator=g)
+    plain = rtk.similarity.linear_cka_matrix([x, y], route="gram")
+    grad = rtk.similarity.linear_cka_matrix([x.requires_grad_(), y.requires_grad_()], route="gram")
+    assert not grad.requires_grad and torch.equal(grad, plain)
+    assert rtk.similarity.linear_cka(x, y) == rtk.similarity.linear_cka(x.detach(), y.detach())

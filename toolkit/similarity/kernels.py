@@ -51,7 +51,7 @@ _TOO_FEW = "with 2 examples any two centred representations are proportional, so
 def as_features(
     x: Tensor, *, what: str = "x", min_examples: int = 2, check_finite: bool = True, why: str = ""
 ) -> Tensor:
-    """Validate and return ``x`` as a 2-D floating tensor ``[n, d]``.
+    """Validate and return ``x`` as a 2-D floating tensor ``[n, d]``, detached from any graph.
 
     Half precision (float16, bfloat16) and integer inputs become float32; float32 and
     float64 are kept. Raises :class:`SimilarityError` for fewer than ``min_examples`` rows,
@@ -60,6 +60,7 @@ def as_features(
     """
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
+    x = x.detach()  # similarities are statistics of the values: no graph is kept (activations may require grad)
     if x.ndim < 2:
         raise SimilarityError(f"{what}: expected features of shape [n, d] (n examples), got shape {list(x.shape)}")
     if x.ndim > 2:
