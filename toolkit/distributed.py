@@ -310,9 +310,10 @@ def gather_object(obj: Any, dst: int = 0) -> list[Any] | None:
     return out
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The elementwise sum of ``tensor`` over all ranks, as a new tensor of the same dtype and
-    device (float64 stays float64: gloo and nccl both reduce doubles; bool is summed as int64).
+def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """The elementwise sum of ``tensor`` over all ranks (of ``group``, default the whole world),
+    as a new tensor of the same dtype and device (float64 stays float64: gloo and nccl both
+    reduce doubles; bool is summed as int64).
 
     This is how streaming statistics merge: each rank accumulates sums over its own
     minibatches (for minibatch CKA, the sums of HSIC terms and the batch count), and the
@@ -326,13 +327,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     buf = tensor.detach().to(dev, copy=True).contiguous()
     if buf.dtype == torch.bool:
         buf = buf.to(torch.int64)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        return buf.to(tensor.device)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
     return buf.to(tensor.device)
 
 
-def all_reduce_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def all_reduce_sums(tensors: Mapping[str, torch.Tensor], group: Any = None) -> dict[str, torch.Tensor]:
     """:func:`all_reduce_sum` of several accumulators in one collective per dtype."""
     if not is_distributed():
         return {k: v.clone() for k, v in tensors.items()}
@@ -344,7 +343,7 @@ def all_reduce_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
         flat = torch.cat(
             [tensors[k].detach().reshape(-1).to(torch.int64 if dtype == torch.bool else dtype) for k in keys]
         )
-        flat = all_reduce_sum(flat)
+        flat = all_reduce_sum(flat, group)
         offset = 0
         for k in keys:
             t = tensors[k]

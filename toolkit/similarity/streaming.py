@@ -166,25 +166,19 @@ class MinibatchCKA:
         self.examples += other.examples
 
     def sync(self, group: Any = None) -> None:
-        """Sum the HSIC accumulators of every process (``torch.distributed`` all-reduce);
-        a no-op when torch.distributed is not initialised."""
-        import torch.distributed as dist
+        """Sum the HSIC accumulators of every process (one all-reduce through
+        :func:`rtk.distributed.all_reduce_sums`); a no-op when torch.distributed is not initialised."""
+        from ..distributed import all_reduce_sums
 
-        if self._sum is None or not (dist.is_available() and dist.is_initialized()):
+        if self._sum is None:
             return
         terms = self._terms if self._terms is not None else torch.zeros(self._la + self._lb, dtype=torch.float64)
-        packed = torch.cat(
-            [
-                self._sum.reshape(-1),
-                terms.to(self._sum.device),
-                torch.tensor([float(self.batches), float(self.examples)], dtype=torch.float64, device=self._sum.device),
-            ]
+        counts = torch.tensor([float(self.batches), float(self.examples)], dtype=torch.float64)
+        summed = all_reduce_sums(
+            {"sum": self._sum, "terms": terms.to(self._sum.device), "counts": counts.to(self._sum.device)}, group
         )
-        dist.all_reduce(packed, group=group)
-        k, t = self._sum.numel(), terms.numel()
-        self._sum = packed[:k].reshape(self._sum.shape)
-        self._terms = packed[k : k + t]
-        self.batches, self.examples = int(packed[k + t]), int(packed[k + t + 1])
+        self._sum, self._terms = summed["sum"], summed["terms"]
+        self.batches, self.examples = int(summed["counts"][0]), int(summed["counts"][1])
 
     def state_dict(self) -> dict[str, Any]:
         return {
