@@ -107,7 +107,8 @@ def center(x: Tensor, *, what: str = "x", check: bool = False) -> Tensor:
         # lose up to about 1e-6 relative at large n, which CKA does not see: a residual mean
         # changes the centred products only in second order.
         a = x.numpy()
-        xc = torch.from_numpy(a - a.mean(0))
+        with np.errstate(**QUIET):
+            xc = torch.from_numpy(a - a.mean(0))
     else:
         xc = x - x.mean(0, keepdim=True)
     if check and not bool(xc.ne(0).any()):
@@ -141,6 +142,12 @@ def _rescaled(x: Tensor, scale: float) -> Tensor:
 # routine (syrk, half the work), and runs the skinny products of the heatmaps (``L x k`` by
 # ``k x L``) an order of magnitude faster than torch here (benchmarks/bench_similarity.py
 # measures both). On other devices the same functions call torch.
+#: NumPy's floating-point warnings are off where overflow or NaN are expected and handled: the
+#: callers check the sums (non-finite values raise a SimilarityError naming the input, or rescale
+#: by a power of two and recompute), as the torch routes do without warning.
+QUIET: dict[str, str] = {"over": "ignore", "invalid": "ignore", "under": "ignore"}
+
+
 def _on_numpy(*ts: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad for t in ts)
 
@@ -401,7 +408,11 @@ def _feature_products_side_by_side(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor
         a, b = a.astype(np.float64), b.astype(np.float64)
 
     def sq(u: np.ndarray, v: np.ndarray, times: float = 1.0) -> Callable[[], float]:
-        return lambda: times * float(_sumsq(torch.from_numpy(u.T @ v)))  # u is v: a symmetric routine
+        def task() -> float:
+            with np.errstate(**QUIET):
+                return times * float(_sumsq(torch.from_numpy(u.T @ v)))  # u is v: a symmetric routine
+
+        return task
 
     general: list[tuple[int, Callable[[], float]]] = []  # (0: kl, 1: kk, 2: ll, the block)
     symmetric: list[tuple[int, Callable[[], float]]] = []
@@ -975,14 +986,16 @@ def hsic1_side_by_side(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
     def layer(l: int) -> None:
         a = feats[l].numpy()
-        c = a - a[::step].mean(0)
-        np.multiply(c @ c.T, lower, out=tri[l])  # syrk; the strict lower triangle in float64
+        with np.errstate(**QUIET):
+            c = a - a[::step].mean(0)
+            np.multiply(c @ c.T, lower, out=tri[l])  # syrk; the strict lower triangle in float64
 
     run_side_by_side([lambda l=l: layer(l) for l in sorted(range(nl), key=lambda l: -feats[l].shape[1])])
     flat = tri.reshape(nl, b * b)
-    h = flat @ flat.T
-    h *= 2.0
-    rows = tri.sum(2) + tri.sum(1)  # K~ 1: the row and the column sums of the strict triangle
+    with np.errstate(**QUIET):
+        h = flat @ flat.T
+        h *= 2.0
+        rows = tri.sum(2) + tri.sum(1)  # K~ 1: the row and the column sums of the strict triangle
     return _hsic1_combine(torch.from_numpy(h), torch.from_numpy(rows), b)
 
 
