@@ -372,9 +372,11 @@ FLOAT64_FEATURES = 4096
 
 def _linear_products(x: Tensor, y: Tensor, route: str) -> tuple[Tensor, Tensor, float, float, float]:
     """Centred features and ``<K,L>, <K,K>, <L,L>`` by the feature or the Gram route."""
-    if route == "feature" and _on_numpy(x, y) and blas_workers() >= 2:
-        return _feature_products_side_by_side(x, y)
-    xc, yc = center(x, what="x"), center(y, what="y")
+    side_by_side = route == "feature" and _on_numpy(x, y) and blas_workers() >= 2
+    if side_by_side:  # the two centrings too (see _feature_sums_side_by_side)
+        xc, yc = run_side_by_side([lambda: center(x, what="x"), lambda: center(y, what="y")])
+    else:
+        xc, yc = center(x, what="x"), center(y, what="y")
     if route == "feature":
         # (one symmetric product of the concatenated features does the same flops, but the
         # three products measured faster here: a general GEMM and two symmetric ones)
@@ -384,9 +386,12 @@ def _linear_products(x: Tensor, y: Tensor, route: str) -> tuple[Tensor, Tensor, 
             # 2.0e-8 at n = 4,000, d = 512, 1.5e-8 at n = 3,000, d = 1,100 (2.4e-9 at
             # n = 10,000, d = 2,048, which stays in float32)
             xc, yc = xc.to(torch.float64), yc.to(torch.float64)
-        kl = float(_sumsq(matmul(xc.T, yc)))
-        kk = float(_sumsq(self_cross(xc)))
-        ll = float(_sumsq(self_cross(yc)))
+        if side_by_side:
+            kl, kk, ll = _feature_sums_side_by_side(xc.numpy(), yc.numpy())
+        else:
+            kl = float(_sumsq(matmul(xc.T, yc)))
+            kk = float(_sumsq(self_cross(xc)))
+            ll = float(_sumsq(self_cross(yc)))
     else:
         gx, gy = gram(xc), gram(yc)
         kl = float(_dot64(gx, gy))
@@ -394,18 +399,15 @@ def _linear_products(x: Tensor, y: Tensor, route: str) -> tuple[Tensor, Tensor, 
     return xc, yc, kl, kk, ll
 
 
-def _feature_products_side_by_side(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float, float, float]:
-    """The feature route on the CPU as single-threaded BLAS calls side by side (see
-    :func:`run_side_by_side`): the two centrings; then ``Xc^T Yc`` in column blocks (one per
-    BLAS thread, at least 2) and each ``Xc^T Xc`` by column halves ``[X1 X2]`` as one
-    general ``X1^T X2`` counted twice and two symmetric products (a symmetric product ran
-    at 0.86 of a general one's rate on one thread; this way half its flops go general),
-    every block with its float64 sum of squares. At ``n = 10,000``, ``d = 2,048`` on 2 cores
-    this measured 1.14-1.23x faster than the same flops as three threaded calls."""
-    xc, yc = run_side_by_side([lambda: center(x, what="x"), lambda: center(y, what="y")])
-    a, b = xc.numpy(), yc.numpy()
-    if a.dtype == np.float32 and a.shape[1] + b.shape[1] < FLOAT64_FEATURES:  # see _linear_products
-        a, b = a.astype(np.float64), b.astype(np.float64)
+def _feature_sums_side_by_side(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """``||A^T B||^2, ||A^T A||^2, ||B^T B||^2`` of centred features as single-threaded BLAS
+    calls side by side (see :func:`run_side_by_side`): ``A^T B`` in column blocks (one per
+    BLAS thread, at least 2) and each ``A^T A`` by column halves ``[A1 A2]`` as one general
+    ``A1^T A2`` counted twice and two symmetric products (a symmetric product ran at 0.86 of
+    a general one's rate on one thread; this way half its flops go general), every block
+    with its float64 sum of squares. At ``n = 10,000``, ``d = 2,048`` on 2 cores this (with
+    the two centrings side by side) measured 1.14-1.23x faster than the same flops as three
+    threaded calls."""
 
     def sq(u: np.ndarray, v: np.ndarray, times: float = 1.0) -> Callable[[], float]:
         def task() -> float:
@@ -429,7 +431,7 @@ def _feature_products_side_by_side(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     sums = [0.0, 0.0, 0.0]
     for (which, _), v in zip(jobs, run_side_by_side([job for _, job in jobs])):
         sums[which] += v
-    return torch.from_numpy(a), torch.from_numpy(b), sums[0], sums[1], sums[2]
+    return sums[0], sums[1], sums[2]
 
 
 def _dot64(a: Tensor, b: Tensor, block: int = 1 << 18) -> Tensor:
