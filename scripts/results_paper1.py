@@ -490,6 +490,10 @@ OVERFITTING_STUDIES = {
     "overfitting-hard": "design_overfitting_hard",
     "overfitting-fmnist": "design_overfitting_fmnist",
 }
+#: more seeds of a design study's own file, run into a directory of their own (``rtk run FILE --set
+#: 'sweep.seed=[...]' --out runs/<dir>``) and pooled with the study's seeds; each extension is written
+#: into the template before its runs
+DESIGN_EXTENSIONS = {"blocks": ("paper1-design-blocks-seeds",)}
 DESIGN_NOT_RUN = (
     "Not run yet: no study directory `{runs}/paper1-design-{{depth,width,fraction,overfitting}}` was found. "
     "Run the four studies as above, then `python scripts/results_paper1.py`."
@@ -620,29 +624,37 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
 
     rows = []
     for study in DESIGN_STUDIES:
-        path = runs / f"paper1-design-{study}"
-        if not (path / "study.json").exists():
-            continue
-        for values, run_dir in study_points(path):
-            if (run_dir / "state.json").exists():
+        seen: dict[tuple[str, int], Path] = {}
+        for name in (f"paper1-design-{study}", *DESIGN_EXTENSIONS.get(study, ())):
+            path = runs / name
+            if not (path / "study.json").exists():
+                continue
+            for values, run_dir in study_points(path):
+                if not (run_dir / "state.json").exists():
+                    continue
+                config, seed = design_config(run_dir), int(values.get("seed", 0))
+                if (config, seed) in seen:
+                    raise SystemExit(
+                        f"{run_dir}: seed {seed} of the {study} study ({config}) was already read from "
+                        f"{seen[config, seed]}; an extension must run seeds of its own"
+                    )
+                seen[config, seed] = run_dir
                 run = read_run(run_dir)
-                rows.append(
-                    {
-                        "study": study,
-                        "config": design_config(run_dir),
-                        "seed": values.get("seed", 0),
-                        "run": run,
-                        **design_measures(run),
-                    }
-                )
+                rows.append({"study": study, "config": config, "seed": seed, "run": run, **design_measures(run)})
     keys = {"design_results": DESIGN_NOT_RUN.format(runs=runs), "design_headline": "", "design_heatmaps": ""}
     for study, key in OVERFITTING_STUDIES.items():
         keys[key] = f"Not run yet (no `{runs}/paper1-design-{study}`)."
         keys[f"{key}_figure"] = ""
     keys["block_pilot"] = block_pilot_table(runs, dest)
+    extensions = {name: study for study, names in DESIGN_EXTENSIONS.items() for name in names}
     times = study_time_rows(
-        runs, [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)] + [BLOCK_PILOT]
+        runs,
+        [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)] + [BLOCK_PILOT, *extensions],
     )
+    for row in times:  # an extension runs its study's file: name the file and the directory
+        name = row["study"].strip("`").removeprefix("experiments/").removesuffix(".toml")
+        if name in extensions:
+            row["study"] = f"`experiments/paper1-design-{extensions[name]}.toml` (more seeds: `{runs}/{name}`)"
     keys["design_times"] = md(pd.DataFrame(times), "{}") if times else "No study of the design has run yet."
     if rows:
         data = pd.DataFrame(rows)

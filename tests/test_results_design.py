@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -83,6 +84,38 @@ def test_design_verdicts_from_a_synthetic_study(tmp_path):
     assert keys["design_heatmaps"] == "![design_heatmap_std.png] ![design_heatmap_pgd.png]"
     assert "Not run yet" in keys["design_overfitting"]  # that study is absent
     assert "reproduced" in keys["design_results"]
+
+
+def _study(study: Path, seeds: tuple[int, ...], rng: np.random.Generator) -> None:
+    points = []
+    for seed in seeds:
+        pid = f"p{seed:03d}"
+        _point(study / "points" / pid, seed, rng, width=64)
+        points.append({"id": pid, "values": {"seed": seed}, "dir": f"points/{pid}", "state": "completed"})
+    (study / "study.json").write_text(json.dumps({"points": points}))
+
+
+def test_design_extension_pools_its_seeds_with_the_study(tmp_path):
+    rng = np.random.default_rng(1)
+    runs = tmp_path / "runs"
+    _study(runs / "paper1-design-blocks", (0, 1, 2), rng)
+    _study(runs / "paper1-design-blocks-seeds", (3, 4, 5), rng)
+    (runs / "paper1-design-blocks-seeds.time").write_text("Elapsed (wall clock) time (h:mm:ss or m:ss): 1:02:00\n")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    keys = rp.design_keys(runs, dest, lambda run, stage, name, new: f"![{new}]")
+    eff = pd.read_csv(dest / "design_effects.csv")
+    assert set(eff["study"]) == {"blocks"} and (eff["n"] == 6).all()
+    assert "`experiments/paper1-design-blocks.toml` (more seeds: " in keys["design_times"]
+    assert "| 62.0 |" in keys["design_times"]
+    # an extension that repeats a seed of its study would count it twice: refused, naming both
+    again = runs / "paper1-design-blocks-seeds" / "points" / "p002"
+    _point(again, 2, rng, width=64)
+    record = json.loads((runs / "paper1-design-blocks-seeds" / "study.json").read_text())
+    record["points"].append({"id": "p002", "values": {"seed": 2}, "dir": "points/p002", "state": "completed"})
+    (runs / "paper1-design-blocks-seeds" / "study.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"seed 2 of the blocks study .*/paper1-design-blocks/points/p002"):
+        rp.design_keys(runs, dest, lambda run, stage, name, new: f"![{new}]")
 
 
 def test_paper2_design_intervals_from_synthetic_studies(tmp_path):
