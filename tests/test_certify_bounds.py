@@ -536,3 +536,34 @@ def test_rtk_residual_architectures_are_sound(registry, arch, options, eps):
         assert (adv_min >= lo - TOL).all() and (adv_max <= hi + TOL).all(), method
         widths[method] = float((hi - lo).mean())
     assert widths["crown"] < widths["ibp"]
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=3, out_channels=5, kernel_size=3, padding=1),
+        dict(in_channels=4, out_channels=3, kernel_size=4, stride=2, padding=1, bias=False),
+        dict(in_channels=2, out_channels=3, kernel_size=(3, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
+    ],
+)
+def test_conv_unit_rows_equal_the_backward_step_of_one_hot_rows(conv):
+    """CROWN's first backward step for a convolution's own neurons, built by F.fold, is the
+    transposed convolution of one-hot specification rows."""
+    from rtk.certify.ops import ConvOp, Pass
+
+    torch.manual_seed(0)
+    module = nn.Conv2d(**conv)
+    x = torch.randn(2, conv["in_channels"], 9, 8)
+    out = module(x)
+    op = ConvOp(module, x.shape[1:], out.shape[1:])
+    p = Pass()
+    rows = torch.stack([torch.randperm(out[0].numel())[:7] for _ in range(2)])
+    A = torch.zeros(2, 7, out[0].numel())
+    A.scatter_(2, rows[..., None], 1.0)
+    [expected], const = op.backward(p, A.reshape(2, 7, *out.shape[1:]), None)
+    [got], got_const = op.unit_rows(p, rows)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    if module.bias is None:
+        assert const is None and got_const is None
+    else:
+        torch.testing.assert_close(got_const, const)

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import RtkError
 from .graph import BoundGraph, GraphNode, bound_graph
-from .ops import Bound, ConvOp, Pass, ReLUOp
+from .ops import Bound, ConvOp, Pass, ReLUOp, neuron_rows
 
 METHODS = ("ibp", "crown", "crown-ibp")
 
@@ -67,8 +67,8 @@ def margin_spec(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.fl
 def concretize(A: torch.Tensor, b: Bound) -> torch.Tensor:
     """Lower bound of ``A . v`` (B, S) over ``v`` in the box ``b``; A is (B, S, *shape)."""
     lo, hi = b
-    mid, rad = ((hi + lo) / 2).flatten(1), ((hi - lo) / 2).flatten(1)
-    Af = A.flatten(2)
+    Af, mid = neuron_rows(A, (hi + lo) / 2)
+    rad = neuron_rows(A, (hi - lo) / 2)[1]
     return torch.einsum("bsn,bn->bs", Af, mid) - torch.einsum("bsn,bn->bs", Af.abs(), rad)
 
 
@@ -177,23 +177,32 @@ def _refine(
 
     else:
         table = _first_step(graph, idx, bounds, p, lo.dtype, lo.device)
+        unit_rows = getattr(node.op, "unit_rows", None) if table is None else None
         widest = max(n.numel for n in graph.nodes[: idx + 1])
         k_max = max(1, min(spec_chunk, CHUNK_ELEMENTS // max(1, B * 2 * widest)))
         ar = torch.arange(B, device=lo.device)[:, None]
 
         def solve(rows: torch.Tensor) -> torch.Tensor:
             k = rows.shape[1]
+            # the node's own backward step for the rows and their negations (upper bounds):
+            # ([(B, 2k, *shape_i)], (B, 2k) or None)
+            step = None
             if table is not None:
-                a_ins, c = table
+                step = (
+                    [torch.cat([t[rows], -t[rows]], 1) for t in table[0]],
+                    torch.cat([table[1][rows], -table[1][rows]], 1) if table[1] is not None else None,
+                )
+            elif unit_rows is not None:
+                step = unit_rows(p, torch.cat([rows, rows], 1))
+                if step is not None:
+                    for t in (*step[0], step[1]):
+                        if t is not None:
+                            t[:, k:].neg_()
+            if step is not None:
                 pending: dict[int, torch.Tensor] = {}
-                for i, t in zip(node.inputs, a_ins):
-                    g = t[rows]  # (B, k, *shape_i)
-                    pending[i] = pending[i] + torch.cat([g, -g], 1) if i in pending else torch.cat([g, -g], 1)
-                if c is not None:
-                    cg = c[rows]
-                    const = torch.cat([cg, -cg], 1)
-                else:
-                    const = torch.zeros(B, 2 * k, dtype=lo.dtype, device=lo.device)
+                for i, g in zip(node.inputs, step[0]):
+                    pending[i] = pending[i] + g if i in pending else g
+                const = step[1] if step[1] is not None else torch.zeros(B, 2 * k, dtype=lo.dtype, device=lo.device)
                 return _back_substitute(graph, pending, const, idx - 1, bounds, p)
             A = torch.zeros(B, 2 * k, numel, dtype=lo.dtype, device=lo.device)
             rk = torch.arange(k, device=lo.device)[None, :]

@@ -60,8 +60,18 @@ def _mid_rad(b: Bound) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _flat_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension after the first two (batch, specification)."""
-    return t.flatten(2).sum(-1)
+    """Sum over every dimension after the first two (batch, specification), in any memory layout."""
+    return t.sum(tuple(range(2, t.dim()))) if t.dim() > 2 else t
+
+
+def neuron_rows(A: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A`` (B, S, *shape) as (B, S, n) and ``v`` (B, *shape) as (B, n), both flattened over the
+    neurons in the order of ``A``'s memory, so that a channels-last ``A`` (the convolutions'
+    backward pass keeps it so) is not copied; ``einsum("bsn,bn->bs", ...)`` of the two is the
+    same in either order."""
+    if A.dim() == 5 and A.shape[2] > 1 and A.stride(2) == 1 and A.stride(4) == A.shape[2]:
+        return A.permute(0, 1, 3, 4, 2).flatten(2), v.permute(0, 2, 3, 1).flatten(1)
+    return A.flatten(2), v.flatten(1)
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -279,7 +289,8 @@ class ConvOp(_AffineOp):
         if dense is not None:
             a_in = A.reshape(B, S, -1).matmul(dense)
         else:
-            # channels_last makes the CPU kernel about 1.3-2x faster, conversions included
+            # channels_last makes the CPU kernel about 1.3-2x faster; the result stays channels_last
+            # (the ReLUs' steps and the next convolution take it as it is: no conversion between layers)
             cl = torch.channels_last
             a_in = F.conv_transpose2d(
                 _rows(A, 3).contiguous(memory_format=cl),
@@ -290,10 +301,44 @@ class ConvOp(_AffineOp):
                 self.output_padding,
                 self.groups,
                 self.dilation,
-            ).contiguous()
+            )
         a_in = a_in.reshape(B, S, *self.in_shape)
         const = (A.sum((-2, -1)) * bias).sum(-1) if bias is not None else None
         return [a_in], const
+
+    def unit_rows(self, p: Pass, rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
+        """The backward step of unit specifications, built directly: ``rows`` (B, k) are output
+        neurons (indices into the flattened output), and row ``j`` of the result is the linear
+        function of the input that equals neuron ``rows[:, j]``: its filter written at its
+        receptive field (the taps that fall on padding dropped), with the neuron's bias as the
+        constant. ``C_in * kh * kw`` writes a row instead of a transposed convolution of one-hot
+        rows; None for grouped convolutions."""
+        w, bias = self._params(p)
+        if self.groups != 1 or not all(isinstance(v, int) for v in self.padding):
+            return None
+        B, k = rows.shape
+        c_in, h_in, w_in = self.in_shape
+        _, h_out, w_out = self.out_shape
+        kh, kw = w.shape[-2:]
+        flat = rows.reshape(-1)
+        channel, i, j = flat // (h_out * w_out), (flat // w_out) % h_out, flat % w_out
+        dev = w.device
+        # input coordinates of every tap: (N, 1, kh, 1) rows and (N, 1, 1, kw) columns
+        h = i[:, None, None, None] * self.stride[0] - self.padding[0]
+        h = h + self.dilation[0] * torch.arange(kh, device=dev)[None, None, :, None]
+        v = j[:, None, None, None] * self.stride[1] - self.padding[1]
+        v = v + self.dilation[1] * torch.arange(kw, device=dev)[None, None, None, :]
+        inside = (h >= 0) & (h < h_in) & (v >= 0) & (v < w_in)
+        # flat offsets into (N, H, W, C) memory, that is channels_last, as the transposed convolutions
+        # of the backward pass leave their results; a tap on padding adds 0 at a clamped offset
+        pixel = h.clamp(0, h_in - 1) * w_in + v.clamp(0, w_in - 1)
+        n = torch.arange(len(flat), device=dev)[:, None, None, None]
+        ch = torch.arange(c_in, device=dev)[None, :, None, None]
+        offset = (n * (h_in * w_in) + pixel) * c_in + ch
+        memory = torch.zeros(len(flat), h_in, w_in, c_in, dtype=w.dtype, device=dev)
+        memory.view(-1).index_put_((offset.flatten(),), (w[channel] * inside).flatten(), accumulate=True)
+        a_in = memory.permute(0, 3, 1, 2)
+        return [a_in.reshape(B, k, *self.in_shape)], (bias[channel].reshape(B, k) if bias is not None else None)
 
     def push(self, p, T):
         B, K = T.shape[:2]
@@ -455,7 +500,7 @@ class ReLUOp(Op):
     def backward(self, p, A, b):
         low_slope, up_slope, up_bias = self.relaxation(*b)
         neg = A.clamp(max=0)
-        const = torch.einsum("bsn,bn->bs", neg.flatten(2), up_bias.flatten(1))
+        const = torch.einsum("bsn,bn->bs", *neuron_rows(neg, up_bias))
         a_in = A * low_slope.unsqueeze(1)
         if a_in.requires_grad or neg.requires_grad:
             a_in = torch.addcmul(a_in, neg, (up_slope - low_slope).unsqueeze(1))
