@@ -567,3 +567,65 @@ def test_conv_unit_rows_equal_the_backward_step_of_one_hot_rows(conv):
         assert const is None and got_const is None
     else:
         torch.testing.assert_close(got_const, const)
+
+
+def _window_net() -> tuple[nn.Module, torch.Tensor]:
+    """Convolutions of every shape the window route handles, before a linear head."""
+    from rtk.models.layers import Normalize
+
+    torch.manual_seed(3)
+    bn = nn.BatchNorm2d(4)
+    bn.running_mean.uniform_(-0.2, 0.2)
+    bn.running_var.uniform_(0.5, 1.5)
+    bn.weight.data.uniform_(0.5, 1.5)
+    model = nn.Sequential(
+        Normalize((0.4, 0.5), (0.3, 0.25)),
+        nn.Conv2d(2, 4, 3, padding=1),
+        bn,
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 4, stride=2, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(5, 3, (3, 2), padding=(2, 1), dilation=(2, 1)),
+        nn.Conv2d(3, 3, 3, padding=1),  # straight after another: its padding is not the other's neurons
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, stride=(1, 2)),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    ).eval()
+    x = torch.rand(2, 2, 12, 11)
+    with torch.no_grad():
+        model(x)
+    return model, x
+
+
+@pytest.mark.parametrize("intersect", [True, False])
+def test_crown_in_receptive_field_windows_gives_the_dense_bounds(intersect, monkeypatch):
+    """The backward pass of a convolution's neurons carried in windows of their receptive fields
+    gives the bounds of the backward pass over whole maps, on every node (strides, dilation,
+    padding beyond the map, batch norm, input normalization, a convolution without bias)."""
+    import rtk.certify.bounds as bounds_mod
+    from rtk.certify.ops import Pass
+
+    model, x = _window_net()
+    box = linf_box(x, 0.03)
+    with torch.no_grad():
+        graph = bound_graph(model, x)
+        convs = [n.index for n in graph.nodes if graph.refine[n.index] and bounds_mod._window_chain(graph, n.index)]
+        assert len(convs) == 3  # the first convolution's bounds are exact by IBP; the other three go in windows
+        monkeypatch.setattr(bounds_mod, "TABLE_LIMIT", 0)  # no first-step tables: these maps are small
+        monkeypatch.setattr(bounds_mod, "WINDOWS", False)
+        dense = bounds_mod.crown_pass(graph, box, Pass(), intersect=intersect, strategy="backward")
+        monkeypatch.setattr(bounds_mod, "WINDOWS", True)
+        monkeypatch.setattr(bounds_mod, "WINDOW_SHARE", float("inf"))  # windows wherever the chain allows
+        solved = []
+        window_bound = bounds_mod._window_bound
+        monkeypatch.setattr(
+            bounds_mod, "_window_bound", lambda chain, *a: solved.append(chain[0].index) or window_bound(chain, *a)
+        )
+        windows = bounds_mod.crown_pass(graph, box, Pass(), intersect=intersect, strategy="backward")
+    assert sorted(set(solved)) == convs
+    for i, (a, b) in enumerate(zip(dense, windows)):
+        torch.testing.assert_close(b[0], a[0], rtol=0, atol=1e-5, msg=f"node {i} lower")
+        torch.testing.assert_close(b[1], a[1], rtol=0, atol=1e-5, msg=f"node {i} upper")
+    assert any(not torch.equal(dense[i][0], bounds_mod.interval_pass(graph, box, Pass())[i][0]) for i in convs)

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import RtkError
 from .graph import BoundGraph, GraphNode, bound_graph
-from .ops import Bound, ConvOp, Pass, ReLUOp, neuron_rows
+from .ops import Bound, ConvOp, IdentityOp, Pass, ReLUOp, ScaleShiftOp, neuron_rows
 
 METHODS = ("ibp", "crown", "crown-ibp")
 
@@ -109,6 +109,11 @@ def _back_substitute(
     return const  # the target does not depend on the input
 
 
+#: Whether CROWN's backward pass for a convolution's neurons is carried in windows of their receptive
+#: fields (:func:`_window_bound`) where that is at most ``WINDOW_SHARE`` of the work of whole maps; tests switch
+#: it off (or force it) to compare the two routes.
+WINDOWS = True
+WINDOW_SHARE = 0.5
 #: Largest table (neurons x inputs, summed over the node's inputs) of a node's first backward step that
 #: :func:`_refine` computes once for all examples instead of once per example and row.
 TABLE_LIMIT = 1 << 24
@@ -131,6 +136,138 @@ def _first_step(graph: BoundGraph, idx: int, bounds: list[Bound], p: Pass, dtype
     if any(a.shape[0] != 1 for a in a_ins) or (c is not None and c.shape[0] != 1):
         return None  # the step depends on the example (a dropout mask in training mode)
     return [a[0] for a in a_ins], (c[0] if c is not None else None)
+
+
+# ---------------------------------------------------------------------------- convolution windows
+def _window_chain(graph: BoundGraph, idx: int) -> list[GraphNode] | None:
+    """The nodes from convolution ``idx`` down to the input, when each has one input and is a
+    convolution (ungrouped, numeric zero padding), a ReLU, an elementwise scale-shift with no
+    batch dimension or an identity: the chain along which the backward pass of one of the
+    convolution's neurons stays inside that neuron's receptive field."""
+    chain = []
+    node = graph.nodes[idx]
+    if not isinstance(node.op, ConvOp):
+        return None
+    while node.op.kind != "input":
+        op = node.op
+        if len(node.inputs) != 1 or len(node.shape) != 3:
+            return None
+        if isinstance(op, ConvOp):
+            if op.groups != 1 or not all(isinstance(v, int) for v in op.padding):
+                return None
+        elif not isinstance(op, (ReLUOp, ScaleShiftOp, IdentityOp)):
+            return None
+        chain.append(node)
+        node = graph.nodes[node.inputs[0]]
+    chain.append(node)
+    return chain if len(node.shape) == 3 else None
+
+
+def _window_cost(chain: list[GraphNode]) -> tuple[int, int]:
+    """Multiply-adds of one row's transposed convolutions over windows, and over whole maps."""
+    hw = None  # window (h, w) on the current node's map
+    window = dense = 0
+    for node, below in zip(chain, chain[1:]):
+        op = node.op
+        if not isinstance(op, ConvOp):
+            continue
+        kh, kw = (op.fixed_weight if op.fixed_weight is not None else op.module.weight).shape[-2:]
+        per_tap = node.shape[0] * below.shape[0] * kh * kw
+        if hw is None:  # the unit step is written, not computed
+            hw = (op.dilation[0] * (kh - 1) + 1, op.dilation[1] * (kw - 1) + 1)
+            continue
+        window += per_tap * hw[0] * hw[1]
+        dense += per_tap * node.shape[1] * node.shape[2]
+        hw = tuple((hw[i] - 1) * op.stride[i] + op.dilation[i] * ((kh, kw)[i] - 1) + 1 for i in range(2))
+    return window, dense
+
+
+def _gather_windows(maps: torch.Tensor, ex: torch.Tensor, oh: torch.Tensor, ow: torch.Tensor, size) -> torch.Tensor:
+    """``maps`` (B or 1, C, H, W) read in windows: row ``n`` gets the ``size`` window of example
+    ``ex[n]``'s map at offset (``oh[n]``, ``ow[n]``), zero where the window leaves the map;
+    (N, C, h, w), channels_last in memory."""
+    H, W = maps.shape[-2:]
+    h, w = size
+    top, left = max(0, -int(oh.min())), max(0, -int(ow.min()))
+    bottom, right = max(0, int(oh.max()) + h - H), max(0, int(ow.max()) + w - W)
+    padded = torch.nn.functional.pad(maps, (left, right, top, bottom))
+    rows = oh[:, None] + top + torch.arange(h, device=maps.device)[None, :]
+    cols = ow[:, None] + left + torch.arange(w, device=maps.device)[None, :]
+    return padded[ex[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def _window_bound(chain: list[GraphNode], rows: torch.Tensor, bounds: list[Bound], p: Pass) -> torch.Tensor:
+    """Lower bounds (B, 2k) of the convolution ``chain[0]``'s neurons ``rows`` (B, k) and of their
+    negations, by the CROWN backward pass carried in windows: each row's linear function is
+    nonzero only on its neuron's receptive field, so it is held as a window of each map with an
+    offset, and each transposed convolution runs over the window alone. The same bounds as the
+    dense backward pass (up to float rounding); taps that fall outside a map read zeros there."""
+    B, k = rows.shape
+    dev = rows.device
+    top = chain[0]
+    conv = top.op
+    w, bias = conv._params(p)
+    c_out, h_out, w_out = top.shape
+    flat = torch.cat([rows, rows], 1).reshape(-1)  # (B * 2k): lower bounds, then negated rows
+    ex = torch.arange(B, device=dev).repeat_interleave(2 * k)
+    sign = torch.ones(B, 2 * k, dtype=w.dtype, device=dev)
+    sign[:, k:] = -1
+    sign = sign.reshape(-1)
+    channel, i, j = flat // (h_out * w_out), (flat // w_out) % h_out, flat % w_out
+    kh, kw = w.shape[-2:]
+    taps = w[channel] * sign[:, None, None, None]
+    if conv.dilation != (1, 1):  # a dilated filter written into its full extent
+        full = torch.zeros(
+            len(flat),
+            w.shape[1],
+            conv.dilation[0] * (kh - 1) + 1,
+            conv.dilation[1] * (kw - 1) + 1,
+            dtype=w.dtype,
+            device=dev,
+        )
+        full[:, :, :: conv.dilation[0], :: conv.dilation[1]] = taps
+        taps = full
+    A = taps.contiguous(memory_format=torch.channels_last)
+    oh, ow = i * conv.stride[0] - conv.padding[0], j * conv.stride[1] - conv.padding[1]
+    const = bias[channel] * sign if bias is not None else torch.zeros(len(flat), dtype=w.dtype, device=dev)
+    one = torch.zeros(len(flat), dtype=torch.long, device=dev)  # rows reading a map without a batch dimension
+    for node in chain[1:]:
+        op = node.op
+        size = A.shape[-2:]
+        if op.kind == "input":
+            lo, hi = bounds[node.index]
+            mid = _gather_windows((hi + lo) / 2, ex, oh, ow, size)
+            rad = _gather_windows((hi - lo) / 2, ex, oh, ow, size)
+            const = const + (A * mid).sum((1, 2, 3)) - (A.abs() * rad).sum((1, 2, 3))
+            break
+        if isinstance(op, ReLUOp):
+            low, up, up_bias = (
+                _gather_windows(t, ex, oh, ow, size) for t in ReLUOp.relaxation(*bounds[node.inputs[0]])
+            )
+            neg = A.clamp(max=0)
+            const = const + (neg * up_bias).sum((1, 2, 3))
+            A = A * low
+            A.addcmul_(neg, up - low)
+        elif isinstance(op, ScaleShiftOp):
+            scale, shift = op.params(p)
+            full_shape = (1, *node.shape)
+            if shift is not None:
+                t = _gather_windows(torch.as_tensor(shift, dtype=w.dtype).expand(full_shape), one, oh, ow, size)
+                const = const + (A * t).sum((1, 2, 3))
+            if scale is not None:
+                A = A * _gather_windows(torch.as_tensor(scale, dtype=w.dtype).expand(full_shape), one, oh, ow, size)
+        elif isinstance(op, ConvOp):
+            cw, cb = op._params(p)
+            # only the window's positions inside this convolution's output map are neurons
+            A = A * _gather_windows(torch.ones((1, 1, *node.shape[1:]), dtype=w.dtype, device=dev), one, oh, ow, size)
+            if cb is not None:
+                const = const + (A.sum((2, 3)) * cb).sum(1)
+            A = torch.nn.functional.conv_transpose2d(
+                A, cw.contiguous(memory_format=torch.channels_last), None, op.stride, 0, 0, 1, op.dilation
+            )
+            oh, ow = oh * op.stride[0] - op.padding[0], ow * op.stride[1] - op.padding[1]
+        # IdentityOp: nothing to do
+    return const.reshape(B, 2 * k)
 
 
 def _refine(
@@ -178,12 +315,19 @@ def _refine(
     else:
         table = _first_step(graph, idx, bounds, p, lo.dtype, lo.device)
         unit_rows = getattr(node.op, "unit_rows", None) if table is None else None
+        chain = _window_chain(graph, idx) if table is None and not p.training and WINDOWS else None
+        if chain is not None:
+            window, dense = _window_cost(chain)
+            if window > WINDOW_SHARE * dense:
+                chain = None
         widest = max(n.numel for n in graph.nodes[: idx + 1])
         k_max = max(1, min(spec_chunk, CHUNK_ELEMENTS // max(1, B * 2 * widest)))
         ar = torch.arange(B, device=lo.device)[:, None]
 
         def solve(rows: torch.Tensor) -> torch.Tensor:
             k = rows.shape[1]
+            if chain is not None:
+                return _window_bound(chain, rows, bounds, p)
             # the node's own backward step for the rows and their negations (upper bounds):
             # ([(B, 2k, *shape_i)], (B, 2k) or None)
             step = None
