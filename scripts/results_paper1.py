@@ -493,7 +493,10 @@ OVERFITTING_STUDIES = {
 #: more seeds of a design study's own file, run into a directory of their own (``rtk run FILE --set
 #: 'sweep.seed=[...]' --out runs/<dir>``) and pooled with the study's seeds; each extension is written
 #: into the template before its runs
-DESIGN_EXTENSIONS = {"blocks": ("paper1-design-blocks-seeds",)}
+DESIGN_EXTENSIONS = {
+    "blocks": ("paper1-design-blocks-seeds",),
+    "overfitting-fmnist": ("paper1-design-overfitting-fmnist-seeds",),
+}
 DESIGN_NOT_RUN = (
     "Not run yet: no study directory `{runs}/paper1-design-{{depth,width,fraction,overfitting}}` was found. "
     "Run the four studies as above, then `python scripts/results_paper1.py`."
@@ -710,10 +713,19 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                         )
             pd.DataFrame(acc_rows).to_csv(dest / "design_accuracy.csv", index=False)
     for study, key in OVERFITTING_STUDIES.items():
-        path = runs / f"paper1-design-{study}"
-        if not (path / "study.json").exists():
+        paths = [runs / name for name in (f"paper1-design-{study}", *DESIGN_EXTENSIONS.get(study, ()))]
+        if not (paths[0] / "study.json").exists():
             continue
-        of_runs = [(v.get("seed", 0), read_run(d)) for v, d in study_points(path) if (d / "state.json").exists()]
+        of_runs = [
+            (v.get("seed", 0), read_run(d))
+            for path in paths
+            if (path / "study.json").exists()
+            for v, d in study_points(path)
+            if (d / "state.json").exists()
+        ]
+        seeds = [seed for seed, _ in of_runs]
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"{', '.join(map(str, paths))}: a seed of the {study} study was run twice ({seeds})")
         of = pd.DataFrame([{"seed": seed, **overfitting_measures(run)} for seed, run in of_runs])
         keys[f"{key}_figure"] = mean_history_figure(of_runs, dest / f"{key}_history.png")
         parts = []

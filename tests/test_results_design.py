@@ -164,14 +164,9 @@ def test_paper2_design_intervals_from_synthetic_studies(tmp_path):
     assert "reproduced" in values["design_retention"] and "HYDRA - LWM" in values["design_hydra_vs_lwm"]
 
 
-def test_overfitting_study_and_block_pilot_from_synthetic_runs(tmp_path):
-    """Design 3 of finding 3 is read like designs 1 and 2 (a drop of 0.05 by seed: reproduced) with
-    its accuracy-by-epoch figure averaged over seeds; the block pilot lists its shapes' scores."""
-    runs = tmp_path / "runs"
-    rng = np.random.default_rng(2)
-    study = runs / "paper1-design-overfitting-fmnist"
+def _overfitting_study(study: Path, seeds: tuple[int, ...], rng: np.random.Generator) -> None:
     points = []
-    for seed in (0, 1, 2):
+    for seed in seeds:
         run = study / "points" / f"p{seed:03d}"
         run.mkdir(parents=True)
         (run / "state.json").write_text(json.dumps({"stages": {"evaluate": {"status": "completed"}}}))
@@ -189,6 +184,19 @@ def test_overfitting_study_and_block_pilot_from_synthetic_runs(tmp_path):
         _write(run, "train-robust/history", hist)
         points.append({"id": run.name, "values": {"seed": seed}, "dir": f"points/{run.name}", "state": "completed"})
     (study / "study.json").write_text(json.dumps({"points": points}))
+
+
+def test_overfitting_study_and_block_pilot_from_synthetic_runs(tmp_path):
+    """Design 3 of finding 3 is read like designs 1 and 2 (a drop of 0.05 by seed: reproduced), its
+    extension's seeds pooled with its own, with its accuracy-by-epoch figure averaged over seeds;
+    the block pilot lists its shapes' scores."""
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(2)
+    for study, seeds in (
+        ("paper1-design-overfitting-fmnist", (0, 1, 2)),
+        ("paper1-design-overfitting-fmnist-seeds", (3,)),
+    ):
+        _overfitting_study(runs / study, seeds, rng)
     pilot = runs / "paper1-block-pilot"
     entries = []
     for i, (width, score) in enumerate(((16, 0.1), (64, 0.2))):
@@ -210,7 +218,7 @@ def test_overfitting_study_and_block_pilot_from_synthetic_runs(tmp_path):
     keys = rp.design_keys(runs, dest, lambda run, stage, name, new: f"![{new}]")
     table = pd.read_csv(dest / "design_overfitting_fmnist.csv").set_index("measure")
     drop = table.loc["PGD-20 accuracy: best - last checkpoint (robust overfitting)"]
-    assert drop["verdict"] == "reproduced" and abs(drop["mean"] - 0.05) < 0.01 and drop["n"] == 3
+    assert drop["verdict"] == "reproduced" and abs(drop["mean"] - 0.05) < 0.01 and drop["n"] == 4  # 3 + 1 more seed
     assert keys["design_overfitting_fmnist_figure"].endswith("(paper1/design_overfitting_fmnist_history.png)")
     assert (dest / "design_overfitting_fmnist_history.png").stat().st_size > 0
     assert "Not run yet" in keys["design_overfitting"] and keys["design_overfitting_figure"] == ""
