@@ -123,10 +123,14 @@ def test_paper2_design_intervals_from_synthetic_studies(tmp_path):
 
     runs = tmp_path / "runs"
     rng = np.random.default_rng(1)
-    for name, make in (("retention", "retention"), ("high-compression", "high")):
+    for name, make, seeds in (
+        ("retention", "retention", (0, 1, 2)),
+        ("high-compression", "high", (0, 1, 2)),
+        ("high-compression-seeds", "high", (3, 4)),  # an extension: more seeds of the same file
+    ):
         study = runs / f"paper2-design-{name}"
         points = []
-        for seed in (0, 1, 2):
+        for seed in seeds:
             pid = f"p{seed:03d}"
             run = study / "points" / pid
             run.mkdir(parents=True)
@@ -159,7 +163,7 @@ def test_paper2_design_intervals_from_synthetic_studies(tmp_path):
     assert ret.loc[("IBP", "LWM"), "paper"] == 0.85 and (ret["n"] == 3).all()
     hv = pd.read_csv(out / "paper2" / "design-hydra-vs-lwm.csv").set_index("target")
     assert hv.loc["100x", "verdict"] == "reproduced"  # a 5-point gap paired by seed
-    assert abs(hv.loc["100x", "mean"] - 0.05) < 0.01
+    assert abs(hv.loc["100x", "mean"] - 0.05) < 0.01 and (hv["n"] == 5).all()  # pooled with the extension
     assert hv.loc["1000x", "verdict"] == "not distinguishable at this scale"
     assert "reproduced" in values["design_retention"] and "HYDRA - LWM" in values["design_hydra_vs_lwm"]
 
