@@ -24,6 +24,8 @@ from rtk.evaluation import OUTPUT_PATTERN, Normalization
 if TYPE_CHECKING:  # torch and the engine are imported when an attack is built, not to list it
     import torch
 
+components = rtk.Components()
+
 DEFAULT_EPS = {"Linf": 8 / 255, "L2": 0.5, "L1": 5.0}
 
 
@@ -283,11 +285,6 @@ def _builder(make: Make, *, rtk_restarts: bool = False) -> Callable:
     return build
 
 
-#: The built-in attacks' records, in the order ``rtk attacks`` lists them; filled by :func:`_attack`
-#: (stacked decorators run bottom-up: the one nearest ``def`` declares its attack first).
-_SPECS: list[rtk.AttackSpec] = []
-
-
 def _attack(
     name: str,
     options: type[rtk.Options],
@@ -299,14 +296,17 @@ def _attack(
     rtk_restarts: bool = False,
 ) -> Callable[[Make], Make]:
     """Decorator: declares the attack ``name`` whose torchattacks object the decorated ``make`` builds
-    (see :func:`_builder`; ``rtk_restarts`` goes to it); the other arguments are the record's fields."""
+    (see :func:`_builder`; ``rtk_restarts`` goes to it); the other arguments are the record's fields.
+    The records are collected in declaration order (stacked decorators run bottom-up: the one nearest
+    ``def`` declares its attack first)."""
 
     def declare(make: Make) -> Make:
         build = _builder(make, rtk_restarts=rtk_restarts)
-        spec = rtk.AttackSpec(
-            name=name, summary=summary, options=options, build=build, norm=norm, black_box=black_box, effort=effort
+        components.add(
+            rtk.AttackSpec(
+                name=name, summary=summary, options=options, build=build, norm=norm, black_box=black_box, effort=effort
+            )
         )
-        _SPECS.append(spec)
         return make
 
     return declare
@@ -427,6 +427,4 @@ def _autoattack(ta, view, o: AutoAttackOptions, k: int):
     return ensemble(parts, view)
 
 
-@rtk.hookimpl
-def rtk_attacks():
-    yield from _SPECS
+rtk_attacks = components.hookimpl(rtk.AttackSpec)

@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 
 import rtk
 
+components = rtk.Components()
+
 log = logging.getLogger(__name__)
 
 #: The keys of the eps schedule before it took the unit of every trainer (a share of the run, as a
@@ -130,8 +132,6 @@ _TRAINERS = (
     ("gaussian-noise", GaussianNoiseOptions, _gaussian, "cross-entropy under Gaussian noise, for randomized smoothing"),
 )
 
+components.table(rtk.TrainerSpec, _TRAINERS)
 
-@rtk.hookimpl
-def rtk_trainers():
-    for name, options, build, summary in _TRAINERS:
-        yield rtk.TrainerSpec(name=name, summary=summary, options=options, build=build)
+rtk_trainers = components.hookimpl(rtk.TrainerSpec)

@@ -17,6 +17,8 @@ import rtk
 if TYPE_CHECKING:
     import pandas as pd
 
+components = rtk.Components()
+
 
 # ---------------------------------------------------------------------------- certifiers
 class IBPOptions(rtk.Options):
@@ -88,11 +90,7 @@ _CERTIFIERS = (
     ("smoothing", SmoothingOptions, _smoothing, "randomized smoothing, certified L2 radius (Cohen et al. 2019)"),
 )
 
-
-@rtk.hookimpl
-def rtk_certifiers():
-    for name, options, build, summary in _CERTIFIERS:
-        yield rtk.CertifierSpec(name=name, summary=summary, options=options, build=build)
+components.table(rtk.CertifierSpec, _CERTIFIERS)
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -121,7 +119,9 @@ def _check(opts: CertifyStageOptions, planning: rtk.Planning):
     return problems
 
 
+@components.register(rtk.StageSpec, "certify", CertifyStageOptions, check=_check)
 def _run(ctx: rtk.StageContext, opts: CertifyStageOptions) -> rtk.StageResult:
+    """verified accuracy per model x certifier x eps, smoothing radius curves"""
     import pandas as pd
 
     from rtk.certify import certify_split, radius_curve, summarize
@@ -214,12 +214,5 @@ def _plot_eps(path, df: pd.DataFrame):
     return path
 
 
-@rtk.hookimpl
-def rtk_stages():
-    yield rtk.StageSpec(
-        name="certify",
-        summary="verified accuracy per model x certifier x eps, smoothing radius curves",
-        options=CertifyStageOptions,
-        run=_run,
-        check=_check,
-    )
+rtk_certifiers = components.hookimpl(rtk.CertifierSpec)
+rtk_stages = components.hookimpl(rtk.StageSpec)

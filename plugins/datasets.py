@@ -18,6 +18,8 @@ from rtk.data import DataOptions
 if TYPE_CHECKING:  # annotations only: listing the datasets imports no torch
     from rtk.data import DatasetBundle, FileSource
 
+components = rtk.Components()
+
 ROOT_HELP = "folder holding the files (default: $RTK_DATA/{name}, with $RTK_DATA defaulting to ~/.cache/rtk/datasets)"
 DOWNLOAD_HELP = "download the files through torchvision when they are missing (needs network access)"
 
@@ -27,7 +29,9 @@ class DigitsOptions(DataOptions):
     split_seed: int = 0
 
 
+@components.register(rtk.DatasetSpec, "digits", DigitsOptions)
 def _digits(opts: DigitsOptions):
+    """scikit-learn's 8x8 handwritten digits, 1,797 images, offline"""
     return rtk.data.load_digits(opts.test_fraction, opts.split_seed)
 
 
@@ -104,15 +108,60 @@ def _files(
     summary: str,
     load: Callable[[Any], DatasetBundle],
     source: Callable[[Any], FileSource],
-) -> rtk.DatasetSpec:
-    """The record of a dataset read from files: ``load(o)`` reads them, ``source(o)`` says where they are
+) -> None:
+    """Declare a dataset read from files: ``load(o)`` reads them, ``source(o)`` says where they are
     looked for, so that the check reports missing files (unless ``o.download``) before any work starts."""
-    return rtk.DatasetSpec(
-        name=name, summary=summary, options=options, load=load, check=lambda o: source(o).problems(o.download)
+    components.add(
+        rtk.DatasetSpec(
+            name=name, summary=summary, options=options, load=load, check=lambda o: source(o).problems(o.download)
+        )
     )
 
 
+_files(
+    "fashion-mnist",
+    FashionMNISTOptions,
+    "Fashion-MNIST, 70,000 28x28 images, IDX files (Debian: apt-get install dataset-fashion-mnist)",
+    lambda o: rtk.data.load_fashion_mnist(o.root, o.download),
+    lambda o: rtk.data.fashion_mnist_source(o.root),
+)
+_files(
+    "mnist",
+    MNISTOptions,
+    "MNIST handwritten digits, 70,000 28x28 images, IDX files",
+    lambda o: rtk.data.load_mnist(o.root, o.download),
+    lambda o: rtk.data.mnist_source(o.root),
+)
+_files(
+    "cifar10",
+    CIFAR10Options,
+    "CIFAR-10, 60,000 32x32 colour images, 10 classes (python batches)",
+    lambda o: rtk.data.load_cifar10(o.root, o.download),
+    lambda o: rtk.data.cifar10_source(o.root),
+)
+_files(
+    "cifar100",
+    CIFAR100Options,
+    "CIFAR-100, 60,000 32x32 colour images, 100 (or 20) classes",
+    lambda o: rtk.data.load_cifar100(o.root, o.download, o.labels),
+    lambda o: rtk.data.cifar100_source(o.root),
+)
+_files(
+    "svhn",
+    SVHNOptions,
+    "SVHN cropped house-number digits, 32x32 colour (.mat files, scipy)",
+    lambda o: rtk.data.load_svhn(o.root, o.download, o.extra),
+    lambda o: rtk.data.svhn_source(o.root, o.extra),
+)
+
+
+def _imagefolder_check(o: ImageFolderOptions):
+    return rtk.data.check_image_folder(o.root, o.test_split)
+
+
+@components.register(rtk.DatasetSpec, "imagefolder", ImageFolderOptions, check=_imagefolder_check)
 def _imagefolder(o: ImageFolderOptions):
+    """an ImageNet-style folder (Imagenette, ImageWoof), resized and centre-cropped, read lazily"""
     return rtk.data.load_image_folder(
         o.root,
         image_size=o.image_size,
@@ -125,57 +174,4 @@ def _imagefolder(o: ImageFolderOptions):
     )
 
 
-def _imagefolder_check(o: ImageFolderOptions):
-    return rtk.data.check_image_folder(o.root, o.test_split)
-
-
-@rtk.hookimpl
-def rtk_datasets():
-    yield rtk.DatasetSpec(
-        name="digits",
-        summary="scikit-learn's 8x8 handwritten digits, 1,797 images, offline",
-        options=DigitsOptions,
-        load=_digits,
-    )
-    yield _files(
-        "fashion-mnist",
-        FashionMNISTOptions,
-        "Fashion-MNIST, 70,000 28x28 images, IDX files (Debian: apt-get install dataset-fashion-mnist)",
-        lambda o: rtk.data.load_fashion_mnist(o.root, o.download),
-        lambda o: rtk.data.fashion_mnist_source(o.root),
-    )
-    yield _files(
-        "mnist",
-        MNISTOptions,
-        "MNIST handwritten digits, 70,000 28x28 images, IDX files",
-        lambda o: rtk.data.load_mnist(o.root, o.download),
-        lambda o: rtk.data.mnist_source(o.root),
-    )
-    yield _files(
-        "cifar10",
-        CIFAR10Options,
-        "CIFAR-10, 60,000 32x32 colour images, 10 classes (python batches)",
-        lambda o: rtk.data.load_cifar10(o.root, o.download),
-        lambda o: rtk.data.cifar10_source(o.root),
-    )
-    yield _files(
-        "cifar100",
-        CIFAR100Options,
-        "CIFAR-100, 60,000 32x32 colour images, 100 (or 20) classes",
-        lambda o: rtk.data.load_cifar100(o.root, o.download, o.labels),
-        lambda o: rtk.data.cifar100_source(o.root),
-    )
-    yield _files(
-        "svhn",
-        SVHNOptions,
-        "SVHN cropped house-number digits, 32x32 colour (.mat files, scipy)",
-        lambda o: rtk.data.load_svhn(o.root, o.download, o.extra),
-        lambda o: rtk.data.svhn_source(o.root, o.extra),
-    )
-    yield rtk.DatasetSpec(
-        name="imagefolder",
-        summary="an ImageNet-style folder (Imagenette, ImageWoof), resized and centre-cropped, read lazily",
-        options=ImageFolderOptions,
-        load=_imagefolder,
-        check=_imagefolder_check,
-    )
+rtk_datasets = components.hookimpl(rtk.DatasetSpec)

@@ -11,6 +11,8 @@ from pydantic import Field
 import rtk
 from rtk.evaluation import OUTPUT_PATTERN, AttackSuiteOptions, Normalization
 
+components = rtk.Components()
+
 
 class EvaluateOptions(AttackSuiteOptions):
     models: list[str] = Field(min_length=1, description="models to evaluate (`name` or `name@tag`)")
@@ -133,7 +135,9 @@ def _shard_records(ctx: rtk.StageContext, opts: EvaluateOptions) -> None:
     rd.barrier()
 
 
+@components.register(rtk.StageSpec, "evaluate", EvaluateOptions, check=_check)
 def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = False) -> rtk.StageResult:
+    """clean and robust accuracy under an attack suite, worst case, accuracy-vs-eps curve, sanity checks"""
     import pandas as pd
 
     from rtk.evaluation import RecordStore, SanityCheckError, evaluate, plot_curves
@@ -199,12 +203,4 @@ def _run(ctx: rtk.StageContext, opts: EvaluateOptions, *, _gathered: bool = Fals
     return rtk.StageResult(tables=tables, figures=figures, summary=summary, metrics=metrics)
 
 
-@rtk.hookimpl
-def rtk_stages():
-    yield rtk.StageSpec(
-        name="evaluate",
-        summary="clean and robust accuracy under an attack suite, worst case, accuracy-vs-eps curve, sanity checks",
-        options=EvaluateOptions,
-        run=_run,
-        check=_check,
-    )
+rtk_stages = components.hookimpl(rtk.StageSpec)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from pydantic import Field, field_validator
 
 import rtk
-import rtk.models
+
+components = rtk.Components()
 
 
 class MLPOptions(rtk.Options):
@@ -89,13 +87,6 @@ _MODELS = (
     ),
 )
 
+components.table(rtk.ModelSpec, _MODELS, module="rtk.models")
 
-def _builder(name: str) -> Callable[[Any, rtk.Options], Any]:
-    """The model's ``build(info, o)``: ``rtk.models.<name>(info, **o.as_kwargs())``."""
-    return lambda info, o: getattr(rtk.models, name)(info, **o.as_kwargs())
-
-
-@rtk.hookimpl
-def rtk_models():
-    for name, options, builder, summary in _MODELS:
-        yield rtk.ModelSpec(name=name, summary=summary, options=options, build=_builder(builder))
+rtk_models = components.hookimpl(rtk.ModelSpec)

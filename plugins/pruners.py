@@ -12,6 +12,8 @@ from pydantic import Field, ValidationInfo, field_validator
 
 import rtk
 
+components = rtk.Components()
+
 
 # ----------------------------------------------------------------------------- pruner options
 class ScopeOptions(rtk.Options):
@@ -52,25 +54,34 @@ class ChannelOptions(rtk.Options):
     steps: int = Field(10, ge=1, description="PGD steps (robust-taylor)")
 
 
+@components.register(rtk.PrunerSpec, "lwm", ScopeOptions)
 def _lwm(o: ScopeOptions):
+    """least weight magnitude, one shot (layerwise or global)"""
     from rtk.pruning import MagnitudePruner
 
     return MagnitudePruner(o.scope)
 
 
+@components.register(rtk.PrunerSpec, "random", RandomOptions)
 def _random(o: RandomOptions):
+    """random unstructured pruning (a control)"""
     from rtk.pruning import RandomPruner
 
     return RandomPruner(o.scope, o.seed)
 
 
+@components.register(rtk.PrunerSpec, "hydra", HydraOptions)
 def _hydra(o: HydraOptions):
+    """HYDRA: scores trained under the objective pick the weights to keep"""
     from rtk.pruning import HydraPruner
 
     return HydraPruner(init=o.init, train_norm=o.train_norm)
 
 
+@components.register(rtk.PrunerSpec, "channel", ChannelOptions, structured=True)
 def _channel(o: ChannelOptions):
+    """structured channel pruning via torch-pruning's dependency graph (magnitude, group l1/l2, lamp, taylor,
+    robust-taylor)"""
     from rtk.pruning import ChannelPruner
 
     return ChannelPruner(
@@ -218,7 +229,10 @@ def _certifier_fn(ref: rtk.CertifierRef, opts: PruneStageOptions, device: Any):
     return ref.describe(), certify
 
 
+@components.register(rtk.StageSpec, "prune", PruneStageOptions, check=_check)
 def _run(ctx: rtk.StageContext, opts: PruneStageOptions) -> rtk.StageResult:
+    """pre-train -> prune -> fine-tune with one objective; the compression table (params, MACs, sparsity,
+    clean/robust/verified accuracy)"""
     import copy
 
     from rtk.data import subset
@@ -335,37 +349,5 @@ def _metrics(table) -> dict[str, Any]:
     return out
 
 
-@rtk.hookimpl
-def rtk_pruners():
-    yield rtk.PrunerSpec(
-        name="lwm", summary="least weight magnitude, one shot (layerwise or global)", options=ScopeOptions, build=_lwm
-    )
-    yield rtk.PrunerSpec(
-        name="random", summary="random unstructured pruning (a control)", options=RandomOptions, build=_random
-    )
-    yield rtk.PrunerSpec(
-        name="hydra",
-        summary="HYDRA: scores trained under the objective pick the weights to keep",
-        options=HydraOptions,
-        build=_hydra,
-    )
-    yield rtk.PrunerSpec(
-        name="channel",
-        summary="structured channel pruning via torch-pruning's dependency graph "
-        "(magnitude, group l1/l2, lamp, taylor, robust-taylor)",
-        options=ChannelOptions,
-        build=_channel,
-        structured=True,
-    )
-
-
-@rtk.hookimpl
-def rtk_stages():
-    yield rtk.StageSpec(
-        name="prune",
-        summary="pre-train -> prune -> fine-tune with one objective; the compression "
-        "table (params, MACs, sparsity, clean/robust/verified accuracy)",
-        options=PruneStageOptions,
-        run=_run,
-        check=_check,
-    )
+rtk_pruners = components.hookimpl(rtk.PrunerSpec)
+rtk_stages = components.hookimpl(rtk.StageSpec)

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from pydantic import Field, field_validator
 
 import rtk
+
+components = rtk.Components()
 
 #: The analyses a similarity stage runs by default (the request's default).
 ANALYSES = tuple(rtk.SimilarityRequest().analyses)
@@ -56,15 +55,7 @@ _METRICS = (
     ),
 )
 
-
-def _metric_builder(metric: str) -> Callable[[rtk.Options], Any]:
-    return lambda o: getattr(rtk.similarity, metric)(**o.as_kwargs())
-
-
-@rtk.hookimpl
-def rtk_similarity_metrics():
-    for name, options, metric, summary in _METRICS:
-        yield rtk.SimilaritySpec(name=name, summary=summary, options=options, build=_metric_builder(metric))
+components.table(rtk.SimilaritySpec, _METRICS, module="rtk.similarity")
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -143,7 +134,10 @@ def _check(opts: SimilarityStageOptions, planning: rtk.Planning) -> list[str]:
     return problems
 
 
+@components.register(rtk.StageSpec, "similarity", SimilarityStageOptions, check=_check)
 def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult:
+    """layer-by-layer representation similarity: heatmaps, block structure, diagonals, overfitting by layer,
+    specialization"""
     from rtk.similarity import SimilarityJob, run_similarity
 
     metric = opts.metric.spec.build(opts.metric.opts)
@@ -196,16 +190,8 @@ def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult
     return rtk.StageResult(tables=out.tables, figures=out.figures, summary=out.summary, metrics=out.metrics)
 
 
-@rtk.hookimpl
-def rtk_stages():
-    yield rtk.StageSpec(
-        name="similarity",
-        summary="layer-by-layer representation similarity: heatmaps, block structure, diagonals, "
-        "overfitting by layer, specialization",
-        options=SimilarityStageOptions,
-        run=_run,
-        check=_check,
-    )
+rtk_similarity_metrics = components.hookimpl(rtk.SimilaritySpec)
+rtk_stages = components.hookimpl(rtk.StageSpec)
 
 
 __all__ = ["SimilarityStageOptions", "ANALYSES"]

@@ -18,7 +18,7 @@ Datasets (``[dataset] name = "<source>:<what>"`` or ``name = "tensors"``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,6 +26,8 @@ from pydantic import ConfigDict, Field
 
 import rtk
 from rtk.data import DataOptions
+
+components = rtk.Components()
 
 OPTIONS_HELP = "every other key is passed to the callable as a keyword argument"
 
@@ -85,12 +87,12 @@ def _code_sources(
     options: tuple[type[rtk.Options], type[rtk.Options]],
     summaries: tuple[str, str],
     **make: Callable[[str], Callable[..., Any]],
-) -> Iterator[Any]:
-    """The records of the ``python`` and ``module`` sources of one kind (models, datasets), in that order;
+) -> None:
+    """Declare the ``python`` and ``module`` sources of one kind (models, datasets), in that order;
     ``make`` gives each of the record's callables, made for the source's name."""
     for kind, opts, summary in zip(_CODE_FORMS, options, summaries):
         callables = {key: made(kind) for key, made in make.items()}
-        yield record(name=kind, summary=summary, options=opts, source=_CODE_FORMS[kind], **callables)
+        components.add(record(name=kind, summary=summary, options=opts, source=_CODE_FORMS[kind], **callables))
 
 
 def _code_check(kind: str):
@@ -101,34 +103,36 @@ def _code_build(kind: str):
     return lambda info, o: rtk.models.build_code_model(kind, o.source, o.kwargs, info)
 
 
-@rtk.hookimpl
-def rtk_models():
-    yield from _code_sources(
-        rtk.ModelSpec,
-        (PythonModelOptions, ModuleModelOptions),
-        (
-            "source: a callable in your own Python file (relative to the experiment file) returning an nn.Module",
-            "source: a callable of an importable module returning an nn.Module",
-        ),
-        build=_code_build,
-        check=_code_check,
-    )
-    yield rtk.ModelSpec(
-        name="torchvision",
-        summary="source: any torchvision classification builder (no weights; classes and input channels adapted)",
-        options=LibraryModelOptions,
-        build=lambda info, o: rtk.models.build_torchvision(o.source, o.kwargs, info),
-        check=lambda o: rtk.models.check_torchvision_model(o.source, o.kwargs),
-        source="<name>",
-    )
-    yield rtk.ModelSpec(
-        name="timm",
-        summary="source: any timm model, no pretrained weights (optional extra rtk[timm])",
-        options=LibraryModelOptions,
-        build=lambda info, o: rtk.models.build_timm(o.source, o.kwargs, info),
-        check=lambda o: rtk.models.check_timm(o.source),
-        source="<name>",
-    )
+_code_sources(
+    rtk.ModelSpec,
+    (PythonModelOptions, ModuleModelOptions),
+    (
+        "source: a callable in your own Python file (relative to the experiment file) returning an nn.Module",
+        "source: a callable of an importable module returning an nn.Module",
+    ),
+    build=_code_build,
+    check=_code_check,
+)
+
+
+def _torchvision_model_check(o: LibraryModelOptions) -> list[str]:
+    return rtk.models.check_torchvision_model(o.source, o.kwargs)
+
+
+@components.register(rtk.ModelSpec, "torchvision", LibraryModelOptions, check=_torchvision_model_check, source="<name>")
+def _torchvision_model(info, o: LibraryModelOptions):
+    """source: any torchvision classification builder (no weights; classes and input channels adapted)"""
+    return rtk.models.build_torchvision(o.source, o.kwargs, info)
+
+
+def _timm_check(o: LibraryModelOptions) -> list[str]:
+    return rtk.models.check_timm(o.source)
+
+
+@components.register(rtk.ModelSpec, "timm", LibraryModelOptions, check=_timm_check, source="<name>")
+def _timm_model(info, o: LibraryModelOptions):
+    """source: any timm model, no pretrained weights (optional extra rtk[timm])"""
+    return rtk.models.build_timm(o.source, o.kwargs, info)
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -169,18 +173,20 @@ class TensorsOptions(DataOptions):
         return self.model_copy(update={"train": rebase(self.train), "test": rebase(self.test)})
 
 
+def _tensors_check(o: TensorsOptions) -> list[str]:
+    from rtk.data import tensor_file_problems
+
+    return tensor_file_problems(train=o.train, test=o.test)
+
+
+@components.register(rtk.DatasetSpec, "tensors", TensorsOptions, check=_tensors_check)
 def _tensors(o: TensorsOptions):
+    """source: .npz / .safetensors files of x and y (images in [0, 1] or uint8, integer labels)"""
     from rtk.data import load_tensor_files
 
     return load_tensor_files(
         o.train, o.test, test_fraction=o.test_fraction, seed=o.seed, num_classes=o.num_classes, name=o.name
     )
-
-
-def _tensors_check(o: TensorsOptions) -> list[str]:
-    from rtk.data import tensor_file_problems
-
-    return tensor_file_problems(train=o.train, test=o.test)
 
 
 class TorchvisionDataOptions(DataOptions, _Kwargs):
@@ -189,43 +195,33 @@ class TorchvisionDataOptions(DataOptions, _Kwargs):
     download: bool = Field(False, description="download the files through torchvision when missing (needs network)")
 
 
-def _torchvision_data(o: TorchvisionDataOptions):
-    from rtk.data import data_home, load_torchvision_dataset
-
-    root = o.root or str(data_home() / o.source)
-    return load_torchvision_dataset(o.source, root, download=o.download, kwargs=o.kwargs)
-
-
 def _torchvision_data_check(o: TorchvisionDataOptions) -> list[str]:
     from rtk.data import torchvision_problems
 
     return torchvision_problems(o.source, o.kwargs)
 
 
-@rtk.hookimpl
-def rtk_datasets():
-    yield from _code_sources(
-        rtk.DatasetSpec,
-        (PythonDataOptions, ModuleDataOptions),
-        (
-            "source: a callable in your own Python file returning a Dataset or a (train, test) pair",
-            "source: a callable of an importable module returning a Dataset or a (train, test) pair",
-        ),
-        load=_data_load,
-        check=_data_check,
-    )
-    yield rtk.DatasetSpec(
-        name="tensors",
-        summary="source: .npz / .safetensors files of x and y (images in [0, 1] or uint8, integer labels)",
-        options=TensorsOptions,
-        load=_tensors,
-        check=_tensors_check,
-    )
-    yield rtk.DatasetSpec(
-        name="torchvision",
-        summary="source: any torchvision dataset class by name (download switch as for the built-in sets)",
-        options=TorchvisionDataOptions,
-        load=_torchvision_data,
-        check=_torchvision_data_check,
-        source="<ClassName>",
-    )
+@components.register(
+    rtk.DatasetSpec, "torchvision", TorchvisionDataOptions, check=_torchvision_data_check, source="<ClassName>"
+)
+def _torchvision_data(o: TorchvisionDataOptions):
+    """source: any torchvision dataset class by name (download switch as for the built-in sets)"""
+    from rtk.data import data_home, load_torchvision_dataset
+
+    root = o.root or str(data_home() / o.source)
+    return load_torchvision_dataset(o.source, root, download=o.download, kwargs=o.kwargs)
+
+
+_code_sources(
+    rtk.DatasetSpec,
+    (PythonDataOptions, ModuleDataOptions),
+    (
+        "source: a callable in your own Python file returning a Dataset or a (train, test) pair",
+        "source: a callable of an importable module returning a Dataset or a (train, test) pair",
+    ),
+    load=_data_load,
+    check=_data_check,
+)
+
+rtk_models = components.hookimpl(rtk.ModelSpec)
+rtk_datasets = components.hookimpl(rtk.DatasetSpec)

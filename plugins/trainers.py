@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
 import rtk
 from rtk.training import LoopConfig
+
+components = rtk.Components()
 
 
 # ---------------------------------------------------------------------------- trainer options
@@ -284,11 +285,16 @@ def _metrics(result) -> dict[str, Any]:
     return out
 
 
+@components.register(rtk.StageSpec, "train", TrainStageOptions, check=_check_train)
 def _run_train(ctx: rtk.StageContext, opts: TrainStageOptions) -> rtk.StageResult:
+    """train a model with a registered trainer (robust-overfitting curve, checkpoints last/best/epoch-N, resume, early
+    stopping)"""
     return _train(ctx, opts, opts.model, ctx.model(opts.model))
 
 
+@components.register(rtk.StageSpec, "fine-tune", FineTuneStageOptions, check=_check_fine_tune)
 def _run_fine_tune(ctx: rtk.StageContext, opts: FineTuneStageOptions) -> rtk.StageResult:
+    """continue training from a model or checkpoint (e.g. robust@best), typically with a lower learning rate"""
     from rtk.training import has_state
 
     name = opts.model
@@ -320,32 +326,7 @@ _TRAINERS = (
     ("fast-at", FastATOptions, "FastATObjective", "fast AT: FGSM with random init, step 1.25 eps (Wong et al. 2020)"),
 )
 
+components.table(rtk.TrainerSpec, _TRAINERS, module="rtk.training")
 
-def _objective_builder(objective: str) -> Callable[[rtk.Options], Any]:
-    """The trainer's ``build``: the options' keys are the objective's keywords (see ``rtk.Options.as_kwargs``)."""
-    return lambda o: getattr(rtk.training, objective)(**o.as_kwargs())
-
-
-@rtk.hookimpl
-def rtk_trainers():
-    for name, options, objective, summary in _TRAINERS:
-        yield rtk.TrainerSpec(name=name, summary=summary, options=options, build=_objective_builder(objective))
-
-
-@rtk.hookimpl
-def rtk_stages():
-    yield rtk.StageSpec(
-        name="train",
-        summary="train a model with a registered trainer (robust-overfitting curve, "
-        "checkpoints last/best/epoch-N, resume, early stopping)",
-        options=TrainStageOptions,
-        run=_run_train,
-        check=_check_train,
-    )
-    yield rtk.StageSpec(
-        name="fine-tune",
-        summary="continue training from a model or checkpoint (e.g. robust@best), typically with a lower learning rate",
-        options=FineTuneStageOptions,
-        run=_run_fine_tune,
-        check=_check_fine_tune,
-    )
+rtk_trainers = components.hookimpl(rtk.TrainerSpec)
+rtk_stages = components.hookimpl(rtk.StageSpec)

@@ -20,6 +20,8 @@ from rtk.evaluation import OUTPUT_PATTERN, Normalization
 if TYPE_CHECKING:
     import torch
 
+components = rtk.Components()
+
 
 class _Common(rtk.Options):
     steps: int = Field(10, ge=1, description="gradient steps")
@@ -84,34 +86,30 @@ def _snow(view, x, y, *, discolor: float, **kw):
     return snow_attack(view, x, y, discolor_amount=discolor, **kw)
 
 
-#: The unforeseen attacks: name, options, attack (see ``_builder``), the options it takes besides seed and steps,
+#: The unforeseen attacks: name, options, build (``_builder(attack, the options it takes besides seed and steps)``),
 #: summary.
 _ATTACKS = (
     (
         "jpeg",
         JPEGOptions,
-        "jpeg_attack",
-        ("eps", "step_size", "norm", "quality", "random_start"),
+        _builder("jpeg_attack", ("eps", "step_size", "norm", "quality", "random_start")),
         "JPEG attack: perturbs the quantized DCT coefficients, Linf or L2 (Kang et al. 2019)",
     ),
     (
         "gabor",
         GaborOptions,
-        "gabor_attack",
-        ("eps", "step_size", "kernel_size", "density"),
+        _builder("gabor_attack", ("eps", "step_size", "kernel_size", "density")),
         "Gabor attack: optimised Gabor noise, L-inf bounded in pixels (Kang et al. 2019)",
     ),
     (
         "snow",
         SnowOptions,
-        _snow,
-        ("eps", "step_size", "budget", "flake_size", "discolor"),
+        _builder(_snow, ("eps", "step_size", "budget", "flake_size", "discolor")),
         "Snow attack: optimised snowflake intensities under a density budget (Kang et al. 2019)",
     ),
 )
 
 
-@rtk.hookimpl
-def rtk_attacks():
-    for name, options, run, keys, summary in _ATTACKS:
-        yield rtk.AttackSpec(name=name, summary=summary, options=options, build=_builder(run, keys), norm="none")
+components.table(rtk.AttackSpec, _ATTACKS, norm="none")
+
+rtk_attacks = components.hookimpl(rtk.AttackSpec)

@@ -21,6 +21,8 @@ from pydantic import Field, field_validator
 import rtk
 from rtk.evaluation import AttackSuiteOptions
 
+components = rtk.Components()
+
 SOURCE_HELP = (
     "the zoo entry '<dataset>/<threat>/<name>', e.g. 'cifar10/Linf/Carmon2019Unlabeled'; written "
     'arch = "robustbench:<entry>" in experiment files'
@@ -85,7 +87,10 @@ class RobustBenchOptions(rtk.Options):
         return _check_sha(value)
 
 
+@components.register(rtk.ModelSpec, "robustbench", RobustBenchOptions)
 def _build_robustbench(info, o: RobustBenchOptions):
+    """a RobustBench zoo model from a local model directory (arch = "robustbench:<dataset>/<threat>/<name>"; needs
+    rtk[zoo])"""
     from rtk.zoo import load_zoo_model
 
     return load_zoo_model(
@@ -213,7 +218,10 @@ def _contenders(ctx: rtk.StageContext, opts: ZooStageOptions):
     return out
 
 
+@components.register(rtk.StageSpec, "zoo", ZooStageOptions, check=_check_stage)
 def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
+    """RobustBench zoo models beside yours: one subset, one attack suite, one table; CKA between their layers (needs
+    rtk[zoo])"""
     from rtk.data import subset
     from rtk.evaluation import eval_indices, make_units
     from rtk.zoo import compare_layers_table, compare_robustness
@@ -281,24 +289,5 @@ def _run_stage(ctx: rtk.StageContext, opts: ZooStageOptions) -> rtk.StageResult:
     return rtk.StageResult(tables=tables, figures=figures, summary=" ".join(summary), metrics=metrics)
 
 
-@rtk.hookimpl
-def rtk_models():
-    yield rtk.ModelSpec(
-        name="robustbench",
-        summary="a RobustBench zoo model from a local model directory "
-        '(arch = "robustbench:<dataset>/<threat>/<name>"; needs rtk[zoo])',
-        options=RobustBenchOptions,
-        build=_build_robustbench,
-    )
-
-
-@rtk.hookimpl
-def rtk_stages():
-    yield rtk.StageSpec(
-        name="zoo",
-        summary="RobustBench zoo models beside yours: one subset, one attack suite, one "
-        "table; CKA between their layers (needs rtk[zoo])",
-        options=ZooStageOptions,
-        run=_run_stage,
-        check=_check_stage,
-    )
+rtk_models = components.hookimpl(rtk.ModelSpec)
+rtk_stages = components.hookimpl(rtk.StageSpec)

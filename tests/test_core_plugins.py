@@ -160,3 +160,80 @@ def test_builtin_plugin_tuple_lists_every_module_of_the_plugins_package():
 
     modules = sorted(f"rtk.plugins.{m.name}" for m in pkgutil.iter_modules(rtk.plugins.__path__) if m.name[0] != "_")
     assert sorted(BUILTIN_PLUGINS) == modules
+
+
+# ---------------------------------------------------------------------------- rtk.Components
+class _WidthOptions(rtk.Options):
+    width: int = 3
+
+
+def test_components_declare_records_where_they_are_written_and_yield_them_by_kind(monkeypatch):
+    components = rtk.Components()
+
+    def check(opts, planning):
+        return ["a problem"]
+
+    @components.register(rtk.StageSpec, "count", check=check)
+    def run(ctx, opts):
+        """count the parameters
+        of every model
+
+        (this paragraph is not part of the summary)"""
+
+    identity = lambda model, o: lambda x, y: x  # noqa: E731
+    components.table(rtk.AttackSpec, [("same", rtk.NoOptions, identity, "returns x")], norm="none")
+    components.table(
+        rtk.TrainerSpec, [("lazy", _WidthOptions, "make", "built by a module imported late")], module="rtk_lazy_target"
+    )
+    mod = types.ModuleType("declared")
+    mod.rtk_stages = components.hookimpl(rtk.StageSpec)
+    mod.rtk_attacks = components.hookimpl(rtk.AttackSpec)
+    mod.rtk_trainers = components.hookimpl(rtk.TrainerSpec)
+    assert mod.rtk_stages.__name__ == "rtk_stages"
+
+    (stage,) = mod.rtk_stages()
+    assert (stage.name, stage.summary, stage.run, stage.check) == (
+        "count",
+        "count the parameters of every model",
+        run,
+        check,
+    )
+    assert stage.options is rtk.NoOptions
+    (attack,) = mod.rtk_attacks()
+    assert (attack.name, attack.summary, attack.build, attack.norm) == ("same", "returns x", identity, "none")
+
+    # listed through the registry like any plugin's records; the trainer's module is not imported to list it
+    reg = rtk.Registry.from_plugin_manager(
+        rtk.plugin_manager(builtins=False, entry_points=False, extra=[("declared", mod)])
+    )
+    assert reg.names("stage") == ["count"] and reg.names("attack") == ["same"] and reg.names("trainer") == ["lazy"]
+    assert reg.registration("trainer", "lazy").plugin == "declared"
+    assert "rtk_lazy_target" not in sys.modules
+    target = types.ModuleType("rtk_lazy_target")
+    target.make = lambda **kw: ("made", kw)
+    monkeypatch.setitem(sys.modules, "rtk_lazy_target", target)
+    assert reg.get("trainer", "lazy").build(_WidthOptions(width=5)) == ("made", {"width": 5})
+
+
+def test_components_refuse_a_record_without_summary_or_a_function_without_its_module():
+    components = rtk.Components()
+    with pytest.raises(PluginError, match=r"stage 'quiet' has no summary.*docstring"):
+
+        @components.register(rtk.StageSpec, "quiet")
+        def run(ctx, opts):
+            pass
+
+    with pytest.raises(PluginError, match=r"trainer 'lazy' names the function 'make': give its module="):
+        components.table(rtk.TrainerSpec, [("lazy", _WidthOptions, "make", "summary")])
+    assert list(components.hookimpl(rtk.StageSpec)()) == [] and list(components.hookimpl(rtk.TrainerSpec)()) == []
+
+
+def test_a_components_hook_under_the_wrong_hook_name_is_a_malformed_record(monkeypatch):
+    monkeypatch.setenv("RTK_STRICT_PLUGINS", "1")
+    components = rtk.Components()
+    components.table(rtk.DatasetSpec, [("x", rtk.NoOptions, lambda o: None, "a dataset")])
+    mod = types.ModuleType("misnamed")
+    mod.rtk_attacks = components.hookimpl(rtk.DatasetSpec)
+    pm = rtk.plugin_manager(builtins=False, entry_points=False, extra=[("misnamed", mod)])
+    with pytest.raises(PluginError, match="'misnamed'.*expected AttackSpec records, got DatasetSpec"):
+        rtk.Registry.from_plugin_manager(pm)

@@ -2,7 +2,8 @@
 
 Public API (what built-in and third-party plugins may use):
 
-- ``hookimpl``: mark plugin hook implementations.
+- ``hookimpl``: mark plugin hook implementations; ``Components``: declare a plugin's components
+  where each is written and get the hook implementations that yield their records.
 - records: ``AttackSpec``, ``TrainerSpec``, ``PrunerSpec``, ``SimilaritySpec``,
   ``CertifierSpec``, ``DatasetSpec``, ``ModelSpec``, ``StageSpec``, ``CommandSpec``.
 - ``Options`` (base of every options model), ``Eps`` (a float written as "8/255"), ``TrainingSpan``
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         AttackSpec,
         CertifierSpec,
         CommandSpec,
+        Components,
         ComponentSpec,
         DatasetSpec,
         LoggerSpec,
@@ -122,6 +124,7 @@ _LAZY = {
     "CertifierSpec": "records",
     "CommandSpec": "records",
     "ComponentSpec": "records",
+    "Components": "records",
     "DatasetSpec": "records",
     "LoggerSpec": "records",
     "ModelSpec": "records",
@@ -159,6 +162,7 @@ __all__ = [
     "CertifierSpec",
     "CommandSpec",
     "ComponentSpec",
+    "Components",
     "DatasetSpec",
     "LoggerSpec",
     "EpochMetrics",

@@ -7,12 +7,14 @@ dataclasses; building is lazy, so listing plugins never imports heavy libraries.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
-from .errors import RtkError
+from .errors import PluginError, RtkError
 from .options import NoOptions, Norm, Options
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ class ComponentSpec:
     KIND: ClassVar[str] = "component"
     #: the hook that yields records of this kind
     HOOK: ClassVar[str] = ""
+    #: the field holding the callable that makes the component (``build``, ``load`` or ``run``)
+    MAKE: ClassVar[str] = "build"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,39 +113,41 @@ class CertifierSpec(ComponentSpec):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetSpec(ComponentSpec):
-    """A dataset. ``load(options)`` returns a :class:`rtk.data.DatasetBundle` whose images
-    are float tensors in [0, 1]. ``check(options)``, when given, returns problems found
-    before any work starts (missing files), without loading the data."""
+class _CheckedSpec(ComponentSpec):
+    """The fields datasets and models share. ``check(options)``, when given, returns problems found
+    before any work starts (missing files, an unknown callable), without loading or building
+    anything. ``source``: for a *source* (``name = "python:<file.py>:<callable>"``,
+    ``arch = "torchvision:<name>"``), the syntax after ``name:``, which the experiment file passes
+    as the option ``source``."""
 
-    load: Callable[[Any], Any]
     check: Callable[[Any], Iterable[str]] | None = None
-    #: for a *source* (``name = "python:<file.py>:<callable>"``): the syntax after ``name:``,
-    #: which the experiment file passes as the option ``source``
     source: str | None = None
-    KIND: ClassVar[str] = "dataset"
-    HOOK: ClassVar[str] = "rtk_datasets"
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), **({"source": self.source} if self.source else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelSpec(ComponentSpec):
+class DatasetSpec(_CheckedSpec):
+    """A dataset. ``load(options)`` returns a :class:`rtk.data.DatasetBundle` whose images
+    are float tensors in [0, 1]. ``check`` and ``source``: see :class:`_CheckedSpec`."""
+
+    load: Callable[[Any], Any]
+    KIND: ClassVar[str] = "dataset"
+    HOOK: ClassVar[str] = "rtk_datasets"
+    MAKE: ClassVar[str] = "load"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(_CheckedSpec):
     """An architecture. ``build(info, options)`` returns an ``nn.Module`` for a dataset
     described by ``info`` (a :class:`rtk.data.DataInfo`). The module takes inputs in
-    [0, 1] and normalizes them itself; it returns logits. ``check(options)``, when given,
-    returns problems found before any work starts (a missing file, an unknown callable).
-    ``source``: see :class:`DatasetSpec` (``arch = "torchvision:<name>"``)."""
+    [0, 1] and normalizes them itself; it returns logits. ``check`` and ``source``: see
+    :class:`_CheckedSpec`."""
 
     build: Callable[[Any, Any], Any]
-    check: Callable[[Any], Iterable[str]] | None = None
-    source: str | None = None
     KIND: ClassVar[str] = "model"
     HOOK: ClassVar[str] = "rtk_models"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), **({"source": self.source} if self.source else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +164,7 @@ class StageSpec(ComponentSpec):
     check: Callable[[Any, Any], Iterable[str]] | None = None
     KIND: ClassVar[str] = "stage"
     HOOK: ClassVar[str] = "rtk_stages"
+    MAKE: ClassVar[str] = "run"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,6 +232,115 @@ class Registration:
         }
 
 
+# ---------------------------------------------------------------------------- declaring components
+R = TypeVar("R", bound=ComponentSpec)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Components:
+    """The components one plugin declares, collected where each is written, and the hook
+    implementations that yield them.
+
+    ::
+
+        components = rtk.Components()
+
+
+        @components.register(rtk.StageSpec, "count", CountOptions, check=check)
+        def run(ctx, opts):
+            \"\"\"count parameters\"\"\"  # the record's summary
+            ...
+
+
+        components.table(rtk.AttackSpec, [("my-noise", NoiseOptions, build_noise, "uniform noise")])
+        rtk_stages = components.hookimpl(rtk.StageSpec)
+        rtk_attacks = components.hookimpl(rtk.AttackSpec)
+
+    Records are plain records: the registry checks them as it checks any a hook yields.
+    """
+
+    def __init__(self) -> None:
+        self._records: list[ComponentSpec] = []
+
+    def add(self, record: R) -> R:
+        """Collect one record; returns it."""
+        self._records.append(record)
+        return record
+
+    def register(
+        self,
+        record: type[ComponentSpec],
+        name: str,
+        options: type[Options] = NoOptions,
+        *,
+        summary: str | None = None,
+        **fields: Any,
+    ) -> Callable[[F], F]:
+        """Decorator: collect ``record(name=name, options=options, <MAKE>=the decorated callable,
+        summary=..., **fields)``, where ``<MAKE>`` is the record's ``build``, ``load`` or ``run``.
+        ``summary`` defaults to the first paragraph of the callable's docstring, its lines joined.
+        Returns the callable unchanged."""
+
+        def collect(make: F) -> F:
+            text = (
+                summary
+                if summary is not None
+                else " ".join(inspect.cleandoc(make.__doc__ or "").split("\n\n")[0].split())
+            )
+            if not text:
+                raise PluginError(
+                    f"the {record.KIND} {name!r} has no summary: give {make.__qualname__} a docstring, or summary=..."
+                )
+            self.add(record(name=name, summary=text, options=options, **{record.MAKE: make}, **fields))
+            return make
+
+        return collect
+
+    def table(
+        self,
+        record: type[ComponentSpec],
+        rows: Iterable[tuple[str, type[Options], Callable[..., Any] | str, str]],
+        *,
+        module: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Collect one record per row ``(name, options, make, summary)``, each with ``**fields``.
+
+        ``make`` is the record's ``build``/``load``/``run``, or the name of a function of ``module``
+        that takes the options' keys as keywords (:meth:`rtk.Options.as_kwargs`): it is imported
+        when the component is first built, so that listing imports nothing heavy, and called with
+        the record's other arguments first (``function(info, **options)`` for a model)."""
+        for name, options, make, summary in rows:
+            if isinstance(make, str):
+                if module is None:
+                    raise PluginError(f"the {record.KIND} {name!r} names the function {make!r}: give its module=")
+                make = _keyword_call(module, make)
+            self.add(record(name=name, summary=summary, options=options, **{record.MAKE: make}, **fields))
+
+    def hookimpl(self, record: type[ComponentSpec]) -> Callable[[], Iterator[ComponentSpec]]:
+        """The implementation of ``record``'s hook (``rtk_attacks`` for :class:`AttackSpec`, ...):
+        it yields the records of that kind collected by the time it is called. Assign it to the
+        hook's name in the plugin module: ``rtk_attacks = components.hookimpl(rtk.AttackSpec)``."""
+        from .hookspecs import hookimpl
+
+        def hook() -> Iterator[ComponentSpec]:
+            yield from (r for r in self._records if isinstance(r, record))
+
+        hook.__name__ = hook.__qualname__ = record.HOOK
+        return hookimpl(hook)
+
+
+def _keyword_call(module: str, function: str) -> Callable[..., Any]:
+    """``module.function(*args, **options.as_kwargs())``, ``options`` being the last argument."""
+
+    def make(*args: Any) -> Any:
+        *leading, options = args
+        return getattr(importlib.import_module(module), function)(*leading, **options.as_kwargs())
+
+    make.__qualname__ = f"{module}.{function}"
+    return make
+
+
 # ---------------------------------------------------------------------------- results
 # What a stage's ``run`` returns, and what a run hands back.
 @dataclass
@@ -280,6 +396,7 @@ __all__ = [
     "LoggerSpec",
     "KINDS",
     "Registration",
+    "Components",
     "StageResult",
     "RunResult",
     "table_by_key",

@@ -1,6 +1,7 @@
 """An example rtk plugin.
 
-It registers two components through rtk's public API only:
+It declares two components through rtk's public API only, with ``rtk.Components``: each
+component is registered where it is written, and the hooks yield what was registered.
 
 - the attack ``uniform-noise``: random noise drawn uniformly from the L-inf ball
   (a baseline every attack must beat: rtk's sanity checks use the same idea);
@@ -15,13 +16,18 @@ from pydantic import Field
 
 import rtk
 
+components = rtk.Components()
+
 
 class NoiseOptions(rtk.Options):
     eps: rtk.Eps = Field(8 / 255, ge=0, le=1, description="L-inf radius of the noise")
     seed: int = Field(0, description="seed of the noise generator")
 
 
+@components.register(rtk.AttackSpec, "uniform-noise", NoiseOptions, norm="Linf")
 def build_noise(model: torch.nn.Module, opts: NoiseOptions):
+    """uniform random noise in the L-inf ball (example plugin)"""  # the docstring is the summary
+
     def attack(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = torch.Generator(device="cpu").manual_seed(opts.seed)
         noise = (torch.rand(x.shape, generator=g) * 2 - 1).to(x.device, x.dtype) * opts.eps
@@ -42,22 +48,11 @@ def gram_cosine(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(cross / ((x.T @ x).square().sum().sqrt() * (y.T @ y).square().sum().sqrt()))
 
 
-@rtk.hookimpl
-def rtk_attacks():
-    yield rtk.AttackSpec(
-        name="uniform-noise",
-        summary="uniform random noise in the L-inf ball (example plugin)",
-        options=NoiseOptions,
-        build=build_noise,
-        norm="Linf",
-    )
+@components.register(rtk.SimilaritySpec, "gram-cosine", GramCosineOptions)
+def build_gram_cosine(opts: GramCosineOptions):
+    """cosine of uncentered Gram matrices (example plugin)"""
+    return gram_cosine
 
 
-@rtk.hookimpl
-def rtk_similarity_metrics():
-    yield rtk.SimilaritySpec(
-        name="gram-cosine",
-        summary="cosine of uncentered Gram matrices (example plugin)",
-        options=GramCosineOptions,
-        build=lambda opts: gram_cosine,
-    )
+rtk_attacks = components.hookimpl(rtk.AttackSpec)
+rtk_similarity_metrics = components.hookimpl(rtk.SimilaritySpec)
