@@ -6,28 +6,20 @@ import types
 
 import pytest
 from click.testing import CliRunner
+from experimenthelpers import digits_experiment, experiment_toml
 
 import rtk
 from rtk.cli.main import cli
 
-EXP = """
-name = "cli"
-[dataset]
-name = "digits"
-limit_train = 200
-limit_test = 60
-[models.net]
-arch = "mlp"
-hidden = [16]
-[[stages]]
-kind = "train"
-model = "net"
-epochs = 1
-[[stages]]
-kind = "evaluate"
-models = ["net"]
-attacks = [{ name = "pgd", eps = 0.1, steps = 2 }]
-"""
+EXP = experiment_toml(
+    digits_experiment(
+        "cli",
+        {"kind": "train", "model": "net", "epochs": 1},
+        {"kind": "evaluate", "models": ["net"], "attacks": [{"name": "pgd", "eps": 0.1, "steps": 2}]},
+        limits=(200, 60),
+        model={"arch": "mlp", "hidden": [16]},
+    )
+)
 
 
 @pytest.fixture()

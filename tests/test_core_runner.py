@@ -8,37 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from experimenthelpers import digits_experiment, experiment_toml
 
 import rtk
 from rtk.errors import ConfigError
 
-BASE = """
-name = "t"
-seed = 3
-[dataset]
-name = "digits"
-limit_train = 300
-limit_test = 100
-[models.net]
-arch = "mlp"
-hidden = [32]
-"""
-
-TRAIN = """
-[[stages]]
-kind = "train"
-model = "net"
-epochs = 2
-lr = 0.1
-batch_size = 64
-"""
-
-EVAL = """
-[[stages]]
-kind = "evaluate"
-models = ["net"]
-attacks = [{ name = "pgd", eps = "16/255", steps = 3 }]
-"""
+BASE = experiment_toml(digits_experiment("t", limits=(300, 100), model={"arch": "mlp", "hidden": [32]}, seed=3))
+TRAIN = experiment_toml({"stages": [{"kind": "train", "model": "net", "epochs": 2, "lr": 0.1, "batch_size": 64}]})
+EVAL = experiment_toml(
+    {"stages": [{"kind": "evaluate", "models": ["net"], "attacks": [{"name": "pgd", "eps": "16/255", "steps": 3}]}]}
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "exp.toml") -> Path:

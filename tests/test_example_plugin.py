@@ -11,6 +11,7 @@ import pytest
 import tomllib
 import torch
 from click.testing import CliRunner
+from experimenthelpers import digits_experiment, experiment_toml
 from pluginhelpers import install_distribution
 
 import rtk
@@ -52,24 +53,15 @@ def test_example_metric_is_a_similarity(example_installed):
 
 def test_experiment_uses_the_example_attack(example_installed, tmp_path):
     exp = tmp_path / "e.toml"
-    exp.write_text("""
-name = "with-plugin"
-[dataset]
-name = "digits"
-limit_train = 300
-limit_test = 100
-[models.net]
-arch = "mlp"
-hidden = [32]
-[[stages]]
-kind = "train"
-model = "net"
-epochs = 2
-[[stages]]
-kind = "evaluate"
-models = ["net"]
-attacks = [{ name = "uniform-noise", eps = "8/255" }, { name = "pgd", eps = "8/255", steps = 5 }]
-""")
+    attacks = [{"name": "uniform-noise", "eps": "8/255"}, {"name": "pgd", "eps": "8/255", "steps": 5}]
+    experiment = digits_experiment(
+        "with-plugin",
+        {"kind": "train", "model": "net", "epochs": 2},
+        {"kind": "evaluate", "models": ["net"], "attacks": attacks},
+        limits=(300, 100),
+        model={"arch": "mlp", "hidden": [32]},
+    )
+    exp.write_text(experiment_toml(experiment))
     res = CliRunner().invoke(cli, ["--quiet", "run", str(exp), "--out", str(tmp_path / "out")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     import pandas as pd

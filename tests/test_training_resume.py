@@ -9,6 +9,7 @@ import types
 import pandas as pd
 import pytest
 import torch
+from experimenthelpers import digits_experiment
 
 import rtk
 from rtk.errors import ConfigError, TrainingDivergedError
@@ -191,29 +192,27 @@ def _flaky_plugin():
     return mod
 
 
-EXPERIMENT = {
-    "name": "resume",
-    "seed": 1,
-    "device": "cpu",
-    "dataset": {"name": "digits", "limit_train": 400, "limit_test": 100},
-    "models": {"net": {"arch": "cnn-small"}},
-    "stages": [
-        {
-            "kind": "train",
-            "id": "fit",
-            "model": "net",
-            "trainer": "flaky",
-            "epochs": 4,
-            "batch_size": 100,
-            "lr": 0.05,
-            "schedule": "cosine",
-            "eval_eps": 0.1,
-            "eval_steps": 3,
-            "eval_size": 50,
-            "eval_train_size": 50,
-        }
-    ],
-}
+EXPERIMENT = digits_experiment(
+    "resume",
+    {
+        "kind": "train",
+        "id": "fit",
+        "model": "net",
+        "trainer": "flaky",
+        "epochs": 4,
+        "batch_size": 100,
+        "lr": 0.05,
+        "schedule": "cosine",
+        "eval_eps": 0.1,
+        "eval_steps": 3,
+        "eval_size": 50,
+        "eval_train_size": 50,
+    },
+    limits=(400, 100),
+    model={"arch": "cnn-small"},
+    seed=1,
+    device="cpu",
+)
 
 
 def test_rtk_run_resume_continues_an_interrupted_train_stage(tmp_path):

@@ -7,18 +7,13 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from experimenthelpers import digits_experiment
 
 import rtk
 from rtk.errors import ConfigError
 from rtk.models.checkpoint import read_tensors
 
-BASE = {
-    "name": "t",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits", "limit_train": 400, "limit_test": 100},
-    "models": {"net": {"arch": "cnn-small"}},
-}
+BASE = digits_experiment("t", limits=(400, 100), model={"arch": "cnn-small"}, seed=0, device="cpu")
 
 
 def _exp(*stages):

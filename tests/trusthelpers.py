@@ -8,29 +8,22 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from experimenthelpers import digits_experiment, experiment_toml
+
 import rtk
 from rtk.models import ModelRecipe, save_checkpoint
 from rtk.options import validate_options
 
-EXPERIMENT = """
-name = "trust"
-[dataset]
-name = "digits"
-limit_train = 60
-limit_test = 30
-[models.m]
-arch = "mlp"
-hidden = [8]
-[[stages]]
-kind = "fine-tune"
-model = "m"
-epochs = 1
-[[stages]]
-kind = "evaluate"
-models = ["m"]
-attacks = [{ name = "pgd", eps = 0.1, steps = 1 }]
-checks = false
-"""
+EXPERIMENT = experiment_toml(
+    digits_experiment(
+        "trust",
+        {"kind": "fine-tune", "model": "m", "epochs": 1},
+        {"kind": "evaluate", "models": ["m"], "attacks": [{"name": "pgd", "eps": 0.1, "steps": 1}], "checks": False},
+        limits=(60, 30),
+        model={"arch": "mlp", "hidden": [8]},
+        model_name="m",
+    )
+)
 
 
 def finished_run(root: Path) -> Path:
