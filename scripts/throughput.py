@@ -48,6 +48,17 @@ class Config:
         return f"{self.arch}({opts}) {self.channels}x{self.size}x{self.size}"
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How each trainer is timed: ``repeats`` runs of ``steps`` optimizer steps on batches of ``batch``,
+    after ``warmup`` steps; the median of the runs counts."""
+
+    batch: int
+    steps: int
+    warmup: int
+    repeats: int
+
+
 #: The CPU-scale design space (paper 1 at CPU scale): resnet-small depth x width on small inputs.
 CPU_CONFIGS = [
     Config("resnet-small", {"blocks": b, "width": w}, s) for s in (8, 14) for b in (1, 2, 4) for w in (8, 16, 32)
@@ -90,12 +101,12 @@ def objectives(pgd_steps: int, eps: float) -> dict[str, object]:
     }
 
 
-def time_steps(model, objective, cfg: Config, *, batch: int, steps: int, warmup: int, repeats: int) -> float:
+def time_steps(model, objective, cfg: Config, timing: Timing) -> float:
     """Median seconds per optimizer step."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, cfg.channels, cfg.size, cfg.size, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    x = torch.rand(timing.batch, cfg.channels, cfg.size, cfg.size, generator=g)
+    y = torch.randint(0, 10, (timing.batch,), generator=g)
 
     def step() -> None:
         model.train()
@@ -104,19 +115,20 @@ def time_steps(model, objective, cfg: Config, *, batch: int, steps: int, warmup:
         out.loss.backward()
         opt.step()
 
-    for _ in range(warmup):
+    for _ in range(timing.warmup):
         step()
     times = []
-    for _ in range(repeats):
+    for _ in range(timing.repeats):
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(timing.steps):
             step()
-        times.append((time.perf_counter() - t0) / steps)
+        times.append((time.perf_counter() - t0) / timing.steps)
     return statistics.median(times)
 
 
-def measure(configs, *, batch, steps, warmup, repeats, pgd_steps, eps, only=None) -> pd.DataFrame:
+def measure(configs, timing: Timing, *, pgd_steps, eps, only=None) -> pd.DataFrame:
     registry = rtk.default_registry()
+    batch = timing.batch
     rows = []
     for cfg in configs:
         model = build(cfg, registry)
@@ -125,7 +137,7 @@ def measure(configs, *, batch, steps, warmup, repeats, pgd_steps, eps, only=None
         for name, obj in objectives(pgd_steps, eps).items():
             if only and not any(name.startswith(o) for o in only):
                 continue
-            sec = time_steps(model, obj, cfg, batch=batch, steps=steps, warmup=warmup, repeats=repeats)
+            sec = time_steps(model, obj, cfg, timing)
             rows.append(
                 {
                     "arch": cfg.arch,
@@ -226,18 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             for b in args.blocks
             for w in args.widths
         ]
-    if args.quick:
-        args.steps, args.repeats = min(args.steps, 2), min(args.repeats, 2)
-    df = measure(
-        configs,
-        batch=args.batch,
-        steps=args.steps,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        pgd_steps=args.pgd_steps,
-        eps=args.eps,
-        only=args.only,
-    )
+    steps, repeats = (min(args.steps, 2), min(args.repeats, 2)) if args.quick else (args.steps, args.repeats)
+    timing = Timing(batch=args.batch, steps=steps, warmup=args.warmup, repeats=repeats)
+    df = measure(configs, timing, pgd_steps=args.pgd_steps, eps=args.eps, only=args.only)
     if args.out:
         df.to_csv(args.out, index=False)
     print(df.to_string(index=False))
