@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from experimenthelpers import digits_experiment, experiment_toml
 from pydantic import Field
 from torch import nn
 
@@ -60,47 +61,40 @@ def _write(path, text):
 
 def test_python_source_runs_train_evaluate_prune_similarity(tmp_path, registry):
     _write(tmp_path / "code" / "net.py", NET_PY)
-    exp = _write(
-        tmp_path / "exp.toml",
-        """
-        name = "own"
-        [dataset]
-        name = "digits"
-        limit_train = 300
-        limit_test = 60
-        [models.net]
-        arch = "python:code/net.py:Net"
-        hidden = 4
-        [[stages]]
-        kind = "train"
-        model = "net"
-        trainer = { name = "pgd-at", eps = 0.1, steps = 2 }
-        epochs = 2
-        lr = 0.05
-        eval_every = 0
-        [[stages]]
-        kind = "evaluate"
-        models = ["net"]
-        attacks = [{ name = "pgd", steps = 2 }]
-        eps = [0.1]
-        checks = false
-        [[stages]]
-        kind = "prune"
-        model = "net"
-        pruners = ["lwm"]
-        compression = [2]
-        trainer = "standard"
-        score_epochs = 0
-        finetune_epochs = 1
-        keep_first = false
-        eval_limit = 40
-        attacks = [{ name = "pgd", eps = 0.1, steps = 2 }]
-        [[stages]]
-        kind = "similarity"
-        pairs = [["net", "net-lwm-2x"]]
-        limit = 40
-        """,
+    stages = (
+        {
+            "kind": "train",
+            "model": "net",
+            "trainer": {"name": "pgd-at", "eps": 0.1, "steps": 2},
+            "epochs": 2,
+            "lr": 0.05,
+            "eval_every": 0,
+        },
+        {
+            "kind": "evaluate",
+            "models": ["net"],
+            "attacks": [{"name": "pgd", "steps": 2}],
+            "eps": [0.1],
+            "checks": False,
+        },
+        {
+            "kind": "prune",
+            "model": "net",
+            "pruners": ["lwm"],
+            "compression": [2],
+            "trainer": "standard",
+            "score_epochs": 0,
+            "finetune_epochs": 1,
+            "keep_first": False,
+            "eval_limit": 40,
+            "attacks": [{"name": "pgd", "eps": 0.1, "steps": 2}],
+        },
+        {"kind": "similarity", "pairs": [["net", "net-lwm-2x"]], "limit": 40},
     )
+    experiment = digits_experiment(
+        "own", *stages, limits=(300, 60), model={"arch": "python:code/net.py:Net", "hidden": 4}
+    )
+    exp = _write(tmp_path / "exp.toml", experiment_toml(experiment))
     res = rtk.run(exp, registry=registry, out=tmp_path / "run")
     assert set(res.stages) == {"01-train", "02-evaluate", "03-prune", "04-similarity"}
     assert float(res.table("worst_case")["clean_accuracy"].iloc[0]) > 0.3

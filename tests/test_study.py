@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from experimenthelpers import digits_experiment, experiment_toml
 
 import rtk
 from rtk.cli.main import cli
@@ -33,36 +34,32 @@ from rtk.study import (
     threads_per_point,
 )
 
-TINY = """
-name = "tiny"
-seed = 0
-
-[dataset]
-name = "digits"
-limit_train = 200
-limit_test = 60
-
-[models.net]
-arch = "cnn-small"
-
-[[stages]]
-id = "train"
-kind = "train"
-model = "net"
-trainer = "standard"
-epochs = 1
-lr = 0.05
-eval_size = 0
-
-[[stages]]
-id = "evaluate"
-kind = "evaluate"
-models = ["net"]
-attacks = [{ name = "pgd", steps = 2 }]
-eps = [0.1]
-limit = 60
-checks = false
-"""
+TINY = experiment_toml(
+    digits_experiment(
+        "tiny",
+        {
+            "id": "train",
+            "kind": "train",
+            "model": "net",
+            "trainer": "standard",
+            "epochs": 1,
+            "lr": 0.05,
+            "eval_size": 0,
+        },
+        {
+            "id": "evaluate",
+            "kind": "evaluate",
+            "models": ["net"],
+            "attacks": [{"name": "pgd", "steps": 2}],
+            "eps": [0.1],
+            "limit": 60,
+            "checks": False,
+        },
+        limits=(200, 60),
+        model={"arch": "cnn-small"},
+        seed=0,
+    )
+)
 
 
 def write(tmp_path: Path, sweep: str = "", name: str = "exp.toml") -> Path:
