@@ -282,11 +282,7 @@ class Components:
         Returns the callable unchanged."""
 
         def collect(make: F) -> F:
-            text = (
-                summary
-                if summary is not None
-                else " ".join(inspect.cleandoc(make.__doc__ or "").split("\n\n")[0].split())
-            )
+            text = summary if summary is not None else _first_paragraph(make.__doc__)
             if not text:
                 raise PluginError(
                     f"the {record.KIND} {name!r} has no summary: give {make.__qualname__} a docstring, or summary=..."
@@ -321,13 +317,18 @@ class Components:
         """The implementation of ``record``'s hook (``rtk_attacks`` for :class:`AttackSpec`, ...):
         it yields the records of that kind collected by the time it is called. Assign it to the
         hook's name in the plugin module: ``rtk_attacks = components.hookimpl(rtk.AttackSpec)``."""
-        from .hookspecs import hookimpl
+        from .hookspecs import hookimpl  # hookspecs imports this module
 
         def hook() -> Iterator[ComponentSpec]:
             yield from (r for r in self._records if isinstance(r, record))
 
         hook.__name__ = hook.__qualname__ = record.HOOK
         return hookimpl(hook)
+
+
+def _first_paragraph(doc: str | None) -> str:
+    """A docstring's first paragraph, its lines joined by single spaces ("" for none)."""
+    return " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
 
 
 def _keyword_call(module: str, function: str) -> Callable[..., Any]:
