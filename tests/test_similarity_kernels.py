@@ -557,7 +557,6 @@ def test_run_side_by_side_keeps_order_and_restores_blas_threads(monkeypatch):
 @pytest.fixture
 def two_blas_workers(monkeypatch):
     monkeypatch.setattr(K, "blas_workers", lambda: 2)
-    monkeypatch.setattr(S, "blas_workers", lambda: 2)
 
 
 @pytest.mark.parametrize("debiased", [False, True])
@@ -661,3 +660,48 @@ def test_features_that_require_grad_are_compared_detached():
     grad = rtk.similarity.linear_cka_matrix([x.requires_grad_(), y.requires_grad_()], route="gram")
     assert not grad.requires_grad and torch.equal(grad, plain)
     assert rtk.similarity.linear_cka(x, y) == rtk.similarity.linear_cka(x.detach(), y.detach())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b, d", [(5, 3), (100, 700), (64, 200)])
+def test_syrk_update_by_chunks_equals_the_shifted_gram(dtype, b, d):
+    """The minibatch Gram by symmetric rank-k updates of shifted column chunks (64 columns
+    here: several chunks, a ragged last one), in a reused buffer: the upper triangle is the
+    shifted Gram, what lies below stays zero, and a second call does not add to the first."""
+    rng = np.random.default_rng(b + d)
+    for trial in range(2):
+        a = (rng.standard_normal((b, d)) + 3.0 * trial).astype(dtype)
+        shift = a[::3].mean(0)
+        k = K._syrk_update(a, shift, chunk_bytes=1 << 12)
+        c = a.astype(np.float64) - shift.astype(np.float64)
+        want = c @ c.T
+        upper = np.triu(np.ones((b, b), dtype=bool))
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        assert np.abs(k[upper] - want[upper]).max() <= tol * np.abs(want).max()
+        assert not k[~upper].any()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("b", [12, 256])
+def test_minibatch_cka_routes_within_1e8(monkeypatch, workers, b):
+    """MinibatchCKA on the CPU with 1-3 forced BLAS workers: layers narrower and wider than
+    the batch (one spans several column chunks of the Gram), float16 and float32 input."""
+    monkeypatch.setattr(K, "blas_workers", lambda: workers)
+    g = torch.Generator().manual_seed(b + workers)
+    batches = []
+    for _ in range(2):
+        z = torch.randn(b, 8, generator=g)
+        batches.append(
+            [torch.relu(z @ torch.randn(8, 1300, generator=g)) + 1.0, z[:, :5], z @ torch.randn(8, 90, generator=g)]
+        )
+    for dtype in (torch.float32, torch.float16):
+        acc = S.MinibatchCKA()
+        for batch in batches:
+            acc.update([f.to(dtype) for f in batch])
+        hs = np.zeros((3, 3))
+        for batch in batches:
+            cs = [f64(f.to(dtype)) - f64(f.to(dtype)).mean(0) for f in batch]
+            grams = [c @ c.T for c in cs]
+            hs += np.array([[ref_hsic_unbiased(k, l) for l in grams] for k in grams])
+        want = hs / np.sqrt(np.outer(np.diag(hs), np.diag(hs)))
+        assert np.abs(acc.compute().numpy() - want).max() < 1e-8

@@ -28,7 +28,6 @@ from .kernels import (
     Tensor,
     _on_numpy,
     as_features,
-    blas_workers,
     cka_from_stats,
     cka_matrix_from_products,
     hsic1_lower,
@@ -42,9 +41,10 @@ from .kernels import (
 
 
 def _batch_hsic(feats: list[Tensor], scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One minibatch's HSIC_1 matrix and its yardsticks: on the CPU with a multi-threaded
-    NumPy BLAS, :func:`~rtk.similarity.kernels.hsic1_side_by_side` (NumPy only, one layer per
-    single-threaded task); otherwise torch only, as follows.
+    """One minibatch's HSIC_1 matrix and its yardsticks: on the CPU,
+    :func:`~rtk.similarity.kernels.hsic1_side_by_side` (NumPy only, one layer per
+    single-threaded task, each Gram by symmetric rank-k updates of shifted column chunks);
+    otherwise torch only, as follows.
 
     Each layer is shifted by the mean of a strided sample of its rows (about 32: HSIC_1 is
     exactly invariant to shifting the features, so the shift only has to bring the float
@@ -56,7 +56,7 @@ def _batch_hsic(feats: list[Tensor], scratch: Tensor | None = None) -> tuple[Ten
     torch calls per layer: on a loaded machine each call waits for its threads."""
     b = feats[0].shape[0]
     dt = torch.float64 if any(f.dtype == torch.float64 for f in feats) else feats[0].dtype
-    if blas_workers() >= 2 and _on_numpy(*feats):
+    if _on_numpy(*feats):
         return hsic1_side_by_side([f.to(dt) for f in feats])
     lower = torch.empty(len(feats), b, b, dtype=dt, device=feats[0].device)
     step = max(1, b // 32)
@@ -124,7 +124,8 @@ class MinibatchCKA:
                 raise SimilarityError(f"layer {nm!r} has {f.shape[0]} examples in this batch, the first layer has {b}")
         big = max(checked, key=lambda f: f.numel())
         dt = torch.float64 if any(f.dtype == torch.float64 for f in checked) else big.dtype
-        if self._scratch is None or self._scratch.numel() < big.numel() or self._scratch.dtype != dt:
+        stale = self._scratch is None or self._scratch.numel() < big.numel() or self._scratch.dtype != dt
+        if stale and not _on_numpy(*checked):  # the torch route's centring buffer (NumPy keeps its own)
             self._scratch = torch.empty(big.numel(), dtype=dt, device=big.device)
         h, terms = _batch_hsic(checked, self._scratch)
         if not (bool(torch.isfinite(torch.diagonal(h)).all()) and float(terms.min()) >= 1e-60):
