@@ -705,3 +705,34 @@ def test_minibatch_cka_routes_within_1e8(monkeypatch, workers, b):
             hs += np.array([[ref_hsic_unbiased(k, l) for l in grams] for k in grams])
         want = hs / np.sqrt(np.outer(np.diag(hs), np.diag(hs)))
         assert np.abs(acc.compute().numpy() - want).max() < 1e-8
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (30, 55), (70, 20)])
+@pytest.mark.parametrize("rank", [None, 6])
+def test_singular_values_by_eigenvalues(shape, rank):
+    """SVCCA's correlations as the roots of the eigenvalues of the smaller Gram of the CCA
+    matrix; a rank-deficient matrix (values near zero) takes LAPACK's singular values."""
+    rng = np.random.default_rng(sum(shape))
+    a = rng.standard_normal(shape)
+    if rank is not None:
+        a = rng.standard_normal((shape[0], rank)) @ rng.standard_normal((rank, shape[1]))
+    got = K._singular_values(torch.from_numpy(a)).numpy()
+    want = np.linalg.svd(a, compute_uv=False)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-12 * want[0]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_moments_fold_the_means_within_float64(offset):
+    """The covariances from features shifted near their means in the conversion pass, the rest
+    of the means folded into the products, against exactly centred float64 products; SVCCA
+    on them within 1e-8 of the SVD route."""
+    g = torch.Generator().manual_seed(21)
+    z = torch.randn(600, 6, generator=g)
+    x = torch.relu(z @ torch.randn(6, 30, generator=g)) + offset
+    y = z @ torch.randn(6, 20, generator=g) + 0.3 * torch.randn(600, 20, generator=g) - offset
+    m = K.moments(x, y)
+    xc, yc = f64(x) - f64(x).mean(0), f64(y) - f64(y).mean(0)
+    for got, want in ((m.cxx, xc.T @ xc), (m.cyy, yc.T @ yc), (m.cxy, xc.T @ yc)):
+        assert np.abs(got.numpy() - want).max() <= 1e-9 * np.abs(want).max()
+    ref = float(K.cca_data(x.double(), y.double(), variance=0.99).rho.mean())
+    assert abs(K.svcca(x, y) - ref) <= 1e-8

@@ -1117,12 +1117,37 @@ def moments(x: Tensor, y: Tensor) -> Moments:
     """Centred cross products of a pair in float64 (the input of every CCA-type metric)."""
     x, y = _pair(x, y, min_examples=2)
     if _on_numpy(x, y):  # side by side on single-threaded BLAS (see run_side_by_side)
-        xc, yc = run_side_by_side([lambda: center(x.to(torch.float64)), lambda: center(y.to(torch.float64))])
-        cxy, cxx, cyy = run_side_by_side([lambda: matmul(xc.T, yc), lambda: self_cross(xc), lambda: self_cross(yc)])
-        return Moments(x.shape[0], cxx, cyy, cxy)
+        n = x.shape[0]
+        (xs, sx), (ys, sy) = run_side_by_side([lambda: _shifted64(x), lambda: _shifted64(y)])
+        cxy, cxx, cyy = run_side_by_side(
+            [
+                lambda: _fold_means(matmul(xs.T, ys), sx, sy, n),
+                lambda: _fold_means(self_cross(xs), sx, sx, n),
+                lambda: _fold_means(self_cross(ys), sy, sy, n),
+            ]
+        )
+        return Moments(n, cxx, cyy, cxy)
     xc = center(x.to(torch.float64), what="x")
     yc = center(y.to(torch.float64), what="y")
     return Moments(x.shape[0], self_cross(xc), self_cross(yc), matmul(xc.T, yc))
+
+
+def _shifted64(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x`` in float64 shifted by the mean of a strided sample of about 256 rows, made in the
+    one pass that converts it, and the column sums of the result (what remains of the mean;
+    :func:`_fold_means` takes it out of the products). At ``n = 5,000``, ``d = 512`` this
+    replaced a conversion and a centring pass (two more array copies) per representation."""
+    a = x.numpy()
+    with np.errstate(**QUIET):
+        c = np.subtract(a, a[:: max(1, a.shape[0] // 256)].mean(0, dtype=np.float64), dtype=np.float64)
+    return torch.from_numpy(c), torch.from_numpy(c.sum(0))
+
+
+def _fold_means(p: Tensor, su: Tensor, sv: Tensor, n: int) -> Tensor:
+    """Centred product ``(U - 1 mu^T)^T (V - 1 mv^T) = U^T V - su sv^T / n`` from the product
+    of float64 features shifted near their means (``su``, ``sv``: their column sums), in place."""
+    p -= torch.outer(su, sv) / n
+    return p
 
 
 def _eigh(c: Tensor) -> tuple[Tensor, Tensor]:
@@ -1200,8 +1225,7 @@ def cca(
     wy = vy / ly.sqrt()
     t = matmul(matmul(wx.T, m.cxy), wy)
     if not weights:  # the correlations alone (SVCCA): singular values only
-        sv = np.linalg.svd(t.numpy(), compute_uv=False) if _on_numpy(t) else torch.linalg.svdvals(t)
-        rho = torch.as_tensor(sv).clamp(0.0, 1.0)
+        rho = _singular_values(t).clamp(0.0, 1.0)
         return CCAResult(rho, torch.ones_like(rho), kx, ky)
     a, rho, _ = _svd(t)
     rho = rho.clamp(0.0, 1.0)
@@ -1209,6 +1233,23 @@ def cca(
     # <h_i, x_j> for canonical variate h_i = Xc W_x a_i is (Xc^T Xc W_x a_i)_j = (V_x L_x^{1/2} a_i)_j
     contrib = (vx * lx.sqrt()) @ a[:, :k]
     return CCAResult(rho, contrib.abs().sum(0), kx, ky)
+
+
+def _singular_values(t: Tensor) -> Tensor:
+    """Singular values of ``t`` (descending), on the CPU as the square roots of the eigenvalues
+    of the smaller of ``t t^T`` and ``t^T t`` (a symmetric product and a tridiagonal
+    reduction: 9.4 ms against 16.4 ms for LAPACK's singular values of a ``457 x 457`` matrix,
+    one thread). A squared value carries an absolute error near ``1e-16`` times the largest,
+    so values below ``1e-5`` of the largest (error above ``1e-11`` after the root) are taken
+    from the singular value decomposition instead."""
+    if not _on_numpy(t):
+        return torch.linalg.svdvals(t)
+    a = t.numpy()
+    g = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a  # symmetric routine
+    lam = np.linalg.eigvalsh(g)[::-1]
+    if lam.size and not lam[-1] > 1e-10 * lam[0]:
+        return torch.from_numpy(np.linalg.svd(a, compute_uv=False))
+    return torch.from_numpy(np.sqrt(lam))
 
 
 def _svd_basis(x: Tensor, what: str, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
