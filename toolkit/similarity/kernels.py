@@ -1144,7 +1144,7 @@ def moments(x: Tensor, y: Tensor) -> Moments:
         (xs, sx), (ys, sy) = run_side_by_side([lambda: _shifted64(x), lambda: _shifted64(y)])
         cxy, cxx, cyy = run_side_by_side(
             [
-                lambda: _fold_means(matmul(xs.T, ys), sx, sy, n),
+                lambda: _fold_means(torch.from_numpy(_general_product(xs.numpy().T, ys.numpy())), sx, sy, n),
                 lambda: _fold_means(self_cross(xs), sx, sx, n),
                 lambda: _fold_means(self_cross(ys), sy, sy, n),
             ]
