@@ -229,9 +229,8 @@ def _blas_controller():  # -> threadpoolctl.ThreadpoolController | None
     ctl = _BLAS.get("controller")
     if ctl is None:
         try:
-            import scipy.linalg.blas  # noqa: F401 - SciPy's own BLAS (see _syrk_update) is loaded before the controller looks
             from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - dependencies of scikit-learn, which rtk requires
+        except ImportError:  # pragma: no cover - a dependency of scikit-learn, which rtk requires
             return None
         ctl = ThreadpoolController().select(user_api="blas")
         if not ctl.lib_controllers:
@@ -292,45 +291,32 @@ def _general_product(u: np.ndarray, v: np.ndarray, out: np.ndarray | None = None
 _LOCAL = threading.local()
 
 
-def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype | type, order: str = "C") -> np.ndarray:
-    """A buffer of this thread kept across calls (one per ``name``, replaced when the shape,
-    type or order changes), zero-filled when first made. Fresh multi-megabyte arrays per
-    batch cost page faults that measured as much as the arithmetic around them."""
+def _scratch(name: str, size: int, dtype: np.dtype | type) -> np.ndarray:
+    """A flat buffer of at least ``size`` elements kept by this thread across calls (one per
+    ``name``; it grows when a call needs more). Fresh multi-megabyte arrays per batch or tile
+    cost page faults that measured as much as the arithmetic around them."""
     bufs = _LOCAL.__dict__.setdefault("bufs", {})
-    key = (shape, np.dtype(dtype).str, order)
-    kept = bufs.get(name)
-    if kept is None or kept[0] != key:
-        kept = bufs[name] = (key, np.zeros(shape, dtype, order=order))  # type: ignore[call-overload]
-    return kept[1]
+    buf = bufs.get(name)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = bufs[name] = np.empty(size, dtype)
+    return buf[:size]
 
 
-def _syrk_update(
-    a: np.ndarray, shift: np.ndarray, out_name: str = "gram", chunk_bytes: int = 1 << 19, dtype: type | None = None
-) -> np.ndarray:
-    """The Gram ``(a - shift)(a - shift)^T`` of ``a`` (``[b, d]``, float32 or float64) in its
-    upper triangle (a Fortran-ordered ``[b, b]`` scratch buffer of this thread, see
-    :func:`_scratch`; below the diagonal it stays zero): the shifted features are made
-    column chunk by column chunk in a small buffer that stays in the core's cache (about
-    ``chunk_bytes``), and each chunk is added by SciPy's symmetric rank-k update (``syrk``,
-    half the work of a general product, with ``beta = 1``). A shift pass over the whole
-    array costs a read and a write of it through memory: at ``b = 256``, 12 layers of
-    ``d`` 512 to 8,192, it added a third to the symmetric products' time; by chunks it
-    adds the arithmetic of the subtraction only. ``dtype`` (float64 for float32 ``a``) makes
-    the subtraction and the products in that type."""
-    from scipy.linalg import blas
+def _shifted_gram(a: np.ndarray, shift: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """The Gram ``(a - shift)(a - shift)^T`` of ``a`` (``[b, d]``, float32 or float64): the
+    shifted features in a buffer of this thread and the Gram in another (see :func:`_scratch`),
+    by NumPy's symmetric product (syrk). ``dtype`` (float64 for float32 ``a``) makes the
+    subtraction and the product in that type.
 
-    b, d = a.shape
+    SciPy's own ``ssyrk`` over column chunks kept in cache took 0.92 of this one's time on one
+    thread, but its wrappers hold the GIL: side by side on two cores 20 batches of 12 layers
+    took 0.73 s that way and 0.43-0.52 s this way. NumPy's ``matmul`` releases the GIL."""
     work = np.dtype(dtype or a.dtype)
-    syrk = blas.dsyrk if work == np.float64 else blas.ssyrk
-    k = _scratch(out_name, (b, b), work, order="F")
-    step = max(64, chunk_bytes // (b * work.itemsize))
-    buf = _scratch("syrk-chunk", (b * min(step, d),), work)
-    for c0 in range(0, d, step):
-        c1 = min(d, c0 + step)
-        part = buf[: b * (c1 - c0)].reshape(b, c1 - c0)
-        np.subtract(a[:, c0:c1], shift[c0:c1], out=part, dtype=work)
-        # part.T is Fortran-ordered [w, b]: trans=1 computes part @ part.T into k's upper triangle, in place
-        k = syrk(1.0, part.T, beta=0.0 if c0 == 0 else 1.0, c=k, trans=1, lower=0, overwrite_c=1)
+    c = _scratch("shifted", a.size, work).reshape(a.shape)
+    np.subtract(a, shift, out=c, dtype=work)
+    b = a.shape[0]
+    k = _scratch("gram", b * b, work).reshape(b, b)
+    np.matmul(c, c.T, out=k)  # the same buffer twice: NumPy's symmetric routine (it fills both triangles)
     return k
 
 
@@ -684,8 +670,8 @@ def _gram_tile_products(feats: Sequence[Tensor], memory: int, diagonals: bool = 
     def tile(i0: int, j0: int) -> np.ndarray:
         i1, j1 = min(n, i0 + t), min(n, j0 + t)
         # this thread's buffers, kept across tiles and calls (a fresh 32 MB stack per tile cost page faults)
-        blk = _scratch("tile-stack", (nl * t * t,), np.float64)[: nl * (i1 - i0) * (j1 - j0)].reshape(nl, i1 - i0, -1)
-        g = _scratch("tile-gram", (t * t,), prep[0][0].dtype)[: (i1 - i0) * (j1 - j0)].reshape(i1 - i0, -1)
+        blk = _scratch("tile-stack", nl * (i1 - i0) * (j1 - j0), np.float64).reshape(nl, i1 - i0, -1)
+        g = _scratch("tile-gram", (i1 - i0) * (j1 - j0), prep[0][0].dtype).reshape(i1 - i0, -1)
         for l, (a, u, mm, _) in enumerate(prep):
             if i0 == j0:  # the same rows: syrk
                 np.matmul(a[i0:i1], a[i0:i1].T, out=g)
@@ -1048,18 +1034,19 @@ FLOAT64_BATCH = 64
 def hsic1_side_by_side(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """:func:`_hsic1` of the linear Grams of one minibatch's features (``L`` layers of ``[b, d]``
     CPU arrays, one type) on NumPy: per layer, as a task for :func:`run_side_by_side`, the
-    upper triangle of the Gram of the features shifted by the mean of a strided sample of
+    Gram of the features shifted by the mean of a strided sample of
     about 32 rows (HSIC_1 is exactly invariant to shifting the features; the shift only
     brings the float products near the centred ones' precision: without it the bench's
-    ReLU features measured 8.5e-9 off float64, with it 2.5e-9) by :func:`_syrk_update`,
-    packed into ``b (b - 1) / 2`` float64 values, and the row sums of ``K~``; then
+    ReLU features measured 8.5e-9 off float64, with it 2.5e-9) by :func:`_shifted_gram`,
+    its strict lower triangle packed into ``b (b - 1) / 2`` float64 values, and the row sums
+    of ``K~``; then
     ``tr(K~ L~) = 2 <T_K, T_L>`` (``T`` the strict triangle) for all pairs in one float64
     product of the packed triangles (half the values of the square matrices). Batches of
     fewer than :data:`FLOAT64_BATCH` examples take their products in float64."""
     nl, b = len(feats), feats[0].shape[0]
     if b < 4:
         raise SimilarityError(f"the unbiased HSIC estimator needs minibatches of at least 4 examples, got {b}")
-    packed = _scratch("hsic-packed", (nl, b * (b - 1) // 2), np.float64)
+    packed = _scratch("hsic-packed", nl * (b * (b - 1) // 2), np.float64).reshape(nl, -1)
     rows = np.empty((nl, b))
     idx = _strict_lower_positions(b)
     step = max(1, b // 32)
@@ -1067,10 +1054,9 @@ def hsic1_side_by_side(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     def layer(l: int) -> None:
         a = feats[l].numpy()
         with np.errstate(**QUIET):
-            k = _syrk_update(a, a[::step].mean(0), dtype=np.float64 if b < FLOAT64_BATCH else None)
-            packed[l] = k.T.reshape(-1)[idx]  # k.T is C-ordered: its lower triangle is k's upper one
-            # K~ 1: row and column sums of the upper triangle (zero below it), the diagonal taken out
-            rows[l] = k.sum(0, dtype=np.float64) + k.sum(1, dtype=np.float64) - 2.0 * k.diagonal()
+            k = _shifted_gram(a, a[::step].mean(0), dtype=np.float64 if b < FLOAT64_BATCH else None)
+            packed[l] = k.reshape(-1)[idx]
+            rows[l] = k.sum(1, dtype=np.float64) - k.diagonal()  # K~ 1 (K~: the diagonal set to zero)
 
     run_side_by_side([lambda l=l: layer(l) for l in sorted(range(nl), key=lambda l: -feats[l].shape[1])])
     with np.errstate(**QUIET):
