@@ -308,7 +308,7 @@ def _shifted_gram(a: np.ndarray, shift: np.ndarray, dtype: type | None = None) -
     by NumPy's symmetric product (syrk). ``dtype`` (float64 for float32 ``a``) makes the
     subtraction and the product in that type.
 
-    SciPy's own ``ssyrk`` over column chunks kept in cache took 0.92 of this one's time on one
+    SciPy's own ``ssyrk`` over column chunks kept in cache took 0.88 of this one's time on one
     thread, but its wrappers hold the GIL: side by side on two cores 20 batches of 12 layers
     took 0.73 s that way and 0.43-0.52 s this way. NumPy's ``matmul`` releases the GIL."""
     work = np.dtype(dtype or a.dtype)
