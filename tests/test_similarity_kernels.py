@@ -546,7 +546,7 @@ def test_run_side_by_side_keeps_order_and_restores_blas_threads(monkeypatch):
     threads = [lib.num_threads for lib in before.lib_controllers] if before is not None else None
     torch_threads = torch.get_num_threads()
     assert K.run_side_by_side([lambda i=i: i * i for i in range(7)]) == [i * i for i in range(7)]
-    assert K.run_side_by_side([torch.get_num_threads, torch.get_num_threads]) == [1, 1]  # MKL products in tasks
+    assert K.run_side_by_side([torch.get_num_threads] * 2, torch_products=True) == [1, 1]  # MKL products in tasks
     with pytest.raises(ZeroDivisionError):
         K.run_side_by_side([lambda: 1, lambda: 1 / 0])
     assert torch.get_num_threads() == torch_threads

@@ -248,10 +248,11 @@ def blas_workers() -> int:
     return max(1, max(int(lib.num_threads) for lib in ctl.lib_controllers))  # type: ignore[attr-defined]
 
 
-def run_side_by_side(tasks: Sequence[Callable[[], T]]) -> list[T]:
+def run_side_by_side(tasks: Sequence[Callable[[], T]], *, torch_products: bool = False) -> list[T]:
     """Run ``tasks`` (NumPy work) on :func:`blas_workers` threads, each taking the next task
     when it finishes one (so a thread the OS slows down takes fewer), with NumPy's BLAS
-    single-threaded meanwhile; the results in order. Put the largest tasks first. With
+    single-threaded meanwhile (and torch's threads too with ``torch_products``, for tasks that
+    call :func:`_general_product`); the results in order. Put the largest tasks first. With
     one task, or when BLAS has one thread, they run one after the other as they are."""
     workers = min(blas_workers(), len(tasks))
     if workers < 2 or threading.current_thread().name.startswith("rtk-blas"):  # a task's own tasks run in it
@@ -266,13 +267,15 @@ def run_side_by_side(tasks: Sequence[Callable[[], T]]) -> list[T]:
         _BLAS["pid"] = os.getpid()
     torch_threads = torch.get_num_threads()
     with ctl.limit(limits=1):  # type: ignore[attr-defined]
-        torch.set_num_threads(1)  # torch's products in the tasks (MKL) single-threaded too
+        if torch_products:  # tasks with torch products (MKL, see _general_product): single-threaded too
+            torch.set_num_threads(1)
         try:
             futures = [pool.submit(t) for t in tasks]  # type: ignore[attr-defined]
             for f in futures:  # every task ends before the limits are lifted
                 f.exception()
         finally:
-            torch.set_num_threads(torch_threads)
+            if torch_products:
+                torch.set_num_threads(torch_threads)
     return [f.result() for f in futures]
 
 
@@ -480,7 +483,7 @@ def _feature_sums_side_by_side(a: np.ndarray, b: np.ndarray) -> tuple[float, flo
             symmetric += [(which, sq(u[:, :h], u[:, :h])), (which, sq(u[:, h:], u[:, h:]))]
     jobs = general + symmetric  # the largest first
     sums = [0.0, 0.0, 0.0]
-    for (which, _), v in zip(jobs, run_side_by_side([job for _, job in jobs])):
+    for (which, _), v in zip(jobs, run_side_by_side([job for _, job in jobs], torch_products=True)):
         sums[which] += v
     return sums[0], sums[1], sums[2]
 
@@ -687,7 +690,7 @@ def _gram_tile_products(feats: Sequence[Tensor], memory: int, diagonals: bool = 
         out = flat @ flat.T
         return out if i0 == j0 else 2.0 * out
 
-    parts = run_side_by_side([lambda i0=i0, j0=j0: tile(i0, j0) for i0, j0 in tiles])
+    parts = run_side_by_side([lambda i0=i0, j0=j0: tile(i0, j0) for i0, j0 in tiles], torch_products=True)
     return torch.from_numpy(np.sum(parts, axis=0)), [d for *_, d in prep if d is not None]
 
 
@@ -1130,7 +1133,7 @@ def moments(x: Tensor, y: Tensor) -> Moments:
         (xs, sx), (ys, sy) = run_side_by_side([lambda: _shifted64(x), lambda: _shifted64(y)])
         cxy, cxx, cyy = run_side_by_side(
             [
-                lambda: _fold_means(torch.from_numpy(_general_product(xs.numpy().T, ys.numpy())), sx, sy, n),
+                lambda: _fold_means(matmul(xs.T, ys), sx, sy, n),
                 lambda: _fold_means(self_cross(xs), sx, sx, n),
                 lambda: _fold_means(self_cross(ys), sy, sy, n),
             ]
