@@ -75,7 +75,9 @@ def test_reference_is_complete_without_torch(registry):
     assert out["output"] == experiment_reference(registry)
 
 
-@pytest.mark.parametrize("face", ["rtk", "rtk.data", "rtk.evaluation", "rtk.models", "rtk.similarity", "rtk.training"])
+@pytest.mark.parametrize(
+    "face", ["rtk", "rtk.data", "rtk.evaluation", "rtk.models", "rtk.pruning", "rtk.similarity", "rtk.training"]
+)
 def test_faces_are_lazy(face):
     """Importing a face imports none of its submodules' heavy dependencies; its option models
     (what plugins import at module level) come without torch; every exported name resolves to the
@@ -122,9 +124,9 @@ def test_builtin_plugins_add_no_commands():
 def test_package_face_is_lazy_and_complete():
     import rtk
 
-    assert set(rtk.__all__) == set(rtk._LAZY)
+    assert {"ApiError", "evaluate", "Options", "plugin_manager", "StageContext"} <= set(rtk.__all__)
     for name in rtk.__all__:
-        assert getattr(rtk, name) is getattr(importlib.import_module(f"rtk.{rtk._LAZY[name]}"), name)
+        assert getattr(rtk, name) is getattr(importlib.import_module(f"rtk.{rtk._face.where[name]}"), name)
     assert rtk.evaluation.evaluate is importlib.import_module("rtk.evaluation").evaluate
     try:
         rtk.no_such_thing  # noqa: B018
@@ -132,3 +134,30 @@ def test_package_face_is_lazy_and_complete():
         assert "no_such_thing" in str(exc)
     else:
         raise AssertionError("rtk.no_such_thing did not raise")
+
+
+def test_declared_face_reads_its_type_checking_block(tmp_path, monkeypatch):
+    """A face declared by its TYPE_CHECKING imports exports exactly those names (in their order),
+    sets ``__all__`` and ``dir()``, and imports a submodule on first use; anything but relative
+    ``from`` imports without ``as`` in that block is refused at import."""
+    pkg = tmp_path / "facepkg"
+    pkg.mkdir()
+    (pkg / "one.py").write_text("A = 1\nB = 2\n")
+    (pkg / "two.py").write_text("C = 3\n")
+    (pkg / "__init__.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom rtk.lazy import LazyFace\n"
+        "if TYPE_CHECKING:\n    from .two import C\n    from .one import B, A\n"
+        "LazyFace.declared(__name__)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    face = importlib.import_module("facepkg")
+    assert face.__all__ == ["C", "B", "A"]
+    assert "facepkg.one" not in sys.modules and {"C", "B", "A"} <= set(dir(face))
+    assert face.B == 2 and "facepkg.one" in sys.modules
+    (pkg / "bad.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom rtk.lazy import LazyFace\n"
+        "if TYPE_CHECKING:\n    from .one import A as B\nLazyFace.declared(__name__)\n"
+    )
+    (pkg / "__init__.py").write_text("")
+    with pytest.raises(ImportError, match="TYPE_CHECKING block may hold only"):
+        importlib.import_module("facepkg.bad")

@@ -24,75 +24,44 @@ dataset table ``{"name": ..., **options}`` loaded as the runner does).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..lazy import LazyFace
 
-#: submodule -> the public names it defines; importing this face imports none of them (each on
-#: first use), so reading option models from it needs no torch (see rtk.lazy)
-_face = LazyFace(
-    __name__,
-    {
-        "cifar": (
-            "cifar10_source",
-            "cifar100_source",
-            "load_cifar10",
-            "load_cifar100",
-            "read_cifar_batch",
-        ),
-        "options": ("DataOptions",),
-        "augment": ("AUGMENTATIONS", "augment_batch", "check_crop_padding"),
-        "core": (
-            "DataInfo",
-            "DatasetBundle",
-            "TensorSplit",
-            "apply_limits",
-            "batches",
-            "num_examples",
-            "subset",
-        ),
-        "digits": ("load_digits",),
-        "files": (
-            "FileSource",
-            "data_home",
-            "default_root",
-        ),
-        "idx": (
-            "fashion_mnist_source",
-            "load_fashion_mnist",
-            "load_idx_dataset",
-            "load_mnist",
-            "mnist_source",
-            "parse_idx",
-            "read_idx",
-        ),
-        "imagefolder": (
-            "ImageFolderSplit",
-            "check_image_folder",
-            "load_image_folder",
-        ),
-        "safe_pickle": (
-            "RestrictedUnpickler",
-            "safe_load",
-        ),
-        "sources": (
-            "check_code_dataset",
-            "infer_info",
-            "load_code_dataset",
-            "load_dataset",
-            "load_tensor_files",
-            "load_torchvision_dataset",
-            "read_tensors_file",
-            "tensor_file_problems",
-            "tensor_split",
-            "to_bundle",
-            "torchvision_problems",
-        ),
-        "svhn": (
-            "load_svhn",
-            "read_svhn_mat",
-            "svhn_source",
-        ),
-    },
-)
-__all__ = _face.names
-__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
-__dir__ = _face.dir
+LazyFace.declared(__name__)
+
+#: the face's exports: the names its TYPE_CHECKING block imports (read by rtk.lazy, not run);
+#: importing the face imports none of them (each submodule on the first use of one of its names),
+#: so reading option models from it needs no torch
+if TYPE_CHECKING:
+    from .augment import AUGMENTATIONS, augment_batch, check_crop_padding
+    from .cifar import cifar10_source, cifar100_source, load_cifar10, load_cifar100, read_cifar_batch
+    from .core import DataInfo, DatasetBundle, TensorSplit, apply_limits, batches, num_examples, subset
+    from .digits import load_digits
+    from .files import FileSource, data_home, default_root
+    from .idx import (
+        fashion_mnist_source,
+        load_fashion_mnist,
+        load_idx_dataset,
+        load_mnist,
+        mnist_source,
+        parse_idx,
+        read_idx,
+    )
+    from .imagefolder import ImageFolderSplit, check_image_folder, load_image_folder
+    from .options import DataOptions
+    from .safe_pickle import RestrictedUnpickler, safe_load
+    from .sources import (
+        check_code_dataset,
+        infer_info,
+        load_code_dataset,
+        load_dataset,
+        load_tensor_files,
+        load_torchvision_dataset,
+        read_tensors_file,
+        tensor_file_problems,
+        tensor_split,
+        to_bundle,
+        torchvision_problems,
+    )
+    from .svhn import load_svhn, read_svhn_mat, svhn_source

@@ -13,74 +13,42 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..lazy import LazyFace
 
-#: submodule -> the public names it defines; importing this face imports none of them (each on
-#: first use), so reading option models from it needs no torch (see rtk.lazy)
-_face = LazyFace(
-    __name__,
-    {
-        "request": (
-            "OUTPUT_PATTERN",
-            "Normalization",
-            "CheckSettings",
-            "AttackSuiteOptions",
-            "Norm",
-        ),
-        "adapters": (
-            "AttackFn",
-            "ModelOutputError",
-            "ModelView",
-            "ensemble",
-            "model_view",
-            "seeded",
-            "select_output",
-            "with_restarts",
-        ),
-        "basic": ("robust_accuracy",),
-        "checks": (
-            "CHECKS",
-            "CheckResult",
-            "SanityCheckError",
-            "SanityCheckWarning",
-        ),
-        "engine": (
-            "EvaluationResult",
-            "eval_indices",
-            "evaluate",
-            "load_batch",
-            "shard_indices",
-        ),
-        "records": (
-            "RecordStore",
-            "merge_records",
-            "model_fingerprint",
-        ),
-        "summary": (
-            "headline_threat",
-            "plot_curves",
-            "threat_label",
-        ),
-        "unforeseen": (
-            "UnforeseenResult",
-            "gabor_attack",
-            "jpeg_attack",
-            "snow_attack",
-        ),
-        "units": (
-            "NORMS",
-            "AttackUnit",
-            "attack_eps",
-            "attack_norm",
-            "delta_norms",
-            "eps_by_norm",
-            "fmt_eps",
-            "function_units",
-            "make_units",
-            "threats",
-        ),
-    },
-)
-__all__ = _face.names
-__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
-__dir__ = _face.dir
+LazyFace.declared(__name__)
+
+#: the face's exports: the names its TYPE_CHECKING block imports (read by rtk.lazy, not run);
+#: importing the face imports none of them (each submodule on the first use of one of its names),
+#: so reading option models from it needs no torch
+if TYPE_CHECKING:
+    from .adapters import (
+        AttackFn,
+        ModelOutputError,
+        ModelView,
+        ensemble,
+        model_view,
+        seeded,
+        select_output,
+        with_restarts,
+    )
+    from .basic import robust_accuracy
+    from .checks import CHECKS, CheckResult, SanityCheckError, SanityCheckWarning
+    from .engine import EvaluationResult, eval_indices, evaluate, load_batch, shard_indices
+    from .records import RecordStore, merge_records, model_fingerprint
+    from .request import OUTPUT_PATTERN, AttackSuiteOptions, CheckSettings, Norm, Normalization
+    from .summary import headline_threat, plot_curves, threat_label
+    from .unforeseen import UnforeseenResult, gabor_attack, jpeg_attack, snow_attack
+    from .units import (
+        NORMS,
+        AttackUnit,
+        attack_eps,
+        attack_norm,
+        delta_norms,
+        eps_by_norm,
+        fmt_eps,
+        function_units,
+        make_units,
+        threats,
+    )

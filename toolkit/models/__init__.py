@@ -10,55 +10,32 @@ and :func:`apply_init` (a plain state dict with a key-by-key report).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..lazy import LazyFace
 
-#: submodule -> the public names it defines; importing this face imports none of them (each on
-#: first use), so reading option models from it needs no torch (see rtk.lazy)
-_face = LazyFace(
-    __name__,
-    {
-        "blocks": (
-            "BasicBlock",
-            "WideBlock",
-            "block_outputs",
-        ),
-        "checkpoint": (
-            "ModelRecipe",
-            "load_checkpoint",
-            "load_state_strict",
-            "read_spec",
-            "save_checkpoint",
-        ),
-        "layers": ("Normalize",),
-        "resnet": (
-            "cifar_resnet",
-            "resnet18",
-            "resnet_small",
-        ),
-        "small": (
-            "cnn_large",
-            "cnn_small",
-            "mlp",
-        ),
-        "sources": (
-            "SourceError",
-            "apply_init",
-            "build_code_model",
-            "build_timm",
-            "build_torchvision",
-            "check_code_model",
-            "check_timm",
-            "check_torchvision_model",
-            "read_state_dict",
-            "rebase_source",
-        ),
-        "vgg": (
-            "vgg",
-            "vgg16",
-        ),
-        "wrn": ("wide_resnet",),
-    },
-)
-__all__ = _face.names
-__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
-__dir__ = _face.dir
+LazyFace.declared(__name__)
+
+#: the face's exports: the names its TYPE_CHECKING block imports (read by rtk.lazy, not run);
+#: importing the face imports none of them (each submodule on the first use of one of its names),
+#: so reading option models from it needs no torch
+if TYPE_CHECKING:
+    from .blocks import BasicBlock, WideBlock, block_outputs
+    from .checkpoint import ModelRecipe, load_checkpoint, load_state_strict, read_spec, save_checkpoint
+    from .layers import Normalize
+    from .resnet import cifar_resnet, resnet18, resnet_small
+    from .small import cnn_large, cnn_small, mlp
+    from .sources import (
+        SourceError,
+        apply_init,
+        build_code_model,
+        build_timm,
+        build_torchvision,
+        check_code_model,
+        check_timm,
+        check_torchvision_model,
+        read_state_dict,
+        rebase_source,
+    )
+    from .vgg import vgg, vgg16
+    from .wrn import wide_resnet

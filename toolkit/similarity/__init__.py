@@ -16,73 +16,63 @@ the robustness analyses of Cianfarani et al. (2022).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..lazy import LazyFace
 
-#: submodule -> the public names it defines; importing this face imports none of them (each on
-#: first use), so reading option models from it needs no torch (see rtk.lazy)
-_face = LazyFace(
-    __name__,
-    {
-        "analyses": (
-            "Block",
-            "BlockStructure",
-            "Heatmap",
-            "block_structure",
-            "class_similarity",
-            "common_layers",
-            "cross_class_specialization",
-            "diagonal",
-            "heatmap",
-            "overfitting_by_layer",
-            "plot_heatmap",
-            "plot_lines",
-            "specialization",
-        ),
-        "features": (
-            "DEFAULT_TYPES",
-            "FeatureHooks",
-            "ModelInput",
-            "check_pooling",
-            "collect_features",
-            "iter_features",
-            "select_layers",
-            "unwrap",
-        ),
-        "kernels": (
-            "SimilarityError",
-            "kernel_cka",
-            "linear_cka",
-            "linear_cka_matrix",
-            "minibatch_cka",
-            "procrustes_distance",
-            "pwcca",
-            "rbf_cka",
-            "svcca",
-        ),
-        "metrics": (
-            "PWCCA",
-            "RBFCKA",
-            "SVCCA",
-            "LinearCKA",
-            "MinibatchCKAMetric",
-            "ProcrustesDistance",
-            "SimilarityMetric",
-            "as_similarity",
-            "pair_values",
-            "similarity_matrix",
-        ),
-        "stage": (
-            "SimilarityJob",
-            "run_similarity",
-        ),
-        "streaming": (
-            "FeatureBuffer",
-            "LinearCKAStream",
-            "MinibatchCKA",
-            "MomentStream",
-        ),
-    },
-)
-__all__ = _face.names
-__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
-__dir__ = _face.dir
+LazyFace.declared(__name__)
+
+#: the face's exports: the names its TYPE_CHECKING block imports (read by rtk.lazy, not run);
+#: importing the face imports none of them (each submodule on the first use of one of its names),
+#: so reading option models from it needs no torch
+if TYPE_CHECKING:
+    from .analyses import (
+        Block,
+        BlockStructure,
+        Heatmap,
+        block_structure,
+        class_similarity,
+        common_layers,
+        cross_class_specialization,
+        diagonal,
+        heatmap,
+        overfitting_by_layer,
+        plot_heatmap,
+        plot_lines,
+        specialization,
+    )
+    from .features import (
+        DEFAULT_TYPES,
+        FeatureHooks,
+        ModelInput,
+        check_pooling,
+        collect_features,
+        iter_features,
+        select_layers,
+        unwrap,
+    )
+    from .kernels import (
+        SimilarityError,
+        kernel_cka,
+        linear_cka,
+        linear_cka_matrix,
+        minibatch_cka,
+        procrustes_distance,
+        pwcca,
+        rbf_cka,
+        svcca,
+    )
+    from .metrics import (
+        PWCCA,
+        RBFCKA,
+        SVCCA,
+        LinearCKA,
+        MinibatchCKAMetric,
+        ProcrustesDistance,
+        SimilarityMetric,
+        as_similarity,
+        pair_values,
+        similarity_matrix,
+    )
+    from .stage import SimilarityJob, run_similarity
+    from .streaming import FeatureBuffer, LinearCKAStream, MinibatchCKA, MomentStream

@@ -10,50 +10,30 @@ Quick use::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..lazy import LazyFace
 
-#: submodule -> the public names it defines; importing this face imports none of them (each on
-#: first use), so reading option models from it needs no torch (see rtk.lazy)
-_face = LazyFace(
-    __name__,
-    {
-        "attacks": (
-            "bn_mode",
-            "default_alpha",
-            "perturb",
-        ),
-        "config": ("HISTORY_COLUMNS", "LoopConfig"),
-        "loop": (
-            "Callback",
-            "Checkpointer",
-            "LoopState",
-            "TrainResult",
-            "accuracy",
-            "evaluate",
-            "fit",
-            "has_state",
-            "train_model",
-        ),
-        "objectives": (
-            "AdversarialObjective",
-            "EpsSchedule",
-            "FastATObjective",
-            "MARTObjective",
-            "Objective",
-            "ObjectiveOutput",
-            "PGDATObjective",
-            "Progress",
-            "StandardObjective",
-            "TRADESObjective",
-        ),
-        "plots": ("plot_history",),
-        "schedules": (
-            "lr_factor",
-            "make_optimizer",
-            "make_scheduler",
-        ),
-    },
-)
-__all__ = _face.names
-__getattr__ = _face.attr  # PEP 562: each name's submodule imported on its first use
-__dir__ = _face.dir
+LazyFace.declared(__name__)
+
+#: the face's exports: the names its TYPE_CHECKING block imports (read by rtk.lazy, not run);
+#: importing the face imports none of them (each submodule on the first use of one of its names),
+#: so reading option models from it needs no torch
+if TYPE_CHECKING:
+    from .attacks import bn_mode, default_alpha, perturb
+    from .config import HISTORY_COLUMNS, LoopConfig
+    from .loop import Callback, Checkpointer, LoopState, TrainResult, accuracy, evaluate, fit, has_state, train_model
+    from .objectives import (
+        AdversarialObjective,
+        EpsSchedule,
+        FastATObjective,
+        MARTObjective,
+        Objective,
+        ObjectiveOutput,
+        PGDATObjective,
+        Progress,
+        StandardObjective,
+        TRADESObjective,
+    )
+    from .plots import plot_history
+    from .schedules import lr_factor, make_optimizer, make_scheduler
