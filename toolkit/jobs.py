@@ -50,25 +50,25 @@ class PruneRequest(Options):
         """The engine's :class:`rtk.pruning.Schedule` (with its :class:`~rtk.pruning.ScoreTraining`)."""
         from .pruning import Schedule, ScoreTraining
 
+        def every_phase() -> dict[str, Any]:  # the settings the three phases share
+            return {
+                "batch_size": self.batch_size,
+                "optimizer": self.optimizer,
+                "momentum": self.momentum,
+                "loop_options": dict(self.loop),
+            }
+
+        scores = ScoreTraining(
+            epochs=self.score_epochs, lr=self.score_lr, weight_decay=self.score_weight_decay, **every_phase()
+        )
         return Schedule(
             pretrain_epochs=self.pretrain_epochs,
             finetune_epochs=self.finetune_epochs,
-            batch_size=self.batch_size,
             lr=self.lr,
             finetune_lr=self.finetune_lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
             weight_decay=self.weight_decay,
-            loop_options=dict(self.loop),
-            scores=ScoreTraining(
-                epochs=self.score_epochs,
-                batch_size=self.batch_size,
-                lr=self.score_lr,
-                optimizer=self.optimizer,
-                momentum=self.momentum,
-                weight_decay=self.score_weight_decay,
-                loop_options=dict(self.loop),
-            ),
+            scores=scores,
+            **every_phase(),
         )
 
 
