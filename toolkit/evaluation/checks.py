@@ -159,6 +159,22 @@ def allowed(n: int, tolerance: float) -> int:
     return max(1, math.ceil(tolerance * n - 1e-9))
 
 
+def within_allowed(
+    name: str, count: int, n: int, tolerance: float, detail: str, threshold: str = "<= {lim}/{n} examples"
+) -> CheckResult:
+    """Check ``name`` passes when ``count`` of the ``n`` examples compared is at most
+    :func:`allowed` (``threshold`` is formatted with ``lim`` and ``n``)."""
+    lim = allowed(n, tolerance)
+    return CheckResult(name, count <= lim, count / n, threshold.format(lim=lim, n=n), n, detail)
+
+
+def none_found(name: str, found: Sequence[str], threshold: str, clean: str, label: str) -> CheckResult:
+    """Check ``name`` passes when ``found`` (what offends, by name) is empty; the detail says
+    ``clean``, else ``label`` and the first eight found."""
+    detail = clean if not found else f"{label}: {', '.join(found[:8])}"
+    return CheckResult(name, not found, float(len(found)), threshold, 0, detail)
+
+
 def _scale(out: torch.Tensor) -> float:
     return float(out.detach().abs().max().clamp_min(1.0))
 
@@ -187,13 +203,8 @@ def guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
 def check_eval_mode(view: nn.Module, after: Sequence[str] = ()) -> CheckResult:
     training = [n or "(root)" for n, m in view.named_modules() if m.training]
     stuck = sorted(set(training) | set(after))
-    return CheckResult(
-        "eval_mode",
-        not stuck,
-        float(len(stuck)),
-        "0 modules in training mode",
-        0,
-        "all modules in eval mode" if not stuck else f"in training mode after eval(): {', '.join(stuck[:8])}",
+    return none_found(
+        "eval_mode", stuck, "0 modules in training mode", "all modules in eval mode", "in training mode after eval()"
     )
 
 
@@ -201,13 +212,8 @@ def check_state_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> 
     now = model.state_dict()
     changed = [k for k, v in before.items() if k not in now or now[k].shape != v.shape or not torch.equal(now[k], v)]
     changed += [k for k in now if k not in before]
-    return CheckResult(
-        "model_state_unchanged",
-        not changed,
-        float(len(changed)),
-        "0 tensors changed",
-        0,
-        "parameters and buffers unchanged" if not changed else f"changed: {', '.join(changed[:8])}",
+    return none_found(
+        "model_state_unchanged", changed, "0 tensors changed", "parameters and buffers unchanged", "changed"
     )
 
 
@@ -428,8 +434,10 @@ __all__ = [
     "guarded",
     "input_gradients",
     "margin_loss",
+    "none_found",
     "noise_broken",
     "random_noise",
     "unbounded_pgd",
     "valid_broken",
+    "within_allowed",
 ]

@@ -676,16 +676,14 @@ class _CheckContext:
             broken2 = C.valid_broken(v, x[Pt], xa, y[Pt], norm, eps, tol).cpu().numpy()
             robust1 = int((~uo.broken[P]).sum())
             robust2 = int((~broken2).sum())
-            drop = robust1 - robust2
-            lim = C.allowed(len(P), s.tolerance)
-            return C.CheckResult(
+            return C.within_allowed(
                 "more_steps",
-                drop <= lim,
-                drop / len(P),
-                f"accuracy drop <= {lim}/{len(P)}",
+                robust1 - robust2,
                 len(P),
+                s.tolerance,
                 f"{u_star.label}: {effort} = {k} leaves {robust1}/{len(P)} robust, {effort} = {2 * k} "
                 f"leaves {robust2}/{len(P)}",
+                threshold="accuracy drop <= {lim}/{n}",
             )
 
         def unbounded() -> C.CheckResult:
@@ -711,13 +709,11 @@ class _CheckContext:
             nb = C.noise_broken(v, x[Pn], y[Pn], norm, eps, s.noise_draws, seed).cpu().numpy()
             ab = o.broken_at(norm, eps, tol)[Sn]
             beats = int((nb & ~ab).sum())
-            lim = C.allowed(len(Sn), s.tolerance)
-            return C.CheckResult(
+            return C.within_allowed(
                 "random_noise",
-                beats <= lim,
-                beats / len(Sn),
-                f"<= {lim}/{len(Sn)} examples",
+                beats,
                 len(Sn),
+                s.tolerance,
                 f"random noise ({s.noise_draws} draws at {norm} {fmt_eps(eps)}) breaks {beats} "
                 f"example(s) the attacks did not",
             )
@@ -750,13 +746,11 @@ class _CheckContext:
                     xa = ref.build(v)(x[Tt], y[Tt])
                     extra = int(C.valid_broken(v, x[Tt], xa, y[Tt], norm, eps, tol).sum())
                 how = f"{ref.label} with {ref.effort} = {s.black_box_queries}"
-            lim = C.allowed(len(P), s.tolerance)
-            return C.CheckResult(
+            return C.within_allowed(
                 "black_box",
-                extra <= lim,
-                extra / len(P),
-                f"<= {lim}/{len(P)} examples",
+                extra,
                 len(P),
+                s.tolerance,
                 f"{how} breaks {extra} example(s) the white-box attacks did not",
             )
 
