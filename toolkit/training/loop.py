@@ -816,19 +816,12 @@ def train_model(
 
 
 def fit(
-    model: nn.Module,
-    objective: Objective,
-    data: DatasetBundle,
-    cfg: LoopConfig | None = None,
-    *,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-    on_epoch: Callable[[int, dict], None] | None = None,
-    **kwargs: Any,
+    model: nn.Module, objective: Objective, data: DatasetBundle, cfg: LoopConfig | None = None, **kwargs: Any
 ) -> pd.DataFrame:
-    """:func:`train_model`, returning only the per-epoch history (one row per epoch).
-    ``history.attrs`` holds ``best_epoch``, ``best_value``, ``monitor`` and ``stop_reason``."""
-    res = train_model(model, objective, data, cfg, device=device, seed=seed, on_epoch=on_epoch, **kwargs)
+    """:func:`train_model` (the same arguments: ``device``, ``seed``, ``on_epoch``, ...), returning
+    only the per-epoch history (one row per epoch). ``history.attrs`` holds ``best_epoch``,
+    ``best_value``, ``monitor`` and ``stop_reason``."""
+    res = train_model(model, objective, data, cfg, **kwargs)
     hist = res.history
     hist.attrs.update(
         best_epoch=res.best_epoch, best_value=res.best_value, monitor=res.monitor, stop_reason=res.stop_reason
