@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import PluginError, suggest
 
@@ -262,6 +262,20 @@ def plugin_problem(msg: str, exc: BaseException | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------- epochs
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def installed(var: contextvars.ContextVar[T], value: T) -> Iterator[None]:
+    """``var`` set to ``value`` inside the block (what the runner or the CLI installs for the
+    library code run inside it: an epoch listener, a progress display), restored after."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 EpochListener = Callable[[EpochMetrics], None]
 _EPOCH_LISTENER: contextvars.ContextVar[EpochListener | None] = contextvars.ContextVar(
     "rtk_epoch_listener", default=None
@@ -295,14 +309,9 @@ def report_epoch(epoch: int, row: Mapping[str, Any]) -> None:
         listener(EpochMetrics(epoch, finite_numbers(row)))
 
 
-@contextlib.contextmanager
-def epoch_listener(listener: EpochListener | None) -> Iterator[None]:
+def epoch_listener(listener: EpochListener | None) -> contextlib.AbstractContextManager[None]:
     """Install ``listener`` for the training loops run inside the block."""
-    token = _EPOCH_LISTENER.set(listener)
-    try:
-        yield
-    finally:
-        _EPOCH_LISTENER.reset(token)
+    return installed(_EPOCH_LISTENER, listener)
 
 
 class StageEpochs:
@@ -332,6 +341,7 @@ __all__ = [
     "StageInfo",
     "epoch_listener",
     "finite_numbers",
+    "installed",
     "plugin_problem",
     "call_hook",
     "unknown_hook_methods",

@@ -11,13 +11,14 @@ import contextvars
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
+from .lifecycle import installed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,14 +35,9 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "")
     return factory(iterable, total=total, desc=desc)
 
 
-@contextlib.contextmanager
-def progress_display(factory: ProgressFactory | None) -> Iterator[None]:
+def progress_display(factory: ProgressFactory | None) -> contextlib.AbstractContextManager[None]:
     """Install a progress factory (``factory(iterable, total=, desc=)``) for a block."""
-    token = _PROGRESS.set(factory)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
+    return installed(_PROGRESS, factory)
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
