@@ -30,8 +30,30 @@ class PruningError(RtkError):
     """A model cannot be pruned as asked (says which layer and what to do)."""
 
 
+class PhaseLoop:
+    """What the records of pruning's training phases (:class:`ScoreTraining`,
+    :class:`rtk.pruning.Schedule`) share: the loop settings of every phase, and the
+    :class:`rtk.training.LoopConfig` of one phase from them."""
+
+    batch_size: int
+    optimizer: str
+    momentum: float
+    loop_options: dict[str, Any]
+
+    def phase_loop(self, epochs: int, lr: float, weight_decay: float) -> Any:
+        return make_loop_config(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=weight_decay,
+            options=self.loop_options,
+        )
+
+
 @dataclass(frozen=True)
-class ScoreTraining:
+class ScoreTraining(PhaseLoop):
     """How data-driven pruners train their scores (HYDRA): the same loop as training.
     ``loop_options`` are further :class:`rtk.training.LoopConfig` fields (schedule, ...)."""
 
@@ -44,15 +66,7 @@ class ScoreTraining:
     loop_options: dict[str, Any] = field(default_factory=dict)
 
     def loop(self) -> Any:
-        return make_loop_config(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            options=self.loop_options,
-        )
+        return self.phase_loop(self.epochs, self.lr, self.weight_decay)
 
 
 #: Defaults the pruning pipeline gives the training loop unless the user overrides them:

@@ -27,7 +27,7 @@ from torch import nn
 from ..data.core import DatasetBundle, batches
 from ..errors import ConfigError
 from ..jobs import PruneRequest, default
-from .base import PruneJob, Pruner, ScoreTraining, compression_label, make_loop_config, ratio_from_compression
+from .base import PhaseLoop, PruneJob, Pruner, ScoreTraining, compression_label, ratio_from_compression
 from .masks import dense_export
 from .measure import activation_bytes, inference_times, model_bytes, remaining_params, size_report
 from .select import LayerSelection, SelectedLayers, select_layers
@@ -75,7 +75,7 @@ class Target:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Schedule(PhaseLoop):
     """Epochs and learning rates of the three phases; ``loop_options`` are further
     :class:`rtk.training.LoopConfig` fields shared by every phase (schedule, grad_clip, ...)."""
 
@@ -91,15 +91,7 @@ class Schedule:
     loop_options: dict[str, Any] = field(default_factory=dict)
 
     def loop(self, epochs: int, lr: float) -> Any:
-        return make_loop_config(
-            epochs=epochs,
-            batch_size=self.batch_size,
-            lr=lr,
-            optimizer=self.optimizer,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            options=self.loop_options,
-        )
+        return self.phase_loop(epochs, lr, self.weight_decay)
 
 
 @dataclass(frozen=True)
