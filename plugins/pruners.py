@@ -84,18 +84,7 @@ def _channel(o: ChannelOptions):
     robust-taylor)"""
     from rtk.pruning import ChannelPruner
 
-    return ChannelPruner(
-        importance=o.importance,
-        global_pruning=o.global_pruning,
-        round_to=o.round_to,
-        max_channel_ratio=o.max_channel_ratio,
-        taylor_loss=o.taylor_loss,
-        batches=o.batches,
-        batch_size=o.batch_size,
-        eps=o.eps,
-        alpha=o.alpha,
-        steps=o.steps,
-    )
+    return ChannelPruner(**o.model_dump())  # each option is the pruner's keyword argument of that name
 
 
 # ----------------------------------------------------------------------------- the prune stage
