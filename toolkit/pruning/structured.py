@@ -27,6 +27,7 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.core import batches
-from ..training.attacks import default_alpha
+from ..training.attacks import default_alpha, perturb
 from .base import PruneJob, PruneOutcome, PruningError, check_ratio
 from .masks import is_masked, is_scored
 from .select import execution_order, prunable_layers, resolve_names
@@ -128,22 +129,6 @@ def _unwrapped_hint(model: nn.Module) -> str:
 
 
 # ----------------------------------------------------------------------------- gradients
-def pgd_linf(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    alpha: float,
-    steps: int,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """A plain L-inf PGD with a random start (inputs in [0, 1]), for robust importance: the
-    training attack :func:`rtk.training.perturb` on the mean cross-entropy."""
-    from ..training.attacks import perturb
-
-    return perturb(model, x, y, eps=eps, alpha=alpha, steps=steps, loss_fn=F.cross_entropy, generator=generator)
-
-
 def accumulate_gradients(
     model: nn.Module,
     job: PruneJob,
@@ -178,8 +163,8 @@ def accumulate_gradients(
             out = job.objective(model, x, y, progress=1.0)
             value = out.loss
         else:
-            if loss == "pgd":
-                x = pgd_linf(model, x, y, eps, step, steps, gen)
+            if loss == "pgd":  # the training attack: L-inf PGD from a random start on the mean cross-entropy
+                x = perturb(model, x, y, eps=eps, alpha=step, steps=steps, loss_fn=F.cross_entropy, generator=gen)
             value = F.cross_entropy(model(x), y)
         (value / batches_).backward()
         seen += len(y)
@@ -188,40 +173,30 @@ def accumulate_gradients(
 
 
 # ----------------------------------------------------------------------------- the pruner
+@dataclass(eq=False, kw_only=True)
 class ChannelPruner:
     """Structured channel pruning (see the module docstring)."""
 
     name = "channel"
     structured = True
 
-    def __init__(
-        self,
-        *,
-        importance: str = "l2",
-        global_pruning: bool = False,
-        round_to: int | None = None,
-        max_channel_ratio: float = 0.95,
-        tolerance: float = 0.005,
-        max_iterations: int = 14,
-        taylor_loss: str | None = None,
-        batches: int = 4,
-        batch_size: int = 128,
-        eps: float = 8 / 255,
-        alpha: float | None = None,
-        steps: int = 10,
-    ) -> None:
-        if importance not in IMPORTANCES:
-            raise ValueError(f"unknown importance {importance!r}; allowed: {', '.join(IMPORTANCES)}")
-        self.importance = importance
-        self.global_pruning = global_pruning
-        self.round_to = round_to
-        self.max_channel_ratio = max_channel_ratio
-        self.tolerance = tolerance
-        self.max_iterations = max_iterations
-        self.taylor_loss = taylor_loss or ("pgd" if importance == "robust-taylor" else "clean")
-        self.batches = batches
-        self.batch_size = batch_size
-        self.eps, self.alpha, self.steps = eps, alpha, steps
+    importance: str = "l2"
+    global_pruning: bool = False
+    round_to: int | None = None
+    max_channel_ratio: float = 0.95
+    tolerance: float = 0.005
+    max_iterations: int = 14
+    taylor_loss: str | None = None  # default: pgd for robust-taylor, else clean
+    batches: int = 4
+    batch_size: int = 128
+    eps: float = 8 / 255
+    alpha: float | None = None
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise ValueError(f"unknown importance {self.importance!r}; allowed: {', '.join(IMPORTANCES)}")
+        self.taylor_loss = self.taylor_loss or ("pgd" if self.importance == "robust-taylor" else "clean")
 
     @property
     def label(self) -> str:
@@ -427,5 +402,4 @@ __all__ = [
     "accumulate_gradients",
     "count_macs_and_params",
     "make_importance",
-    "pgd_linf",
 ]
