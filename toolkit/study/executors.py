@@ -153,18 +153,22 @@ Callback = Callable[[PointTask], None]
 DoneCallback = Callable[[PointTask, PointOutcome], None]
 
 
+@dataclass(eq=False, kw_only=True)
 class Executor:
     """Runs point tasks. ``check()`` raises a :class:`~rtk.ConfigError` when the executor
     cannot work (not installed, cluster unreachable); ``run()`` runs every task, calling
-    ``on_start`` when a point is handed over and ``on_done`` when it ends."""
+    ``on_start`` when a point is handed over and ``on_done`` when it ends. Its settings are
+    keyword arguments: ``jobs`` (points at once), ``nproc`` (processes per point), and each
+    executor's own."""
 
     name = "executor"
 
-    def __init__(self, *, jobs: int = 1, nproc: int = 1) -> None:
-        if jobs < 1:
-            raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-        self.jobs = jobs
-        self.nproc = nproc
+    jobs: int = 1
+    nproc: int = 1
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {self.jobs}")
 
     def threads(self) -> int:
         return threads_per_point(self.jobs, self.nproc)
@@ -219,6 +223,7 @@ def _ray_point(task: PointTask) -> PointOutcome:  # a Ray task (module level, so
     return run_point_process(task)
 
 
+@dataclass(eq=False, kw_only=True)
 class RayExecutor(Executor):
     """Each point a Ray task with ``threads x nproc`` CPUs (and ``gpus`` GPUs). Without an
     address Ray starts locally with ``num_cpus`` CPUs (default: this machine's available
@@ -227,21 +232,10 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(
-        self,
-        *,
-        jobs: int = 1,
-        nproc: int = 1,
-        address: str | None = None,
-        num_cpus: int | None = None,
-        gpus: float = 0,
-        connect_timeout: float = 5.0,
-    ) -> None:
-        super().__init__(jobs=jobs, nproc=nproc)
-        self.address = address
-        self.num_cpus = num_cpus
-        self.gpus = gpus
-        self.connect_timeout = connect_timeout
+    address: str | None = None
+    num_cpus: int | None = None
+    gpus: float = 0
+    connect_timeout: float = 5.0
 
     def check(self) -> None:
         _require("ray", "ray", "ray")
@@ -303,6 +297,7 @@ class RayExecutor(Executor):
         return f"ray ({where}; {self.threads() * self.nproc} CPU(s) per point)"
 
 
+@dataclass(eq=False, kw_only=True)
 class SlurmExecutor(Executor):
     """Each point a Slurm job through submitit: ``partition``, ``time_min`` and ``gpus`` per
     point (and ``cpus`` per point on Slurm). ``cluster`` is ``"slurm"`` (the default), or submitit's ``"local"`` / ``"debug"``
@@ -310,27 +305,17 @@ class SlurmExecutor(Executor):
 
     name = "slurm"
 
-    def __init__(
-        self,
-        *,
-        jobs: int = 1,
-        nproc: int = 1,
-        partition: str | None = None,
-        time_min: int = 60,
-        gpus: int = 0,
-        cpus: int | None = None,
-        cluster: str = "slurm",
-        poll_s: float = 1.0,
-    ) -> None:
-        super().__init__(jobs=jobs, nproc=nproc)
-        if cluster not in ("slurm", "local", "debug"):
-            raise ConfigError(f"--slurm-cluster {cluster!r}: allowed: slurm, local, debug")
-        self.partition = partition
-        self.time_min = time_min
-        self.gpus = gpus
-        self.cluster = cluster
-        self.cpus = cpus
-        self.poll_s = poll_s
+    partition: str | None = None
+    time_min: int = 60
+    gpus: int = 0
+    cpus: int | None = None
+    cluster: str = "slurm"
+    poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cluster not in ("slurm", "local", "debug"):
+            raise ConfigError(f"--slurm-cluster {self.cluster!r}: allowed: slurm, local, debug")
 
     def threads(self) -> int:
         if self.cluster == "slurm" and self.cpus:  # a job's own cores, split between its processes
