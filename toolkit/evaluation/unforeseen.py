@@ -86,23 +86,21 @@ def _check_images(x: Tensor, y: Tensor, name: str) -> None:
 
 def _ascend(
     model: nn.Module,
-    x: Tensor,
     y: Tensor,
     v: Tensor,
-    render: Callable[[Tensor, Tensor], Tensor],
-    update: Callable[[Tensor, Tensor, Tensor], Tensor],
+    render: Callable[[Tensor], Tensor],
+    update: Callable[[Tensor, Tensor], Tensor],
     steps: int,
 ) -> Tensor:
     """Gradient ascent of the cross-entropy over the attack parameters ``v`` (one row per
-    example): ``v <- update(v, grad, idx)`` for ``steps`` steps. ``render(v, idx)`` maps the rows
-    ``idx`` of the parameters to images. Returns per example the first iterate that fools
-    ``model``, else the last."""
-    idx = torch.arange(len(x), device=x.device)
+    example, labels ``y``): ``v <- update(v, grad)`` for ``steps`` steps; ``render(v)`` maps the
+    parameters to images. Returns per example the first iterate that fools ``model``, else the
+    last."""
     best = v.detach().clone()
-    done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    done = torch.zeros(len(y), dtype=torch.bool, device=y.device)
     for t in range(steps + 1):
         v = v.detach().requires_grad_(True)
-        logits = model(render(v, idx))
+        logits = model(render(v))
         fooled = logits.argmax(1) != y
         new = fooled & ~done
         best[new] = v.detach()[new]
@@ -110,7 +108,7 @@ def _ascend(
         if t == steps or bool(done.all()):
             break
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), v)
-        v = update(v.detach(), grad, idx)
+        v = update(v.detach(), grad)
     best[~done] = v.detach()[~done]
     return best
 
@@ -134,15 +132,10 @@ def _run(
         params = torch.zeros_like(init)
         x_adv = x.detach().clone()
         todo = torch.nonzero(correct).flatten()
-        if todo.numel():
-
-            def render_todo(v: Tensor, idx: Tensor) -> Tensor:
-                return render(v, todo[idx])
-
-            def update_todo(v: Tensor, grad: Tensor, idx: Tensor) -> Tensor:
-                return update(v, grad, todo[idx])
-
-            best = _ascend(model, x[todo], y[todo], init[todo], render_todo, update_todo, steps)
+        if todo.numel():  # the parameters of the examples todo (render and update take their indices)
+            best = _ascend(
+                model, y[todo], init[todo], lambda v: render(v, todo), lambda v, grad: update(v, grad, todo), steps
+            )
             params[todo] = best
             with torch.no_grad():
                 x_adv[todo] = render(best, todo)
