@@ -85,7 +85,8 @@ class TrainStageOptions(LoopConfig):
     params: list[str] | None = Field(
         None,
         min_length=1,
-        description="glob patterns of parameter names to train; the others stay frozen (default: all)",
+        description="name patterns of the parameters to train (globs, or 're:REGEX'); the others stay frozen "
+        "(default: all)",
     )
     resume: bool = Field(True, description="when the run is resumed, continue an interrupted stage from its last epoch")
 
@@ -147,14 +148,13 @@ def _check_fine_tune(opts: FineTuneStageOptions, planning: rtk.Planning):
 
 
 def _select_params(module, patterns: list[str] | None):
-    """The parameters whose names match any glob pattern (others frozen), or None for all."""
+    """The parameters whose names match any pattern (``rtk.NamePattern``; others frozen), or None for all."""
     if patterns is None:
         return None
-    from fnmatch import fnmatchcase
-
+    parsed = [rtk.NamePattern.parse(pat, "params") for pat in patterns]
     chosen, names = [], []
     for name, p in module.named_parameters():
-        if any(fnmatchcase(name, pat) for pat in patterns):
+        if any(pat.matches(name) for pat in parsed):
             chosen.append(p)
         else:
             p.requires_grad_(False)

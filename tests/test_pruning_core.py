@@ -474,3 +474,37 @@ def test_compression_labels_are_valid_model_names():
     assert [compression_label(c) for c in (10, 2.5, 1e9, 1e30)] == ["10x", "2.5x", "1000000000x", "1e30x"]
     for c in (2, 2.5, 1e9, 1e30, 1e-3):
         assert name_problem(f"net-{compression_label(c)}") is None
+
+
+def test_layer_patterns_take_regular_expressions_and_name_a_bad_one(registry, digits):
+    """Pruning's ``layers``/``exclude`` speak rtk's one pattern language (``rtk.NamePattern``): globs,
+    or ``re:`` and a regular expression over the whole name; a broken expression names its key."""
+    model, _ = _build(registry, digits, "cnn-small")
+    x = _x(digits)
+    names = select_layers(model, LayerSelection(("*",), keep_first=False, keep_last=False), x).names
+    by_regex = select_layers(
+        model, LayerSelection((r"re:conv[0-9]+",), ("re:conv1",), keep_first=False, keep_last=False), x
+    ).names
+    assert list(by_regex) == [n for n in names if n.startswith("conv") and n != "conv1"] and by_regex
+    with pytest.raises(rtk.ConfigError) as err:
+        select_layers(
+            model,
+            LayerSelection(
+                (
+                    "conv2",
+                    "re:conv[",
+                ),
+                where="stages[1]",
+            ),
+            x,
+        )
+    assert "stages[1].layers[1]: invalid regular expression 're:conv['" in str(err.value)
+
+
+def test_name_pattern_is_a_glob_or_an_anchored_regular_expression():
+    assert rtk.NamePattern.parse("layer1.*").matches("layer1.0.conv1")
+    assert not rtk.NamePattern.parse("layer1.*").matches("xlayer1.0")
+    assert rtk.NamePattern.parse(r"re:layer[0-9]+\.conv1").matches("layer2.conv1")
+    assert not rtk.NamePattern.parse(r"re:layer[0-9]+\.conv1").matches("layer2.conv10")  # the whole name
+    with pytest.raises(rtk.ConfigError, match=r"params: invalid regular expression 're:\('"):
+        rtk.NamePattern.parse("re:(", "params")

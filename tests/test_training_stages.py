@@ -49,7 +49,7 @@ def test_train_then_fine_tune_from_best(tmp_path, registry):
         "eval_size": 50,
         "eval_train_size": 0,
         "eval_steps": 3,
-        "params": ["fc1.*", "head.*"],
+        "params": ["fc1.*", r"re:head\.(weight|bias)"],  # a glob and a regular expression (rtk.NamePattern)
     }
     again = {"kind": "train", "id": "again", "model": "net-ft", "epochs": 1, "batch_size": 200, "eval_every": 0}
     res = rtk.run(_exp(TRAIN, ft, again), registry=registry, out=tmp_path / "run")

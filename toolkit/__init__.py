@@ -79,7 +79,16 @@ if TYPE_CHECKING:
         StageSpec,
         TrainerSpec,
     )
-    from .refs import AttackRef, CertifierRef, ComponentRef, ModelRef, PrunerRef, SimilarityRef, TrainerRef
+    from .refs import (
+        AttackRef,
+        CertifierRef,
+        ComponentRef,
+        ModelRef,
+        NamePattern,
+        PrunerRef,
+        SimilarityRef,
+        TrainerRef,
+    )
     from .registry import Registry, default_registry, plugin_manager
     from .report import markdown_table
 

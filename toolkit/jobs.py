@@ -40,9 +40,9 @@ class PruneRequest(Options):
     layers: list[str] = Field(
         default_factory=lambda: ["*"],
         min_length=1,
-        description="name patterns (fnmatch) of the Conv/Linear layers to prune",
+        description="name patterns of the Conv/Linear layers to prune (globs, or 're:REGEX')",
     )
-    exclude: list[str] = Field(default_factory=list, description="name patterns of layers kept dense")
+    exclude: list[str] = Field(default_factory=list, description="name patterns of layers kept dense (as layers)")
     keep_first: bool = Field(True, description="keep the first layer dense")
     keep_last: bool = Field(True, description="keep the classifier dense")
 

@@ -14,6 +14,9 @@ record and ``ref.opts`` the validated options object.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +24,36 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from .errors import ConfigError, UnknownComponentError
 from .options import validate_options
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(expression: str) -> re.Pattern[str]:
+    return re.compile(expression)
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    """Which layers or parameters, by name: the one pattern language of rtk (similarity layers,
+    pruning's ``layers``/``exclude``, a trainer's ``params``). A glob (``fnmatch``, case-sensitive:
+    ``"layer1.*"``, ``"*conv*"``) or ``"re:"`` and a regular expression matched against the whole
+    name (``"re:layer[0-9]+\\.conv1"``). ``NamePattern.parse(text, where)`` checks a regular
+    expression once and names ``where`` (the key) when it is not one."""
+
+    text: str
+
+    @classmethod
+    def parse(cls, text: str, where: str = "pattern") -> NamePattern:
+        if text.startswith("re:"):
+            try:
+                _regex(text[3:])
+            except re.error as exc:
+                raise ConfigError(f"{where}: invalid regular expression {text!r}: {exc}") from None
+        return cls(text)
+
+    def matches(self, name: str) -> bool:
+        if self.text.startswith("re:"):
+            return _regex(self.text[3:]).fullmatch(name) is not None
+        return fnmatch.fnmatchcase(name, self.text)
 
 
 @dataclass(frozen=True)

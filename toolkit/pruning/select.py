@@ -3,7 +3,6 @@ dense by default (as in Sehwag et al. 2019 and HYDRA)."""
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..refs import NamePattern
 from .masks import is_prunable
 
 
@@ -90,9 +90,17 @@ def select_layers(
         raise ConfigError(f"{_key(selection.where, 'layers')}: the model has no Conv or Linear layer to prune")
     available = ", ".join(layers)
     problems = []
+    parsed: dict[str, list[NamePattern]] = {}
     for key, patterns in (("layers", selection.include), ("exclude", selection.exclude)):
+        parsed[key] = []
         for i, pat in enumerate(patterns):
-            if not any(fnmatch.fnmatchcase(n, pat) for n in layers):
+            try:
+                pattern = NamePattern.parse(pat, f"{_key(selection.where, key)}[{i}]")
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            parsed[key].append(pattern)
+            if not any(pattern.matches(n) for n in layers):
                 problems.append(
                     f"{_key(selection.where, key)}[{i}]: pattern {pat!r} matches no prunable layer; "
                     f"prunable layers (Conv/Linear): {available}"
@@ -104,9 +112,9 @@ def select_layers(
     kept: dict[str, str] = {}
     chosen = []
     for name in order:
-        if not any(fnmatch.fnmatchcase(name, p) for p in selection.include):
+        if not any(p.matches(name) for p in parsed["layers"]):
             continue
-        if any(fnmatch.fnmatchcase(name, p) for p in selection.exclude):
+        if any(p.matches(name) for p in parsed["exclude"]):
             kept[name] = "excluded by pattern"
             continue
         if selection.keep_first and name == first:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from torch import nn
 
 from ..distributed import unwrap
 from ..errors import ConfigError
+from ..refs import NamePattern
 from ..runtime import progress
 from .kernels import SimilarityError, Tensor
 
@@ -54,12 +54,6 @@ DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
 _POOL = re.compile(r"^(flatten|avg|avg([1-9]\d*))$")  # avgN with N >= 1
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def select_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of the layers to hook, in ``named_modules()`` order.
 
@@ -73,17 +67,11 @@ def select_layers(model: nn.Module, patterns: Sequence[str] | None = None) -> li
     if not patterns or list(patterns) == ["default"]:
         chosen = [(n, m) for n, m in named if isinstance(m, DEFAULT_TYPES)]
     else:
-        for p in patterns:
-            if p.startswith("re:"):
-                try:
-                    re.compile(p[3:])
-                except re.error as exc:
-                    raise ConfigError(f"layers: invalid regular expression {p!r}: {exc}") from None
+        parsed = [NamePattern.parse(p, "layers") for p in patterns if p != "default"]
         chosen = [
             (n, m)
             for n, m in named
-            if any(_matches(n, p) for p in patterns if p != "default")
-            or ("default" in patterns and isinstance(m, DEFAULT_TYPES))
+            if any(p.matches(n) for p in parsed) or ("default" in patterns and isinstance(m, DEFAULT_TYPES))
         ]
     if not chosen:
         sample = ", ".join(n for n, _ in named[:30]) + (" ..." if len(named) > 30 else "")
