@@ -165,7 +165,7 @@ def _window_chain(graph: BoundGraph, idx: int) -> list[GraphNode] | None:
 
 def _window_cost(chain: list[GraphNode]) -> tuple[int, int]:
     """Multiply-adds of one row's transposed convolutions over windows, and over whole maps."""
-    hw = None  # window (h, w) on the current node's map
+    hw: tuple[int, int] | None = None  # window (h, w) on the current node's map
     window = dense = 0
     for node, below in zip(chain, chain[1:]):
         op = node.op
@@ -178,7 +178,10 @@ def _window_cost(chain: list[GraphNode]) -> tuple[int, int]:
             continue
         window += per_tap * hw[0] * hw[1]
         dense += per_tap * node.shape[1] * node.shape[2]
-        hw = tuple((hw[i] - 1) * op.stride[i] + op.dilation[i] * ((kh, kw)[i] - 1) + 1 for i in range(2))
+        hw = (
+            (hw[0] - 1) * op.stride[0] + op.dilation[0] * (kh - 1) + 1,
+            (hw[1] - 1) * op.stride[1] + op.dilation[1] * (kw - 1) + 1,
+        )
     return window, dense
 
 
@@ -206,6 +209,7 @@ def _window_bound(chain: list[GraphNode], rows: torch.Tensor, bounds: list[Bound
     dev = rows.device
     top = chain[0]
     conv = top.op
+    assert isinstance(conv, ConvOp), "_window_chain starts at a convolution"
     w, bias = conv._params(p)
     c_out, h_out, w_out = top.shape
     flat = torch.cat([rows, rows], 1).reshape(-1)  # (B * 2k): lower bounds, then negated rows
