@@ -162,16 +162,7 @@ def _imagefolder_check(o: ImageFolderOptions):
 @components.register(rtk.DatasetSpec, "imagefolder", ImageFolderOptions, check=_imagefolder_check)
 def _imagefolder(o: ImageFolderOptions):
     """an ImageNet-style folder (Imagenette, ImageWoof), resized and centre-cropped, read lazily"""
-    return rtk.data.load_image_folder(
-        o.root,
-        image_size=o.image_size,
-        resize=o.resize,
-        test_split=o.test_split,
-        grayscale=o.grayscale,
-        mean=o.mean,
-        std=o.std,
-        name=o.name,
-    )
+    return rtk.data.load_image_folder(**o.as_kwargs(beyond=DataOptions))  # the loader's keywords, name for name
 
 
 rtk_datasets = components.hookimpl(rtk.DatasetSpec)

@@ -164,14 +164,7 @@ def _run(ctx: rtk.StageContext, opts: SimilarityStageOptions) -> rtk.StageResult
         models=list(opts.models),
         pairs=[tuple(p) for p in opts.pairs],
         checkpoints=list(opts.checkpoints),
-        analyses=list(opts.analyses),
-        limit=opts.limit,
-        batch_size=opts.batch_size,
-        pooling=opts.pooling,
-        split=opts.split,
-        block_threshold=opts.block_threshold,
-        block_min_size=opts.block_min_size,
-        passes=opts.passes,
+        **opts.as_kwargs(of=rtk.SimilarityRequest),  # the job's settings are the request's keys
     )
     out = run_similarity(
         job,

@@ -70,8 +70,8 @@ class FastATOptions(_AdversarialOptions):
             raise ValueError("fast-at takes exactly one FGSM step; for multi-step training use the trainer 'pgd-at'")
         return v
 
-    def as_kwargs(self) -> dict[str, Any]:
-        return {**super().as_kwargs(), "steps": 1}
+    def as_kwargs(self, **scope: Any) -> dict[str, Any]:
+        return {**super().as_kwargs(**scope), "steps": 1}
 
 
 # ---------------------------------------------------------------------------- stages

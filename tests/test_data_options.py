@@ -45,3 +45,21 @@ def test_bad_values_name_the_key():
         _opts(train_fraction=0)
     with pytest.raises(rtk.ConfigError, match="resolution"):
         _opts(resolution=2)
+
+
+def test_options_as_keywords_of_a_base_or_beyond_it():
+    """``Options.as_kwargs``: every key, the keys a base declares (``of``), or the keys past it
+    (``beyond``), values as validated; what the imagefolder loader and the similarity job are
+    called with."""
+
+    class Loader(DataOptions):
+        root: str
+        size: int = 8
+
+    opts = Loader(root="x", limit_train=10)
+    assert opts.as_kwargs(beyond=DataOptions) == {"root": "x", "size": 8}
+    assert opts.as_kwargs(of=DataOptions) == {k: getattr(opts, k) for k in DataOptions.model_fields}
+    assert set(opts.as_kwargs()) == set(DataOptions.model_fields) | {"root", "size"}
+    request = rtk.SimilarityRequest(limit=200, passes=3)
+    job = rtk.similarity.SimilarityJob(metric=None, metric_name="m", **request.as_kwargs(of=rtk.SimilarityRequest))
+    assert (job.limit, job.passes, job.analyses) == (200, 3, request.analyses)

@@ -37,10 +37,18 @@ class Options(BaseModel):
             }
         return data
 
-    def as_kwargs(self) -> dict[str, Any]:
+    def as_kwargs(self, *, of: type[Options] | None = None, beyond: type[Options] | None = None) -> dict[str, Any]:
         """Every declared key and its value, for options whose keys are the keyword arguments of the
-        function they configure, name for name (values as validated, not dumped)."""
-        return {key: getattr(self, key) for key in type(self).model_fields}
+        function they configure, name for name (values as validated, not dumped). ``of``: only the
+        keys a base class declares (stage options that embed a request:
+        ``opts.as_kwargs(of=rtk.SimilarityRequest)``); ``beyond``: only the keys it does not (a
+        dataset's own keys past the shared ones: ``opts.as_kwargs(beyond=DataOptions)``)."""
+        keys = list(type(self).model_fields)
+        if of is not None:
+            keys = [k for k in keys if k in of.model_fields]
+        if beyond is not None:
+            keys = [k for k in keys if k not in beyond.model_fields]
+        return {key: getattr(self, key) for key in keys}
 
 
 class NoOptions(Options):
