@@ -11,7 +11,7 @@ warm-up round), then the scaling curves: time and peak memory as n and d double.
 
 Rows of other areas come from the bench modules that expose ``rows(quick: bool) ->
 list[dict]`` (keys ``workload, rtk_s, peer, peer_s, ratio, bound_ratio, goal, note``):
-``bench_evaluation``, ``bench_certify``, ``bench_startup``. A module without ``rows`` (or one
+``bench_evaluation``, ``bench_training``, ``bench_certify``, ``bench_startup``. A module without ``rows`` (or one
 that fails) is listed under "not measured" with the reason, never dropped silently.
 
 On a shared machine absolute times drift; the ratios within one run are what the table
@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-EXTERNAL = ["bench_evaluation", "bench_certify", "bench_startup"]
+EXTERNAL = ["bench_evaluation", "bench_training", "bench_certify", "bench_startup"]
 KEYS = ("workload", "rtk_s", "peer", "peer_s", "ratio", "bound_ratio", "goal", "note")
 
 
