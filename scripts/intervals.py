@@ -201,18 +201,42 @@ def study_points(study_dir: Path) -> list[tuple[dict, Path]]:
     return out
 
 
-def study_time_rows(runs: Path, names: Sequence[str]) -> list[dict]:
+def pooled_points(runs: Path, names: Sequence[str]) -> list[tuple[dict, Path]]:
+    """The completed points of the study directories ``<runs>/<name>`` that exist, in order: a
+    study and its extensions (more seeds of the same file, run into directories of their own).
+    A point whose swept values were already read (a seed run twice) is refused, naming both."""
+    seen: dict[str, Path] = {}
+    out = []
+    for name in names:
+        if not (Path(runs) / name / "study.json").exists():
+            continue
+        for values, path in study_points(Path(runs) / name):
+            key = json.dumps(values, sort_keys=True)
+            if key in seen:
+                raise SystemExit(
+                    f"{path}: the point {key} was already read from {seen[key]}; an extension runs seeds of its own"
+                )
+            seen[key] = path
+            out.append((values, path))
+    return out
+
+
+def study_time_rows(runs: Path, names: Sequence[str], extends: dict[str, str] | None = None) -> list[dict]:
     """One row per study directory ``<runs>/<name>`` present: points completed of all, the sum of
     the points' wall seconds (``study.json``) and, when ``<runs>/<name>.time`` holds the output of
-    ``/usr/bin/time -v`` around the ``rtk run``, the study's wall and CPU (user + system) minutes."""
+    ``/usr/bin/time -v`` around the ``rtk run``, the study's wall and CPU (user + system) minutes.
+    ``extends`` maps an extension's directory to the experiment it ran more seeds of."""
     rows = []
     for name in names:
         study = Path(runs) / name
         if not (study / "study.json").exists():
             continue
         points = json.loads((study / "study.json").read_text()).get("points", [])
+        file = (extends or {}).get(name)
         row = {
-            "study": f"`experiments/{name}.toml`",
+            "study": f"`experiments/{name}.toml`"
+            if file is None
+            else f"`experiments/{file}.toml` (more seeds: `{runs}/{name}`)",
             "points completed": f"{sum(p.get('state') == 'completed' for p in points)} of {len(points)}",
             "points (min)": f"{sum(float(p.get('seconds') or 0) for p in points) / 60:.1f}",
             "wall (min)": "n/a",

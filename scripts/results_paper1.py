@@ -497,6 +497,13 @@ DESIGN_EXTENSIONS = {
     "blocks": ("paper1-design-blocks-seeds",),
     "overfitting-fmnist": ("paper1-design-overfitting-fmnist-seeds",),
 }
+
+
+def _design_dirs(study: str) -> list[str]:
+    """A design study's directory and its extensions' (pooled by ``intervals.pooled_points``)."""
+    return [f"paper1-design-{study}", *DESIGN_EXTENSIONS.get(study, ())]
+
+
 DESIGN_NOT_RUN = (
     "Not run yet: no study directory `{runs}/paper1-design-{{depth,width,fraction,overfitting}}` was found. "
     "Run the four studies as above, then `python scripts/results_paper1.py`."
@@ -620,44 +627,29 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
     from intervals import (  # scripts/intervals.py
         effect_rows,
         format_interval,
-        study_points,
+        pooled_points,
         study_time_rows,
         t_interval,
     )
 
     rows = []
     for study in DESIGN_STUDIES:
-        seen: dict[tuple[str, int], Path] = {}
-        for name in (f"paper1-design-{study}", *DESIGN_EXTENSIONS.get(study, ())):
-            path = runs / name
-            if not (path / "study.json").exists():
-                continue
-            for values, run_dir in study_points(path):
-                if not (run_dir / "state.json").exists():
-                    continue
-                config, seed = design_config(run_dir), int(values.get("seed", 0))
-                if (config, seed) in seen:
-                    raise SystemExit(
-                        f"{run_dir}: seed {seed} of the {study} study ({config}) was already read from "
-                        f"{seen[config, seed]}; an extension must run seeds of its own"
-                    )
-                seen[config, seed] = run_dir
+        for values, run_dir in pooled_points(runs, _design_dirs(study)):
+            if (run_dir / "state.json").exists():
                 run = read_run(run_dir)
+                config, seed = design_config(run_dir), int(values.get("seed", 0))
                 rows.append({"study": study, "config": config, "seed": seed, "run": run, **design_measures(run)})
     keys = {"design_results": DESIGN_NOT_RUN.format(runs=runs), "design_headline": "", "design_heatmaps": ""}
     for study, key in OVERFITTING_STUDIES.items():
         keys[key] = f"Not run yet (no `{runs}/paper1-design-{study}`)."
         keys[f"{key}_figure"] = ""
     keys["block_pilot"] = block_pilot_table(runs, dest)
-    extensions = {name: study for study, names in DESIGN_EXTENSIONS.items() for name in names}
+    extends = {name: f"paper1-design-{study}" for study, names in DESIGN_EXTENSIONS.items() for name in names}
     times = study_time_rows(
         runs,
-        [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)] + [BLOCK_PILOT, *extensions],
+        [f"paper1-design-{study}" for study in (*DESIGN_STUDIES, *OVERFITTING_STUDIES)] + [BLOCK_PILOT, *extends],
+        extends,
     )
-    for row in times:  # an extension runs its study's file: name the file and the directory
-        name = row["study"].strip("`").removeprefix("experiments/").removesuffix(".toml")
-        if name in extensions:
-            row["study"] = f"`experiments/paper1-design-{extensions[name]}.toml` (more seeds: `{runs}/{name}`)"
     keys["design_times"] = md(pd.DataFrame(times), "{}") if times else "No study of the design has run yet."
     if rows:
         data = pd.DataFrame(rows)
@@ -713,19 +705,13 @@ def design_keys(runs: Path, dest: Path, copy_fig) -> dict[str, str]:
                         )
             pd.DataFrame(acc_rows).to_csv(dest / "design_accuracy.csv", index=False)
     for study, key in OVERFITTING_STUDIES.items():
-        paths = [runs / name for name in (f"paper1-design-{study}", *DESIGN_EXTENSIONS.get(study, ()))]
-        if not (paths[0] / "study.json").exists():
+        if not (runs / f"paper1-design-{study}" / "study.json").exists():
             continue
         of_runs = [
             (v.get("seed", 0), read_run(d))
-            for path in paths
-            if (path / "study.json").exists()
-            for v, d in study_points(path)
+            for v, d in pooled_points(runs, _design_dirs(study))
             if (d / "state.json").exists()
         ]
-        seeds = [seed for seed, _ in of_runs]
-        if len(set(seeds)) != len(seeds):
-            raise SystemExit(f"{', '.join(map(str, paths))}: a seed of the {study} study was run twice ({seeds})")
         of = pd.DataFrame([{"seed": seed, **overfitting_measures(run)} for seed, run in of_runs])
         keys[f"{key}_figure"] = mean_history_figure(of_runs, dest / f"{key}_history.png")
         parts = []

@@ -357,40 +357,17 @@ OBJECTIVE_NAMES = {"prune-std": "standard", "prune-adv": "PGD-AT", "prune-ver": 
 DESIGN_EXTENSIONS = {"paper2-design-high-compression": ("paper2-design-high-compression-seeds",)}
 
 
-def design_points(runs: Path, study: str) -> list[tuple[dict, Path]]:
-    """The completed points of ``runs/<study>`` and of its extensions, refusing a seed read twice."""
-    from intervals import study_points  # scripts/intervals.py
-
-    points: list[tuple[dict, Path]] = []
-    seen: dict[int, Path] = {}
-    for name in (study, *DESIGN_EXTENSIONS.get(study, ())):
-        if not (runs / name / "study.json").exists():
-            continue
-        for values, path in study_points(runs / name):
-            seed = int(values.get("seed", 0))
-            if seed in seen:
-                raise SystemExit(f"{path}: seed {seed} of {study} was already read from {seen[seed]}")
-            seen[seed] = path
-            points.append((values, path))
-    return points
-
-
 def design_values(runs: Path, out: Path) -> dict[str, str]:
     """``design_retention`` and ``design_hydra_vs_lwm``: intervals over seeds and verdicts from
     the study directories ``paper2-design-retention`` and ``paper2-design-high-compression``."""
-    from intervals import effect_rows, study_points, study_time_rows  # scripts/intervals.py
+    from intervals import effect_rows, pooled_points, study_points, study_time_rows  # scripts/intervals.py
 
-    extensions = {name: study for study, names in DESIGN_EXTENSIONS.items() for name in names}
-
+    extends = {name: study for study, names in DESIGN_EXTENSIONS.items() for name in names}
     values = {
         "design_retention": "Not run yet (no `runs/paper2-design-retention`).",
         "design_hydra_vs_lwm": "Not run yet (no `runs/paper2-design-high-compression`).",
     }
-    times = study_time_rows(runs, ["paper2-design-retention", "paper2-design-high-compression", *extensions])
-    for row in times:  # an extension runs its study's file: name the file and the directory
-        name = row["study"].strip("`").removeprefix("experiments/").removesuffix(".toml")
-        if name in extensions:
-            row["study"] = f"`experiments/{extensions[name]}.toml` (more seeds: `{runs}/{name}`)"
+    times = study_time_rows(runs, ["paper2-design-retention", "paper2-design-high-compression", *extends], extends)
     values["design_times"] = md_table(pd.DataFrame(times)) if times else "No study of the design has run yet."
     figdir = out / "paper2"
     figdir.mkdir(parents=True, exist_ok=True)
@@ -425,7 +402,7 @@ def design_values(runs: Path, out: Path) -> dict[str, str]:
     study = runs / "paper2-design-high-compression"
     if (study / "study.json").exists():
         rows = []
-        for point, path in design_points(runs, study.name):
+        for point, path in pooled_points(runs, [study.name, *DESIGN_EXTENSIONS.get(study.name, ())]):
             run = read_run(path)
             key = next((k for k in run["tables"] if k.endswith("/compression")), None)
             if key is None:

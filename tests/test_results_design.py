@@ -114,7 +114,10 @@ def test_design_extension_pools_its_seeds_with_the_study(tmp_path):
     record = json.loads((runs / "paper1-design-blocks-seeds" / "study.json").read_text())
     record["points"].append({"id": "p002", "values": {"seed": 2}, "dir": "points/p002", "state": "completed"})
     (runs / "paper1-design-blocks-seeds" / "study.json").write_text(json.dumps(record))
-    with pytest.raises(SystemExit, match=r"seed 2 of the blocks study .*/paper1-design-blocks/points/p002"):
+    with pytest.raises(
+        SystemExit,
+        match=r"blocks-seeds/points/p002: the point \{\"seed\": 2\} was already read from .*/paper1-design-blocks/points/p002",
+    ):
         rp.design_keys(runs, dest, lambda run, stage, name, new: f"![{new}]")
 
 
