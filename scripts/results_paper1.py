@@ -484,11 +484,12 @@ def build(runs: Path, out: Path, suffix: str = "") -> dict[str, str]:
 # ----------------------------------------------------------------------------- the design (issue 18)
 DESIGN_STUDIES = ("depth", "width", "fraction", "blocks")
 #: the robust-overfitting studies -> their template key (and CSV table name): the first design, and
-#: a second one written after the first's precondition failed, before its own runs
+#: each later one written after the one before it had run, before its own runs
 OVERFITTING_STUDIES = {
     "overfitting": "design_overfitting",
     "overfitting-hard": "design_overfitting_hard",
     "overfitting-fmnist": "design_overfitting_fmnist",
+    "overfitting-small": "design_overfitting_small",
 }
 #: more seeds of a design study's own file, run into a directory of their own (``rtk run FILE --set
 #: 'sweep.seed=[...]' --out runs/<dir>``) and pooled with the study's seeds; each extension is written

@@ -39,6 +39,7 @@ def test_the_design_files_are_there():
         "paper1-design-fraction.toml",
         "paper1-design-overfitting-fmnist.toml",
         "paper1-design-overfitting-hard.toml",
+        "paper1-design-overfitting-small.toml",
         "paper1-design-overfitting.toml",
         "paper1-design-width.toml",
         "paper2-design-high-compression.toml",
@@ -49,9 +50,11 @@ def test_the_design_files_are_there():
 @pytest.mark.parametrize("name", DESIGN)
 def test_design_studies_plan_with_three_seeds(name):
     table = tomllib.loads((EXPERIMENTS / name).read_text())
-    assert table["sweep"]["seed"] == [0, 1, 2], "every configuration of the design has three fixed seeds"
+    # design 4 of finding 3 fixed six seeds before its runs (design 3's power estimate); the others three
+    seeds = [0, 1, 2, 3, 4, 5] if name == "paper1-design-overfitting-small.toml" else [0, 1, 2]
+    assert table["sweep"]["seed"] == seeds, "every configuration of the design has its fixed seeds, at least three"
     out = _dry_run(name)
-    points = {"depth": 9, "width": 9, "fraction": 9}.get(name.split("-")[2].removesuffix(".toml"), 3)
+    points = {"depth": 9, "width": 9, "fraction": 9}.get(name.split("-")[2].removesuffix(".toml"), len(seeds))
     assert f"all {points} points are valid" in out
 
 
@@ -104,6 +107,18 @@ def test_overfitting_design_3_keeps_the_recipe_on_fashion_mnist():
     assert {k: train3[k] for k in recipe} == {k: train1[k] for k in recipe}
     assert [s["id"] for s in third["stages"]] == [s["id"] for s in first["stages"]]
     assert third["stages"][1]["attacks"] == first["stages"][1]["attacks"]  # PGD-20 at eps 0.1
+
+
+def test_overfitting_design_4_is_design_3_on_half_the_images():
+    """Design 4 of finding 3: design 3 unchanged except the training set (1/60 of every class, 1,000
+    images, instead of 1/30) and its six seeds."""
+    third = tomllib.loads((EXPERIMENTS / "paper1-design-overfitting-fmnist.toml").read_text())
+    fourth = tomllib.loads((EXPERIMENTS / "paper1-design-overfitting-small.toml").read_text())
+    assert round(6000 * fourth["dataset"]["train_fraction"]) == 100  # 100 of each class's 6,000
+    assert fourth["sweep"]["seed"] == [0, 1, 2, 3, 4, 5]
+    for t in (third, fourth):
+        t.pop("name"), t.pop("description"), t["dataset"].pop("train_fraction"), t.pop("sweep")
+    assert fourth == third
 
 
 def test_block_design_uses_a_pilot_shape_for_both_models():
