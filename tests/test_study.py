@@ -250,6 +250,12 @@ def test_study_local_jobs_2_one_failed_point_and_resume(tmp_path):
     assert res.exit_code != 0 and "1 of 2 points did not complete" in res.output
     assert ok_log.stat().st_size == size, "the completed point did not run again"
     assert (out / "logs" / f"{states[1e30]['id']}.log").read_text().count("TrainingDivergedError") >= 2
+    # the point's seconds are its whole time: the failed first attempt is kept beside the second
+    again = {p["values"]["stages.train.lr"]: p for p in json.loads((out / "study.json").read_text())["points"]}
+    first_try = states[1e30]["seconds"]
+    assert again[1e30]["attempts"] == [{"ended": "failed", "seconds": round(first_try, 3)}]
+    assert again[1e30]["seconds"] > round(first_try, 3)
+    assert "attempts" not in again[0.05] and again[0.05]["seconds"] == states[0.05]["seconds"]
 
 
 def test_killing_the_study_keeps_finished_points_and_resume_finishes(tmp_path):
@@ -274,10 +280,12 @@ def test_killing_the_study_keeps_finished_points_and_resume_finishes(tmp_path):
         assert first is not None, "the first point did not complete in time"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.time()
         proc.wait()
     time.sleep(1.0)
     rec = json.loads((out / "study.json").read_text())
     assert [p["state"] for p in rec["points"]] == ["completed", "running"]
+    stopped = rec["points"][1]
     first_dir = out / first["dir"]
     mtime = (first_dir / "state.json").stat().st_mtime_ns
     study = resume_study(out)
@@ -289,6 +297,12 @@ def test_killing_the_study_keeps_finished_points_and_resume_finishes(tmp_path):
     ]
     assert (events[-1].done, events[-1].running, events[-1].failed, events[-1].total) == (2, 0, 0, 2)
     assert (first_dir / "state.json").stat().st_mtime_ns == mtime, "the finished point was kept as it was"
+    # the stopped attempt's time (its start to its last write) is kept, and counted in the point's seconds
+    after = json.loads((out / "study.json").read_text())["points"]
+    (attempt,) = after[1]["attempts"]
+    assert attempt["ended"] == "stopped" and 0 <= attempt["seconds"] <= killed_at - stopped["started_at"] + 0.01
+    assert after[1]["seconds"] >= attempt["seconds"] and after[1]["started_at"] > stopped["started_at"]
+    assert "attempts" not in after[0]
     acc = result.table("evaluate/accuracy")
     assert sorted(set(acc["seed"])) == [0, 1] and (acc.groupby("point").size() == 3).all()
     summary = result.table("study/summary")
@@ -353,3 +367,32 @@ def test_resuming_a_study_dir_that_turns_on_unsafe_loading_needs_the_users_flag(
     res = CliRunner().invoke(cli, ["run", "--resume", str(d)])
     assert res.exit_code != 0 and "unsafe loading" in res.output
     assert not (d / "points").exists()
+
+
+def test_an_earlier_attempt_keeps_its_time(tmp_path):
+    """Before a point runs again, its earlier attempt's time is kept: a failed attempt's own seconds (its total less
+    the attempts before it), a stopped one's from its start to the last write in its directory or log."""
+    from rtk.study.engine import _close_attempt
+
+    (tmp_path / "points" / "p1" / "artifacts").mkdir(parents=True)
+    (tmp_path / "logs").mkdir()
+    last = tmp_path / "points" / "p1" / "artifacts" / "epoch-3.pt"
+    last.write_bytes(b"x")
+    (tmp_path / "logs" / "p1.log").write_text("epoch 3\n")
+    os.utime(last, (1000.0 + 42.0, 1000.0 + 42.0))
+    os.utime(tmp_path / "logs" / "p1.log", (1000.0 + 40.0, 1000.0 + 40.0))
+    stopped = {"id": "p1", "dir": "points/p1", "state": "running", "started_at": 1000.0}
+    _close_attempt(stopped, tmp_path)
+    assert stopped["attempts"] == [{"ended": "stopped", "seconds": 42.0}]
+    failed = {
+        "id": "p1",
+        "dir": "points/p1",
+        "state": "failed",
+        "seconds": 50.0,
+        "attempts": [{"ended": "stopped", "seconds": 42.0}],
+    }
+    _close_attempt(failed, tmp_path)
+    assert failed["attempts"][-1] == {"ended": "failed", "seconds": 8.0}
+    pending = {"id": "p1", "dir": "points/p1", "state": "pending"}  # never started: nothing to keep
+    _close_attempt(pending, tmp_path)
+    assert "attempts" not in pending

@@ -4,7 +4,8 @@ Layout::
 
     runs/<name>-<timestamp>/
       experiment.toml        the file as given (with its [sweep] table)
-      study.json             the points (id, swept values, state, seconds, error) and overrides
+      study.json             the points (id, swept values, state, seconds, error, earlier
+                             attempts) and overrides
       points/<point>/        one normal run directory per point (config, tables, report.md, ...)
       logs/<point>.log       each point's output
       tables/<stage>/<table>.csv|.parquet   every point's table, one after the other (long
@@ -24,6 +25,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +209,7 @@ def run_study(
         if point_completed(rundir.path / "points" / p.id, stage_ids):
             entry["state"] = "completed"
             continue
+        _close_attempt(entry, rundir.path)
         entry.update(state="pending", error="")
         tasks.append(PointTask(str(rundir.path.resolve()), p.id, threads=executor.threads(), nproc=executor.nproc))
     ledger = _Ledger(rundir, record, progress)
@@ -214,11 +217,12 @@ def run_study(
     log.info("study %s: %d points, %d to run on %s", study.name, len(study.points), len(tasks), executor.describe())
 
     def started(task: PointTask) -> None:
-        ledger.update(task.point_id, "started", state="running")
+        ledger.update(task.point_id, "started", state="running", started_at=time.time())
 
     def finished(task: PointTask, outcome: PointOutcome) -> None:
         state = "completed" if outcome.ok else "failed"
-        ledger.update(task.point_id, state, state=state, seconds=outcome.seconds, error=outcome.error)
+        earlier = sum(a["seconds"] for a in ledger.by_id[task.point_id].get("attempts", []))
+        ledger.update(task.point_id, state, state=state, seconds=earlier + outcome.seconds, error=outcome.error)
         log.log(logging.INFO if outcome.ok else logging.WARNING, "point %s %s (%.1f s) %s",
                 task.point_id, state, outcome.seconds, outcome.error)  # fmt: skip
 
@@ -226,6 +230,40 @@ def run_study(
         executor.run(tasks, started, finished)
     tables, report = gather(rundir.path, study)
     return StudyResult(rundir.path, record["points"], tables, report, list(study.keys))
+
+
+def _close_attempt(entry: dict[str, Any], study_dir: Path) -> None:
+    """Before a point runs again, keep its earlier attempt's time in ``entry["attempts"]``, so
+    that the point's ``seconds`` stays its whole time across resumes. A failed attempt's time
+    is known; an attempt still marked running was stopped with the study (killed, preempted,
+    the machine gone), and its time is taken from its start to the last write in its
+    directory or its log (a lower bound: the point had written nothing after that)."""
+    state, started = entry.get("state"), entry.get("started_at")
+    if state == "failed" and entry.get("seconds") is not None:
+        seconds = float(entry["seconds"]) - sum(a["seconds"] for a in entry.get("attempts", []))
+        ended = "failed"
+    elif state == "running" and started is not None:
+        seconds = max(0.0, _last_write(study_dir / entry["dir"], study_dir / "logs" / f"{entry['id']}.log") - started)
+        ended = "stopped"
+    else:
+        return
+    entry.setdefault("attempts", []).append({"ended": ended, "seconds": round(seconds, 3)})
+    log.info("point %s: its earlier attempt %s after %.1f s; it runs again", entry["id"], ended, seconds)
+
+
+def _last_write(*paths: Path) -> float:
+    """The latest modification time of the files under ``paths`` (0 when there are none)."""
+    last = 0.0
+    for path in paths:
+        if path.is_file():
+            last = max(last, path.stat().st_mtime)
+        for root, _, files in os.walk(path):
+            for name in files:
+                try:
+                    last = max(last, os.stat(os.path.join(root, name)).st_mtime)
+                except OSError:  # removed meanwhile
+                    continue
+    return last
 
 
 # ---------------------------------------------------------------------------- gathering
