@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from results_common import read_time
 
+from rtk.study import point_dir
+
 REPRODUCED = "reproduced"
 CONTRADICTED = "contradicted"
 UNCLEAR = "not distinguishable at this scale"
@@ -197,7 +199,7 @@ def study_points(study_dir: Path) -> list[tuple[dict, Path]]:
     out = []
     for entry in record.get("points", []):
         if entry.get("state") == "completed":
-            out.append((dict(entry.get("values", {})), Path(study_dir) / entry.get("dir", f"points/{entry['id']}")))
+            out.append((dict(entry.get("values", {})), point_dir(study_dir, entry["id"])))
     return out
 
 

@@ -381,8 +381,9 @@ def test_an_earlier_attempt_keeps_its_time(tmp_path):
     (tmp_path / "logs" / "p1.log").write_text("epoch 3\n")
     os.utime(last, (1000.0 + 42.0, 1000.0 + 42.0))
     os.utime(tmp_path / "logs" / "p1.log", (1000.0 + 40.0, 1000.0 + 40.0))
+    where = (tmp_path / "points" / "p1", tmp_path / "logs" / "p1.log")
     stopped = {"id": "p1", "dir": "points/p1", "state": "running", "started_at": 1000.0}
-    _close_attempt(stopped, tmp_path)
+    _close_attempt(stopped, *where)
     assert stopped["attempts"] == [{"ended": "stopped", "seconds": 42.0}]
     failed = {
         "id": "p1",
@@ -391,8 +392,8 @@ def test_an_earlier_attempt_keeps_its_time(tmp_path):
         "seconds": 50.0,
         "attempts": [{"ended": "stopped", "seconds": 42.0}],
     }
-    _close_attempt(failed, tmp_path)
+    _close_attempt(failed, *where)
     assert failed["attempts"][-1] == {"ended": "failed", "seconds": 8.0}
     pending = {"id": "p1", "dir": "points/p1", "state": "pending"}  # never started: nothing to keep
-    _close_attempt(pending, tmp_path)
+    _close_attempt(pending, *where)
     assert "attempts" not in pending

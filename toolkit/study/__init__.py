@@ -20,6 +20,7 @@ from .executors import (
     SlurmExecutor,
     available_cpus,
     make_executor,
+    point_dir,
     threads_per_point,
 )
 from .overrides import apply_overrides, format_key_path, parse_key_path
@@ -47,6 +48,7 @@ __all__ = [
     "make_executor",
     "format_key_path",
     "parse_key_path",
+    "point_dir",
     "resume_study",
     "run_study",
     "threads_per_point",

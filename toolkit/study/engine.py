@@ -36,7 +36,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..trust import slug
-from .executors import Executor, LocalExecutor, PointOutcome, PointTask
+from .executors import Executor, LocalExecutor, PointOutcome, PointTask, point_dir, point_log
 from .sweep import Study, load_study, tag_values
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,13 @@ def run_study(
             "keys": study.keys,
             "axes": study.axes,
             "points": [
-                {"id": p.id, "index": p.index, "values": p.values, "dir": f"points/{p.id}", "state": "pending"}
+                {
+                    "id": p.id,
+                    "index": p.index,
+                    "values": p.values,
+                    "dir": point_dir("", p.id).as_posix(),
+                    "state": "pending",
+                }
                 for p in study.points
             ],
         }
@@ -206,10 +212,10 @@ def run_study(
     for p in study.points:
         entry = next(e for e in record["points"] if e["id"] == p.id)
         stage_ids = [s.id for s in p.experiment.stages]
-        if point_completed(rundir.path / "points" / p.id, stage_ids):
+        if point_completed(point_dir(rundir.path, p.id), stage_ids):
             entry["state"] = "completed"
             continue
-        _close_attempt(entry, rundir.path)
+        _close_attempt(entry, point_dir(rundir.path, p.id), point_log(rundir.path, p.id))
         entry.update(state="pending", error="")
         tasks.append(PointTask(str(rundir.path.resolve()), p.id, threads=executor.threads(), nproc=executor.nproc))
     ledger = _Ledger(rundir, record, progress)
@@ -232,18 +238,19 @@ def run_study(
     return StudyResult(rundir.path, record["points"], tables, report, list(study.keys))
 
 
-def _close_attempt(entry: dict[str, Any], study_dir: Path) -> None:
+def _close_attempt(entry: dict[str, Any], directory: Path, log_path: Path) -> None:
     """Before a point runs again, keep its earlier attempt's time in ``entry["attempts"]``, so
     that the point's ``seconds`` stays its whole time across resumes. A failed attempt's time
     is known; an attempt still marked running was stopped with the study (killed, preempted,
     the machine gone), and its time is taken from its start to the last write in its
-    directory or its log (a lower bound: the point had written nothing after that)."""
+    ``directory`` or its log ``log_path`` (a lower bound: the point had written nothing after
+    that). Both come from the point's id in the study, never from ``study.json``'s paths."""
     state, started = entry.get("state"), entry.get("started_at")
     if state == "failed" and entry.get("seconds") is not None:
         seconds = float(entry["seconds"]) - sum(a["seconds"] for a in entry.get("attempts", []))
         ended = "failed"
     elif state == "running" and started is not None:
-        seconds = max(0.0, _last_write(study_dir / entry["dir"], study_dir / "logs" / f"{entry['id']}.log") - started)
+        seconds = max(0.0, _last_write(directory, log_path) - started)
         ended = "stopped"
     else:
         return
@@ -287,7 +294,7 @@ def gather(study_dir: str | os.PathLike, study: Study) -> tuple[dict[str, pd.Dat
     for entry in record["points"]:
         if entry["state"] != "completed":
             continue
-        prd = RunDir(rd.path / entry["dir"])
+        prd = RunDir(point_dir(rd.path, entry["id"]))
         state = prd.read_json("state.json", {}) or {}
         tags = tag_values(entry["values"])
         for sid, st in state.get("stages", {}).items():
@@ -427,7 +434,8 @@ def write_study_report(
     lines += ["", "## Points", ""]
     rows = []
     for p in pts:
-        link = f"[{p['id']}]({p['dir']}/report.md)" if (rd.path / p["dir"] / "report.md").exists() else p["id"]
+        report = point_dir(rd.path, p["id"]) / "report.md"
+        link = f"[{p['id']}]({report.relative_to(rd.path).as_posix()})" if report.exists() else p["id"]
         secs = f"{p['seconds']:.1f}" if p.get("seconds") is not None else ""
         rows.append({"point": link, **tag_values(p["values"]), "state": p["state"], "seconds": secs})
     lines += [markdown_table(pd.DataFrame(rows)), ""]

@@ -99,19 +99,27 @@ def point_command(task: PointTask) -> list[str]:
     return [task.python, *worker]
 
 
+def point_dir(study_dir: str | os.PathLike, point_id: str) -> Path:
+    """A point's run directory in its study directory, ``points/<point>``."""
+    return Path(study_dir) / "points" / point_id
+
+
+def point_log(study_dir: str | os.PathLike, point_id: str) -> Path:
+    """A point's output, ``logs/<point>.log``."""
+    return Path(study_dir) / "logs" / f"{point_id}.log"
+
+
 def run_point_process(task: PointTask) -> PointOutcome:
     """Run one point in a child process and wait; never raises for a failed point."""
-    study = Path(task.study_dir)
-    point_dir = study / "points" / task.point_id
-    if point_dir.exists() and not (point_dir / "state.json").exists():
-        shutil.rmtree(point_dir)  # started but nothing recorded: start afresh
-    logs = study / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    directory = point_dir(task.study_dir, task.point_id)
+    if directory.exists() and not (directory / "state.json").exists():
+        shutil.rmtree(directory)  # started but nothing recorded: start afresh
+    log_path = point_log(task.study_dir, task.point_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(task.threads)}  # torch sizes its intra-op pool from it
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # never inherit a process group
         env.pop(var, None)
     t0 = time.perf_counter()
-    log_path = logs / f"{task.point_id}.log"
     with open(log_path, "ab") as out:
         kwargs: dict[str, Any] = {"stdout": out, "stderr": subprocess.STDOUT, "env": env}
         if sys.platform.startswith("linux"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config import Experiment
 from ..errors import ConfigError, RtkError
 from ..rundir import RunDir
+from .executors import point_dir
 from .sweep import experiment_from_file, tag_values
 
 
@@ -43,9 +44,9 @@ def run_point(study_dir: str | Path, point_id: str) -> Path:
     from ..planning import plan
 
     exp = point_experiment(study_dir, point_id)
-    point_dir = Path(study_dir) / "points" / point_id
-    resume = point_dir if (point_dir / "state.json").exists() else None
-    result = execute(plan(exp), out=None if resume else point_dir, resume=resume)
+    directory = point_dir(study_dir, point_id)
+    resume = directory if (directory / "state.json").exists() else None
+    result = execute(plan(exp), out=None if resume else directory, resume=resume)
     return result.path
 
 
